@@ -1,0 +1,131 @@
+//! Header codecs: JSON values carried as base64 in HTTP headers (WIRE.md §2).
+//!
+//! Writers use standard padded base64 of compact JSON; readers accept both base64
+//! alphabets (standard and URL-safe), padded or not, because the official SDKs and
+//! the backend are not consistent about it.
+
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The largest header value the decoders look at (16 KiB); anything longer is refused
+/// before it is decoded.
+pub const MAX_HEADER_LEN: usize = 16 * 1024;
+
+const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
+const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
+const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
+
+/// Why a header value could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The value is longer than [`MAX_HEADER_LEN`].
+    #[error("the value is {0} bytes long; at most {MAX_HEADER_LEN} are accepted")]
+    TooLong(usize),
+    /// The value is empty.
+    #[error("the value is empty")]
+    Empty,
+    /// The value is neither standard nor URL-safe base64.
+    #[error("the value is not base64")]
+    NotBase64,
+    /// The base64 decodes to something that is not the expected JSON.
+    #[error("the decoded value is not the expected JSON: {0}")]
+    NotJson(String),
+}
+
+/// Encodes `value` as compact JSON in standard padded base64, the form of the
+/// `payment-required` and `payment-response` headers.
+///
+/// ```
+/// let header = nvm_runtime::codec::encode_json_header(&serde_json::json!({"a": 1}));
+/// assert_eq!(header, "eyJhIjoxfQ==");
+/// ```
+pub fn encode_json_header<T: Serialize + ?Sized>(value: &T) -> String {
+    // Serializing our own wire types to a Vec cannot fail: they hold no maps with
+    // non-string keys and no fallible `Serialize` impls.
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    base64::engine::general_purpose::STANDARD.encode(json)
+}
+
+/// Decodes base64 in either alphabet, padded or not.
+///
+/// ```
+/// use nvm_runtime::codec::decode_base64;
+/// assert_eq!(decode_base64("eyJhIjoxfQ").unwrap(), br#"{"a":1}"#);
+/// assert_eq!(decode_base64("-_8=").unwrap(), vec![0xfb, 0xff]);
+/// ```
+pub fn decode_base64(value: &str) -> Result<Vec<u8>, DecodeError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if value.len() > MAX_HEADER_LEN {
+        return Err(DecodeError::TooLong(value.len()));
+    }
+    STANDARD_LENIENT
+        .decode(value)
+        .or_else(|_| URL_SAFE_LENIENT.decode(value))
+        .map_err(|_| DecodeError::NotBase64)
+}
+
+/// Decodes a base64 JSON header value (either alphabet, padded or not) into `T`.
+///
+/// ```
+/// let v: serde_json::Value = nvm_runtime::codec::decode_json_header("eyJhIjoxfQ").unwrap();
+/// assert_eq!(v["a"], 1);
+/// ```
+pub fn decode_json_header<T: DeserializeOwned>(value: &str) -> Result<T, DecodeError> {
+    let bytes = decode_base64(value)?;
+    serde_json::from_slice(&bytes).map_err(|e| DecodeError::NotJson(e.to_string()))
+}
+
+/// Encodes bytes as URL-safe base64 without padding (JWT segments).
+pub(crate) fn encode_url_safe(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_accepts_both_alphabets() {
+        let value = serde_json::json!({"k": "~~~???>>>"});
+        let std = encode_json_header(&value);
+        let url = std.replace('+', "-").replace('/', "_").trim_end_matches('=').to_owned();
+        assert_eq!(decode_json_header::<serde_json::Value>(&std).unwrap(), value);
+        assert_eq!(decode_json_header::<serde_json::Value>(&url).unwrap(), value);
+    }
+
+    #[test]
+    fn refuses_bad_input_with_a_reason() {
+        assert_eq!(decode_base64(""), Err(DecodeError::Empty));
+        assert_eq!(decode_base64("!!!"), Err(DecodeError::NotBase64));
+        let huge = "A".repeat(MAX_HEADER_LEN + 1);
+        assert_eq!(decode_base64(&huge), Err(DecodeError::TooLong(MAX_HEADER_LEN + 1)));
+        assert!(matches!(
+            decode_json_header::<serde_json::Value>("bm90IGpzb24"),
+            Err(DecodeError::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+    }
+}

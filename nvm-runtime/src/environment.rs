@@ -1,0 +1,211 @@
+//! Environments and NVM API keys (WIRE.md §1).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// Where the Nevermined backend lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Environment {
+    /// `https://api.sandbox.nevermined.app`, Base Sepolia.
+    Sandbox,
+    /// `https://api.live.nevermined.app`, Base.
+    Live,
+    /// `https://api.sandbox.nevermined.dev`, Base Sepolia.
+    StagingSandbox,
+    /// `https://api.live.nevermined.dev`, Base.
+    StagingLive,
+    /// `NVM_BACKEND_URL` (default `http://localhost:3001`), Base Sepolia.
+    Custom,
+}
+
+impl Environment {
+    /// The backend base URL (for [`Environment::Custom`], the default one).
+    pub fn backend_url(self) -> &'static str {
+        match self {
+            Environment::Sandbox => "https://api.sandbox.nevermined.app",
+            Environment::Live => "https://api.live.nevermined.app",
+            Environment::StagingSandbox => "https://api.sandbox.nevermined.dev",
+            Environment::StagingLive => "https://api.live.nevermined.dev",
+            Environment::Custom => "http://localhost:3001",
+        }
+    }
+
+    /// The default network of the `nvm:erc4337` scheme.
+    pub fn default_network(self) -> &'static str {
+        match self {
+            Environment::Live | Environment::StagingLive => "eip155:8453",
+            _ => "eip155:84532",
+        }
+    }
+
+    /// The environment an API key prefix selects (`sandbox`, `live`, `sandbox-staging`,
+    /// `live-staging`, any case).
+    ///
+    /// ```
+    /// use nvm_runtime::Environment;
+    /// assert_eq!(Environment::from_key_prefix("Sandbox"), Some(Environment::Sandbox));
+    /// assert_eq!(Environment::from_key_prefix("live-staging"), Some(Environment::StagingLive));
+    /// assert_eq!(Environment::from_key_prefix("local"), None);
+    /// ```
+    pub fn from_key_prefix(prefix: &str) -> Option<Self> {
+        match prefix.to_ascii_lowercase().as_str() {
+            "sandbox" => Some(Environment::Sandbox),
+            "live" => Some(Environment::Live),
+            "sandbox-staging" => Some(Environment::StagingSandbox),
+            "live-staging" => Some(Environment::StagingLive),
+            _ => None,
+        }
+    }
+
+    /// The name used by `NVM_ENVIRONMENT` and the official SDKs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Sandbox => "sandbox",
+            Environment::Live => "live",
+            Environment::StagingSandbox => "staging_sandbox",
+            Environment::StagingLive => "staging_live",
+            Environment::Custom => "custom",
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Environment {
+    type Err = ConfigError;
+
+    /// Parses `sandbox`, `live`, `staging_sandbox`, `staging_live` or `custom`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "sandbox" => Ok(Environment::Sandbox),
+            "live" => Ok(Environment::Live),
+            "staging_sandbox" | "sandbox_staging" => Ok(Environment::StagingSandbox),
+            "staging_live" | "live_staging" => Ok(Environment::StagingLive),
+            "custom" | "local" => Ok(Environment::Custom),
+            _ => Err(ConfigError::UnknownEnvironment(s.to_owned())),
+        }
+    }
+}
+
+/// An NVM API key, `<prefix>:<JWT>`: the prefix picks the environment, the JWT (read
+/// without verifying its signature) names the account.
+///
+/// `Debug` shows only the account, never the key.
+///
+/// ```
+/// use nvm_runtime::environment::ApiKey;
+/// // header {"alg":"none"}, payload {"sub":"0xabc","o11y":"k"}
+/// let key: ApiKey = "sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.".parse().unwrap();
+/// assert_eq!(key.account(), "0xabc");
+/// assert_eq!(key.prefix(), Some("sandbox"));
+/// assert!(!format!("{key:?}").contains("eyJ"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    raw: String,
+    account: String,
+    has_o11y: bool,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    o11y: Option<serde_json::Value>,
+}
+
+impl ApiKey {
+    /// The full key, prefix included, as the `Authorization` header sends it.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+
+    /// The prefix before the first `:`, when there is one.
+    pub fn prefix(&self) -> Option<&str> {
+        self.raw.split_once(':').map(|(prefix, _)| prefix)
+    }
+
+    /// The account address (`sub` claim).
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// Whether the JWT carries an `o11y` claim (the Python SDK refuses keys without one).
+    pub fn has_o11y(&self) -> bool {
+        self.has_o11y
+    }
+
+    /// The environment the prefix selects, if it names one.
+    pub fn environment(&self) -> Option<Environment> {
+        self.prefix().and_then(Environment::from_key_prefix)
+    }
+}
+
+impl FromStr for ApiKey {
+    type Err = ConfigError;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(ConfigError::MissingApiKey);
+        }
+        let jwt = raw.split_once(':').map_or(raw, |(_, jwt)| jwt);
+        let payload = jwt.split('.').nth(1).ok_or_else(|| {
+            ConfigError::MalformedApiKey("it has no JWT after the prefix (expected `<prefix>:<header>.<payload>.<signature>`)".into())
+        })?;
+        let bytes = crate::codec::decode_base64(payload)
+            .map_err(|e| ConfigError::MalformedApiKey(format!("its JWT payload is unreadable: {e}")))?;
+        let claims: Claims = serde_json::from_slice(&bytes)
+            .map_err(|e| ConfigError::MalformedApiKey(format!("its JWT payload is not JSON claims: {e}")))?;
+        let account = claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ConfigError::MalformedApiKey("its JWT has no `sub` claim (the account address)".into()))?;
+        Ok(ApiKey { raw: raw.to_owned(), account, has_o11y: claims.o11y.is_some() })
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("prefix", &self.prefix())
+            .field("account", &self.account)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_keys_with_a_reason() {
+        assert!(matches!("".parse::<ApiKey>(), Err(ConfigError::MissingApiKey)));
+        assert!(matches!("sandbox:nope".parse::<ApiKey>(), Err(ConfigError::MalformedApiKey(_))));
+        assert!(matches!("sandbox:a.!!!.c".parse::<ApiKey>(), Err(ConfigError::MalformedApiKey(_))));
+        // payload {"o11y":"k"}: no sub
+        assert!(matches!("live:a.eyJvMTF5IjoiayJ9.c".parse::<ApiKey>(), Err(ConfigError::MalformedApiKey(_))));
+    }
+
+    #[test]
+    fn environment_names_round_trip() {
+        for env in [
+            Environment::Sandbox,
+            Environment::Live,
+            Environment::StagingSandbox,
+            Environment::StagingLive,
+            Environment::Custom,
+        ] {
+            assert_eq!(env.as_str().parse::<Environment>().unwrap(), env);
+        }
+        assert!("mars".parse::<Environment>().is_err());
+    }
+}

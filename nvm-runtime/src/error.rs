@@ -1,0 +1,157 @@
+//! Errors: configuration mistakes (fixed by the developer) and facilitator failures
+//! (split into "the facilitator said no", which is 402 material, and "the facilitator
+//! is unavailable", which is 500 material).
+
+use std::time::Duration;
+
+use crate::messages::BackendError;
+
+/// A configuration mistake. Each message says what to set instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// No API key was given.
+    #[error(
+        "no Nevermined API key: set NVM_API_KEY to your key (`sandbox:eyJ…`), or call `Payments::builder().api_key(…)`"
+    )]
+    MissingApiKey,
+    /// The API key is not `<prefix>:<JWT>`.
+    #[error("the Nevermined API key is malformed: {0}; copy it again from the Nevermined app (it looks like `sandbox:eyJ…`)")]
+    MalformedApiKey(String),
+    /// `NVM_ENVIRONMENT` names no environment.
+    #[error("unknown Nevermined environment `{0}`: use sandbox, live, staging_sandbox, staging_live or custom")]
+    UnknownEnvironment(String),
+    /// The backend URL is not an http(s) URL.
+    #[error("the backend URL `{0}` is not an http:// or https:// URL")]
+    InvalidBackendUrl(String),
+    /// A header name is not valid.
+    #[error("`{0}` is not a valid HTTP header name for the access token")]
+    InvalidHeaderName(String),
+    /// The verification cache TTL is outside 5–30 s.
+    #[error("the verification cache TTL must be between 5 and 30 seconds, got {0:?}")]
+    CacheTtl(Duration),
+    /// An `env("VAR")` plan or agent names a variable that is not set.
+    #[error("environment variable {var} is not set; it gives the {what} of {handler}: set it (export {var}=…) before starting")]
+    MissingEnvVar {
+        /// The variable.
+        var: String,
+        /// `plan id` or `agent id`.
+        what: &'static str,
+        /// The handler that needs it.
+        handler: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("the HTTP client could not be built: {0}")]
+    HttpClient(String),
+}
+
+/// A facilitator call that did not give an answer to act on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FacilitatorError {
+    /// The facilitator refused the call (4xx with its error envelope): the payment is at
+    /// fault, answer 402.
+    #[error("the facilitator refused the call (HTTP {status}, {}): {}", .error.code, .error.message)]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The backend's error envelope.
+        error: BackendError,
+    },
+    /// The facilitator is unreachable, slow, broken or answered garbage: answer 500.
+    #[error("the facilitator is unavailable: {0}")]
+    Unavailable(Unavailable),
+}
+
+impl FacilitatorError {
+    /// The backend error code, when the facilitator refused the call.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            FacilitatorError::Refused { error, .. } => Some(&error.code),
+            FacilitatorError::Unavailable(_) => None,
+        }
+    }
+
+    /// Whether this failure is the facilitator's (or the network's), not the payment's.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, FacilitatorError::Unavailable(_))
+    }
+}
+
+/// Why the facilitator is unavailable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// No answer within the configured bound.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection failed.
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// The answer was a server error.
+    #[error("it answered HTTP {status}: {snippet}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The start of the body, for the log.
+        snippet: String,
+    },
+    /// The answer was not the expected JSON.
+    #[error("it answered HTTP {status} with a body that is not the expected JSON ({reason}): {snippet}")]
+    Garbage {
+        /// The HTTP status.
+        status: u16,
+        /// What was wrong with it.
+        reason: String,
+        /// The start of the body, for the log.
+        snippet: String,
+    },
+    /// The facilitator refused our API key: the server is misconfigured.
+    #[error("it refused the API key (HTTP {status}): {message}; check NVM_API_KEY and NVM_ENVIRONMENT")]
+    Unauthorized {
+        /// 401 or 403.
+        status: u16,
+        /// The backend's message.
+        message: String,
+    },
+}
+
+/// Why a paid request was not served as paid; given to the `on_payment_error` hook.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PaymentError {
+    /// No access token came with the request (402).
+    #[error("payment required: send an x402 access token in the `{header}` header")]
+    MissingToken {
+        /// The header the token is expected in.
+        header: String,
+    },
+    /// The token is malformed: too long, not ASCII, not base64 JSON (402).
+    #[error("invalid_token: {0}")]
+    MalformedToken(String),
+    /// The facilitator found the token invalid (402); the reason is `invalidReason`.
+    #[error("{reason}")]
+    Rejected {
+        /// `invalid_token`, `expired_token`, `insufficient_balance`, … (an open string).
+        reason: String,
+    },
+    /// The facilitator could not be asked (500).
+    #[error("{0}")]
+    Facilitator(FacilitatorError),
+    /// The handler succeeded but the settlement failed (402 unless configured to
+    /// deliver anyway).
+    #[error("settlement failed: {reason}")]
+    SettlementFailed {
+        /// `errorReason`, the backend's error code, or why the call failed.
+        reason: String,
+    },
+    /// The route is misconfigured (500).
+    #[error("{0}")]
+    Config(ConfigError),
+}
+
+impl PaymentError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            PaymentError::Facilitator(FacilitatorError::Unavailable(_)) | PaymentError::Config(_) => 500,
+            _ => 402,
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The facilitator client: `verify`, `settle`, plan metadata and token minting over
+//! one pooled HTTP client (WIRE.md §4, §5).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::environment::ApiKey;
+use crate::error::{ConfigError, FacilitatorError, Unavailable};
+use crate::messages::{
+    BackendError, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SettleResponse,
+    VerifyResponse,
+};
+
+/// The `Nevermined-Version` header value the backend expects.
+pub const NEVERMINED_VERSION: &str = "1.1";
+
+const VERIFY_PATH: &str = "/api/v1/x402/verify";
+const SETTLE_PATH: &str = "/api/v1/x402/settle";
+const PERMISSIONS_PATH: &str = "/api/v1/x402/permissions";
+const PLANS_PATH: &str = "/api/v1/protocol/plans/";
+
+/// How many times `verify` is tried on a transient failure (it burns nothing, so a
+/// retry is safe). `settle` is tried exactly once.
+const VERIFY_ATTEMPTS: u32 = 2;
+
+/// A client of the Nevermined backend's x402 endpoints.
+///
+/// Cheap to clone: clones share one connection pool. Every call is bounded by the
+/// timeout as a whole (connect, send, read and any retry).
+///
+/// ```
+/// use std::time::Duration;
+/// use nvm_runtime::facilitator::Facilitator;
+///
+/// let key = "local:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.".parse().unwrap();
+/// let facilitator = Facilitator::new("http://127.0.0.1:3001", &key, Duration::from_secs(5)).unwrap();
+/// assert_eq!(facilitator.backend_url(), "http://127.0.0.1:3001");
+/// ```
+#[derive(Clone)]
+pub struct Facilitator {
+    http: reqwest::Client,
+    base: Arc<str>,
+    auth: HeaderValue,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Facilitator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Facilitator")
+            .field("backend_url", &self.base)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Facilitator {
+    /// A client of the backend at `backend_url` that authenticates with `api_key`.
+    pub fn new(backend_url: &str, api_key: &ApiKey, timeout: Duration) -> Result<Self, ConfigError> {
+        Self::with_version(backend_url, api_key, timeout, NEVERMINED_VERSION)
+    }
+
+    /// Like [`Facilitator::new`], with another `Nevermined-Version` header value.
+    pub fn with_version(
+        backend_url: &str,
+        api_key: &ApiKey,
+        timeout: Duration,
+        version: &str,
+    ) -> Result<Self, ConfigError> {
+        let base = backend_url.trim().trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ConfigError::InvalidBackendUrl(backend_url.to_owned()));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let mut auth = HeaderValue::try_from(format!("Bearer {}", api_key.expose()))
+            .map_err(|_| ConfigError::MalformedApiKey("it contains characters not allowed in a header".into()))?;
+        auth.set_sensitive(true);
+        headers.insert(
+            "nevermined-version",
+            HeaderValue::try_from(version).map_err(|_| ConfigError::InvalidHeaderName(version.to_owned()))?,
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
+        Ok(Facilitator { http, base: base.into(), auth, timeout })
+    }
+
+    /// The backend base URL, without a trailing slash.
+    pub fn backend_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The bound on each call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `POST /api/v1/x402/verify`. Retried once on a transient failure, within the
+    /// timeout.
+    pub async fn verify(&self, request: &FacilitatorRequest) -> Result<VerifyResponse, FacilitatorError> {
+        let body = to_body(request);
+        self.bounded(async {
+            let mut attempt = 1;
+            loop {
+                let result = self.post_once(VERIFY_PATH, body.clone()).await;
+                match result {
+                    Err(FacilitatorError::Unavailable(ref why)) if attempt < VERIFY_ATTEMPTS && is_transient(why) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .await
+    }
+
+    /// `POST /api/v1/x402/settle`, exactly once: a settle is never retried (single-use
+    /// tokens, double burning). A 200 with `success:false` comes back as `Ok`; look at
+    /// [`SettleResponse::success`].
+    pub async fn settle(&self, request: &FacilitatorRequest) -> Result<SettleResponse, FacilitatorError> {
+        let body = to_body(request);
+        self.bounded(self.post_once(SETTLE_PATH, body)).await
+    }
+
+    /// `POST /api/v1/x402/permissions`: mints an access token. The client's API key must
+    /// be the subscriber's.
+    pub async fn mint(&self, request: &PermissionsRequest) -> Result<PermissionsResponse, FacilitatorError> {
+        let body = to_body(request);
+        self.bounded(self.post_once(PERMISSIONS_PATH, body)).await
+    }
+
+    /// `GET /api/v1/protocol/plans/{planId}`: the plan's public metadata (sent without
+    /// the `Authorization` header).
+    pub async fn plan_metadata(&self, plan_id: &str) -> Result<serde_json::Value, FacilitatorError> {
+        let url = format!("{}{PLANS_PATH}{}", self.base, encode_path_segment(plan_id));
+        self.bounded(async {
+            // A public call: no Authorization header.
+            let response = self.http.get(&url).send().await.map_err(from_reqwest)?;
+            read_json(response).await
+        })
+        .await
+    }
+
+    async fn post_once<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, FacilitatorError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(from_reqwest)?;
+        read_json(response).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, FacilitatorError>>,
+    ) -> Result<T, FacilitatorError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(FacilitatorError::Unavailable(Unavailable::Timeout(self.timeout))),
+        }
+    }
+}
+
+fn to_body<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn is_transient(why: &Unavailable) -> bool {
+    matches!(why, Unavailable::Connect(_) | Unavailable::Status { status: 502..=504, .. })
+}
+
+fn connect_error(message: String) -> FacilitatorError {
+    FacilitatorError::Unavailable(Unavailable::Connect(message))
+}
+
+fn from_reqwest(error: reqwest::Error) -> FacilitatorError {
+    if error.is_timeout() {
+        // reqwest's own timeout equals ours; report it the same way.
+        return FacilitatorError::Unavailable(Unavailable::Timeout(Duration::ZERO));
+    }
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    connect_error(message)
+}
+
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+async fn read_json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, FacilitatorError> {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(from_reqwest)?;
+    match status {
+        200..=299 => serde_json::from_slice(&body).map_err(|e| {
+            FacilitatorError::Unavailable(Unavailable::Garbage {
+                status,
+                reason: e.to_string(),
+                snippet: snippet(&body),
+            })
+        }),
+        401 | 403 => {
+            let message = serde_json::from_slice::<BackendError>(&body)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| snippet(&body));
+            Err(FacilitatorError::Unavailable(Unavailable::Unauthorized { status, message }))
+        }
+        400..=499 => match serde_json::from_slice::<BackendError>(&body) {
+            Ok(error) if !error.code.is_empty() || !error.message.is_empty() => {
+                Err(FacilitatorError::Refused { status, error })
+            }
+            _ => Err(FacilitatorError::Unavailable(Unavailable::Garbage {
+                status,
+                reason: "not the backend's error envelope".into(),
+                snippet: snippet(&body),
+            })),
+        },
+        _ => Err(FacilitatorError::Unavailable(Unavailable::Status { status, snippet: snippet(&body) })),
+    }
+}
+
+/// Percent-encodes what a path segment cannot hold verbatim (plan ids are decimal, but
+/// configuration is user input).
+fn encode_path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

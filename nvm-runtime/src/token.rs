@@ -1,0 +1,158 @@
+//! Access tokens (WIRE.md §5): the raw header value, its short hash for logs, and the
+//! x402 `PaymentPayload` it decodes to.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{self, DecodeError};
+use crate::envelope::Accepted;
+
+/// An x402 access token exactly as the client sent it.
+///
+/// `Debug` and `Display` show only its short hash, so a token never reaches a log.
+///
+/// ```
+/// use nvm_runtime::token::AccessToken;
+/// let token = AccessToken::new("secret-token-value");
+/// assert!(!format!("{token:?}").contains("secret"));
+/// assert_eq!(token.as_str(), "secret-token-value");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    /// Wraps a raw token.
+    pub fn new(raw: impl Into<String>) -> Self {
+        AccessToken(raw.into())
+    }
+
+    /// The raw token, to send to the facilitator. Never log it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The short hash that stands for the token in logs and cache keys.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash::of(&self.0)
+    }
+
+    /// Decodes the x402 payment payload inside the token.
+    pub fn decode(&self) -> Result<PaymentPayload, DecodeError> {
+        codec::decode_json_header(&self.0)
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccessToken({})", self.hash())
+    }
+}
+
+impl fmt::Display for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.hash(), f)
+    }
+}
+
+/// The first 12 hex digits of a token's SHA-256: enough to correlate log lines, useless
+/// to an attacker.
+///
+/// ```
+/// use nvm_runtime::token::TokenHash;
+/// assert_eq!(TokenHash::of("abc").to_string(), "tok:ba7816bf8f01");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash([u8; 6]);
+
+impl TokenHash {
+    /// Hashes a raw token.
+    pub fn of(raw: &str) -> Self {
+        let digest = Sha256::digest(raw.as_bytes());
+        let mut short = [0u8; 6];
+        short.copy_from_slice(&digest[..6]);
+        TokenHash(short)
+    }
+}
+
+impl fmt::Display for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tok:{}", codec::hex(&self.0))
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The x402 `PaymentPayload` a token carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentPayload {
+    /// Always 2.
+    pub x402_version: u32,
+    /// What the token was minted for.
+    pub accepted: Accepted,
+    /// The signature and authorization.
+    pub payload: SignedPayload,
+    /// The resource a single-use token is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<crate::messages::ResourceBinding>,
+    /// Always `{}`.
+    #[serde(default)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The `payload` of a [`PaymentPayload`].
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedPayload {
+    /// `0x…` signature over the authorization.
+    pub signature: String,
+    /// Who pays, and how.
+    pub authorization: Authorization,
+}
+
+impl fmt::Debug for SignedPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedPayload")
+            .field("signature", &"<redacted>")
+            .field("authorization", &self.authorization)
+            .finish()
+    }
+}
+
+/// The `authorization` of a [`SignedPayload`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    /// The subscriber's address.
+    pub from: String,
+    /// Who provides the session keys.
+    #[serde(default)]
+    pub session_keys_provider: String,
+    /// The session keys.
+    #[serde(default)]
+    pub session_keys: Vec<serde_json::Value>,
+    /// Present and non-empty on single-use (version 3) tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Unix time (seconds) after which the token is expired, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_before: Option<u64>,
+}
+
+impl PaymentPayload {
+    /// Whether this is a single-use (version 3) token.
+    pub fn is_single_use(&self) -> bool {
+        self.payload.authorization.nonce.as_deref().is_some_and(|n| !n.is_empty())
+    }
+
+    /// The payload as a token: standard padded base64 of compact JSON.
+    pub fn to_token(&self) -> AccessToken {
+        AccessToken(codec::encode_json_header(self))
+    }
+}
