@@ -1,0 +1,356 @@
+//! The payments configuration: API key, environment, backend, timeouts, token headers,
+//! settlement policy, hooks and caches. Built once, registered with the `App`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::HeaderName;
+use actix_web::{HttpRequest, HttpResponse};
+
+use crate::cache::VerifyCache;
+use crate::envelope::PaymentRequired;
+use crate::environment::{ApiKey, Environment};
+use crate::error::{ConfigError, PaymentError};
+use crate::facilitator::{Facilitator, NEVERMINED_VERSION};
+use crate::hooks::Hooks;
+use crate::messages::{SettleResponse, VerifyResponse};
+use crate::plans::PlanCatalog;
+
+/// The default bound on each facilitator call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default token header.
+pub const DEFAULT_TOKEN_HEADER: &str = "payment-signature";
+
+/// The payments configuration shared by every paid route.
+///
+/// Build it once (from the environment or with [`Payments::builder`]) and register it
+/// with `App::app_data`. Cloning is cheap (an `Arc`); clones share the connection pool
+/// and the caches. `Debug` never shows the API key.
+///
+/// ```
+/// use actix_web::App;
+/// use nvm_runtime::{Environment, Payments};
+///
+/// // header {"alg":"none"}, payload {"sub":"0xabc","o11y":"k"}
+/// let payments = Payments::builder()
+///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")
+///     .build()
+///     .unwrap();
+/// assert_eq!(payments.environment(), Environment::Sandbox);
+/// assert_eq!(payments.backend_url(), "https://api.sandbox.nevermined.app");
+/// assert!(!format!("{payments:?}").contains("eyJ"));
+/// let _app = App::new().app_data(payments.clone());
+/// ```
+#[derive(Clone)]
+pub struct Payments {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    api_key: ApiKey,
+    environment: Environment,
+    facilitator: Facilitator,
+    token_headers: Vec<HeaderName>,
+    deliver_on_settle_failure: bool,
+    hooks: Hooks,
+    plans: PlanCatalog,
+    verify_cache: Option<VerifyCache>,
+}
+
+impl Payments {
+    /// Reads `NVM_API_KEY` (required), `NVM_ENVIRONMENT` and `NVM_BACKEND_URL` (used by
+    /// the `custom` environment).
+    ///
+    /// ```
+    /// // With NVM_API_KEY unset, the error says what to set.
+    /// # unsafe { std::env::remove_var("NVM_API_KEY") };
+    /// let err = nvm_runtime::Payments::from_env().unwrap_err();
+    /// assert!(err.to_string().contains("NVM_API_KEY"));
+    /// ```
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::builder_from_env()?.build()
+    }
+
+    /// A builder seeded from the environment, as [`Payments::from_env`] reads it, to
+    /// add hooks or settings before building.
+    pub fn builder_from_env() -> Result<PaymentsBuilder, ConfigError> {
+        let mut builder = Payments::builder();
+        match std::env::var("NVM_API_KEY") {
+            Ok(key) if !key.trim().is_empty() => builder = builder.api_key(key),
+            _ => return Err(ConfigError::MissingApiKey),
+        }
+        if let Ok(env) = std::env::var("NVM_ENVIRONMENT")
+            && !env.trim().is_empty()
+        {
+            builder = builder.environment(env.parse()?);
+        }
+        if let Ok(url) = std::env::var("NVM_BACKEND_URL")
+            && !url.trim().is_empty()
+        {
+            builder.custom_backend_url = Some(url);
+        }
+        Ok(builder)
+    }
+
+    /// Starts a configuration.
+    pub fn builder() -> PaymentsBuilder {
+        PaymentsBuilder::default()
+    }
+
+    /// The environment in use.
+    pub fn environment(&self) -> Environment {
+        self.inner.environment
+    }
+
+    /// The backend base URL in use.
+    pub fn backend_url(&self) -> &str {
+        self.inner.facilitator.backend_url()
+    }
+
+    /// The account of the API key (the builder's address).
+    pub fn account(&self) -> &str {
+        self.inner.api_key.account()
+    }
+
+    /// The facilitator client.
+    pub fn facilitator(&self) -> &Facilitator {
+        &self.inner.facilitator
+    }
+
+    /// The headers an access token is read from, first non-empty wins.
+    pub fn token_headers(&self) -> &[HeaderName] {
+        &self.inner.token_headers
+    }
+
+    /// Whether a response is delivered even when its settlement failed.
+    pub fn delivers_on_settle_failure(&self) -> bool {
+        self.inner.deliver_on_settle_failure
+    }
+
+    pub(crate) fn hooks(&self) -> &Hooks {
+        &self.inner.hooks
+    }
+
+    pub(crate) fn plans(&self) -> &PlanCatalog {
+        &self.inner.plans
+    }
+
+    pub(crate) fn verify_cache(&self) -> Option<&VerifyCache> {
+        self.inner.verify_cache.as_ref()
+    }
+
+    /// The configuration registered with the app of `req`, as `Payments` or
+    /// `web::Data<Payments>`.
+    pub fn from_request(req: &HttpRequest) -> Option<&Payments> {
+        req.app_data::<Payments>()
+            .or_else(|| req.app_data::<actix_web::web::Data<Payments>>().map(|d| d.get_ref()))
+    }
+}
+
+impl std::fmt::Debug for Payments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payments")
+            .field("api_key", &self.inner.api_key)
+            .field("environment", &self.inner.environment)
+            .field("facilitator", &self.inner.facilitator)
+            .field("token_headers", &self.inner.token_headers)
+            .field("deliver_on_settle_failure", &self.inner.deliver_on_settle_failure)
+            .field("hooks", &self.inner.hooks)
+            .field("verify_cache", &self.inner.verify_cache.as_ref().map(VerifyCache::ttl))
+            .finish()
+    }
+}
+
+/// Builds a [`Payments`] configuration.
+#[derive(Default)]
+#[must_use]
+pub struct PaymentsBuilder {
+    api_key: Option<String>,
+    environment: Option<Environment>,
+    backend_url: Option<String>,
+    custom_backend_url: Option<String>,
+    timeout: Option<Duration>,
+    version: Option<String>,
+    token_headers: Option<Vec<String>>,
+    deliver_on_settle_failure: bool,
+    cache_ttl: Option<Duration>,
+    hooks: Hooks,
+}
+
+impl std::fmt::Debug for PaymentsBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentsBuilder")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("environment", &self.environment)
+            .field("backend_url", &self.backend_url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PaymentsBuilder {
+    /// The NVM API key, `<prefix>:<JWT>`; its prefix picks the environment.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// The environment, used when the key's prefix names none.
+    pub fn environment(mut self, environment: Environment) -> Self {
+        self.environment = Some(environment);
+        self
+    }
+
+    /// Overrides the backend base URL, whatever the environment.
+    pub fn backend_url(mut self, url: impl Into<String>) -> Self {
+        self.backend_url = Some(url.into());
+        self
+    }
+
+    /// The bound on each facilitator call as a whole, retries included (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The `Nevermined-Version` header value (default `1.1`).
+    pub fn nevermined_version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// The headers an access token is read from; the first non-empty one wins (default
+    /// `["payment-signature"]`).
+    pub fn token_headers<I, S>(mut self, headers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.token_headers = Some(headers.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Delivers the handler's response even when its settlement fails (the official
+    /// SDKs' behaviour). Off by default: a failed settlement answers 402 and withholds
+    /// the paid content.
+    pub fn deliver_on_settle_failure(mut self, deliver: bool) -> Self {
+        self.deliver_on_settle_failure = deliver;
+        self
+    }
+
+    /// Caches successful verifications for `ttl` (5 to 30 seconds), keyed by token,
+    /// plan, credits and resource. Settlement still re-checks the balance.
+    pub fn verification_cache(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = Some(ttl);
+        self
+    }
+
+    /// Called before each verification with the envelope about to be verified.
+    pub fn before_verify(mut self, hook: impl Fn(&HttpRequest, &PaymentRequired) + Send + Sync + 'static) -> Self {
+        self.hooks.set_before_verify(hook);
+        self
+    }
+
+    /// Called after each successful verification.
+    pub fn after_verify(mut self, hook: impl Fn(&HttpRequest, &VerifyResponse) + Send + Sync + 'static) -> Self {
+        self.hooks.set_after_verify(hook);
+        self
+    }
+
+    /// Called after each successful settlement with the credits burned and the receipt.
+    pub fn after_settle(
+        mut self,
+        hook: impl Fn(&HttpRequest, u64, &SettleResponse) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.set_after_settle(hook);
+        self
+    }
+
+    /// Called on every payment error; a returned response replaces the default one.
+    pub fn on_payment_error(
+        mut self,
+        hook: impl Fn(&HttpRequest, &PaymentError) -> Option<HttpResponse> + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.set_on_payment_error(hook);
+        self
+    }
+
+    /// Checks everything and builds the configuration.
+    pub fn build(self) -> Result<Payments, ConfigError> {
+        let api_key: ApiKey = self.api_key.as_deref().unwrap_or("").parse()?;
+        let environment = api_key.environment().or(self.environment).unwrap_or(Environment::Custom);
+        let backend_url = match (self.backend_url, environment) {
+            (Some(url), _) => url,
+            (None, Environment::Custom) => self
+                .custom_backend_url
+                .unwrap_or_else(|| Environment::Custom.backend_url().to_owned()),
+            (None, env) => env.backend_url().to_owned(),
+        };
+        let facilitator = Facilitator::with_version(
+            &backend_url,
+            &api_key,
+            self.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            self.version.as_deref().unwrap_or(NEVERMINED_VERSION),
+        )?;
+        let token_headers = self
+            .token_headers
+            .unwrap_or_else(|| vec![DEFAULT_TOKEN_HEADER.to_owned()])
+            .into_iter()
+            .map(|h| HeaderName::try_from(h.trim()).map_err(|_| ConfigError::InvalidHeaderName(h.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        if token_headers.is_empty() {
+            return Err(ConfigError::InvalidHeaderName(String::new()));
+        }
+        let verify_cache = match self.cache_ttl {
+            None => None,
+            Some(ttl) if (Duration::from_secs(5)..=Duration::from_secs(30)).contains(&ttl) => {
+                Some(VerifyCache::new(ttl))
+            }
+            Some(ttl) => return Err(ConfigError::CacheTtl(ttl)),
+        };
+        Ok(Payments {
+            inner: Arc::new(Inner {
+                api_key,
+                plans: PlanCatalog::new(environment.default_network()),
+                environment,
+                facilitator,
+                token_headers,
+                deliver_on_settle_failure: self.deliver_on_settle_failure,
+                hooks: self.hooks,
+                verify_cache,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.";
+
+    #[test]
+    fn prefix_wins_then_option_then_custom() {
+        let p = Payments::builder().api_key(format!("live:{KEY}")).environment(Environment::Sandbox).build().unwrap();
+        assert_eq!(p.environment(), Environment::Live);
+        let p = Payments::builder().api_key(format!("local:{KEY}")).environment(Environment::Sandbox).build().unwrap();
+        assert_eq!(p.environment(), Environment::Sandbox);
+        let p = Payments::builder().api_key(format!("local:{KEY}")).build().unwrap();
+        assert_eq!(p.environment(), Environment::Custom);
+        assert_eq!(p.backend_url(), "http://localhost:3001");
+        let p = Payments::builder().api_key(format!("sandbox:{KEY}")).backend_url("http://127.0.0.1:9/").build().unwrap();
+        assert_eq!(p.backend_url(), "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn refuses_bad_settings_with_what_to_write() {
+        let err = Payments::builder().build().unwrap_err();
+        assert!(err.to_string().contains("NVM_API_KEY"), "{err}");
+        let err = Payments::builder().api_key(format!("local:{KEY}")).verification_cache(Duration::from_secs(60)).build();
+        assert!(matches!(err, Err(ConfigError::CacheTtl(_))));
+        let err = Payments::builder().api_key(format!("local:{KEY}")).token_headers(["bad header"]).build();
+        assert!(matches!(err, Err(ConfigError::InvalidHeaderName(_))));
+        let err = Payments::builder().api_key(format!("local:{KEY}")).backend_url("ftp://x").build();
+        assert!(matches!(err, Err(ConfigError::InvalidBackendUrl(_))));
+    }
+}

@@ -1,0 +1,200 @@
+//! `PaymentContext`: the handler's view of the request's payment.
+
+use std::cell::{Cell, OnceCell};
+use std::rc::Rc;
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+
+use crate::cache::CacheKey;
+use crate::envelope::PaymentRequired;
+use crate::messages::{AgentRequest, VerifyResponse};
+use crate::token::AccessToken;
+
+/// A verified payment, before settlement.
+#[derive(Debug)]
+pub(crate) struct Verified {
+    pub(crate) token: AccessToken,
+    pub(crate) envelope: PaymentRequired,
+    pub(crate) credits: u64,
+    pub(crate) verification: VerifyResponse,
+    /// Set when the verification cache is on.
+    pub(crate) cache_key: Option<CacheKey>,
+    /// Whether `verification` came from the cache (its request id belongs to an
+    /// earlier request and must not be settled again).
+    pub(crate) from_cache: bool,
+}
+
+/// The payment state of one request, shared by the paywall and the handler's
+/// [`PaymentContext`].
+#[derive(Debug, Default)]
+pub(crate) struct PaymentState {
+    pub(crate) verified: OnceCell<Verified>,
+    pub(crate) charge: Cell<Option<u64>>,
+    pub(crate) settled: Cell<bool>,
+}
+
+impl PaymentState {
+    /// Creates the state of `req` and stores it in the request's extensions.
+    pub(crate) fn attach(req: &HttpRequest) -> Rc<PaymentState> {
+        let state = Rc::new(PaymentState::default());
+        req.extensions_mut().insert(Rc::clone(&state));
+        state
+    }
+}
+
+/// The payment of the current request, as a handler argument.
+///
+/// By the time the handler body runs, the payment is verified: the context holds the
+/// token (shown only as a hash in `Debug`), plan, agent, payer, credits verified and the
+/// facilitator's request data. [`PaymentContext::charge`] settles a usage-based amount
+/// instead of the verified one.
+///
+/// ```
+/// use actix_web::{post, HttpResponse, Responder};
+/// use nvm_runtime::{paid, PaymentContext};
+///
+/// #[post("/summarize")]
+/// #[paid(plan = "1234", credits = 10)]
+/// async fn summarize(payment: PaymentContext) -> impl Responder {
+///     let used = 3; // the work actually done
+///     payment.charge(used).expect("3 ≤ 10 verified credits");
+///     HttpResponse::Ok().body(format!("paid by {:?}", payment.payer()))
+/// }
+/// ```
+///
+/// On a handler without `#[paid]` (and outside a `PaymentMiddleware` route) the
+/// extractor fails with a 500 whose message says so.
+#[derive(Clone)]
+pub struct PaymentContext {
+    state: Rc<PaymentState>,
+}
+
+/// Why [`PaymentContext::charge`] refused an amount.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChargeError {
+    /// More than was verified: the subscriber never agreed to pay it.
+    #[error("cannot charge {requested} credits: only {verified} were verified for this request")]
+    MoreThanVerified {
+        /// The amount asked for.
+        requested: u64,
+        /// The amount verified.
+        verified: u64,
+    },
+    /// The request is free (credits resolved to 0): nothing was verified to charge.
+    #[error("cannot charge {0} credits: this request is free (its credits resolved to 0)")]
+    Free(u64),
+}
+
+impl PaymentContext {
+    fn verified(&self) -> Option<&Verified> {
+        self.state.verified.get()
+    }
+
+    /// Whether the request is free (credits resolved to 0): nothing verified, nothing
+    /// settled.
+    pub fn is_free(&self) -> bool {
+        self.verified().is_none()
+    }
+
+    /// The access token. Never log it; its `Debug` shows only a hash.
+    pub fn token(&self) -> Option<&AccessToken> {
+        self.verified().map(|v| &v.token)
+    }
+
+    /// The plan paid with.
+    pub fn plan_id(&self) -> Option<&str> {
+        self.envelope().and_then(PaymentRequired::first).map(|a| a.plan_id.as_str())
+    }
+
+    /// The agent, when the route names one.
+    pub fn agent_id(&self) -> Option<&str> {
+        self.envelope().and_then(PaymentRequired::first).and_then(|a| a.extra.agent_id.as_deref())
+    }
+
+    /// The subscriber's address, as the facilitator reported it.
+    pub fn payer(&self) -> Option<&str> {
+        self.verification().and_then(|v| v.payer.as_deref())
+    }
+
+    /// The credits verified for this request (0 when free).
+    pub fn credits(&self) -> u64 {
+        self.verified().map_or(0, |v| v.credits)
+    }
+
+    /// The facilitator's id for this request, which links verify to settle.
+    pub fn agent_request_id(&self) -> Option<&str> {
+        self.verification().and_then(VerifyResponse::request_id)
+    }
+
+    /// The facilitator's `agentRequest` (agent, balance, matching).
+    pub fn agent_request(&self) -> Option<&AgentRequest> {
+        self.verification().and_then(|v| v.agent_request.as_ref())
+    }
+
+    /// The envelope that was advertised and verified.
+    pub fn envelope(&self) -> Option<&PaymentRequired> {
+        self.verified().map(|v| &v.envelope)
+    }
+
+    /// The facilitator's whole verify response.
+    pub fn verification(&self) -> Option<&VerifyResponse> {
+        self.verified().map(|v| &v.verification)
+    }
+
+    /// Settles `credits` instead of the verified amount when the handler succeeds
+    /// (usage-based billing). Never more than was verified; the last call wins; 0 burns
+    /// nothing.
+    pub fn charge(&self, credits: u64) -> Result<(), ChargeError> {
+        let verified = self.verified().ok_or(ChargeError::Free(credits))?;
+        if credits > verified.credits {
+            return Err(ChargeError::MoreThanVerified { requested: credits, verified: verified.credits });
+        }
+        self.state.charge.set(Some(credits));
+        Ok(())
+    }
+
+    /// The amount that will be settled if the handler succeeds.
+    pub fn charged(&self) -> u64 {
+        self.state.charge.get().unwrap_or_else(|| self.credits())
+    }
+}
+
+impl std::fmt::Debug for PaymentContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentContext")
+            .field("token", &self.token())
+            .field("plan_id", &self.plan_id())
+            .field("agent_id", &self.agent_id())
+            .field("payer", &self.payer())
+            .field("credits", &self.credits())
+            .field("charged", &self.charged())
+            .field("agent_request_id", &self.agent_request_id())
+            .finish()
+    }
+}
+
+/// The extractor's error on a handler that is not paid.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "PaymentContext is only available in handlers protected by #[paid(...)] or by a PaymentMiddleware route; add #[paid(plan = \"…\")] to this handler or remove the PaymentContext argument"
+)]
+pub struct NotPaid;
+
+impl ResponseError for NotPaid {
+    fn error_response(&self) -> HttpResponse {
+        tracing::error!("{self}");
+        HttpResponse::InternalServerError()
+            .json(serde_json::json!({"error": "Internal Server Error", "message": self.to_string()}))
+    }
+}
+
+impl FromRequest for PaymentContext {
+    type Error = NotPaid;
+    type Future = std::future::Ready<Result<Self, NotPaid>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.extensions().get::<Rc<PaymentState>>().cloned();
+        std::future::ready(state.map(|state| PaymentContext { state }).ok_or(NotPaid))
+    }
+}

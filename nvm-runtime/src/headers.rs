@@ -1,0 +1,9 @@
+//! The x402 header names (WIRE.md §2). HTTP header names are case-insensitive; these
+//! are the lower-case forms.
+
+/// Client → server: the x402 access token, verbatim.
+pub const PAYMENT_SIGNATURE: &str = "payment-signature";
+/// Server → client on a 402: base64 JSON `PaymentRequired` envelope.
+pub const PAYMENT_REQUIRED: &str = "payment-required";
+/// Server → client: base64 JSON settlement receipt.
+pub const PAYMENT_RESPONSE: &str = "payment-response";
