@@ -1,1 +1,132 @@
-//! Shared helpers of the behaviour tests.
+//! Shared helpers of the behaviour tests: a local facilitator, a configured
+//! `Payments`, an actix server on loopback, a subscriber that mints tokens, and a
+//! counter that tells whether a handler body ran.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::web::ServiceConfig;
+use actix_web::{App, HttpServer, web};
+use nvm_runtime::envelope::Accepted;
+use nvm_runtime::facilitator::Facilitator;
+use nvm_runtime::local::LocalFacilitator;
+use nvm_runtime::messages::{PermissionsRequest, SettleResponse};
+use nvm_runtime::{Payments, PaymentsBuilder};
+
+pub use nvm_runtime::local::{DEMO_AGENT_ID, DEMO_PLAN_ID};
+
+/// Counts how many times handler bodies ran; registered as app data per server.
+#[derive(Debug, Default, Clone)]
+pub struct Runs(Arc<AtomicUsize>);
+
+impl Runs {
+    /// Records one run.
+    pub fn hit(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Runs so far.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A `Payments` builder aimed at `local` with the builder's key and a short timeout.
+pub fn payments_for(local: &LocalFacilitator) -> PaymentsBuilder {
+    Payments::builder()
+        .api_key(local.builder_api_key())
+        .backend_url(local.backend_url())
+        .timeout(Duration::from_secs(3))
+}
+
+/// An actix server on 127.0.0.1 (any free port), stopped when dropped.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Handler runs.
+    pub runs: Runs,
+    handle: ServerHandle,
+}
+
+impl TestServer {
+    /// The URL of `path` on this server.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // Sends the stop command; the server's task ends on its own.
+        drop(self.handle.stop(false));
+    }
+}
+
+/// Starts an app with `payments` and `configure` on the current actix runtime.
+pub fn serve<F>(payments: Option<Payments>, configure: F) -> TestServer
+where
+    F: Fn(&mut ServiceConfig) + Send + Clone + 'static,
+{
+    let runs = Runs::default();
+    let app_runs = runs.clone();
+    let server = HttpServer::new(move || {
+        let mut app = App::new().app_data(web::Data::new(app_runs.clone()));
+        if let Some(payments) = &payments {
+            app = app.app_data(payments.clone());
+        }
+        app.configure(configure.clone())
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .expect("bind 127.0.0.1:0");
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    TestServer { url: format!("http://{addr}"), runs, handle }
+}
+
+/// Mints an access token for the demo plan and agent with the demo subscriber's key,
+/// over HTTP, as a buyer would.
+pub async fn mint(local: &LocalFacilitator) -> String {
+    mint_with(local, local.subscriber_api_key(), DEMO_PLAN_ID, Some(DEMO_AGENT_ID), None).await
+}
+
+/// Mints an access token with any key, plan, agent and token version.
+pub async fn mint_with(
+    local: &LocalFacilitator,
+    subscriber_key: &str,
+    plan_id: &str,
+    agent_id: Option<&str>,
+    version: Option<u8>,
+) -> String {
+    let key = subscriber_key.parse().expect("subscriber key");
+    let client = Facilitator::new(local.backend_url(), &key, Duration::from_secs(3)).expect("client");
+    let mut accepted: Accepted = nvm_runtime::envelope::PaymentRequired::builder(plan_id, "eip155:84532")
+        .build()
+        .accepts
+        .remove(0);
+    accepted.extra.agent_id = agent_id.map(str::to_owned);
+    let request = PermissionsRequest { accepted, delegation_config: None, token_version: version, resource: None };
+    client.mint(&request).await.expect("mint").access_token
+}
+
+/// An HTTP client for the tests.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+}
+
+/// Decodes the `payment-response` receipt of a response, if it has one.
+pub fn receipt(response: &reqwest::Response) -> Option<SettleResponse> {
+    let value = response.headers().get("payment-response")?.to_str().ok()?;
+    SettleResponse::from_header(value).ok()
+}
+
+/// Decodes the `payment-required` envelope of a response, if it has one.
+pub fn envelope(response: &reqwest::Response) -> Option<nvm_runtime::envelope::PaymentRequired> {
+    let value = response.headers().get("payment-required")?.to_str().ok()?;
+    nvm_runtime::envelope::PaymentRequired::from_header(value).ok()
+}

@@ -1,0 +1,459 @@
+//! The behaviour table of `#[paid]`, row by row, over real HTTP against the local
+//! facilitator: status, headers, decoded envelope and receipt, whether the handler ran,
+//! and the ledger afterwards.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, Responder, get, post, web};
+use nvm_runtime::local::LocalFacilitator;
+use nvm_runtime::{PaymentContext, PaymentError, paid};
+use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, envelope, http, mint, payments_for, receipt, serve};
+
+#[post("/ask")]
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2, description = "Ask the agent")]
+async fn ask(runs: web::Data<Runs>, payment: PaymentContext) -> impl Responder {
+    runs.hit();
+    HttpResponse::Ok().json(serde_json::json!({
+        "payer": payment.payer(),
+        "credits": payment.credits(),
+        "plan": payment.plan_id(),
+        "agentRequestId": payment.agent_request_id(),
+    }))
+}
+
+/// `#[paid]` above the routing attribute.
+#[paid(plan = DEMO_PLAN_ID, credits = 1)]
+#[get("/above")]
+async fn above(runs: web::Data<Runs>) -> &'static str {
+    runs.hit();
+    "above"
+}
+
+#[post("/bad-request")]
+#[paid(plan = DEMO_PLAN_ID, credits = 1)]
+async fn bad_request(runs: web::Data<Runs>) -> HttpResponse {
+    runs.hit();
+    HttpResponse::BadRequest().body("no")
+}
+
+#[post("/error")]
+#[paid(plan = DEMO_PLAN_ID, credits = 1)]
+async fn error(runs: web::Data<Runs>) -> Result<String, actix_web::Error> {
+    runs.hit();
+    Err(actix_web::error::ErrorServiceUnavailable("backend down"))
+}
+
+#[post("/panic")]
+#[paid(plan = DEMO_PLAN_ID, credits = 1)]
+async fn panics(runs: web::Data<Runs>) -> String {
+    runs.hit();
+    panic!("handler bug")
+}
+
+#[get("/free")]
+#[paid(plan = DEMO_PLAN_ID, credits = 0)]
+async fn free(runs: web::Data<Runs>, payment: PaymentContext) -> String {
+    runs.hit();
+    format!("free={}", payment.is_free())
+}
+
+#[post("/units")]
+#[paid(plan = DEMO_PLAN_ID, credits = |req: &HttpRequest| req.headers().get("x-units").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(1))]
+async fn units(runs: web::Data<Runs>, payment: PaymentContext) -> String {
+    runs.hit();
+    payment.credits().to_string()
+}
+
+async fn price_by_query(req: &HttpRequest) -> u64 {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    if req.query_string().contains("big") { 4 } else { 0 }
+}
+
+#[get("/priced")]
+#[paid(plan = DEMO_PLAN_ID, credits = price_by_query)]
+async fn priced(runs: web::Data<Runs>, payment: PaymentContext) -> String {
+    runs.hit();
+    payment.credits().to_string()
+}
+
+#[post("/usage")]
+#[paid(plan = DEMO_PLAN_ID, credits = 5)]
+async fn usage(runs: web::Data<Runs>, payment: PaymentContext) -> Result<String, actix_web::Error> {
+    runs.hit();
+    if payment.charge(6).is_ok() {
+        return Err(actix_web::error::ErrorInternalServerError("charged more than verified"));
+    }
+    payment.charge(2).map_err(actix_web::error::ErrorInternalServerError)?;
+    Ok(format!("charged {}", payment.charged()))
+}
+
+/// Spends the subscriber's balance while the handler runs, so the settlement fails.
+#[post("/drain")]
+#[paid(plan = DEMO_PLAN_ID, credits = 1)]
+async fn drain(runs: web::Data<Runs>, local: web::Data<Arc<LocalFacilitator>>) -> &'static str {
+    runs.hit();
+    local.set_balance(DEMO_PLAN_ID, local.subscriber_address(), 0);
+    "content that must not leak"
+}
+
+#[get("/context-without-paid")]
+async fn context_without_paid(payment: PaymentContext) -> String {
+    format!("{payment:?}")
+}
+
+#[paid(plan = DEMO_PLAN_ID, credits = 3)]
+async fn by_resource(runs: web::Data<Runs>) -> &'static str {
+    runs.hit();
+    "resource"
+}
+
+fn routes(local: Arc<LocalFacilitator>) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::Data::new(local.clone()))
+            .service(ask)
+            .service(above)
+            .service(bad_request)
+            .service(error)
+            .service(panics)
+            .service(free)
+            .service(units)
+            .service(priced)
+            .service(usage)
+            .service(drain)
+            .service(context_without_paid)
+            .service(web::resource("/by-resource").route(web::post().to(by_resource)));
+    }
+}
+
+struct Setup {
+    local: Arc<LocalFacilitator>,
+    server: nvm_tests::TestServer,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self::with(|b| b)
+    }
+
+    fn with(configure: impl FnOnce(nvm_runtime::PaymentsBuilder) -> nvm_runtime::PaymentsBuilder) -> Self {
+        let local = Arc::new(LocalFacilitator::start().expect("local facilitator"));
+        let payments = configure(payments_for(&local)).build().expect("payments");
+        let server = serve(Some(payments), routes(local.clone()));
+        Setup { local, server }
+    }
+
+    fn balance(&self) -> u64 {
+        self.local.balance(DEMO_PLAN_ID, self.local.subscriber_address())
+    }
+}
+
+#[actix_web::test]
+async fn no_token_gets_402_with_the_envelope_and_the_handler_does_not_run() {
+    let s = Setup::new();
+    let response = http().post(s.server.at("/ask?x=1")).send().await.unwrap();
+    assert_eq!(response.status(), 402);
+    let envelope = envelope(&response).expect("payment-required header");
+    assert_eq!(envelope.x402_version, 2);
+    assert_eq!(envelope.resource.url, "/ask");
+    assert_eq!(envelope.resource.description.as_deref(), Some("Ask the agent"));
+    let accepted = envelope.first().unwrap();
+    assert_eq!(accepted.plan_id, DEMO_PLAN_ID);
+    assert_eq!(accepted.scheme, "nvm:erc4337");
+    assert_eq!(accepted.network, "eip155:84532");
+    assert_eq!(accepted.extra.agent_id.as_deref(), Some(DEMO_AGENT_ID));
+    assert_eq!(accepted.extra.http_verb.as_deref(), Some("POST"));
+    assert_eq!(accepted.extra.version, "1");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "Payment Required");
+    assert!(body["message"].as_str().unwrap().contains("payment-signature"), "{body}");
+    assert_eq!(s.server.runs.count(), 0);
+    assert_eq!(s.local.calls().verify, 0);
+    assert_eq!(s.local.calls().settle, 0);
+}
+
+#[actix_web::test]
+async fn a_paid_request_is_verified_served_and_settled_exactly_once() {
+    let s = Setup::new();
+    let before = s.balance();
+    let token = mint(&s.local).await;
+    let response = http().post(s.server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let receipt = receipt(&response).expect("payment-response header");
+    assert!(receipt.success);
+    assert_eq!(receipt.credits_redeemed_u64(), 2);
+    assert!(receipt.transaction.starts_with("0x"), "{receipt:?}");
+    assert_eq!(receipt.remaining_balance.as_ref().and_then(|a| a.as_u64()), Some(before - 2));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["credits"], 2);
+    assert_eq!(body["plan"], DEMO_PLAN_ID);
+    assert_eq!(body["payer"], s.local.subscriber_address());
+    assert!(body["agentRequestId"].is_string(), "{body}");
+    assert_eq!(s.server.runs.count(), 1);
+    assert_eq!(s.balance(), before - 2);
+    let calls = s.local.calls();
+    assert_eq!((calls.verify, calls.settle), (1, 1));
+}
+
+#[actix_web::test]
+async fn both_attribute_orders_and_resource_routes_work() {
+    let s = Setup::new();
+    let before = s.balance();
+    let token = mint(&s.local).await;
+    let response = http().get(s.server.at("/above")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 1);
+    let response = http().post(s.server.at("/by-resource")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 3);
+    assert_eq!(response.text().await.unwrap(), "resource");
+    assert_eq!(s.balance(), before - 4);
+    assert_eq!(s.server.runs.count(), 2);
+}
+
+#[actix_web::test]
+async fn a_token_the_facilitator_refuses_gets_402_with_its_reason() {
+    let s = Setup::new();
+    let token = mint(&s.local).await;
+    s.local.set_balance(DEMO_PLAN_ID, s.local.subscriber_address(), 1);
+    let response = http().post(s.server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 402);
+    let envelope = envelope(&response).unwrap();
+    assert_eq!(envelope.error.as_deref(), Some("insufficient_balance"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["message"], "insufficient_balance");
+    assert_eq!(s.server.runs.count(), 0);
+    assert_eq!((s.local.calls().verify, s.local.calls().settle), (1, 0));
+    assert_eq!(s.balance(), 1);
+}
+
+#[actix_web::test]
+async fn an_unreachable_facilitator_gives_500_and_the_handler_does_not_run() {
+    let local = LocalFacilitator::start().unwrap();
+    let token = mint(&local).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let payments = payments_for(&local).backend_url(dead_url).build().unwrap();
+    let server = serve(Some(payments), routes(Arc::new(local)));
+    let response = http().post(server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "Payment verification failed");
+    assert!(body["message"].as_str().unwrap().contains("unavailable"), "{body}");
+    assert_eq!(server.runs.count(), 0);
+}
+
+#[actix_web::test]
+async fn failed_handlers_pass_through_and_nothing_is_settled() {
+    let s = Setup::new();
+    let before = s.balance();
+    let token = mint(&s.local).await;
+    for (path, status) in [("/bad-request", 400), ("/error", 503), ("/panic", 500)] {
+        let response = http().post(s.server.at(path)).header("payment-signature", &token).send().await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        assert!(receipt(&response).is_none(), "{path} has no receipt");
+    }
+    assert_eq!(s.server.runs.count(), 3);
+    let calls = s.local.calls();
+    assert_eq!((calls.verify, calls.settle), (3, 0));
+    assert_eq!(s.balance(), before);
+    // The server keeps serving after the panic.
+    let response = http().post(s.server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[actix_web::test]
+async fn a_failed_settlement_withholds_the_content_with_a_failed_receipt() {
+    let s = Setup::new();
+    let token = mint(&s.local).await;
+    let response = http().post(s.server.at("/drain")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 402);
+    let receipt = receipt(&response).expect("failed receipt");
+    assert!(!receipt.success);
+    assert_eq!(receipt.error_reason.as_deref(), Some("insufficient_balance"));
+    assert!(envelope(&response).is_some());
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("must not leak"), "{text}");
+    assert!(text.contains("settlement failed"), "{text}");
+    assert_eq!(s.server.runs.count(), 1);
+    assert_eq!(s.local.calls().settle, 1);
+}
+
+#[actix_web::test]
+async fn delivering_on_settle_failure_is_opt_in() {
+    let s = Setup::with(|b| b.deliver_on_settle_failure(true));
+    let token = mint(&s.local).await;
+    let response = http().post(s.server.at("/drain")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!receipt(&response).unwrap().success);
+    assert_eq!(response.text().await.unwrap(), "content that must not leak");
+}
+
+#[actix_web::test]
+async fn zero_credits_are_free_and_need_no_token() {
+    let s = Setup::new();
+    let response = http().get(s.server.at("/free")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(receipt(&response).is_none());
+    assert_eq!(response.text().await.unwrap(), "free=true");
+    let response = http().get(s.server.at("/priced")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "dynamic credits of 0 are free too");
+    let calls = s.local.calls();
+    assert_eq!((calls.verify, calls.settle), (0, 0));
+}
+
+#[actix_web::test]
+async fn bad_tokens_get_402_invalid_token_without_a_facilitator_call() {
+    let s = Setup::new();
+    let huge = "A".repeat(20 * 1024);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("huge", huge.into_bytes()),
+        ("not base64", b"%%%not-base64%%%".to_vec()),
+        ("base64 of text", b"aGVsbG8gd29ybGQ=".to_vec()),
+        ("json of the wrong shape", b"eyJhIjoxfQ==".to_vec()),
+        ("non-ascii", "t\u{00e9}st".as_bytes().to_vec()),
+    ];
+    for (name, value) in cases {
+        let value = reqwest::header::HeaderValue::from_bytes(&value).unwrap();
+        let response = http().post(s.server.at("/ask")).header("payment-signature", value).send().await.unwrap();
+        assert_eq!(response.status(), 402, "{name}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().starts_with("invalid_token"), "{name}: {body}");
+    }
+    assert_eq!(s.server.runs.count(), 0);
+    assert_eq!(s.local.calls().verify, 0);
+}
+
+#[actix_web::test]
+async fn dynamic_credits_sync_and_async_are_verified_and_burned() {
+    let s = Setup::new();
+    let before = s.balance();
+    let token = mint(&s.local).await;
+    let response = http()
+        .post(s.server.at("/units"))
+        .header("payment-signature", &token)
+        .header("x-units", "3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 3);
+    assert_eq!(response.text().await.unwrap(), "3");
+    let response = http().get(s.server.at("/priced?size=big")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 4);
+    assert_eq!(s.balance(), before - 7);
+}
+
+#[actix_web::test]
+async fn charge_settles_the_usage_never_more_than_verified() {
+    let s = Setup::new();
+    let before = s.balance();
+    let token = mint(&s.local).await;
+    let response = http().post(s.server.at("/usage")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 2);
+    assert_eq!(response.text().await.unwrap(), "charged 2");
+    assert_eq!(s.balance(), before - 2);
+}
+
+#[actix_web::test]
+async fn hooks_see_every_step_and_may_replace_the_error_response() {
+    let before_verify = Arc::new(AtomicUsize::new(0));
+    let after_verify = Arc::new(AtomicUsize::new(0));
+    let settled = Arc::new(AtomicUsize::new(0));
+    let (bv, av, st) = (before_verify.clone(), after_verify.clone(), settled.clone());
+    let s = Setup::with(move |b| {
+        b.before_verify(move |_req, envelope| {
+            assert_eq!(envelope.accepts[0].plan_id, DEMO_PLAN_ID);
+            bv.fetch_add(1, Ordering::SeqCst);
+        })
+        .after_verify(move |_req, verification| {
+            assert!(verification.is_valid);
+            av.fetch_add(1, Ordering::SeqCst);
+        })
+        .after_settle(move |_req, credits, receipt| {
+            assert!(receipt.success);
+            st.fetch_add(credits as usize, Ordering::SeqCst);
+        })
+        .on_payment_error(|_req, error| match error {
+            PaymentError::MissingToken { .. } => Some(HttpResponse::PaymentRequired().body("custom: pay first")),
+            _ => None,
+        })
+    });
+    let response = http().post(s.server.at("/ask")).send().await.unwrap();
+    assert_eq!(response.status(), 402);
+    assert_eq!(response.text().await.unwrap(), "custom: pay first");
+    let token = mint(&s.local).await;
+    let response = http().post(s.server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(before_verify.load(Ordering::SeqCst), 1);
+    assert_eq!(after_verify.load(Ordering::SeqCst), 1);
+    assert_eq!(settled.load(Ordering::SeqCst), 2);
+}
+
+#[actix_web::test]
+async fn the_verification_cache_saves_verify_calls_but_settles_every_request() {
+    let s = Setup::with(|b| b.verification_cache(Duration::from_secs(10)));
+    let before = s.balance();
+    let token = mint(&s.local).await;
+    for _ in 0..3 {
+        let response = http().post(s.server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 2);
+    }
+    let calls = s.local.calls();
+    assert_eq!((calls.verify, calls.settle), (1, 3));
+    assert_eq!(s.balance(), before - 6);
+}
+
+#[actix_web::test]
+async fn payment_context_without_paid_is_a_500_that_says_why() {
+    let s = Setup::new();
+    let response = http().get(s.server.at("/context-without-paid")).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("#[paid"), "{body}");
+}
+
+#[actix_web::test]
+async fn a_missing_configuration_is_a_500_that_says_what_to_add() {
+    let local = Arc::new(LocalFacilitator::start().unwrap());
+    let server = serve(None, routes(local));
+    let response = http().post(server.at("/ask")).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("app_data"), "{body}");
+    assert_eq!(server.runs.count(), 0);
+}
+
+#[test]
+fn every_paid_handler_is_in_the_pricing_table() {
+    let manifest = nvm_runtime::pricing::manifest();
+    let ask = manifest.iter().find(|r| r.handler == "ask").expect("ask recorded");
+    assert_eq!(ask.method.as_deref(), Some("POST"));
+    assert_eq!(ask.path.as_deref(), Some("/ask"));
+    assert_eq!(ask.credits, serde_json::json!(2));
+    assert_eq!(ask.plan_id.as_deref(), Some(DEMO_PLAN_ID));
+    assert_eq!(ask.agent_id.as_deref(), Some(DEMO_AGENT_ID));
+    let units = manifest.iter().find(|r| r.handler == "units").unwrap();
+    assert_eq!(units.credits, serde_json::json!("dynamic"));
+    let above = manifest.iter().find(|r| r.handler == "above").unwrap();
+    assert_eq!(above.path.as_deref(), Some("/above"));
+    let free = manifest.iter().find(|r| r.handler == "free").unwrap();
+    assert_eq!(free.credits, serde_json::json!(0));
+    assert_eq!(manifest.iter().filter(|r| r.module.ends_with("paid_flow")).count(), 11);
+}
+
+#[actix_web::test]
+async fn the_manifest_handler_serves_the_table() {
+    let server = serve(None, |cfg: &mut web::ServiceConfig| {
+        cfg.route("/pricing", web::get().to(nvm_runtime::pricing::manifest_handler));
+    });
+    let body: serde_json::Value = http().get(server.at("/pricing")).send().await.unwrap().json().await.unwrap();
+    let routes = body["routes"].as_array().unwrap();
+    assert!(routes.iter().any(|r| r["handler"] == "ask" && r["credits"] == 2), "{body}");
+}

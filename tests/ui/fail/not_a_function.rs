@@ -1,0 +1,6 @@
+use nvm_runtime::paid;
+
+#[paid(plan = "1")]
+struct Handler;
+
+fn main() {}

@@ -1,0 +1,24 @@
+#![deny(warnings)]
+use actix_web::{post, web, App, HttpRequest};
+use nvm_runtime::{paid, PaymentContext};
+
+#[derive(serde::Deserialize)]
+struct Query {
+    query: String,
+}
+
+#[post("/ask/{id}")]
+#[paid(plan = "1")]
+async fn ask(
+    web::Json(Query { query }): web::Json<Query>,
+    web::Path(id): web::Path<u32>,
+    _: HttpRequest,
+    mut payment: PaymentContext,
+) -> String {
+    payment = payment.clone();
+    format!("{query} {id} {}", payment.credits())
+}
+
+fn main() {
+    let _ = App::new().service(ask);
+}

@@ -1,0 +1,27 @@
+#![deny(warnings)]
+use actix_web::{post, App, HttpResponse};
+use nvm_runtime::{paid, ChargeError, PaymentContext};
+
+#[post("/work")]
+#[paid(plan = "1", credits = 10)]
+async fn work(payment: PaymentContext) -> Result<HttpResponse, actix_web::Error> {
+    let _: Option<&str> = payment.plan_id();
+    let _: Option<&str> = payment.agent_id();
+    let _: Option<&str> = payment.agent_request_id();
+    let _ = payment.agent_request();
+    let _ = payment.envelope();
+    let _ = payment.token().map(|t| t.hash());
+    let used: u64 = 3;
+    match payment.charge(used) {
+        Ok(()) => {}
+        Err(ChargeError::MoreThanVerified { verified, .. }) => {
+            return Ok(HttpResponse::BadRequest().body(format!("at most {verified}")));
+        }
+        Err(e) => return Err(actix_web::error::ErrorInternalServerError(e)),
+    }
+    Ok(HttpResponse::Ok().body(payment.charged().to_string()))
+}
+
+fn main() {
+    let _ = App::new().service(work);
+}
