@@ -1,1 +1,100 @@
-//! Helpers shared by the examples.
+//! Helpers shared by the examples: read the settings from the environment, or start
+//! the embedded local facilitator when no `NVM_API_KEY` is set.
+
+pub mod settings {
+    //! Where the examples' plan, agent and backend come from.
+
+    use std::sync::OnceLock;
+
+    use nvm_runtime::Payments;
+    use nvm_runtime::local::LocalFacilitator;
+
+    static PLAN_ID: OnceLock<String> = OnceLock::new();
+    static AGENT_ID: OnceLock<String> = OnceLock::new();
+
+    /// The plan id in use (set by [`from_env`]).
+    pub fn plan_id() -> &'static str {
+        PLAN_ID.get().map_or("", String::as_str)
+    }
+
+    /// The agent id in use, or `""` when there is none (set by [`from_env`]).
+    pub fn agent_id() -> &'static str {
+        AGENT_ID.get().map_or("", String::as_str)
+    }
+
+    /// `PORT`, default 3000.
+    pub fn port() -> u16 {
+        std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000)
+    }
+
+    /// The configuration an example runs with.
+    #[derive(Debug)]
+    pub struct Setup {
+        /// The seller's configuration.
+        pub payments: Payments,
+        /// The embedded facilitator, when no `NVM_API_KEY` is set.
+        pub local: Option<LocalFacilitator>,
+    }
+
+    /// Reads `NVM_API_KEY` and `NVM_PLAN_ID` (and `NVM_AGENT_ID`), or starts the embedded
+    /// local facilitator when no key is set.
+    pub fn from_env() -> Result<Setup, String> {
+        let has_key = std::env::var("NVM_API_KEY").is_ok_and(|k| !k.trim().is_empty());
+        if has_key {
+            let payments = Payments::from_env().map_err(|e| e.to_string())?;
+            let plan = std::env::var("NVM_PLAN_ID")
+                .ok()
+                .filter(|p| !p.trim().is_empty())
+                .ok_or("NVM_API_KEY is set but NVM_PLAN_ID is not: export NVM_PLAN_ID=<your plan id>")?;
+            let _ = PLAN_ID.set(plan);
+            let _ = AGENT_ID.set(std::env::var("NVM_AGENT_ID").unwrap_or_default());
+            return Ok(Setup { payments, local: None });
+        }
+        let local = LocalFacilitator::start().map_err(|e| format!("starting the local facilitator: {e}"))?;
+        let payments = Payments::builder()
+            .api_key(local.builder_api_key())
+            .backend_url(local.backend_url())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let _ = PLAN_ID.set(local.plan_id().to_owned());
+        let _ = AGENT_ID.set(local.agent_id().to_owned());
+        Ok(Setup { payments, local: Some(local) })
+    }
+
+    impl Setup {
+        /// What to print at start-up: where the server is, and with the local facilitator
+        /// three curl lines to paste (402, mint, pay).
+        pub fn banner(&self, url: &str) -> String {
+            let mut out = format!("Agent listening on {url}  (POST /ask: 1 credit, GET /health, GET /pricing)\n");
+            let Some(local) = &self.local else {
+                out.push_str(&format!("Using the Nevermined backend at {}\n", self.payments.backend_url()));
+                return out;
+            };
+            let accepted = serde_json::json!({
+                "accepted": {
+                    "scheme": "nvm:erc4337",
+                    "network": "eip155:84532",
+                    "planId": local.plan_id(),
+                    "extra": {"version": "1", "agentId": local.agent_id()},
+                }
+            });
+            out.push_str(&format!(
+                "Local facilitator at {backend} (a demo subscriber holds {credits} credits)\n\
+                 \n\
+                 # 1. Ask without paying: 402 and a payment-required header\n\
+                 curl -i -X POST {url}/ask -H 'content-type: application/json' -d '{{\"query\":\"hello\"}}'\n\
+                 \n\
+                 # 2. Mint an access token as the subscriber\n\
+                 TOKEN=$(curl -s -X POST {backend}/api/v1/x402/permissions -H 'authorization: Bearer {key}' -H 'content-type: application/json' -d '{body}' | sed -E 's/.*\"accessToken\":\"([^\"]+)\".*/\\1/'); echo \"$TOKEN\"\n\
+                 \n\
+                 # 3. Ask again, paying: 200 and a payment-response receipt\n\
+                 curl -i -X POST {url}/ask -H 'content-type: application/json' -H \"payment-signature: $TOKEN\" -d '{{\"query\":\"hello\"}}'\n",
+                backend = local.backend_url(),
+                credits = local.balance(local.plan_id(), local.subscriber_address()),
+                key = local.subscriber_api_key(),
+                body = accepted,
+            ));
+            out
+        }
+    }
+}

@@ -39,6 +39,14 @@ pub enum ConfigError {
         /// The handler that needs it.
         handler: String,
     },
+    /// A plan expression yielded an empty id.
+    #[error("the plan of {handler} is empty: `{expr}` yielded \"\"; make it return the plan id")]
+    EmptyPlan {
+        /// The expression's source text.
+        expr: String,
+        /// The handler.
+        handler: String,
+    },
     /// The HTTP client could not be built.
     #[error("the HTTP client could not be built: {0}")]
     HttpClient(String),

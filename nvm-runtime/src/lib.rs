@@ -5,6 +5,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod context;
@@ -35,3 +36,8 @@ pub use environment::Environment;
 pub use error::{ConfigError, FacilitatorError, PaymentError};
 pub use hooks::Hooks;
 pub use nvm_macros::paid;
+
+/// The README's snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -89,7 +89,13 @@ impl Route {
     /// The plan id of this request.
     pub(crate) fn plan_id(&self) -> Result<String, ConfigError> {
         match self.spec.plan {
-            Value::Expr(_, f) => Ok(f()),
+            Value::Expr(source, f) => {
+                let plan = f();
+                if plan.trim().is_empty() {
+                    return Err(ConfigError::EmptyPlan { expr: source.to_owned(), handler: self.spec.handler.to_owned() });
+                }
+                Ok(plan)
+            }
             value => self
                 .plan
                 .get_or_init(|| read_value(value, "plan id", self.spec.handler))
@@ -101,7 +107,8 @@ impl Route {
     pub(crate) fn agent_id(&self) -> Result<Option<String>, ConfigError> {
         match self.spec.agent {
             None => Ok(None),
-            Some(Value::Expr(_, f)) => Ok(Some(f())),
+            // An expression yielding "" means "no agent".
+            Some(Value::Expr(_, f)) => Ok(Some(f()).filter(|agent| !agent.trim().is_empty())),
             Some(value) => self
                 .agent
                 .get_or_init(|| read_value(value, "agent id", self.spec.handler).map(Some))
