@@ -47,6 +47,9 @@ pub enum ConfigError {
         /// The handler.
         handler: String,
     },
+    /// A `PaymentMiddleware` route key is not `"METHOD /path"`.
+    #[error("invalid route key `{0}`: write the method, a space and the path, e.g. \"POST /ask\" or \"GET /reports/:id\"")]
+    InvalidRouteKey(String),
     /// The HTTP client could not be built.
     #[error("the HTTP client could not be built: {0}")]
     HttpClient(String),

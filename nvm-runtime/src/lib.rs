@@ -17,6 +17,7 @@ pub mod facilitator;
 pub mod headers;
 mod hooks;
 pub mod messages;
+pub mod middleware;
 mod paywall;
 pub mod plans;
 pub mod pricing;
