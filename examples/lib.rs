@@ -65,7 +65,13 @@ pub mod settings {
         /// What to print at start-up: where the server is, and with the local facilitator
         /// three curl lines to paste (402, mint, pay).
         pub fn banner(&self, url: &str) -> String {
-            let mut out = format!("Agent listening on {url}  (POST /ask: 1 credit, GET /health, GET /pricing)\n");
+            self.banner_for(url, "POST /ask: 1 credit, GET /health, GET /pricing", "/ask")
+        }
+
+        /// [`Setup::banner`] for another set of routes; `paid_path` is the one the curl
+        /// lines call.
+        pub fn banner_for(&self, url: &str, routes: &str, paid_path: &str) -> String {
+            let mut out = format!("Agent listening on {url}  ({routes})\n");
             let Some(local) = &self.local else {
                 out.push_str(&format!("Using the Nevermined backend at {}\n", self.payments.backend_url()));
                 return out;
@@ -82,13 +88,16 @@ pub mod settings {
                 "Local facilitator at {backend} (a demo subscriber holds {credits} credits)\n\
                  \n\
                  # 1. Ask without paying: 402 and a payment-required header\n\
-                 curl -i -X POST {url}/ask -H 'content-type: application/json' -d '{{\"query\":\"hello\"}}'\n\
+                 curl -i -X POST {url}{paid_path} -H 'content-type: application/json' -d '{{\"query\":\"hello\"}}'\n\
                  \n\
                  # 2. Mint an access token as the subscriber\n\
                  TOKEN=$(curl -s -X POST {backend}/api/v1/x402/permissions -H 'authorization: Bearer {key}' -H 'content-type: application/json' -d '{body}' | sed -E 's/.*\"accessToken\":\"([^\"]+)\".*/\\1/'); echo \"$TOKEN\"\n\
                  \n\
                  # 3. Ask again, paying: 200 and a payment-response receipt\n\
-                 curl -i -X POST {url}/ask -H 'content-type: application/json' -H \"payment-signature: $TOKEN\" -d '{{\"query\":\"hello\"}}'\n",
+                 curl -i -X POST {url}{paid_path} -H 'content-type: application/json' -H \"payment-signature: $TOKEN\" -d '{{\"query\":\"hello\"}}'\n\
+                 \n\
+                 # Or let the client example do all of it:\n\
+                 NVM_API_KEY='{key}' NVM_BACKEND_URL={backend} cargo run -p nvm-examples --example client -- {url}{paid_path}\n",
                 backend = local.backend_url(),
                 credits = local.balance(local.plan_id(), local.subscriber_address()),
                 key = local.subscriber_api_key(),

@@ -313,7 +313,7 @@ async fn bad_tokens_get_402_invalid_token_without_a_facilitator_call() {
         ("huge", huge.into_bytes()),
         ("not base64", b"%%%not-base64%%%".to_vec()),
         ("base64 of text", b"aGVsbG8gd29ybGQ=".to_vec()),
-        ("json of the wrong shape", b"eyJhIjoxfQ==".to_vec()),
+        ("json that is not an object", b"WzEsMl0=".to_vec()),
         ("non-ascii", "t\u{00e9}st".as_bytes().to_vec()),
     ];
     for (name, value) in cases {

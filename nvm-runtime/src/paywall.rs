@@ -250,11 +250,14 @@ fn read_token(payments: &Payments, req: &HttpRequest) -> Result<AccessToken, Pay
         if raw.is_empty() {
             continue;
         }
-        let token = AccessToken::new(raw);
-        token
-            .decode()
-            .map_err(|e| PaymentError::MalformedToken(format!("the token is not an x402 payment payload ({e})")))?;
-        return Ok(token);
+        // Only the outer form is checked here (base64 of a JSON object); the facilitator
+        // judges the rest, so a payload shape this crate does not know is never refused.
+        let decoded: serde_json::Value = crate::codec::decode_json_header(raw)
+            .map_err(|e| PaymentError::MalformedToken(format!("the token is not base64 JSON ({e})")))?;
+        if !decoded.is_object() {
+            return Err(PaymentError::MalformedToken("the token is not an x402 payment payload".into()));
+        }
+        return Ok(AccessToken::new(raw));
     }
     let header = payments.token_headers().first().map_or("payment-signature", |h| h.as_str());
     Err(PaymentError::MissingToken { header: header.to_owned() })

@@ -104,8 +104,12 @@ pub async fn manifest_handler(_req: HttpRequest) -> HttpResponse {
 /// handler is set, naming the variable and handler when one is not.
 ///
 /// ```
-/// // A program without unset variables passes.
-/// nvm_runtime::pricing::check_startup().unwrap();
+/// if let Err(error) = nvm_runtime::pricing::check_startup() {
+///     // e.g. "environment variable NVM_PLAN_ID is not set; it gives the plan id of ask: …"
+///     eprintln!("{error}");
+/// #   return;
+///     std::process::exit(2);
+/// }
 /// ```
 pub fn check_startup() -> Result<(), ConfigError> {
     for route in routes() {

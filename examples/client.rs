@@ -1,0 +1,58 @@
+//! The buyer's side: pays a protected endpoint by itself and prints the receipt.
+//!
+//! Start the quick start first, then run the line it prints, e.g.:
+//!
+//! ```text
+//! NVM_API_KEY='local:eyJ…' NVM_BACKEND_URL=http://127.0.0.1:PORT \
+//!   cargo run -p nvm-examples --example client -- http://127.0.0.1:3000/ask
+//! ```
+//!
+//! `NVM_API_KEY` is the subscriber's key (with a `sandbox:`/`live:` key, the Nevermined
+//! backend is used). The client sends the request, receives the 402, decodes the
+//! envelope, mints an access token, retries with it, and prints the receipt.
+
+use nvm_runtime::Payments;
+use nvm_runtime::client::{PayingClient, Subscriber};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let url = std::env::args().nth(1).unwrap_or_else(|| "http://127.0.0.1:3000/ask".to_owned());
+    let config = match Payments::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("client: {error}\n(run the quick start: it prints the line to run this client with)");
+            std::process::exit(2);
+        }
+    };
+    let client = PayingClient::new(Subscriber::new(config));
+    let request = client
+        .http()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"query":"What is the meaning of life?"}"#);
+    match client.send(request).await {
+        Ok(paid) => {
+            let status = paid.response.status();
+            let receipt = paid.receipt;
+            let body = paid.response.text().await.unwrap_or_default();
+            println!("status: {status}");
+            println!("body: {body}");
+            match receipt {
+                Some(receipt) => {
+                    println!("credits redeemed: {}", receipt.credits_redeemed_u64());
+                    let remaining = receipt.remaining_balance.map(|a| a.to_string()).unwrap_or_default();
+                    println!("remaining balance: {remaining}");
+                    println!("transaction: {}", receipt.transaction);
+                }
+                None => println!("no receipt (the endpoint did not charge)"),
+            }
+            if !status.is_success() {
+                std::process::exit(1);
+            }
+        }
+        Err(error) => {
+            eprintln!("client: {error}");
+            std::process::exit(1);
+        }
+    }
+}

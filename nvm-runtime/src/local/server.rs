@@ -1,0 +1,189 @@
+//! The HTTP side: an actix-web server on its own thread, with its own actix `System`,
+//! serving the ledger's endpoints on 127.0.0.1.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::StatusCode;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde::de::DeserializeOwned;
+
+use super::keys;
+use super::ledger::{ApiError, Endpoint, Reply, State, codes};
+use super::wire::{FacilitatorBody, PermissionsBody};
+
+/// Request bodies larger than this are refused (tokens are at most 16 KiB).
+const BODY_LIMIT: usize = 256 * 1024;
+
+/// A running server: stopped and joined when dropped.
+#[derive(Debug)]
+pub(crate) struct Running {
+    handle: ServerHandle,
+    thread: Option<JoinHandle<()>>,
+    pub(crate) addr: SocketAddr,
+}
+
+impl Running {
+    /// Stops the server and waits for its thread.
+    pub(crate) fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            // `stop` sends the command at once; its future only waits for completion,
+            // which joining the thread does too.
+            drop(self.handle.stop(false));
+            if thread.join().is_err() {
+                tracing::warn!("the local facilitator's server thread panicked");
+            }
+            tracing::debug!(addr = %self.addr, "local facilitator stopped");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Binds 127.0.0.1:`port` and serves `state` on a new thread.
+pub(crate) fn spawn(state: Arc<State>, port: u16) -> io::Result<Running> {
+    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    let addr = listener.local_addr()?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<ServerHandle>>();
+    let thread = std::thread::Builder::new().name("nvm-local-facilitator".into()).spawn(move || {
+        let system = actix_web::rt::System::new();
+        system.block_on(async move {
+            let data = web::Data::from(state);
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(data.clone())
+                    .app_data(web::PayloadConfig::new(BODY_LIMIT))
+                    .route("/api/v1/x402/permissions", web::post().to(permissions))
+                    .route("/api/v1/x402/verify", web::post().to(verify))
+                    .route("/api/v1/x402/settle", web::post().to(settle))
+                    .route("/api/v1/protocol/plans/{plan_id}", web::get().to(plan))
+                    .route("/api/v1/protocol/plans/{plan_id}/balance/{holder}", web::get().to(plan_balance))
+                    .default_service(web::to(not_found))
+            })
+            .workers(2)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .listen(listener);
+            let server = match server {
+                Ok(server) => server.run(),
+                Err(error) => {
+                    let _ = ready_tx.send(Err(error));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(server.handle()));
+            if let Err(error) = server.await {
+                tracing::error!(%error, "the local facilitator's server failed");
+            }
+        });
+    })?;
+    match ready_rx.recv() {
+        Ok(Ok(handle)) => {
+            tracing::info!(%addr, "local facilitator listening");
+            Ok(Running { handle, thread: Some(thread), addr })
+        }
+        Ok(Err(error)) => {
+            let _ = thread.join();
+            Err(error)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(io::Error::other("the local facilitator's server thread exited before it started"))
+        }
+    }
+}
+
+fn respond(reply: Reply) -> HttpResponse {
+    match reply {
+        Reply::Ok(value) => HttpResponse::Ok().json(value),
+        Reply::Error(error) => error_response(&error),
+    }
+}
+
+fn error_response(error: &ApiError) -> HttpResponse {
+    let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST);
+    HttpResponse::build(status).json(error.to_json())
+}
+
+/// The account of the request's API key, or the 401 to answer.
+fn authorize(state: &State, req: &HttpRequest) -> Result<String, ApiError> {
+    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    keys::check_bearer(&state.secret, header).map_err(|why| {
+        tracing::debug!(path = req.path(), why = why.message(), "refused an API key");
+        ApiError::new(
+            401,
+            codes::UNAUTHORIZED,
+            why.message(),
+            "use a key printed by this local facilitator (builderApiKey or subscriberApiKey)",
+        )
+    })
+}
+
+fn parse<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            codes::BAD_REQUEST,
+            format!("the body of {} {} is not the expected JSON: {e}", req.method(), req.path()),
+            "see WIRE.md §4 and §5 for the request bodies",
+        )
+    })
+}
+
+/// Authenticates, parses the body, and hands both to `call`.
+fn handle<T: DeserializeOwned>(
+    state: &State,
+    req: &HttpRequest,
+    body: &[u8],
+    call: impl FnOnce(&State, &str, &T) -> Reply,
+) -> HttpResponse {
+    let reply = authorize(state, req)
+        .and_then(|caller| parse::<T>(req, body).map(|body| (caller, body)))
+        .map(|(caller, body)| call(state, &caller, &body));
+    match reply {
+        Ok(reply) => respond(reply),
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn permissions(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    state.count(Endpoint::Permissions);
+    handle::<PermissionsBody>(&state, &req, &body, State::permissions)
+}
+
+async fn verify(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    state.count(Endpoint::Verify);
+    handle::<FacilitatorBody>(&state, &req, &body, State::verify)
+}
+
+async fn settle(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    state.count(Endpoint::Settle);
+    handle::<FacilitatorBody>(&state, &req, &body, State::settle)
+}
+
+async fn plan(state: web::Data<State>, path: web::Path<String>) -> HttpResponse {
+    state.count(Endpoint::Plans);
+    respond(state.plan_metadata(&path))
+}
+
+async fn plan_balance(state: web::Data<State>, path: web::Path<(String, String)>) -> HttpResponse {
+    let (plan_id, holder) = path.into_inner();
+    respond(state.plan_balance(&plan_id, &holder))
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    error_response(&ApiError::new(
+        404,
+        codes::NOT_FOUND,
+        format!("the local facilitator has no endpoint {} {}", req.method(), req.path()),
+        "it serves POST /api/v1/x402/{permissions,verify,settle} and GET /api/v1/protocol/plans/{id}",
+    ))
+}
