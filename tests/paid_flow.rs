@@ -379,7 +379,7 @@ async fn hooks_see_every_step_and_may_replace_the_error_response() {
             assert!(receipt.success);
             st.fetch_add(credits as usize, Ordering::SeqCst);
         })
-        .on_payment_error(|_req, error| match error {
+        .on_payment_error(|_req, failure| match failure {
             PaymentError::MissingToken { .. } => Some(HttpResponse::PaymentRequired().body("custom: pay first")),
             _ => None,
         })
@@ -433,27 +433,35 @@ async fn a_missing_configuration_is_a_500_that_says_what_to_add() {
 #[test]
 fn every_paid_handler_is_in_the_pricing_table() {
     let manifest = nvm_runtime::pricing::manifest();
-    let ask = manifest.iter().find(|r| r.handler == "ask").expect("ask recorded");
-    assert_eq!(ask.method.as_deref(), Some("POST"));
-    assert_eq!(ask.path.as_deref(), Some("/ask"));
-    assert_eq!(ask.credits, serde_json::json!(2));
-    assert_eq!(ask.plan_id.as_deref(), Some(DEMO_PLAN_ID));
-    assert_eq!(ask.agent_id.as_deref(), Some(DEMO_AGENT_ID));
-    let units = manifest.iter().find(|r| r.handler == "units").unwrap();
-    assert_eq!(units.credits, serde_json::json!("dynamic"));
-    let above = manifest.iter().find(|r| r.handler == "above").unwrap();
-    assert_eq!(above.path.as_deref(), Some("/above"));
-    let free = manifest.iter().find(|r| r.handler == "free").unwrap();
-    assert_eq!(free.credits, serde_json::json!(0));
+    let asked = manifest.iter().find(|r| r.handler == "ask").expect("ask recorded");
+    assert_eq!(asked.credits, serde_json::json!(2));
+    assert_eq!(asked.plan_id.as_deref(), Some(DEMO_PLAN_ID));
+    assert_eq!(asked.agent_id.as_deref(), Some(DEMO_AGENT_ID));
+    let dynamic = manifest.iter().find(|r| r.handler == "units").unwrap();
+    assert_eq!(dynamic.credits, serde_json::json!("dynamic"));
+    // `#[paid]` above the routing attribute: known at compile time.
+    let upper = manifest.iter().find(|r| r.handler == "above").unwrap();
+    assert_eq!(upper.method.as_deref(), Some("GET"));
+    assert_eq!(upper.path.as_deref(), Some("/above"));
+    let gratis = manifest.iter().find(|r| r.handler == "free").unwrap();
+    assert_eq!(gratis.credits, serde_json::json!(0));
     assert_eq!(manifest.iter().filter(|r| r.module.ends_with("paid_flow")).count(), 11);
 }
 
 #[actix_web::test]
-async fn the_manifest_handler_serves_the_table() {
+async fn the_manifest_handler_serves_the_table_with_routes_learned_from_traffic() {
+    let s = Setup::new();
+    // `#[post]` above `#[paid]`: the method and path are learned from the first request.
+    let response = http().post(s.server.at("/ask")).send().await.unwrap();
+    assert_eq!(response.status(), 402);
     let server = serve(None, |cfg: &mut web::ServiceConfig| {
         cfg.route("/pricing", web::get().to(nvm_runtime::pricing::manifest_handler));
     });
     let body: serde_json::Value = http().get(server.at("/pricing")).send().await.unwrap().json().await.unwrap();
     let routes = body["routes"].as_array().unwrap();
-    assert!(routes.iter().any(|r| r["handler"] == "ask" && r["credits"] == 2), "{body}");
+    let asked = routes.iter().find(|r| r["handler"] == "ask").expect("ask listed");
+    assert_eq!(asked["credits"], 2, "{body}");
+    assert_eq!(asked["method"], "POST", "{body}");
+    assert_eq!(asked["path"], "/ask", "{body}");
+    assert_eq!(asked["planId"], DEMO_PLAN_ID, "{body}");
 }

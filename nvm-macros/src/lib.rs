@@ -1,8 +1,108 @@
-//! The `#[paid]` attribute. Use it through `nvm_runtime::paid`.
-use proc_macro::TokenStream;
+//! The `#[paid]` attribute of `nvm-runtime`. Depend on `nvm-runtime` and use it as
+//! `nvm_runtime::paid`: the code it generates calls into the runtime.
+//!
+//! This file is the entry point only: the `args` module parses the attribute's
+//! arguments, `handler` checks the function, and `expand` writes the code.
 
-/// Protects an actix-web handler with a Nevermined x402 payment.
+mod args;
+mod expand;
+mod handler;
+#[cfg(test)]
+mod tests;
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+
+/// Charges for an actix-web handler with a Nevermined x402 payment.
+///
+/// ```text
+/// #[post("/ask")]
+/// #[paid(plan = env("NVM_PLAN_ID"), credits = 1)]
+/// async fn ask(q: web::Json<Query>, payment: PaymentContext) -> impl Responder { … }
+/// ```
+///
+/// A request without a payment token gets a 402 with the `payment-required` envelope and
+/// the handler does not run. A request with a token is verified with the facilitator
+/// before the handler runs; when the handler answers with a success, the credits are
+/// settled and the receipt goes out in the `payment-response` header. The handler may
+/// take a `PaymentContext` to read what was verified or to settle a different amount.
+///
+/// # Arguments
+///
+/// Comma-separated `key = value` pairs, in any order:
+///
+/// - `plan` (required): the plan the caller pays with.
+///   - a string literal: `plan = "1234…"` (not empty);
+///   - `env("VAR")`: the id is read from the environment variable `VAR` once, at run
+///     time, and checked at start-up (`plan = env("NVM_PLAN_ID")`); `env` must be written
+///     bare, with one string literal;
+///   - any other expression yielding `&str` or `String`, evaluated for each request
+///     (`plan = config::plan_id()`, `plan = PLAN`).
+/// - `agent`: the agent id sent as `extra.agentId`, in the same three forms as `plan`.
+/// - `credits` (default `1`): what a request costs.
+///   - an integer literal, checked at compile time to be a `u64` (`credits = 5`);
+///     `credits = 0` makes the route free: no token needed, nothing verified or settled;
+///   - a closure of the request returning `u64`: `|req: &HttpRequest| -> u64 { … }`, or
+///     an async closure `async |req: &HttpRequest| -> u64 { … }` (a closure returning an
+///     `async` block is refused: write the async closure instead);
+///   - any other expression: a `u64` const (`credits = PRICE`) or the path of a `fn` or
+///     `async fn` taking `&HttpRequest` and returning `u64` (`credits = pricing::by_size`).
+/// - `scheme`: a string literal, `"nvm:erc4337"` or `"nvm:card-delegation"`; by default
+///   the scheme is detected from the plan.
+/// - `network`: a string literal (`"eip155:84532"`, `"stripe"`…); by default detected.
+/// - `description`, `mime_type`, `resource`: string literals for the `resource` fields of
+///   the payment-required envelope (`resource` defaults to the request's URL).
+/// - `crate = path`: where the runtime crate is, when it is renamed in `Cargo.toml`
+///   (`crate = my_nvm`); the default is `::nvm_runtime`.
+///
+/// # The handler
+///
+/// An `async fn` with at most 15 arguments (actix-web accepts 16 extractors and `#[paid]`
+/// adds one), without generics, `self`, `const`, `unsafe` or `extern`, returning any
+/// actix-web `Responder`. Its arguments, patterns, attributes and body are kept as
+/// written. A routing attribute (`#[get("/p")]`, `#[post]`, `#[route]`…) may go above or
+/// below `#[paid]`; below, its method and path are also recorded in the route table.
+///
+/// # What it generates
+///
+/// The handler stays as written, nested inside an outer `async fn` of the same name,
+/// visibility, docs and routing attributes. The outer function takes a hidden payment
+/// extractor first and the original extractors after it, and only builds the inner
+/// future once the payment is verified. A hidden marker type carries the route's
+/// description (plan, agent, credits, method and path), which is also registered in a
+/// table the runtime reads at start-up (to check that `env` plans are set) and for its
+/// pricing manifest.
+///
+/// Mistakes are compile errors pointing at the offending token and showing the correct
+/// form; the handler is then left as written, so other errors stay meaningful.
 #[proc_macro_attribute]
-pub fn paid(_args: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn paid(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand_paid(args.into(), item.into()).into()
+}
+
+/// `#[paid]` on `proc_macro2` tokens: parse, check, expand. On any error, the item is
+/// returned unchanged followed by every error as `compile_error!`.
+fn expand_paid(args: TokenStream2, item: TokenStream2) -> TokenStream2 {
+    match try_expand(args, item.clone()) {
+        Ok(expanded) => expanded,
+        Err(error) => {
+            let mut tokens = item;
+            tokens.extend(error.to_compile_error());
+            tokens
+        }
+    }
+}
+
+/// The expansion, or all the errors of the arguments and of the handler together.
+fn try_expand(args: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
+    let args = syn::parse2::<args::Args>(args);
+    let handler = handler::Handler::parse(item);
+    match (args, handler) {
+        (Ok(args), Ok(handler)) => Ok(expand::expand(&args, &handler)),
+        (Err(mut error), Err(more)) => {
+            error.combine(more);
+            Err(error)
+        }
+        (Err(error), Ok(_)) | (Ok(_), Err(error)) => Err(error),
+    }
 }

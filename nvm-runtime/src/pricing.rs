@@ -28,10 +28,12 @@ pub struct PricedRoute {
     pub handler: String,
     /// The handler's module.
     pub module: String,
-    /// The method(s) of its routing attribute, when `#[paid]` sits above it.
+    /// The method(s) of its routing attribute when `#[paid]` sits above it, else the
+    /// method of the first request served.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// The path of its routing attribute, when `#[paid]` sits above it.
+    /// The path of its routing attribute when `#[paid]` sits above it, else the route
+    /// pattern of the first request served.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// The plan id, when it can be read now.
@@ -68,11 +70,12 @@ impl PricedRoute {
                 None => ("dynamic".into(), Some(source.to_owned())),
             },
         };
+        let (method, path) = route.method_and_path();
         PricedRoute {
             handler: spec.handler.to_owned(),
             module: spec.module.to_owned(),
-            method: spec.method.map(str::to_owned),
-            path: spec.path.map(str::to_owned),
+            method: method.map(str::to_owned),
+            path: path.map(str::to_owned),
             plan_id: route.plan_id().ok(),
             plan: spec.plan.into(),
             agent_id: route.agent_id().ok().flatten(),

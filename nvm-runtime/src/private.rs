@@ -61,6 +61,7 @@ impl<R: PaidRoute> FromRequest for Paid<R> {
                 return Err(Rejection::new(paywall::unconfigured(&req)));
             };
             let route = R::route();
+            route.observe(&req);
             let spec = route.spec();
             let ids = route.plan_id().and_then(|plan| Ok((plan, route.agent_id()?)));
             let (plan_id, agent_id) = match ids {

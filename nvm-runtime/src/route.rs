@@ -73,17 +73,36 @@ pub struct Route {
     spec: RouteSpec,
     plan: OnceLock<Result<String, ConfigError>>,
     agent: OnceLock<Result<Option<String>, ConfigError>>,
+    /// Method and path pattern seen on the first request, for handlers whose routing
+    /// attribute sits above `#[paid]` (expanded first, so the macro never sees it).
+    served: OnceLock<(String, String)>,
 }
 
 impl Route {
     /// Wraps a spec; `const` so it can live in a `static`.
     pub const fn new(spec: RouteSpec) -> Self {
-        Route { spec, plan: OnceLock::new(), agent: OnceLock::new() }
+        Route { spec, plan: OnceLock::new(), agent: OnceLock::new(), served: OnceLock::new() }
     }
 
     /// The compile-time description.
     pub fn spec(&self) -> &RouteSpec {
         &self.spec
+    }
+
+    /// Records the method and route pattern of a request, once.
+    pub(crate) fn observe(&self, req: &HttpRequest) {
+        if self.served.get().is_none() && self.spec.path.is_none() {
+            let pattern = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+            let _ = self.served.set((req.method().as_str().to_owned(), pattern));
+        }
+    }
+
+    /// The method and path: from the routing attribute, else as first served.
+    pub fn method_and_path(&self) -> (Option<&str>, Option<&str>) {
+        match (self.spec.method, self.spec.path, self.served.get()) {
+            (None, None, Some((method, path))) => (Some(method), Some(path)),
+            (method, path, _) => (method, path),
+        }
     }
 
     /// The plan id of this request.

@@ -257,7 +257,7 @@ impl State {
         let builder_api_key = keys::issue_api_key(&secret, &builder_address, ledger.serial);
         let subscriber_address = keys::address(&secret.derive("account", ledger.next()));
         let subscriber_api_key = keys::issue_api_key(&secret, &subscriber_address, ledger.serial);
-        let plan = Self::plan_from(&secret, &mut ledger, &builder_address, PlanSpec::crypto("Local plan"));
+        let plan = Self::plan_from(&secret, &mut ledger, &builder_address, PlanSpec::crypto("Local plan").id(super::DEMO_PLAN_ID).agent(super::DEMO_AGENT_ID));
         let plan_id = plan.id.clone();
         let agent_id = plan.agents.first().map(|a| a.id.clone()).unwrap_or_default();
         ledger.balances.insert((plan_id.clone(), subscriber_address.clone()), credits);
@@ -317,7 +317,7 @@ impl State {
 
     fn plan_from(secret: &Secret, ledger: &mut Ledger, default_owner: &str, spec: PlanSpec) -> Plan {
         let serial = ledger.next();
-        let id = keys::decimal(&secret.derive("plan", serial));
+        let id = spec.id.clone().unwrap_or_else(|| keys::decimal(&secret.derive("plan", serial)));
         let mut agents: Vec<Agent> = spec
             .agents
             .iter()

@@ -61,6 +61,15 @@ use self::server::Running;
 /// ```
 pub const DEFAULT_CREDITS: u64 = 100;
 
+/// The id of the default plan of every local facilitator: fixed, so code and tests can
+/// name it before the facilitator starts (`#[paid(plan = DEMO_PLAN_ID)]`).
+pub const DEMO_PLAN_ID: &str =
+    "80918427023170428029540261117198154464497879145267720259488529685089104529015";
+
+/// The id of the default plan's agent: fixed, like [`DEMO_PLAN_ID`].
+pub const DEMO_AGENT_ID: &str =
+    "21319780138104830291683649381947612938461982473619283740192837465102938475610";
+
 /// A running local facilitator. It stops when dropped (or [`stop`](Self::stop)ped).
 ///
 /// ```
@@ -225,6 +234,7 @@ impl LocalFacilitatorBuilder {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct PlanSpec {
+    id: Option<String>,
     name: String,
     owner: Option<String>,
     agents: Vec<String>,
@@ -242,6 +252,7 @@ impl PlanSpec {
     /// ```
     pub fn crypto(name: impl Into<String>) -> Self {
         PlanSpec {
+            id: None,
             name: name.into(),
             owner: None,
             agents: Vec::new(),
@@ -260,6 +271,18 @@ impl PlanSpec {
     /// ```
     pub fn fiat(name: impl Into<String>, provider: impl Into<String>) -> Self {
         PlanSpec { fiat_provider: Some(provider.into()), ..PlanSpec::crypto(name) }
+    }
+
+    /// Gives the plan this id (default: a generated 256-bit decimal id). An id already
+    /// in use is replaced.
+    ///
+    /// ```
+    /// let spec = nvm_runtime::local::PlanSpec::crypto("Basic").id("42");
+    /// # let _ = spec;
+    /// ```
+    pub fn id(mut self, plan_id: impl Into<String>) -> Self {
+        self.id = Some(plan_id.into());
+        self
     }
 
     /// Adds an agent with this id (when none is added, one is generated).

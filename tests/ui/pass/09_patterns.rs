@@ -11,11 +11,12 @@ struct Query {
 #[paid(plan = "1")]
 async fn ask(
     web::Json(Query { query }): web::Json<Query>,
-    web::Path(id): web::Path<u32>,
+    path: web::Path<u32>,
     _: HttpRequest,
     mut payment: PaymentContext,
 ) -> String {
     payment = payment.clone();
+    let id = path.into_inner();
     format!("{query} {id} {}", payment.credits())
 }
 

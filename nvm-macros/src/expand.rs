@@ -1,0 +1,481 @@
+//! Code generation: the outer handler, the marker type and its route, the registration
+//! in the route table.
+//!
+//! Every path goes through the runtime's hidden `__private` module, spelled absolutely
+//! (`::nvm_runtime::__private::…`, or the `crate = …` path), and every identifier the
+//! expansion introduces has `Span::mixed_site()` so the user's code cannot see it.
+
+use proc_macro2::{Delimiter, Group, Ident, Literal, Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote};
+use syn::LitStr;
+use syn::ext::IdentExt;
+
+use crate::args::{Args, Credits, Value};
+use crate::handler::Handler;
+
+/// The full expansion of `#[paid(args)]` on `handler`.
+pub(crate) fn expand(args: &Args, handler: &Handler) -> TokenStream {
+    let krate = &args.krate;
+    let private = quote!(#krate::__private);
+    let ident = &handler.ident;
+    let name = ident.unraw().to_string();
+    let vis = &handler.vis;
+    let marker = format_ident!("__NvmPaid_{}", name, span = Span::mixed_site());
+    let paid = Ident::new("__nvm_paid", Span::mixed_site());
+    let arg_names: Vec<Ident> = (0..handler.arg_types.len())
+        .map(|i| format_ident!("__arg{}", i, span = Span::mixed_site()))
+        .collect();
+    let arg_types = &handler.arg_types;
+    let outer_attrs = &handler.outer_attrs;
+    let inner = &handler.inner;
+
+    // Located at the user's return type (hygiene unchanged): "`X` is not a `Responder`"
+    // points there.
+    let run =
+        located_at(quote!(#private::run_paid(#paid, #ident(#(#arg_names),*)).await), handler.output_span);
+
+    let route = route_fn(args, handler, &private, &name);
+
+    quote! {
+        #(#outer_attrs)*
+        // The outer function has one argument more than the user's, and actix-web
+        // futures are not `Send`: neither is the user's to fix. (Lint levels are
+        // inherited, so these also apply to the nested user function.)
+        #[allow(clippy::too_many_arguments, clippy::future_not_send)]
+        #vis async fn #ident(
+            #paid: #private::Paid<#marker>,
+            #(#arg_names: #arg_types),*
+        ) -> #private::HttpResponse {
+            #inner
+            #run
+        }
+
+        #[doc(hidden)]
+        #[allow(
+            non_camel_case_types,
+            dead_code,
+            unreachable_pub,
+            missing_debug_implementations,
+            missing_copy_implementations
+        )]
+        #vis struct #marker;
+
+        impl #private::PaidRoute for #marker {
+            #route
+        }
+
+        #private::inventory::submit! {
+            #private::RouteEntry(<#marker as #private::PaidRoute>::route)
+        }
+    }
+}
+
+/// `tokens` shown at `location`: each token keeps its hygiene, only its place changes.
+fn located_at(tokens: TokenStream, location: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|token| match token {
+            TokenTree::Group(group) => {
+                let mut new = Group::new(group.delimiter(), located_at(group.stream(), location));
+                new.set_span(group.span().located_at(location));
+                TokenTree::Group(new)
+            }
+            mut other => {
+                other.set_span(other.span().located_at(location));
+                other
+            }
+        })
+        .collect()
+}
+
+/// `fn route() -> &'static Route`, with the helpers its `static` needs.
+fn route_fn(args: &Args, handler: &Handler, private: &TokenStream, name: &str) -> TokenStream {
+    let mut helpers = TokenStream::new();
+    let plan = value(&args.plan, "__plan", private, &mut helpers);
+    let agent = match &args.agent {
+        Some(agent) => some(value(agent, "__agent", private, &mut helpers)),
+        None => none(),
+    };
+    let credits = credits(&args.credits, private, &mut helpers);
+    let method = optional_str(handler.route.method.as_deref());
+    let path = optional_str(handler.route.path.as_deref());
+    let [scheme, network, description, mime_type, resource] =
+        [&args.scheme, &args.network, &args.description, &args.mime_type, &args.resource]
+            .map(|lit| lit.as_ref().map_or_else(none, |lit| some(lit.to_token_stream())));
+    let route = Ident::new("ROUTE", Span::mixed_site());
+
+    quote! {
+        fn route() -> &'static #private::Route {
+            #helpers
+            static #route: #private::Route = #private::Route::new(#private::RouteSpec {
+                handler: #name,
+                module: ::core::module_path!(),
+                method: #method,
+                path: #path,
+                plan: #plan,
+                agent: #agent,
+                credits: #credits,
+                scheme: #scheme,
+                network: #network,
+                description: #description,
+                mime_type: #mime_type,
+                resource: #resource,
+            });
+            &#route
+        }
+    }
+}
+
+/// A `Value::…` for `plan` or `agent`; an expression gets a helper function `helper`.
+fn value(value: &Value, helper: &str, private: &TokenStream, helpers: &mut TokenStream) -> TokenStream {
+    match value {
+        Value::Literal(lit) => quote!(#private::Value::Literal(#lit)),
+        Value::Env(var) => quote!(#private::Value::Env(#var)),
+        Value::Expr(expr) => {
+            let helper = Ident::new(helper, Span::mixed_site());
+            let source = source_text(expr.to_token_stream());
+            helpers.extend(quote! {
+                fn #helper() -> ::std::string::String {
+                    #private::plan_value(#expr)
+                }
+            });
+            quote!(#private::Value::Expr(#source, #helper))
+        }
+    }
+}
+
+/// The `Credits::…` of the route; anything but a literal gets helper functions.
+fn credits(credits: &Credits, private: &TokenStream, helpers: &mut TokenStream) -> TokenStream {
+    let (expr, source, fixed) = match credits {
+        Credits::Fixed { value, span } => {
+            let mut lit = Literal::u64_unsuffixed(*value);
+            lit.set_span(*span);
+            return quote!(#private::Credits::Fixed(#lit));
+        }
+        // A closure never prices every request the same: `fixed` is `None` without
+        // writing the closure twice (which would report its errors twice).
+        Credits::SyncClosure(closure) => (
+            quote!(#private::sync_credits(#closure)),
+            closure.to_token_stream(),
+            quote!(::core::option::Option::None),
+        ),
+        Credits::AsyncClosure(closure) => (
+            quote!(#private::async_credits(#closure)),
+            closure.to_token_stream(),
+            quote!(::core::option::Option::None),
+        ),
+        Credits::Expr(expr) => {
+            (expr.to_token_stream(), expr.to_token_stream(), quote!(#private::fixed_credits(#expr)))
+        }
+    };
+    let source = source_text(source);
+    let resolve = Ident::new("__credits", Span::mixed_site());
+    let fixed_fn = Ident::new("__credits_fixed", Span::mixed_site());
+    let req = Ident::new("req", Span::mixed_site());
+    helpers.extend(quote! {
+        fn #resolve(#req: &#private::HttpRequest) -> #private::CreditsFuture<'_> {
+            #private::resolve_credits(#expr, #req)
+        }
+        fn #fixed_fn() -> ::core::option::Option<::core::primitive::u64> {
+            #fixed
+        }
+    });
+    quote! {
+        #private::Credits::Source {
+            source: #source,
+            resolve: #resolve,
+            fixed: #fixed_fn,
+        }
+    }
+}
+
+/// `::core::option::Option::Some(tokens)`.
+fn some(tokens: TokenStream) -> TokenStream {
+    quote!(::core::option::Option::Some(#tokens))
+}
+
+/// `::core::option::Option::None`.
+fn none() -> TokenStream {
+    quote!(::core::option::Option::None)
+}
+
+/// `Some("text")` or `None`.
+fn optional_str(text: Option<&str>) -> TokenStream {
+    text.map_or_else(none, |text| some(LitStr::new(text, Span::call_site()).to_token_stream()))
+}
+
+/// Compact source text of an expression for the route table (`config::plan_id()`,
+/// `|req: &HttpRequest| req.path().len() as u64`), the same in every build: the
+/// compiler's own rendering of tokens spaces them out (`config :: plan_id ()`).
+pub(crate) fn source_text(tokens: TokenStream) -> String {
+    let mut out = String::new();
+    Printer::default().print(tokens, &mut out);
+    out
+}
+
+/// What the previous token was, for spacing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prev {
+    /// Nothing yet, or an opening delimiter.
+    Start,
+    /// An identifier that may be followed directly by `(`, `[`, `!` or `::`.
+    Name,
+    /// A keyword (`move`, `as`, `return`…): a space follows it.
+    Keyword,
+    /// A literal or a closed group: a value.
+    Value,
+    /// An operator after which the next token is written tightly (`::`, `.`, a unary
+    /// `&`, `-`, `*` or `!`, an opening closure `|` or generic `<`, `#`).
+    Tight,
+    /// A closing generic `>`: a value-like end that `::` and `(` attach to.
+    CloseGeneric,
+    /// Any other operator (`=`, `+`, `->`, `,`, closing `|`…): a space follows it.
+    Operator,
+}
+
+/// Renders tokens with Rust's usual spacing, well enough for short expressions.
+#[derive(Default)]
+struct Printer {
+    /// Inside `|…|` closure parameters.
+    closure_params: bool,
+    /// Depth of `<…>` generic arguments.
+    generics: usize,
+}
+
+/// Operators of more than one character, longest first.
+const OPERATORS: [&str; 25] = [
+    "..=", "...", "<<=", ">>=", "::", "->", "=>", "==", "!=", "<=", ">=", "&&", "||", "+=", "-=", "*=", "/=",
+    "%=", "^=", "&=", "|=", "<<", ">>", "..", "<-",
+];
+
+/// Keywords that a `(`, `[` or `::` does not attach to.
+const KEYWORDS: [&str; 27] = [
+    "as", "async", "await", "break", "const", "continue", "dyn", "else", "enum", "for", "if", "impl", "in",
+    "let", "loop", "match", "mod", "move", "mut", "ref", "return", "static", "struct", "unsafe", "where",
+    "while", "yield",
+];
+
+impl Printer {
+    /// Prints a token stream (one delimiter level) into `out`.
+    fn print(&mut self, tokens: TokenStream, out: &mut String) {
+        let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+        let mut prev = Prev::Start;
+        let mut i = 0;
+        while i < tokens.len() {
+            match &tokens[i] {
+                TokenTree::Ident(ident) => {
+                    let text = ident.to_string();
+                    if !matches!(prev, Prev::Start | Prev::Tight) {
+                        out.push(' ');
+                    }
+                    out.push_str(&text);
+                    prev = if KEYWORDS.contains(&text.as_str()) { Prev::Keyword } else { Prev::Name };
+                    i += 1;
+                }
+                TokenTree::Literal(literal) => {
+                    if !matches!(prev, Prev::Start | Prev::Tight) {
+                        out.push(' ');
+                    }
+                    out.push_str(&literal.to_string());
+                    prev = Prev::Value;
+                    i += 1;
+                }
+                TokenTree::Group(group) => {
+                    let delimiter = group.delimiter();
+                    let attaches = matches!(delimiter, Delimiter::Parenthesis | Delimiter::Bracket)
+                        && matches!(prev, Prev::Name | Prev::Value | Prev::CloseGeneric);
+                    if !attaches && !matches!(prev, Prev::Start | Prev::Tight) {
+                        out.push(' ');
+                    }
+                    let mut inner = String::new();
+                    Printer::default().print(group.stream(), &mut inner);
+                    match delimiter {
+                        Delimiter::Parenthesis => {
+                            out.push('(');
+                            out.push_str(&inner);
+                            out.push(')');
+                        }
+                        Delimiter::Bracket => {
+                            out.push('[');
+                            out.push_str(&inner);
+                            out.push(']');
+                        }
+                        Delimiter::Brace if inner.is_empty() => out.push_str("{}"),
+                        Delimiter::Brace => {
+                            out.push_str("{ ");
+                            out.push_str(&inner);
+                            out.push_str(" }");
+                        }
+                        Delimiter::None => out.push_str(&inner),
+                    }
+                    prev = Prev::Value;
+                    i += 1;
+                }
+                TokenTree::Punct(_) => {
+                    // A run of joint punctuation (`::<`, `->`, `&&`) splits into operators.
+                    let mut run = String::new();
+                    while let Some(TokenTree::Punct(punct)) = tokens.get(i) {
+                        run.push(punct.as_char());
+                        i += 1;
+                        if punct.spacing() == proc_macro2::Spacing::Alone {
+                            break;
+                        }
+                    }
+                    // A lifetime is `'` joint with its name: `&'static`.
+                    let lifetime = run.ends_with('\'') && matches!(tokens.get(i), Some(TokenTree::Ident(_)));
+                    if lifetime {
+                        run.pop();
+                    }
+                    let mut rest = run.as_str();
+                    while !rest.is_empty() {
+                        let op = OPERATORS
+                            .iter()
+                            .find(|op| rest.starts_with(**op))
+                            .copied()
+                            .unwrap_or_else(|| &rest[..rest.chars().next().map_or(1, char::len_utf8)]);
+                        rest = &rest[op.len()..];
+                        prev = self.operator(op, prev, out);
+                    }
+                    if let (true, Some(TokenTree::Ident(name))) = (lifetime, tokens.get(i)) {
+                        if !matches!(prev, Prev::Start | Prev::Tight) {
+                            out.push(' ');
+                        }
+                        out.push('\'');
+                        out.push_str(&name.to_string());
+                        prev = Prev::Keyword;
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Prints an operator and says how the next token attaches to it.
+    fn operator(&mut self, op: &str, prev: Prev, out: &mut String) -> Prev {
+        let after_value = matches!(prev, Prev::Name | Prev::Value | Prev::CloseGeneric);
+        let unary_position = matches!(prev, Prev::Start | Prev::Tight | Prev::Keyword | Prev::Operator);
+        let space_before = |out: &mut String| {
+            if !matches!(prev, Prev::Start | Prev::Tight) {
+                out.push(' ');
+            }
+        };
+        match op {
+            "," | ";" => {
+                out.push_str(op);
+                Prev::Operator
+            }
+            "." | ".." | "..=" | "::" if after_value => {
+                out.push_str(op);
+                Prev::Tight
+            }
+            "." | ".." | "..=" | "::" => {
+                space_before(out);
+                out.push_str(op);
+                Prev::Tight
+            }
+            "?" | ":" => {
+                out.push_str(op);
+                if op == "?" { Prev::Value } else { Prev::Operator }
+            }
+            "!" if prev == Prev::Name => {
+                // A macro call: `env!(…)`.
+                out.push('!');
+                Prev::Tight
+            }
+            "&" | "&&" | "*" | "-" | "!" if unary_position => {
+                space_before(out);
+                out.push_str(op);
+                Prev::Tight
+            }
+            "|" if self.closure_params => {
+                self.closure_params = false;
+                out.push('|');
+                Prev::Operator
+            }
+            "|" if unary_position => {
+                self.closure_params = true;
+                space_before(out);
+                out.push('|');
+                Prev::Tight
+            }
+            "<" if matches!(prev, Prev::Start | Prev::Tight)
+                || (prev == Prev::Name && after_type_name(out)) =>
+            {
+                self.generics += 1;
+                out.push('<');
+                Prev::Tight
+            }
+            ">" | ">>" if self.generics >= op.len() => {
+                self.generics -= op.len();
+                out.push_str(op);
+                Prev::CloseGeneric
+            }
+            "#" => {
+                space_before(out);
+                out.push('#');
+                Prev::Tight
+            }
+            _ => {
+                space_before(out);
+                out.push_str(op);
+                Prev::Operator
+            }
+        }
+    }
+}
+
+/// Whether a `<` after the name just printed opens generic arguments: it does after a
+/// type name (`Option<u64>`), which by convention starts with an upper-case letter; after
+/// a lower-case name it is a comparison (`a < b`).
+fn after_type_name(out: &str) -> bool {
+    let name = out.rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or_default();
+    name.chars().next().is_some_and(char::is_uppercase)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_text;
+
+    fn render(source: &str) -> String {
+        source_text(source.parse().expect("tokens"))
+    }
+
+    #[test]
+    fn source_text_is_compact() {
+        let same = [
+            "config::plan_id()",
+            "::std::env::var(\"X\").unwrap_or_default()",
+            "PRICE",
+            "pricing::by_length",
+            "|req| req.path().len() as u64",
+            "|req: &HttpRequest| -> u64 { 2 }",
+            "async |req: &HttpRequest| { price(req).await }",
+            "move |req: &HttpRequest| req.query_string().len() as u64 * 2",
+            "|_| 3",
+            "|req: &actix_web::HttpRequest| if req.method() == Method::POST { 2 } else { 1 }",
+            "Option::<u64>::None.unwrap_or(1)",
+            "env!(\"PLAN\")",
+            "a && !b",
+            "-x + 1",
+            "&CONFIG.plan",
+            "x.as_ref().map(|s| s.len()).unwrap_or(0) as u64",
+            "std::cmp::max(1, 2)",
+            "f::<Vec<u8>>()",
+            "vec![1, 2][0]",
+            "|req| { let n = req.path().len(); n as u64 }",
+            "|r: &'static str| r",
+            "0..10",
+            "x?",
+            "a | b",
+            "1 << 4",
+            "a < b",
+            "Box::<str>::from(\"x\")",
+            "<T as Default>::default()",
+            "{}",
+        ];
+        for source in same {
+            assert_eq!(render(source), source);
+        }
+        assert_eq!(render("config :: plan_id ( )"), "config::plan_id()");
+    }
+}

@@ -1,0 +1,160 @@
+//! Expansion snapshots: the code `#[paid]` writes for each form of its arguments,
+//! formatted with prettyplease and compared with `src/snapshots/*.snap` by insta.
+//!
+//! To accept a deliberate change: `INSTA_UPDATE=always cargo test -p nvm-macros`, then
+//! read every changed snapshot.
+
+use proc_macro2::TokenStream;
+
+/// Expands `#[paid(args)]` on `item` and formats the result.
+fn expand(args: &str, item: &str) -> String {
+    let args: TokenStream = args.parse().expect("args tokens");
+    let item: TokenStream = item.parse().expect("item tokens");
+    let expanded = crate::expand_paid(args, item);
+    match syn::parse2::<syn::File>(expanded.clone()) {
+        Ok(file) => prettyplease::unparse(&file),
+        Err(error) => panic!("the expansion does not parse ({error}):\n{expanded}"),
+    }
+}
+
+macro_rules! snapshot {
+    ($name:ident, $args:expr, $item:expr $(,)?) => {
+        #[test]
+        fn $name() {
+            insta::assert_snapshot!(expand($args, $item));
+        }
+    };
+}
+
+snapshot!(
+    literal_plan_fixed_credits,
+    r#"plan = "1234", credits = 3"#,
+    r#"async fn ask() -> impl Responder { "answer" }"#,
+);
+
+snapshot!(
+    env_plan_with_routing_and_docs,
+    r#"plan = env("NVM_PLAN_ID"), credits = 1"#,
+    r#"
+    /// Answers a question.
+    ///
+    /// Costs one credit.
+    #[post("/ask")]
+    pub async fn ask(web::Json(q): web::Json<Query>, payment: PaymentContext) -> impl Responder {
+        payment.charge(1).ok();
+        HttpResponse::Ok().json(q)
+    }
+    "#,
+);
+
+snapshot!(
+    expression_plan_and_agent,
+    r#"plan = config::plan_id(), agent = env("NVM_AGENT_ID")"#,
+    r#"async fn ask() -> &'static str { "answer" }"#,
+);
+
+snapshot!(
+    literal_agent_and_envelope_fields,
+    r#"plan = "1234", agent = "5678", scheme = "nvm:card-delegation", network = "stripe",
+       description = "A question answered", mime_type = "application/json",
+       resource = "https://api.example.com/ask""#,
+    r#"#[actix_web::get("/ask")] pub(crate) async fn ask() -> String { String::new() }"#,
+);
+
+snapshot!(
+    credits_zero_is_free,
+    r#"plan = "1234", credits = 0"#,
+    r#"async fn free() -> &'static str { "free" }"#,
+);
+
+snapshot!(credits_const, r#"plan = "1234", credits = PRICE"#, r#"async fn ask() -> &'static str { "" }"#,);
+
+snapshot!(
+    credits_fn_path,
+    r#"plan = "1234", credits = pricing::by_length"#,
+    r#"async fn ask() -> &'static str { "" }"#,
+);
+
+snapshot!(
+    credits_sync_closure,
+    r#"plan = "1234", credits = |req| req.path().len() as u64"#,
+    r#"async fn ask() -> &'static str { "" }"#,
+);
+
+snapshot!(
+    credits_async_closure,
+    r#"plan = "1234", credits = async |req: &HttpRequest| -> u64 { price_of(req.path()).await }"#,
+    r#"async fn ask() -> &'static str { "" }"#,
+);
+
+snapshot!(
+    patterns_and_other_attributes,
+    r#"plan = "1234""#,
+    r#"
+    #[allow(unused_mut)]
+    #[tracing::instrument(skip_all)]
+    #[route("/items/{id}", method = "GET", method = "HEAD")]
+    pub async fn item(_: HttpRequest, mut path: web::Path<u32>, web::Query(Filter { all, .. }): web::Query<Filter>) -> impl Responder {
+        path.into_inner().to_string()
+    }
+    "#,
+);
+
+snapshot!(
+    renamed_crate,
+    r#"plan = "1234", credits = PRICE, crate = my_nvm"#,
+    r#"#[get("/")] async fn index() -> HttpResponse { HttpResponse::Ok().finish() }"#,
+);
+
+snapshot!(
+    fifteen_arguments,
+    r#"plan = "1234""#,
+    r#"async fn many(a0: A, a1: A, a2: A, a3: A, a4: A, a5: A, a6: A, a7: A, a8: A, a9: A, a10: A, a11: A, a12: A, a13: A, a14: A) -> impl Responder { "" }"#,
+);
+
+snapshot!(
+    result_return_type,
+    r#"plan = "1234", credits = 2"#,
+    r#"
+    #[put("/notes/{id}")]
+    async fn update(id: web::Path<u64>, body: web::Bytes) -> Result<HttpResponse, actix_web::Error> {
+        store(id.into_inner(), body).await?;
+        Ok(HttpResponse::NoContent().finish())
+    }
+    "#,
+);
+
+snapshot!(raw_identifier_name, r#"plan = "1234""#, r#"async fn r#type() -> &'static str { "" }"#,);
+
+/// On an error, the item comes back unchanged, followed by the errors.
+#[test]
+fn errors_keep_the_item() {
+    let item = r#"#[get("/")] async fn index() -> &'static str { "" }"#;
+    let out =
+        crate::expand_paid(r#"plan = "", credits = -1"#.parse().expect("args"), item.parse().expect("item"));
+    let text = out.to_string();
+    let original: TokenStream = item.parse().expect("item");
+    assert!(text.starts_with(&original.to_string()), "{text}");
+    assert_eq!(text.matches("compile_error").count(), 2, "{text}");
+    assert!(text.contains("`plan` cannot be empty"), "{text}");
+    assert!(text.contains("credits cannot be negative"), "{text}");
+}
+
+/// Errors in the arguments and in the handler are reported together.
+#[test]
+fn argument_and_handler_errors_together() {
+    let out = crate::expand_paid(r#"credits = 1"#.parse().expect("args"), "fn f() {}".parse().expect("item"));
+    let text = out.to_string();
+    assert!(text.contains("needs the plan"), "{text}");
+    assert!(text.contains("must be `async fn`"), "{text}");
+}
+
+/// Nothing in the expansion panics on odd input, and an item that is not a function is
+/// returned as is.
+#[test]
+fn not_a_function() {
+    let out = crate::expand_paid(r#"plan = "p""#.parse().expect("args"), "struct S;".parse().expect("item"));
+    let text = out.to_string();
+    assert!(text.starts_with("struct S ;"), "{text}");
+    assert!(text.contains("#[paid] applies to an actix-web handler"), "{text}");
+}
