@@ -158,9 +158,11 @@ pub fn resolve_credits<'a, M, S: CreditsSource<M> + 'a>(source: S, req: &'a Http
     source.resolve(req)
 }
 
-/// The fixed amount of a [`CreditsSource`], if it has one.
-pub fn fixed_credits<M, S: CreditsSource<M>>(source: S) -> Option<u64> {
-    source.fixed()
+/// The fixed amount of a credits expression: `Some` for a `u64` const, `None` for a
+/// function. Deliberately free of the [`CreditsSource`] bound, so a wrong type is
+/// reported once (by [`resolve_credits`]), not twice.
+pub fn fixed_credits<S: Any>(source: S) -> Option<u64> {
+    (&source as &dyn Any).downcast_ref::<u64>().copied()
 }
 
 /// Gives a synchronous credits closure its argument type.

@@ -3,10 +3,10 @@ use nvm_runtime::paid;
 
 #[paid(plan = "1")]
 async fn handler(
-    a1: HttpRequest, a2: HttpRequest, a3: HttpRequest, a4: HttpRequest,
-    a5: HttpRequest, a6: HttpRequest, a7: HttpRequest, a8: HttpRequest,
-    a9: HttpRequest, a10: HttpRequest, a11: HttpRequest, a12: HttpRequest,
-    a13: HttpRequest, a14: HttpRequest, a15: HttpRequest, a16: HttpRequest,
+    _a1: HttpRequest, _a2: HttpRequest, _a3: HttpRequest, _a4: HttpRequest,
+    _a5: HttpRequest, _a6: HttpRequest, _a7: HttpRequest, _a8: HttpRequest,
+    _a9: HttpRequest, _a10: HttpRequest, _a11: HttpRequest, _a12: HttpRequest,
+    _a13: HttpRequest, _a14: HttpRequest, _a15: HttpRequest, _a16: HttpRequest,
 ) -> &'static str {
     "too many"
 }
