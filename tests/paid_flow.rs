@@ -1,6 +1,7 @@
-//! The behaviour table of `#[paid]`, row by row, over real HTTP against the local
-//! facilitator: status, headers, decoded envelope and receipt, whether the handler ran,
-//! and the ledger afterwards.
+//! The behaviour table, row by row, over real HTTP against the local facilitator, run
+//! against both forms (`#[paid]` and `PaymentMiddleware`) by one shared table of cases:
+//! status, headers, decoded envelope and receipt, whether the handler ran, and the
+//! ledger afterwards.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,62 +9,74 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, Responder, get, post, web};
 use nvm_runtime::local::LocalFacilitator;
-use nvm_runtime::{PaymentContext, PaymentError, paid};
-use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, envelope, http, mint, payments_for, receipt, serve};
+use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
+use nvm_runtime::{PaymentContext, PaymentError, Payments, PaymentsBuilder, paid};
+use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, mint, payments_for, receipt, serve};
 
-#[post("/ask")]
-#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2, description = "Ask the agent")]
-async fn ask(runs: web::Data<Runs>, payment: PaymentContext) -> impl Responder {
-    runs.hit();
-    HttpResponse::Ok().json(serde_json::json!({
-        "payer": payment.payer(),
-        "credits": payment.credits(),
-        "plan": payment.plan_id(),
-        "agentRequestId": payment.agent_request_id(),
-    }))
+/// The handlers' bodies, unannotated: `#[paid]` wraps them below, `PaymentMiddleware`
+/// protects them in [`Form::Middleware`], so both forms serve the same code.
+mod plain {
+    use super::*;
+
+    pub async fn ask(runs: web::Data<Runs>, payment: PaymentContext) -> HttpResponse {
+        runs.hit();
+        HttpResponse::Ok().json(serde_json::json!({
+            "payer": payment.payer(),
+            "credits": payment.credits(),
+            "plan": payment.plan_id(),
+            "agentRequestId": payment.agent_request_id(),
+        }))
+    }
+
+    pub async fn ran(runs: web::Data<Runs>) -> &'static str {
+        runs.hit();
+        "ran"
+    }
+
+    pub async fn bad_request(runs: web::Data<Runs>) -> HttpResponse {
+        runs.hit();
+        HttpResponse::BadRequest().body("no")
+    }
+
+    pub async fn error(runs: web::Data<Runs>) -> Result<String, actix_web::Error> {
+        runs.hit();
+        Err(actix_web::error::ErrorServiceUnavailable("backend down"))
+    }
+
+    pub async fn panics(runs: web::Data<Runs>) -> String {
+        runs.hit();
+        panic!("handler bug")
+    }
+
+    pub async fn credits(runs: web::Data<Runs>, payment: PaymentContext) -> String {
+        runs.hit();
+        if payment.is_free() { "free".to_owned() } else { payment.credits().to_string() }
+    }
+
+    pub async fn usage(runs: web::Data<Runs>, payment: PaymentContext) -> Result<String, actix_web::Error> {
+        runs.hit();
+        if payment.charge(6).is_ok() {
+            return Err(actix_web::error::ErrorInternalServerError("charged more than verified"));
+        }
+        payment.charge(2).map_err(actix_web::error::ErrorInternalServerError)?;
+        Ok(format!("charged {}", payment.charged()))
+    }
+
+    /// Spends the subscriber's balance while the handler runs, so the settlement fails.
+    pub async fn drain(runs: web::Data<Runs>, local: web::Data<Arc<LocalFacilitator>>) -> &'static str {
+        runs.hit();
+        local.set_balance(DEMO_PLAN_ID, local.subscriber_address(), 0);
+        "content that must not leak"
+    }
+
+    /// Not protected in either form.
+    pub async fn context_without_paid(payment: PaymentContext) -> String {
+        format!("{payment:?}")
+    }
 }
 
-/// `#[paid]` above the routing attribute.
-#[paid(plan = DEMO_PLAN_ID, credits = 1)]
-#[get("/above")]
-async fn above(runs: web::Data<Runs>) -> &'static str {
-    runs.hit();
-    "above"
-}
-
-#[post("/bad-request")]
-#[paid(plan = DEMO_PLAN_ID, credits = 1)]
-async fn bad_request(runs: web::Data<Runs>) -> HttpResponse {
-    runs.hit();
-    HttpResponse::BadRequest().body("no")
-}
-
-#[post("/error")]
-#[paid(plan = DEMO_PLAN_ID, credits = 1)]
-async fn error(runs: web::Data<Runs>) -> Result<String, actix_web::Error> {
-    runs.hit();
-    Err(actix_web::error::ErrorServiceUnavailable("backend down"))
-}
-
-#[post("/panic")]
-#[paid(plan = DEMO_PLAN_ID, credits = 1)]
-async fn panics(runs: web::Data<Runs>) -> String {
-    runs.hit();
-    panic!("handler bug")
-}
-
-#[get("/free")]
-#[paid(plan = DEMO_PLAN_ID, credits = 0)]
-async fn free(runs: web::Data<Runs>, payment: PaymentContext) -> String {
-    runs.hit();
-    format!("free={}", payment.is_free())
-}
-
-#[post("/units")]
-#[paid(plan = DEMO_PLAN_ID, credits = |req: &HttpRequest| req.headers().get("x-units").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(1))]
-async fn units(runs: web::Data<Runs>, payment: PaymentContext) -> String {
-    runs.hit();
-    payment.credits().to_string()
+fn units_of(req: &HttpRequest) -> u64 {
+    req.headers().get("x-units").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(1)
 }
 
 async fn price_by_query(req: &HttpRequest) -> u64 {
@@ -71,76 +84,153 @@ async fn price_by_query(req: &HttpRequest) -> u64 {
     if req.query_string().contains("big") { 4 } else { 0 }
 }
 
+#[post("/ask")]
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2, description = "Ask the agent")]
+async fn ask(runs: web::Data<Runs>, payment: PaymentContext) -> impl Responder {
+    plain::ask(runs, payment).await
+}
+
+/// `#[paid]` above the routing attribute.
+#[paid(plan = DEMO_PLAN_ID, credits = 1)]
+#[get("/above")]
+async fn above(runs: web::Data<Runs>) -> &'static str {
+    plain::ran(runs).await
+}
+
+#[post("/bad-request")]
+#[paid(plan = DEMO_PLAN_ID, credits = 1)]
+async fn bad_request(runs: web::Data<Runs>) -> HttpResponse {
+    plain::bad_request(runs).await
+}
+
+#[post("/error")]
+#[paid(plan = DEMO_PLAN_ID, credits = 1)]
+async fn error(runs: web::Data<Runs>) -> Result<String, actix_web::Error> {
+    plain::error(runs).await
+}
+
+#[post("/panic")]
+#[paid(plan = DEMO_PLAN_ID, credits = 1)]
+async fn panics(runs: web::Data<Runs>) -> String {
+    plain::panics(runs).await
+}
+
+#[get("/free")]
+#[paid(plan = DEMO_PLAN_ID, credits = 0)]
+async fn free(runs: web::Data<Runs>, payment: PaymentContext) -> String {
+    plain::credits(runs, payment).await
+}
+
+#[post("/units")]
+#[paid(plan = DEMO_PLAN_ID, credits = |req: &HttpRequest| units_of(req))]
+async fn units(runs: web::Data<Runs>, payment: PaymentContext) -> String {
+    plain::credits(runs, payment).await
+}
+
 #[get("/priced")]
 #[paid(plan = DEMO_PLAN_ID, credits = price_by_query)]
 async fn priced(runs: web::Data<Runs>, payment: PaymentContext) -> String {
-    runs.hit();
-    payment.credits().to_string()
+    plain::credits(runs, payment).await
 }
 
 #[post("/usage")]
 #[paid(plan = DEMO_PLAN_ID, credits = 5)]
 async fn usage(runs: web::Data<Runs>, payment: PaymentContext) -> Result<String, actix_web::Error> {
-    runs.hit();
-    if payment.charge(6).is_ok() {
-        return Err(actix_web::error::ErrorInternalServerError("charged more than verified"));
-    }
-    payment.charge(2).map_err(actix_web::error::ErrorInternalServerError)?;
-    Ok(format!("charged {}", payment.charged()))
+    plain::usage(runs, payment).await
 }
 
-/// Spends the subscriber's balance while the handler runs, so the settlement fails.
 #[post("/drain")]
 #[paid(plan = DEMO_PLAN_ID, credits = 1)]
 async fn drain(runs: web::Data<Runs>, local: web::Data<Arc<LocalFacilitator>>) -> &'static str {
-    runs.hit();
-    local.set_balance(DEMO_PLAN_ID, local.subscriber_address(), 0);
-    "content that must not leak"
-}
-
-#[get("/context-without-paid")]
-async fn context_without_paid(payment: PaymentContext) -> String {
-    format!("{payment:?}")
+    plain::drain(runs, local).await
 }
 
 #[paid(plan = DEMO_PLAN_ID, credits = 3)]
 async fn by_resource(runs: web::Data<Runs>) -> &'static str {
-    runs.hit();
-    "resource"
+    plain::ran(runs).await
 }
 
-fn routes(local: Arc<LocalFacilitator>) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
-    move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(web::Data::new(local.clone()))
-            .service(ask)
-            .service(above)
-            .service(bad_request)
-            .service(error)
-            .service(panics)
-            .service(free)
-            .service(units)
-            .service(priced)
-            .service(usage)
-            .service(drain)
-            .service(context_without_paid)
-            .service(web::resource("/by-resource").route(web::post().to(by_resource)));
+/// Which form protects the routes.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    /// `#[paid]` on each handler.
+    Paid,
+    /// The plain handlers behind a `PaymentMiddleware` routes table.
+    Middleware,
+}
+
+impl Form {
+    fn serve(self, payments: Payments, local: Arc<LocalFacilitator>) -> TestServer {
+        match self {
+            Form::Paid => serve(Some(payments), move |cfg: &mut web::ServiceConfig| {
+                cfg.app_data(web::Data::new(local.clone()))
+                    .service(ask)
+                    .service(above)
+                    .service(bad_request)
+                    .service(error)
+                    .service(panics)
+                    .service(free)
+                    .service(units)
+                    .service(priced)
+                    .service(usage)
+                    .service(drain)
+                    .route("/context-without-paid", web::get().to(plain::context_without_paid))
+                    .service(web::resource("/by-resource").route(web::post().to(by_resource)));
+            }),
+            Form::Middleware => {
+                let table = PaymentMiddleware::new(payments)
+                    .route(
+                        "POST /ask",
+                        RouteConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID).credits(2).description("Ask the agent"),
+                    )
+                    .route("GET /above", RouteConfig::new(DEMO_PLAN_ID))
+                    .route("POST /bad-request", RouteConfig::new(DEMO_PLAN_ID))
+                    .route("POST /error", RouteConfig::new(DEMO_PLAN_ID))
+                    .route("POST /panic", RouteConfig::new(DEMO_PLAN_ID))
+                    .route("GET /free", RouteConfig::new(DEMO_PLAN_ID).credits(0))
+                    .route("POST /units", RouteConfig::new(DEMO_PLAN_ID).credits(units_of))
+                    .route("GET /priced", RouteConfig::new(DEMO_PLAN_ID).credits(price_by_query))
+                    .route("POST /usage", RouteConfig::new(DEMO_PLAN_ID).credits(5))
+                    .route("POST /drain", RouteConfig::new(DEMO_PLAN_ID))
+                    .route("POST /by-resource", RouteConfig::new(DEMO_PLAN_ID).credits(3));
+                table.check().expect("valid route keys");
+                serve(None, move |cfg: &mut web::ServiceConfig| {
+                    cfg.app_data(web::Data::new(local.clone())).service(
+                        web::scope("")
+                            .wrap(table.clone())
+                            .route("/ask", web::post().to(plain::ask))
+                            .route("/above", web::get().to(plain::ran))
+                            .route("/bad-request", web::post().to(plain::bad_request))
+                            .route("/error", web::post().to(plain::error))
+                            .route("/panic", web::post().to(plain::panics))
+                            .route("/free", web::get().to(plain::credits))
+                            .route("/units", web::post().to(plain::credits))
+                            .route("/priced", web::get().to(plain::credits))
+                            .route("/usage", web::post().to(plain::usage))
+                            .route("/drain", web::post().to(plain::drain))
+                            .route("/context-without-paid", web::get().to(plain::context_without_paid))
+                            .route("/by-resource", web::post().to(plain::ran)),
+                    );
+                })
+            }
+        }
     }
 }
 
 struct Setup {
     local: Arc<LocalFacilitator>,
-    server: nvm_tests::TestServer,
+    server: TestServer,
 }
 
 impl Setup {
-    fn new() -> Self {
-        Self::with(|b| b)
+    fn new(form: Form) -> Self {
+        Self::with(form, |b| b)
     }
 
-    fn with(configure: impl FnOnce(nvm_runtime::PaymentsBuilder) -> nvm_runtime::PaymentsBuilder) -> Self {
+    fn with(form: Form, configure: impl FnOnce(PaymentsBuilder) -> PaymentsBuilder) -> Self {
         let local = Arc::new(LocalFacilitator::start().expect("local facilitator"));
         let payments = configure(payments_for(&local)).build().expect("payments");
-        let server = serve(Some(payments), routes(local.clone()));
+        let server = form.serve(payments, local.clone());
         Setup { local, server }
     }
 
@@ -149,9 +239,45 @@ impl Setup {
     }
 }
 
-#[actix_web::test]
-async fn no_token_gets_402_with_the_envelope_and_the_handler_does_not_run() {
-    let s = Setup::new();
+/// Runs each shared case against both forms.
+macro_rules! both_forms {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[actix_web::test]
+                async fn with_paid() {
+                    super::$case(super::Form::Paid).await;
+                }
+
+                #[actix_web::test]
+                async fn with_middleware() {
+                    super::$case(super::Form::Middleware).await;
+                }
+            }
+        )*
+    };
+}
+
+both_forms!(
+    no_token_gets_402_with_the_envelope_and_the_handler_does_not_run,
+    a_paid_request_is_verified_served_and_settled_exactly_once,
+    a_token_the_facilitator_refuses_gets_402_with_its_reason,
+    an_unreachable_facilitator_gives_500_and_the_handler_does_not_run,
+    failed_handlers_pass_through_and_nothing_is_settled,
+    a_failed_settlement_withholds_the_content_with_a_failed_receipt,
+    delivering_on_settle_failure_is_opt_in,
+    zero_credits_are_free_and_need_no_token,
+    bad_tokens_get_402_invalid_token_without_a_facilitator_call,
+    dynamic_credits_sync_and_async_are_verified_and_burned,
+    charge_settles_the_usage_never_more_than_verified,
+    hooks_see_every_step_and_may_replace_the_error_response,
+    the_verification_cache_saves_verify_calls_but_settles_every_request,
+    payment_context_without_paid_is_a_500_that_says_why,
+    resource_routes_and_both_attribute_orders_work,
+);
+
+async fn no_token_gets_402_with_the_envelope_and_the_handler_does_not_run(form: Form) {
+    let s = Setup::new(form);
     let response = http().post(s.server.at("/ask?x=1")).send().await.unwrap();
     assert_eq!(response.status(), 402);
     let envelope = envelope(&response).expect("payment-required header");
@@ -174,9 +300,8 @@ async fn no_token_gets_402_with_the_envelope_and_the_handler_does_not_run() {
     assert_eq!(s.local.calls().settle, 0);
 }
 
-#[actix_web::test]
-async fn a_paid_request_is_verified_served_and_settled_exactly_once() {
-    let s = Setup::new();
+async fn a_paid_request_is_verified_served_and_settled_exactly_once(form: Form) {
+    let s = Setup::new(form);
     let before = s.balance();
     let token = mint(&s.local).await;
     let response = http().post(s.server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
@@ -197,9 +322,8 @@ async fn a_paid_request_is_verified_served_and_settled_exactly_once() {
     assert_eq!((calls.verify, calls.settle), (1, 1));
 }
 
-#[actix_web::test]
-async fn both_attribute_orders_and_resource_routes_work() {
-    let s = Setup::new();
+async fn resource_routes_and_both_attribute_orders_work(form: Form) {
+    let s = Setup::new(form);
     let before = s.balance();
     let token = mint(&s.local).await;
     let response = http().get(s.server.at("/above")).header("payment-signature", &token).send().await.unwrap();
@@ -208,14 +332,13 @@ async fn both_attribute_orders_and_resource_routes_work() {
     let response = http().post(s.server.at("/by-resource")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 3);
-    assert_eq!(response.text().await.unwrap(), "resource");
+    assert_eq!(response.text().await.unwrap(), "ran");
     assert_eq!(s.balance(), before - 4);
     assert_eq!(s.server.runs.count(), 2);
 }
 
-#[actix_web::test]
-async fn a_token_the_facilitator_refuses_gets_402_with_its_reason() {
-    let s = Setup::new();
+async fn a_token_the_facilitator_refuses_gets_402_with_its_reason(form: Form) {
+    let s = Setup::new(form);
     let token = mint(&s.local).await;
     s.local.set_balance(DEMO_PLAN_ID, s.local.subscriber_address(), 1);
     let response = http().post(s.server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
@@ -229,15 +352,14 @@ async fn a_token_the_facilitator_refuses_gets_402_with_its_reason() {
     assert_eq!(s.balance(), 1);
 }
 
-#[actix_web::test]
-async fn an_unreachable_facilitator_gives_500_and_the_handler_does_not_run() {
+async fn an_unreachable_facilitator_gives_500_and_the_handler_does_not_run(form: Form) {
     let local = LocalFacilitator::start().unwrap();
     let token = mint(&local).await;
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     let payments = payments_for(&local).backend_url(dead_url).build().unwrap();
-    let server = serve(Some(payments), routes(Arc::new(local)));
+    let server = form.serve(payments, Arc::new(local));
     let response = http().post(server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 500);
     let body: serde_json::Value = response.json().await.unwrap();
@@ -246,9 +368,8 @@ async fn an_unreachable_facilitator_gives_500_and_the_handler_does_not_run() {
     assert_eq!(server.runs.count(), 0);
 }
 
-#[actix_web::test]
-async fn failed_handlers_pass_through_and_nothing_is_settled() {
-    let s = Setup::new();
+async fn failed_handlers_pass_through_and_nothing_is_settled(form: Form) {
+    let s = Setup::new(form);
     let before = s.balance();
     let token = mint(&s.local).await;
     for (path, status) in [("/bad-request", 400), ("/error", 503), ("/panic", 500)] {
@@ -265,9 +386,8 @@ async fn failed_handlers_pass_through_and_nothing_is_settled() {
     assert_eq!(response.status(), 200);
 }
 
-#[actix_web::test]
-async fn a_failed_settlement_withholds_the_content_with_a_failed_receipt() {
-    let s = Setup::new();
+async fn a_failed_settlement_withholds_the_content_with_a_failed_receipt(form: Form) {
+    let s = Setup::new(form);
     let token = mint(&s.local).await;
     let response = http().post(s.server.at("/drain")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 402);
@@ -282,9 +402,8 @@ async fn a_failed_settlement_withholds_the_content_with_a_failed_receipt() {
     assert_eq!(s.local.calls().settle, 1);
 }
 
-#[actix_web::test]
-async fn delivering_on_settle_failure_is_opt_in() {
-    let s = Setup::with(|b| b.deliver_on_settle_failure(true));
+async fn delivering_on_settle_failure_is_opt_in(form: Form) {
+    let s = Setup::with(form, |b| b.deliver_on_settle_failure(true));
     let token = mint(&s.local).await;
     let response = http().post(s.server.at("/drain")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -292,22 +411,20 @@ async fn delivering_on_settle_failure_is_opt_in() {
     assert_eq!(response.text().await.unwrap(), "content that must not leak");
 }
 
-#[actix_web::test]
-async fn zero_credits_are_free_and_need_no_token() {
-    let s = Setup::new();
+async fn zero_credits_are_free_and_need_no_token(form: Form) {
+    let s = Setup::new(form);
     let response = http().get(s.server.at("/free")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(receipt(&response).is_none());
-    assert_eq!(response.text().await.unwrap(), "free=true");
+    assert_eq!(response.text().await.unwrap(), "free");
     let response = http().get(s.server.at("/priced")).send().await.unwrap();
     assert_eq!(response.status(), 200, "dynamic credits of 0 are free too");
     let calls = s.local.calls();
     assert_eq!((calls.verify, calls.settle), (0, 0));
 }
 
-#[actix_web::test]
-async fn bad_tokens_get_402_invalid_token_without_a_facilitator_call() {
-    let s = Setup::new();
+async fn bad_tokens_get_402_invalid_token_without_a_facilitator_call(form: Form) {
+    let s = Setup::new(form);
     let huge = "A".repeat(20 * 1024);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("huge", huge.into_bytes()),
@@ -327,9 +444,8 @@ async fn bad_tokens_get_402_invalid_token_without_a_facilitator_call() {
     assert_eq!(s.local.calls().verify, 0);
 }
 
-#[actix_web::test]
-async fn dynamic_credits_sync_and_async_are_verified_and_burned() {
-    let s = Setup::new();
+async fn dynamic_credits_sync_and_async_are_verified_and_burned(form: Form) {
+    let s = Setup::new(form);
     let before = s.balance();
     let token = mint(&s.local).await;
     let response = http()
@@ -348,9 +464,8 @@ async fn dynamic_credits_sync_and_async_are_verified_and_burned() {
     assert_eq!(s.balance(), before - 7);
 }
 
-#[actix_web::test]
-async fn charge_settles_the_usage_never_more_than_verified() {
-    let s = Setup::new();
+async fn charge_settles_the_usage_never_more_than_verified(form: Form) {
+    let s = Setup::new(form);
     let before = s.balance();
     let token = mint(&s.local).await;
     let response = http().post(s.server.at("/usage")).header("payment-signature", &token).send().await.unwrap();
@@ -360,13 +475,12 @@ async fn charge_settles_the_usage_never_more_than_verified() {
     assert_eq!(s.balance(), before - 2);
 }
 
-#[actix_web::test]
-async fn hooks_see_every_step_and_may_replace_the_error_response() {
+async fn hooks_see_every_step_and_may_replace_the_error_response(form: Form) {
     let before_verify = Arc::new(AtomicUsize::new(0));
     let after_verify = Arc::new(AtomicUsize::new(0));
     let settled = Arc::new(AtomicUsize::new(0));
     let (bv, av, st) = (before_verify.clone(), after_verify.clone(), settled.clone());
-    let s = Setup::with(move |b| {
+    let s = Setup::with(form, move |b| {
         b.before_verify(move |_req, envelope| {
             assert_eq!(envelope.accepts[0].plan_id, DEMO_PLAN_ID);
             bv.fetch_add(1, Ordering::SeqCst);
@@ -395,9 +509,8 @@ async fn hooks_see_every_step_and_may_replace_the_error_response() {
     assert_eq!(settled.load(Ordering::SeqCst), 2);
 }
 
-#[actix_web::test]
-async fn the_verification_cache_saves_verify_calls_but_settles_every_request() {
-    let s = Setup::with(|b| b.verification_cache(Duration::from_secs(10)));
+async fn the_verification_cache_saves_verify_calls_but_settles_every_request(form: Form) {
+    let s = Setup::with(form, |b| b.verification_cache(Duration::from_secs(10)));
     let before = s.balance();
     let token = mint(&s.local).await;
     for _ in 0..3 {
@@ -410,9 +523,8 @@ async fn the_verification_cache_saves_verify_calls_but_settles_every_request() {
     assert_eq!(s.balance(), before - 6);
 }
 
-#[actix_web::test]
-async fn payment_context_without_paid_is_a_500_that_says_why() {
-    let s = Setup::new();
+async fn payment_context_without_paid_is_a_500_that_says_why(form: Form) {
+    let s = Setup::new(form);
     let response = http().get(s.server.at("/context-without-paid")).send().await.unwrap();
     assert_eq!(response.status(), 500);
     let body: serde_json::Value = response.json().await.unwrap();
@@ -422,7 +534,10 @@ async fn payment_context_without_paid_is_a_500_that_says_why() {
 #[actix_web::test]
 async fn a_missing_configuration_is_a_500_that_says_what_to_add() {
     let local = Arc::new(LocalFacilitator::start().unwrap());
-    let server = serve(None, routes(local));
+    // `#[paid]` handlers, but no `Payments` registered with the app.
+    let server = serve(None, move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::Data::new(local.clone())).service(ask);
+    });
     let response = http().post(server.at("/ask")).send().await.unwrap();
     assert_eq!(response.status(), 500);
     let body: serde_json::Value = response.json().await.unwrap();
@@ -450,7 +565,7 @@ fn every_paid_handler_is_in_the_pricing_table() {
 
 #[actix_web::test]
 async fn the_manifest_handler_serves_the_table_with_routes_learned_from_traffic() {
-    let s = Setup::new();
+    let s = Setup::new(Form::Paid);
     // `#[post]` above `#[paid]`: the method and path are learned from the first request.
     let response = http().post(s.server.at("/ask")).send().await.unwrap();
     assert_eq!(response.status(), 402);

@@ -1,0 +1,149 @@
+//! What only the routes-table form has: route matching (exact, `:param`, method and
+//! segment-count mismatches, trailing slash, query string), refused keys, and a
+//! streamed response that arrives chunk by chunk with its receipt.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_web::web::Bytes;
+use actix_web::{HttpResponse, web};
+use nvm_runtime::local::LocalFacilitator;
+use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
+use nvm_tests::{DEMO_PLAN_ID, Runs, http, mint, payments_for, receipt, serve};
+
+async fn echo(runs: web::Data<Runs>, req: actix_web::HttpRequest) -> HttpResponse {
+    runs.hit();
+    HttpResponse::Ok().body(req.path().to_owned())
+}
+
+/// Three server-sent events, 100 ms apart.
+struct Events {
+    sent: u32,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl futures_core::Stream for Events {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.sent == 3 {
+            return Poll::Ready(None);
+        }
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+        if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.sleep = None;
+        self.sent += 1;
+        Poll::Ready(Some(Ok(Bytes::from(format!("data: {}\n\n", self.sent)))))
+    }
+}
+
+async fn events(runs: web::Data<Runs>) -> HttpResponse {
+    runs.hit();
+    HttpResponse::Ok().content_type("text/event-stream").streaming(Events { sent: 0, sleep: None })
+}
+
+fn setup() -> (Arc<LocalFacilitator>, nvm_tests::TestServer) {
+    let local = Arc::new(LocalFacilitator::start().unwrap());
+    let table = PaymentMiddleware::new(payments_for(&local).build().unwrap())
+        .route("POST /items/special", RouteConfig::new(DEMO_PLAN_ID).credits(7))
+        .route("POST /items/:id", RouteConfig::new(DEMO_PLAN_ID).credits(2))
+        .route("GET /users/:user/reports/:report", RouteConfig::new(DEMO_PLAN_ID).credits(3))
+        .route("get /stream", RouteConfig::new(DEMO_PLAN_ID).credits(4));
+    table.check().unwrap();
+    let server = serve(None, move |cfg: &mut web::ServiceConfig| {
+        cfg.service(
+            web::scope("")
+                .wrap(table.clone())
+                .route("/items/{id}", web::post().to(echo))
+                .route("/items/{id}", web::get().to(echo))
+                .route("/items/{id}/", web::post().to(echo))
+                .route("/items/{id}/extra", web::post().to(echo))
+                .route("/users/{user}/reports/{report}", web::get().to(echo))
+                .route("/stream", web::get().to(events))
+                .route("/free", web::get().to(echo)),
+        );
+    });
+    (local, server)
+}
+
+#[actix_web::test]
+async fn routes_match_exact_first_then_patterns_by_method_and_segment_count() {
+    let (local, server) = setup();
+    let token = mint(&local).await;
+    let paid = |path: &'static str, method: reqwest::Method| {
+        let request = http().request(method, server.at(path)).header("payment-signature", token.clone());
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), receipt(&response).map(|r| r.credits_redeemed_u64()))
+        }
+    };
+    // Exact key wins over the pattern.
+    assert_eq!(paid("/items/special", reqwest::Method::POST).await, (200, Some(7)));
+    // `:param` pattern.
+    assert_eq!(paid("/items/42", reqwest::Method::POST).await, (200, Some(2)));
+    // Query string ignored.
+    assert_eq!(paid("/items/42?x=1&y=2", reqwest::Method::POST).await, (200, Some(2)));
+    // Trailing slash matches too (fail closed: never a free twin of a paid route).
+    assert_eq!(paid("/items/42/", reqwest::Method::POST).await, (200, Some(2)));
+    // Two params.
+    assert_eq!(paid("/users/ann/reports/9", reqwest::Method::GET).await, (200, Some(3)));
+    // Method mismatch: passes through untouched, free.
+    assert_eq!(paid("/items/42", reqwest::Method::GET).await, (200, None));
+    // Segment-count mismatch: passes through.
+    assert_eq!(paid("/items/42/extra", reqwest::Method::POST).await, (200, None));
+    // Unlisted route: passes through, no token needed.
+    let response = http().get(server.at("/free")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    // A listed route without a token: 402.
+    let response = http().post(server.at("/items/1")).send().await.unwrap();
+    assert_eq!(response.status(), 402);
+    assert_eq!(local.calls().settle, 5);
+}
+
+#[actix_web::test]
+async fn a_streamed_response_arrives_chunk_by_chunk_with_its_receipt() {
+    let (local, server) = setup();
+    let before = local.balance(DEMO_PLAN_ID, local.subscriber_address());
+    let token = mint(&local).await;
+    let started = Instant::now();
+    let mut response = http().get(server.at("/stream")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The receipt is in the headers, before the body streams.
+    let receipt = receipt(&response).expect("receipt before the body");
+    assert_eq!(receipt.credits_redeemed_u64(), 4);
+    assert!(started.elapsed() < Duration::from_millis(250), "headers came after the stream: {:?}", started.elapsed());
+    let mut chunks = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        chunks.push((started.elapsed(), chunk));
+    }
+    let text: String = chunks.iter().map(|(_, c)| String::from_utf8_lossy(c)).collect();
+    assert_eq!(text, "data: 1\n\ndata: 2\n\ndata: 3\n\n");
+    assert!(chunks.len() >= 3, "the body came in one piece: {chunks:?}");
+    assert!(chunks[0].0 + Duration::from_millis(150) < chunks[chunks.len() - 1].0, "not streamed: {chunks:?}");
+    assert_eq!(local.balance(DEMO_PLAN_ID, local.subscriber_address()), before - 4);
+}
+
+#[test]
+fn a_key_without_a_method_is_refused_with_the_right_form() {
+    let local = LocalFacilitator::start().unwrap();
+    let payments = payments_for(&local).build().unwrap();
+    for key in ["/ask", "POST", "POST ask", "PO ST /ask", ""] {
+        let error = PaymentMiddleware::new(payments.clone()).try_route(key, RouteConfig::new("1")).unwrap_err();
+        assert!(error.to_string().contains("\"POST /ask\""), "{key}: {error}");
+        let middleware = PaymentMiddleware::new(payments.clone()).route(key, RouteConfig::new("1"));
+        assert!(middleware.check().is_err(), "{key}");
+    }
+    assert!(PaymentMiddleware::new(payments).try_route("delete /items/:id", RouteConfig::new("1")).is_ok());
+}
+
+#[actix_web::test]
+async fn an_app_with_a_bad_key_does_not_start() {
+    let local = LocalFacilitator::start().unwrap();
+    let table = PaymentMiddleware::new(payments_for(&local).build().unwrap()).route("/ask", RouteConfig::new("1"));
+    let started = actix_web::dev::Transform::new_transform(&table, actix_web::test::ok_service()).await;
+    assert!(started.is_err(), "the middleware must refuse to start");
+}
