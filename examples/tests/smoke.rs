@@ -1,0 +1,215 @@
+//! Every example, run as a newcomer runs it: started as a process on a free port with
+//! the embedded local facilitator, then paid with the client, with plain HTTP, and with
+//! the curl lines it prints.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nvm_runtime::Payments;
+use nvm_runtime::client::{PayingClient, Subscriber};
+use nvm_runtime::messages::SettleResponse;
+
+/// A running example, killed when dropped.
+struct Example {
+    child: Child,
+    banner: Vec<String>,
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Example {
+    /// The built example binary (cargo builds examples before running tests).
+    fn path(name: &str) -> PathBuf {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/smoke-… → target/<profile>/examples/<name>
+        exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("examples").join(name)
+    }
+
+    /// Starts `name` with no NVM_API_KEY on a free port and reads its banner.
+    fn start(name: &str) -> Example {
+        let mut child = Command::new(Self::path(name))
+            .env_remove("NVM_API_KEY")
+            .env_remove("NVM_PLAN_ID")
+            .env("PORT", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start example {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut banner = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !banner.iter().any(|l: &String| l.contains("--example client")) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => banner.push(line),
+                Err(_) => panic!("{name} printed no complete banner in 30 s: {banner:#?}"),
+            }
+        }
+        Example { child, banner }
+    }
+
+    fn line(&self, needle: &str) -> &str {
+        self.banner.iter().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no `{needle}` in {:#?}", self.banner))
+    }
+
+    /// The server URL from "Agent listening on http://…".
+    fn url(&self) -> String {
+        let line = self.line("listening on");
+        line.split_whitespace().find(|w| w.starts_with("http://")).expect("url").to_owned()
+    }
+
+    /// NVM_API_KEY and NVM_BACKEND_URL of the client line.
+    fn subscriber(&self) -> (String, String) {
+        let line = self.line("--example client");
+        let key = line.split("NVM_API_KEY='").nth(1).and_then(|r| r.split('\'').next()).expect("key");
+        let backend = line.split("NVM_BACKEND_URL=").nth(1).and_then(|r| r.split(' ').next()).expect("backend");
+        (key.to_owned(), backend.to_owned())
+    }
+
+    /// The three commands to paste (402, mint, pay).
+    fn curl_lines(&self) -> Vec<String> {
+        self.banner.iter().filter(|l| l.starts_with("curl ") || l.starts_with("TOKEN=")).cloned().collect()
+    }
+
+    fn paying_client(&self) -> PayingClient {
+        let (key, backend) = self.subscriber();
+        let config = Payments::builder().api_key(key).backend_url(backend).build().expect("subscriber config");
+        PayingClient::new(Subscriber::new(config))
+    }
+}
+
+fn run_shell(script: &str) -> String {
+    let output = Command::new("sh").arg("-c").arg(script).output().expect("sh");
+    assert!(output.status.success(), "script failed: {script}\n{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn receipt_in(headers_and_body: &str) -> SettleResponse {
+    let value = headers_and_body
+        .lines()
+        .find_map(|l| l.strip_prefix("payment-response: "))
+        .unwrap_or_else(|| panic!("no payment-response in {headers_and_body}"));
+    SettleResponse::from_header(value.trim()).expect("receipt")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn quickstart_is_paid_by_the_client_by_plain_http_and_by_its_curl_lines() {
+    let example = Example::start("quickstart");
+    let url = example.url();
+
+    // The free routes.
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(format!("{url}/health")).send().await.unwrap().status(), 200);
+    let pricing: serde_json::Value = http.get(format!("{url}/pricing")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(pricing["routes"][0]["credits"], 1, "{pricing}");
+
+    // 1. The client pays by itself.
+    let client = example.paying_client();
+    let request = client.http().post(format!("{url}/ask")).header("content-type", "application/json");
+    let paid = client.send(request.body(r#"{"query":"hi"}"#)).await.unwrap();
+    assert_eq!(paid.response.status(), 200);
+    let receipt = paid.receipt.expect("receipt");
+    assert_eq!(receipt.credits_redeemed_u64(), 1);
+    assert_eq!(receipt.remaining_balance.as_ref().and_then(|a| a.as_u64()), Some(99));
+
+    // 2. Plain HTTP: mint, then pay (the client's cached token is reused too).
+    let token = client.subscriber().token_for(&nvm_runtime::envelope::PaymentRequired::builder(
+        pricing["routes"][0]["planId"].as_str().unwrap(),
+        "eip155:84532",
+    )
+    .agent_id(pricing["routes"][0]["agentId"].as_str().unwrap())
+    .build()
+    .accepts[0]).await.unwrap();
+    let response = http
+        .post(format!("{url}/ask"))
+        .header("content-type", "application/json")
+        .header("payment-signature", token.as_str())
+        .body(r#"{"query":"plain"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let receipt = SettleResponse::from_header(response.headers()["payment-response"].to_str().unwrap()).unwrap();
+    assert_eq!(receipt.remaining_balance.as_ref().and_then(|a| a.as_u64()), Some(98));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["answer"].as_str().unwrap().contains("plain"), "{body}");
+
+    // 3. The printed curl lines, pasted as they are into one shell.
+    let lines = example.curl_lines();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let unpaid = run_shell(&lines[0]);
+    assert!(unpaid.starts_with("HTTP/1.1 402"), "{unpaid}");
+    assert!(unpaid.contains("payment-required: "), "{unpaid}");
+    let script = format!("{}\n{}", lines[1], lines[2]);
+    let out = run_shell(&script);
+    let (token_line, paid) = out.split_once('\n').expect("token then response");
+    assert!(token_line.len() > 100, "the mint line printed no token: {out}");
+    assert!(paid.starts_with("HTTP/1.1 200"), "{paid}");
+    let receipt = receipt_in(paid);
+    assert_eq!(receipt.credits_redeemed_u64(), 1);
+    assert_eq!(receipt.remaining_balance.as_ref().and_then(|a| a.as_u64()), Some(97));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dynamic_credits_prices_by_request_and_charges_usage() {
+    let example = Example::start("dynamic_credits");
+    let url = example.url();
+    let client = example.paying_client();
+    let paid = client.send(client.http().post(format!("{url}/generate?tokens=250"))).await.unwrap();
+    assert_eq!(paid.response.status(), 200);
+    assert_eq!(paid.receipt.expect("receipt").credits_redeemed_u64(), 3);
+    let text = "x".repeat(120);
+    let paid = client.send(client.http().post(format!("{url}/translate")).body(text)).await.unwrap();
+    assert_eq!(paid.response.status(), 200);
+    // Quoted 5 + 120/50 = 7, used 2 (1 per 100 characters).
+    assert_eq!(paid.receipt.expect("receipt").credits_redeemed_u64(), 2);
+    let body: serde_json::Value = paid.response.json().await.unwrap();
+    assert_eq!((body["quoted"].as_u64(), body["charged"].as_u64()), (Some(7), Some(2)), "{body}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn middleware_protects_its_table_and_streams() {
+    let example = Example::start("middleware");
+    let url = example.url();
+    let client = example.paying_client();
+    assert_eq!(reqwest::get(format!("{url}/health")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(format!("{url}/reports/7")).await.unwrap().status(), 402);
+    let paid = client.send(client.http().get(format!("{url}/reports/7"))).await.unwrap();
+    assert_eq!(paid.receipt.expect("receipt").credits_redeemed_u64(), 5);
+    let paid = client.send(client.http().get(format!("{url}/stream"))).await.unwrap();
+    assert_eq!(paid.receipt.expect("receipt").credits_redeemed_u64(), 2);
+    assert_eq!(paid.response.text().await.unwrap().matches("data: chunk").count(), 3);
+}
+
+#[test]
+fn client_example_pays_the_quickstart_and_prints_the_receipt() {
+    let example = Example::start("quickstart");
+    let (key, backend) = example.subscriber();
+    let output = Command::new(Example::path("client"))
+        .arg(format!("{}/ask", example.url()))
+        .env("NVM_API_KEY", key)
+        .env("NVM_BACKEND_URL", backend)
+        .env_remove("NVM_ENVIRONMENT")
+        .output()
+        .expect("run client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("status: 200 OK"), "{stdout}");
+    assert!(stdout.contains("credits redeemed: 1"), "{stdout}");
+    assert!(stdout.contains("remaining balance: 99"), "{stdout}");
+}
