@@ -27,11 +27,8 @@ fn tokens_price(req: &HttpRequest) -> u64 {
 
 /// Quotes a translation from its declared length (an async look-up in a real service).
 async fn translation_quote(req: &HttpRequest) -> u64 {
-    let length: u64 = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
+    let length: u64 =
+        req.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
     5 + length / 50
 }
 
@@ -61,9 +58,17 @@ async fn main() -> std::io::Result<()> {
         std::process::exit(2);
     });
     let payments = setup.payments.clone();
-    let server = HttpServer::new(move || App::new().app_data(payments.clone()).service(generate).service(translate))
-        .bind(("127.0.0.1", settings::port()))?;
+    let server =
+        HttpServer::new(move || App::new().app_data(payments.clone()).service(generate).service(translate))
+            .bind(("127.0.0.1", settings::port()))?;
     let url = format!("http://{}", server.addrs()[0]);
-    println!("{}", setup.banner_for(&url, "POST /generate?tokens=N (1 credit per 100 tokens), POST /translate (usage-based)", "/generate?tokens=250"));
+    println!(
+        "{}",
+        setup.banner_for(
+            &url,
+            "POST /generate?tokens=N (1 credit per 100 tokens), POST /translate (usage-based)",
+            "/generate?tokens=250"
+        )
+    );
     server.run().await
 }

@@ -20,8 +20,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::web::Bytes;
-use futures_core::Stream;
 use actix_web::{App, HttpResponse, HttpServer, web};
+use futures_core::Stream;
 use nvm_examples::settings;
 use nvm_runtime::PaymentContext;
 use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
@@ -95,6 +95,13 @@ async fn main() -> std::io::Result<()> {
     })
     .bind(("127.0.0.1", settings::port()))?;
     let url = format!("http://{}", server.addrs()[0]);
-    println!("{}", setup.banner_for(&url, "POST /ask: 1 credit, GET /reports/:id: 5, GET /stream: 2 (SSE), GET /health", "/ask"));
+    println!(
+        "{}",
+        setup.banner_for(
+            &url,
+            "POST /ask: 1 credit, GET /reports/:id: 5, GET /stream: 2 (SSE), GET /health",
+            "/ask"
+        )
+    );
     server.run().await
 }

@@ -2,6 +2,9 @@
 //! segment-count mismatches, trailing slash, query string), refused keys, and a
 //! streamed response that arrives chunk by chunk with its receipt.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,7 +34,8 @@ impl futures_core::Stream for Events {
         if self.sent == 3 {
             return Poll::Ready(None);
         }
-        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+        let sleep =
+            self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
         if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
             return Poll::Pending;
         }
@@ -110,12 +114,17 @@ async fn a_streamed_response_arrives_chunk_by_chunk_with_its_receipt() {
     let before = local.balance(DEMO_PLAN_ID, local.subscriber_address());
     let token = mint(&local).await;
     let started = Instant::now();
-    let mut response = http().get(server.at("/stream")).header("payment-signature", &token).send().await.unwrap();
+    let mut response =
+        http().get(server.at("/stream")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 200);
     // The receipt is in the headers, before the body streams.
     let receipt = receipt(&response).expect("receipt before the body");
     assert_eq!(receipt.credits_redeemed_u64(), 4);
-    assert!(started.elapsed() < Duration::from_millis(250), "headers came after the stream: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "headers came after the stream: {:?}",
+        started.elapsed()
+    );
     let mut chunks = Vec::new();
     while let Some(chunk) = response.chunk().await.unwrap() {
         chunks.push((started.elapsed(), chunk));
@@ -123,7 +132,10 @@ async fn a_streamed_response_arrives_chunk_by_chunk_with_its_receipt() {
     let text: String = chunks.iter().map(|(_, c)| String::from_utf8_lossy(c)).collect();
     assert_eq!(text, "data: 1\n\ndata: 2\n\ndata: 3\n\n");
     assert!(chunks.len() >= 3, "the body came in one piece: {chunks:?}");
-    assert!(chunks[0].0 + Duration::from_millis(150) < chunks[chunks.len() - 1].0, "not streamed: {chunks:?}");
+    assert!(
+        chunks[0].0 + Duration::from_millis(150) < chunks[chunks.len() - 1].0,
+        "not streamed: {chunks:?}"
+    );
     assert_eq!(local.balance(DEMO_PLAN_ID, local.subscriber_address()), before - 4);
 }
 
@@ -132,7 +144,8 @@ fn a_key_without_a_method_is_refused_with_the_right_form() {
     let local = LocalFacilitator::start().unwrap();
     let payments = payments_for(&local).build().unwrap();
     for key in ["/ask", "POST", "POST ask", "PO ST /ask", ""] {
-        let error = PaymentMiddleware::new(payments.clone()).try_route(key, RouteConfig::new("1")).unwrap_err();
+        let error =
+            PaymentMiddleware::new(payments.clone()).try_route(key, RouteConfig::new("1")).unwrap_err();
         assert!(error.to_string().contains("\"POST /ask\""), "{key}: {error}");
         let middleware = PaymentMiddleware::new(payments.clone()).route(key, RouteConfig::new("1"));
         assert!(middleware.check().is_err(), "{key}");
@@ -143,7 +156,8 @@ fn a_key_without_a_method_is_refused_with_the_right_form() {
 #[actix_web::test]
 async fn an_app_with_a_bad_key_does_not_start() {
     let local = LocalFacilitator::start().unwrap();
-    let table = PaymentMiddleware::new(payments_for(&local).build().unwrap()).route("/ask", RouteConfig::new("1"));
+    let table =
+        PaymentMiddleware::new(payments_for(&local).build().unwrap()).route("/ask", RouteConfig::new("1"));
     let started = actix_web::dev::Transform::new_transform(&table, actix_web::test::ok_service()).await;
     assert!(started.is_err(), "the middleware must refuse to start");
 }

@@ -3,6 +3,9 @@
 //! status, headers, decoded envelope and receipt, whether the handler ran, and the
 //! ledger afterwards.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,14 +14,16 @@ use actix_web::{HttpRequest, HttpResponse, Responder, get, post, web};
 use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::{PaymentContext, PaymentError, Payments, PaymentsBuilder, paid};
-use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, mint, payments_for, receipt, serve};
+use nvm_tests::{
+    DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, mint, payments_for, receipt, serve,
+};
 
 /// The handlers' bodies, unannotated: `#[paid]` wraps them below, `PaymentMiddleware`
 /// protects them in [`Form::Middleware`], so both forms serve the same code.
 mod plain {
     use super::*;
 
-    pub async fn ask(runs: web::Data<Runs>, payment: PaymentContext) -> HttpResponse {
+    pub(crate) async fn ask(runs: web::Data<Runs>, payment: PaymentContext) -> HttpResponse {
         runs.hit();
         HttpResponse::Ok().json(serde_json::json!({
             "payer": payment.payer(),
@@ -28,32 +33,35 @@ mod plain {
         }))
     }
 
-    pub async fn ran(runs: web::Data<Runs>) -> &'static str {
+    pub(crate) async fn ran(runs: web::Data<Runs>) -> &'static str {
         runs.hit();
         "ran"
     }
 
-    pub async fn bad_request(runs: web::Data<Runs>) -> HttpResponse {
+    pub(crate) async fn bad_request(runs: web::Data<Runs>) -> HttpResponse {
         runs.hit();
         HttpResponse::BadRequest().body("no")
     }
 
-    pub async fn error(runs: web::Data<Runs>) -> Result<String, actix_web::Error> {
+    pub(crate) async fn error(runs: web::Data<Runs>) -> Result<String, actix_web::Error> {
         runs.hit();
         Err(actix_web::error::ErrorServiceUnavailable("backend down"))
     }
 
-    pub async fn panics(runs: web::Data<Runs>) -> String {
+    pub(crate) async fn panics(runs: web::Data<Runs>) -> String {
         runs.hit();
         panic!("handler bug")
     }
 
-    pub async fn credits(runs: web::Data<Runs>, payment: PaymentContext) -> String {
+    pub(crate) async fn credits(runs: web::Data<Runs>, payment: PaymentContext) -> String {
         runs.hit();
         if payment.is_free() { "free".to_owned() } else { payment.credits().to_string() }
     }
 
-    pub async fn usage(runs: web::Data<Runs>, payment: PaymentContext) -> Result<String, actix_web::Error> {
+    pub(crate) async fn usage(
+        runs: web::Data<Runs>,
+        payment: PaymentContext,
+    ) -> Result<String, actix_web::Error> {
         runs.hit();
         if payment.charge(6).is_ok() {
             return Err(actix_web::error::ErrorInternalServerError("charged more than verified"));
@@ -63,14 +71,17 @@ mod plain {
     }
 
     /// Spends the subscriber's balance while the handler runs, so the settlement fails.
-    pub async fn drain(runs: web::Data<Runs>, local: web::Data<Arc<LocalFacilitator>>) -> &'static str {
+    pub(crate) async fn drain(
+        runs: web::Data<Runs>,
+        local: web::Data<Arc<LocalFacilitator>>,
+    ) -> &'static str {
         runs.hit();
         local.set_balance(DEMO_PLAN_ID, local.subscriber_address(), 0);
         "content that must not leak"
     }
 
     /// Not protected in either form.
-    pub async fn context_without_paid(payment: PaymentContext) -> String {
+    pub(crate) async fn context_without_paid(payment: PaymentContext) -> String {
         format!("{payment:?}")
     }
 }
@@ -181,7 +192,10 @@ impl Form {
                 let table = PaymentMiddleware::new(payments)
                     .route(
                         "POST /ask",
-                        RouteConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID).credits(2).description("Ask the agent"),
+                        RouteConfig::new(DEMO_PLAN_ID)
+                            .agent(DEMO_AGENT_ID)
+                            .credits(2)
+                            .description("Ask the agent"),
                     )
                     .route("GET /above", RouteConfig::new(DEMO_PLAN_ID))
                     .route("POST /bad-request", RouteConfig::new(DEMO_PLAN_ID))
@@ -326,10 +340,12 @@ async fn resource_routes_and_both_attribute_orders_work(form: Form) {
     let s = Setup::new(form);
     let before = s.balance();
     let token = mint(&s.local).await;
-    let response = http().get(s.server.at("/above")).header("payment-signature", &token).send().await.unwrap();
+    let response =
+        http().get(s.server.at("/above")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 1);
-    let response = http().post(s.server.at("/by-resource")).header("payment-signature", &token).send().await.unwrap();
+    let response =
+        http().post(s.server.at("/by-resource")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 3);
     assert_eq!(response.text().await.unwrap(), "ran");
@@ -373,7 +389,8 @@ async fn failed_handlers_pass_through_and_nothing_is_settled(form: Form) {
     let before = s.balance();
     let token = mint(&s.local).await;
     for (path, status) in [("/bad-request", 400), ("/error", 503), ("/panic", 500)] {
-        let response = http().post(s.server.at(path)).header("payment-signature", &token).send().await.unwrap();
+        let response =
+            http().post(s.server.at(path)).header("payment-signature", &token).send().await.unwrap();
         assert_eq!(response.status(), status, "{path}");
         assert!(receipt(&response).is_none(), "{path} has no receipt");
     }
@@ -389,7 +406,8 @@ async fn failed_handlers_pass_through_and_nothing_is_settled(form: Form) {
 async fn a_failed_settlement_withholds_the_content_with_a_failed_receipt(form: Form) {
     let s = Setup::new(form);
     let token = mint(&s.local).await;
-    let response = http().post(s.server.at("/drain")).header("payment-signature", &token).send().await.unwrap();
+    let response =
+        http().post(s.server.at("/drain")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 402);
     let receipt = receipt(&response).expect("failed receipt");
     assert!(!receipt.success);
@@ -405,7 +423,8 @@ async fn a_failed_settlement_withholds_the_content_with_a_failed_receipt(form: F
 async fn delivering_on_settle_failure_is_opt_in(form: Form) {
     let s = Setup::with(form, |b| b.deliver_on_settle_failure(true));
     let token = mint(&s.local).await;
-    let response = http().post(s.server.at("/drain")).header("payment-signature", &token).send().await.unwrap();
+    let response =
+        http().post(s.server.at("/drain")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(!receipt(&response).unwrap().success);
     assert_eq!(response.text().await.unwrap(), "content that must not leak");
@@ -435,7 +454,8 @@ async fn bad_tokens_get_402_invalid_token_without_a_facilitator_call(form: Form)
     ];
     for (name, value) in cases {
         let value = reqwest::header::HeaderValue::from_bytes(&value).unwrap();
-        let response = http().post(s.server.at("/ask")).header("payment-signature", value).send().await.unwrap();
+        let response =
+            http().post(s.server.at("/ask")).header("payment-signature", value).send().await.unwrap();
         assert_eq!(response.status(), 402, "{name}");
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(body["message"].as_str().unwrap().starts_with("invalid_token"), "{name}: {body}");
@@ -458,7 +478,8 @@ async fn dynamic_credits_sync_and_async_are_verified_and_burned(form: Form) {
     assert_eq!(response.status(), 200);
     assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 3);
     assert_eq!(response.text().await.unwrap(), "3");
-    let response = http().get(s.server.at("/priced?size=big")).header("payment-signature", &token).send().await.unwrap();
+    let response =
+        http().get(s.server.at("/priced?size=big")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 4);
     assert_eq!(s.balance(), before - 7);
@@ -468,7 +489,8 @@ async fn charge_settles_the_usage_never_more_than_verified(form: Form) {
     let s = Setup::new(form);
     let before = s.balance();
     let token = mint(&s.local).await;
-    let response = http().post(s.server.at("/usage")).header("payment-signature", &token).send().await.unwrap();
+    let response =
+        http().post(s.server.at("/usage")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 2);
     assert_eq!(response.text().await.unwrap(), "charged 2");
@@ -494,7 +516,9 @@ async fn hooks_see_every_step_and_may_replace_the_error_response(form: Form) {
             st.fetch_add(credits as usize, Ordering::SeqCst);
         })
         .on_payment_error(|_req, failure| match failure {
-            PaymentError::MissingToken { .. } => Some(HttpResponse::PaymentRequired().body("custom: pay first")),
+            PaymentError::MissingToken { .. } => {
+                Some(HttpResponse::PaymentRequired().body("custom: pay first"))
+            }
             _ => None,
         })
     });
@@ -514,7 +538,8 @@ async fn the_verification_cache_saves_verify_calls_but_settles_every_request(for
     let before = s.balance();
     let token = mint(&s.local).await;
     for _ in 0..3 {
-        let response = http().post(s.server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
+        let response =
+            http().post(s.server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 2);
     }
@@ -572,7 +597,8 @@ async fn the_manifest_handler_serves_the_table_with_routes_learned_from_traffic(
     let server = serve(None, |cfg: &mut web::ServiceConfig| {
         cfg.route("/pricing", web::get().to(nvm_runtime::pricing::manifest_handler));
     });
-    let body: serde_json::Value = http().get(server.at("/pricing")).send().await.unwrap().json().await.unwrap();
+    let body: serde_json::Value =
+        http().get(server.at("/pricing")).send().await.unwrap().json().await.unwrap();
     let routes = body["routes"].as_array().unwrap();
     let asked = routes.iter().find(|r| r["handler"] == "ask").expect("ask listed");
     assert_eq!(asked["credits"], 2, "{body}");

@@ -64,7 +64,10 @@ impl Example {
     }
 
     fn line(&self, needle: &str) -> &str {
-        self.banner.iter().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no `{needle}` in {:#?}", self.banner))
+        self.banner
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in {:#?}", self.banner))
     }
 
     /// The server URL from "Agent listening on http://…".
@@ -77,7 +80,8 @@ impl Example {
     fn subscriber(&self) -> (String, String) {
         let line = self.line("--example client");
         let key = line.split("NVM_API_KEY='").nth(1).and_then(|r| r.split('\'').next()).expect("key");
-        let backend = line.split("NVM_BACKEND_URL=").nth(1).and_then(|r| r.split(' ').next()).expect("backend");
+        let backend =
+            line.split("NVM_BACKEND_URL=").nth(1).and_then(|r| r.split(' ').next()).expect("backend");
         (key.to_owned(), backend.to_owned())
     }
 
@@ -88,7 +92,8 @@ impl Example {
 
     fn paying_client(&self) -> PayingClient {
         let (key, backend) = self.subscriber();
-        let config = Payments::builder().api_key(key).backend_url(backend).build().expect("subscriber config");
+        let config =
+            Payments::builder().api_key(key).backend_url(backend).build().expect("subscriber config");
         PayingClient::new(Subscriber::new(config))
     }
 }
@@ -115,7 +120,8 @@ async fn quickstart_is_paid_by_the_client_by_plain_http_and_by_its_curl_lines() 
     // The free routes.
     let http = reqwest::Client::new();
     assert_eq!(http.get(format!("{url}/health")).send().await.unwrap().status(), 200);
-    let pricing: serde_json::Value = http.get(format!("{url}/pricing")).send().await.unwrap().json().await.unwrap();
+    let pricing: serde_json::Value =
+        http.get(format!("{url}/pricing")).send().await.unwrap().json().await.unwrap();
     assert_eq!(pricing["routes"][0]["credits"], 1, "{pricing}");
 
     // 1. The client pays by itself.
@@ -128,13 +134,19 @@ async fn quickstart_is_paid_by_the_client_by_plain_http_and_by_its_curl_lines() 
     assert_eq!(receipt.remaining_balance.as_ref().and_then(|a| a.as_u64()), Some(99));
 
     // 2. Plain HTTP: mint, then pay (the client's cached token is reused too).
-    let token = client.subscriber().token_for(&nvm_runtime::envelope::PaymentRequired::builder(
-        pricing["routes"][0]["planId"].as_str().unwrap(),
-        "eip155:84532",
-    )
-    .agent_id(pricing["routes"][0]["agentId"].as_str().unwrap())
-    .build()
-    .accepts[0]).await.unwrap();
+    let token = client
+        .subscriber()
+        .token_for(
+            &nvm_runtime::envelope::PaymentRequired::builder(
+                pricing["routes"][0]["planId"].as_str().unwrap(),
+                "eip155:84532",
+            )
+            .agent_id(pricing["routes"][0]["agentId"].as_str().unwrap())
+            .build()
+            .accepts[0],
+        )
+        .await
+        .unwrap();
     let response = http
         .post(format!("{url}/ask"))
         .header("content-type", "application/json")
@@ -144,7 +156,8 @@ async fn quickstart_is_paid_by_the_client_by_plain_http_and_by_its_curl_lines() 
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let receipt = SettleResponse::from_header(response.headers()["payment-response"].to_str().unwrap()).unwrap();
+    let receipt =
+        SettleResponse::from_header(response.headers()["payment-response"].to_str().unwrap()).unwrap();
     assert_eq!(receipt.remaining_balance.as_ref().and_then(|a| a.as_u64()), Some(98));
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(body["answer"].as_str().unwrap().contains("plain"), "{body}");

@@ -88,12 +88,10 @@ impl Subscriber {
             token_version: options.token_version,
             resource: options.resource.as_ref().map(|url| ResourceBinding { url: url.clone() }),
         };
-        let response = self
-            .config
-            .facilitator()
-            .mint(&request)
-            .await
-            .map_err(|error| ClientError::Mint { plan_id: accepted.plan_id.clone(), error: Box::new(error) })?;
+        let response = self.config.facilitator().mint(&request).await.map_err(|error| ClientError::Mint {
+            plan_id: accepted.plan_id.clone(),
+            error: Box::new(error),
+        })?;
         Ok(AccessToken::new(response.access_token))
     }
 
@@ -213,13 +211,10 @@ fn read_envelope(response: &reqwest::Response) -> Result<PaymentRequired, Client
 }
 
 fn reports_spent(response: &reqwest::Response) -> bool {
-    let receipt_spent = receipt_of(response)
-        .and_then(|r| r.error_reason)
-        .is_some_and(|reason| reason.contains(CODE_SPENT));
-    let envelope_spent = read_envelope(response)
-        .ok()
-        .and_then(|e| e.error)
-        .is_some_and(|error| error.contains(CODE_SPENT));
+    let receipt_spent =
+        receipt_of(response).and_then(|r| r.error_reason).is_some_and(|reason| reason.contains(CODE_SPENT));
+    let envelope_spent =
+        read_envelope(response).ok().and_then(|e| e.error).is_some_and(|error| error.contains(CODE_SPENT));
     receipt_spent || envelope_spent
 }
 

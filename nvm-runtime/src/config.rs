@@ -247,13 +247,19 @@ impl PaymentsBuilder {
     }
 
     /// Called before each verification with the envelope about to be verified.
-    pub fn before_verify(mut self, hook: impl Fn(&HttpRequest, &PaymentRequired) + Send + Sync + 'static) -> Self {
+    pub fn before_verify(
+        mut self,
+        hook: impl Fn(&HttpRequest, &PaymentRequired) + Send + Sync + 'static,
+    ) -> Self {
         self.hooks.set_before_verify(hook);
         self
     }
 
     /// Called after each successful verification.
-    pub fn after_verify(mut self, hook: impl Fn(&HttpRequest, &VerifyResponse) + Send + Sync + 'static) -> Self {
+    pub fn after_verify(
+        mut self,
+        hook: impl Fn(&HttpRequest, &VerifyResponse) + Send + Sync + 'static,
+    ) -> Self {
         self.hooks.set_after_verify(hook);
         self
     }
@@ -282,9 +288,9 @@ impl PaymentsBuilder {
         let environment = api_key.environment().or(self.environment).unwrap_or(Environment::Custom);
         let backend_url = match (self.backend_url, environment) {
             (Some(url), _) => url,
-            (None, Environment::Custom) => self
-                .custom_backend_url
-                .unwrap_or_else(|| Environment::Custom.backend_url().to_owned()),
+            (None, Environment::Custom) => {
+                self.custom_backend_url.unwrap_or_else(|| Environment::Custom.backend_url().to_owned())
+            }
             (None, env) => env.backend_url().to_owned(),
         };
         let facilitator = Facilitator::with_version(
@@ -332,14 +338,26 @@ mod tests {
 
     #[test]
     fn prefix_wins_then_option_then_custom() {
-        let p = Payments::builder().api_key(format!("live:{KEY}")).environment(Environment::Sandbox).build().unwrap();
+        let p = Payments::builder()
+            .api_key(format!("live:{KEY}"))
+            .environment(Environment::Sandbox)
+            .build()
+            .unwrap();
         assert_eq!(p.environment(), Environment::Live);
-        let p = Payments::builder().api_key(format!("local:{KEY}")).environment(Environment::Sandbox).build().unwrap();
+        let p = Payments::builder()
+            .api_key(format!("local:{KEY}"))
+            .environment(Environment::Sandbox)
+            .build()
+            .unwrap();
         assert_eq!(p.environment(), Environment::Sandbox);
         let p = Payments::builder().api_key(format!("local:{KEY}")).build().unwrap();
         assert_eq!(p.environment(), Environment::Custom);
         assert_eq!(p.backend_url(), "http://localhost:3001");
-        let p = Payments::builder().api_key(format!("sandbox:{KEY}")).backend_url("http://127.0.0.1:9/").build().unwrap();
+        let p = Payments::builder()
+            .api_key(format!("sandbox:{KEY}"))
+            .backend_url("http://127.0.0.1:9/")
+            .build()
+            .unwrap();
         assert_eq!(p.backend_url(), "http://127.0.0.1:9");
     }
 
@@ -347,7 +365,10 @@ mod tests {
     fn refuses_bad_settings_with_what_to_write() {
         let err = Payments::builder().build().unwrap_err();
         assert!(err.to_string().contains("NVM_API_KEY"), "{err}");
-        let err = Payments::builder().api_key(format!("local:{KEY}")).verification_cache(Duration::from_secs(60)).build();
+        let err = Payments::builder()
+            .api_key(format!("local:{KEY}"))
+            .verification_cache(Duration::from_secs(60))
+            .build();
         assert!(matches!(err, Err(ConfigError::CacheTtl(_))));
         let err = Payments::builder().api_key(format!("local:{KEY}")).token_headers(["bad header"]).build();
         assert!(matches!(err, Err(ConfigError::InvalidHeaderName(_))));

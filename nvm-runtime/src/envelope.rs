@@ -234,15 +234,19 @@ mod tests {
 
     #[test]
     fn reads_the_python_sdk_form_of_accepted() {
-        let accepted: Accepted =
-            serde_json::from_str(r#"{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"1","extra":{}}"#).unwrap();
+        let accepted: Accepted = serde_json::from_str(
+            r#"{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"1","extra":{}}"#,
+        )
+        .unwrap();
         assert_eq!(accepted.extra.version, "1");
-        let accepted: Accepted =
-            serde_json::from_str(r#"{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"1","extra":null}"#)
-                .unwrap();
+        let accepted: Accepted = serde_json::from_str(
+            r#"{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"1","extra":null}"#,
+        )
+        .unwrap();
         assert_eq!(accepted.extra, Extra::default());
         let accepted: Accepted =
-            serde_json::from_str(r#"{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"1"}"#).unwrap();
+            serde_json::from_str(r#"{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"1"}"#)
+                .unwrap();
         assert_eq!(accepted.extra, Extra::default());
     }
 

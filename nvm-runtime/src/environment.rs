@@ -158,16 +158,17 @@ impl FromStr for ApiKey {
         }
         let jwt = raw.split_once(':').map_or(raw, |(_, jwt)| jwt);
         let payload = jwt.split('.').nth(1).ok_or_else(|| {
-            ConfigError::MalformedApiKey("it has no JWT after the prefix (expected `<prefix>:<header>.<payload>.<signature>`)".into())
+            ConfigError::MalformedApiKey(
+                "it has no JWT after the prefix (expected `<prefix>:<header>.<payload>.<signature>`)".into(),
+            )
         })?;
         let bytes = crate::codec::decode_base64(payload)
             .map_err(|e| ConfigError::MalformedApiKey(format!("its JWT payload is unreadable: {e}")))?;
         let claims: Claims = serde_json::from_slice(&bytes)
             .map_err(|e| ConfigError::MalformedApiKey(format!("its JWT payload is not JSON claims: {e}")))?;
-        let account = claims
-            .sub
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ConfigError::MalformedApiKey("its JWT has no `sub` claim (the account address)".into()))?;
+        let account = claims.sub.filter(|s| !s.is_empty()).ok_or_else(|| {
+            ConfigError::MalformedApiKey("its JWT has no `sub` claim (the account address)".into())
+        })?;
         Ok(ApiKey { raw: raw.to_owned(), account, has_o11y: claims.o11y.is_some() })
     }
 }
@@ -192,7 +193,10 @@ mod tests {
         assert!(matches!("sandbox:nope".parse::<ApiKey>(), Err(ConfigError::MalformedApiKey(_))));
         assert!(matches!("sandbox:a.!!!.c".parse::<ApiKey>(), Err(ConfigError::MalformedApiKey(_))));
         // payload {"o11y":"k"}: no sub
-        assert!(matches!("live:a.eyJvMTF5IjoiayJ9.c".parse::<ApiKey>(), Err(ConfigError::MalformedApiKey(_))));
+        assert!(matches!(
+            "live:a.eyJvMTF5IjoiayJ9.c".parse::<ApiKey>(),
+            Err(ConfigError::MalformedApiKey(_))
+        ));
     }
 
     #[test]

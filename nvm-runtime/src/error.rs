@@ -15,10 +15,14 @@ pub enum ConfigError {
     )]
     MissingApiKey,
     /// The API key is not `<prefix>:<JWT>`.
-    #[error("the Nevermined API key is malformed: {0}; copy it again from the Nevermined app (it looks like `sandbox:eyJ…`)")]
+    #[error(
+        "the Nevermined API key is malformed: {0}; copy it again from the Nevermined app (it looks like `sandbox:eyJ…`)"
+    )]
     MalformedApiKey(String),
     /// `NVM_ENVIRONMENT` names no environment.
-    #[error("unknown Nevermined environment `{0}`: use sandbox, live, staging_sandbox, staging_live or custom")]
+    #[error(
+        "unknown Nevermined environment `{0}`: use sandbox, live, staging_sandbox, staging_live or custom"
+    )]
     UnknownEnvironment(String),
     /// The backend URL is not an http(s) URL.
     #[error("the backend URL `{0}` is not an http:// or https:// URL")]
@@ -30,7 +34,9 @@ pub enum ConfigError {
     #[error("the verification cache TTL must be between 5 and 30 seconds, got {0:?}")]
     CacheTtl(Duration),
     /// An `env("VAR")` plan or agent names a variable that is not set.
-    #[error("environment variable {var} is not set; it gives the {what} of {handler}: set it (export {var}=…) before starting")]
+    #[error(
+        "environment variable {var} is not set; it gives the {what} of {handler}: set it (export {var}=…) before starting"
+    )]
     MissingEnvVar {
         /// The variable.
         var: String,
@@ -48,7 +54,9 @@ pub enum ConfigError {
         handler: String,
     },
     /// A `PaymentMiddleware` route key is not `"METHOD /path"`.
-    #[error("invalid route key `{0}`: write the method, a space and the path, e.g. \"POST /ask\" or \"GET /reports/:id\"")]
+    #[error(
+        "invalid route key `{0}`: write the method, a space and the path, e.g. \"POST /ask\" or \"GET /reports/:id\""
+    )]
     InvalidRouteKey(String),
     /// The HTTP client could not be built.
     #[error("the HTTP client could not be built: {0}")]

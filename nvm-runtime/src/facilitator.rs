@@ -11,8 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::environment::ApiKey;
 use crate::error::{ConfigError, FacilitatorError, Unavailable};
 use crate::messages::{
-    BackendError, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SettleResponse,
-    VerifyResponse,
+    BackendError, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SettleResponse, VerifyResponse,
 };
 
 /// The `Nevermined-Version` header value the backend expects.
@@ -76,8 +75,9 @@ impl Facilitator {
         }
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        let mut auth = HeaderValue::try_from(format!("Bearer {}", api_key.expose()))
-            .map_err(|_| ConfigError::MalformedApiKey("it contains characters not allowed in a header".into()))?;
+        let mut auth = HeaderValue::try_from(format!("Bearer {}", api_key.expose())).map_err(|_| {
+            ConfigError::MalformedApiKey("it contains characters not allowed in a header".into())
+        })?;
         auth.set_sensitive(true);
         headers.insert(
             "nevermined-version",
@@ -111,7 +111,9 @@ impl Facilitator {
             loop {
                 let result = self.post_once(VERIFY_PATH, body.clone()).await;
                 match result {
-                    Err(FacilitatorError::Unavailable(ref why)) if attempt < VERIFY_ATTEMPTS && is_transient(why) => {
+                    Err(FacilitatorError::Unavailable(ref why))
+                        if attempt < VERIFY_ATTEMPTS && is_transient(why) =>
+                    {
                         attempt += 1;
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }

@@ -26,11 +26,17 @@ pub struct Hooks {
 }
 
 impl Hooks {
-    pub(crate) fn set_before_verify(&mut self, f: impl Fn(&HttpRequest, &PaymentRequired) + Send + Sync + 'static) {
+    pub(crate) fn set_before_verify(
+        &mut self,
+        f: impl Fn(&HttpRequest, &PaymentRequired) + Send + Sync + 'static,
+    ) {
         self.before_verify = Some(Arc::new(f));
     }
 
-    pub(crate) fn set_after_verify(&mut self, f: impl Fn(&HttpRequest, &VerifyResponse) + Send + Sync + 'static) {
+    pub(crate) fn set_after_verify(
+        &mut self,
+        f: impl Fn(&HttpRequest, &VerifyResponse) + Send + Sync + 'static,
+    ) {
         self.after_verify = Some(Arc::new(f));
     }
 

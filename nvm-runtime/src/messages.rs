@@ -62,7 +62,9 @@ impl<'de> Deserialize<'de> for Amount {
 }
 
 /// The body of `POST /api/v1/x402/verify` and `POST /api/v1/x402/settle`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` shows the token only as its hash.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FacilitatorRequest {
     /// The exact envelope advertised for the resource.
@@ -75,6 +77,17 @@ pub struct FacilitatorRequest {
     /// The verify response's request id (settle only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_request_id: Option<String>,
+}
+
+impl std::fmt::Debug for FacilitatorRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FacilitatorRequest")
+            .field("payment_required", &self.payment_required)
+            .field("x402_access_token", &crate::token::TokenHash::of(&self.x402_access_token))
+            .field("max_amount", &self.max_amount)
+            .field("agent_request_id", &self.agent_request_id)
+            .finish()
+    }
 }
 
 /// The answer of `POST /api/v1/x402/verify`.
@@ -298,9 +311,19 @@ pub struct ResourceBinding {
 }
 
 /// The answer of `POST /api/v1/x402/permissions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` shows the token only as its hash.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionsResponse {
     /// The x402 access token, ready for the `payment-signature` header.
     pub access_token: String,
+}
+
+impl std::fmt::Debug for PermissionsResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PermissionsResponse")
+            .field("access_token", &crate::token::TokenHash::of(&self.access_token))
+            .finish()
+    }
 }

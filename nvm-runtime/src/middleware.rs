@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::{Error, HttpRequest};
+use actix_web::error::InternalError;
+use actix_web::{Error, HttpRequest, HttpResponse};
 
 use crate::config::Payments;
 use crate::context::PaymentState;
@@ -152,7 +153,11 @@ impl RouteKey {
     fn matches(&self, method: &str, path: &[&str]) -> bool {
         self.method == method
             && self.segments.len() == path.len()
-            && self.segments.iter().zip(path).all(|(pattern, actual)| pattern.starts_with(':') || pattern == actual)
+            && self
+                .segments
+                .iter()
+                .zip(path)
+                .all(|(pattern, actual)| pattern.starts_with(':') || pattern == actual)
     }
 }
 
@@ -196,7 +201,14 @@ pub struct PaymentMiddleware {
 impl std::fmt::Debug for PaymentMiddleware {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PaymentMiddleware")
-            .field("routes", &self.routes.iter().map(|(k, _)| format!("{} /{}", k.method, k.segments.join("/"))).collect::<Vec<_>>())
+            .field(
+                "routes",
+                &self
+                    .routes
+                    .iter()
+                    .map(|(k, _)| format!("{} /{}", k.method, k.segments.join("/")))
+                    .collect::<Vec<_>>(),
+            )
             .field("error", &self.error)
             .finish()
     }
@@ -285,15 +297,25 @@ where
         };
         let payments = self.middleware.payments.clone();
         Box::pin(async move {
-            let http = req.request().clone();
-            let state = PaymentState::attach(&http);
-            let credits = (config.credits)(&http).await;
-            if let Err(refusal) = paywall::admit(&payments, &http, &config.terms(), credits, &state).await {
+            // The request is only borrowed here: a clone kept across `service.call` would
+            // make the routing below (scopes, resources) panic on its `Rc::get_mut`.
+            let state = PaymentState::attach(req.request());
+            let credits = (config.credits)(req.request()).await;
+            if let Err(refusal) =
+                paywall::admit(&payments, req.request(), &config.terms(), credits, &state).await
+            {
                 return Ok(req.into_response(refusal));
             }
+            let path = req.path().to_owned();
             let response = match crate::__private::catch_unwind(service.call(req)).await {
                 Ok(result) => result?.map_into_boxed_body(),
-                Err(_) => return Ok(ServiceResponse::new(http.clone(), crate::__private::handler_panicked(&http))),
+                Err(_) => {
+                    // The request went down with the handler: answer through an error.
+                    tracing::error!(path, "the handler panicked; nothing is settled");
+                    let response = HttpResponse::InternalServerError()
+                        .json(serde_json::json!({"error": "Internal Server Error", "message": "the handler failed"}));
+                    return Err(InternalError::from_response("the handler panicked", response).into());
+                }
             };
             let (http, response) = response.into_parts();
             let response = paywall::settle(&payments, &http, &state, response).await;

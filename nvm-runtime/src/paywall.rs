@@ -77,7 +77,11 @@ pub(crate) async fn admit(
             return Err(reject(payments, req, request.payment_required, PaymentError::Rejected { reason }));
         }
         Err(FacilitatorError::Refused { error, .. }) => {
-            let reason = if error.code.is_empty() { error.message } else { format!("{}: {}", error.code, error.message) };
+            let reason = if error.code.is_empty() {
+                error.message
+            } else {
+                format!("{}: {}", error.code, error.message)
+            };
             tracing::info!(token = %hash, %reason, "verify refused");
             return Err(reject(payments, req, request.payment_required, PaymentError::Rejected { reason }));
         }
@@ -232,7 +236,9 @@ fn read_token(payments: &Payments, req: &HttpRequest) -> Result<AccessToken, Pay
         let mut values = req.headers().get_all(name);
         let Some(value) = values.next() else { continue };
         if values.next().is_some() {
-            return Err(PaymentError::MalformedToken(format!("more than one `{name}` header; send exactly one")));
+            return Err(PaymentError::MalformedToken(format!(
+                "more than one `{name}` header; send exactly one"
+            )));
         }
         if value.is_empty() {
             continue;
@@ -245,7 +251,9 @@ fn read_token(payments: &Payments, req: &HttpRequest) -> Result<AccessToken, Pay
         }
         let raw = value
             .to_str()
-            .map_err(|_| PaymentError::MalformedToken("the token contains non-ASCII or control characters".into()))?
+            .map_err(|_| {
+                PaymentError::MalformedToken("the token contains non-ASCII or control characters".into())
+            })?
             .trim();
         if raw.is_empty() {
             continue;
@@ -290,7 +298,9 @@ pub(crate) fn fail(payments: &Payments, req: &HttpRequest, error: PaymentError) 
     }
     let message = match &error {
         PaymentError::Facilitator(FacilitatorError::Unavailable(why)) => {
-            format!("the payment could not be verified: the facilitator is unavailable ({why}); try again later")
+            format!(
+                "the payment could not be verified: the facilitator is unavailable ({why}); try again later"
+            )
         }
         other => other.to_string(),
     };
@@ -326,4 +336,3 @@ fn insert_header(response: &mut HttpResponse, name: &'static str, value: &str) {
         response.headers_mut().insert(actix_web::http::header::HeaderName::from_static(name), value);
     }
 }
-

@@ -15,7 +15,8 @@ inventory::collect!(RouteEntry);
 
 /// Every `#[paid]` handler linked into this program, sorted by module and name.
 pub fn routes() -> Vec<&'static Route> {
-    let mut routes: Vec<&'static Route> = inventory::iter::<RouteEntry>.into_iter().map(|entry| (entry.0)()).collect();
+    let mut routes: Vec<&'static Route> =
+        inventory::iter::<RouteEntry>.into_iter().map(|entry| (entry.0)()).collect();
     routes.sort_by_key(|r| (r.spec().module, r.spec().handler));
     routes
 }

@@ -154,7 +154,10 @@ impl ResponseError for Rejection {
 }
 
 /// Computes a request's credits from any [`CreditsSource`].
-pub fn resolve_credits<'a, M, S: CreditsSource<M> + 'a>(source: S, req: &'a HttpRequest) -> CreditsFuture<'a> {
+pub fn resolve_credits<'a, M, S: CreditsSource<M> + 'a>(
+    source: S,
+    req: &'a HttpRequest,
+) -> CreditsFuture<'a> {
     source.resolve(req)
 }
 

@@ -111,14 +111,14 @@ impl Route {
             Value::Expr(source, f) => {
                 let plan = f();
                 if plan.trim().is_empty() {
-                    return Err(ConfigError::EmptyPlan { expr: source.to_owned(), handler: self.spec.handler.to_owned() });
+                    return Err(ConfigError::EmptyPlan {
+                        expr: source.to_owned(),
+                        handler: self.spec.handler.to_owned(),
+                    });
                 }
                 Ok(plan)
             }
-            value => self
-                .plan
-                .get_or_init(|| read_value(value, "plan id", self.spec.handler))
-                .clone(),
+            value => self.plan.get_or_init(|| read_value(value, "plan id", self.spec.handler)).clone(),
         }
     }
 
@@ -128,10 +128,9 @@ impl Route {
             None => Ok(None),
             // An expression yielding "" means "no agent".
             Some(Value::Expr(_, f)) => Ok(Some(f()).filter(|agent| !agent.trim().is_empty())),
-            Some(value) => self
-                .agent
-                .get_or_init(|| read_value(value, "agent id", self.spec.handler).map(Some))
-                .clone(),
+            Some(value) => {
+                self.agent.get_or_init(|| read_value(value, "agent id", self.spec.handler).map(Some)).clone()
+            }
         }
     }
 

@@ -257,7 +257,12 @@ impl State {
         let builder_api_key = keys::issue_api_key(&secret, &builder_address, ledger.serial);
         let subscriber_address = keys::address(&secret.derive("account", ledger.next()));
         let subscriber_api_key = keys::issue_api_key(&secret, &subscriber_address, ledger.serial);
-        let plan = Self::plan_from(&secret, &mut ledger, &builder_address, PlanSpec::crypto("Local plan").id(super::DEMO_PLAN_ID).agent(super::DEMO_AGENT_ID));
+        let plan = Self::plan_from(
+            &secret,
+            &mut ledger,
+            &builder_address,
+            PlanSpec::crypto("Local plan").id(super::DEMO_PLAN_ID).agent(super::DEMO_AGENT_ID),
+        );
         let plan_id = plan.id.clone();
         let agent_id = plan.agents.first().map(|a| a.id.clone()).unwrap_or_default();
         ledger.balances.insert((plan_id.clone(), subscriber_address.clone()), credits);

@@ -36,6 +36,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod faults;
 mod keys;
 mod ledger;
 mod server;
@@ -47,8 +48,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use self::faults::Faults;
 use self::ledger::State;
 use self::server::Running;
+
+pub use self::faults::{Endpoint, Fault, HANG_LIMIT};
 
 /// The starting balance of the demo subscriber.
 ///
@@ -85,6 +89,7 @@ pub struct LocalFacilitator {
     state: Arc<State>,
     info: LocalInfo,
     running: Running,
+    faults: Arc<Faults>,
 }
 
 impl fmt::Debug for LocalFacilitator {
@@ -210,7 +215,8 @@ impl LocalFacilitatorBuilder {
     /// ```
     pub fn start(self) -> io::Result<LocalFacilitator> {
         let state = Arc::new(State::new(self.credits));
-        let running = server::spawn(Arc::clone(&state), self.port)?;
+        let faults = Arc::new(Faults::default());
+        let running = server::spawn(Arc::clone(&state), Arc::clone(&faults), self.port)?;
         let info = LocalInfo {
             backend_url: format!("http://{}", running.addr),
             builder_api_key: state.builder_api_key.clone(),
@@ -218,7 +224,7 @@ impl LocalFacilitatorBuilder {
             plan_id: state.plan_id.clone(),
             agent_id: state.agent_id.clone(),
         };
-        Ok(LocalFacilitator { state, info, running })
+        Ok(LocalFacilitator { state, info, running, faults })
     }
 }
 

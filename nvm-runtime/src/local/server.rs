@@ -12,6 +12,7 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde::de::DeserializeOwned;
 
+use super::faults::{self, Faults};
 use super::keys;
 use super::ledger::{ApiError, Endpoint, Reply, State, codes};
 use super::wire::{FacilitatorBody, PermissionsBody};
@@ -25,12 +26,14 @@ pub(crate) struct Running {
     handle: ServerHandle,
     thread: Option<JoinHandle<()>>,
     pub(crate) addr: SocketAddr,
+    faults: Arc<Faults>,
 }
 
 impl Running {
     /// Stops the server and waits for its thread.
     pub(crate) fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
+            self.faults.release();
             // `stop` sends the command at once; its future only waits for completion,
             // which joining the thread does too.
             drop(self.handle.stop(false));
@@ -49,10 +52,11 @@ impl Drop for Running {
 }
 
 /// Binds 127.0.0.1:`port` and serves `state` on a new thread.
-pub(crate) fn spawn(state: Arc<State>, port: u16) -> io::Result<Running> {
+pub(crate) fn spawn(state: Arc<State>, faults: Arc<Faults>, port: u16) -> io::Result<Running> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
     let addr = listener.local_addr()?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<ServerHandle>>();
+    let server_faults = web::Data::from(Arc::clone(&faults));
     let thread = std::thread::Builder::new().name("nvm-local-facilitator".into()).spawn(move || {
         let system = actix_web::rt::System::new();
         system.block_on(async move {
@@ -60,6 +64,7 @@ pub(crate) fn spawn(state: Arc<State>, port: u16) -> io::Result<Running> {
             let server = HttpServer::new(move || {
                 App::new()
                     .app_data(data.clone())
+                    .app_data(server_faults.clone())
                     .app_data(web::PayloadConfig::new(BODY_LIMIT))
                     .route("/api/v1/x402/permissions", web::post().to(permissions))
                     .route("/api/v1/x402/verify", web::post().to(verify))
@@ -88,7 +93,7 @@ pub(crate) fn spawn(state: Arc<State>, port: u16) -> io::Result<Running> {
     match ready_rx.recv() {
         Ok(Ok(handle)) => {
             tracing::info!(%addr, "local facilitator listening");
-            Ok(Running { handle, thread: Some(thread), addr })
+            Ok(Running { handle, thread: Some(thread), addr, faults })
         }
         Ok(Err(error)) => {
             let _ = thread.join();
@@ -154,24 +159,42 @@ fn handle<T: DeserializeOwned>(
     }
 }
 
-async fn permissions(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+async fn permissions(
+    state: web::Data<State>,
+    faults: web::Data<Faults>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
     state.count(Endpoint::Permissions);
-    handle::<PermissionsBody>(&state, &req, &body, State::permissions)
+    let call = || handle::<PermissionsBody>(&state, &req, &body, State::permissions);
+    faults.around(faults::Endpoint::Permissions, call).await
 }
 
-async fn verify(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+async fn verify(
+    state: web::Data<State>,
+    faults: web::Data<Faults>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
     state.count(Endpoint::Verify);
-    handle::<FacilitatorBody>(&state, &req, &body, State::verify)
+    let call = || handle::<FacilitatorBody>(&state, &req, &body, State::verify);
+    faults.around(faults::Endpoint::Verify, call).await
 }
 
-async fn settle(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+async fn settle(
+    state: web::Data<State>,
+    faults: web::Data<Faults>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
     state.count(Endpoint::Settle);
-    handle::<FacilitatorBody>(&state, &req, &body, State::settle)
+    let call = || handle::<FacilitatorBody>(&state, &req, &body, State::settle);
+    faults.around(faults::Endpoint::Settle, call).await
 }
 
-async fn plan(state: web::Data<State>, path: web::Path<String>) -> HttpResponse {
+async fn plan(state: web::Data<State>, faults: web::Data<Faults>, path: web::Path<String>) -> HttpResponse {
     state.count(Endpoint::Plans);
-    respond(state.plan_metadata(&path))
+    faults.around(faults::Endpoint::Plans, || respond(state.plan_metadata(&path))).await
 }
 
 async fn plan_balance(state: web::Data<State>, path: web::Path<(String, String)>) -> HttpResponse {

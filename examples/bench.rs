@@ -1,0 +1,828 @@
+//! What `#[paid]` costs, measured side by side on loopback.
+//!
+//! ```text
+//! cargo run --release -p nvm-examples --example bench            # ~1.5 minutes
+//! cargo run --release -p nvm-examples --example bench -- --quick # a few seconds (CI smoke)
+//! cargo run --release -p nvm-examples --example bench -- --help
+//! ```
+//!
+//! One run starts the local facilitator and four servers with the same trivial handler
+//! (`GET /work` answering `ok`):
+//!
+//! - `plain`: no payment at all;
+//! - `handwritten`: the five steps of the generic HTTP integration written by hand in the
+//!   handler (envelope, header, verify, run, settle + receipt) with the same
+//!   [`Facilitator`] client: the baseline a careful user writes without the macro;
+//! - `paid`: `#[paid(plan = DEMO_PLAN_ID, credits = 1)]`;
+//! - `paid+cache`: the same handler with a 30 s verification cache.
+//!
+//! A built-in load generator drives each server in turn (ABCD ABCD …) with the same number
+//! of keep-alive HTTP/1.1 connections, and the medians over rounds are printed with the
+//! ratios. Every paid response must be a 200 with a `payment-response` receipt; anything
+//! else is counted as an error, and the run exits with 1 when there is any, or when a plan
+//! metadata fetch happens after warm-up.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use nvm_runtime::envelope::PaymentRequired;
+use nvm_runtime::facilitator::Facilitator;
+use nvm_runtime::local::{Calls, DEMO_PLAN_ID, LocalFacilitator, MintOptions};
+use nvm_runtime::messages::{Amount, FacilitatorRequest, SettleResponse};
+use nvm_runtime::{Payments, paid};
+use tokio::net::TcpStream;
+
+/// The network of the local facilitator's demo plan (a crypto plan on Base Sepolia).
+const NETWORK: &str = "eip155:84532";
+/// The bound on one request of the load generator.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bound on a connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The subscriber's balance: enough for any run.
+const BALANCE: u64 = 1 << 60;
+
+// ---------------------------------------------------------------------------------------
+// The handlers: the same body for all four servers.
+
+/// The work every server does.
+async fn work() -> &'static str {
+    "ok"
+}
+
+/// `plain`: no payment.
+async fn plain() -> &'static str {
+    work().await
+}
+
+/// `paid` and `paid+cache`: the macro (the two servers differ by their `Payments`).
+#[paid(plan = DEMO_PLAN_ID, credits = 1)]
+async fn paid_work() -> &'static str {
+    work().await
+}
+
+/// `handwritten`: the generic HTTP integration, step by step, as a careful user writes it
+/// with the crate's facilitator client.
+async fn handwritten(req: HttpRequest, facilitator: web::Data<Facilitator>) -> HttpResponse {
+    // 1. The envelope of this resource.
+    let envelope =
+        PaymentRequired::builder(DEMO_PLAN_ID, NETWORK).url(req.path()).http_verb(req.method().as_str()).build();
+    // 2. The token, or a 402 advertising the envelope.
+    let token = match req.headers().get("payment-signature").and_then(|v| v.to_str().ok()) {
+        Some(token) if !token.is_empty() => token.to_owned(),
+        _ => {
+            return HttpResponse::PaymentRequired()
+                .insert_header(("payment-required", envelope.to_header()))
+                .json(serde_json::json!({"error": "Payment Required"}));
+        }
+    };
+    // 3. Verify.
+    let mut request = FacilitatorRequest {
+        payment_required: envelope,
+        x402_access_token: token,
+        max_amount: Some(Amount::from(1)),
+        agent_request_id: None,
+    };
+    let verification = match facilitator.verify(&request).await {
+        Ok(v) if v.is_valid => v,
+        Ok(v) => {
+            return HttpResponse::PaymentRequired()
+                .insert_header(("payment-required", request.payment_required.to_header()))
+                .json(serde_json::json!({"error": "Payment Required", "message": v.invalid_reason}));
+        }
+        Err(e) => return HttpResponse::InternalServerError().body(e.to_string()),
+    };
+    // 4. Run the handler.
+    let body = work().await;
+    // 5. Settle, and attach the receipt.
+    request.agent_request_id = verification.request_id().map(str::to_owned);
+    match facilitator.settle(&request).await {
+        Ok(receipt) if receipt.success => {
+            let mut response = HttpResponse::Ok().body(body);
+            if let Ok(value) = HeaderValue::try_from(receipt.to_header()) {
+                response.headers_mut().insert(HeaderName::from_static("payment-response"), value);
+            }
+            response
+        }
+        Ok(receipt) => HttpResponse::PaymentRequired()
+            .insert_header(("payment-response", receipt.to_header()))
+            .json(serde_json::json!({"error": "Payment Required", "message": receipt.error_reason})),
+        Err(e) => HttpResponse::PaymentRequired().body(e.to_string()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Settings.
+
+#[derive(Debug, Clone)]
+struct Settings {
+    duration: Duration,
+    warmup: Duration,
+    connections: usize,
+    rounds: usize,
+    quick: bool,
+}
+
+impl Settings {
+    fn default_run() -> Self {
+        Settings {
+            duration: Duration::from_secs(4),
+            warmup: Duration::from_secs(1),
+            connections: 16,
+            rounds: 5,
+            quick: false,
+        }
+    }
+
+    fn quick() -> Self {
+        Settings {
+            duration: Duration::from_millis(400),
+            warmup: Duration::from_millis(200),
+            connections: 8,
+            rounds: 2,
+            quick: true,
+        }
+    }
+
+    fn from_args() -> Result<Self, String> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut settings =
+            if args.iter().any(|a| a == "--quick") { Settings::quick() } else { Settings::default_run() };
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (name, inline) = match arg.split_once('=') {
+                Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
+                None => (arg.clone(), None),
+            };
+            let mut value = || inline.clone().or_else(|| args.next()).ok_or(format!("{name} needs a value"));
+            match name.as_str() {
+                "--quick" => {}
+                "--duration" => settings.duration = seconds(&value()?)?,
+                "--warmup" => settings.warmup = seconds(&value()?)?,
+                "--connections" => settings.connections = count(&value()?, 1, 1024)?,
+                "--rounds" => settings.rounds = count(&value()?, 1, 100)?,
+                "-h" | "--help" => return Err(String::new()),
+                other => return Err(format!("unknown argument `{other}`")),
+            }
+        }
+        if settings.duration > Duration::from_secs(600) || settings.warmup > Duration::from_secs(600) {
+            return Err("--duration and --warmup are at most 600 seconds".into());
+        }
+        Ok(settings)
+    }
+}
+
+const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [--connections N] [--rounds N]\n\
+  --duration     seconds each server is driven per round (default 4; quick 0.4)\n\
+  --warmup       seconds of unmeasured load per server before the rounds (default 1; quick 0.2)\n\
+  --connections  concurrent keep-alive connections (default 16; quick 8)\n\
+  --rounds       rounds of ABCD (default 5; quick 2)\n\
+  --quick        a smoke run of a few seconds";
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or(format!("`{text}` is not a positive number of seconds"))
+}
+
+fn count(text: &str, min: usize, max: usize) -> Result<usize, String> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or(format!("`{text}` is not a number from {min} to {max}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The servers.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Handwritten,
+    Paid,
+    PaidCache,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Plain, Kind::Handwritten, Kind::Paid, Kind::PaidCache];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Plain => "plain",
+            Kind::Handwritten => "handwritten",
+            Kind::Paid => "paid",
+            Kind::PaidCache => "paid+cache",
+        }
+    }
+
+    fn charges(self) -> bool {
+        self != Kind::Plain
+    }
+}
+
+/// What the servers are given: one pooled facilitator client per configuration.
+#[derive(Clone)]
+struct Configs {
+    facilitator: web::Data<Facilitator>,
+    paid: Payments,
+    paid_cache: Payments,
+}
+
+fn configure(kind: Kind, configs: &Configs, cfg: &mut web::ServiceConfig) {
+    match kind {
+        Kind::Plain => cfg.route("/work", web::get().to(plain)),
+        Kind::Handwritten => {
+            cfg.app_data(configs.facilitator.clone()).route("/work", web::get().to(handwritten))
+        }
+        Kind::Paid => cfg.app_data(configs.paid.clone()).route("/work", web::get().to(paid_work)),
+        Kind::PaidCache => cfg.app_data(configs.paid_cache.clone()).route("/work", web::get().to(paid_work)),
+    };
+}
+
+/// The four servers, on a thread of their own with its own actix `System`.
+struct Servers {
+    addrs: Vec<(Kind, SocketAddr)>,
+    handles: Vec<ServerHandle>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Servers {
+    /// Binds 127.0.0.1:0 for each kind; each server has 1 worker thread.
+    fn start(configs: Configs) -> io::Result<Servers> {
+        type Started = io::Result<Vec<(Kind, SocketAddr, ServerHandle)>>;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Started>();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new().name("bench-servers".into()).spawn(move || {
+            let system = actix_web::rt::System::new();
+            system.block_on(async move {
+                let mut started = Vec::new();
+                let mut running = Vec::new();
+                for kind in Kind::ALL {
+                    let configs = configs.clone();
+                    let server = HttpServer::new(move || {
+                        let configs = configs.clone();
+                        App::new().configure(move |cfg| configure(kind, &configs, cfg))
+                    })
+                    .workers(1)
+                    .disable_signals()
+                    .shutdown_timeout(1)
+                    .bind(("127.0.0.1", 0));
+                    match server {
+                        Ok(server) => {
+                            let addr = server.addrs()[0];
+                            let server = server.run();
+                            started.push((kind, addr, server.handle()));
+                            running.push(actix_web::rt::spawn(server));
+                        }
+                        Err(error) => {
+                            let _ = ready_tx.send(Err(error));
+                            return;
+                        }
+                    }
+                }
+                let _ = ready_tx.send(Ok(started));
+                for server in running {
+                    let _ = server.await;
+                }
+            });
+            let _ = done_tx.send(());
+        })?;
+        let started = ready_rx.recv().map_err(|_| io::Error::other("the server thread exited early"))??;
+        let addrs = started.iter().map(|(kind, addr, _)| (*kind, *addr)).collect();
+        let handles = started.into_iter().map(|(_, _, handle)| handle).collect();
+        Ok(Servers { addrs, handles, done })
+    }
+
+    /// Stops every server and waits (at most 5 s) for their thread.
+    fn stop(self) {
+        for handle in &self.handles {
+            // The command is sent at once; the returned future only waits for it.
+            drop(handle.stop(false));
+        }
+        if self.done.recv_timeout(Duration::from_secs(5)).is_err() {
+            eprintln!("warning: the servers did not stop within 5 s");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The load generator: N tasks on one current-thread tokio runtime, each with its own
+// keep-alive HTTP/1.1 connection and a minimal client (write the request, read the
+// status line and headers, read `content-length` bytes of body).
+
+/// One parsed response.
+struct Reply {
+    status: u16,
+    receipt: Option<String>,
+}
+
+/// One connection's results for one measurement.
+#[derive(Default)]
+struct ConnStats {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    samples: Vec<String>,
+}
+
+impl ConnStats {
+    fn error(&mut self, what: String) {
+        self.errors += 1;
+        if self.samples.len() < 3 {
+            self.samples.push(what);
+        }
+    }
+}
+
+/// What one server did in one measurement.
+#[derive(Debug, Clone, Default)]
+struct Measure {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    p50_us: u32,
+    p99_us: u32,
+    calls: u64,
+    plan_fetches: u64,
+    samples: Vec<String>,
+}
+
+impl Measure {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends `request` and reads one response; `buf` is reused across calls.
+async fn exchange(stream: &TcpStream, request: &[u8], buf: &mut Vec<u8>, want_receipt: bool) -> io::Result<Reply> {
+    write_all(stream, request).await?;
+    buf.clear();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            break end;
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head over 64 KiB"));
+        }
+        let n = read(stream, &mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-response"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "response head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no status line"))?;
+    let mut length = 0usize;
+    let mut receipt = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "chunked responses are not expected"));
+        } else if want_receipt && name.eq_ignore_ascii_case("payment-response") {
+            receipt = Some(value.to_owned());
+        }
+    }
+    let total = head_end + 4 + length;
+    while buf.len() < total {
+        let n = read(stream, &mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-body"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Reply { status, receipt })
+}
+
+/// Sends requests on `stream` until `deadline`, reconnecting (at most 10 times) after an
+/// error. The first receipt of the connection is decoded and checked in full; later
+/// ones only for presence.
+async fn drive_connection(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    request: Arc<[u8]>,
+    deadline: Instant,
+    charges: bool,
+) -> ConnStats {
+    let mut stats = ConnStats { latencies_us: Vec::with_capacity(16 * 1024), ..ConnStats::default() };
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut checked_receipt = false;
+    let mut reconnects = 0;
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, exchange(&stream, &request, &mut buf, charges)).await;
+        let reply = match outcome {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => {
+                stats.error(format!("i/o: {error}"));
+                match reconnect(addr, &mut reconnects).await {
+                    Some(fresh) => stream = fresh,
+                    None => break,
+                }
+                continue;
+            }
+            Err(_) => {
+                stats.error(format!("no response within {REQUEST_TIMEOUT:?}"));
+                match reconnect(addr, &mut reconnects).await {
+                    Some(fresh) => stream = fresh,
+                    None => break,
+                }
+                continue;
+            }
+        };
+        stats.latencies_us.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+        if reply.status != 200 {
+            stats.error(format!("status {}", reply.status));
+            continue;
+        }
+        if !charges {
+            continue;
+        }
+        match reply.receipt {
+            None => stats.error("200 without a payment-response receipt".into()),
+            Some(header) if !checked_receipt => {
+                checked_receipt = true;
+                match SettleResponse::from_header(&header) {
+                    Ok(receipt) if receipt.success && receipt.credits_redeemed_u64() == 1 => {}
+                    Ok(receipt) => stats.error(format!("unexpected receipt {receipt:?}")),
+                    Err(error) => stats.error(format!("undecodable receipt: {error}")),
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    stats
+}
+
+async fn reconnect(addr: SocketAddr, reconnects: &mut u32) -> Option<TcpStream> {
+    *reconnects += 1;
+    if *reconnects > 10 {
+        return None;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    connect(addr).await.ok()
+}
+
+/// Drives `addr` with `connections` connections for `duration`.
+async fn measure(addr: SocketAddr, request: &Arc<[u8]>, connections: usize, duration: Duration, charges: bool) -> Measure {
+    let mut streams = Vec::with_capacity(connections);
+    let mut measure = Measure::default();
+    for _ in 0..connections {
+        match connect(addr).await {
+            Ok(stream) => streams.push(stream),
+            Err(error) => {
+                measure.errors += 1;
+                measure.samples.push(format!("connect: {error}"));
+            }
+        }
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|stream| tokio::spawn(drive_connection(stream, addr, Arc::clone(request), deadline, charges)))
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(stats) => {
+                measure.errors += stats.errors;
+                latencies.extend_from_slice(&stats.latencies_us);
+                for sample in stats.samples {
+                    if measure.samples.len() < 5 {
+                        measure.samples.push(sample);
+                    }
+                }
+            }
+            Err(error) => measure.samples.push(format!("load task failed: {error}")),
+        }
+    }
+    measure.elapsed = started.elapsed();
+    measure.requests = latencies.len() as u64;
+    latencies.sort_unstable();
+    measure.p50_us = percentile(&latencies, 0.50);
+    measure.p99_us = percentile(&latencies, 0.99);
+    measure
+}
+
+fn percentile(sorted: &[u32], q: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() as f64) * q).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
+}
+
+fn total(calls: Calls) -> u64 {
+    calls.verify + calls.settle + calls.permissions + calls.plans
+}
+
+// ---------------------------------------------------------------------------------------
+// The run.
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_owned();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or("unknown memory".to_owned(), |kb| format!("{:.1} GiB RAM", kb / 1024.0 / 1024.0));
+    format!("{cpus} CPUs ({model}), {memory}, {} {}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2} ms", us / 1000.0)
+}
+
+fn main() {
+    let settings = match Settings::from_args() {
+        Ok(settings) => settings,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("bench: {message}");
+            }
+            eprintln!("{USAGE}");
+            std::process::exit(if message.is_empty() { 0 } else { 2 });
+        }
+    };
+    match run(&settings) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(error) => {
+            eprintln!("bench: {error}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs the benchmark; `Ok(false)` when a response was wrong or the plan metadata was
+/// fetched after warm-up.
+fn run(settings: &Settings) -> Result<bool, String> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; run with --release for meaningful numbers");
+    }
+    let local = LocalFacilitator::start().map_err(|e| format!("starting the local facilitator: {e}"))?;
+    local.set_balance(DEMO_PLAN_ID, local.subscriber_address(), BALANCE);
+    let token = local.mint_token(MintOptions::new());
+
+    let key = local.builder_api_key().parse().map_err(|e| format!("builder key: {e}"))?;
+    let facilitator = Facilitator::new(local.backend_url(), &key, nvm_runtime::config::DEFAULT_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let payments = || Payments::builder().api_key(local.builder_api_key()).backend_url(local.backend_url());
+    let configs = Configs {
+        facilitator: web::Data::new(facilitator),
+        paid: payments().build().map_err(|e| e.to_string())?,
+        paid_cache: payments().verification_cache(Duration::from_secs(30)).build().map_err(|e| e.to_string())?,
+    };
+    let servers = Servers::start(configs).map_err(|e| format!("starting the servers: {e}"))?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("load generator runtime: {e}"))?;
+    let requests: Vec<(Kind, SocketAddr, Arc<[u8]>)> = servers
+        .addrs
+        .iter()
+        .map(|&(kind, addr)| {
+            let request = format!("GET /work HTTP/1.1\r\nhost: {addr}\r\npayment-signature: {token}\r\n\r\n");
+            (kind, addr, Arc::from(request.into_bytes()))
+        })
+        .collect();
+
+    println!("{}", header(settings, &local));
+
+    // Warm-up: connections, pools, the plan's metadata, the verification cache.
+    let warm = runtime.block_on(async {
+        let mut errors = Vec::new();
+        for (kind, addr, request) in &requests {
+            let m = measure(*addr, request, settings.connections, settings.warmup, kind.charges()).await;
+            if m.errors > 0 {
+                errors.push(format!("{}: {} errors during warm-up ({})", kind.name(), m.errors, m.samples.join("; ")));
+            }
+        }
+        errors
+    });
+    for line in &warm {
+        println!("{line}");
+    }
+
+    // Rounds: ABCD ABCD …
+    let mut results: Vec<Vec<Measure>> = vec![Vec::new(); requests.len()];
+    for round in 1..=settings.rounds {
+        let mut line = format!("round {round}/{}:", settings.rounds);
+        for (i, (kind, addr, request)) in requests.iter().enumerate() {
+            let before = local.calls();
+            let mut m = runtime.block_on(measure(*addr, request, settings.connections, settings.duration, kind.charges()));
+            let after = local.calls();
+            m.calls = total(after) - total(before);
+            m.plan_fetches = after.plans - before.plans;
+            let _ = write!(line, "  {} {:.0} req/s p99 {}", kind.name(), m.rps(), ms(f64::from(m.p99_us)));
+            results[i].push(m);
+        }
+        println!("{line}");
+    }
+    servers.stop();
+    drop(runtime);
+
+    let (report, ok) = summary(settings, &requests.iter().map(|r| r.0).collect::<Vec<_>>(), &results, !warm.is_empty());
+    println!("{report}");
+    drop(local);
+    Ok(ok)
+}
+
+fn header(settings: &Settings, local: &LocalFacilitator) -> String {
+    format!(
+        "nvm-paid bench: what #[paid] costs, side by side\n\
+         machine: {machine}\n\
+         run: {mode}{rounds} rounds x 4 servers x {duration:.1} s, {conns} keep-alive HTTP/1.1 connections, \
+         {warmup:.1} s warm-up per server; GET /work answering `ok`, credits = 1, one reusable token\n\
+         facilitator: local, {backend} (in-memory ledger, real HTTP on loopback)\n\
+         threads: the facilitator runs on its own thread with its own actix System (2 workers); each server\n\
+         \x20 has 1 worker thread (plus an idle accept thread); the load generator is 1 thread (a current-thread\n\
+         \x20 tokio runtime, one task per connection, a minimal HTTP/1.1 client). Only one server is driven at a\n\
+         \x20 time (ABCD ABCD ...), so the busy threads are the load generator, one server worker and, for the\n\
+         \x20 paying servers, the facilitator: at most 4 on 2 cores, all closed-loop (each connection waits for its\n\
+         \x20 answer), so none can run away from the others; handwritten and paid have exactly the same topology.\n\
+         \x20 The facilitator does most of the work of a paid request, so paid numbers measure the whole system.",
+        machine = machine(),
+        mode = if settings.quick { "QUICK, " } else { "" },
+        rounds = settings.rounds,
+        duration = settings.duration.as_secs_f64(),
+        conns = settings.connections,
+        warmup = settings.warmup.as_secs_f64(),
+        backend = local.backend_url(),
+    )
+}
+
+/// Medians per server, ratios and targets; `false` when a check failed.
+fn summary(settings: &Settings, kinds: &[Kind], results: &[Vec<Measure>], warmup_errors: bool) -> (String, bool) {
+    struct Row {
+        rps: f64,
+        p50: f64,
+        p99: f64,
+        calls_per_req: f64,
+        errors: u64,
+        requests: u64,
+        plan_fetches: u64,
+    }
+    let rows: Vec<Row> = results
+        .iter()
+        .map(|rounds| {
+            let requests: u64 = rounds.iter().map(|m| m.requests).sum();
+            let calls: u64 = rounds.iter().map(|m| m.calls).sum();
+            Row {
+                rps: median(&mut rounds.iter().map(Measure::rps).collect::<Vec<_>>()),
+                p50: median(&mut rounds.iter().map(|m| f64::from(m.p50_us)).collect::<Vec<_>>()),
+                p99: median(&mut rounds.iter().map(|m| f64::from(m.p99_us)).collect::<Vec<_>>()),
+                calls_per_req: calls as f64 / requests.max(1) as f64,
+                errors: rounds.iter().map(|m| m.errors).sum(),
+                requests,
+                plan_fetches: rounds.iter().map(|m| m.plan_fetches).sum(),
+            }
+        })
+        .collect();
+    let row = |kind: Kind| kinds.iter().position(|k| *k == kind).map(|i| &rows[i]);
+    let mut out = String::new();
+    let _ = writeln!(out, "\nmedians over {} rounds:", settings.rounds);
+    let _ = writeln!(
+        out,
+        "{:<12} {:>10} {:>10} {:>10} {:>18} {:>10} {:>8}",
+        "server", "req/s", "p50", "p99", "facilitator/req", "requests", "errors"
+    );
+    for (kind, r) in kinds.iter().zip(&rows) {
+        let _ = writeln!(
+            out,
+            "{:<12} {:>10.0} {:>10} {:>10} {:>18.3} {:>10} {:>8}",
+            kind.name(),
+            r.rps,
+            ms(r.p50),
+            ms(r.p99),
+            r.calls_per_req,
+            r.requests,
+            r.errors
+        );
+    }
+    let mut ok = !warmup_errors;
+    for (kind, rounds) in kinds.iter().zip(results) {
+        let samples: Vec<&String> = rounds.iter().flat_map(|m| &m.samples).take(5).collect();
+        if !samples.is_empty() {
+            ok = false;
+            let _ = writeln!(out, "errors of {}: {}", kind.name(), samples.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "));
+        }
+    }
+    if rows.iter().any(|r| r.errors > 0) {
+        ok = false;
+    }
+    let (Some(plain), Some(hand), Some(paid), Some(cache)) =
+        (row(Kind::Plain), row(Kind::Handwritten), row(Kind::Paid), row(Kind::PaidCache))
+    else {
+        return (out, false);
+    };
+    let mark = |pass: bool| if pass { "ok" } else { "MISSED" };
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let t = ratio(paid.rps, hand.rps);
+    let l = ratio(paid.p99, hand.p99);
+    let _ = writeln!(out, "\nratios (medians):");
+    let _ = writeln!(out, "  paid/handwritten   throughput {t:.3} (target >= 0.95: {})   p99 {l:.3} (target <= 1.05: {})", mark(t >= 0.95), mark(l <= 1.05));
+    let _ = writeln!(
+        out,
+        "  paid/plain         throughput {:.3}   p99 {:.3}",
+        ratio(paid.rps, plain.rps),
+        ratio(paid.p99, plain.p99)
+    );
+    let _ = writeln!(
+        out,
+        "  handwritten/plain  throughput {:.3}   p99 {:.3}",
+        ratio(hand.rps, plain.rps),
+        ratio(hand.p99, plain.p99)
+    );
+    let c = ratio(cache.rps, paid.rps);
+    let _ = writeln!(
+        out,
+        "  paid+cache/paid    throughput {c:.3} (target >= 1.5: {})   p99 {:.3}; facilitator calls/request {:.3} (target <= 1.05: {})",
+        mark(c >= 1.5),
+        ratio(cache.p99, paid.p99),
+        cache.calls_per_req,
+        mark(cache.calls_per_req <= 1.05)
+    );
+    let fetches: u64 = rows.iter().map(|r| r.plan_fetches).sum();
+    let _ = writeln!(
+        out,
+        "plan metadata fetches after warm-up: {fetches} (asserted 0: {})",
+        if fetches == 0 { "ok" } else { "FAILED" }
+    );
+    if fetches != 0 {
+        ok = false;
+    }
+    let errors: u64 = rows.iter().map(|r| r.errors).sum();
+    let _ = write!(out, "errors: {errors}{}", if ok { "" } else { " (FAILED: see above)" });
+    (out, ok)
+}
