@@ -169,8 +169,11 @@ impl Facilitator {
         call: impl Future<Output = Result<T, FacilitatorError>>,
     ) -> Result<T, FacilitatorError> {
         match tokio::time::timeout(self.timeout, call).await {
+            // reqwest's own bound (the same duration) may fire first.
+            Ok(Err(FacilitatorError::Unavailable(Unavailable::Timeout(_)))) | Err(_) => {
+                Err(FacilitatorError::Unavailable(Unavailable::Timeout(self.timeout)))
+            }
             Ok(result) => result,
-            Err(_) => Err(FacilitatorError::Unavailable(Unavailable::Timeout(self.timeout))),
         }
     }
 }
