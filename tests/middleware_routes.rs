@@ -139,6 +139,32 @@ async fn a_streamed_response_arrives_chunk_by_chunk_with_its_receipt() {
     assert_eq!(local.balance(DEMO_PLAN_ID, local.subscriber_address()), before - 4);
 }
 
+#[nvm_runtime::paid(plan = DEMO_PLAN_ID, credits = 9)]
+async fn annotated(runs: web::Data<Runs>) -> &'static str {
+    runs.hit();
+    "annotated"
+}
+
+#[actix_web::test]
+async fn a_paid_handler_behind_a_middleware_route_is_charged_once() {
+    let local = Arc::new(LocalFacilitator::start().unwrap());
+    let payments = payments_for(&local).build().unwrap();
+    let table = PaymentMiddleware::new(payments.clone())
+        .route("POST /both", RouteConfig::new(DEMO_PLAN_ID).credits(2));
+    let server = serve(Some(payments), move |cfg: &mut web::ServiceConfig| {
+        cfg.service(web::scope("").wrap(table.clone()).route("/both", web::post().to(annotated)));
+    });
+    let before = local.balance(DEMO_PLAN_ID, local.subscriber_address());
+    let token = mint(&local).await;
+    let response = http().post(server.at("/both")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(receipt(&response).unwrap().credits_redeemed_u64(), 2);
+    assert_eq!(local.balance(DEMO_PLAN_ID, local.subscriber_address()), before - 2);
+    let calls = local.calls();
+    assert_eq!((calls.verify, calls.settle), (1, 1));
+    assert_eq!(server.runs.count(), 1);
+}
+
 #[test]
 fn a_key_without_a_method_is_refused_with_the_right_form() {
     let local = LocalFacilitator::start().unwrap();

@@ -90,6 +90,10 @@ fn units_of(req: &HttpRequest) -> u64 {
     req.headers().get("x-units").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(1)
 }
 
+fn broken_price(_req: &HttpRequest) -> u64 {
+    panic!("pricing bug")
+}
+
 async fn price_by_query(req: &HttpRequest) -> u64 {
     tokio::time::sleep(Duration::from_millis(1)).await;
     if req.query_string().contains("big") { 4 } else { 0 }
@@ -150,6 +154,12 @@ async fn usage(runs: web::Data<Runs>, payment: PaymentContext) -> Result<String,
     plain::usage(runs, payment).await
 }
 
+#[post("/bad-price")]
+#[paid(plan = DEMO_PLAN_ID, credits = broken_price)]
+async fn bad_price(runs: web::Data<Runs>) -> &'static str {
+    plain::ran(runs).await
+}
+
 #[post("/drain")]
 #[paid(plan = DEMO_PLAN_ID, credits = 1)]
 async fn drain(runs: web::Data<Runs>, local: web::Data<Arc<LocalFacilitator>>) -> &'static str {
@@ -185,6 +195,7 @@ impl Form {
                     .service(priced)
                     .service(usage)
                     .service(drain)
+                    .service(bad_price)
                     .route("/context-without-paid", web::get().to(plain::context_without_paid))
                     .service(web::resource("/by-resource").route(web::post().to(by_resource)));
             }),
@@ -206,6 +217,7 @@ impl Form {
                     .route("GET /priced", RouteConfig::new(DEMO_PLAN_ID).credits(price_by_query))
                     .route("POST /usage", RouteConfig::new(DEMO_PLAN_ID).credits(5))
                     .route("POST /drain", RouteConfig::new(DEMO_PLAN_ID))
+                    .route("POST /bad-price", RouteConfig::new(DEMO_PLAN_ID).credits(broken_price))
                     .route("POST /by-resource", RouteConfig::new(DEMO_PLAN_ID).credits(3));
                 table.check().expect("valid route keys");
                 serve(None, move |cfg: &mut web::ServiceConfig| {
@@ -222,6 +234,7 @@ impl Form {
                             .route("/priced", web::get().to(plain::credits))
                             .route("/usage", web::post().to(plain::usage))
                             .route("/drain", web::post().to(plain::drain))
+                            .route("/bad-price", web::post().to(plain::ran))
                             .route("/context-without-paid", web::get().to(plain::context_without_paid))
                             .route("/by-resource", web::post().to(plain::ran)),
                     );
@@ -288,7 +301,23 @@ both_forms!(
     the_verification_cache_saves_verify_calls_but_settles_every_request,
     payment_context_without_paid_is_a_500_that_says_why,
     resource_routes_and_both_attribute_orders_work,
+    a_panicking_credits_function_is_a_500_and_the_handler_does_not_run,
 );
+
+async fn a_panicking_credits_function_is_a_500_and_the_handler_does_not_run(form: Form) {
+    let s = Setup::new(form);
+    let token = mint(&s.local).await;
+    let response =
+        http().post(s.server.at("/bad-price")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("credits function"), "{body}");
+    assert_eq!(s.server.runs.count(), 0);
+    assert_eq!(s.local.calls().verify, 0);
+    // The worker survived.
+    let response = http().post(s.server.at("/ask")).header("payment-signature", &token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
 
 async fn no_token_gets_402_with_the_envelope_and_the_handler_does_not_run(form: Form) {
     let s = Setup::new(form);
@@ -585,7 +614,7 @@ fn every_paid_handler_is_in_the_pricing_table() {
     assert_eq!(upper.path.as_deref(), Some("/above"));
     let gratis = manifest.iter().find(|r| r.handler == "free").unwrap();
     assert_eq!(gratis.credits, serde_json::json!(0));
-    assert_eq!(manifest.iter().filter(|r| r.module.ends_with("paid_flow")).count(), 11);
+    assert_eq!(manifest.iter().filter(|r| r.module.ends_with("paid_flow")).count(), 12);
 }
 
 #[actix_web::test]

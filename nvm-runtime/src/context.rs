@@ -41,6 +41,11 @@ impl PaymentState {
         req.extensions_mut().insert(Rc::clone(&state));
         state
     }
+
+    /// The state already attached to `req` (by a `PaymentMiddleware` route), if any.
+    pub(crate) fn attached(req: &HttpRequest) -> Option<Rc<PaymentState>> {
+        req.extensions().get::<Rc<PaymentState>>().cloned()
+    }
 }
 
 /// The payment of the current request, as a handler argument.

@@ -53,6 +53,9 @@ pub enum ConfigError {
         /// The handler.
         handler: String,
     },
+    /// The credits function of a handler panicked.
+    #[error("the credits function of {0} panicked; make it return a u64 for every request")]
+    CreditsPanicked(String),
     /// A `PaymentMiddleware` route key is not `"METHOD /path"`.
     #[error(
         "invalid route key `{0}`: write the method, a space and the path, e.g. \"POST /ask\" or \"GET /reports/:id\""

@@ -300,7 +300,15 @@ where
             // The request is only borrowed here: a clone kept across `service.call` would
             // make the routing below (scopes, resources) panic on its `Rc::get_mut`.
             let state = PaymentState::attach(req.request());
-            let credits = (config.credits)(req.request()).await;
+            let Ok(credits) =
+                crate::__private::catch_unwind(async { (config.credits)(req.request()).await }).await
+            else {
+                let http = req.request();
+                let error =
+                    ConfigError::CreditsPanicked(format!("the {} {} route", http.method(), http.path()));
+                let response = paywall::misconfigured(&payments, http, error);
+                return Ok(req.into_response(response));
+            };
             if let Err(refusal) =
                 paywall::admit(&payments, req.request(), &config.terms(), credits, &state).await
             {

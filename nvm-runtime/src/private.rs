@@ -36,7 +36,9 @@ pub trait PaidRoute: 'static {
 /// payment, so the handler's body runs only on a verified (or free) request.
 pub struct Paid<R> {
     req: HttpRequest,
-    payments: Payments,
+    /// `None` when a `PaymentMiddleware` route already protects the request: it
+    /// verified, and it settles, so the handler's own payment is not taken twice.
+    settle_with: Option<Payments>,
     state: Rc<PaymentState>,
     route: PhantomData<R>,
 }
@@ -52,6 +54,15 @@ impl<R: PaidRoute> FromRequest for Paid<R> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Rejection>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        if let Some(state) = PaymentState::attached(req) {
+            tracing::warn!(
+                path = req.path(),
+                handler = R::route().spec().handler,
+                "a PaymentMiddleware route already protects this #[paid] handler; charging once, on the middleware's terms"
+            );
+            let paid = Paid { req: req.clone(), settle_with: None, state, route: PhantomData };
+            return Box::pin(std::future::ready(Ok(paid)));
+        }
         // Attached synchronously, before any other extractor of the handler runs, so
         // `PaymentContext` finds it.
         let state = PaymentState::attach(req);
@@ -68,7 +79,10 @@ impl<R: PaidRoute> FromRequest for Paid<R> {
                 Ok(ids) => ids,
                 Err(error) => return Err(Rejection::new(paywall::misconfigured(&payments, &req, error))),
             };
-            let credits = route.credits(&req).await;
+            let Ok(credits) = catch_unwind(async { route.credits(&req).await }).await else {
+                let error = crate::error::ConfigError::CreditsPanicked(spec.handler.to_owned());
+                return Err(Rejection::new(paywall::misconfigured(&payments, &req, error)));
+            };
             let terms = Terms {
                 plan_id: &plan_id,
                 agent_id: agent_id.as_deref(),
@@ -79,7 +93,7 @@ impl<R: PaidRoute> FromRequest for Paid<R> {
                 resource: spec.resource,
             };
             paywall::admit(&payments, &req, &terms, credits, &state).await.map_err(Rejection::new)?;
-            Ok(Paid { req, payments, state, route: PhantomData })
+            Ok(Paid { req, settle_with: Some(payments), state, route: PhantomData })
         })
     }
 }
@@ -96,7 +110,10 @@ where
         Ok(output) => output.respond_to(&paid.req).map_into_boxed_body(),
         Err(_) => handler_panicked(&paid.req),
     };
-    paywall::settle(&paid.payments, &paid.req, &paid.state, response).await
+    match &paid.settle_with {
+        Some(payments) => paywall::settle(payments, &paid.req, &paid.state, response).await,
+        None => response,
+    }
 }
 
 /// The response to a handler that panicked: a 500, never settled.
