@@ -83,7 +83,94 @@ pub fn decode_json_header<T: DeserializeOwned>(value: &str) -> Result<T, DecodeE
     serde_json::from_slice(&bytes).map_err(|e| DecodeError::NotJson(e.to_string()))
 }
 
+/// Whether a JSON document is an object, read exactly as `serde_json::Value` reads it
+/// (the same syntax, UTF-8, escape, number and depth checks, so the same errors) without
+/// building the value: `decode_json_header::<JsonShape>` is the cheap form of
+/// `decode_json_header::<serde_json::Value>(…)?.is_object()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JsonShape {
+    object: bool,
+}
+
+impl JsonShape {
+    /// Whether the document is a JSON object.
+    pub(crate) fn is_object(self) -> bool {
+        self.object
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JsonShape {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ShapeVisitor).map(|object| JsonShape { object })
+    }
+}
+
+/// Any JSON value, checked as `serde_json::Value` checks it and then dropped.
+struct AnyValue;
+
+impl<'de> serde::Deserialize<'de> for AnyValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ShapeVisitor).map(|_| AnyValue)
+    }
+}
+
+/// Accepts every JSON value (as `Value`'s visitor does: `deserialize_any`, never
+/// `deserialize_ignored_any`, which skips strings without checking them); `true` for an
+/// object.
+struct ShapeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_none<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        <AnyValue as serde::Deserialize>::deserialize(deserializer).map(|_| false)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<AnyValue>()?.is_some() {}
+        Ok(false)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map.next_entry::<AnyValue, AnyValue>()?.is_some() {}
+        Ok(true)
+    }
+}
+
 /// Encodes bytes as URL-safe base64 without padding (JWT segments).
+#[cfg(feature = "local")]
 pub(crate) fn encode_url_safe(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

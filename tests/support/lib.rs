@@ -105,12 +105,11 @@ pub async fn mint_with(
 ) -> String {
     let key = subscriber_key.parse().expect("subscriber key");
     let client = Facilitator::new(local.backend_url(), &key, Duration::from_secs(3)).expect("client");
-    let mut accepted: Accepted = nvm_runtime::envelope::PaymentRequired::builder(plan_id, "eip155:84532")
-        .build()
-        .accepts
-        .remove(0);
+    let mut accepted: Accepted =
+        nvm_runtime::envelope::PaymentRequired::builder(plan_id, "eip155:84532").build().accepts.remove(0);
     accepted.extra.agent_id = agent_id.map(str::to_owned);
-    let request = PermissionsRequest { accepted, delegation_config: None, token_version: version, resource: None };
+    let request =
+        PermissionsRequest { accepted, delegation_config: None, token_version: version, resource: None };
     client.mint(&request).await.expect("mint").access_token
 }
 
