@@ -2,7 +2,7 @@
 //! settlement. Every check and burn happens under one lock, so no interleaving of
 //! requests can spend a credit twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -70,6 +70,11 @@ impl Plan {
     }
 }
 
+/// How many verified requests are remembered for `settle`; the oldest are forgotten
+/// first, so a long-running facilitator keeps a bounded memory. A request verified more
+/// than this many verifications ago can no longer be settled by its id.
+const REMEMBERED_REQUESTS: usize = 50_000;
+
 /// What `verify` remembered about a request, for `settle`.
 #[derive(Debug)]
 struct RequestRecord {
@@ -84,12 +89,24 @@ pub(crate) struct Ledger {
     plans: HashMap<String, Plan>,
     balances: HashMap<(String, String), u64>,
     requests: HashMap<String, RequestRecord>,
+    /// Request ids, oldest first, to forget past [`REMEMBERED_REQUESTS`].
+    request_order: VecDeque<String>,
     spent_nonces: HashSet<String>,
     total_burned: u64,
     serial: u64,
 }
 
 impl Ledger {
+    fn remember(&mut self, id: String, record: RequestRecord) {
+        if self.request_order.len() >= REMEMBERED_REQUESTS
+            && let Some(oldest) = self.request_order.pop_front()
+        {
+            self.requests.remove(&oldest);
+        }
+        self.request_order.push_back(id.clone());
+        self.requests.insert(id, record);
+    }
+
     fn next(&mut self) -> u64 {
         self.serial += 1;
         self.serial
@@ -672,7 +689,7 @@ impl State {
         };
         let serial = ledger.next();
         let request_id = keys::uuid(&self.secret.derive("agent-request", serial));
-        ledger.requests.insert(
+        ledger.remember(
             request_id.clone(),
             RequestRecord { caller: caller.to_owned(), fingerprint: token.fingerprint, settled: None },
         );
