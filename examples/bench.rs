@@ -1,7 +1,7 @@
 //! What `#[paid]` costs, measured side by side on loopback.
 //!
 //! ```text
-//! cargo run --release -p nvm-examples --example bench            # ~1.5 minutes
+//! cargo run --release -p nvm-examples --example bench            # ~70 seconds
 //! cargo run --release -p nvm-examples --example bench -- --quick # a few seconds (CI smoke)
 //! cargo run --release -p nvm-examples --example bench -- --help
 //! ```
@@ -25,7 +25,7 @@
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
@@ -70,8 +70,10 @@ async fn paid_work() -> &'static str {
 /// with the crate's facilitator client.
 async fn handwritten(req: HttpRequest, facilitator: web::Data<Facilitator>) -> HttpResponse {
     // 1. The envelope of this resource.
-    let envelope =
-        PaymentRequired::builder(DEMO_PLAN_ID, NETWORK).url(req.path()).http_verb(req.method().as_str()).build();
+    let envelope = PaymentRequired::builder(DEMO_PLAN_ID, NETWORK)
+        .url(req.path())
+        .http_verb(req.method().as_str())
+        .build();
     // 2. The token, or a 402 advertising the envelope.
     let token = match req.headers().get("payment-signature").and_then(|v| v.to_str().ok()) {
         Some(token) if !token.is_empty() => token.to_owned(),
@@ -126,16 +128,19 @@ struct Settings {
     connections: usize,
     rounds: usize,
     quick: bool,
+    /// The servers to drive (all by default); `--only paid,handwritten` for profiling.
+    only: Vec<Kind>,
 }
 
 impl Settings {
     fn default_run() -> Self {
         Settings {
-            duration: Duration::from_secs(4),
+            duration: Duration::from_millis(500),
             warmup: Duration::from_secs(1),
             connections: 16,
-            rounds: 5,
+            rounds: 30,
             quick: false,
+            only: Kind::ALL.to_vec(),
         }
     }
 
@@ -146,6 +151,7 @@ impl Settings {
             connections: 8,
             rounds: 2,
             quick: true,
+            only: Kind::ALL.to_vec(),
         }
     }
 
@@ -166,6 +172,16 @@ impl Settings {
                 "--warmup" => settings.warmup = seconds(&value()?)?,
                 "--connections" => settings.connections = count(&value()?, 1, 1024)?,
                 "--rounds" => settings.rounds = count(&value()?, 1, 100)?,
+                "--only" => {
+                    settings.only = value()?
+                        .split(',')
+                        .map(|name| {
+                            Kind::ALL.into_iter().find(|k| k.name() == name.trim()).ok_or(format!(
+                                "--only: `{name}` is not one of plain, handwritten, paid, paid+cache"
+                            ))
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown argument `{other}`")),
             }
@@ -178,11 +194,12 @@ impl Settings {
 }
 
 const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [--connections N] [--rounds N]\n\
-  --duration     seconds each server is driven per round (default 4; quick 0.4)\n\
+  --duration     seconds each server is driven per round (default 0.5; quick 0.4)\n\
   --warmup       seconds of unmeasured load per server before the rounds (default 1; quick 0.2)\n\
   --connections  concurrent keep-alive connections (default 16; quick 8)\n\
-  --rounds       rounds of ABCD (default 5; quick 2)\n\
-  --quick        a smoke run of a few seconds";
+  --rounds       rounds of ABCD (default 30; quick 2)\n\
+  --quick        a smoke run of a few seconds\n\
+  --only         drive only these servers, e.g. `--only paid,handwritten` (for profiling)";
 
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
@@ -233,6 +250,8 @@ struct Configs {
     facilitator: web::Data<Facilitator>,
     paid: Payments,
     paid_cache: Payments,
+    /// The worker thread of each server, for its CPU time.
+    workers: Arc<Mutex<Vec<(Kind, u32)>>>,
 }
 
 fn configure(kind: Kind, configs: &Configs, cfg: &mut web::ServiceConfig) {
@@ -267,6 +286,10 @@ impl Servers {
                 for kind in Kind::ALL {
                     let configs = configs.clone();
                     let server = HttpServer::new(move || {
+                        // Called on the worker thread: remember it.
+                        if let Some(tid) = cpu::current_tid() {
+                            configs.workers.lock().unwrap_or_else(PoisonError::into_inner).push((kind, tid));
+                        }
                         let configs = configs.clone();
                         App::new().configure(move |cfg| configure(kind, &configs, cfg))
                     })
@@ -348,9 +371,16 @@ struct Measure {
     elapsed: Duration,
     p50_us: u32,
     p99_us: u32,
+    /// Every request's latency (µs), sorted: the summary pools them over rounds.
+    latencies_us: Vec<u32>,
     calls: u64,
     plan_fetches: u64,
     samples: Vec<String>,
+    /// CPU time (ns) of the server's worker thread, of the load generator, and of the
+    /// rest of the process (the facilitator, mostly), when the platform tells.
+    cpu_server: Option<u64>,
+    cpu_loadgen: Option<u64>,
+    cpu_rest: Option<u64>,
 }
 
 impl Measure {
@@ -395,7 +425,12 @@ async fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Sends `request` and reads one response; `buf` is reused across calls.
-async fn exchange(stream: &TcpStream, request: &[u8], buf: &mut Vec<u8>, want_receipt: bool) -> io::Result<Reply> {
+async fn exchange(
+    stream: &TcpStream,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+    want_receipt: bool,
+) -> io::Result<Reply> {
     write_all(stream, request).await?;
     buf.clear();
     let mut chunk = [0u8; 8192];
@@ -426,7 +461,9 @@ async fn exchange(stream: &TcpStream, request: &[u8], buf: &mut Vec<u8>, want_re
         let Some((name, value)) = line.split_once(':') else { continue };
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?;
+            length = value
+                .parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?;
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "chunked responses are not expected"));
         } else if want_receipt && name.eq_ignore_ascii_case("payment-response") {
@@ -460,7 +497,8 @@ async fn drive_connection(
     let mut reconnects = 0;
     while Instant::now() < deadline {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, exchange(&stream, &request, &mut buf, charges)).await;
+        let outcome =
+            tokio::time::timeout(REQUEST_TIMEOUT, exchange(&stream, &request, &mut buf, charges)).await;
         let reply = match outcome {
             Ok(Ok(reply)) => reply,
             Ok(Err(error)) => {
@@ -514,7 +552,13 @@ async fn reconnect(addr: SocketAddr, reconnects: &mut u32) -> Option<TcpStream> 
 }
 
 /// Drives `addr` with `connections` connections for `duration`.
-async fn measure(addr: SocketAddr, request: &Arc<[u8]>, connections: usize, duration: Duration, charges: bool) -> Measure {
+async fn measure(
+    addr: SocketAddr,
+    request: &Arc<[u8]>,
+    connections: usize,
+    duration: Duration,
+    charges: bool,
+) -> Measure {
     let mut streams = Vec::with_capacity(connections);
     let mut measure = Measure::default();
     for _ in 0..connections {
@@ -552,6 +596,7 @@ async fn measure(addr: SocketAddr, request: &Arc<[u8]>, connections: usize, dura
     latencies.sort_unstable();
     measure.p50_us = percentile(&latencies, 0.50);
     measure.p99_us = percentile(&latencies, 0.99);
+    measure.latencies_us = latencies;
     measure
 }
 
@@ -574,6 +619,57 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn total(calls: Calls) -> u64 {
     calls.verify + calls.settle + calls.permissions + calls.plans
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU time per thread (Linux: /proc/self/task/TID/schedstat, in nanoseconds), so the cost
+// of a request is seen apart from what other processes of the machine do.
+
+mod cpu {
+    /// The id of the calling thread.
+    pub(crate) fn current_tid() -> Option<u32> {
+        let link = std::fs::read_link("/proc/thread-self").ok()?;
+        link.file_name()?.to_str()?.parse().ok()
+    }
+
+    /// CPU time of one thread of this process, in ns.
+    pub(crate) fn thread_ns(tid: u32) -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+
+    /// CPU time of every live thread of this process, in ns.
+    pub(crate) fn process_ns() -> Option<u64> {
+        let mut total = 0;
+        for entry in std::fs::read_dir("/proc/self/task").ok()? {
+            let tid = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            total += thread_ns(tid).unwrap_or(0);
+        }
+        Some(total)
+    }
+
+    /// A reading of the three clocks of a measurement.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct Reading {
+        pub(crate) server: Option<u64>,
+        pub(crate) loadgen: Option<u64>,
+        pub(crate) total: Option<u64>,
+    }
+
+    impl Reading {
+        pub(crate) fn now(server: Option<u32>, loadgen: Option<u32>) -> Self {
+            Reading {
+                server: server.and_then(thread_ns),
+                loadgen: loadgen.and_then(thread_ns),
+                total: process_ns(),
+            }
+        }
+    }
+
+    /// Load average over the last minute (all processes of the machine).
+    pub(crate) fn load_average() -> Option<f64> {
+        std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -629,6 +725,7 @@ fn run(settings: &Settings) -> Result<bool, String> {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; run with --release for meaningful numbers");
     }
+    let load_before = cpu::load_average();
     let local = LocalFacilitator::start().map_err(|e| format!("starting the local facilitator: {e}"))?;
     local.set_balance(DEMO_PLAN_ID, local.subscriber_address(), BALANCE);
     let token = local.mint_token(MintOptions::new());
@@ -637,10 +734,15 @@ fn run(settings: &Settings) -> Result<bool, String> {
     let facilitator = Facilitator::new(local.backend_url(), &key, nvm_runtime::config::DEFAULT_TIMEOUT)
         .map_err(|e| e.to_string())?;
     let payments = || Payments::builder().api_key(local.builder_api_key()).backend_url(local.backend_url());
+    let workers = Arc::new(Mutex::new(Vec::new()));
     let configs = Configs {
         facilitator: web::Data::new(facilitator),
         paid: payments().build().map_err(|e| e.to_string())?,
-        paid_cache: payments().verification_cache(Duration::from_secs(30)).build().map_err(|e| e.to_string())?,
+        paid_cache: payments()
+            .verification_cache(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?,
+        workers: Arc::clone(&workers),
     };
     let servers = Servers::start(configs).map_err(|e| format!("starting the servers: {e}"))?;
 
@@ -648,16 +750,18 @@ fn run(settings: &Settings) -> Result<bool, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("load generator runtime: {e}"))?;
+    let loadgen = cpu::current_tid();
     let requests: Vec<(Kind, SocketAddr, Arc<[u8]>)> = servers
         .addrs
         .iter()
+        .filter(|(kind, _)| settings.only.contains(kind))
         .map(|&(kind, addr)| {
             let request = format!("GET /work HTTP/1.1\r\nhost: {addr}\r\npayment-signature: {token}\r\n\r\n");
             (kind, addr, Arc::from(request.into_bytes()))
         })
         .collect();
 
-    println!("{}", header(settings, &local));
+    println!("{}", header(settings, &local, load_before));
 
     // Warm-up: connections, pools, the plan's metadata, the verification cache.
     let warm = runtime.block_on(async {
@@ -665,7 +769,12 @@ fn run(settings: &Settings) -> Result<bool, String> {
         for (kind, addr, request) in &requests {
             let m = measure(*addr, request, settings.connections, settings.warmup, kind.charges()).await;
             if m.errors > 0 {
-                errors.push(format!("{}: {} errors during warm-up ({})", kind.name(), m.errors, m.samples.join("; ")));
+                errors.push(format!(
+                    "{}: {} errors during warm-up ({})",
+                    kind.name(),
+                    m.errors,
+                    m.samples.join("; ")
+                ));
             }
         }
         errors
@@ -673,18 +782,34 @@ fn run(settings: &Settings) -> Result<bool, String> {
     for line in &warm {
         println!("{line}");
     }
+    let worker_of = |kind: Kind| {
+        let workers = workers.lock().unwrap_or_else(PoisonError::into_inner);
+        workers.iter().find(|(k, _)| *k == kind).map(|(_, tid)| *tid)
+    };
 
     // Rounds: ABCD ABCD …
     let mut results: Vec<Vec<Measure>> = vec![Vec::new(); requests.len()];
     for round in 1..=settings.rounds {
-        let mut line = format!("round {round}/{}:", settings.rounds);
+        let mut line = format!("round {round:>2}/{}:", settings.rounds);
         for (i, (kind, addr, request)) in requests.iter().enumerate() {
-            let before = local.calls();
-            let mut m = runtime.block_on(measure(*addr, request, settings.connections, settings.duration, kind.charges()));
-            let after = local.calls();
-            m.calls = total(after) - total(before);
-            m.plan_fetches = after.plans - before.plans;
-            let _ = write!(line, "  {} {:.0} req/s p99 {}", kind.name(), m.rps(), ms(f64::from(m.p99_us)));
+            let worker = worker_of(*kind);
+            let (calls_before, cpu_before) = (local.calls(), cpu::Reading::now(worker, loadgen));
+            let mut m = runtime.block_on(measure(
+                *addr,
+                request,
+                settings.connections,
+                settings.duration,
+                kind.charges(),
+            ));
+            let (calls_after, cpu_after) = (local.calls(), cpu::Reading::now(worker, loadgen));
+            m.calls = total(calls_after) - total(calls_before);
+            m.plan_fetches = calls_after.plans - calls_before.plans;
+            let delta = |after: Option<u64>, before: Option<u64>| Some(after?.saturating_sub(before?));
+            m.cpu_server = delta(cpu_after.server, cpu_before.server);
+            m.cpu_loadgen = delta(cpu_after.loadgen, cpu_before.loadgen);
+            m.cpu_rest = delta(cpu_after.total, cpu_before.total)
+                .and_then(|t| Some(t.saturating_sub(m.cpu_server? + m.cpu_loadgen?)));
+            let _ = write!(line, "  {} {:.0}/s p99 {}", kind.name(), m.rps(), ms(f64::from(m.p99_us)));
             results[i].push(m);
         }
         println!("{line}");
@@ -692,128 +817,190 @@ fn run(settings: &Settings) -> Result<bool, String> {
     servers.stop();
     drop(runtime);
 
-    let (report, ok) = summary(settings, &requests.iter().map(|r| r.0).collect::<Vec<_>>(), &results, !warm.is_empty());
+    let kinds: Vec<Kind> = requests.iter().map(|r| r.0).collect();
+    let (report, ok) = summary(settings, &kinds, &results, !warm.is_empty());
     println!("{report}");
+    if let (Some(before), Some(after)) = (load_before, cpu::load_average()) {
+        println!("load average (1 min) before the run {before:.2}, after {after:.2}");
+    }
     drop(local);
     Ok(ok)
 }
 
-fn header(settings: &Settings, local: &LocalFacilitator) -> String {
-    format!(
+fn header(settings: &Settings, local: &LocalFacilitator, load: Option<f64>) -> String {
+    let mut out = format!(
         "nvm-paid bench: what #[paid] costs, side by side\n\
          machine: {machine}\n\
-         run: {mode}{rounds} rounds x 4 servers x {duration:.1} s, {conns} keep-alive HTTP/1.1 connections, \
-         {warmup:.1} s warm-up per server; GET /work answering `ok`, credits = 1, one reusable token\n\
+         run: {mode}{rounds} rounds x {servers} servers x {duration:.1} s, {conns} keep-alive HTTP/1.1 connections, \
+         {warmup:.1} s warm-up per server;\n\
+         \x20 GET /work answering `ok`, credits = 1, one reusable token, subscriber balance 2^60\n\
          facilitator: local, {backend} (in-memory ledger, real HTTP on loopback)\n\
          threads: the facilitator runs on its own thread with its own actix System (2 workers); each server\n\
          \x20 has 1 worker thread (plus an idle accept thread); the load generator is 1 thread (a current-thread\n\
          \x20 tokio runtime, one task per connection, a minimal HTTP/1.1 client). Only one server is driven at a\n\
          \x20 time (ABCD ABCD ...), so the busy threads are the load generator, one server worker and, for the\n\
-         \x20 paying servers, the facilitator: at most 4 on 2 cores, all closed-loop (each connection waits for its\n\
-         \x20 answer), so none can run away from the others; handwritten and paid have exactly the same topology.\n\
-         \x20 The facilitator does most of the work of a paid request, so paid numbers measure the whole system.",
+         \x20 paying servers, the facilitator: at most 4 on 2 cores, all closed-loop (each connection waits for\n\
+         \x20 its answer), so none can run away from the others; handwritten and paid have exactly the same\n\
+         \x20 topology. Many short rounds, throughput ratios taken as medians of per-round ratios (the servers\n\
+         \x20 of a round run within two seconds) and latency percentiles over all the requests of all rounds,\n\
+         \x20 so a burst of background load on the machine hits the four servers alike; CPU\n\
+         \x20 time per request is read per thread (/proc/self/task/*/schedstat), so it is not affected by other\n\
+         \x20 processes the way throughput is.",
         machine = machine(),
         mode = if settings.quick { "QUICK, " } else { "" },
+        servers = settings.only.len(),
         rounds = settings.rounds,
         duration = settings.duration.as_secs_f64(),
         conns = settings.connections,
         warmup = settings.warmup.as_secs_f64(),
         backend = local.backend_url(),
-    )
+    );
+    if let Some(load) = load {
+        let _ = write!(out, "\nload average (1 min) before the run: {load:.2}");
+        if load > 0.5 {
+            out.push_str(" -- other processes are busy: throughput and latency will be noisy");
+        }
+    }
+    out
 }
 
 /// Medians per server, ratios and targets; `false` when a check failed.
-fn summary(settings: &Settings, kinds: &[Kind], results: &[Vec<Measure>], warmup_errors: bool) -> (String, bool) {
-    struct Row {
-        rps: f64,
-        p50: f64,
-        p99: f64,
-        calls_per_req: f64,
-        errors: u64,
-        requests: u64,
-        plan_fetches: u64,
-    }
-    let rows: Vec<Row> = results
+fn summary(
+    settings: &Settings,
+    kinds: &[Kind],
+    results: &[Vec<Measure>],
+    warmup_errors: bool,
+) -> (String, bool) {
+    let per_req = |rounds: &[Measure], field: fn(&Measure) -> Option<u64>| -> Option<f64> {
+        let mut values = Vec::new();
+        for m in rounds {
+            values.push(field(m)? as f64 / 1000.0 / m.requests.max(1) as f64);
+        }
+        Some(median(&mut values))
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nover {} rounds: req/s and CPU are medians of the rounds, p50 and p99 are of all requests:",
+        settings.rounds
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:>8} {:>9} {:>9} {:>12} {:>29} {:>9} {:>6}",
+        "server", "req/s", "p50", "p99", "facilit./req", "CPU us/req: server+fac.+load", "requests", "errors"
+    );
+    let mut ok = !warmup_errors;
+    let mut fetches = 0;
+    // Latency percentiles over every request of every round: one window's p99 hangs on a
+    // few dozen requests, the pooled one on thousands.
+    let pooled: Vec<(f64, f64)> = results
         .iter()
         .map(|rounds| {
-            let requests: u64 = rounds.iter().map(|m| m.requests).sum();
-            let calls: u64 = rounds.iter().map(|m| m.calls).sum();
-            Row {
-                rps: median(&mut rounds.iter().map(Measure::rps).collect::<Vec<_>>()),
-                p50: median(&mut rounds.iter().map(|m| f64::from(m.p50_us)).collect::<Vec<_>>()),
-                p99: median(&mut rounds.iter().map(|m| f64::from(m.p99_us)).collect::<Vec<_>>()),
-                calls_per_req: calls as f64 / requests.max(1) as f64,
-                errors: rounds.iter().map(|m| m.errors).sum(),
-                requests,
-                plan_fetches: rounds.iter().map(|m| m.plan_fetches).sum(),
-            }
+            let mut all: Vec<u32> = rounds.iter().flat_map(|m| m.latencies_us.iter().copied()).collect();
+            all.sort_unstable();
+            (f64::from(percentile(&all, 0.50)), f64::from(percentile(&all, 0.99)))
         })
         .collect();
-    let row = |kind: Kind| kinds.iter().position(|k| *k == kind).map(|i| &rows[i]);
-    let mut out = String::new();
-    let _ = writeln!(out, "\nmedians over {} rounds:", settings.rounds);
-    let _ = writeln!(
-        out,
-        "{:<12} {:>10} {:>10} {:>10} {:>18} {:>10} {:>8}",
-        "server", "req/s", "p50", "p99", "facilitator/req", "requests", "errors"
-    );
-    for (kind, r) in kinds.iter().zip(&rows) {
+    for ((kind, rounds), (p50, p99)) in kinds.iter().zip(results).zip(&pooled) {
+        let requests: u64 = rounds.iter().map(|m| m.requests).sum();
+        let calls: u64 = rounds.iter().map(|m| m.calls).sum();
+        let errors: u64 = rounds.iter().map(|m| m.errors).sum();
+        fetches += rounds.iter().map(|m| m.plan_fetches).sum::<u64>();
+        let cpu = match (
+            per_req(rounds, |m| m.cpu_server),
+            per_req(rounds, |m| m.cpu_rest),
+            per_req(rounds, |m| m.cpu_loadgen),
+        ) {
+            (Some(server), Some(rest), Some(load)) => format!("{server:.1} + {rest:.1} + {load:.1}"),
+            _ => "n/a".to_owned(),
+        };
         let _ = writeln!(
             out,
-            "{:<12} {:>10.0} {:>10} {:>10} {:>18.3} {:>10} {:>8}",
+            "{:<12} {:>8.0} {:>9} {:>9} {:>12.3} {:>29} {:>9} {:>6}",
             kind.name(),
-            r.rps,
-            ms(r.p50),
-            ms(r.p99),
-            r.calls_per_req,
-            r.requests,
-            r.errors
+            median(&mut rounds.iter().map(Measure::rps).collect::<Vec<_>>()),
+            ms(*p50),
+            ms(*p99),
+            calls as f64 / requests.max(1) as f64,
+            cpu,
+            requests,
+            errors
         );
-    }
-    let mut ok = !warmup_errors;
-    for (kind, rounds) in kinds.iter().zip(results) {
-        let samples: Vec<&String> = rounds.iter().flat_map(|m| &m.samples).take(5).collect();
-        if !samples.is_empty() {
+        if errors > 0 {
             ok = false;
-            let _ = writeln!(out, "errors of {}: {}", kind.name(), samples.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "));
         }
     }
-    if rows.iter().any(|r| r.errors > 0) {
-        ok = false;
+    for (kind, rounds) in kinds.iter().zip(results) {
+        let samples: Vec<&str> = rounds.iter().flat_map(|m| &m.samples).take(5).map(String::as_str).collect();
+        if !samples.is_empty() {
+            ok = false;
+            let _ = writeln!(out, "errors of {}: {}", kind.name(), samples.join("; "));
+        }
     }
+    let index = |kind: Kind| kinds.iter().position(|k| *k == kind);
     let (Some(plain), Some(hand), Some(paid), Some(cache)) =
-        (row(Kind::Plain), row(Kind::Handwritten), row(Kind::Paid), row(Kind::PaidCache))
+        (index(Kind::Plain), index(Kind::Handwritten), index(Kind::Paid), index(Kind::PaidCache))
     else {
-        return (out, false);
+        // A partial run (`--only`): no ratios.
+        return (out, ok);
+    };
+    // Per-round ratios, then their median.
+    let ratio = |a: usize, b: usize, field: fn(&Measure) -> f64| {
+        let mut values: Vec<f64> = results[a]
+            .iter()
+            .zip(&results[b])
+            .map(|(x, y)| if field(y) > 0.0 { field(x) / field(y) } else { 0.0 })
+            .collect();
+        median(&mut values)
+    };
+    let rps = |m: &Measure| m.rps();
+    let p99 = |a: usize, b: usize| if pooled[b].1 > 0.0 { pooled[a].1 / pooled[b].1 } else { 0.0 };
+    let server_cpu = |m: &Measure| m.cpu_server.map_or(0.0, |ns| ns as f64 / m.requests.max(1) as f64);
+    let all_cpu = |m: &Measure| {
+        let ns = m.cpu_server.unwrap_or(0) + m.cpu_rest.unwrap_or(0) + m.cpu_loadgen.unwrap_or(0);
+        ns as f64 / m.requests.max(1) as f64
     };
     let mark = |pass: bool| if pass { "ok" } else { "MISSED" };
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    let t = ratio(paid.rps, hand.rps);
-    let l = ratio(paid.p99, hand.p99);
-    let _ = writeln!(out, "\nratios (medians):");
-    let _ = writeln!(out, "  paid/handwritten   throughput {t:.3} (target >= 0.95: {})   p99 {l:.3} (target <= 1.05: {})", mark(t >= 0.95), mark(l <= 1.05));
+    let (t, l) = (ratio(paid, hand, rps), p99(paid, hand));
+    let _ =
+        writeln!(out, "\nratios (throughput and CPU: medians of per-round ratios; p99: of all requests):");
     let _ = writeln!(
         out,
-        "  paid/plain         throughput {:.3}   p99 {:.3}",
-        ratio(paid.rps, plain.rps),
-        ratio(paid.p99, plain.p99)
+        "  paid/handwritten   throughput {t:.3} (target >= 0.95: {})  p99 {l:.3} (target <= 1.05: {})",
+        mark(t >= 0.95),
+        mark(l <= 1.05)
     );
     let _ = writeln!(
         out,
-        "  handwritten/plain  throughput {:.3}   p99 {:.3}",
-        ratio(hand.rps, plain.rps),
-        ratio(hand.p99, plain.p99)
+        "                     CPU/request: server {:.3}, whole process {:.3}",
+        ratio(paid, hand, server_cpu),
+        ratio(paid, hand, all_cpu)
     );
-    let c = ratio(cache.rps, paid.rps);
     let _ = writeln!(
         out,
-        "  paid+cache/paid    throughput {c:.3} (target >= 1.5: {})   p99 {:.3}; facilitator calls/request {:.3} (target <= 1.05: {})",
+        "  paid/plain         throughput {:.3}  p99 {:.3}",
+        ratio(paid, plain, rps),
+        p99(paid, plain)
+    );
+    let _ = writeln!(
+        out,
+        "  handwritten/plain  throughput {:.3}  p99 {:.3}",
+        ratio(hand, plain, rps),
+        p99(hand, plain)
+    );
+    let c = ratio(cache, paid, rps);
+    let cache_calls = {
+        let requests: u64 = results[cache].iter().map(|m| m.requests).sum();
+        results[cache].iter().map(|m| m.calls).sum::<u64>() as f64 / requests.max(1) as f64
+    };
+    let _ = writeln!(
+        out,
+        "  paid+cache/paid    throughput {c:.3} (target >= 1.5: {})  p99 {:.3}\n\
+         \x20                    facilitator calls/request {cache_calls:.3} (target <= 1.05: {})",
         mark(c >= 1.5),
-        ratio(cache.p99, paid.p99),
-        cache.calls_per_req,
-        mark(cache.calls_per_req <= 1.05)
+        p99(cache, paid),
+        mark(cache_calls <= 1.05)
     );
-    let fetches: u64 = rows.iter().map(|r| r.plan_fetches).sum();
     let _ = writeln!(
         out,
         "plan metadata fetches after warm-up: {fetches} (asserted 0: {})",
@@ -822,7 +1009,7 @@ fn summary(settings: &Settings, kinds: &[Kind], results: &[Vec<Measure>], warmup
     if fetches != 0 {
         ok = false;
     }
-    let errors: u64 = rows.iter().map(|r| r.errors).sum();
+    let errors: u64 = results.iter().flatten().map(|m| m.errors).sum();
     let _ = write!(out, "errors: {errors}{}", if ok { "" } else { " (FAILED: see above)" });
     (out, ok)
 }

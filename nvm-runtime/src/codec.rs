@@ -215,4 +215,41 @@ mod tests {
     fn hex_is_lower_case() {
         assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
     }
+
+    #[test]
+    fn json_shape_reads_exactly_as_value_does() {
+        let deep_ok = format!("{}{}", "[".repeat(127), "]".repeat(127));
+        let too_deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let documents: Vec<Vec<u8>> = vec![
+            br#"{"a":1,"b":[true,null,{"c":"d"}],"e":-1.5e3}"#.to_vec(),
+            br#"{}"#.to_vec(),
+            br#"{"a":1,"a":2}"#.to_vec(),
+            br#"[1,2]"#.to_vec(),
+            br#""text""#.to_vec(),
+            b"42".to_vec(),
+            b"null".to_vec(),
+            b"  {\"a\":1}  ".to_vec(),
+            br#"{"a":1} x"#.to_vec(),
+            br#"{"a":1"#.to_vec(),
+            br#"{"a":1,}"#.to_vec(),
+            br#"{a:1}"#.to_vec(),
+            br#"{"a":"\ud800"}"#.to_vec(),
+            br#"{"a":"\x"}"#.to_vec(),
+            b"{\"a\":\"\x01\"}".to_vec(),
+            b"{\"a\":\"\xff\xfe\"}".to_vec(),
+            b"{\"\xff\":1}".to_vec(),
+            br#"{"a":1e400}"#.to_vec(),
+            br#"{"a":123456789012345678901234567890}"#.to_vec(),
+            br#"{"a":01}"#.to_vec(),
+            deep_ok.into_bytes(),
+            too_deep.into_bytes(),
+            Vec::new(),
+        ];
+        for document in documents {
+            let header = base64::engine::general_purpose::STANDARD.encode(&document);
+            let shape = decode_json_header::<JsonShape>(&header).map(JsonShape::is_object);
+            let value = decode_json_header::<serde_json::Value>(&header).map(|v| v.is_object());
+            assert_eq!(shape, value, "{}", String::from_utf8_lossy(&document));
+        }
+    }
 }

@@ -8,10 +8,15 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValu
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use actix_web::web::Bytes;
+use reqwest::Url;
+
+use crate::envelope::PaymentRequired;
 use crate::environment::ApiKey;
 use crate::error::{ConfigError, FacilitatorError, Unavailable};
 use crate::messages::{
-    BackendError, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SettleResponse, VerifyResponse,
+    Amount, BackendError, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SettleResponse,
+    VerifyResponse,
 };
 
 /// The `Nevermined-Version` header value the backend expects.
@@ -43,8 +48,25 @@ const VERIFY_ATTEMPTS: u32 = 2;
 pub struct Facilitator {
     http: reqwest::Client,
     base: Arc<str>,
+    /// The verify and settle URLs, parsed once (`None` when the base does not parse: the
+    /// call then fails as it always did, from the text).
+    urls: Arc<Option<(Url, Url)>>,
     auth: HeaderValue,
     timeout: Duration,
+}
+
+/// A verify or settle body borrowed from the paywall's state: serializes exactly as
+/// [`FacilitatorRequest`] (same fields, names, order and omissions) without cloning the
+/// envelope and the token for each call.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RequestRef<'a> {
+    pub(crate) payment_required: &'a PaymentRequired,
+    pub(crate) x402_access_token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_amount: Option<&'a Amount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) agent_request_id: Option<&'a str>,
 }
 
 impl std::fmt::Debug for Facilitator {
@@ -89,7 +111,9 @@ impl Facilitator {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
-        Ok(Facilitator { http, base: base.into(), auth, timeout })
+        let url = |path: &str| Url::parse(&format!("{base}{path}")).ok();
+        let urls = url(VERIFY_PATH).zip(url(SETTLE_PATH));
+        Ok(Facilitator { http, base: base.into(), urls: Arc::new(urls), auth, timeout })
     }
 
     /// The backend base URL, without a trailing slash.
@@ -105,11 +129,24 @@ impl Facilitator {
     /// `POST /api/v1/x402/verify`. Retried once on a transient failure, within the
     /// timeout.
     pub async fn verify(&self, request: &FacilitatorRequest) -> Result<VerifyResponse, FacilitatorError> {
-        let body = to_body(request);
+        self.verify_body(to_body(request)).await
+    }
+
+    /// [`Facilitator::verify`] of a borrowed body.
+    pub(crate) async fn verify_ref(
+        &self,
+        request: &RequestRef<'_>,
+    ) -> Result<VerifyResponse, FacilitatorError> {
+        self.verify_body(to_body(request)).await
+    }
+
+    async fn verify_body(&self, body: Bytes) -> Result<VerifyResponse, FacilitatorError> {
+        let url = self.urls.as_ref().as_ref().map(|(verify, _)| verify);
         self.bounded(async {
             let mut attempt = 1;
             loop {
-                let result = self.post_once(VERIFY_PATH, body.clone()).await;
+                // `Bytes`: a retry shares the body, it does not copy it.
+                let result = self.post_once(VERIFY_PATH, url, body.clone()).await;
                 match result {
                     Err(FacilitatorError::Unavailable(ref why))
                         if attempt < VERIFY_ATTEMPTS && is_transient(why) =>
@@ -128,15 +165,27 @@ impl Facilitator {
     /// tokens, double burning). A 200 with `success:false` comes back as `Ok`; look at
     /// [`SettleResponse::success`].
     pub async fn settle(&self, request: &FacilitatorRequest) -> Result<SettleResponse, FacilitatorError> {
-        let body = to_body(request);
-        self.bounded(self.post_once(SETTLE_PATH, body)).await
+        self.settle_body(to_body(request)).await
+    }
+
+    /// [`Facilitator::settle`] of a borrowed body.
+    pub(crate) async fn settle_ref(
+        &self,
+        request: &RequestRef<'_>,
+    ) -> Result<SettleResponse, FacilitatorError> {
+        self.settle_body(to_body(request)).await
+    }
+
+    async fn settle_body(&self, body: Bytes) -> Result<SettleResponse, FacilitatorError> {
+        let url = self.urls.as_ref().as_ref().map(|(_, settle)| settle);
+        self.bounded(self.post_once(SETTLE_PATH, url, body)).await
     }
 
     /// `POST /api/v1/x402/permissions`: mints an access token. The client's API key must
     /// be the subscriber's.
     pub async fn mint(&self, request: &PermissionsRequest) -> Result<PermissionsResponse, FacilitatorError> {
         let body = to_body(request);
-        self.bounded(self.post_once(PERMISSIONS_PATH, body)).await
+        self.bounded(self.post_once(PERMISSIONS_PATH, None, body)).await
     }
 
     /// `GET /api/v1/protocol/plans/{planId}`: the plan's public metadata (sent without
@@ -151,12 +200,20 @@ impl Facilitator {
         .await
     }
 
-    async fn post_once<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, FacilitatorError> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
+    /// One POST of `body` to `path`, at `url` when it was parsed once already.
+    async fn post_once<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        url: Option<&Url>,
+        body: Bytes,
+    ) -> Result<T, FacilitatorError> {
+        let request = match url {
+            Some(url) => self.http.post(url.clone()),
+            None => self.http.post(format!("{}{path}", self.base)),
+        };
+        let response = request
             .header(AUTHORIZATION, self.auth.clone())
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body)
             .send()
             .await
@@ -178,8 +235,8 @@ impl Facilitator {
     }
 }
 
-fn to_body<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+fn to_body<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
 }
 
 fn is_transient(why: &Unavailable) -> bool {
@@ -253,4 +310,32 @@ fn encode_path_segment(segment: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_bodies_serialize_exactly_as_facilitator_requests() {
+        let envelope = PaymentRequired::builder("7", "eip155:84532").url("/ask").http_verb("POST").build();
+        for (amount, request_id) in
+            [(None, None), (Some(3), None), (Some(1), Some("r-1")), (None, Some("r-2"))]
+        {
+            let owned = FacilitatorRequest {
+                payment_required: envelope.clone(),
+                x402_access_token: "dG9rZW4=".to_owned(),
+                max_amount: amount.map(Amount::from),
+                agent_request_id: request_id.map(str::to_owned),
+            };
+            let amount = owned.max_amount.clone();
+            let borrowed = RequestRef {
+                payment_required: &envelope,
+                x402_access_token: "dG9rZW4=",
+                max_amount: amount.as_ref(),
+                agent_request_id: request_id,
+            };
+            assert_eq!(to_body(&owned), to_body(&borrowed));
+        }
+    }
 }

@@ -12,8 +12,9 @@ use crate::config::Payments;
 use crate::context::{PaymentState, Verified};
 use crate::envelope::{NETWORK_STRIPE, PaymentRequired, SCHEME_CARD_DELEGATION};
 use crate::error::{ConfigError, FacilitatorError, PaymentError};
+use crate::facilitator::RequestRef;
 use crate::headers::{PAYMENT_REQUIRED, PAYMENT_RESPONSE};
-use crate::messages::{Amount, FacilitatorRequest, SettleResponse};
+use crate::messages::{Amount, SettleResponse};
 use crate::token::AccessToken;
 
 /// What a route charges for, resolved for one request.
@@ -48,33 +49,34 @@ pub(crate) async fn admit(
         Ok(token) => token,
         Err(error) => return Err(reject(payments, req, envelope, error)),
     };
-    let hash = token.hash();
-
+    // `token.hash()` (a SHA-256) is written inside the log macros: computed only for the
+    // lines that are enabled.
     let cache_key = payments.verify_cache().map(|_| {
         CacheKey::new(token.as_str(), terms.plan_id, credits, &envelope.resource.url, req.method().as_str())
     });
     if let (Some(cache), Some(key)) = (payments.verify_cache(), &cache_key)
         && let Some(verification) = cache.get(key)
     {
-        tracing::debug!(token = %hash, "verification served from cache");
+        tracing::debug!(token = %token.hash(), "verification served from cache");
         payments.hooks().after_verify(req, &verification);
         store(state, Verified { token, envelope, credits, verification, cache_key, from_cache: true });
         return Ok(());
     }
 
     payments.hooks().before_verify(req, &envelope);
-    let request = FacilitatorRequest {
-        payment_required: envelope,
-        x402_access_token: token.as_str().to_owned(),
-        max_amount: Some(Amount::from(credits)),
+    let amount = Amount::from(credits);
+    let request = RequestRef {
+        payment_required: &envelope,
+        x402_access_token: token.as_str(),
+        max_amount: Some(&amount),
         agent_request_id: None,
     };
-    let verification = match payments.facilitator().verify(&request).await {
+    let verification = match payments.facilitator().verify_ref(&request).await {
         Ok(v) if v.is_valid => v,
         Ok(v) => {
             let reason = v.invalid_reason.unwrap_or_else(|| "invalid_token".to_owned());
-            tracing::info!(token = %hash, %reason, "payment refused by the facilitator");
-            return Err(reject(payments, req, request.payment_required, PaymentError::Rejected { reason }));
+            tracing::info!(token = %token.hash(), %reason, "payment refused by the facilitator");
+            return Err(reject(payments, req, envelope, PaymentError::Rejected { reason }));
         }
         Err(FacilitatorError::Refused { error, .. }) => {
             let reason = if error.code.is_empty() {
@@ -82,30 +84,20 @@ pub(crate) async fn admit(
             } else {
                 format!("{}: {}", error.code, error.message)
             };
-            tracing::info!(token = %hash, %reason, "verify refused");
-            return Err(reject(payments, req, request.payment_required, PaymentError::Rejected { reason }));
+            tracing::info!(token = %token.hash(), %reason, "verify refused");
+            return Err(reject(payments, req, envelope, PaymentError::Rejected { reason }));
         }
         Err(error) => {
-            tracing::error!(token = %hash, %error, "verification failed; the handler does not run");
+            tracing::error!(token = %token.hash(), %error, "verification failed; the handler does not run");
             return Err(fail(payments, req, PaymentError::Facilitator(error)));
         }
     };
-    tracing::debug!(token = %hash, payer = ?verification.payer, credits, "payment verified");
+    tracing::debug!(token = %token.hash(), payer = ?verification.payer, credits, "payment verified");
     payments.hooks().after_verify(req, &verification);
     if let (Some(cache), Some(key)) = (payments.verify_cache(), &cache_key) {
         cache.insert(key.clone(), verification.clone());
     }
-    store(
-        state,
-        Verified {
-            token,
-            envelope: request.payment_required,
-            credits,
-            verification,
-            cache_key,
-            from_cache: false,
-        },
-    );
+    store(state, Verified { token, envelope, credits, verification, cache_key, from_cache: false });
     Ok(())
 }
 
@@ -141,22 +133,18 @@ pub(crate) async fn settle(
         tracing::debug!(token = %verified.token.hash(), "charged 0 credits; nothing settled");
         return response;
     }
-    let request = FacilitatorRequest {
-        payment_required: verified.envelope.clone(),
-        x402_access_token: verified.token.as_str().to_owned(),
-        max_amount: Some(Amount::from(amount)),
-        agent_request_id: if verified.from_cache {
-            None
-        } else {
-            verified.verification.request_id().map(str::to_owned)
-        },
+    let max_amount = Amount::from(amount);
+    let request = RequestRef {
+        payment_required: &verified.envelope,
+        x402_access_token: verified.token.as_str(),
+        max_amount: Some(&max_amount),
+        agent_request_id: if verified.from_cache { None } else { verified.verification.request_id() },
     };
-    let hash = verified.token.hash();
-    let (receipt, reason) = match payments.facilitator().settle(&request).await {
+    let (receipt, reason) = match payments.facilitator().settle_ref(&request).await {
         Ok(receipt) if receipt.success => {
-            tracing::info!(token = %hash, credits = amount, transaction = %receipt.transaction, "settled");
+            tracing::info!(token = %verified.token.hash(), credits = amount, transaction = %receipt.transaction, "settled");
             payments.hooks().after_settle(req, amount, &receipt);
-            insert_header(&mut response, PAYMENT_RESPONSE, &receipt.to_header());
+            insert_header(&mut response, PAYMENT_RESPONSE, receipt.to_header());
             return response;
         }
         Ok(receipt) => {
@@ -168,28 +156,33 @@ pub(crate) async fn settle(
                 FacilitatorError::Refused { error, .. } => format!("{}: {}", error.code, error.message),
                 FacilitatorError::Unavailable(why) => format!("settlement_unavailable: {why}"),
             };
-            let receipt = SettleResponse {
+            let mut receipt = SettleResponse {
                 success: false,
                 error_reason: Some(reason.clone()),
                 payer: verified.verification.payer.clone(),
                 network: verified.envelope.first().map(|a| a.network.clone()),
                 ..SettleResponse::default()
             };
+            // The outcome is unknown when the call failed in flight: the request id lets
+            // buyer and seller reconcile it with the facilitator later.
+            if let Some(id) = request.agent_request_id {
+                receipt.other.insert("agentRequestId".to_owned(), id.into());
+            }
             (receipt, reason)
         }
     };
-    tracing::error!(token = %hash, credits = amount, %reason, "settlement failed");
+    tracing::error!(token = %verified.token.hash(), credits = amount, %reason, "settlement failed");
     if let (Some(cache), Some(key)) = (payments.verify_cache(), &verified.cache_key) {
         cache.remove(key);
     }
     let receipt_header = receipt.to_header();
     if payments.delivers_on_settle_failure() {
-        insert_header(&mut response, PAYMENT_RESPONSE, &receipt_header);
+        insert_header(&mut response, PAYMENT_RESPONSE, receipt_header);
         return response;
     }
     let error = PaymentError::SettlementFailed { reason };
     let mut refusal = reject(payments, req, verified.envelope.clone(), error);
-    insert_header(&mut refusal, PAYMENT_RESPONSE, &receipt_header);
+    insert_header(&mut refusal, PAYMENT_RESPONSE, receipt_header);
     refusal
 }
 
@@ -260,7 +253,9 @@ fn read_token(payments: &Payments, req: &HttpRequest) -> Result<AccessToken, Pay
         }
         // Only the outer form is checked here (base64 of a JSON object); the facilitator
         // judges the rest, so a payload shape this crate does not know is never refused.
-        let decoded: serde_json::Value = crate::codec::decode_json_header(raw)
+        // `JsonShape` reads the JSON as `serde_json::Value` does (same errors) without
+        // building it.
+        let decoded: crate::codec::JsonShape = crate::codec::decode_json_header(raw)
             .map_err(|e| PaymentError::MalformedToken(format!("the token is not base64 JSON ({e})")))?;
         if !decoded.is_object() {
             return Err(PaymentError::MalformedToken("the token is not an x402 payment payload".into()));
@@ -286,7 +281,7 @@ pub(crate) fn reject(
         envelope.error = Some(error.to_string());
     }
     let mut response = json_error(StatusCode::PAYMENT_REQUIRED, "Payment Required", &error.to_string());
-    insert_header(&mut response, PAYMENT_REQUIRED, &envelope.to_header());
+    insert_header(&mut response, PAYMENT_REQUIRED, envelope.to_header());
     response
 }
 
@@ -330,8 +325,8 @@ fn json_error(status: StatusCode, error: &str, message: &str) -> HttpResponse {
         .body(body.to_string())
 }
 
-fn insert_header(response: &mut HttpResponse, name: &'static str, value: &str) {
-    // Base64 is always a valid header value.
+fn insert_header(response: &mut HttpResponse, name: &'static str, value: String) {
+    // Base64 is always a valid header value; from a `String`, its bytes are not copied.
     if let Ok(value) = HeaderValue::try_from(value) {
         response.headers_mut().insert(actix_web::http::header::HeaderName::from_static(name), value);
     }
