@@ -676,14 +676,6 @@ mod cpu {
 // The run.
 
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown CPU", |(_, m)| m.trim())
-        .to_owned();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let memory = meminfo
         .lines()
@@ -691,7 +683,8 @@ fn machine() -> String {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or("unknown memory".to_owned(), |kb| format!("{:.1} GiB RAM", kb / 1024.0 / 1024.0));
-    format!("{cpus} CPUs ({model}), {memory}, {} {}", std::env::consts::OS, std::env::consts::ARCH)
+    let cpus = nvm_examples::machine::cpus();
+    format!("{cpus}, {memory}, {} {}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
 fn ms(us: f64) -> String {

@@ -115,7 +115,7 @@ fn run(settings: &Settings) -> Result<(), String> {
         "nvm-paid compile bench: cargo check of {} #[paid] handlers vs {} plain ones",
         settings.handlers, settings.handlers
     );
-    println!("machine: {}", machine());
+    println!("machine: {}", nvm_examples::machine::cpus());
     println!("crates: {} (shared target dir {})", bench.display(), bench.join("target").display());
     let started = Instant::now();
     check(PAID)?;
@@ -238,16 +238,4 @@ fn source(handlers: usize, paid: bool) -> String {
     }
     out.push_str("}\n");
     out
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown CPU", |(_, m)| m.trim())
-        .to_owned();
-    format!("{cpus} CPUs ({model})")
 }

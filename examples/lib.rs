@@ -107,3 +107,19 @@ pub mod settings {
         }
     }
 }
+
+/// What the benchmarks print about the machine they ran on.
+pub mod machine {
+    /// `"2 CPUs (AMD EPYC)"`: the CPU count and model, from `/proc/cpuinfo`.
+    pub fn cpus() -> String {
+        let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or("unknown CPU", |(_, m)| m.trim())
+            .to_owned();
+        format!("{cpus} CPUs ({model})")
+    }
+}
