@@ -89,7 +89,11 @@ async fn a_dead_port_is_unavailable() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
     let results = verify_and_settle(&url).await;
-    assert!(matches!(results[0].0, Err(FacilitatorError::Unavailable(Unavailable::Connect(_)))), "{:?}", results[0]);
+    assert!(
+        matches!(results[0].0, Err(FacilitatorError::Unavailable(Unavailable::Connect(_)))),
+        "{:?}",
+        results[0]
+    );
     assert_unavailable(&url, results, "dead port");
 }
 
@@ -98,7 +102,10 @@ async fn a_hung_server_times_out_within_the_bound() {
     let url = server(None);
     let results = verify_and_settle(&url).await;
     for (result, took) in &results {
-        assert!(matches!(result, Err(FacilitatorError::Unavailable(Unavailable::Timeout(t))) if *t == TIMEOUT), "{result:?}");
+        assert!(
+            matches!(result, Err(FacilitatorError::Unavailable(Unavailable::Timeout(t))) if *t == TIMEOUT),
+            "{result:?}"
+        );
         assert!(*took >= TIMEOUT, "returned before the timeout: {took:?}");
     }
     assert_unavailable(&url, results, "hung server");
@@ -106,7 +113,8 @@ async fn a_hung_server_times_out_within_the_bound() {
 
 #[actix_web::test]
 async fn an_html_gateway_page_is_unavailable() {
-    let url = server(Some(answer("502 Bad Gateway", "text/html", "<html><body>502 Bad Gateway</body></html>")));
+    let url =
+        server(Some(answer("502 Bad Gateway", "text/html", "<html><body>502 Bad Gateway</body></html>")));
     let results = verify_and_settle(&url).await;
     assert!(
         matches!(&results[1].0, Err(FacilitatorError::Unavailable(Unavailable::Status { status: 502, .. }))),
@@ -121,7 +129,10 @@ async fn truncated_json_and_html_with_200_are_unavailable() {
     for body in [r#"{"isValid":tr"#, "<html>ok</html>"] {
         let url = server(Some(answer("200 OK", "application/json", body)));
         let results = verify_and_settle(&url).await;
-        assert!(matches!(&results[0].0, Err(FacilitatorError::Unavailable(Unavailable::Garbage { .. }))), "{body}");
+        assert!(
+            matches!(&results[0].0, Err(FacilitatorError::Unavailable(Unavailable::Garbage { .. }))),
+            "{body}"
+        );
         assert_unavailable(&url, results, body);
     }
 }
