@@ -88,13 +88,13 @@ pub mod settings {
                 "Local facilitator at {backend} (a demo subscriber holds {credits} credits)\n\
                  \n\
                  # 1. Ask without paying: 402 and a payment-required header\n\
-                 curl -i -X POST {url}{paid_path} -H 'content-type: application/json' -d '{{\"query\":\"hello\"}}'\n\
+                 curl -si -X POST {url}{paid_path} -H 'content-type: application/json' -d '{{\"query\":\"hello\"}}'\n\
                  \n\
                  # 2. Mint an access token as the subscriber\n\
                  TOKEN=$(curl -s -X POST {backend}/api/v1/x402/permissions -H 'authorization: Bearer {key}' -H 'content-type: application/json' -d '{body}' | sed -E 's/.*\"accessToken\":\"([^\"]+)\".*/\\1/'); echo \"$TOKEN\"\n\
                  \n\
                  # 3. Ask again, paying: 200 and a payment-response receipt\n\
-                 curl -i -X POST {url}{paid_path} -H 'content-type: application/json' -H \"payment-signature: $TOKEN\" -d '{{\"query\":\"hello\"}}'\n\
+                 curl -si -X POST {url}{paid_path} -H 'content-type: application/json' -H \"payment-signature: $TOKEN\" -d '{{\"query\":\"hello\"}}'\n\
                  \n\
                  # Or let the client example do all of it:\n\
                  NVM_API_KEY='{key}' NVM_BACKEND_URL={backend} cargo run -p nvm-examples --example client -- {url}{paid_path}\n",
