@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::error::InternalError;
-use actix_web::{Error, HttpRequest, HttpResponse};
+use actix_web::{Error, HttpRequest};
 
 use crate::config::Payments;
 use crate::context::PaymentState;
@@ -319,9 +319,7 @@ where
                 Ok(result) => result?.map_into_boxed_body(),
                 Err(_) => {
                     // The request went down with the handler: answer through an error.
-                    tracing::error!(path, "the handler panicked; nothing is settled");
-                    let response = HttpResponse::InternalServerError()
-                        .json(serde_json::json!({"error": "Internal Server Error", "message": "the handler failed"}));
+                    let response = crate::__private::handler_panicked(&path);
                     return Err(InternalError::from_response("the handler panicked", response).into());
                 }
             };

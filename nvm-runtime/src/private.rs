@@ -108,7 +108,7 @@ where
 {
     let response = match catch_unwind(handler).await {
         Ok(output) => output.respond_to(&paid.req).map_into_boxed_body(),
-        Err(_) => handler_panicked(&paid.req),
+        Err(_) => handler_panicked(paid.req.path()),
     };
     match &paid.settle_with {
         Some(payments) => paywall::settle(payments, &paid.req, &paid.state, response).await,
@@ -117,8 +117,8 @@ where
 }
 
 /// The response to a handler that panicked: a 500, never settled.
-pub(crate) fn handler_panicked(req: &HttpRequest) -> HttpResponse {
-    tracing::error!(path = req.path(), "the handler panicked; nothing is settled");
+pub(crate) fn handler_panicked(path: &str) -> HttpResponse {
+    tracing::error!(path, "the handler panicked; nothing is settled");
     HttpResponse::InternalServerError()
         .json(serde_json::json!({"error": "Internal Server Error", "message": "the handler failed"}))
 }
