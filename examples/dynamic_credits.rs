@@ -53,10 +53,7 @@ async fn translate(body: String, payment: PaymentContext) -> Result<HttpResponse
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
-    let setup = settings::from_env().unwrap_or_else(|message| {
-        eprintln!("dynamic_credits: {message}");
-        std::process::exit(2);
-    });
+    let setup = settings::from_env_or_exit("dynamic_credits");
     let payments = setup.payments.clone();
     let server =
         HttpServer::new(move || App::new().app_data(payments.clone()).service(generate).service(translate))

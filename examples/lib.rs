@@ -36,6 +36,14 @@ pub mod settings {
         pub local: Option<LocalFacilitator>,
     }
 
+    /// [`from_env`], or a message on stderr and exit code 2 naming the example.
+    pub fn from_env_or_exit(example: &str) -> Setup {
+        from_env().unwrap_or_else(|message| {
+            eprintln!("{example}: {message}");
+            std::process::exit(2);
+        })
+    }
+
     /// Reads `NVM_API_KEY` and `NVM_PLAN_ID` (and `NVM_AGENT_ID`), or starts the embedded
     /// local facilitator when no key is set.
     pub fn from_env() -> Result<Setup, String> {

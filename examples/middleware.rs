@@ -68,10 +68,7 @@ async fn health() -> HttpResponse {
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
-    let setup = settings::from_env().unwrap_or_else(|message| {
-        eprintln!("middleware: {message}");
-        std::process::exit(2);
-    });
+    let setup = settings::from_env_or_exit("middleware");
     let plan = settings::plan_id();
     let mut ask_route = RouteConfig::new(plan).credits(1).description("Ask the agent");
     if !settings::agent_id().is_empty() {

@@ -43,13 +43,7 @@ async fn health() -> impl Responder {
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
-    let setup = match settings::from_env() {
-        Ok(setup) => setup,
-        Err(message) => {
-            eprintln!("quickstart: {message}");
-            std::process::exit(2);
-        }
-    };
+    let setup = settings::from_env_or_exit("quickstart");
     let port = settings::port();
     let server = HttpServer::new({
         let payments = setup.payments.clone();

@@ -9,10 +9,9 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::web::ServiceConfig;
 use actix_web::{App, HttpServer, web};
-use nvm_runtime::envelope::Accepted;
-use nvm_runtime::facilitator::Facilitator;
+use nvm_runtime::client::{MintOptions, Subscriber};
 use nvm_runtime::local::LocalFacilitator;
-use nvm_runtime::messages::{PermissionsRequest, SettleResponse};
+use nvm_runtime::messages::SettleResponse;
 use nvm_runtime::{Payments, PaymentsBuilder};
 
 pub use nvm_runtime::local::{DEMO_AGENT_ID, DEMO_PLAN_ID};
@@ -103,14 +102,19 @@ pub async fn mint_with(
     agent_id: Option<&str>,
     version: Option<u8>,
 ) -> String {
-    let key = subscriber_key.parse().expect("subscriber key");
-    let client = Facilitator::new(local.backend_url(), &key, Duration::from_secs(3)).expect("client");
-    let mut accepted: Accepted =
-        nvm_runtime::envelope::PaymentRequired::builder(plan_id, "eip155:84532").build().accepts.remove(0);
-    accepted.extra.agent_id = agent_id.map(str::to_owned);
-    let request =
-        PermissionsRequest { accepted, delegation_config: None, token_version: version, resource: None };
-    client.mint(&request).await.expect("mint").access_token
+    let config = Payments::builder()
+        .api_key(subscriber_key)
+        .backend_url(local.backend_url())
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("subscriber config");
+    let mut envelope = nvm_runtime::envelope::PaymentRequired::builder(plan_id, "eip155:84532");
+    if let Some(agent) = agent_id {
+        envelope = envelope.agent_id(agent);
+    }
+    let options = MintOptions { token_version: version, ..MintOptions::default() };
+    let token = Subscriber::new(config).mint(&envelope.build().accepts[0], &options).await.expect("mint");
+    token.as_str().to_owned()
 }
 
 /// An HTTP client for the tests.
