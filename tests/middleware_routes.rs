@@ -91,8 +91,9 @@ async fn routes_match_exact_first_then_patterns_by_method_and_segment_count() {
     assert_eq!(paid("/items/42", reqwest::Method::POST).await, (200, Some(2)));
     // Query string ignored.
     assert_eq!(paid("/items/42?x=1&y=2", reqwest::Method::POST).await, (200, Some(2)));
-    // Trailing slash matches too (fail closed: never a free twin of a paid route).
-    assert_eq!(paid("/items/42/", reqwest::Method::POST).await, (200, Some(2)));
+    // A trailing slash is its own resource here (`/items/{id}/`), not in the table: free,
+    // as the router serves it (tests/middleware_paths.rs covers `NormalizePath`).
+    assert_eq!(paid("/items/42/", reqwest::Method::POST).await, (200, None));
     // Two params.
     assert_eq!(paid("/users/ann/reports/9", reqwest::Method::GET).await, (200, Some(3)));
     // Method mismatch: passes through untouched, free.
@@ -105,7 +106,7 @@ async fn routes_match_exact_first_then_patterns_by_method_and_segment_count() {
     // A listed route without a token: 402.
     let response = http().post(server.at("/items/1")).send().await.unwrap();
     assert_eq!(response.status(), 402);
-    assert_eq!(local.calls().settle, 5);
+    assert_eq!(local.calls().settle, 4);
 }
 
 #[actix_web::test]
@@ -186,4 +187,48 @@ async fn an_app_with_a_bad_key_does_not_start() {
         PaymentMiddleware::new(payments_for(&local).build().unwrap()).route("/ask", RouteConfig::new("1"));
     let started = actix_web::dev::Transform::new_transform(&table, actix_web::test::ok_service()).await;
     assert!(started.is_err(), "the middleware must refuse to start");
+}
+
+#[actix_web::test]
+async fn a_key_that_matches_no_route_of_the_app_stops_the_middleware_with_its_name() {
+    let local = Arc::new(LocalFacilitator::start().unwrap());
+    // Written relative to the scope: the app serves `/v1/models/{id}`, not `/models/{id}`.
+    let table = PaymentMiddleware::new(payments_for(&local).build().unwrap())
+        .route("GET /models/{id}", RouteConfig::new(DEMO_PLAN_ID).credits(2))
+        .route("GET /status", RouteConfig::new(DEMO_PLAN_ID).credits(1));
+    let server = serve(None, move |cfg: &mut web::ServiceConfig| {
+        cfg.service(
+            web::scope("")
+                .wrap(table.clone())
+                .service(web::scope("/v1").route("/models/{id}", web::get().to(echo)))
+                .route("/status", web::get().to(echo)),
+        );
+    });
+    for path in ["/v1/models/3", "/status", "/elsewhere"] {
+        let response = http().get(server.at(path)).send().await.unwrap();
+        assert_eq!(response.status(), 500, "{path}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("GET /models/{id}") && body.contains("full path"), "{body}");
+        assert!(!body.contains("GET /status"), "a live key is not named: {body}");
+    }
+    assert_eq!(server.runs.count(), 0, "nothing is served by a table that does not fit the app");
+}
+
+#[actix_web::test]
+async fn a_table_wrapped_on_a_scope_takes_full_paths() {
+    let local = Arc::new(LocalFacilitator::start().unwrap());
+    let table = PaymentMiddleware::new(payments_for(&local).build().unwrap())
+        .route("GET /v1/models/{id}", RouteConfig::new(DEMO_PLAN_ID).credits(2));
+    let server = serve(None, move |cfg: &mut web::ServiceConfig| {
+        cfg.service(
+            web::scope("/v1")
+                .wrap(table.clone())
+                .route("/models/{id}", web::get().to(echo))
+                .route("/health", web::get().to(echo)),
+        );
+    });
+    let response = http().get(server.at("/v1/m%6Fdels/3")).send().await.unwrap();
+    assert_eq!(response.status(), 402);
+    let response = http().get(server.at("/v1/health")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
 }

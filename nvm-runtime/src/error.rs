@@ -58,9 +58,21 @@ pub enum ConfigError {
     CreditsPanicked(String),
     /// A `PaymentMiddleware` route key is not `"METHOD /path"`.
     #[error(
-        "invalid route key `{0}`: write the method, a space and the path, e.g. \"POST /ask\" or \"GET /reports/:id\""
+        "invalid route key `{key}` ({why}): write the method, a space and the path as actix-web patterns it, e.g. \"POST /ask\" or \"GET /reports/{{id}}\""
     )]
-    InvalidRouteKey(String),
+    InvalidRouteKey {
+        /// The key as written.
+        key: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// `PaymentMiddleware` route keys that match no route the app serves: a typo, or a
+    /// key written relative to a scope (keys are full paths, `/v1/models`, not `/models`).
+    #[error(
+        "these PaymentMiddleware routes match no route of the app, so they would protect nothing: {}; write each key as the full path the app serves (scope prefix included), e.g. \"GET /v1/models/{{id}}\"",
+        .0.join(", ")
+    )]
+    UnmatchedRoutes(Vec<String>),
     /// The HTTP client could not be built.
     #[error("the HTTP client could not be built: {0}")]
     HttpClient(String),

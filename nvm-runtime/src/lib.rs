@@ -19,6 +19,7 @@ mod hooks;
 pub mod messages;
 pub mod middleware;
 mod paywall;
+mod route_table;
 pub mod plans;
 pub mod pricing;
 pub mod route;

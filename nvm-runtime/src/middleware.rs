@@ -1,6 +1,7 @@
 //! `PaymentMiddleware`: protect routes from a table (`"POST /ask"`), for routes you do
 //! not annotate. Every line of the payment flow is shared with `#[paid]`.
 
+use std::cell::OnceCell;
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -16,6 +17,7 @@ use crate::context::PaymentState;
 use crate::credits::{CreditsFuture, CreditsSource};
 use crate::error::ConfigError;
 use crate::paywall::{self, Terms};
+use crate::route_table::{self, Anchors, RouteKey};
 
 type CreditsFn = dyn for<'a> Fn(&'a HttpRequest) -> CreditsFuture<'a> + Send + Sync;
 
@@ -127,49 +129,19 @@ impl RouteConfig {
     }
 }
 
-/// A `"METHOD /path/:param"` route key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RouteKey {
-    method: String,
-    segments: Vec<String>,
-}
-
-impl RouteKey {
-    fn parse(key: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::InvalidRouteKey(key.to_owned());
-        let (method, path) = key.trim().split_once(char::is_whitespace).ok_or_else(bad)?;
-        let path = path.trim();
-        let valid_method = !method.is_empty() && method.bytes().all(|b| b.is_ascii_alphabetic());
-        if !valid_method || !path.starts_with('/') {
-            return Err(bad());
-        }
-        Ok(RouteKey { method: method.to_ascii_uppercase(), segments: segments(path) })
-    }
-
-    fn is_pattern(&self) -> bool {
-        self.segments.iter().any(|s| s.starts_with(':'))
-    }
-
-    fn matches(&self, method: &str, path: &[&str]) -> bool {
-        self.method == method
-            && self.segments.len() == path.len()
-            && self
-                .segments
-                .iter()
-                .zip(path)
-                .all(|(pattern, actual)| pattern.starts_with(':') || pattern == actual)
-    }
-}
-
-/// Path segments, ignoring empty ones (so a trailing slash matches too: fail closed).
-fn segments(path: &str) -> Vec<String> {
-    path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect()
-}
-
 /// Protects the routes of a table with Nevermined payments, as the official FastAPI and
-/// Express middlewares do. Route keys are `"METHOD /path"` with `:param` segments; an
-/// exact key wins over a pattern, then the first pattern with the same method and
-/// number of segments; unmatched requests pass through untouched.
+/// Express middlewares do, matched with the router's own rules.
+///
+/// A key is `"METHOD /path"` where the path is an actix-web resource pattern
+/// (`/reports/{id}`, `/files/{tail}*`, `/orders/{id:\d+}`; `:id` is an alias of
+/// `{id}`), written in full, scope prefixes included. A request is matched on the
+/// percent-decoded path the router matches, so `/%61sk` is `/ask`. An entry protects the
+/// resource registered with the same pattern (up to parameter names); an entry
+/// without dynamic segments protects that one path; an entry whose pattern names no
+/// registered resource protects every path it matches. `HEAD` is charged as `GET`
+/// unless a `HEAD` entry exists, and a path that only a `NormalizePath` inside the
+/// middleware would route (`/ask/`, `//ask`) is matched in its normalized form.
+/// Unmatched requests pass through untouched.
 ///
 /// ```
 /// use actix_web::{web, App, HttpResponse};
@@ -190,25 +162,23 @@ fn segments(path: &str) -> Vec<String> {
 /// ```
 ///
 /// A key without a method (`"/ask"`) is refused: [`PaymentMiddleware::check`] and
-/// [`PaymentMiddleware::try_route`] say so, and the app fails to start.
+/// [`PaymentMiddleware::try_route`] say so, and the app fails to start. A key that
+/// matches no route of the app is found when the first request shows the middleware the
+/// app's routes (actix-web builds them only then): it is logged as an error and every
+/// request through the middleware is answered 500 with a message naming the key, so a
+/// typo never leaves a route unprotected.
 #[derive(Clone)]
 pub struct PaymentMiddleware {
     payments: Payments,
-    routes: Arc<Vec<(RouteKey, RouteConfig)>>,
+    keys: Arc<Vec<RouteKey>>,
+    configs: Arc<Vec<RouteConfig>>,
     error: Option<ConfigError>,
 }
 
 impl std::fmt::Debug for PaymentMiddleware {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PaymentMiddleware")
-            .field(
-                "routes",
-                &self
-                    .routes
-                    .iter()
-                    .map(|(k, _)| format!("{} /{}", k.method, k.segments.join("/")))
-                    .collect::<Vec<_>>(),
-            )
+            .field("routes", &self.keys.iter().map(|k| k.text.as_str()).collect::<Vec<_>>())
             .field("error", &self.error)
             .finish()
     }
@@ -217,7 +187,7 @@ impl std::fmt::Debug for PaymentMiddleware {
 impl PaymentMiddleware {
     /// A middleware with no routes yet.
     pub fn new(payments: Payments) -> Self {
-        PaymentMiddleware { payments, routes: Arc::new(Vec::new()), error: None }
+        PaymentMiddleware { payments, keys: Arc::default(), configs: Arc::default(), error: None }
     }
 
     /// Adds a route; an invalid key is kept as an error that stops the app from
@@ -235,21 +205,14 @@ impl PaymentMiddleware {
     /// Adds a route, or says why its key is invalid.
     pub fn try_route(mut self, key: &str, config: RouteConfig) -> Result<Self, ConfigError> {
         let key = RouteKey::parse(key)?;
-        Arc::make_mut(&mut self.routes).push((key, config));
+        Arc::make_mut(&mut self.keys).push(key);
+        Arc::make_mut(&mut self.configs).push(config);
         Ok(self)
     }
 
     /// The first invalid route key, if any.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.error.clone().map_or(Ok(()), Err)
-    }
-
-    fn find(&self, method: &str, path: &str) -> Option<&RouteConfig> {
-        let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let exact = self.routes.iter().find(|(key, _)| !key.is_pattern() && key.matches(method, &parts));
-        exact
-            .or_else(|| self.routes.iter().find(|(key, _)| key.is_pattern() && key.matches(method, &parts)))
-            .map(|(_, config)| config)
     }
 }
 
@@ -269,7 +232,7 @@ where
             tracing::error!(%error, "PaymentMiddleware not started");
             return ready(Err(()));
         }
-        ready(Ok(PaymentService { service: Rc::new(service), middleware: self.clone() }))
+        ready(Ok(PaymentService { service: Rc::new(service), middleware: self.clone(), anchors: OnceCell::new() }))
     }
 }
 
@@ -277,6 +240,25 @@ where
 pub struct PaymentService<S> {
     service: Rc<S>,
     middleware: PaymentMiddleware,
+    /// The table checked against the app's routes, on the first request.
+    anchors: OnceCell<Result<Anchors, ConfigError>>,
+}
+
+impl<S> PaymentService<S> {
+    /// The route config for `req`, `Ok(None)` when the table does not cover it, or the
+    /// error of a table that does not fit the app.
+    fn config_for(&self, req: &ServiceRequest) -> Result<Option<RouteConfig>, ConfigError> {
+        let keys = &self.middleware.keys;
+        let anchors = self.anchors.get_or_init(|| {
+            Anchors::learn(keys, req.resource_map()).inspect_err(|error| {
+                tracing::error!(%error, "PaymentMiddleware routes do not fit the app; refusing every request");
+            })
+        });
+        let anchors = anchors.as_ref().map_err(Clone::clone)?;
+        let path = req.match_info().as_str();
+        let found = route_table::find(keys, anchors, req.resource_map(), req.method().as_str(), path);
+        Ok(found.map(|i| self.middleware.configs[i].clone()))
+    }
 }
 
 impl<S, B> Service<ServiceRequest> for PaymentService<S>
@@ -292,10 +274,15 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let service = Rc::clone(&self.service);
-        let Some(config) = self.middleware.find(req.method().as_str(), req.path()).cloned() else {
-            return Box::pin(async move { Ok(service.call(req).await?.map_into_boxed_body()) });
-        };
         let payments = self.middleware.payments.clone();
+        let config = match self.config_for(&req) {
+            Ok(Some(config)) => config,
+            Ok(None) => return Box::pin(async move { Ok(service.call(req).await?.map_into_boxed_body()) }),
+            Err(error) => {
+                let response = paywall::misconfigured(&payments, req.request(), error);
+                return Box::pin(std::future::ready(Ok(req.into_response(response))));
+            }
+        };
         Box::pin(async move {
             // The request is only borrowed here: a clone kept across `service.call` would
             // make the routing below (scopes, resources) panic on its `Rc::get_mut`.
