@@ -1,16 +1,22 @@
 //! The buyer's client against a `#[paid]` server: it pays a 402 by itself, reuses its
-//! token, and mints a fresh one when a token is refused as spent or expired.
+//! token, mints a fresh one when a token is refused at verify as spent or expired, and
+//! never pays again once the seller attempted settlement (a 402 with `payment-response`).
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{HttpResponse, post, web};
-use nvm_runtime::client::{ClientError, PayingClient, Subscriber};
-use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
-use nvm_runtime::{Payments, paid};
+use nvm_runtime::client::{ClientError, PaidResponse, PayingClient, PaymentOutcome, Subscriber};
+use nvm_runtime::local::{Calls, Endpoint, Fault, LocalFacilitator};
+use nvm_runtime::messages::CODE_SPENT;
+use nvm_runtime::{Payments, PaymentsBuilder, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, payments_for, serve};
+
+/// The price of `POST /ask`.
+const PRICE: u64 = 2;
 
 #[post("/ask")]
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2)]
@@ -19,10 +25,30 @@ async fn ask(runs: web::Data<Runs>) -> HttpResponse {
     HttpResponse::Ok().body("answer")
 }
 
+#[post("/fail")]
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2)]
+async fn fail(runs: web::Data<Runs>) -> HttpResponse {
+    runs.hit();
+    HttpResponse::InternalServerError().body("the handler failed")
+}
+
+#[post("/free")]
+async fn free() -> HttpResponse {
+    HttpResponse::Ok().body("free")
+}
+
 fn setup() -> (Arc<LocalFacilitator>, TestServer, PayingClient) {
+    setup_with(payments_for)
+}
+
+/// A local facilitator, a seller configured by `seller` (from the builder's defaults),
+/// and a paying client for the demo subscriber.
+fn setup_with(
+    seller: impl Fn(&LocalFacilitator) -> PaymentsBuilder,
+) -> (Arc<LocalFacilitator>, TestServer, PayingClient) {
     let local = Arc::new(LocalFacilitator::start().unwrap());
-    let server = serve(Some(payments_for(&local).build().unwrap()), |cfg: &mut web::ServiceConfig| {
-        cfg.service(ask);
+    let server = serve(Some(seller(&local).build().unwrap()), |cfg: &mut web::ServiceConfig| {
+        cfg.service(ask).service(fail).service(free);
     });
     let subscriber = Payments::builder()
         .api_key(local.subscriber_api_key())
@@ -39,9 +65,10 @@ async fn pays_a_402_by_itself_and_reuses_its_token() {
         let paid = client.send(client.http().post(server.at("/ask"))).await.unwrap();
         assert!(paid.paid);
         assert_eq!(paid.response.status(), 200);
-        let receipt = paid.receipt.expect("receipt");
+        let receipt = paid.receipt.clone().expect("receipt");
         assert_eq!(receipt.credits_redeemed_u64(), 2);
         assert_eq!(receipt.remaining_balance.and_then(|a| a.as_u64()), Some(expected_balance));
+        assert_eq!(paid.outcome, PaymentOutcome::Settled(receipt));
     }
     // One token, minted once, for the plan and agent of the envelope.
     assert_eq!(local.calls().permissions, 1);
@@ -55,21 +82,177 @@ async fn a_cached_token_refused_is_replaced_once() {
     local.inject_times(Endpoint::Verify, Fault::SettleFailure("expired_token".into()), 1);
     let paid = client.send(client.http().post(server.at("/ask"))).await.unwrap();
     assert_eq!(paid.response.status(), 200);
+    assert!(matches!(paid.outcome, PaymentOutcome::Settled(_)), "{:?}", paid.outcome);
     assert_eq!(local.calls().permissions, 2, "a fresh token was minted");
+    assert_eq!(server.runs.count(), 2);
 }
 
 #[actix_web::test]
-async fn a_token_reported_spent_is_replaced_once() {
+async fn a_fresh_token_reported_spent_at_verify_is_replaced_once() {
     let (local, server, client) = setup();
     local.inject_times(
-        Endpoint::Settle,
-        Fault::SettleFailure("BCK.X402.0059: access token already used".into()),
+        Endpoint::Verify,
+        Fault::SettleFailure(format!("{CODE_SPENT}: access token already used")),
         1,
     );
     let paid = client.send(client.http().post(server.at("/ask"))).await.unwrap();
     assert_eq!(paid.response.status(), 200);
-    assert_eq!(paid.receipt.unwrap().credits_redeemed_u64(), 2);
-    assert_eq!(local.calls().permissions, 2);
+    assert!(
+        matches!(&paid.outcome, PaymentOutcome::Settled(r) if r.credits_redeemed_u64() == PRICE),
+        "{:?}",
+        paid.outcome
+    );
+    assert_eq!(local.calls().permissions, 2, "the spent token was replaced");
+    assert_eq!(local.calls().verify, 2);
+    assert_eq!(server.runs.count(), 1);
+}
+
+/// A 402 with `payment-response` naming the spent-token code came after the handler
+/// ran: it is returned, never retried, whether the token was cached or fresh.
+#[actix_web::test]
+async fn a_settlement_failure_naming_a_spent_token_is_not_retried() {
+    for warm in [false, true] {
+        let (local, server, client) = setup();
+        if warm {
+            assert_eq!(
+                client.send(client.http().post(server.at("/ask"))).await.unwrap().response.status(),
+                200
+            );
+        }
+        let (before, calls, runs) = (balance(&local), local.calls(), server.runs.count());
+        let reason = format!("{CODE_SPENT}: access token already used");
+        local.inject_times(Endpoint::Settle, Fault::SettleFailure(reason), 1);
+        let paid = client.send(client.http().post(server.at("/ask"))).await.unwrap();
+        let label = if warm { "warm" } else { "cold" };
+        assert_eq!(paid.response.status(), 402, "{label}");
+        assert!(paid.response.headers().contains_key("payment-response"), "{label}");
+        match &paid.outcome {
+            PaymentOutcome::SettlementFailed(receipt) => {
+                assert!(!receipt.success, "{label}");
+                assert!(
+                    receipt.error_reason.as_deref().is_some_and(|r| r.contains(CODE_SPENT)),
+                    "{label}: {receipt:?}"
+                );
+            }
+            other => panic!("{label}: expected SettlementFailed, got {other:?}"),
+        }
+        assert!(paid.outcome.must_not_pay_again(), "{label}");
+        let delta = delta(calls, local.calls());
+        assert_eq!((delta.verify, delta.settle), (1, 1), "{label}: one paid request");
+        assert_eq!(delta.permissions, u64::from(!warm), "{label}: no re-mint");
+        assert_eq!(server.runs.count() - runs, 1, "{label}");
+        assert_eq!(before - balance(&local), 0, "{label}: nothing burned");
+    }
+}
+
+/// Every way settlement can fail after the handler ran (refused, failing, lost, late),
+/// with a warm token cache and a cold one: one `send` pays at most the price once.
+#[actix_web::test]
+async fn settlement_faults_never_make_the_client_pay_twice() {
+    const SELLER_TIMEOUT: Duration = Duration::from_millis(300);
+    const LATE: Duration = Duration::from_millis(800);
+    let faults = [
+        ("settle 500", Fault::Status(500)),
+        ("settle success:false", Fault::SettleFailure("settlement rejected by the ledger".into())),
+        ("settle answer lost", Fault::LoseAnswer),
+        ("settle answer late", Fault::Delay(LATE)),
+    ];
+    let mut table = Vec::new();
+    for (name, fault) in &faults {
+        for warm in [true, false] {
+            let label = format!("{name}, {} cache", if warm { "warm" } else { "cold" });
+            let (local, server, client) = setup_with(|local| payments_for(local).timeout(SELLER_TIMEOUT));
+            if warm {
+                let paid = client.send(client.http().post(server.at("/ask"))).await.unwrap();
+                assert!(
+                    matches!(paid.outcome, PaymentOutcome::Settled(_)),
+                    "{label}: warm-up {:?}",
+                    paid.outcome
+                );
+            }
+            let (before, calls, runs) = (balance(&local), local.calls(), server.runs.count());
+            local.inject_times(Endpoint::Settle, fault.clone(), 1);
+            let paid = client.send(client.http().post(server.at("/ask"))).await.unwrap();
+            if matches!(fault, Fault::Delay(_)) {
+                // Let the late settlement land before reading the ledger.
+                tokio::time::sleep(LATE + Duration::from_millis(300)).await;
+            }
+            let after = balance(&local);
+            let delta = delta(calls, local.calls());
+            let ran = server.runs.count() - runs;
+            let status = paid.response.status().as_u16();
+            let attempted = paid.response.headers().contains_key("payment-response");
+
+            assert!(after <= before, "{label}: credits came back ({before} -> {after})");
+            assert!(before - after <= PRICE, "{label}: burned {} for a {PRICE}-credit call", before - after);
+            assert!(ran <= 1, "{label}: the handler ran {ran} times");
+            if status == 402 && attempted {
+                assert!(
+                    matches!(paid.outcome, PaymentOutcome::SettlementFailed(_)),
+                    "{label}: {:?}",
+                    paid.outcome
+                );
+            }
+            assert_eq!(
+                (status, attempted),
+                (402, true),
+                "{label}: the seller withholds and reports the failure"
+            );
+            assert_eq!((delta.verify, delta.settle), (1, 1), "{label}: one paid request, one settle");
+            assert_eq!(delta.permissions, u64::from(!warm), "{label}: no re-mint");
+            table.push(format!("{label}: status {status}, outcome {}, burned {}, handler runs {ran}, verify {}, settle {}, mints {}",
+                outcome_name(&paid), before - after, delta.verify, delta.settle, delta.permissions));
+        }
+    }
+    eprintln!("{}", table.join("\n"));
+}
+
+#[actix_web::test]
+async fn outcomes_name_what_happened() {
+    let (local, server, client) = setup();
+    let paid = client.send(client.http().post(server.at("/free"))).await.unwrap();
+    assert_eq!(
+        (paid.response.status().as_u16(), paid.paid, paid.outcome),
+        (200, false, PaymentOutcome::NotRequired)
+    );
+
+    let before = balance(&local);
+    let paid = client.send(client.http().post(server.at("/fail"))).await.unwrap();
+    assert_eq!((paid.response.status().as_u16(), paid.paid), (500, true));
+    assert_eq!(paid.outcome, PaymentOutcome::Unsettled);
+    assert_eq!((balance(&local), server.runs.count(), local.calls().settle), (before, 1, 0));
+
+    // A seller that delivers on settle failure: the content comes, the failure is named.
+    let (local, server, client) = setup_with(|local| payments_for(local).deliver_on_settle_failure(true));
+    local.inject_times(Endpoint::Settle, Fault::Status(500), 1);
+    let paid = client.send(client.http().post(server.at("/ask"))).await.unwrap();
+    assert_eq!(paid.response.status(), 200);
+    assert!(matches!(paid.outcome, PaymentOutcome::SettlementFailed(_)), "{:?}", paid.outcome);
+    assert_eq!((local.calls().verify, local.calls().settle, server.runs.count()), (1, 1, 1));
+}
+
+fn balance(local: &LocalFacilitator) -> u64 {
+    local.balance(DEMO_PLAN_ID, local.subscriber_address())
+}
+
+fn delta(before: Calls, after: Calls) -> Calls {
+    Calls {
+        verify: after.verify - before.verify,
+        settle: after.settle - before.settle,
+        permissions: after.permissions - before.permissions,
+        plans: after.plans - before.plans,
+    }
+}
+
+fn outcome_name(paid: &PaidResponse) -> &'static str {
+    match paid.outcome {
+        PaymentOutcome::NotRequired => "NotRequired",
+        PaymentOutcome::Settled(_) => "Settled",
+        PaymentOutcome::SettlementFailed(_) => "SettlementFailed",
+        PaymentOutcome::Refused { .. } => "Refused",
+        PaymentOutcome::Unsettled => "Unsettled",
+        _ => "other",
+    }
 }
 
 #[actix_web::test]
@@ -79,6 +262,11 @@ async fn a_refusal_that_a_new_token_cannot_fix_is_returned_not_retried_forever()
     let paid = client.send(client.http().post(server.at("/ask"))).await.unwrap();
     assert_eq!(paid.response.status(), 402);
     assert!(paid.receipt.is_none());
+    assert!(
+        matches!(&paid.outcome, PaymentOutcome::Refused { reason } if !reason.is_empty()),
+        "{:?}",
+        paid.outcome
+    );
     assert_eq!(local.calls().permissions, 1);
     assert_eq!(server.runs.count(), 0);
 }

@@ -38,15 +38,18 @@ pub(crate) fn expand(args: &Args, handler: &Handler) -> TokenStream {
 
     quote! {
         #(#outer_attrs)*
-        // The outer function has one argument more than the user's, and actix-web
-        // futures are not `Send`: neither is the user's to fix. (Lint levels are
-        // inherited, so these also apply to the nested user function.)
+        // The user's function may have many arguments, and actix-web futures are not
+        // `Send`: neither is the user's to fix. (Lint levels are inherited, so these
+        // also apply to the nested user function.)
         #[allow(clippy::too_many_arguments, clippy::future_not_send)]
-        #vis async fn #ident(
-            #paid: #private::Paid<#marker>,
-            #(#arg_names: #arg_types),*
-        ) -> #private::HttpResponse {
+        #vis async fn #ident(mut #paid: #private::Paid<#marker>) -> #private::HttpResponse {
             #inner
+            // The handler's own extractors run only now, after the payment decision:
+            // an unpaid request is refused before any byte of its body is read.
+            let (#(#arg_names,)*) = match #paid.extract::<(#(#arg_types,)*)>().await {
+                ::core::result::Result::Ok(args) => args,
+                ::core::result::Result::Err(response) => return response,
+            };
             #run
         }
 

@@ -9,8 +9,9 @@ use syn::{Attribute, Expr, FnArg, Ident, ItemFn, Lit, Token, Type, Visibility};
 
 use crate::args::Errors;
 
-/// actix-web implements `Handler` for up to 16 extractors; `#[paid]` adds one.
-const MAX_ARGS: usize = 15;
+/// actix-web extracts tuples of up to 16 extractors; `#[paid]` extracts the handler's
+/// arguments as one tuple, after the payment is verified.
+const MAX_ARGS: usize = 16;
 
 /// The actix-web attributes that register a handler for one HTTP method.
 const METHODS: [&str; 9] = ["get", "post", "put", "delete", "patch", "head", "options", "trace", "connect"];
@@ -204,8 +205,8 @@ fn check_signature(function: &ItemFn, errors: &mut Errors) {
             errors.push(syn::Error::new_spanned(
                 arg,
                 format!(
-                    "#[paid] handlers take at most {MAX_ARGS} arguments (actix-web allows 16 \
-                     extractors and #[paid] adds one): group some extractors into a tuple, e.g. \
+                    "#[paid] handlers take at most {MAX_ARGS} arguments (actix-web extracts at \
+                     most 16): group some extractors into a tuple, e.g. \
                      `(a, b): (web::Query<A>, web::Json<B>)`"
                 ),
             ));
@@ -433,14 +434,15 @@ mod tests {
     }
 
     #[test]
-    fn at_most_fifteen_arguments() {
+    fn at_most_sixteen_arguments() {
         let args = |n: usize| (0..n).map(|i| format!("a{i}: A{i}")).collect::<Vec<_>>().join(", ");
-        assert!(handler(&format!("async fn f({}) {{}}", args(15))).is_ok());
-        let sixteen = format!("async fn f({}) {{}}", args(16));
-        assert!(error(&sixteen).starts_with(
-            "#[paid] handlers take at most 15 arguments (actix-web allows 16 extractors and #[paid] adds one)"
-        ));
-        assert_eq!(error_column(&sixteen), sixteen.find("a15").expect("16th"));
-        assert_eq!(error(&format!("async fn f({}) {{}}", args(17))).lines().count(), 1);
+        assert!(handler(&format!("async fn f({}) {{}}", args(16))).is_ok());
+        let seventeen = format!("async fn f({}) {{}}", args(17));
+        assert!(
+            error(&seventeen)
+                .starts_with("#[paid] handlers take at most 16 arguments (actix-web extracts at most 16)")
+        );
+        assert_eq!(error_column(&seventeen), seventeen.find("a16").expect("17th"));
+        assert_eq!(error(&format!("async fn f({}) {{}}", args(18))).lines().count(), 1);
     }
 }

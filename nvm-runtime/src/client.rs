@@ -8,7 +8,7 @@ use crate::codec::DecodeError;
 use crate::config::Payments;
 use crate::envelope::{Accepted, PaymentRequired};
 use crate::error::FacilitatorError;
-use crate::headers::{PAYMENT_REQUIRED, PAYMENT_SIGNATURE};
+use crate::headers::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE};
 use crate::messages::{CODE_SPENT, DelegationConfig, PermissionsRequest, ResourceBinding, SettleResponse};
 use crate::token::AccessToken;
 
@@ -118,6 +118,70 @@ impl Subscriber {
     }
 }
 
+/// What became of the payment of one [`PayingClient::send`].
+///
+/// The rule behind it: a 402 **without** a `payment-response` header came before the
+/// seller's handler ran (no token, or the token was refused at verify), so paying again
+/// is safe and the client does it once. A 402 **with** a `payment-response` header means
+/// the handler ran and the seller attempted settlement: paying again could charge twice,
+/// so the client never does; it reports [`SettlementFailed`](Self::SettlementFailed).
+///
+/// ```
+/// use nvm_runtime::client::PaymentOutcome;
+///
+/// fn advice(outcome: &PaymentOutcome) -> &'static str {
+///     match outcome {
+///         PaymentOutcome::NotRequired | PaymentOutcome::Settled(_) => "done",
+///         PaymentOutcome::SettlementFailed(_) => "do not pay again: reconcile with the seller",
+///         PaymentOutcome::Refused { .. } => "top up the plan or fix the token, then retry",
+///         PaymentOutcome::Unsettled => "the handler did not succeed; nothing was charged",
+///         _ => "unknown outcome",
+///     }
+/// }
+/// assert_eq!(advice(&PaymentOutcome::NotRequired), "done");
+/// assert!(!PaymentOutcome::Unsettled.must_not_pay_again());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum PaymentOutcome {
+    /// The server did not ask for payment: its answer to the request as given was not a
+    /// 402, and the request carried no token.
+    NotRequired,
+    /// The handler ran and the payment was settled: the answer carries a successful
+    /// `payment-response` receipt (credits burned, transaction).
+    Settled(SettleResponse),
+    /// The handler ran and the seller attempted settlement, which failed or whose
+    /// outcome is unknown (the facilitator's answer was lost or late). The answer is
+    /// usually a 402 with the content withheld (or the content itself, when the seller
+    /// delivers on settle failure). **Do not pay again**: the credits may have been
+    /// burned. The failed receipt says why in `error_reason`, and may carry
+    /// `agentRequestId` in its `other` fields to reconcile with the seller or the
+    /// facilitator. When the seller's `payment-response` header could not be read, this
+    /// receipt is built by the client (`success: false`, the decoding error in
+    /// `error_reason`) and [`PaidResponse::receipt`] is `None`.
+    SettlementFailed(SettleResponse),
+    /// The server still answered 402 before its handler ran, after the client paid (and,
+    /// for a cached or spent token, minted a fresh one once): nothing was charged. The
+    /// reason is the envelope's `error` (the facilitator's `invalidReason`, such as an
+    /// insufficient balance).
+    Refused {
+        /// Why the server refused the token.
+        reason: String,
+    },
+    /// A paid request was answered without a receipt and without a 402: the handler
+    /// failed (a non-2xx answer) or charged nothing, so nothing was settled.
+    Unsettled,
+}
+
+impl PaymentOutcome {
+    /// Whether the seller may have charged for this request although it did not
+    /// deliver a settled answer: true for [`SettlementFailed`](Self::SettlementFailed).
+    /// Sending the same request again could then charge twice.
+    pub fn must_not_pay_again(&self) -> bool {
+        matches!(self, PaymentOutcome::SettlementFailed(_))
+    }
+}
+
 /// A response that may have been paid for.
 #[derive(Debug)]
 pub struct PaidResponse {
@@ -127,23 +191,34 @@ pub struct PaidResponse {
     pub receipt: Option<SettleResponse>,
     /// Whether a token was sent.
     pub paid: bool,
+    /// What became of the payment; see [`PaymentOutcome`].
+    pub outcome: PaymentOutcome,
 }
 
 /// An HTTP client that pays 402 answers by itself: it decodes the envelope, mints (or
-/// reuses) a token for `accepts[0]`, retries once with `payment-signature`, and returns
-/// the response with its decoded receipt. A cached token that is refused (spent with
-/// `BCK.X402.0059`, expired, drained) is replaced by a freshly minted one, once.
+/// reuses) a token for `accepts[0]`, retries with `payment-signature`, and returns the
+/// response with its decoded receipt and [`PaymentOutcome`].
+///
+/// It sends a fresh token only after a 402 that came before the handler ran (one
+/// without a `payment-response` header), at most once more after a cached or spent
+/// token is refused; a 402 with a `payment-response` (settlement attempted) is returned
+/// as [`PaymentOutcome::SettlementFailed`] and never retried, so one `send` never pays
+/// twice.
 ///
 /// ```no_run
 /// # async fn demo(subscriber: nvm_runtime::client::Subscriber) -> Result<(), nvm_runtime::client::ClientError> {
-/// use nvm_runtime::client::PayingClient;
+/// use nvm_runtime::client::{PayingClient, PaymentOutcome};
 ///
 /// let client = PayingClient::new(subscriber);
 /// let paid = client
 ///     .send(client.http().post("http://127.0.0.1:3000/ask").body(r#"{"query":"hi"}"#))
 ///     .await?;
-/// if let Some(receipt) = paid.receipt {
-///     println!("paid {} credits", receipt.credits_redeemed_u64());
+/// match &paid.outcome {
+///     PaymentOutcome::Settled(receipt) => println!("paid {} credits", receipt.credits_redeemed_u64()),
+///     PaymentOutcome::SettlementFailed(receipt) => {
+///         eprintln!("settlement failed ({:?}): do not resend, reconcile", receipt.error_reason)
+///     }
+///     other => println!("{other:?}"),
 /// }
 /// # Ok(()) }
 /// ```
@@ -169,13 +244,15 @@ impl PayingClient {
         &self.subscriber
     }
 
-    /// Sends `request`, paying a 402 if one comes.
+    /// Sends `request`, paying a 402 if one comes (see [`PayingClient`] for when it pays
+    /// again and when it never does).
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<PaidResponse, ClientError> {
         let request = request.build().map_err(Box::new)?;
         let first = request.try_clone().ok_or(ClientError::NotRetryable)?;
+        let sent_token = first.headers().contains_key(PAYMENT_SIGNATURE);
         let response = self.http.execute(first).await.map_err(Box::new)?;
-        if response.status().as_u16() != 402 {
-            return Ok(finish(response, false));
+        if response.status().as_u16() != 402 || settlement_attempted(&response) {
+            return Ok(finish(response, sent_token));
         }
         let envelope = read_envelope(&response)?;
         let accepted = envelope
@@ -186,15 +263,21 @@ impl PayingClient {
         loop {
             let (token, cached) = self.subscriber.cached_or_minted(&accepted).await?;
             let mut retry = request.try_clone().ok_or(ClientError::NotRetryable)?;
-            let value = reqwest::header::HeaderValue::try_from(token.as_str())
-                .map_err(|_| ClientError::Envelope("the minted token is not a valid header value".into()))?;
+            let value = reqwest::header::HeaderValue::try_from(token.as_str()).map_err(|_| {
+                ClientError::Envelope("the minted token is not a valid header value; mint a new one".into())
+            })?;
             retry.headers_mut().insert(PAYMENT_SIGNATURE, value);
             let response = self.http.execute(retry).await.map_err(Box::new)?;
-            if response.status().as_u16() == 402 && !reminted && (cached || reports_spent(&response)) {
-                tracing::info!(token = %token.hash(), "token refused; minting a fresh one");
+            let refused_before_handler =
+                response.status().as_u16() == 402 && !settlement_attempted(&response);
+            if refused_before_handler && !reminted && (cached || reports_spent(&response)) {
+                tracing::info!(token = %token.hash(), "token refused at verify; minting a fresh one");
                 self.subscriber.forget(&accepted);
                 reminted = true;
                 continue;
+            }
+            if settlement_attempted(&response) && response.status().as_u16() == 402 {
+                tracing::warn!(token = %token.hash(), "settlement failed after the handler ran; not paying again");
             }
             return Ok(finish(response, true));
         }
@@ -210,20 +293,54 @@ fn read_envelope(response: &reqwest::Response) -> Result<PaymentRequired, Client
     PaymentRequired::from_header(text).map_err(|e: DecodeError| ClientError::Envelope(e.to_string()))
 }
 
-fn reports_spent(response: &reqwest::Response) -> bool {
-    let receipt_spent =
-        receipt_of(response).and_then(|r| r.error_reason).is_some_and(|reason| reason.contains(CODE_SPENT));
-    let envelope_spent =
-        read_envelope(response).ok().and_then(|e| e.error).is_some_and(|error| error.contains(CODE_SPENT));
-    receipt_spent || envelope_spent
+/// Whether the server attempted settlement: it sent a `payment-response` header (even
+/// an unreadable one), so its handler ran.
+fn settlement_attempted(response: &reqwest::Response) -> bool {
+    response.headers().contains_key(PAYMENT_RESPONSE)
 }
 
-fn receipt_of(response: &reqwest::Response) -> Option<SettleResponse> {
-    let value = response.headers().get(crate::headers::PAYMENT_RESPONSE)?.to_str().ok()?;
-    SettleResponse::from_header(value).ok()
+/// Whether a 402 refused before the handler ran reports the token spent.
+fn reports_spent(response: &reqwest::Response) -> bool {
+    read_envelope(response).ok().and_then(|e| e.error).is_some_and(|error| error.contains(CODE_SPENT))
+}
+
+/// The `payment-response` receipt: `None` without the header, `Some(Err(why))` when it
+/// cannot be read.
+fn receipt_of(response: &reqwest::Response) -> Option<Result<SettleResponse, String>> {
+    let value = response.headers().get(PAYMENT_RESPONSE)?;
+    let text = match value.to_str() {
+        Ok(text) => text,
+        Err(_) => return Some(Err("the header is not ASCII".to_owned())),
+    };
+    Some(SettleResponse::from_header(text).map_err(|e| e.to_string()))
 }
 
 fn finish(response: reqwest::Response, paid: bool) -> PaidResponse {
-    let receipt = receipt_of(&response);
-    PaidResponse { response, receipt, paid }
+    let status = response.status();
+    let decoded = receipt_of(&response);
+    let outcome = match &decoded {
+        Some(Ok(receipt)) if receipt.success => PaymentOutcome::Settled(receipt.clone()),
+        Some(Ok(receipt)) => PaymentOutcome::SettlementFailed(receipt.clone()),
+        Some(Err(why)) => PaymentOutcome::SettlementFailed(SettleResponse {
+            success: false,
+            error_reason: Some(format!(
+                "the payment-response header could not be read ({why}); settlement was attempted: \
+                 reconcile with the seller before paying again"
+            )),
+            ..SettleResponse::default()
+        }),
+        None if status.as_u16() == 402 && paid => {
+            PaymentOutcome::Refused { reason: refusal_reason(&response) }
+        }
+        None if paid => PaymentOutcome::Unsettled,
+        None => PaymentOutcome::NotRequired,
+    };
+    PaidResponse { response, receipt: decoded.and_then(Result::ok), paid, outcome }
+}
+
+/// Why a 402 refused the token: the envelope's `error`, or a generic reason.
+fn refusal_reason(response: &reqwest::Response) -> String {
+    read_envelope(response).ok().and_then(|e| e.error).unwrap_or_else(|| {
+        "the server answered 402 without a reason; check the plan's balance and the token".to_owned()
+    })
 }

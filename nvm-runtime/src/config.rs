@@ -132,6 +132,52 @@ impl Payments {
         &self.inner.hooks
     }
 
+    /// The start-up step of a paid server: checks that every `env("VAR")` plan and
+    /// agent of every `#[paid]` handler is set, fetches the metadata of every plan that
+    /// a `#[paid]` handler or a `PaymentMiddleware` built with this configuration
+    /// names, and keeps it fresh in the background (every 240 s), so that no request
+    /// ever waits on a plan fetch. An unknown plan or an unreachable backend is an error
+    /// here, before any traffic. Call it inside the actix runtime (in `main`, before
+    /// `HttpServer::new`), after building your `PaymentMiddleware` tables. A server that
+    /// skips it fetches each plan on its first request instead.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), nvm_runtime::ConfigError> {
+    /// let payments = nvm_runtime::Payments::from_env()?;
+    /// payments.prepare().await?; // e.g. "plan 1234 could not be prepared: …"
+    /// # Ok(()) }
+    /// ```
+    pub async fn prepare(&self) -> Result<(), ConfigError> {
+        crate::pricing::check_startup()?;
+        let mut plans = self.plans().wanted();
+        for route in crate::pricing::routes() {
+            if route.spec().scheme.is_none() {
+                plans.insert(route.plan_id()?);
+            }
+        }
+        for plan_id in plans {
+            if let Err(error) = self.plans().fetch_and_keep(self.facilitator(), &plan_id).await {
+                return Err(ConfigError::PlanUnavailable {
+                    plan_id,
+                    reason: error.to_string(),
+                    backend: self.backend_url().to_owned(),
+                });
+            }
+            tracing::info!(plan_id, "plan prepared");
+        }
+        if self.plans().start_refreshing() {
+            let weak = Arc::downgrade(&self.inner);
+            actix_web::rt::spawn(async move {
+                loop {
+                    tokio::time::sleep(crate::plans::PLAN_REFRESH).await;
+                    let Some(inner) = weak.upgrade() else { break };
+                    inner.plans.refresh(&inner.facilitator).await;
+                }
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn plans(&self) -> &PlanCatalog {
         &self.inner.plans
     }

@@ -73,6 +73,18 @@ pub enum ConfigError {
         .0.join(", ")
     )]
     UnmatchedRoutes(Vec<String>),
+    /// A plan's metadata could not be fetched at start-up (`Payments::prepare`).
+    #[error(
+        "plan {plan_id} could not be prepared: {reason}; check the plan id and that the backend ({backend}) is reachable, or skip `prepare()` to fetch plans on the first request"
+    )]
+    PlanUnavailable {
+        /// The plan.
+        plan_id: String,
+        /// The backend's answer, or why there was none.
+        reason: String,
+        /// The backend URL.
+        backend: String,
+    },
     /// The HTTP client could not be built.
     #[error("the HTTP client could not be built: {0}")]
     HttpClient(String),

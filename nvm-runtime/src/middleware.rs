@@ -205,6 +205,10 @@ impl PaymentMiddleware {
     /// Adds a route, or says why its key is invalid.
     pub fn try_route(mut self, key: &str, config: RouteConfig) -> Result<Self, ConfigError> {
         let key = RouteKey::parse(key)?;
+        if config.scheme.is_none() {
+            // Fetched by `Payments::prepare`.
+            self.payments.plans().want(&config.plan_id);
+        }
         Arc::make_mut(&mut self.keys).push(key);
         Arc::make_mut(&mut self.configs).push(config);
         Ok(self)
@@ -232,7 +236,11 @@ where
             tracing::error!(%error, "PaymentMiddleware not started");
             return ready(Err(()));
         }
-        ready(Ok(PaymentService { service: Rc::new(service), middleware: self.clone(), anchors: OnceCell::new() }))
+        ready(Ok(PaymentService {
+            service: Rc::new(service),
+            middleware: self.clone(),
+            anchors: OnceCell::new(),
+        }))
     }
 }
 

@@ -2,7 +2,7 @@
 //! and cached per plan, failures included, so the backend is asked at most once per
 //! plan and period.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,9 @@ use crate::facilitator::Facilitator;
 pub const PLAN_TTL: Duration = Duration::from_secs(300);
 /// How long a failed metadata fetch keeps the default before it is tried again.
 pub const PLAN_FAILURE_TTL: Duration = Duration::from_secs(30);
+/// How often a prepared server refreshes its plans in the background: well before
+/// [`PLAN_TTL`] runs out, so no request waits on a fetch.
+pub const PLAN_REFRESH: Duration = Duration::from_secs(240);
 
 /// The scheme and network a plan is paid on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,15 +61,75 @@ impl PlanScheme {
 pub(crate) struct PlanCatalog {
     default_network: Arc<str>,
     entries: Mutex<HashMap<String, (Instant, PlanScheme)>>,
+    /// Plans the routes table names, to fetch at start-up.
+    wanted: Mutex<BTreeSet<String>>,
+    /// Plans fetched at start-up and refreshed in the background: their entry is served
+    /// even past its TTL (a failed refresh keeps the last answer) rather than fetched
+    /// on a request.
+    kept: Mutex<BTreeSet<String>>,
+    /// Whether the background refresh runs already.
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 impl PlanCatalog {
     pub(crate) fn new(default_network: &str) -> Self {
-        PlanCatalog { default_network: default_network.into(), entries: Mutex::new(HashMap::new()) }
+        PlanCatalog {
+            default_network: default_network.into(),
+            entries: Mutex::new(HashMap::new()),
+            wanted: Mutex::new(BTreeSet::new()),
+            kept: Mutex::new(BTreeSet::new()),
+            refreshing: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn default_network(&self) -> &str {
         &self.default_network
+    }
+
+    /// Notes a plan to fetch at start-up (a `PaymentMiddleware` route's).
+    pub(crate) fn want(&self, plan_id: &str) {
+        self.wanted.lock().unwrap_or_else(PoisonError::into_inner).insert(plan_id.to_owned());
+    }
+
+    /// The plans noted with [`PlanCatalog::want`].
+    pub(crate) fn wanted(&self) -> BTreeSet<String> {
+        self.wanted.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The plans kept fresh in the background.
+    pub(crate) fn kept(&self) -> BTreeSet<String> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Fetches a plan's metadata now and keeps the plan: from then on its entry is
+    /// served without a fetch, and [`PlanCatalog::refresh`] renews it.
+    pub(crate) async fn fetch_and_keep(
+        &self,
+        facilitator: &Facilitator,
+        plan_id: &str,
+    ) -> Result<PlanScheme, crate::error::FacilitatorError> {
+        let metadata = facilitator.plan_metadata(plan_id).await?;
+        let scheme = PlanScheme::from_metadata(&metadata, &self.default_network);
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(plan_id.to_owned(), (Instant::now() + PLAN_TTL, scheme.clone()));
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner).insert(plan_id.to_owned());
+        Ok(scheme)
+    }
+
+    /// `true` the first time only: the caller starts the background refresh.
+    pub(crate) fn start_refreshing(&self) -> bool {
+        !self.refreshing.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Renews every kept plan; a failed fetch keeps the last answer and is logged.
+    pub(crate) async fn refresh(&self, facilitator: &Facilitator) {
+        for plan_id in self.kept() {
+            if let Err(error) = self.fetch_and_keep(facilitator, &plan_id).await {
+                tracing::warn!(plan_id, %error, "plan metadata refresh failed; keeping the last answer");
+            }
+        }
     }
 
     /// The plan's scheme, from the cache or the backend.
@@ -90,7 +153,8 @@ impl PlanCatalog {
     }
 
     fn cached(&self, plan_id: &str) -> Option<PlanScheme> {
+        let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner).contains(plan_id);
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.get(plan_id).filter(|(expires, _)| *expires > Instant::now()).map(|(_, s)| s.clone())
+        entries.get(plan_id).filter(|(expires, _)| kept || *expires > Instant::now()).map(|(_, s)| s.clone())
     }
 }

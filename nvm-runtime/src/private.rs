@@ -40,6 +40,9 @@ pub struct Paid<R> {
     /// verified, and it settles, so the handler's own payment is not taken twice.
     settle_with: Option<Payments>,
     state: Rc<PaymentState>,
+    /// The request body, taken unread: the handler's extractors get it after the
+    /// payment decision.
+    payload: Payload,
     route: PhantomData<R>,
 }
 
@@ -53,14 +56,15 @@ impl<R: PaidRoute> FromRequest for Paid<R> {
     type Error = Rejection;
     type Future = Pin<Box<dyn Future<Output = Result<Self, Rejection>>>>;
 
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let payload = payload.take();
         if let Some(state) = PaymentState::attached(req) {
             tracing::warn!(
                 path = req.path(),
                 handler = R::route().spec().handler,
                 "a PaymentMiddleware route already protects this #[paid] handler; charging once, on the middleware's terms"
             );
-            let paid = Paid { req: req.clone(), settle_with: None, state, route: PhantomData };
+            let paid = Paid { req: req.clone(), settle_with: None, state, payload, route: PhantomData };
             return Box::pin(std::future::ready(Ok(paid)));
         }
         // Attached synchronously, before any other extractor of the handler runs, so
@@ -93,7 +97,18 @@ impl<R: PaidRoute> FromRequest for Paid<R> {
                 resource: spec.resource,
             };
             paywall::admit(&payments, &req, &terms, credits, &state).await.map_err(Rejection::new)?;
-            Ok(Paid { req, settle_with: Some(payments), state, route: PhantomData })
+            Ok(Paid { req, settle_with: Some(payments), state, payload, route: PhantomData })
+        })
+    }
+}
+
+impl<R> Paid<R> {
+    /// Runs the handler's own extractors (a tuple of them) on the request and its
+    /// body; a failed extractor gives the response actix-web would have sent.
+    pub async fn extract<T: FromRequest>(&mut self) -> Result<T, HttpResponse> {
+        T::from_request(&self.req, &mut self.payload).await.map_err(|error| {
+            let error: actix_web::Error = error.into();
+            error.error_response()
         })
     }
 }

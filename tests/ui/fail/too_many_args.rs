@@ -7,6 +7,7 @@ async fn handler(
     _a5: HttpRequest, _a6: HttpRequest, _a7: HttpRequest, _a8: HttpRequest,
     _a9: HttpRequest, _a10: HttpRequest, _a11: HttpRequest, _a12: HttpRequest,
     _a13: HttpRequest, _a14: HttpRequest, _a15: HttpRequest, _a16: HttpRequest,
+    _a17: HttpRequest,
 ) -> &'static str {
     "too many"
 }
