@@ -54,8 +54,14 @@ fn table(payments: Payments) -> PaymentMiddleware {
         .route("GET /any", plan())
 }
 
-const PROTECTED: [(&str, &str); 6] =
-    [("models", "GET"), ("ask", "POST"), ("reports", "GET"), ("files", "GET"), ("orders", "GET"), ("any", "GET")];
+const PROTECTED: [(&str, &str); 6] = [
+    ("models", "GET"),
+    ("ask", "POST"),
+    ("reports", "GET"),
+    ("files", "GET"),
+    ("orders", "GET"),
+    ("any", "GET"),
+];
 
 fn is_protected(handler: &str, method: &str) -> bool {
     let method = if method == "HEAD" { "GET" } else { method };
@@ -164,9 +170,8 @@ fn variant() -> impl Strategy<Value = (String, String)> {
 fn variants(count: u32) -> Vec<(String, String)> {
     let mut runner = TestRunner::new(Config { cases: count, ..Config::default() });
     let strategy = variant();
-    let mut out: Vec<(String, String)> = (0..count)
-        .map(|_| strategy.new_tree(&mut runner).unwrap().current())
-        .collect();
+    let mut out: Vec<(String, String)> =
+        (0..count).map(|_| strategy.new_tree(&mut runner).unwrap().current()).collect();
     // Every base as it is, too.
     out.extend(BASES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())));
     out
@@ -190,7 +195,10 @@ async fn every_variant_routed_to_a_protected_handler_is_402_and_nothing_else_is_
                 expected.0 == 200 && expected.1.as_deref().is_some_and(|h| is_protected(h, method));
             if routed_to_paid {
                 protected += 1;
-                assert_eq!(got.0, 402, "{normalize:?} {method} {path}: the twin serves {expected:?} for free");
+                assert_eq!(
+                    got.0, 402,
+                    "{normalize:?} {method} {path}: the twin serves {expected:?} for free"
+                );
             } else if expected.1.is_none() && got.0 == 402 {
                 // Nothing serves it (404, 405): asking a payment for it charges no route
                 // (`HEAD` is asked as `GET`, for apps that route every method).
@@ -205,6 +213,9 @@ async fn every_variant_routed_to_a_protected_handler_is_402_and_nothing_else_is_
     }
     // Both outcomes were exercised in volume.
     assert!(protected > 200 && passed_through > 200, "protected {protected}, passed {passed_through}");
-    println!("{} variants: {protected} protected, {passed_through} passed through, {unrouted} unrouted asked to pay", cases.len() * 3);
+    println!(
+        "{} variants: {protected} protected, {passed_through} passed through, {unrouted} unrouted asked to pay",
+        cases.len() * 3
+    );
     assert_eq!(local.calls().verify, 0);
 }

@@ -19,10 +19,10 @@ mod hooks;
 pub mod messages;
 pub mod middleware;
 mod paywall;
-mod route_table;
 pub mod plans;
 pub mod pricing;
 pub mod route;
+mod route_table;
 pub mod token;
 
 #[cfg(feature = "local")]

@@ -177,11 +177,7 @@ impl Anchors {
                 dead.push(key.text.clone());
             }
         }
-        if dead.is_empty() {
-            Ok(Anchors { anchored })
-        } else {
-            Err(ConfigError::UnmatchedRoutes(dead))
-        }
+        if dead.is_empty() { Ok(Anchors { anchored }) } else { Err(ConfigError::UnmatchedRoutes(dead)) }
     }
 }
 
