@@ -6,14 +6,17 @@
 //!
 //! - `POST /generate?tokens=N`: credits from a closure of the request (1 per 100
 //!   tokens asked, at least 1).
-//! - `POST /translate`: an async pricing function; the handler then charges what it
-//!   really used with `PaymentContext::charge`, never more than was verified.
+//! - `POST /translate`: priced by its body with `credits::by_body` (the bytes really
+//!   sent, so a chunked upload costs what the same text costs with `Content-Length`);
+//!   the handler then charges what it really used with `PaymentContext::charge`, never
+//!   more than was verified.
 //!
 //! Like the quick start, it runs on the embedded local facilitator unless
 //! `NVM_API_KEY` and `NVM_PLAN_ID` are set; the port comes from `PORT` (default 3000).
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, Responder, post, web};
 use nvm_examples::settings;
+use nvm_runtime::credits::by_body;
 use nvm_runtime::{PaymentContext, paid};
 
 /// 1 credit per 100 tokens asked for, at least 1.
@@ -25,11 +28,9 @@ fn tokens_price(req: &HttpRequest) -> u64 {
     tokens.div_ceil(100).max(1)
 }
 
-/// Quotes a translation from its declared length (an async look-up in a real service).
-async fn translation_quote(req: &HttpRequest) -> u64 {
-    let length: u64 =
-        req.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
-    5 + length / 50
+/// Quotes a translation from the text itself: 5 credits, plus 1 per 50 bytes.
+fn translation_quote(_req: &HttpRequest, text: &[u8]) -> u64 {
+    5 + text.len() as u64 / 50
 }
 
 #[post("/generate")]
@@ -39,7 +40,7 @@ async fn generate(payment: PaymentContext) -> impl Responder {
 }
 
 #[post("/translate")]
-#[paid(plan = settings::plan_id(), credits = translation_quote)]
+#[paid(plan = settings::plan_id(), credits = by_body(translation_quote).limit(64 * 1024))]
 async fn translate(body: String, payment: PaymentContext) -> Result<HttpResponse, actix_web::Error> {
     // The real cost: 1 credit per 100 characters actually translated.
     let used = (body.chars().count() as u64).div_ceil(100).max(1);

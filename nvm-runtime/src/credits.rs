@@ -1,32 +1,32 @@
-//! Credits sources: a fixed amount, or a function of the request, sync or async.
+//! Credits sources: a fixed amount, a function of the request (sync or async), or a
+//! function of the request and its body ([`by_body`]).
 //!
 //! `#[paid(credits = …)]` accepts any [`CreditsSource`]: an integer literal or `u64`
 //! const, `|req: &HttpRequest| -> u64`, an `async |req: &HttpRequest| -> u64` closure,
-//! or the path of a `fn`/`async fn` of `&HttpRequest` returning `u64`. 0 means free.
+//! the path of a `fn`/`async fn` of `&HttpRequest` returning `u64`, or
+//! `by_body(|req: &HttpRequest, body: &[u8]| -> u64)`. 0 means free.
+//!
+//! Price by the body with [`by_body`], never by `Content-Length`: a chunked upload has
+//! none, so a price read from it is wrong for the same text sent another way.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use actix_web::HttpRequest;
 
-/// The credits of one request, ready now or after an `await`.
+/// The credits of one request: ready now, after an `await`, or once the body is read.
 pub enum CreditsFuture<'a> {
     /// Known already.
     Ready(u64),
     /// Computed by an async function of the request.
     Pending(Pin<Box<dyn Future<Output = u64> + 'a>>),
-}
-
-impl Future for CreditsFuture<'_> {
-    type Output = u64;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u64> {
-        match self.get_mut() {
-            CreditsFuture::Ready(n) => Poll::Ready(*n),
-            CreditsFuture::Pending(fut) => fut.as_mut().poll(cx),
-        }
-    }
+    /// Computed from the request's body, read first (at most `limit` bytes).
+    Body {
+        /// The most bytes read; a longer body is refused with 413.
+        limit: usize,
+        /// Prices the body.
+        price: Box<dyn FnOnce(&[u8]) -> u64 + 'a>,
+    },
 }
 
 impl std::fmt::Debug for CreditsFuture<'_> {
@@ -34,7 +34,73 @@ impl std::fmt::Debug for CreditsFuture<'_> {
         match self {
             CreditsFuture::Ready(n) => write!(f, "CreditsFuture::Ready({n})"),
             CreditsFuture::Pending(_) => f.write_str("CreditsFuture::Pending"),
+            CreditsFuture::Body { limit, .. } => write!(f, "CreditsFuture::Body {{ limit: {limit} }}"),
         }
+    }
+}
+
+/// How many body bytes [`by_body`] reads by default: 256 KiB.
+pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
+
+/// Prices a request by its body: `price` gets the request and the body's bytes, read
+/// in full (up to [`ByBody::limit`], 256 KiB by default; longer is a 413) after the
+/// token is checked and before verification. The handler's own extractors then read
+/// the same bytes. A request without a token gets its 402 before its body is read,
+/// so a body-priced route needs a token even when it would price the body at 0.
+///
+/// ```
+/// use actix_web::HttpRequest;
+/// use nvm_runtime::credits::by_body;
+/// use nvm_runtime::middleware::RouteConfig;
+///
+/// // 1 credit per 100 words, at least 1; chunked or not, the same text costs the same.
+/// let per_words = by_body(|_req: &HttpRequest, body: &[u8]| {
+///     let words = String::from_utf8_lossy(body).split_whitespace().count() as u64;
+///     words.div_ceil(100).max(1)
+/// })
+/// .limit(1024 * 1024);
+/// let _route = RouteConfig::new("1234").credits(per_words);
+/// ```
+pub fn by_body<F>(price: F) -> ByBody<F>
+where
+    F: Fn(&HttpRequest, &[u8]) -> u64,
+{
+    ByBody { price, limit: DEFAULT_BODY_LIMIT }
+}
+
+/// A credits source priced by the request's body; see [`by_body`].
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub struct ByBody<F> {
+    price: F,
+    limit: usize,
+}
+
+impl<F> ByBody<F> {
+    /// Reads at most `bytes` of the body (default 256 KiB); a longer body is a 413.
+    pub fn limit(self, bytes: usize) -> Self {
+        ByBody { limit: bytes, ..self }
+    }
+}
+
+/// Marks the body-priced form of [`CreditsSource`].
+#[derive(Debug)]
+pub enum BodyFn {}
+
+impl<F> CreditsSource<BodyFn> for ByBody<F>
+where
+    F: Fn(&HttpRequest, &[u8]) -> u64,
+{
+    fn resolve<'a>(self, req: &'a HttpRequest) -> CreditsFuture<'a>
+    where
+        Self: 'a,
+    {
+        let price = self.price;
+        CreditsFuture::Body { limit: self.limit, price: Box::new(move |body| price(req, body)) }
+    }
+
+    fn fixed(&self) -> Option<u64> {
+        None
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::error::InternalError;
-use actix_web::{Error, HttpRequest};
+use actix_web::{Error, HttpMessage, HttpRequest};
 
 use crate::config::Payments;
 use crate::context::PaymentState;
@@ -280,7 +280,7 @@ where
 
     forward_ready!(service);
 
-    fn call(&self, req: ServiceRequest) -> Self::Future {
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
         let service = Rc::clone(&self.service);
         let payments = self.middleware.payments.clone();
         let config = match self.config_for(&req) {
@@ -295,20 +295,29 @@ where
             // The request is only borrowed here: a clone kept across `service.call` would
             // make the routing below (scopes, resources) panic on its `Rc::get_mut`.
             let state = PaymentState::attach(req.request());
-            let Ok(credits) =
-                crate::__private::catch_unwind(async { (config.credits)(req.request()).await }).await
-            else {
+            let mut payload = req.take_payload();
+            let admitted = {
                 let http = req.request();
-                let error =
-                    ConfigError::CreditsPanicked(format!("the {} {} route", http.method(), http.path()));
-                let response = paywall::misconfigured(&payments, http, error);
-                return Ok(req.into_response(response));
+                let what = format!("the {} {} route", http.method(), http.path());
+                let priced = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (config.credits)(http)
+                })) {
+                    Ok(source) => {
+                        paywall::price(&payments, http, &config.terms(), source, &mut payload, &what).await
+                    }
+                    Err(_) => {
+                        Err(paywall::misconfigured(&payments, http, ConfigError::CreditsPanicked(what)))
+                    }
+                };
+                match priced {
+                    Ok(credits) => paywall::admit(&payments, http, &config.terms(), credits, &state).await,
+                    Err(refusal) => Err(refusal),
+                }
             };
-            if let Err(refusal) =
-                paywall::admit(&payments, req.request(), &config.terms(), credits, &state).await
-            {
+            if let Err(refusal) = admitted {
                 return Ok(req.into_response(refusal));
             }
+            req.set_payload(payload);
             let path = req.path().to_owned();
             let response = match crate::__private::catch_unwind(service.call(req)).await {
                 Ok(result) => result?.map_into_boxed_body(),

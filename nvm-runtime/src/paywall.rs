@@ -2,14 +2,22 @@
 //! [`admit`] before the handler (token → verify), [`settle`] after it (settle on 2xx
 //! only, exactly once, receipt on the response, fail closed).
 
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
+use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
+use futures_core::Stream;
 
+use crate::__private::catch_unwind;
 use crate::cache::CacheKey;
 use crate::codec::MAX_HEADER_LEN;
 use crate::config::Payments;
 use crate::context::{PaymentState, Verified};
+use crate::credits::CreditsFuture;
 use crate::envelope::{NETWORK_STRIPE, PaymentRequired, SCHEME_CARD_DELEGATION};
 use crate::error::{ConfigError, FacilitatorError, PaymentError};
 use crate::facilitator::RequestRef;
@@ -27,6 +35,61 @@ pub(crate) struct Terms<'a> {
     pub(crate) description: Option<&'a str>,
     pub(crate) mime_type: Option<&'a str>,
     pub(crate) resource: Option<&'a str>,
+}
+
+/// The credits of this request from its route's source. A body-priced source reads
+/// the body here, and only once the request carries a well-formed token (an unpaid
+/// request gets its 402 before any body byte is read); `payload` then holds the same
+/// bytes again for the handler. `what` names the route in errors.
+pub(crate) async fn price(
+    payments: &Payments,
+    req: &HttpRequest,
+    terms: &Terms<'_>,
+    source: CreditsFuture<'_>,
+    payload: &mut Payload,
+    what: &str,
+) -> Result<u64, HttpResponse> {
+    let panicked = || misconfigured(payments, req, ConfigError::CreditsPanicked(what.to_owned()));
+    let (limit, price) = match source {
+        CreditsFuture::Ready(n) => return Ok(n),
+        CreditsFuture::Pending(future) => return catch_unwind(future).await.map_err(|_| panicked()),
+        CreditsFuture::Body { limit, price } => (limit, price),
+    };
+    if let Err(error) = read_token(payments, req) {
+        return Err(reject(payments, req, envelope(payments, req, terms).await, error));
+    }
+    let body = match read_body(payload, limit).await {
+        Ok(body) => body,
+        Err(response) => return Err(response),
+    };
+    let credits = std::panic::catch_unwind(AssertUnwindSafe(|| price(&body))).map_err(|_| panicked())?;
+    *payload = Payload::from(body);
+    Ok(credits)
+}
+
+/// Reads the whole body, refusing one longer than `limit` (413) or broken (400).
+async fn read_body(payload: &mut Payload, limit: usize) -> Result<Bytes, HttpResponse> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut *payload).poll_next(cx)).await {
+        let chunk = chunk.map_err(|error| {
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                &format!("the request body could not be read: {error}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large",
+                &format!(
+                    "this route is priced by its body and reads at most {limit} bytes of it; send a smaller body"
+                ),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// Verifies the request's payment for `credits` and records it in `state`.

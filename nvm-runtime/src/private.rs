@@ -83,10 +83,6 @@ impl<R: PaidRoute> FromRequest for Paid<R> {
                 Ok(ids) => ids,
                 Err(error) => return Err(Rejection::new(paywall::misconfigured(&payments, &req, error))),
             };
-            let Ok(credits) = catch_unwind(async { route.credits(&req).await }).await else {
-                let error = crate::error::ConfigError::CreditsPanicked(spec.handler.to_owned());
-                return Err(Rejection::new(paywall::misconfigured(&payments, &req, error)));
-            };
             let terms = Terms {
                 plan_id: &plan_id,
                 agent_id: agent_id.as_deref(),
@@ -96,6 +92,17 @@ impl<R: PaidRoute> FromRequest for Paid<R> {
                 mime_type: spec.mime_type,
                 resource: spec.resource,
             };
+            let mut payload = payload;
+            let priced = match std::panic::catch_unwind(AssertUnwindSafe(|| route.credits(&req))) {
+                Ok(source) => {
+                    paywall::price(&payments, &req, &terms, source, &mut payload, spec.handler).await
+                }
+                Err(_) => {
+                    let error = crate::error::ConfigError::CreditsPanicked(spec.handler.to_owned());
+                    Err(paywall::misconfigured(&payments, &req, error))
+                }
+            };
+            let credits = priced.map_err(Rejection::new)?;
             paywall::admit(&payments, &req, &terms, credits, &state).await.map_err(Rejection::new)?;
             Ok(Paid { req, settle_with: Some(payments), state, payload, route: PhantomData })
         })
