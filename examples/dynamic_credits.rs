@@ -56,6 +56,7 @@ async fn translate(body: String, payment: PaymentContext) -> Result<HttpResponse
 async fn main() -> std::io::Result<()> {
     let setup = settings::from_env_or_exit("dynamic_credits");
     let payments = setup.payments.clone();
+    settings::prepare_or_exit("dynamic_credits", &setup.payments).await;
     let server =
         HttpServer::new(move || App::new().app_data(payments.clone()).service(generate).service(translate))
             .bind(("127.0.0.1", settings::port()))?;

@@ -44,6 +44,15 @@ pub mod settings {
         })
     }
 
+    /// `payments.prepare()` (plans fetched before any traffic), or a message on stderr
+    /// and exit code 2 naming the example.
+    pub async fn prepare_or_exit(example: &str, payments: &Payments) {
+        if let Err(error) = payments.prepare().await {
+            eprintln!("{example}: {error}");
+            std::process::exit(2);
+        }
+    }
+
     /// Reads `NVM_API_KEY` and `NVM_PLAN_ID` (and `NVM_AGENT_ID`), or starts the embedded
     /// local facilitator when no key is set.
     pub fn from_env() -> Result<Setup, String> {

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! - `POST /ask`: 1 credit.
-//! - `GET /reports/:id`: 5 credits (a `:param` pattern).
+//! - `GET /reports/{id}`: 5 credits (an actix-web pattern; `:id` is accepted too).
 //! - `GET /stream`: 2 credits, a server-sent-events stream; the receipt header comes
 //!   before the body streams.
 //! - `GET /health`: not in the table, passes through free.
@@ -76,12 +76,14 @@ async fn main() -> std::io::Result<()> {
     }
     let payments = PaymentMiddleware::new(setup.payments.clone())
         .route("POST /ask", ask_route)
-        .route("GET /reports/:id", RouteConfig::new(plan).credits(5))
+        .route("GET /reports/{id}", RouteConfig::new(plan).credits(5))
         .route("GET /stream", RouteConfig::new(plan).credits(2).mime_type("text/event-stream"));
     if let Err(error) = payments.check() {
         eprintln!("middleware: {error}");
         std::process::exit(2);
     }
+    // After the table: it registered its plans with the configuration.
+    settings::prepare_or_exit("middleware", &setup.payments).await;
     let server = HttpServer::new(move || {
         App::new()
             .wrap(payments.clone())
@@ -96,7 +98,7 @@ async fn main() -> std::io::Result<()> {
         "{}",
         setup.banner_for(
             &url,
-            "POST /ask: 1 credit, GET /reports/:id: 5, GET /stream: 2 (SSE), GET /health",
+            "POST /ask: 1 credit, GET /reports/{id}: 5, GET /stream: 2 (SSE), GET /health",
             "/ask"
         )
     );

@@ -45,6 +45,7 @@ async fn health() -> impl Responder {
 async fn main() -> std::io::Result<()> {
     let setup = settings::from_env_or_exit("quickstart");
     let port = settings::port();
+    settings::prepare_or_exit("quickstart", &setup.payments).await;
     let server = HttpServer::new({
         let payments = setup.payments.clone();
         move || {

@@ -67,7 +67,7 @@ async fn pays_a_402_by_itself_and_reuses_its_token() {
         assert_eq!(paid.response.status(), 200);
         let receipt = paid.receipt.clone().expect("receipt");
         assert_eq!(receipt.credits_redeemed_u64(), 2);
-        assert_eq!(receipt.remaining_balance.and_then(|a| a.as_u64()), Some(expected_balance));
+        assert_eq!(receipt.remaining_balance.as_ref().and_then(|a| a.as_u64()), Some(expected_balance));
         assert_eq!(paid.outcome, PaymentOutcome::Settled(receipt));
     }
     // One token, minted once, for the plan and agent of the envelope.

@@ -212,7 +212,7 @@ async fn every_variant_routed_to_a_protected_handler_is_402_and_nothing_else_is_
         guarded_handle.stop(false).await;
     }
     // Both outcomes were exercised in volume.
-    assert!(protected > 200 && passed_through > 200, "protected {protected}, passed {passed_through}");
+    assert!(protected > 100 && passed_through > 200, "protected {protected}, passed {passed_through}");
     println!(
         "{} variants: {protected} protected, {passed_through} passed through, {unrouted} unrouted asked to pay",
         cases.len() * 3
