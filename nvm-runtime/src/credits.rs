@@ -25,9 +25,12 @@ pub enum CreditsFuture<'a> {
         /// The most bytes read; a longer body is refused with 413.
         limit: usize,
         /// Prices the body.
-        price: Box<dyn FnOnce(&[u8]) -> u64 + 'a>,
+        price: BodyPrice<'a>,
     },
 }
+
+/// Prices a body that was read in full.
+pub type BodyPrice<'a> = Box<dyn FnOnce(&[u8]) -> u64 + 'a>;
 
 impl std::fmt::Debug for CreditsFuture<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -53,7 +53,7 @@ impl RouteKey {
             return Err(bad("the path does not start with `/`"));
         }
         let pattern = alias_params(path);
-        check_braces(&pattern).map_err(|why| bad(why))?;
+        check_braces(&pattern).map_err(bad)?;
         // The router's own parser; it panics on a bad regex segment, which `check_braces`
         // cannot see: that panic becomes an error here.
         let def = std::panic::catch_unwind(|| ResourceDef::new(pattern.as_str()))
