@@ -2,10 +2,11 @@
 //! ledger must agree with the README's policy:
 //!
 //! - gone in the middle of its body: the extractor fails, nothing is settled;
-//! - gone after sending its whole request (during verification or while the handler
-//!   runs): actix-web runs the request to its end and gives the app no sign of the
-//!   disconnect, so a 2xx is settled once, as for a buyer who stayed (the seller did
-//!   the work);
+//! - gone with an orderly close (FIN) after sending its whole request (during
+//!   verification or while the handler runs): actix-web allows half-closed connections,
+//!   runs the request to its end and gives the app no sign, so a 2xx is settled once,
+//!   as for a buyer who stayed (a reset connection drops the request instead: see
+//!   `hangup.rs`);
 //! - `Expect: 100-continue` without a token: actix-web's server writes `100 Continue`
 //!   before the app sees the request, then the 402 comes without the body being sent.
 
