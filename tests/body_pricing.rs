@@ -13,11 +13,10 @@ use nvm_runtime::credits::by_body;
 use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::{PaymentContext, paid};
-use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, mint, payments_for, serve};
+use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, RawAnswer, Runs, TestServer, mint, payments_for, serve};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// 1 credit per 10 words, at least 1.
 fn per_words(_req: &HttpRequest, body: &[u8]) -> u64 {
@@ -57,7 +56,6 @@ fn server(local: &LocalFacilitator, form: &str) -> TestServer {
 /// credits.
 async fn send(server: &TestServer, token: Option<&str>, text: &str, chunks: &[usize]) -> (u16, Option<u64>) {
     let addr = server.url.trim_start_matches("http://").to_owned();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut head = format!("POST /translate HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(token) = token {
         head.push_str(&format!("payment-signature: {token}\r\n"));
@@ -82,18 +80,14 @@ async fn send(server: &TestServer, token: Option<&str>, text: &str, chunks: &[us
         body.extend_from_slice(b"0\r\n\r\n");
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&body).await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let text = String::from_utf8_lossy(&answer);
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let receipt = text
-        .lines()
-        .take_while(|line| !line.is_empty())
-        .find_map(|line| line.strip_prefix("payment-response: "))
+    let mut request = head.into_bytes();
+    request.extend_from_slice(&body);
+    let answer = RawAnswer::exchange(&addr, &request).await;
+    let receipt = answer
+        .header("payment-response")
         .and_then(|value| nvm_runtime::messages::SettleResponse::from_header(value.trim()).ok())
         .map(|r| r.credits_redeemed_u64());
+    let status = answer.status();
     (status, receipt)
 }
 

@@ -15,11 +15,10 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use nvm_runtime::Payments;
 use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
-use nvm_tests::{DEMO_PLAN_ID, payments_for};
+use nvm_tests::{DEMO_PLAN_ID, RawAnswer, payments_for};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Handlers answer with their name in `x-handler` (HEAD answers have no body).
 fn named(name: &'static str) -> impl Fn() -> std::future::Ready<HttpResponse> + Clone + 'static {
@@ -114,20 +113,10 @@ fn start(payments: Payments, guarded: bool, normalize: Normalize) -> (String, ac
 
 /// Sends `method path` as raw bytes; returns the status and `x-handler`.
 async fn raw(addr: &str, method: &str, path: &str) -> (u16, Option<String>) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let text = String::from_utf8_lossy(&answer);
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let handler = text
-        .lines()
-        .take_while(|line| !line.is_empty())
-        .find_map(|line| line.strip_prefix("x-handler: "))
-        .map(str::to_owned);
-    (status, handler)
+    let answer = RawAnswer::exchange(addr, request.as_bytes()).await;
+    (answer.status(), answer.header("x-handler").map(str::to_owned))
 }
 
 /// A variant of a base path: some characters percent-encoded (either hex case), one

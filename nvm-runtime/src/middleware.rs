@@ -17,7 +17,7 @@ use crate::context::PaymentState;
 use crate::credits::{CreditsFuture, CreditsSource};
 use crate::error::ConfigError;
 use crate::paywall::{self, Terms};
-use crate::route_table::{self, Anchors, RouteKey};
+use crate::route_table::{Anchors, Lookup, RouteKey};
 
 type CreditsFn = dyn for<'a> Fn(&'a HttpRequest) -> CreditsFuture<'a> + Send + Sync;
 
@@ -264,7 +264,8 @@ impl<S> PaymentService<S> {
         });
         let anchors = anchors.as_ref().map_err(Clone::clone)?;
         let path = req.match_info().as_str();
-        let found = route_table::find(keys, anchors, req.resource_map(), req.method().as_str(), path);
+        let lookup = Lookup { keys, anchors, rmap: req.resource_map() };
+        let found = lookup.find(req.method().as_str(), path);
         Ok(found.map(|i| self.middleware.configs[i].clone()))
     }
 }

@@ -66,10 +66,6 @@ impl RouteKey {
             def,
         })
     }
-
-    fn method_matches(&self, method: &str) -> bool {
-        self.method == method
-    }
 }
 
 /// `/reports/:id` → `/reports/{id}`.
@@ -193,58 +189,50 @@ fn samples(def: &ResourceDef) -> Vec<String> {
         .collect()
 }
 
-/// The index of the entry that applies to `method` and the router's `path`.
-pub(crate) fn find(
-    keys: &[RouteKey],
-    anchors: &Anchors,
-    rmap: &ResourceMap,
-    method: &str,
-    path: &str,
-) -> Option<usize> {
-    let by_method = |m: &str| find_for_method(keys, anchors, rmap, m, path);
-    match by_method(method) {
-        None if method == "HEAD" => by_method("GET"),
-        found => found,
-    }
+/// The table, its anchors and the app's routes: what a look-up needs.
+#[derive(Clone, Copy)]
+pub(crate) struct Lookup<'a> {
+    pub(crate) keys: &'a [RouteKey],
+    pub(crate) anchors: &'a Anchors,
+    pub(crate) rmap: &'a ResourceMap,
 }
 
-fn find_for_method(
-    keys: &[RouteKey],
-    anchors: &Anchors,
-    rmap: &ResourceMap,
-    method: &str,
-    path: &str,
-) -> Option<usize> {
-    if let Some(found) = find_on_path(keys, anchors, rmap, method, path) {
-        return Some(found);
-    }
-    if rmap.has_resource(path) {
-        return None;
-    }
-    normalized_forms(path)
-        .iter()
-        .filter(|form| form.as_str() != path)
-        .find_map(|form| find_on_path(keys, anchors, rmap, method, form))
-}
-
-fn find_on_path(
-    keys: &[RouteKey],
-    anchors: &Anchors,
-    rmap: &ResourceMap,
-    method: &str,
-    path: &str,
-) -> Option<usize> {
-    let candidates = || keys.iter().enumerate().filter(|(_, k)| k.method_matches(method));
-    if let Some((i, _)) = candidates().find(|(_, k)| k.is_static && k.def.is_match(path)) {
-        return Some(i);
-    }
-    if let Some(pattern) = rmap.match_pattern(path) {
-        let routed = shape(&pattern);
-        if let Some((i, _)) = candidates().find(|(i, k)| anchors.anchored[*i] && k.shape == routed) {
-            return Some(i);
+impl Lookup<'_> {
+    /// The index of the entry that applies to `method` and the router's `path`.
+    pub(crate) fn find(self, method: &str, path: &str) -> Option<usize> {
+        match self.for_method(method, path) {
+            None if method == "HEAD" => self.for_method("GET", path),
+            found => found,
         }
     }
-    candidates().find(|(i, k)| !anchors.anchored[*i] && k.def.is_match(path)).map(|(i, _)| i)
+
+    fn for_method(self, method: &str, path: &str) -> Option<usize> {
+        if let Some(found) = self.on_path(method, path) {
+            return Some(found);
+        }
+        if self.rmap.has_resource(path) {
+            return None;
+        }
+        normalized_forms(path)
+            .iter()
+            .filter(|form| form.as_str() != path)
+            .find_map(|form| self.on_path(method, form))
+    }
+
+    fn on_path(self, method: &str, path: &str) -> Option<usize> {
+        let anchored = &self.anchors.anchored;
+        let candidates = || self.keys.iter().enumerate().filter(|(_, k)| k.method == method);
+        if let Some((i, _)) = candidates().find(|(_, k)| k.is_static && k.def.is_match(path)) {
+            return Some(i);
+        }
+        if let Some(pattern) = self.rmap.match_pattern(path) {
+            let routed = shape(&pattern);
+            if let Some((i, _)) = candidates().find(|(i, k)| anchored[*i] && k.shape == routed) {
+                return Some(i);
+            }
+        }
+        candidates().find(|(i, k)| !anchored[*i] && k.def.is_match(path)).map(|(i, _)| i)
+    }
 }
 
 #[cfg(test)]

@@ -133,3 +133,32 @@ pub fn envelope(response: &reqwest::Response) -> Option<nvm_runtime::envelope::P
     let value = response.headers().get("payment-required")?.to_str().ok()?;
     nvm_runtime::envelope::PaymentRequired::from_header(value).ok()
 }
+
+/// A raw HTTP/1.1 answer, read to the end of the connection.
+#[derive(Debug)]
+pub struct RawAnswer(pub String);
+
+impl RawAnswer {
+    /// Writes `request` as it is (paths, encodings and framing untouched by any client)
+    /// to `addr` and reads the answer until the server closes the connection; the
+    /// request should say `Connection: close`.
+    pub async fn exchange(addr: &str, request: &[u8]) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request).await.expect("write the request");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.expect("read the answer");
+        RawAnswer(String::from_utf8_lossy(&answer).into_owned())
+    }
+
+    /// The status code of the first status line, 0 when there is none.
+    pub fn status(&self) -> u16 {
+        self.0.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    /// The value of header `name` (written lower-case by actix-web), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{name}: ");
+        self.0.lines().take_while(|line| !line.is_empty()).find_map(|line| line.strip_prefix(prefix.as_str()))
+    }
+}
