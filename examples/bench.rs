@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 use actix_web::dev::ServerHandle;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use nvm_runtime::envelope::PaymentRequired;
-use nvm_runtime::facilitator::Facilitator;
+use nvm_runtime::backend::Facilitator;
 use nvm_runtime::local::{Calls, DEMO_PLAN_ID, LocalFacilitator, MintOptions};
-use nvm_runtime::messages::{Amount, FacilitatorRequest, SettleResponse};
+use nvm_runtime::wire::PaymentRequired;
+use nvm_runtime::wire::{Amount, FacilitatorRequest, SettleResponse};
 use nvm_runtime::{Payments, paid};
 use tokio::net::TcpStream;
 
@@ -724,7 +724,7 @@ fn run(settings: &Settings) -> Result<bool, String> {
     let token = local.mint_token(MintOptions::new());
 
     let key = local.builder_api_key().parse().map_err(|e| format!("builder key: {e}"))?;
-    let facilitator = Facilitator::new(local.backend_url(), &key, nvm_runtime::config::DEFAULT_TIMEOUT)
+    let facilitator = Facilitator::new(local.backend_url(), &key, nvm_runtime::backend::DEFAULT_TIMEOUT)
         .map_err(|e| e.to_string())?;
     let payments = || Payments::builder().api_key(local.builder_api_key()).backend_url(local.backend_url());
     let workers = Arc::new(Mutex::new(Vec::new()));

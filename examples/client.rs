@@ -11,20 +11,19 @@
 //! backend is used). The client sends the request, receives the 402, decodes the
 //! envelope, mints an access token, retries with it, and prints the receipt.
 
-use nvm_runtime::Payments;
 use nvm_runtime::client::{PayingClient, Subscriber};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let url = std::env::args().nth(1).unwrap_or_else(|| "http://127.0.0.1:3000/ask".to_owned());
-    let config = match Payments::from_env() {
+    let subscriber = match Subscriber::from_env() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("client: {error}\n(run the quick start: it prints the line to run this client with)");
             std::process::exit(2);
         }
     };
-    let client = PayingClient::new(Subscriber::new(config));
+    let client = PayingClient::new(subscriber);
     let request = client
         .http()
         .post(&url)

@@ -16,7 +16,7 @@
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, Responder, post, web};
 use nvm_examples::settings;
-use nvm_runtime::credits::by_body;
+use nvm_runtime::actix::credits::by_body;
 use nvm_runtime::{PaymentContext, paid};
 
 /// 1 credit per 100 tokens asked for, at least 1.

@@ -53,7 +53,7 @@ async fn main() -> std::io::Result<()> {
                 .app_data(payments.clone())
                 .service(ask)
                 .service(health)
-                .route("/pricing", web::get().to(nvm_runtime::pricing::manifest_handler))
+                .route("/pricing", web::get().to(nvm_runtime::actix::pricing::manifest_handler))
         }
     })
     .bind(("127.0.0.1", port))?;

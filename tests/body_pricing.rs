@@ -9,9 +9,9 @@
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, post, web};
-use nvm_runtime::credits::by_body;
+use nvm_runtime::actix::credits::by_body;
+use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::LocalFacilitator;
-use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::{PaymentContext, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, RawAnswer, Runs, TestServer, mint, payments_for, serve};
 use proptest::prelude::*;
@@ -85,7 +85,7 @@ async fn send(server: &TestServer, token: Option<&str>, text: &str, chunks: &[us
     let answer = RawAnswer::exchange(&addr, &request).await;
     let receipt = answer
         .header("payment-response")
-        .and_then(|value| nvm_runtime::messages::SettleResponse::from_header(value.trim()).ok())
+        .and_then(|value| nvm_runtime::wire::SettleResponse::from_header(value.trim()).ok())
         .map(|r| r.credits_redeemed_u64());
     let status = answer.status();
     (status, receipt)

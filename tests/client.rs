@@ -11,8 +11,8 @@ use std::time::Duration;
 use actix_web::{HttpResponse, post, web};
 use nvm_runtime::client::{ClientError, PaidResponse, PayingClient, PaymentOutcome, Subscriber};
 use nvm_runtime::local::{Calls, Endpoint, Fault, LocalFacilitator};
-use nvm_runtime::messages::CODE_SPENT;
-use nvm_runtime::{Payments, PaymentsBuilder, paid};
+use nvm_runtime::wire::CODE_SPENT;
+use nvm_runtime::{PaymentsBuilder, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, payments_for, serve};
 
 /// The price of `POST /ask`.
@@ -50,12 +50,12 @@ fn setup_with(
     let server = serve(Some(seller(&local).build().unwrap()), |cfg: &mut web::ServiceConfig| {
         cfg.service(ask).service(fail).service(free);
     });
-    let subscriber = Payments::builder()
+    let subscriber = Subscriber::builder()
         .api_key(local.subscriber_api_key())
         .backend_url(local.backend_url())
         .build()
         .unwrap();
-    (local, server, PayingClient::new(Subscriber::new(subscriber)))
+    (local, server, PayingClient::new(subscriber))
 }
 
 #[actix_web::test]

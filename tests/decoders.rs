@@ -21,13 +21,13 @@ use std::time::Duration;
 use actix_web::{HttpResponse, post, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use nvm_runtime::codec::{self, DecodeError, MAX_HEADER_LEN};
-use nvm_runtime::envelope::{Accepted, Extra, PaymentRequired, Resource};
-use nvm_runtime::environment::ApiKey;
+use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
+use nvm_runtime::backend::ApiKey;
 use nvm_runtime::local::{LocalFacilitator, MintOptions, PlanSpec};
-use nvm_runtime::messages::{Amount, ResourceBinding, SettleResponse};
-use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::token::{AccessToken, Authorization, PaymentPayload, SignedPayload};
+use nvm_runtime::wire::codec::{self, DecodeError, MAX_HEADER_LEN};
+use nvm_runtime::wire::{Accepted, Extra, PaymentRequired, Resource};
+use nvm_runtime::wire::{AccessToken, Authorization, PaymentPayload, SignedPayload};
+use nvm_runtime::wire::{Amount, ResourceBinding, SettleResponse};
 use nvm_runtime::{Environment, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, payments_for, serve};
 use proptest::prelude::*;
@@ -468,9 +468,9 @@ fn decode_everything(input: &str) {
     let _ = AccessToken::new(input).decode();
     let _ = input.parse::<ApiKey>();
     let _ = input.parse::<Environment>();
-    let _ = serde_json::from_str::<nvm_runtime::messages::VerifyResponse>(input);
+    let _ = serde_json::from_str::<nvm_runtime::wire::VerifyResponse>(input);
     let _ = serde_json::from_str::<SettleResponse>(input);
-    let _ = serde_json::from_str::<nvm_runtime::messages::BackendError>(input);
+    let _ = serde_json::from_str::<nvm_runtime::wire::BackendError>(input);
 }
 
 proptest! {

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, Responder, get, post, web};
+use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::LocalFacilitator;
-use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::{PaymentContext, PaymentError, Payments, PaymentsBuilder, paid};
 use nvm_tests::{
     DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, mint, payments_for, receipt, serve,
@@ -601,7 +601,7 @@ async fn a_missing_configuration_is_a_500_that_says_what_to_add() {
 
 #[test]
 fn every_paid_handler_is_in_the_pricing_table() {
-    let manifest = nvm_runtime::pricing::manifest();
+    let manifest = nvm_runtime::actix::pricing::manifest();
     let asked = manifest.iter().find(|r| r.handler == "ask").expect("ask recorded");
     assert_eq!(asked.credits, serde_json::json!(2));
     assert_eq!(asked.plan_id.as_deref(), Some(DEMO_PLAN_ID));
@@ -624,7 +624,7 @@ async fn the_manifest_handler_serves_the_table_with_routes_learned_from_traffic(
     let response = http().post(s.server.at("/ask")).send().await.unwrap();
     assert_eq!(response.status(), 402);
     let server = serve(None, |cfg: &mut web::ServiceConfig| {
-        cfg.route("/pricing", web::get().to(nvm_runtime::pricing::manifest_handler));
+        cfg.route("/pricing", web::get().to(nvm_runtime::actix::pricing::manifest_handler));
     });
     let body: serde_json::Value =
         http().get(server.at("/pricing")).send().await.unwrap().json().await.unwrap();

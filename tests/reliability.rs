@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, post, web};
+use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::client::{ClientError, PayingClient, Subscriber};
 use nvm_runtime::local::{Calls, Endpoint, Fault, LocalFacilitator, MintOptions};
-use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::{Payments, PaymentsBuilder, paid};
 use nvm_tests::{
     DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, payments_for, receipt, serve,
@@ -285,8 +285,8 @@ async fn until_called(local: &LocalFacilitator, endpoint: Endpoint) {
 struct Outcome {
     status: u16,
     elapsed: Duration,
-    receipt: Option<nvm_runtime::messages::SettleResponse>,
-    envelope: Option<nvm_runtime::envelope::PaymentRequired>,
+    receipt: Option<nvm_runtime::wire::SettleResponse>,
+    envelope: Option<nvm_runtime::wire::PaymentRequired>,
     body: String,
 }
 
@@ -524,13 +524,13 @@ async fn permissions_faults_fail_the_paying_client_within_its_timeout() {
     for fault in faults {
         let rig = Rig::new(|b| b);
         rig.local.inject(Endpoint::Permissions, fault.clone());
-        let config = Payments::builder()
+        let subscriber = Subscriber::builder()
             .api_key(rig.local.subscriber_api_key())
             .backend_url(rig.local.backend_url())
             .timeout(TIMEOUT)
             .build()
             .expect("subscriber config");
-        let client = PayingClient::new(Subscriber::new(config));
+        let client = PayingClient::new(subscriber);
         let started = Instant::now();
         let result = client.send(client.http().post(rig.server.at("/paid"))).await;
         let elapsed = started.elapsed();

@@ -14,13 +14,13 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use actix_web::{HttpResponse, post, web};
+use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
+use nvm_runtime::backend::ApiKey;
+use nvm_runtime::backend::Facilitator;
 use nvm_runtime::client::{PayingClient, Subscriber};
-use nvm_runtime::environment::ApiKey;
-use nvm_runtime::facilitator::Facilitator;
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
-use nvm_runtime::messages::{FacilitatorRequest, PermissionsResponse};
-use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::token::AccessToken;
+use nvm_runtime::wire::AccessToken;
+use nvm_runtime::wire::{FacilitatorRequest, PermissionsResponse};
 use nvm_runtime::{PaymentContext, Payments, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, TestServer, http, payments_for, serve};
 
@@ -70,7 +70,7 @@ fn forms_of(secret: &str) -> Vec<String> {
     // A token: its signature, as hex and as the base64 characters that carry it.
     if let Ok(payload) = AccessToken::new(secret).decode() {
         let signature = payload.payload.signature.clone();
-        let json = nvm_runtime::codec::decode_base64(secret).unwrap_or_default();
+        let json = nvm_runtime::wire::codec::decode_base64(secret).unwrap_or_default();
         let start = json.windows(signature.len()).position(|w| w == signature.as_bytes());
         if let Some(start) = start.filter(|_| signature.len() >= 16) {
             let (from, to) = (start.div_ceil(3) * 4, (start + signature.len()) / 3 * 4);
@@ -181,18 +181,18 @@ async fn a_full_paid_flow_logs_no_secret_even_at_trace() {
 
     // The buyer's side: a paying client mints over HTTP, pays, and re-mints when its
     // cached token is refused.
-    let subscriber_config = Payments::builder()
+    let subscriber = Subscriber::builder()
         .api_key(local.subscriber_api_key())
         .backend_url(local.backend_url())
         .build()
         .expect("subscriber config");
-    let client = PayingClient::new(Subscriber::new(subscriber_config));
+    let client = PayingClient::new(subscriber);
     let paid = client.send(client.http().post(server.at("/paid"))).await.expect("pays");
     assert_eq!(paid.response.status(), 200);
     let minted = client
         .subscriber()
         .token_for(
-            &nvm_runtime::envelope::PaymentRequired::builder(DEMO_PLAN_ID, "eip155:84532").build().accepts[0],
+            &nvm_runtime::wire::PaymentRequired::builder(DEMO_PLAN_ID, "eip155:84532").build().accepts[0],
         )
         .await
         .expect("a token");
@@ -244,20 +244,17 @@ async fn debug_of_every_type_holding_a_secret_redacts_it() {
     let facilitator = Facilitator::new(local.backend_url(), &key, Duration::from_secs(1)).expect("client");
     let payload = AccessToken::new(token.as_str()).decode().expect("decodes");
     let request = FacilitatorRequest {
-        payment_required: nvm_runtime::envelope::PaymentRequired::builder(DEMO_PLAN_ID, "eip155:84532")
-            .build(),
+        payment_required: nvm_runtime::wire::PaymentRequired::builder(DEMO_PLAN_ID, "eip155:84532").build(),
         x402_access_token: token.clone(),
         max_amount: None,
         agent_request_id: None,
     };
     let minted = PermissionsResponse { access_token: token.clone() };
-    let subscriber = Subscriber::new(
-        Payments::builder()
-            .api_key(local.subscriber_api_key())
-            .backend_url(local.backend_url())
-            .build()
-            .expect("subscriber config"),
-    );
+    let subscriber = Subscriber::builder()
+        .api_key(local.subscriber_api_key())
+        .backend_url(local.backend_url())
+        .build()
+        .expect("subscriber config");
     let middleware =
         PaymentMiddleware::new(payments.clone()).route("POST /ask", RouteConfig::new(DEMO_PLAN_ID));
     let debugs = [

@@ -14,11 +14,12 @@ async fn needs_env() -> HttpResponse {
 fn an_unset_env_plan_fails_the_startup_check_by_name() {
     // Nothing sets this variable: it exists for this test only.
     assert!(std::env::var_os("NVM_TEST_STARTUP_PLAN").is_none());
-    let error = nvm_runtime::pricing::check_startup().unwrap_err();
+    let error = nvm_runtime::actix::pricing::check_startup().unwrap_err();
     let message = error.to_string();
     assert!(message.contains("NVM_TEST_STARTUP_PLAN"), "{message}");
     assert!(message.contains("needs_env"), "{message}");
-    let route = nvm_runtime::pricing::manifest().into_iter().find(|r| r.handler == "needs_env").unwrap();
-    assert_eq!(route.plan, nvm_runtime::route::ValueSource::Env("NVM_TEST_STARTUP_PLAN".into()));
+    let route =
+        nvm_runtime::actix::pricing::manifest().into_iter().find(|r| r.handler == "needs_env").unwrap();
+    assert_eq!(route.plan, nvm_runtime::actix::pricing::ValueSource::Env("NVM_TEST_STARTUP_PLAN".into()));
     assert_eq!(route.plan_id, None);
 }

@@ -7,9 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nvm_runtime::Payments;
 use nvm_runtime::client::{PayingClient, Subscriber};
-use nvm_runtime::messages::SettleResponse;
+use nvm_runtime::wire::SettleResponse;
 
 /// A running example, killed when dropped.
 struct Example {
@@ -92,9 +91,9 @@ impl Example {
 
     fn paying_client(&self) -> PayingClient {
         let (key, backend) = self.subscriber();
-        let config =
-            Payments::builder().api_key(key).backend_url(backend).build().expect("subscriber config");
-        PayingClient::new(Subscriber::new(config))
+        let subscriber =
+            Subscriber::builder().api_key(key).backend_url(backend).build().expect("subscriber config");
+        PayingClient::new(subscriber)
     }
 }
 
@@ -137,7 +136,7 @@ async fn quickstart_is_paid_by_the_client_by_plain_http_and_by_its_curl_lines() 
     let token = client
         .subscriber()
         .token_for(
-            &nvm_runtime::envelope::PaymentRequired::builder(
+            &nvm_runtime::wire::PaymentRequired::builder(
                 pricing["routes"][0]["planId"].as_str().unwrap(),
                 "eip155:84532",
             )

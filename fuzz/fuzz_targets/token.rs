@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvm_runtime::environment::ApiKey;
-use nvm_runtime::token::AccessToken;
+use nvm_runtime::backend::ApiKey;
+use nvm_runtime::wire::AccessToken;
 
 fuzz_target!(|data: &[u8]| {
     let input = String::from_utf8_lossy(data);

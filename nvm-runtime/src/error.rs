@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::messages::BackendError;
+use crate::wire::BackendError;
 
 /// A configuration mistake. Each message says what to set instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,28 +2,22 @@
 //!
 //! Annotate a handler with [`paid`]; register a [`Payments`] configuration with the
 //! `App`; read what was paid through [`PaymentContext`].
+//!
+//! The crate is built in layers, each a module, and imports point one way:
+//! [`wire`] ← [`backend`] ← `flow` ← [`actix`]; [`client`] and `local` sit on
+//! [`wire`] and [`backend`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod cache;
-pub mod client;
-pub mod codec;
-pub mod config;
-pub mod context;
-pub mod credits;
-pub mod envelope;
-pub mod environment;
 pub mod error;
-pub mod facilitator;
-pub mod headers;
-mod hooks;
-pub mod messages;
-pub mod middleware;
-mod paywall;
-pub mod plans;
-pub mod pricing;
-pub mod route;
-mod route_table;
-pub mod token;
+pub mod wire;
+
+pub mod backend;
+
+mod flow;
+
+pub mod actix;
+
+pub mod client;
 
 #[cfg(feature = "local")]
 pub mod local;
@@ -32,11 +26,9 @@ pub mod local;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use config::{Payments, PaymentsBuilder};
-pub use context::{ChargeError, PaymentContext};
-pub use environment::Environment;
+pub use actix::{ChargeError, PaymentContext, PaymentMiddleware, Payments, PaymentsBuilder, RouteConfig};
+pub use backend::Environment;
 pub use error::{ConfigError, FacilitatorError, PaymentError};
-pub use hooks::Hooks;
 pub use nvm_macros::paid;
 
 /// The README's snippets, compiled and run as doctests.

@@ -17,13 +17,13 @@ use actix_web::{FromRequest, Responder, ResponseError};
 pub use actix_web::{HttpRequest, HttpResponse};
 pub use inventory;
 
-pub use crate::credits::{CreditsFuture, CreditsSource};
-pub use crate::pricing::RouteEntry;
-pub use crate::route::{Credits, Route, RouteSpec, Value};
+pub use crate::actix::credits::{CreditsFuture, CreditsSource};
+pub use crate::actix::pricing::RouteEntry;
+pub use crate::actix::route::{Credits, Route, RouteSpec, Value};
 
-use crate::config::Payments;
-use crate::context::PaymentState;
-use crate::paywall::{self, Terms};
+use crate::actix::context::PaymentState;
+use crate::actix::payments::Payments;
+use crate::actix::paywall::{self, Terms};
 
 /// A `#[paid]` handler's link to its [`Route`]; implemented by a marker type the macro
 /// generates next to the handler.

@@ -6,10 +6,10 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use nvm_runtime::envelope::PaymentRequired;
+use nvm_runtime::backend::Facilitator;
 use nvm_runtime::error::{FacilitatorError, Unavailable};
-use nvm_runtime::facilitator::Facilitator;
-use nvm_runtime::messages::FacilitatorRequest;
+use nvm_runtime::wire::FacilitatorRequest;
+use nvm_runtime::wire::PaymentRequired;
 
 const TIMEOUT: Duration = Duration::from_millis(400);
 // header {"alg":"none"}, payload {"sub":"0xabc","o11y":"k"}

@@ -6,17 +6,17 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nvm_runtime::codec;
-use nvm_runtime::envelope::PaymentRequired;
-use nvm_runtime::environment::ApiKey;
+use nvm_runtime::backend::ApiKey;
+use nvm_runtime::backend::Facilitator;
 use nvm_runtime::error::{FacilitatorError, Unavailable};
-use nvm_runtime::facilitator::Facilitator;
 use nvm_runtime::local::{Calls, LocalFacilitator, LocalInfo, MintOptions, PlanSpec};
-use nvm_runtime::messages::{
+use nvm_runtime::wire::AccessToken;
+use nvm_runtime::wire::PaymentRequired;
+use nvm_runtime::wire::codec;
+use nvm_runtime::wire::{
     CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, FacilitatorRequest, PermissionsRequest, ResourceBinding,
     SettleResponse, VerifyResponse,
 };
-use nvm_runtime::token::AccessToken;
 
 const NETWORK: &str = "eip155:84532";
 

@@ -11,7 +11,7 @@ use actix_web::web::ServiceConfig;
 use actix_web::{App, HttpServer, web};
 use nvm_runtime::client::{MintOptions, Subscriber};
 use nvm_runtime::local::LocalFacilitator;
-use nvm_runtime::messages::SettleResponse;
+use nvm_runtime::wire::SettleResponse;
 use nvm_runtime::{Payments, PaymentsBuilder};
 
 pub use nvm_runtime::local::{DEMO_AGENT_ID, DEMO_PLAN_ID};
@@ -102,18 +102,18 @@ pub async fn mint_with(
     agent_id: Option<&str>,
     version: Option<u8>,
 ) -> String {
-    let config = Payments::builder()
+    let subscriber = Subscriber::builder()
         .api_key(subscriber_key)
         .backend_url(local.backend_url())
         .timeout(Duration::from_secs(3))
         .build()
         .expect("subscriber config");
-    let mut envelope = nvm_runtime::envelope::PaymentRequired::builder(plan_id, "eip155:84532");
+    let mut envelope = nvm_runtime::wire::PaymentRequired::builder(plan_id, "eip155:84532");
     if let Some(agent) = agent_id {
         envelope = envelope.agent_id(agent);
     }
     let options = MintOptions { token_version: version, ..MintOptions::default() };
-    let token = Subscriber::new(config).mint(&envelope.build().accepts[0], &options).await.expect("mint");
+    let token = subscriber.mint(&envelope.build().accepts[0], &options).await.expect("mint");
     token.as_str().to_owned()
 }
 
@@ -129,9 +129,9 @@ pub fn receipt(response: &reqwest::Response) -> Option<SettleResponse> {
 }
 
 /// Decodes the `payment-required` envelope of a response, if it has one.
-pub fn envelope(response: &reqwest::Response) -> Option<nvm_runtime::envelope::PaymentRequired> {
+pub fn envelope(response: &reqwest::Response) -> Option<nvm_runtime::wire::PaymentRequired> {
     let value = response.headers().get("payment-required")?.to_str().ok()?;
-    nvm_runtime::envelope::PaymentRequired::from_header(value).ok()
+    nvm_runtime::wire::PaymentRequired::from_header(value).ok()
 }
 
 /// A raw HTTP/1.1 answer, read to the end of the connection.

@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::codec;
-use crate::token::PaymentPayload;
+use crate::wire::PaymentPayload;
+use crate::wire::codec;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -305,7 +305,7 @@ mod tests {
         assert_eq!(check_bearer(&other, Some(&bearer)), Err(KeyError::Forged));
         assert_eq!(check_bearer(&secret, None), Err(KeyError::Missing));
         assert_eq!(check_bearer(&secret, Some("Bearer local:abc")), Err(KeyError::Malformed));
-        let parsed: crate::environment::ApiKey = key.parse().expect("parses");
+        let parsed: crate::backend::ApiKey = key.parse().expect("parses");
         assert!(parsed.has_o11y());
     }
 

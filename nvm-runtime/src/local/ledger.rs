@@ -12,9 +12,9 @@ use sha2::{Digest, Sha256};
 use super::keys::{self, Secret};
 use super::wire::{FacilitatorBody, PermissionsBody};
 use super::{Calls, LocalPlan, MintOptions, PlanSpec};
-use crate::envelope::{Accepted, Extra, SCHEME_CARD_DELEGATION, SCHEME_ERC4337, X402_VERSION};
-use crate::messages::{CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, ResourceBinding};
-use crate::token::{AccessToken, Authorization, PaymentPayload, SignedPayload, TokenHash};
+use crate::wire::{Accepted, Extra, SCHEME_CARD_DELEGATION, SCHEME_ERC4337, X402_VERSION};
+use crate::wire::{AccessToken, Authorization, PaymentPayload, SignedPayload, TokenHash};
+use crate::wire::{CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, ResourceBinding};
 
 /// The network of crypto plans (the `custom` environment's default).
 pub(crate) const CRYPTO_NETWORK: &str = "eip155:84532";

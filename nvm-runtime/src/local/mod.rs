@@ -390,7 +390,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new());
@@ -408,7 +408,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().plan("123"));
@@ -424,7 +424,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().agent("456"));
@@ -441,7 +441,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().no_agent());
@@ -457,7 +457,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let (_key, address) = local.add_subscriber(local.plan_id(), 1);
@@ -474,7 +474,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().version(3));
@@ -490,7 +490,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().single_use());
@@ -507,7 +507,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().single_use().resource("/ask"));
@@ -524,7 +524,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().single_use().http_verb("POST"));
@@ -542,7 +542,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let expired = local.mint_token(MintOptions::new().valid_before(1));
@@ -559,7 +559,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().scheme("nvm:card-delegation"));
@@ -575,7 +575,7 @@ impl MintOptions {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().network("eip155:8453"));
@@ -628,7 +628,7 @@ impl LocalFacilitator {
     ///
     /// ```
     /// let local = nvm_runtime::local::LocalFacilitator::start()?;
-    /// let key: nvm_runtime::environment::ApiKey = local.builder_api_key().parse().unwrap();
+    /// let key: nvm_runtime::backend::ApiKey = local.builder_api_key().parse().unwrap();
     /// assert_eq!(key.account(), local.builder_address());
     /// assert!(key.has_o11y());
     /// # Ok::<(), std::io::Error>(())
@@ -641,7 +641,7 @@ impl LocalFacilitator {
     ///
     /// ```
     /// let local = nvm_runtime::local::LocalFacilitator::start()?;
-    /// let key: nvm_runtime::environment::ApiKey = local.subscriber_api_key().parse().unwrap();
+    /// let key: nvm_runtime::backend::ApiKey = local.subscriber_api_key().parse().unwrap();
     /// assert_eq!(key.account(), local.subscriber_address());
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -780,7 +780,7 @@ impl LocalFacilitator {
     ///
     /// ```
     /// use nvm_runtime::local::{LocalFacilitator, MintOptions};
-    /// use nvm_runtime::token::AccessToken;
+    /// use nvm_runtime::wire::AccessToken;
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().single_use().resource("/ask"));

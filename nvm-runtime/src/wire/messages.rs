@@ -3,13 +3,14 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::envelope::PaymentRequired;
+use super::envelope::PaymentRequired;
+use super::token::ResourceBinding;
 
 /// A credit amount as the wire carries it: a decimal string (`"1"`), also read from a
 /// JSON number because some backend fields (`balance`) come either way.
 ///
 /// ```
-/// use nvm_runtime::messages::Amount;
+/// use nvm_runtime::wire::Amount;
 /// let a: Amount = serde_json::from_str("\"12\"").unwrap();
 /// let b: Amount = serde_json::from_str("12").unwrap();
 /// assert_eq!(a, b);
@@ -83,7 +84,7 @@ impl std::fmt::Debug for FacilitatorRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FacilitatorRequest")
             .field("payment_required", &self.payment_required)
-            .field("x402_access_token", &crate::token::TokenHash::of(&self.x402_access_token))
+            .field("x402_access_token", &crate::wire::TokenHash::of(&self.x402_access_token))
             .field("max_amount", &self.max_amount)
             .field("agent_request_id", &self.agent_request_id)
             .finish()
@@ -190,7 +191,7 @@ pub struct Balance {
 /// `payment-response` receipt passes them through untouched.
 ///
 /// ```
-/// use nvm_runtime::messages::SettleResponse;
+/// use nvm_runtime::wire::SettleResponse;
 /// let json = r#"{"success":true,"transaction":"0xab","creditsRedeemed":"1","remainingBalance":"9","novel":[1]}"#;
 /// let receipt: SettleResponse = serde_json::from_str(json).unwrap();
 /// assert!(receipt.success);
@@ -235,12 +236,12 @@ pub struct SettleResponse {
 impl SettleResponse {
     /// The value of the `payment-response` header.
     pub fn to_header(&self) -> String {
-        crate::codec::encode_json_header(self)
+        crate::wire::codec::encode_json_header(self)
     }
 
     /// Reads a `payment-response` header value.
-    pub fn from_header(value: &str) -> Result<Self, crate::codec::DecodeError> {
-        crate::codec::decode_json_header(value)
+    pub fn from_header(value: &str) -> Result<Self, crate::wire::codec::DecodeError> {
+        crate::wire::codec::decode_json_header(value)
     }
 
     /// Credits redeemed as a number (0 when absent or unreadable).
@@ -282,7 +283,7 @@ pub const CODE_SPENT: &str = "BCK.X402.0059";
 #[serde(rename_all = "camelCase")]
 pub struct PermissionsRequest {
     /// What the token pays for.
-    pub accepted: crate::envelope::Accepted,
+    pub accepted: crate::wire::Accepted,
     /// Card delegation settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegation_config: Option<DelegationConfig>,
@@ -302,14 +303,6 @@ pub struct DelegationConfig {
     pub delegation_id: String,
 }
 
-/// `resource` of a [`PermissionsRequest`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ResourceBinding {
-    /// The URL (path) the token is bound to.
-    pub url: String,
-}
-
 /// The answer of `POST /api/v1/x402/permissions`.
 ///
 /// `Debug` shows the token only as its hash.
@@ -323,7 +316,7 @@ pub struct PermissionsResponse {
 impl std::fmt::Debug for PermissionsResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PermissionsResponse")
-            .field("access_token", &crate::token::TokenHash::of(&self.access_token))
+            .field("access_token", &crate::wire::TokenHash::of(&self.access_token))
             .finish()
     }
 }

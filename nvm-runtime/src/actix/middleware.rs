@@ -12,12 +12,12 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forwar
 use actix_web::error::InternalError;
 use actix_web::{Error, HttpMessage, HttpRequest};
 
-use crate::config::Payments;
-use crate::context::PaymentState;
-use crate::credits::{CreditsFuture, CreditsSource};
+use crate::actix::context::PaymentState;
+use crate::actix::credits::{CreditsFuture, CreditsSource};
+use crate::actix::payments::Payments;
+use crate::actix::paywall::{self, Terms};
+use crate::actix::route_table::{Anchors, Lookup, RouteKey};
 use crate::error::ConfigError;
-use crate::paywall::{self, Terms};
-use crate::route_table::{Anchors, Lookup, RouteKey};
 
 type CreditsFn = dyn for<'a> Fn(&'a HttpRequest) -> CreditsFuture<'a> + Send + Sync;
 
@@ -25,7 +25,7 @@ type CreditsFn = dyn for<'a> Fn(&'a HttpRequest) -> CreditsFuture<'a> + Send + S
 ///
 /// ```
 /// use actix_web::HttpRequest;
-/// use nvm_runtime::middleware::RouteConfig;
+/// use nvm_runtime::actix::RouteConfig;
 ///
 /// let fixed = RouteConfig::new("1234").credits(2).agent("77");
 /// let dynamic = RouteConfig::new("1234").credits(|req: &HttpRequest| req.path().len() as u64);
@@ -146,7 +146,7 @@ impl RouteConfig {
 /// ```
 /// use actix_web::{web, App, HttpResponse};
 /// use nvm_runtime::Payments;
-/// use nvm_runtime::middleware::{PaymentMiddleware, RouteConfig};
+/// use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 ///
 /// let payments = Payments::builder()
 ///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")

@@ -101,7 +101,7 @@ impl FromStr for Environment {
 /// `Debug` shows only the account, never the key.
 ///
 /// ```
-/// use nvm_runtime::environment::ApiKey;
+/// use nvm_runtime::backend::ApiKey;
 /// // header {"alg":"none"}, payload {"sub":"0xabc","o11y":"k"}
 /// let key: ApiKey = "sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.".parse().unwrap();
 /// assert_eq!(key.account(), "0xabc");
@@ -162,7 +162,7 @@ impl FromStr for ApiKey {
                 "it has no JWT after the prefix (expected `<prefix>:<header>.<payload>.<signature>`)".into(),
             )
         })?;
-        let bytes = crate::codec::decode_base64(payload)
+        let bytes = crate::wire::codec::decode_base64(payload)
             .map_err(|e| ConfigError::MalformedApiKey(format!("its JWT payload is unreadable: {e}")))?;
         let claims: Claims = serde_json::from_slice(&bytes)
             .map_err(|e| ConfigError::MalformedApiKey(format!("its JWT payload is not JSON claims: {e}")))?;

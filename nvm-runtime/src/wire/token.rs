@@ -6,15 +6,15 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::codec::{self, DecodeError};
-use crate::envelope::Accepted;
+use crate::wire::Accepted;
+use crate::wire::codec::{self, DecodeError};
 
 /// An x402 access token exactly as the client sent it.
 ///
 /// `Debug` and `Display` show only its short hash, so a token never reaches a log.
 ///
 /// ```
-/// use nvm_runtime::token::AccessToken;
+/// use nvm_runtime::wire::AccessToken;
 /// let token = AccessToken::new("secret-token-value");
 /// assert!(!format!("{token:?}").contains("secret"));
 /// assert_eq!(token.as_str(), "secret-token-value");
@@ -60,7 +60,7 @@ impl fmt::Display for AccessToken {
 /// to an attacker.
 ///
 /// ```
-/// use nvm_runtime::token::TokenHash;
+/// use nvm_runtime::wire::TokenHash;
 /// assert_eq!(TokenHash::of("abc").to_string(), "tok:ba7816bf8f01");
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,7 +100,7 @@ pub struct PaymentPayload {
     pub payload: SignedPayload,
     /// The resource a single-use token is bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource: Option<crate::messages::ResourceBinding>,
+    pub resource: Option<ResourceBinding>,
     /// Always `{}`.
     #[serde(default)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
@@ -155,4 +155,13 @@ impl PaymentPayload {
     pub fn to_token(&self) -> AccessToken {
         AccessToken(codec::encode_json_header(self))
     }
+}
+
+/// The `resource` a single-use token is bound to (in a permissions request and in the
+/// token itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceBinding {
+    /// The URL (path) the token is bound to.
+    pub url: String,
 }

@@ -8,13 +8,13 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValu
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use actix_web::web::Bytes;
+use bytes::Bytes;
 use reqwest::Url;
 
-use crate::envelope::PaymentRequired;
-use crate::environment::ApiKey;
+use crate::backend::ApiKey;
 use crate::error::{ConfigError, FacilitatorError, Unavailable};
-use crate::messages::{
+use crate::wire::PaymentRequired;
+use crate::wire::{
     Amount, BackendError, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SettleResponse,
     VerifyResponse,
 };
@@ -38,7 +38,7 @@ const VERIFY_ATTEMPTS: u32 = 2;
 ///
 /// ```
 /// use std::time::Duration;
-/// use nvm_runtime::facilitator::Facilitator;
+/// use nvm_runtime::backend::Facilitator;
 ///
 /// let key = "local:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.".parse().unwrap();
 /// let facilitator = Facilitator::new("http://127.0.0.1:3001", &key, Duration::from_secs(5)).unwrap();

@@ -4,13 +4,16 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use crate::codec::DecodeError;
-use crate::config::Payments;
-use crate::envelope::{Accepted, PaymentRequired};
+use crate::wire::codec::DecodeError;
+use std::time::Duration;
+
+use crate::backend::{ApiKey, BackendSettings, Connection, Environment, Facilitator};
+use crate::error::ConfigError;
 use crate::error::FacilitatorError;
-use crate::headers::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE};
-use crate::messages::{CODE_SPENT, DelegationConfig, PermissionsRequest, ResourceBinding, SettleResponse};
-use crate::token::AccessToken;
+use crate::wire::AccessToken;
+use crate::wire::{Accepted, PaymentRequired};
+use crate::wire::{CODE_SPENT, DelegationConfig, PermissionsRequest, ResourceBinding, SettleResponse};
+use crate::wire::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE};
 
 /// Options of a minted token.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,35 +49,88 @@ pub enum ClientError {
 }
 
 /// Mints access tokens with a subscriber's key, caching one reusable token per plan and
-/// agent.
+/// agent. Built from the subscriber's API key, like the seller's configuration is built
+/// from the seller's: [`Subscriber::from_env`] reads the same variables.
 ///
 /// ```
-/// use nvm_runtime::Payments;
 /// use nvm_runtime::client::Subscriber;
 ///
-/// let subscriber_config = Payments::builder()
+/// let subscriber = Subscriber::builder()
 ///     .api_key("local:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")
 ///     .backend_url("http://127.0.0.1:3001")
 ///     .build()
 ///     .unwrap();
-/// let subscriber = Subscriber::new(subscriber_config);
 /// assert_eq!(subscriber.account(), "0xabc");
 /// ```
 #[derive(Debug)]
 pub struct Subscriber {
-    config: Payments,
+    api_key: ApiKey,
+    facilitator: Facilitator,
     tokens: Mutex<HashMap<(String, Option<String>), AccessToken>>,
 }
 
+/// Builds a [`Subscriber`]: the subscriber's API key, and where the backend is.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct SubscriberBuilder {
+    backend: BackendSettings,
+}
+
+impl SubscriberBuilder {
+    /// The subscriber's NVM API key, `<prefix>:<JWT>`; its prefix picks the environment.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.backend.api_key = Some(key.into());
+        self
+    }
+
+    /// The environment, used when the key's prefix names none.
+    pub fn environment(mut self, environment: Environment) -> Self {
+        self.backend.environment = Some(environment);
+        self
+    }
+
+    /// Overrides the backend base URL, whatever the environment.
+    pub fn backend_url(mut self, url: impl Into<String>) -> Self {
+        self.backend.backend_url = Some(url.into());
+        self
+    }
+
+    /// The bound on each backend call (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.backend.timeout = Some(timeout);
+        self
+    }
+
+    /// Checks the key and builds the subscriber.
+    pub fn build(self) -> Result<Subscriber, ConfigError> {
+        let Connection { api_key, facilitator, .. } = self.backend.connect()?;
+        Ok(Subscriber { api_key, facilitator, tokens: Mutex::new(HashMap::new()) })
+    }
+}
+
 impl Subscriber {
-    /// A subscriber using the key, environment and backend of `config`.
-    pub fn new(config: Payments) -> Self {
-        Subscriber { config, tokens: Mutex::new(HashMap::new()) }
+    /// Starts a subscriber.
+    pub fn builder() -> SubscriberBuilder {
+        SubscriberBuilder::default()
+    }
+
+    /// A subscriber from `NVM_API_KEY` (the subscriber's key, required),
+    /// `NVM_ENVIRONMENT` and `NVM_BACKEND_URL` (used by the `custom` environment).
+    ///
+    /// ```
+    /// match nvm_runtime::client::Subscriber::from_env() {
+    ///     Ok(subscriber) => println!("paying as {}", subscriber.account()),
+    ///     // Without NVM_API_KEY, the error says what to set.
+    ///     Err(error) => assert!(error.to_string().contains("NVM_API_KEY")),
+    /// }
+    /// ```
+    pub fn from_env() -> Result<Subscriber, ConfigError> {
+        SubscriberBuilder { backend: BackendSettings::from_env()? }.build()
     }
 
     /// The subscriber's account address.
     pub fn account(&self) -> &str {
-        self.config.account()
+        self.api_key.account()
     }
 
     /// Mints a new access token for `accepted` (`POST /api/v1/x402/permissions`).
@@ -88,7 +144,7 @@ impl Subscriber {
             token_version: options.token_version,
             resource: options.resource.as_ref().map(|url| ResourceBinding { url: url.clone() }),
         };
-        let response = self.config.facilitator().mint(&request).await.map_err(|error| ClientError::Mint {
+        let response = self.facilitator.mint(&request).await.map_err(|error| ClientError::Mint {
             plan_id: accepted.plan_id.clone(),
             error: Box::new(error),
         })?;

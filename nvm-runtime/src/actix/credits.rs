@@ -53,8 +53,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 ///
 /// ```
 /// use actix_web::HttpRequest;
-/// use nvm_runtime::credits::by_body;
-/// use nvm_runtime::middleware::RouteConfig;
+/// use nvm_runtime::actix::credits::by_body;
+/// use nvm_runtime::actix::RouteConfig;
 ///
 /// // 1 credit per 100 words, at least 1; chunked or not, the same text costs the same.
 /// let per_words = by_body(|_req: &HttpRequest, body: &[u8]| {
@@ -122,7 +122,7 @@ pub enum AsyncFn {}
 ///
 /// ```
 /// use actix_web::HttpRequest;
-/// use nvm_runtime::credits::CreditsSource;
+/// use nvm_runtime::actix::credits::CreditsSource;
 ///
 /// fn by_length(req: &HttpRequest) -> u64 { req.path().len() as u64 }
 /// async fn by_query(req: &HttpRequest) -> u64 { if req.query_string().is_empty() { 1 } else { 2 } }

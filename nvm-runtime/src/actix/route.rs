@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use actix_web::HttpRequest;
 use serde::Serialize;
 
-use crate::credits::CreditsFuture;
+use crate::actix::credits::CreditsFuture;
 use crate::error::ConfigError;
 
 /// Where a plan or agent id comes from.
@@ -26,7 +26,7 @@ pub enum Value {
 pub enum Credits {
     /// An integer literal.
     Fixed(u64),
-    /// Any other [`CreditsSource`](crate::credits::CreditsSource): a const, a function or
+    /// Any other [`CreditsSource`](crate::actix::credits::CreditsSource): a const, a function or
     /// a closure of the request.
     Source {
         /// The expression's source text.

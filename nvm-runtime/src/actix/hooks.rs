@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse};
 
-use crate::envelope::PaymentRequired;
 use crate::error::PaymentError;
-use crate::messages::{SettleResponse, VerifyResponse};
+use crate::wire::PaymentRequired;
+use crate::wire::{SettleResponse, VerifyResponse};
 
 type BeforeVerify = dyn Fn(&HttpRequest, &PaymentRequired) + Send + Sync;
 type AfterVerify = dyn Fn(&HttpRequest, &VerifyResponse) + Send + Sync;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::messages::VerifyResponse;
+use crate::wire::VerifyResponse;
 
 /// At most this many verifications are kept; older ones are dropped first.
 const CAPACITY: usize = 10_000;

@@ -41,7 +41,7 @@ pub enum DecodeError {
 /// `payment-required` and `payment-response` headers.
 ///
 /// ```
-/// let header = nvm_runtime::codec::encode_json_header(&serde_json::json!({"a": 1}));
+/// let header = nvm_runtime::wire::codec::encode_json_header(&serde_json::json!({"a": 1}));
 /// assert_eq!(header, "eyJhIjoxfQ==");
 /// ```
 pub fn encode_json_header<T: Serialize + ?Sized>(value: &T) -> String {
@@ -54,7 +54,7 @@ pub fn encode_json_header<T: Serialize + ?Sized>(value: &T) -> String {
 /// Decodes base64 in either alphabet, padded or not.
 ///
 /// ```
-/// use nvm_runtime::codec::decode_base64;
+/// use nvm_runtime::wire::codec::decode_base64;
 /// assert_eq!(decode_base64("eyJhIjoxfQ").unwrap(), br#"{"a":1}"#);
 /// assert_eq!(decode_base64("-_8=").unwrap(), vec![0xfb, 0xff]);
 /// ```
@@ -75,7 +75,7 @@ pub fn decode_base64(value: &str) -> Result<Vec<u8>, DecodeError> {
 /// Decodes a base64 JSON header value (either alphabet, padded or not) into `T`.
 ///
 /// ```
-/// let v: serde_json::Value = nvm_runtime::codec::decode_json_header("eyJhIjoxfQ").unwrap();
+/// let v: serde_json::Value = nvm_runtime::wire::codec::decode_json_header("eyJhIjoxfQ").unwrap();
 /// assert_eq!(v["a"], 1);
 /// ```
 pub fn decode_json_header<T: DeserializeOwned>(value: &str) -> Result<T, DecodeError> {

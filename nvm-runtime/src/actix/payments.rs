@@ -7,17 +7,15 @@ use std::time::Duration;
 use actix_web::http::header::HeaderName;
 use actix_web::{HttpRequest, HttpResponse};
 
-use crate::cache::VerifyCache;
-use crate::envelope::PaymentRequired;
-use crate::environment::{ApiKey, Environment};
+use crate::actix::hooks::Hooks;
+use crate::backend::Facilitator;
+use crate::backend::PlanCatalog;
+use crate::backend::{ApiKey, BackendSettings, Connection, Environment};
 use crate::error::{ConfigError, PaymentError};
-use crate::facilitator::{Facilitator, NEVERMINED_VERSION};
-use crate::hooks::Hooks;
-use crate::messages::{SettleResponse, VerifyResponse};
-use crate::plans::PlanCatalog;
+use crate::flow::cache::VerifyCache;
+use crate::wire::PaymentRequired;
+use crate::wire::{SettleResponse, VerifyResponse};
 
-/// The default bound on each facilitator call.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default token header.
 pub const DEFAULT_TOKEN_HEADER: &str = "payment-signature";
 
@@ -75,22 +73,7 @@ impl Payments {
     /// A builder seeded from the environment, as [`Payments::from_env`] reads it, to
     /// add hooks or settings before building.
     pub fn builder_from_env() -> Result<PaymentsBuilder, ConfigError> {
-        let mut builder = Payments::builder();
-        match std::env::var("NVM_API_KEY") {
-            Ok(key) if !key.trim().is_empty() => builder = builder.api_key(key),
-            _ => return Err(ConfigError::MissingApiKey),
-        }
-        if let Ok(env) = std::env::var("NVM_ENVIRONMENT")
-            && !env.trim().is_empty()
-        {
-            builder = builder.environment(env.parse()?);
-        }
-        if let Ok(url) = std::env::var("NVM_BACKEND_URL")
-            && !url.trim().is_empty()
-        {
-            builder.custom_backend_url = Some(url);
-        }
-        Ok(builder)
+        Ok(PaymentsBuilder { backend: BackendSettings::from_env()?, ..PaymentsBuilder::default() })
     }
 
     /// Starts a configuration.
@@ -148,9 +131,9 @@ impl Payments {
     /// # Ok(()) }
     /// ```
     pub async fn prepare(&self) -> Result<(), ConfigError> {
-        crate::pricing::check_startup()?;
+        crate::actix::pricing::check_startup()?;
         let mut plans = self.plans().wanted();
-        for route in crate::pricing::routes() {
+        for route in crate::actix::pricing::routes() {
             if route.spec().scheme.is_none() {
                 plans.insert(route.plan_id()?);
             }
@@ -169,7 +152,7 @@ impl Payments {
             let weak = Arc::downgrade(&self.inner);
             actix_web::rt::spawn(async move {
                 loop {
-                    tokio::time::sleep(crate::plans::PLAN_REFRESH).await;
+                    tokio::time::sleep(crate::backend::PLAN_REFRESH).await;
                     let Some(inner) = weak.upgrade() else { break };
                     inner.plans.refresh(&inner.facilitator).await;
                 }
@@ -212,12 +195,7 @@ impl std::fmt::Debug for Payments {
 #[derive(Default)]
 #[must_use]
 pub struct PaymentsBuilder {
-    api_key: Option<String>,
-    environment: Option<Environment>,
-    backend_url: Option<String>,
-    custom_backend_url: Option<String>,
-    timeout: Option<Duration>,
-    version: Option<String>,
+    backend: BackendSettings,
     token_headers: Option<Vec<String>>,
     deliver_on_settle_failure: bool,
     cache_ttl: Option<Duration>,
@@ -227,42 +205,43 @@ pub struct PaymentsBuilder {
 impl std::fmt::Debug for PaymentsBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PaymentsBuilder")
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("environment", &self.environment)
-            .field("backend_url", &self.backend_url)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+            .field("backend", &self.backend)
+            .field("token_headers", &self.token_headers)
+            .field("deliver_on_settle_failure", &self.deliver_on_settle_failure)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("hooks", &self.hooks)
+            .finish()
     }
 }
 
 impl PaymentsBuilder {
     /// The NVM API key, `<prefix>:<JWT>`; its prefix picks the environment.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
+        self.backend.api_key = Some(key.into());
         self
     }
 
     /// The environment, used when the key's prefix names none.
     pub fn environment(mut self, environment: Environment) -> Self {
-        self.environment = Some(environment);
+        self.backend.environment = Some(environment);
         self
     }
 
     /// Overrides the backend base URL, whatever the environment.
     pub fn backend_url(mut self, url: impl Into<String>) -> Self {
-        self.backend_url = Some(url.into());
+        self.backend.backend_url = Some(url.into());
         self
     }
 
     /// The bound on each facilitator call as a whole, retries included (default 10 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        self.backend.timeout = Some(timeout);
         self
     }
 
     /// The `Nevermined-Version` header value (default `1.1`).
     pub fn nevermined_version(mut self, version: impl Into<String>) -> Self {
-        self.version = Some(version.into());
+        self.backend.version = Some(version.into());
         self
     }
 
@@ -330,21 +309,7 @@ impl PaymentsBuilder {
 
     /// Checks everything and builds the configuration.
     pub fn build(self) -> Result<Payments, ConfigError> {
-        let api_key: ApiKey = self.api_key.as_deref().unwrap_or("").parse()?;
-        let environment = api_key.environment().or(self.environment).unwrap_or(Environment::Custom);
-        let backend_url = match (self.backend_url, environment) {
-            (Some(url), _) => url,
-            (None, Environment::Custom) => {
-                self.custom_backend_url.unwrap_or_else(|| Environment::Custom.backend_url().to_owned())
-            }
-            (None, env) => env.backend_url().to_owned(),
-        };
-        let facilitator = Facilitator::with_version(
-            &backend_url,
-            &api_key,
-            self.timeout.unwrap_or(DEFAULT_TIMEOUT),
-            self.version.as_deref().unwrap_or(NEVERMINED_VERSION),
-        )?;
+        let Connection { api_key, environment, facilitator } = self.backend.connect()?;
         let token_headers = self
             .token_headers
             .unwrap_or_else(|| vec![DEFAULT_TOKEN_HEADER.to_owned()])

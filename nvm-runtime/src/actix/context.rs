@@ -6,10 +6,10 @@ use std::rc::Rc;
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
-use crate::cache::CacheKey;
-use crate::envelope::PaymentRequired;
-use crate::messages::{AgentRequest, VerifyResponse};
-use crate::token::AccessToken;
+use crate::flow::cache::CacheKey;
+use crate::wire::AccessToken;
+use crate::wire::PaymentRequired;
+use crate::wire::{AgentRequest, VerifyResponse};
 
 /// A verified payment, before settlement.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, DecodeError};
+use crate::wire::codec::{self, DecodeError};
 
 /// The x402 protocol version this crate speaks; always 2.
 pub const X402_VERSION: u32 = 2;
@@ -19,7 +19,7 @@ pub const NETWORK_STRIPE: &str = "stripe";
 /// Serialized in the TypeScript SDK's form: unset optional fields are omitted.
 ///
 /// ```
-/// use nvm_runtime::envelope::PaymentRequired;
+/// use nvm_runtime::wire::PaymentRequired;
 ///
 /// let envelope = PaymentRequired::builder("123", "eip155:84532")
 ///     .url("/ask")
@@ -142,7 +142,7 @@ impl PaymentRequired {
     /// Reads a `payment-required` header value (either base64 alphabet, padded or not).
     ///
     /// ```
-    /// use nvm_runtime::envelope::PaymentRequired;
+    /// use nvm_runtime::wire::PaymentRequired;
     /// let envelope = PaymentRequired::builder("1", "eip155:84532").url("/x").build();
     /// assert_eq!(PaymentRequired::from_header(&envelope.to_header()).unwrap(), envelope);
     /// ```

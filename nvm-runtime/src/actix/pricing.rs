@@ -4,8 +4,9 @@
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
 
+pub use crate::actix::route::ValueSource;
+use crate::actix::route::{Credits, Route, Value};
 use crate::error::ConfigError;
-use crate::route::{Credits, Route, Value, ValueSource};
 
 /// One `#[paid]` handler in the table; the macro submits one per handler.
 #[derive(Debug)]
@@ -98,7 +99,7 @@ pub fn manifest() -> Vec<PricedRoute> {
 ///
 /// ```
 /// use actix_web::{web, App};
-/// let _app = App::new().route("/pricing", web::get().to(nvm_runtime::pricing::manifest_handler));
+/// let _app = App::new().route("/pricing", web::get().to(nvm_runtime::actix::pricing::manifest_handler));
 /// ```
 pub async fn manifest_handler(_req: HttpRequest) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "routes": manifest() }))
@@ -108,7 +109,7 @@ pub async fn manifest_handler(_req: HttpRequest) -> HttpResponse {
 /// handler is set, naming the variable and handler when one is not.
 ///
 /// ```
-/// if let Err(error) = nvm_runtime::pricing::check_startup() {
+/// if let Err(error) = nvm_runtime::actix::pricing::check_startup() {
 ///     // e.g. "environment variable NVM_PLAN_ID is not set; it gives the plan id of ask: …"
 ///     eprintln!("{error}");
 /// #   return;

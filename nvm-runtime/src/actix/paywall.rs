@@ -13,17 +13,17 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_core::Stream;
 
 use crate::__private::catch_unwind;
-use crate::cache::CacheKey;
-use crate::codec::MAX_HEADER_LEN;
-use crate::config::Payments;
-use crate::context::{PaymentState, Verified};
-use crate::credits::CreditsFuture;
-use crate::envelope::{NETWORK_STRIPE, PaymentRequired, SCHEME_CARD_DELEGATION};
+use crate::actix::context::{PaymentState, Verified};
+use crate::actix::credits::CreditsFuture;
+use crate::actix::payments::Payments;
+use crate::backend::RequestRef;
 use crate::error::{ConfigError, FacilitatorError, PaymentError};
-use crate::facilitator::RequestRef;
-use crate::headers::{PAYMENT_REQUIRED, PAYMENT_RESPONSE};
-use crate::messages::{Amount, SettleResponse};
-use crate::token::AccessToken;
+use crate::flow::cache::CacheKey;
+use crate::wire::AccessToken;
+use crate::wire::codec::MAX_HEADER_LEN;
+use crate::wire::{Amount, SettleResponse};
+use crate::wire::{NETWORK_STRIPE, PaymentRequired, SCHEME_CARD_DELEGATION};
+use crate::wire::{PAYMENT_REQUIRED, PAYMENT_RESPONSE};
 
 /// What a route charges for, resolved for one request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -318,7 +318,7 @@ fn read_token(payments: &Payments, req: &HttpRequest) -> Result<AccessToken, Pay
         // judges the rest, so a payload shape this crate does not know is never refused.
         // `JsonShape` reads the JSON as `serde_json::Value` does (same errors) without
         // building it.
-        let decoded: crate::codec::JsonShape = crate::codec::decode_json_header(raw)
+        let decoded: crate::wire::codec::JsonShape = crate::wire::codec::decode_json_header(raw)
             .map_err(|e| PaymentError::MalformedToken(format!("the token is not base64 JSON ({e})")))?;
         if !decoded.is_object() {
             return Err(PaymentError::MalformedToken("the token is not an x402 payment payload".into()));

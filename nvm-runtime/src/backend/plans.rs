@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::envelope::{NETWORK_STRIPE, SCHEME_CARD_DELEGATION, SCHEME_ERC4337};
-use crate::facilitator::Facilitator;
+use crate::backend::Facilitator;
+use crate::wire::{NETWORK_STRIPE, SCHEME_CARD_DELEGATION, SCHEME_ERC4337};
 
 /// How long a plan's scheme is trusted.
 pub const PLAN_TTL: Duration = Duration::from_secs(300);
@@ -32,7 +32,7 @@ impl PlanScheme {
     /// anything else is `nvm:erc4337` on `default_network`.
     ///
     /// ```
-    /// use nvm_runtime::plans::PlanScheme;
+    /// use nvm_runtime::backend::PlanScheme;
     /// let fiat = serde_json::json!({"registry":{"price":{"isCrypto":false}},"metadata":{"plan":{"fiatPaymentProvider":"braintree"}}});
     /// assert_eq!(&*PlanScheme::from_metadata(&fiat, "eip155:84532").network, "braintree");
     /// let crypto = serde_json::json!({"registry":{"price":{"isCrypto":true}}});

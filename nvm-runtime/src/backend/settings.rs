@@ -1,0 +1,86 @@
+//! The backend half of a configuration: key, environment, backend URL, timeout and
+//! version, as the seller's `PaymentsBuilder` and the buyer's `SubscriberBuilder` both
+//! take them, read from the environment the same way, resolved the same way.
+
+use std::time::Duration;
+
+use super::environment::{ApiKey, Environment};
+use super::facilitator::{Facilitator, NEVERMINED_VERSION};
+use crate::error::ConfigError;
+
+/// The default bound on each facilitator call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of a connection to the Nevermined backend, before they are checked.
+#[derive(Default, Clone)]
+pub(crate) struct BackendSettings {
+    pub(crate) api_key: Option<String>,
+    pub(crate) environment: Option<Environment>,
+    pub(crate) backend_url: Option<String>,
+    /// `NVM_BACKEND_URL`: used only by the `custom` environment.
+    pub(crate) custom_backend_url: Option<String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) version: Option<String>,
+}
+
+/// A checked connection: the key, the environment it selects and the client.
+pub(crate) struct Connection {
+    pub(crate) api_key: ApiKey,
+    pub(crate) environment: Environment,
+    pub(crate) facilitator: Facilitator,
+}
+
+impl BackendSettings {
+    /// `NVM_API_KEY` (required), `NVM_ENVIRONMENT` and `NVM_BACKEND_URL` (used by the
+    /// `custom` environment).
+    pub(crate) fn from_env() -> Result<Self, ConfigError> {
+        let mut settings = BackendSettings::default();
+        match std::env::var("NVM_API_KEY") {
+            Ok(key) if !key.trim().is_empty() => settings.api_key = Some(key),
+            _ => return Err(ConfigError::MissingApiKey),
+        }
+        if let Ok(env) = std::env::var("NVM_ENVIRONMENT")
+            && !env.trim().is_empty()
+        {
+            settings.environment = Some(env.parse()?);
+        }
+        if let Ok(url) = std::env::var("NVM_BACKEND_URL")
+            && !url.trim().is_empty()
+        {
+            settings.custom_backend_url = Some(url);
+        }
+        Ok(settings)
+    }
+
+    /// Checks the key and the URL and builds the client. The key's prefix picks the
+    /// environment, else the one set, else `custom`.
+    pub(crate) fn connect(self) -> Result<Connection, ConfigError> {
+        let api_key: ApiKey = self.api_key.as_deref().unwrap_or("").parse()?;
+        let environment = api_key.environment().or(self.environment).unwrap_or(Environment::Custom);
+        let backend_url = match (self.backend_url, environment) {
+            (Some(url), _) => url,
+            (None, Environment::Custom) => {
+                self.custom_backend_url.unwrap_or_else(|| Environment::Custom.backend_url().to_owned())
+            }
+            (None, env) => env.backend_url().to_owned(),
+        };
+        let facilitator = Facilitator::with_version(
+            &backend_url,
+            &api_key,
+            self.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            self.version.as_deref().unwrap_or(NEVERMINED_VERSION),
+        )?;
+        Ok(Connection { api_key, environment, facilitator })
+    }
+}
+
+impl std::fmt::Debug for BackendSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSettings")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("environment", &self.environment)
+            .field("backend_url", &self.backend_url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
