@@ -115,25 +115,23 @@ fn route_fn(args: &Args, handler: &Handler, private: &TokenStream, name: &str) -
                 module: ::core::module_path!(),
                 method: #method,
                 path: #path,
-                plan: #plan,
-                agent: #agent,
                 credits: #credits,
-                scheme: #scheme,
-                network: #network,
-                description: #description,
-                mime_type: #mime_type,
-                resource: #resource,
+                terms: #private::Terms::from_parts(
+                    #plan,
+                    #agent,
+                    [#scheme, #network, #description, #mime_type, #resource],
+                ),
             });
             &#route
         }
     }
 }
 
-/// A `Value::…` for `plan` or `agent`; an expression gets a helper function `helper`.
+/// An `Id::…` for `plan` or `agent`; an expression gets a helper function `helper`.
 fn value(value: &Value, helper: &str, private: &TokenStream, helpers: &mut TokenStream) -> TokenStream {
     match value {
-        Value::Literal(lit) => quote!(#private::Value::Literal(#lit)),
-        Value::Env(var) => quote!(#private::Value::Env(#var)),
+        Value::Literal(lit) => quote!(#private::Id::literal(#lit)),
+        Value::Env(var) => quote!(#private::Id::Env(#var)),
         Value::Expr(expr) => {
             let helper = Ident::new(helper, Span::mixed_site());
             let source = source_text(expr.to_token_stream());
@@ -142,7 +140,7 @@ fn value(value: &Value, helper: &str, private: &TokenStream, helpers: &mut Token
                     #private::plan_value(#expr)
                 }
             });
-            quote!(#private::Value::Expr(#source, #helper))
+            quote!(#private::Id::Expr(#source, #helper))
         }
     }
 }

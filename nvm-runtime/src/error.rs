@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::wire::BackendError;
+use crate::wire::{BackendError, PaymentRequired, SettleResponse};
 
 /// A configuration mistake. Each message says what to set instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -190,6 +190,15 @@ pub enum PaymentError {
     /// The route is misconfigured (500).
     #[error("{0}")]
     Config(ConfigError),
+    /// A body-priced route could not read the request's body (400).
+    #[error("the request body could not be read: {0}")]
+    BodyUnreadable(String),
+    /// A body-priced route got a body longer than it reads (413).
+    #[error("this route is priced by its body and reads at most {limit} bytes of it; send a smaller body")]
+    BodyTooLarge {
+        /// The most bytes the route reads.
+        limit: usize,
+    },
 }
 
 impl PaymentError {
@@ -197,7 +206,64 @@ impl PaymentError {
     pub fn status(&self) -> u16 {
         match self {
             PaymentError::Facilitator(FacilitatorError::Unavailable(_)) | PaymentError::Config(_) => 500,
+            PaymentError::BodyUnreadable(_) => 400,
+            PaymentError::BodyTooLarge { .. } => 413,
             _ => 402,
+        }
+    }
+}
+
+/// Why a request is not served as paid, as a value the web layer renders.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// 402: the payment is missing or at fault; the envelope says what to pay, and a
+    /// failed settlement's receipt goes with it.
+    PaymentRequired {
+        /// The envelope to advertise (its `error` already set).
+        envelope: Box<PaymentRequired>,
+        /// Why.
+        error: PaymentError,
+        /// The receipt of a failed settlement.
+        receipt: Option<Box<SettleResponse>>,
+    },
+    /// Not a payment matter: the facilitator could not be asked or the route is
+    /// misconfigured (500), or a body-priced request's body is unreadable (400) or too
+    /// long (413).
+    Failed(PaymentError),
+}
+
+impl Refusal {
+    /// The 402 of `error` for `envelope`.
+    pub(crate) fn payment_required(mut envelope: PaymentRequired, error: PaymentError) -> Self {
+        if !matches!(error, PaymentError::MissingToken { .. }) {
+            envelope.error = Some(error.to_string());
+        }
+        Refusal::PaymentRequired { envelope: Box::new(envelope), error, receipt: None }
+    }
+
+    /// The same refusal, carrying a failed settlement's receipt.
+    pub(crate) fn with_receipt(self, receipt: SettleResponse) -> Self {
+        match self {
+            Refusal::PaymentRequired { envelope, error, .. } => {
+                Refusal::PaymentRequired { envelope, error, receipt: Some(Box::new(receipt)) }
+            }
+            failed => failed,
+        }
+    }
+
+    /// The error behind the refusal.
+    pub fn error(&self) -> &PaymentError {
+        match self {
+            Refusal::PaymentRequired { error, .. } | Refusal::Failed(error) => error,
+        }
+    }
+
+    /// The HTTP status it answers with: 402, or the error's (500, 400, 413).
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::PaymentRequired { .. } => 402,
+            Refusal::Failed(error) => error.status(),
         }
     }
 }

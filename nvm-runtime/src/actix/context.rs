@@ -1,51 +1,25 @@
 //! `PaymentContext`: the handler's view of the request's payment.
 
-use std::cell::{Cell, OnceCell};
 use std::rc::Rc;
 
 use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
-use crate::flow::cache::CacheKey;
-use crate::wire::AccessToken;
-use crate::wire::PaymentRequired;
-use crate::wire::{AgentRequest, VerifyResponse};
+use super::respond::json_error;
+use crate::flow::{PaymentState, Verified};
+use crate::wire::{AccessToken, AgentRequest, PaymentRequired, VerifyResponse};
 
-/// A verified payment, before settlement.
-#[derive(Debug)]
-pub(crate) struct Verified {
-    pub(crate) token: AccessToken,
-    pub(crate) envelope: PaymentRequired,
-    pub(crate) credits: u64,
-    pub(crate) verification: VerifyResponse,
-    /// Set when the verification cache is on.
-    pub(crate) cache_key: Option<CacheKey>,
-    /// Whether `verification` came from the cache (its request id belongs to an
-    /// earlier request and must not be settled again).
-    pub(crate) from_cache: bool,
+/// Creates the payment state of `req` and stores it in the request's extensions.
+pub(crate) fn attach(req: &HttpRequest) -> Rc<PaymentState> {
+    let state = Rc::new(PaymentState::default());
+    req.extensions_mut().insert(Rc::clone(&state));
+    state
 }
 
-/// The payment state of one request, shared by the paywall and the handler's
-/// [`PaymentContext`].
-#[derive(Debug, Default)]
-pub(crate) struct PaymentState {
-    pub(crate) verified: OnceCell<Verified>,
-    pub(crate) charge: Cell<Option<u64>>,
-    pub(crate) settled: Cell<bool>,
-}
-
-impl PaymentState {
-    /// Creates the state of `req` and stores it in the request's extensions.
-    pub(crate) fn attach(req: &HttpRequest) -> Rc<PaymentState> {
-        let state = Rc::new(PaymentState::default());
-        req.extensions_mut().insert(Rc::clone(&state));
-        state
-    }
-
-    /// The state already attached to `req` (by a `PaymentMiddleware` route), if any.
-    pub(crate) fn attached(req: &HttpRequest) -> Option<Rc<PaymentState>> {
-        req.extensions().get::<Rc<PaymentState>>().cloned()
-    }
+/// The state already attached to `req` (by a `PaymentMiddleware` route), if any.
+pub(crate) fn attached(req: &HttpRequest) -> Option<Rc<PaymentState>> {
+    req.extensions().get::<Rc<PaymentState>>().cloned()
 }
 
 /// The payment of the current request, as a handler argument.
@@ -189,8 +163,7 @@ pub struct NotPaid;
 impl ResponseError for NotPaid {
     fn error_response(&self) -> HttpResponse {
         tracing::error!("{self}");
-        HttpResponse::InternalServerError()
-            .json(serde_json::json!({"error": "Internal Server Error", "message": self.to_string()}))
+        json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", &self.to_string())
     }
 }
 
@@ -199,7 +172,6 @@ impl FromRequest for PaymentContext {
     type Future = std::future::Ready<Result<Self, NotPaid>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.extensions().get::<Rc<PaymentState>>().cloned();
-        std::future::ready(state.map(|state| PaymentContext { state }).ok_or(NotPaid))
+        std::future::ready(attached(req).map(|state| PaymentContext { state }).ok_or(NotPaid))
     }
 }

@@ -1,6 +1,7 @@
 //! `PaymentMiddleware`: protect routes from a table (`"POST /ask"`), for routes you do
 //! not annotate. Every line of the payment flow is shared with `#[paid]`.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
@@ -12,12 +13,14 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forwar
 use actix_web::error::InternalError;
 use actix_web::{Error, HttpMessage, HttpRequest};
 
-use crate::actix::context::PaymentState;
-use crate::actix::credits::{CreditsFuture, CreditsSource};
-use crate::actix::payments::Payments;
-use crate::actix::paywall::{self, Terms};
-use crate::actix::route_table::{Anchors, Lookup, RouteKey};
+use super::context::attach;
+use super::credits::{CreditsFuture, CreditsSource};
+use super::payments::Payments;
+use super::paywall::{self, Exchange, catch_unwind};
+use super::respond::handler_panicked;
+use super::route_table::{Anchors, Lookup, RouteKey};
 use crate::error::ConfigError;
+use crate::flow::{Id, Offer, Terms};
 
 type CreditsFn = dyn for<'a> Fn(&'a HttpRequest) -> CreditsFuture<'a> + Send + Sync;
 
@@ -35,24 +38,13 @@ type CreditsFn = dyn for<'a> Fn(&'a HttpRequest) -> CreditsFuture<'a> + Send + S
 #[derive(Clone)]
 #[must_use]
 pub struct RouteConfig {
-    plan_id: String,
-    agent_id: Option<String>,
+    terms: Terms,
     credits: Arc<CreditsFn>,
-    scheme: Option<String>,
-    network: Option<String>,
-    description: Option<String>,
-    mime_type: Option<String>,
-    resource: Option<String>,
 }
 
 impl std::fmt::Debug for RouteConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteConfig")
-            .field("plan_id", &self.plan_id)
-            .field("agent_id", &self.agent_id)
-            .field("scheme", &self.scheme)
-            .field("network", &self.network)
-            .finish_non_exhaustive()
+        f.debug_struct("RouteConfig").field("terms", &self.terms).finish_non_exhaustive()
     }
 }
 
@@ -60,14 +52,8 @@ impl RouteConfig {
     /// A route paid with `plan_id`, 1 credit per request.
     pub fn new(plan_id: impl Into<String>) -> Self {
         RouteConfig {
-            plan_id: plan_id.into(),
-            agent_id: None,
+            terms: Terms::new(Id::Literal(Cow::Owned(plan_id.into()))),
             credits: Arc::new(|_| CreditsFuture::Ready(1)),
-            scheme: None,
-            network: None,
-            description: None,
-            mime_type: None,
-            resource: None,
         }
     }
 
@@ -82,50 +68,52 @@ impl RouteConfig {
 
     /// The agent (`extra.agentId`).
     pub fn agent(mut self, agent_id: impl Into<String>) -> Self {
-        self.agent_id = Some(agent_id.into());
+        self.terms.agent = Some(Id::Literal(Cow::Owned(agent_id.into())));
         self
     }
 
     /// Forces the scheme instead of auto-detecting it.
     pub fn scheme(mut self, scheme: impl Into<String>) -> Self {
-        self.scheme = Some(scheme.into());
+        self.terms.scheme = Some(Cow::Owned(scheme.into()));
         self
     }
 
     /// Forces the network.
     pub fn network(mut self, network: impl Into<String>) -> Self {
-        self.network = Some(network.into());
+        self.terms.network = Some(Cow::Owned(network.into()));
         self
     }
 
     /// `resource.description`.
     pub fn description(mut self, description: impl Into<String>) -> Self {
-        self.description = Some(description.into());
+        self.terms.description = Some(Cow::Owned(description.into()));
         self
     }
 
     /// `resource.mimeType`.
     pub fn mime_type(mut self, mime_type: impl Into<String>) -> Self {
-        self.mime_type = Some(mime_type.into());
+        self.terms.mime_type = Some(Cow::Owned(mime_type.into()));
         self
     }
 
     /// `resource.url` instead of the request path.
     pub fn resource(mut self, url: impl Into<String>) -> Self {
-        self.resource = Some(url.into());
+        self.terms.resource = Some(Cow::Owned(url.into()));
         self
     }
 
-    fn terms(&self) -> Terms<'_> {
-        Terms {
-            plan_id: &self.plan_id,
-            agent_id: self.agent_id.as_deref(),
-            scheme: self.scheme.as_deref(),
-            network: self.network.as_deref(),
-            description: self.description.as_deref(),
-            mime_type: self.mime_type.as_deref(),
-            resource: self.resource.as_deref(),
-        }
+    /// The plan id (a literal: never an error).
+    fn plan_id(&self) -> Cow<'_, str> {
+        self.terms.plan_id("a PaymentMiddleware route").unwrap_or_default()
+    }
+
+    /// The terms of a request.
+    fn offer<'a>(&'a self, plan_id: &'a str) -> Offer<'a> {
+        let agent_id = match &self.terms.agent {
+            Some(Id::Literal(id)) => Some(id.as_ref()),
+            _ => None,
+        };
+        Offer { plan_id, agent_id, terms: &self.terms }
     }
 }
 
@@ -205,9 +193,9 @@ impl PaymentMiddleware {
     /// Adds a route, or says why its key is invalid.
     pub fn try_route(mut self, key: &str, config: RouteConfig) -> Result<Self, ConfigError> {
         let key = RouteKey::parse(key)?;
-        if config.scheme.is_none() {
+        if !config.terms.forces_scheme() {
             // Fetched by `Payments::prepare`.
-            self.payments.plans().want(&config.plan_id);
+            self.payments.plans().want(&config.plan_id());
         }
         Arc::make_mut(&mut self.keys).push(key);
         Arc::make_mut(&mut self.configs).push(config);
@@ -288,48 +276,47 @@ where
             Ok(Some(config)) => config,
             Ok(None) => return Box::pin(async move { Ok(service.call(req).await?.map_into_boxed_body()) }),
             Err(error) => {
-                let response = paywall::misconfigured(&payments, req.request(), error);
+                let (_, response) = Exchange { payments: &payments, req: req.request() }.misconfigured(error);
                 return Box::pin(std::future::ready(Ok(req.into_response(response))));
             }
         };
         Box::pin(async move {
             // The request is only borrowed here: a clone kept across `service.call` would
             // make the routing below (scopes, resources) panic on its `Rc::get_mut`.
-            let state = PaymentState::attach(req.request());
+            let state = attach(req.request());
             let mut payload = req.take_payload();
             let admitted = {
                 let http = req.request();
+                let exchange = Exchange { payments: &payments, req: http };
+                let plan_id = config.plan_id();
+                let offer = config.offer(&plan_id);
                 let what = format!("the {} {} route", http.method(), http.path());
-                let priced = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    (config.credits)(http)
-                })) {
-                    Ok(source) => {
-                        paywall::price(&payments, http, &config.terms(), source, &mut payload, &what).await
-                    }
-                    Err(_) => {
-                        Err(paywall::misconfigured(&payments, http, ConfigError::CreditsPanicked(what)))
-                    }
-                };
+                let priced =
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (config.credits)(http))) {
+                        Ok(source) => paywall::price(&exchange, &offer, source, &mut payload, &what).await,
+                        Err(_) => Err(exchange.misconfigured(ConfigError::CreditsPanicked(what))),
+                    };
                 match priced {
-                    Ok(credits) => paywall::admit(&payments, http, &config.terms(), credits, &state).await,
-                    Err(refusal) => Err(refusal),
+                    Ok(credits) => paywall::admit(&exchange, &offer, credits, &state).await,
+                    Err(refused) => Err(refused),
                 }
             };
-            if let Err(refusal) = admitted {
+            if let Err((_, refusal)) = admitted {
                 return Ok(req.into_response(refusal));
             }
             req.set_payload(payload);
             let path = req.path().to_owned();
-            let response = match crate::__private::catch_unwind(service.call(req)).await {
+            let response = match catch_unwind(service.call(req)).await {
                 Ok(result) => result?.map_into_boxed_body(),
                 Err(_) => {
                     // The request went down with the handler: answer through an error.
-                    let response = crate::__private::handler_panicked(&path);
+                    let response = handler_panicked(&path);
                     return Err(InternalError::from_response("the handler panicked", response).into());
                 }
             };
             let (http, response) = response.into_parts();
-            let response = paywall::settle(&payments, &http, &state, response).await;
+            let response =
+                paywall::settle(&Exchange { payments: &payments, req: &http }, &state, response).await;
             Ok(ServiceResponse::new(http, response))
         })
     }

@@ -12,6 +12,7 @@ use crate::backend::Facilitator;
 use crate::backend::PlanCatalog;
 use crate::backend::{ApiKey, BackendSettings, Connection, Environment};
 use crate::error::{ConfigError, PaymentError};
+use crate::flow::Seller;
 use crate::flow::cache::VerifyCache;
 use crate::wire::PaymentRequired;
 use crate::wire::{SettleResponse, VerifyResponse};
@@ -47,12 +48,10 @@ pub struct Payments {
 struct Inner {
     api_key: ApiKey,
     environment: Environment,
-    facilitator: Facilitator,
+    seller: Seller,
+    /// The seller's token headers, parsed once for header lookups.
     token_headers: Vec<HeaderName>,
-    deliver_on_settle_failure: bool,
     hooks: Hooks,
-    plans: PlanCatalog,
-    verify_cache: Option<VerifyCache>,
 }
 
 impl Payments {
@@ -88,7 +87,7 @@ impl Payments {
 
     /// The backend base URL in use.
     pub fn backend_url(&self) -> &str {
-        self.inner.facilitator.backend_url()
+        self.inner.seller.facilitator.backend_url()
     }
 
     /// The account of the API key (the builder's address).
@@ -98,7 +97,11 @@ impl Payments {
 
     /// The facilitator client.
     pub fn facilitator(&self) -> &Facilitator {
-        &self.inner.facilitator
+        &self.inner.seller.facilitator
+    }
+
+    pub(crate) fn seller(&self) -> &Seller {
+        &self.inner.seller
     }
 
     /// The headers an access token is read from, first non-empty wins.
@@ -108,7 +111,7 @@ impl Payments {
 
     /// Whether a response is delivered even when its settlement failed.
     pub fn delivers_on_settle_failure(&self) -> bool {
-        self.inner.deliver_on_settle_failure
+        self.inner.seller.deliver_on_settle_failure
     }
 
     pub(crate) fn hooks(&self) -> &Hooks {
@@ -134,8 +137,9 @@ impl Payments {
         crate::actix::pricing::check_startup()?;
         let mut plans = self.plans().wanted();
         for route in crate::actix::pricing::routes() {
-            if route.spec().scheme.is_none() {
-                plans.insert(route.plan_id()?);
+            let spec = route.spec();
+            if !spec.terms.forces_scheme() {
+                plans.insert(spec.terms.plan_id(spec.handler)?.into_owned());
             }
         }
         for plan_id in plans {
@@ -154,7 +158,7 @@ impl Payments {
                 loop {
                     tokio::time::sleep(crate::backend::PLAN_REFRESH).await;
                     let Some(inner) = weak.upgrade() else { break };
-                    inner.plans.refresh(&inner.facilitator).await;
+                    inner.seller.plans.refresh(&inner.seller.facilitator).await;
                 }
             });
         }
@@ -162,11 +166,7 @@ impl Payments {
     }
 
     pub(crate) fn plans(&self) -> &PlanCatalog {
-        &self.inner.plans
-    }
-
-    pub(crate) fn verify_cache(&self) -> Option<&VerifyCache> {
-        self.inner.verify_cache.as_ref()
+        &self.inner.seller.plans
     }
 
     /// The configuration registered with the app of `req`, as `Payments` or
@@ -182,11 +182,11 @@ impl std::fmt::Debug for Payments {
         f.debug_struct("Payments")
             .field("api_key", &self.inner.api_key)
             .field("environment", &self.inner.environment)
-            .field("facilitator", &self.inner.facilitator)
+            .field("facilitator", &self.inner.seller.facilitator)
             .field("token_headers", &self.inner.token_headers)
-            .field("deliver_on_settle_failure", &self.inner.deliver_on_settle_failure)
+            .field("deliver_on_settle_failure", &self.inner.seller.deliver_on_settle_failure)
             .field("hooks", &self.inner.hooks)
-            .field("verify_cache", &self.inner.verify_cache.as_ref().map(VerifyCache::ttl))
+            .field("verify_cache", &self.inner.seller.cache.as_ref().map(VerifyCache::ttl))
             .finish()
     }
 }
@@ -326,17 +326,15 @@ impl PaymentsBuilder {
             }
             Some(ttl) => return Err(ConfigError::CacheTtl(ttl)),
         };
+        let seller = Seller {
+            plans: PlanCatalog::new(environment.default_network()),
+            facilitator,
+            cache: verify_cache,
+            token_headers: token_headers.iter().map(|h| h.as_str().to_owned()).collect(),
+            deliver_on_settle_failure: self.deliver_on_settle_failure,
+        };
         Ok(Payments {
-            inner: Arc::new(Inner {
-                api_key,
-                plans: PlanCatalog::new(environment.default_network()),
-                environment,
-                facilitator,
-                token_headers,
-                deliver_on_settle_failure: self.deliver_on_settle_failure,
-                hooks: self.hooks,
-                verify_cache,
-            }),
+            inner: Arc::new(Inner { api_key, environment, seller, token_headers, hooks: self.hooks }),
         })
     }
 }

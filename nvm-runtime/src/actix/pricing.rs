@@ -5,8 +5,9 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
 
 pub use crate::actix::route::ValueSource;
-use crate::actix::route::{Credits, Route, Value};
+use crate::actix::route::{Credits, Route};
 use crate::error::ConfigError;
+use crate::flow::Id;
 
 /// One `#[paid]` handler in the table; the macro submits one per handler.
 #[derive(Debug)]
@@ -73,19 +74,20 @@ impl PricedRoute {
             },
         };
         let (method, path) = route.method_and_path();
+        let terms = &spec.terms;
         PricedRoute {
             handler: spec.handler.to_owned(),
             module: spec.module.to_owned(),
             method: method.map(str::to_owned),
             path: path.map(str::to_owned),
-            plan_id: route.plan_id().ok(),
-            plan: spec.plan.into(),
-            agent_id: route.agent_id().ok().flatten(),
+            plan_id: terms.plan_id(spec.handler).ok().map(String::from),
+            plan: (&terms.plan).into(),
+            agent_id: terms.agent_id(spec.handler).ok().flatten().map(String::from),
             credits,
             credits_source,
-            scheme: spec.scheme.map(str::to_owned),
-            network: spec.network.map(str::to_owned),
-            description: spec.description.map(str::to_owned),
+            scheme: terms.scheme.as_deref().map(str::to_owned),
+            network: terms.network.as_deref().map(str::to_owned),
+            description: terms.description.as_deref().map(str::to_owned),
         }
     }
 }
@@ -119,11 +121,11 @@ pub async fn manifest_handler(_req: HttpRequest) -> HttpResponse {
 pub fn check_startup() -> Result<(), ConfigError> {
     for route in routes() {
         let spec = route.spec();
-        if matches!(spec.plan, Value::Env(_)) {
-            route.plan_id()?;
+        if matches!(spec.terms.plan, Id::Env(_)) {
+            spec.terms.plan_id(spec.handler)?;
         }
-        if matches!(spec.agent, Some(Value::Env(_))) {
-            route.agent_id()?;
+        if matches!(spec.terms.agent, Some(Id::Env(_))) {
+            spec.terms.agent_id(spec.handler)?;
         }
     }
     Ok(())

@@ -1,5 +1,304 @@
-//! The payment flow shared by both forms (`#[paid]` and `PaymentMiddleware`): admit,
-//! verify, settle, the verification cache. Knows nothing of the macro or the
-//! middleware.
+//! The payment flow shared by both forms (`#[paid]` and `PaymentMiddleware`), line for
+//! line: [`admit`] before the handler (token → verify), [`settle`] after it (settle on
+//! success only, exactly once, fail closed). Knows nothing of the macro, the middleware
+//! or the web framework: the request is seen through [`Host`], and the answers are
+//! typed values ([`Refusal`], [`Settlement`]) that the web layer renders.
 
 pub(crate) mod cache;
+mod state;
+mod terms;
+
+use cache::{CacheKey, VerifyCache};
+pub(crate) use state::{PaymentState, Verified};
+pub(crate) use terms::Offer;
+pub use terms::{Id, Terms};
+
+use crate::backend::{Facilitator, PlanCatalog, RequestRef};
+use crate::error::{ConfigError, FacilitatorError, PaymentError, Refusal};
+use crate::wire::codec::{JsonShape, MAX_HEADER_LEN, decode_json_header};
+use crate::wire::{
+    AccessToken, Amount, NETWORK_STRIPE, PaymentRequired, SCHEME_CARD_DELEGATION, SettleResponse,
+    VerifyResponse,
+};
+
+/// The seller's side of the flow: the facilitator, the plan catalogue, the cache, the
+/// token headers and the settlement policy.
+pub(crate) struct Seller {
+    pub(crate) facilitator: Facilitator,
+    pub(crate) plans: PlanCatalog,
+    pub(crate) cache: Option<VerifyCache>,
+    /// Lower-case header names, first non-empty wins.
+    pub(crate) token_headers: Vec<String>,
+    pub(crate) deliver_on_settle_failure: bool,
+}
+
+/// What the flow reads of a request and tells about it: the web layer implements it
+/// (and runs the seller's hooks from it).
+pub(crate) trait Host {
+    /// The request's method, `"GET"`.
+    fn method(&self) -> &str;
+    /// The request's path.
+    fn path(&self) -> &str;
+    /// The values, in order, of the `index`-th token header of the configuration.
+    fn token_header(&self, index: usize) -> impl Iterator<Item = &[u8]>;
+    /// Before a verification, with the envelope about to be verified.
+    fn before_verify(&self, envelope: &PaymentRequired);
+    /// After a successful verification (cached or not).
+    fn after_verify(&self, verification: &VerifyResponse);
+    /// After a successful settlement.
+    fn after_settle(&self, credits: u64, receipt: &SettleResponse);
+}
+
+/// What became of a settlement, for the web layer to put on the response.
+#[derive(Debug)]
+pub(crate) enum Settlement {
+    /// Nothing to settle (not verified, the handler failed, 0 credits): pass the
+    /// response through untouched.
+    None,
+    /// Settled: attach the receipt.
+    Settled(SettleResponse),
+    /// The settlement failed but the policy delivers: attach the failed receipt.
+    FailedDelivered(SettleResponse),
+    /// The settlement failed: withhold the response.
+    Refused(Refusal),
+}
+
+/// Verifies the request's payment for `credits` and records it in `state`.
+///
+/// `Ok` lets the handler run (verified, or free when `credits` is 0); `Err` is the
+/// refusal to answer instead: the handler never runs.
+pub(crate) async fn admit(
+    seller: &Seller,
+    host: &impl Host,
+    offer: &Offer<'_>,
+    credits: u64,
+    state: &PaymentState,
+) -> Result<(), Refusal> {
+    if credits == 0 {
+        tracing::debug!(path = host.path(), "free request: credits resolved to 0");
+        return Ok(());
+    }
+    let envelope = envelope(seller, host, offer).await;
+    let token = match read_token(seller, host) {
+        Ok(token) => token,
+        Err(error) => return Err(Refusal::payment_required(envelope, error)),
+    };
+    // `token.hash()` (a SHA-256) is written inside the log macros: computed only for the
+    // lines that are enabled.
+    let cache_key = seller.cache.as_ref().map(|_| {
+        CacheKey::new(token.as_str(), offer.plan_id, credits, &envelope.resource.url, host.method())
+    });
+    if let (Some(cache), Some(key)) = (&seller.cache, &cache_key)
+        && let Some(verification) = cache.get(key)
+    {
+        tracing::debug!(token = %token.hash(), "verification served from cache");
+        host.after_verify(&verification);
+        store(state, Verified { token, envelope, credits, verification, cache_key, from_cache: true });
+        return Ok(());
+    }
+
+    host.before_verify(&envelope);
+    let amount = Amount::from(credits);
+    let request = RequestRef {
+        payment_required: &envelope,
+        x402_access_token: token.as_str(),
+        max_amount: Some(&amount),
+        agent_request_id: None,
+    };
+    let verification = match seller.facilitator.verify_ref(&request).await {
+        Ok(v) if v.is_valid => v,
+        Ok(v) => {
+            let reason = v.invalid_reason.unwrap_or_else(|| "invalid_token".to_owned());
+            tracing::info!(token = %token.hash(), %reason, "payment refused by the facilitator");
+            return Err(Refusal::payment_required(envelope, PaymentError::Rejected { reason }));
+        }
+        Err(FacilitatorError::Refused { error, .. }) => {
+            let reason = if error.code.is_empty() {
+                error.message
+            } else {
+                format!("{}: {}", error.code, error.message)
+            };
+            tracing::info!(token = %token.hash(), %reason, "verify refused");
+            return Err(Refusal::payment_required(envelope, PaymentError::Rejected { reason }));
+        }
+        Err(error) => {
+            tracing::error!(token = %token.hash(), %error, "verification failed; the handler does not run");
+            return Err(Refusal::Failed(PaymentError::Facilitator(error)));
+        }
+    };
+    tracing::debug!(token = %token.hash(), payer = ?verification.payer, credits, "payment verified");
+    host.after_verify(&verification);
+    if let (Some(cache), Some(key)) = (&seller.cache, &cache_key) {
+        cache.insert(key.clone(), verification.clone());
+    }
+    store(state, Verified { token, envelope, credits, verification, cache_key, from_cache: false });
+    Ok(())
+}
+
+fn store(state: &PaymentState, verified: Verified) {
+    // A state is admitted once per request; a second admission keeps the first.
+    let _ = state.verified.set(verified);
+}
+
+/// Settles the verified payment of `state` when the handler answered `status` (a
+/// success), exactly once.
+pub(crate) async fn settle(
+    seller: &Seller,
+    host: &impl Host,
+    state: &PaymentState,
+    status: u16,
+) -> Settlement {
+    let Some(verified) = state.verified.get() else {
+        return Settlement::None;
+    };
+    if !(200..300).contains(&status) {
+        tracing::info!(token = %verified.token.hash(), status, "handler did not succeed; nothing settled");
+        return Settlement::None;
+    }
+    if state.settled.replace(true) {
+        tracing::error!(token = %verified.token.hash(), "settlement attempted twice for one request; refused");
+        return Settlement::None;
+    }
+    let amount = state.charge.get().unwrap_or(verified.credits);
+    if amount == 0 {
+        tracing::debug!(token = %verified.token.hash(), "charged 0 credits; nothing settled");
+        return Settlement::None;
+    }
+    let max_amount = Amount::from(amount);
+    let request = RequestRef {
+        payment_required: &verified.envelope,
+        x402_access_token: verified.token.as_str(),
+        max_amount: Some(&max_amount),
+        agent_request_id: if verified.from_cache { None } else { verified.verification.request_id() },
+    };
+    let (receipt, reason) = match seller.facilitator.settle_ref(&request).await {
+        Ok(receipt) if receipt.success => {
+            tracing::info!(token = %verified.token.hash(), credits = amount, transaction = %receipt.transaction, "settled");
+            host.after_settle(amount, &receipt);
+            return Settlement::Settled(receipt);
+        }
+        Ok(receipt) => {
+            let reason = receipt.error_reason.clone().unwrap_or_else(|| "settlement failed".to_owned());
+            (receipt, reason)
+        }
+        Err(error) => {
+            let reason = match &error {
+                FacilitatorError::Refused { error, .. } => format!("{}: {}", error.code, error.message),
+                FacilitatorError::Unavailable(why) => format!("settlement_unavailable: {why}"),
+            };
+            let mut receipt = SettleResponse {
+                success: false,
+                error_reason: Some(reason.clone()),
+                payer: verified.verification.payer.clone(),
+                network: verified.envelope.first().map(|a| a.network.clone()),
+                ..SettleResponse::default()
+            };
+            // The outcome is unknown when the call failed in flight: the request id lets
+            // buyer and seller reconcile it with the facilitator later.
+            if let Some(id) = request.agent_request_id {
+                receipt.other.insert("agentRequestId".to_owned(), id.into());
+            }
+            (receipt, reason)
+        }
+    };
+    tracing::error!(token = %verified.token.hash(), credits = amount, %reason, "settlement failed");
+    if let (Some(cache), Some(key)) = (&seller.cache, &verified.cache_key) {
+        cache.remove(key);
+    }
+    if seller.deliver_on_settle_failure {
+        return Settlement::FailedDelivered(receipt);
+    }
+    let refusal =
+        Refusal::payment_required(verified.envelope.clone(), PaymentError::SettlementFailed { reason });
+    Settlement::Refused(refusal.with_receipt(receipt))
+}
+
+/// The envelope of this request: the route's terms, the plan's scheme (forced or
+/// auto-detected) and the request's path and method.
+pub(crate) async fn envelope(seller: &Seller, host: &impl Host, offer: &Offer<'_>) -> PaymentRequired {
+    let terms = offer.terms;
+    let (scheme, network) = match &terms.scheme {
+        Some(scheme) => {
+            let network = terms.network.as_deref().map(str::to_owned).unwrap_or_else(|| {
+                if scheme == SCHEME_CARD_DELEGATION {
+                    NETWORK_STRIPE.to_owned()
+                } else {
+                    seller.plans.default_network().to_owned()
+                }
+            });
+            (scheme.to_string(), network)
+        }
+        None => {
+            let resolved = seller.plans.resolve(&seller.facilitator, offer.plan_id).await;
+            let network =
+                terms.network.as_deref().map_or_else(|| resolved.network.to_string(), str::to_owned);
+            (resolved.scheme.to_string(), network)
+        }
+    };
+    let mut builder = PaymentRequired::builder(offer.plan_id, network)
+        .scheme(scheme)
+        .url(terms.resource.as_deref().unwrap_or(host.path()))
+        .http_verb(host.method());
+    if let Some(agent) = offer.agent_id {
+        builder = builder.agent_id(agent);
+    }
+    if let Some(description) = &terms.description {
+        builder = builder.description(description.as_ref());
+    }
+    if let Some(mime_type) = &terms.mime_type {
+        builder = builder.mime_type(mime_type.as_ref());
+    }
+    builder.build()
+}
+
+/// The access token of the request: the first configured header with a value,
+/// checked before any facilitator call (size, characters, base64 JSON shape).
+pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<AccessToken, PaymentError> {
+    for (index, name) in seller.token_headers.iter().enumerate() {
+        let mut values = host.token_header(index);
+        let Some(value) = values.next() else { continue };
+        if values.next().is_some() {
+            return Err(PaymentError::MalformedToken(format!(
+                "more than one `{name}` header; send exactly one"
+            )));
+        }
+        if value.is_empty() {
+            continue;
+        }
+        if value.len() > MAX_HEADER_LEN {
+            return Err(PaymentError::MalformedToken(format!(
+                "the token is {} bytes long; at most {MAX_HEADER_LEN} are accepted",
+                value.len()
+            )));
+        }
+        let raw = std::str::from_utf8(value)
+            .ok()
+            .filter(|s| s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
+            .ok_or_else(|| {
+                PaymentError::MalformedToken("the token contains non-ASCII or control characters".into())
+            })?
+            .trim();
+        if raw.is_empty() {
+            continue;
+        }
+        // Only the outer form is checked here (base64 of a JSON object); the facilitator
+        // judges the rest, so a payload shape this crate does not know is never refused.
+        // `JsonShape` reads the JSON as `serde_json::Value` does (same errors) without
+        // building it.
+        let decoded: JsonShape = decode_json_header(raw)
+            .map_err(|e| PaymentError::MalformedToken(format!("the token is not base64 JSON ({e})")))?;
+        if !decoded.is_object() {
+            return Err(PaymentError::MalformedToken("the token is not an x402 payment payload".into()));
+        }
+        return Ok(AccessToken::new(raw));
+    }
+    let header = seller.token_headers.first().map_or("payment-signature", String::as_str);
+    Err(PaymentError::MissingToken { header: header.to_owned() })
+}
+
+/// Refuses a misconfigured route (an unset `env("VAR")`, a credits function that
+/// panicked), with the log line.
+pub(crate) fn misconfigured(path: &str, error: ConfigError) -> Refusal {
+    tracing::error!(path, %error, "paid route misconfigured");
+    Refusal::Failed(PaymentError::Config(error))
+}

@@ -1,0 +1,153 @@
+//! What a route charges for: plan, agent and the envelope's fields. One type, used by
+//! `#[paid]` (built in a `static` by the macro), by `PaymentMiddleware` routes (built by
+//! `RouteConfig`) and by the pricing manifest.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use crate::error::ConfigError;
+
+/// Where a plan or agent id comes from.
+#[derive(Debug, Clone)]
+pub enum Id {
+    /// A literal id (a string literal of `#[paid]`, or a `RouteConfig`'s id).
+    Literal(Cow<'static, str>),
+    /// `env("VAR")`: read once, at run time.
+    Env(&'static str),
+    /// Any expression yielding `&str` or `String`, evaluated per request; the first
+    /// field is its source text.
+    Expr(&'static str, fn() -> String),
+}
+
+impl Id {
+    /// A literal id; `const`.
+    pub const fn literal(id: &'static str) -> Self {
+        Id::Literal(Cow::Borrowed(id))
+    }
+}
+
+/// The terms of a route: what its `payment-required` envelope advertises, besides the
+/// credits (which are the web layer's: a function of the request).
+#[derive(Debug)]
+pub struct Terms {
+    pub(crate) plan: Id,
+    pub(crate) agent: Option<Id>,
+    pub(crate) scheme: Option<Cow<'static, str>>,
+    pub(crate) network: Option<Cow<'static, str>>,
+    pub(crate) description: Option<Cow<'static, str>>,
+    pub(crate) mime_type: Option<Cow<'static, str>>,
+    pub(crate) resource: Option<Cow<'static, str>>,
+    /// `env("VAR")` ids, read once.
+    read: [OnceLock<Result<String, ConfigError>>; 2],
+}
+
+impl Clone for Terms {
+    fn clone(&self) -> Self {
+        Terms {
+            plan: self.plan.clone(),
+            agent: self.agent.clone(),
+            scheme: self.scheme.clone(),
+            network: self.network.clone(),
+            description: self.description.clone(),
+            mime_type: self.mime_type.clone(),
+            resource: self.resource.clone(),
+            read: Default::default(),
+        }
+    }
+}
+
+/// The terms of one request: ids resolved.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Offer<'a> {
+    pub(crate) plan_id: &'a str,
+    pub(crate) agent_id: Option<&'a str>,
+    pub(crate) terms: &'a Terms,
+}
+
+impl Terms {
+    /// Terms for `plan`, nothing else set; `const`, so the macro can build them in a
+    /// `static`.
+    pub const fn new(plan: Id) -> Self {
+        Terms {
+            plan,
+            agent: None,
+            scheme: None,
+            network: None,
+            description: None,
+            mime_type: None,
+            resource: None,
+            read: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    /// Terms with every field, in one `const` step (what a `#[paid]` expansion
+    /// builds): `fields` are scheme, network, description, mime type and resource.
+    pub const fn from_parts(plan: Id, agent: Option<Id>, fields: [Option<&'static str>; 5]) -> Self {
+        const fn borrowed(s: Option<&'static str>) -> Option<Cow<'static, str>> {
+            match s {
+                Some(s) => Some(Cow::Borrowed(s)),
+                None => None,
+            }
+        }
+        let [scheme, network, description, mime_type, resource] = fields;
+        Terms {
+            plan,
+            agent,
+            scheme: borrowed(scheme),
+            network: borrowed(network),
+            description: borrowed(description),
+            mime_type: borrowed(mime_type),
+            resource: borrowed(resource),
+            read: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    /// Whether the scheme is forced (no plan metadata needed).
+    pub(crate) fn forces_scheme(&self) -> bool {
+        self.scheme.is_some()
+    }
+
+    /// The plan id of this request; `handler` names the route in errors.
+    pub(crate) fn plan_id(&self, handler: &str) -> Result<Cow<'_, str>, ConfigError> {
+        match &self.plan {
+            Id::Literal(id) => Ok(Cow::Borrowed(id)),
+            Id::Env(var) => read_env(&self.read[0], var, "plan id", handler).map(Cow::Borrowed),
+            Id::Expr(source, f) => {
+                let plan = f();
+                if plan.trim().is_empty() {
+                    return Err(ConfigError::EmptyPlan {
+                        expr: (*source).to_owned(),
+                        handler: handler.to_owned(),
+                    });
+                }
+                Ok(Cow::Owned(plan))
+            }
+        }
+    }
+
+    /// The agent id of this request, if the route has one (an expression yielding ""
+    /// means none).
+    pub(crate) fn agent_id(&self, handler: &str) -> Result<Option<Cow<'_, str>>, ConfigError> {
+        match &self.agent {
+            None => Ok(None),
+            Some(Id::Literal(id)) => Ok(Some(Cow::Borrowed(id))),
+            Some(Id::Env(var)) => {
+                read_env(&self.read[1], var, "agent id", handler).map(|id| Some(Cow::Borrowed(id)))
+            }
+            Some(Id::Expr(_, f)) => Ok(Some(f()).filter(|agent| !agent.trim().is_empty()).map(Cow::Owned)),
+        }
+    }
+}
+
+fn read_env<'a>(
+    cell: &'a OnceLock<Result<String, ConfigError>>,
+    var: &str,
+    what: &'static str,
+    handler: &str,
+) -> Result<&'a str, ConfigError> {
+    let read = cell.get_or_init(|| match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+        _ => Err(ConfigError::MissingEnvVar { var: var.to_owned(), what, handler: handler.to_owned() }),
+    });
+    read.as_deref().map_err(Clone::clone)
+}
