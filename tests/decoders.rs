@@ -379,17 +379,20 @@ fn receipt_value() -> impl Strategy<Value = SettleResponse> {
                 (success, error_reason, payer, transaction),
                 (network, credits_redeemed, remaining_balance),
                 (order_tx, billing_model, other),
-            )| SettleResponse {
-                success,
-                error_reason,
-                payer,
-                transaction,
-                network,
-                credits_redeemed,
-                remaining_balance,
-                order_tx,
-                billing_model,
-                other,
+            )| {
+                // Field by field: the type is `#[non_exhaustive]`, every field is covered.
+                let mut receipt = SettleResponse::default();
+                receipt.success = success;
+                receipt.error_reason = error_reason;
+                receipt.payer = payer;
+                receipt.transaction = transaction;
+                receipt.network = network;
+                receipt.credits_redeemed = credits_redeemed;
+                receipt.remaining_balance = remaining_balance;
+                receipt.order_tx = order_tx;
+                receipt.billing_model = billing_model;
+                receipt.other = other;
+                receipt
             },
         )
 }

@@ -2,7 +2,7 @@
 //! slowly, answer 4xx/5xx, an HTML gateway page, truncated JSON, a refusal, or to drop
 //! the connection, on one endpoint at a time. Each case runs against a `#[paid]`
 //! handler and a `PaymentMiddleware` route (one shared table, both forms) and checks
-//! the behaviour contract of DESIGN.md:
+//! the behaviour contract (the README's behaviour table):
 //!
 //! - the status and body the table promises (500 when verification is impossible, 402
 //!   with the reason when the payment is refused, 402 with a failed receipt when the

@@ -249,7 +249,8 @@ async fn debug_of_every_type_holding_a_secret_redacts_it() {
         max_amount: None,
         agent_request_id: None,
     };
-    let minted = PermissionsResponse { access_token: token.clone() };
+    let minted: PermissionsResponse =
+        serde_json::from_value(serde_json::json!({ "accessToken": token })).expect("a permissions answer");
     let subscriber = Subscriber::builder()
         .api_key(local.subscriber_api_key())
         .backend_url(local.backend_url())

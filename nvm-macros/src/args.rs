@@ -22,7 +22,7 @@ mod kw {
     syn::custom_keyword!(resource);
 }
 
-/// The schemes the runtime knows (WIRE.md): `scheme = …` must be one of them.
+/// The schemes the runtime knows (its `wire` module docs, §3): `scheme = …` must be one of them.
 const SCHEMES: [&str; 2] = ["nvm:erc4337", "nvm:card-delegation"];
 
 /// One of the arguments `#[paid]` accepts.

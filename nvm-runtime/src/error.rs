@@ -2,12 +2,14 @@
 //! (split into "the facilitator said no", which is 402 material, and "the facilitator
 //! is unavailable", which is 500 material).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::wire::{BackendError, PaymentRequired, SettleResponse};
 
 /// A configuration mistake. Each message says what to set instead.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// No API key was given.
     #[error(
@@ -75,23 +77,25 @@ pub enum ConfigError {
     UnmatchedRoutes(Vec<String>),
     /// A plan's metadata could not be fetched at start-up (`Payments::prepare`).
     #[error(
-        "plan {plan_id} could not be prepared: {reason}; check the plan id and that the backend ({backend}) is reachable, or skip `prepare()` to fetch plans on the first request"
+        "plan {plan_id} could not be prepared: {source}; check the plan id and that the backend ({backend}) is reachable, or skip `prepare()` to fetch plans on the first request"
     )]
     PlanUnavailable {
         /// The plan.
         plan_id: String,
         /// The backend's answer, or why there was none.
-        reason: String,
+        #[source]
+        source: Box<FacilitatorError>,
         /// The backend URL.
         backend: String,
     },
-    /// The HTTP client could not be built.
-    #[error("the HTTP client could not be built: {0}")]
-    HttpClient(String),
+    /// The HTTP client could not be built (no TLS backend, for instance).
+    #[error("the HTTP client could not be built: {}", chain(.0))]
+    HttpClient(#[source] Arc<reqwest::Error>),
 }
 
 /// A facilitator call that did not give an answer to act on.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum FacilitatorError {
     /// The facilitator refused the call (4xx with its error envelope): the payment is at
     /// fault, answer 402.
@@ -104,7 +108,7 @@ pub enum FacilitatorError {
     },
     /// The facilitator is unreachable, slow, broken or answered garbage: answer 500.
     #[error("the facilitator is unavailable: {0}")]
-    Unavailable(Unavailable),
+    Unavailable(#[source] Unavailable),
 }
 
 impl FacilitatorError {
@@ -123,14 +127,18 @@ impl FacilitatorError {
 }
 
 /// Why the facilitator is unavailable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum Unavailable {
     /// No answer within the configured bound.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// The connection failed.
-    #[error("connection failed: {0}")]
-    Connect(String),
+    /// The request could not be sent: no connection, or it broke while sending.
+    #[error("connection failed: {}", chain(.0))]
+    Connect(#[source] Arc<reqwest::Error>),
+    /// The request was sent but its answer could not be read to the end.
+    #[error("the answer was interrupted: {}", chain(.0))]
+    Interrupted(#[source] Arc<reqwest::Error>),
     /// The answer was a server error.
     #[error("it answered HTTP {status}: {snippet}")]
     Status {
@@ -160,7 +168,8 @@ pub enum Unavailable {
 }
 
 /// Why a paid request was not served as paid; given to the `on_payment_error` hook.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum PaymentError {
     /// No access token came with the request (402).
     #[error("payment required: send an x402 access token in the `{header}` header")]
@@ -178,7 +187,7 @@ pub enum PaymentError {
         reason: String,
     },
     /// The facilitator could not be asked (500).
-    #[error("{0}")]
+    #[error(transparent)]
     Facilitator(FacilitatorError),
     /// The handler succeeded but the settlement failed (402 unless configured to
     /// deliver anyway).
@@ -186,9 +195,12 @@ pub enum PaymentError {
     SettlementFailed {
         /// `errorReason`, the backend's error code, or why the call failed.
         reason: String,
+        /// The failed call, when the facilitator did not answer `success: false`.
+        #[source]
+        source: Option<Box<FacilitatorError>>,
     },
     /// The route is misconfigured (500).
-    #[error("{0}")]
+    #[error(transparent)]
     Config(ConfigError),
     /// A body-priced route could not read the request's body (400).
     #[error("the request body could not be read: {0}")]
@@ -214,7 +226,7 @@ impl PaymentError {
 }
 
 /// Why a request is not served as paid, as a value the web layer renders.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Refusal {
     /// 402: the payment is missing or at fault; the envelope says what to pay, and a
@@ -266,4 +278,16 @@ impl Refusal {
             Refusal::Failed(error) => error.status(),
         }
     }
+}
+
+/// An error and its causes, `"a: b: c"`, for messages that name the root cause.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

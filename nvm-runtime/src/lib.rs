@@ -1,24 +1,15 @@
-//! Charge for actix-web endpoints with Nevermined x402 payments.
-//!
-//! Annotate a handler with [`paid`]; register a [`Payments`] configuration with the
-//! `App`; read what was paid through [`PaymentContext`].
-//!
-//! The crate is built in layers, each a module, and imports point one way:
-//! [`wire`] ← [`backend`] ← `flow` ← [`actix`]; [`client`] and `local` sit on
-//! [`wire`] and [`backend`].
+#![doc = include_str!("../../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The layers, lowest first: each module imports only from those above it.
+pub mod actix;
+pub mod backend;
 pub mod error;
+mod flow;
 pub mod wire;
 
-pub mod backend;
-
-mod flow;
-
-pub mod actix;
-
+// On `wire` and `backend` only.
 pub mod client;
-
 #[cfg(feature = "local")]
 pub mod local;
 
@@ -30,8 +21,3 @@ pub use actix::{ChargeError, PaymentContext, PaymentMiddleware, Payments, Paymen
 pub use backend::Environment;
 pub use error::{ConfigError, FacilitatorError, PaymentError};
 pub use nvm_macros::paid;
-
-/// The README's snippets, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;

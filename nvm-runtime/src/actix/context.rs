@@ -51,6 +51,7 @@ pub struct PaymentContext {
 
 /// Why [`PaymentContext::charge`] refused an amount.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChargeError {
     /// More than was verified: the subscriber never agreed to pay it.
     #[error("cannot charge {requested} credits: only {verified} were verified for this request")]

@@ -146,7 +146,7 @@ impl Payments {
             if let Err(error) = self.plans().fetch_and_keep(self.facilitator(), &plan_id).await {
                 return Err(ConfigError::PlanUnavailable {
                     plan_id,
-                    reason: error.to_string(),
+                    source: Box::new(error),
                     backend: self.backend_url().to_owned(),
                 });
             }

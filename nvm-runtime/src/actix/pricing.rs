@@ -26,6 +26,7 @@ pub fn routes() -> Vec<&'static Route> {
 /// A route's price, as the manifest shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct PricedRoute {
     /// The handler's name.
     pub handler: String,

@@ -1,4 +1,4 @@
-//! Environments and NVM API keys (WIRE.md §1).
+//! Environments and NVM API keys (the [`wire`](crate::wire) docs, §1).
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,6 +9,7 @@ use crate::error::ConfigError;
 
 /// Where the Nevermined backend lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Environment {
     /// `https://api.sandbox.nevermined.app`, Base Sepolia.
     Sandbox,

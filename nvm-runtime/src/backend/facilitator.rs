@@ -1,5 +1,5 @@
 //! The facilitator client: `verify`, `settle`, plan metadata and token minting over
-//! one pooled HTTP client (WIRE.md §4, §5).
+//! one pooled HTTP client (the [`wire`](crate::wire) docs, §4, §5).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,7 +110,7 @@ impl Facilitator {
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
+            .map_err(|e| ConfigError::HttpClient(Arc::new(e)))?;
         let url = |path: &str| Url::parse(&format!("{base}{path}")).ok();
         let urls = url(VERIFY_PATH).zip(url(SETTLE_PATH));
         Ok(Facilitator { http, base: base.into(), urls: Arc::new(urls), auth, timeout })
@@ -194,8 +194,8 @@ impl Facilitator {
         let url = format!("{}{PLANS_PATH}{}", self.base, encode_path_segment(plan_id));
         self.bounded(async {
             // A public call: no Authorization header.
-            let response = self.http.get(&url).send().await.map_err(from_reqwest)?;
-            read_json(response).await
+            let response = self.http.get(&url).send().await.map_err(|e| self.unsent(e))?;
+            self.read_json(response).await
         })
         .await
     }
@@ -217,8 +217,8 @@ impl Facilitator {
             .body(body)
             .send()
             .await
-            .map_err(from_reqwest)?;
-        read_json(response).await
+            .map_err(|e| self.unsent(e))?;
+        self.read_json(response).await
     }
 
     async fn bounded<T>(
@@ -240,26 +240,10 @@ fn to_body<T: Serialize>(value: &T) -> Bytes {
 }
 
 fn is_transient(why: &Unavailable) -> bool {
-    matches!(why, Unavailable::Connect(_) | Unavailable::Status { status: 502..=504, .. })
-}
-
-fn connect_error(message: String) -> FacilitatorError {
-    FacilitatorError::Unavailable(Unavailable::Connect(message))
-}
-
-fn from_reqwest(error: reqwest::Error) -> FacilitatorError {
-    if error.is_timeout() {
-        // reqwest's own timeout equals ours; report it the same way.
-        return FacilitatorError::Unavailable(Unavailable::Timeout(Duration::ZERO));
-    }
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    connect_error(message)
+    matches!(
+        why,
+        Unavailable::Connect(_) | Unavailable::Interrupted(_) | Unavailable::Status { status: 502..=504, .. }
+    )
 }
 
 fn snippet(body: &[u8]) -> String {
@@ -267,9 +251,35 @@ fn snippet(body: &[u8]) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-async fn read_json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, FacilitatorError> {
-    let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(from_reqwest)?;
+impl Facilitator {
+    /// A request that could not be sent.
+    fn unsent(&self, error: reqwest::Error) -> FacilitatorError {
+        FacilitatorError::Unavailable(if error.is_timeout() {
+            // reqwest's own bound is ours: report it as ours.
+            Unavailable::Timeout(self.timeout)
+        } else {
+            Unavailable::Connect(Arc::new(error))
+        })
+    }
+
+    /// An answer whose body could not be read.
+    fn interrupted(&self, error: reqwest::Error) -> FacilitatorError {
+        FacilitatorError::Unavailable(if error.is_timeout() {
+            Unavailable::Timeout(self.timeout)
+        } else {
+            Unavailable::Interrupted(Arc::new(error))
+        })
+    }
+
+    async fn read_json<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, FacilitatorError> {
+        read_json(response.status().as_u16(), response.bytes().await.map_err(|e| self.interrupted(e))?)
+    }
+}
+
+fn read_json<T: DeserializeOwned>(status: u16, body: Bytes) -> Result<T, FacilitatorError> {
     match status {
         200..=299 => serde_json::from_slice(&body).map_err(|e| {
             FacilitatorError::Unavailable(Unavailable::Garbage {

@@ -1,4 +1,4 @@
-//! Scheme and network of a plan, auto-detected from its public metadata (WIRE.md §3)
+//! Scheme and network of a plan, auto-detected from its public metadata (the [`wire`](crate::wire) docs, §3)
 //! and cached per plan, failures included, so the backend is asked at most once per
 //! plan and period.
 
@@ -19,6 +19,7 @@ pub const PLAN_REFRESH: Duration = Duration::from_secs(240);
 
 /// The scheme and network a plan is paid on.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PlanScheme {
     /// `nvm:erc4337` or `nvm:card-delegation`.
     pub scheme: Arc<str>,

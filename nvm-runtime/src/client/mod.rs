@@ -1,4 +1,4 @@
-//! The buyer's side (WIRE.md §5–6): mint access tokens with the subscriber's key, and
+//! The buyer's side (the [`wire`](crate::wire) docs, §5–6): mint access tokens with the subscriber's key, and
 //! an HTTP client that pays a 402 by itself (decode → mint → retry → receipt).
 
 use std::collections::HashMap;
@@ -28,6 +28,7 @@ pub struct MintOptions {
 
 /// What went wrong while paying, by step.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The request could not be sent or its answer read.
     #[error("sending the request failed: {0}")]
@@ -35,9 +36,18 @@ pub enum ClientError {
     /// The request has a streaming body and cannot be sent twice.
     #[error("the request cannot be retried with a token: its body is a stream; use a buffered body")]
     NotRetryable,
-    /// The 402 carried no readable `payment-required` envelope.
-    #[error("the 402 carried no readable payment-required envelope: {0}")]
-    Envelope(String),
+    /// The 402 carried no `payment-required` header, or one that is not ASCII.
+    #[error("the 402 carried no readable payment-required header; the seller is not speaking x402")]
+    NoEnvelope,
+    /// The 402's `payment-required` header is not a base64 JSON envelope.
+    #[error("the 402's payment-required envelope is unreadable: {0}")]
+    Envelope(#[source] DecodeError),
+    /// The envelope accepts no payment: its `accepts` list is empty.
+    #[error("the 402's payment-required envelope accepts no payment (its `accepts` list is empty)")]
+    NothingAccepted,
+    /// The minted token cannot be sent in a header.
+    #[error("the minted token is not a valid header value; mint a new one")]
+    TokenNotSendable,
     /// Minting the access token failed.
     #[error("minting an access token for plan {plan_id} failed: {error}")]
     Mint {
@@ -311,17 +321,13 @@ impl PayingClient {
             return Ok(finish(response, sent_token));
         }
         let envelope = read_envelope(&response)?;
-        let accepted = envelope
-            .first()
-            .cloned()
-            .ok_or_else(|| ClientError::Envelope("its `accepts` list is empty".into()))?;
+        let accepted = envelope.first().cloned().ok_or(ClientError::NothingAccepted)?;
         let mut reminted = false;
         loop {
             let (token, cached) = self.subscriber.cached_or_minted(&accepted).await?;
             let mut retry = request.try_clone().ok_or(ClientError::NotRetryable)?;
-            let value = reqwest::header::HeaderValue::try_from(token.as_str()).map_err(|_| {
-                ClientError::Envelope("the minted token is not a valid header value; mint a new one".into())
-            })?;
+            let value = reqwest::header::HeaderValue::try_from(token.as_str())
+                .map_err(|_| ClientError::TokenNotSendable)?;
             retry.headers_mut().insert(PAYMENT_SIGNATURE, value);
             let response = self.http.execute(retry).await.map_err(Box::new)?;
             let refused_before_handler =
@@ -341,12 +347,9 @@ impl PayingClient {
 }
 
 fn read_envelope(response: &reqwest::Response) -> Result<PaymentRequired, ClientError> {
-    let header = response
-        .headers()
-        .get(PAYMENT_REQUIRED)
-        .ok_or_else(|| ClientError::Envelope("no payment-required header".into()))?;
-    let text = header.to_str().map_err(|_| ClientError::Envelope("the header is not ASCII".into()))?;
-    PaymentRequired::from_header(text).map_err(|e: DecodeError| ClientError::Envelope(e.to_string()))
+    let header = response.headers().get(PAYMENT_REQUIRED).ok_or(ClientError::NoEnvelope)?;
+    let text = header.to_str().map_err(|_| ClientError::NoEnvelope)?;
+    PaymentRequired::from_header(text).map_err(ClientError::Envelope)
 }
 
 /// Whether the server attempted settlement: it sent a `payment-response` header (even

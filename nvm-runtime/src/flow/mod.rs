@@ -171,7 +171,7 @@ pub(crate) async fn settle(
         max_amount: Some(&max_amount),
         agent_request_id: if verified.from_cache { None } else { verified.verification.request_id() },
     };
-    let (receipt, reason) = match seller.facilitator.settle_ref(&request).await {
+    let (receipt, reason, source) = match seller.facilitator.settle_ref(&request).await {
         Ok(receipt) if receipt.success => {
             tracing::info!(token = %verified.token.hash(), credits = amount, transaction = %receipt.transaction, "settled");
             host.after_settle(amount, &receipt);
@@ -179,7 +179,7 @@ pub(crate) async fn settle(
         }
         Ok(receipt) => {
             let reason = receipt.error_reason.clone().unwrap_or_else(|| "settlement failed".to_owned());
-            (receipt, reason)
+            (receipt, reason, None)
         }
         Err(error) => {
             let reason = match &error {
@@ -198,7 +198,7 @@ pub(crate) async fn settle(
             if let Some(id) = request.agent_request_id {
                 receipt.other.insert("agentRequestId".to_owned(), id.into());
             }
-            (receipt, reason)
+            (receipt, reason, Some(Box::new(error)))
         }
     };
     tracing::error!(token = %verified.token.hash(), credits = amount, %reason, "settlement failed");
@@ -208,8 +208,10 @@ pub(crate) async fn settle(
     if seller.deliver_on_settle_failure {
         return Settlement::FailedDelivered(receipt);
     }
-    let refusal =
-        Refusal::payment_required(verified.envelope.clone(), PaymentError::SettlementFailed { reason });
+    let refusal = Refusal::payment_required(
+        verified.envelope.clone(),
+        PaymentError::SettlementFailed { reason, source },
+    );
     Settlement::Refused(refusal.with_receipt(receipt))
 }
 

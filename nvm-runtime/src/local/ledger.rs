@@ -19,7 +19,7 @@ use crate::wire::{CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, ResourceBinding}
 /// The network of crypto plans (the `custom` environment's default).
 pub(crate) const CRYPTO_NETWORK: &str = "eip155:84532";
 
-/// Error codes the local facilitator answers with, beyond the three of WIRE.md.
+/// Error codes the local facilitator answers with, beyond the three of the [`wire`](crate::wire) docs, §4.
 pub(crate) mod codes {
     /// 401: no key, a malformed key, or a key this facilitator did not issue.
     pub(crate) const UNAUTHORIZED: &str = "BCK.AUTH.0001";

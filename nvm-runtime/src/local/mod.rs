@@ -7,9 +7,9 @@
 //!
 //! | endpoint | auth | what |
 //! |---|---|---|
-//! | `POST /api/v1/x402/permissions` | subscriber key | mint an access token (WIRE.md §5) |
-//! | `POST /api/v1/x402/verify` | builder key | check a token against an envelope (WIRE.md §4) |
-//! | `POST /api/v1/x402/settle` | builder key | burn credits, atomically (WIRE.md §4) |
+//! | `POST /api/v1/x402/permissions` | subscriber key | mint an access token (the [`wire`](crate::wire) docs, §5) |
+//! | `POST /api/v1/x402/verify` | builder key | check a token against an envelope (the [`wire`](crate::wire) docs, §4) |
+//! | `POST /api/v1/x402/settle` | builder key | burn credits, atomically (the [`wire`](crate::wire) docs, §4) |
 //! | `GET /api/v1/protocol/plans/{id}` | none | plan metadata (`registry.price.isCrypto`, …) |
 //! | `GET /api/v1/protocol/plans/{id}/balance/{holder}` | none | a holder's balance |
 //!

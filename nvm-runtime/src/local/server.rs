@@ -138,7 +138,7 @@ fn parse<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, ApiEr
             400,
             codes::BAD_REQUEST,
             format!("the body of {} {} is not the expected JSON: {e}", req.method(), req.path()),
-            "see WIRE.md §4 and §5 for the request bodies",
+            "see the nvm_runtime::wire docs, §4 and §5, for the request bodies",
         )
     })
 }

@@ -1,4 +1,4 @@
-//! Request bodies as the local facilitator reads them: the shapes of WIRE.md §4–§5, read
+//! Request bodies as the local facilitator reads them: the shapes of the [`wire`](crate::wire) docs, §4–§5, read
 //! leniently, the way the hosted backend does. The official Python SDK sends `null` for
 //! unset optional fields and may omit `extra.version`; the TypeScript SDK omits them.
 //! Both must be accepted.

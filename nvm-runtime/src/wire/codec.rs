@@ -1,4 +1,4 @@
-//! Header codecs: JSON values carried as base64 in HTTP headers (WIRE.md §2).
+//! Header codecs: JSON values carried as base64 in HTTP headers (the [`wire`](crate::wire) docs, §2).
 //!
 //! Writers use standard padded base64 of compact JSON; readers accept both base64
 //! alphabets (standard and URL-safe), padded or not, because the official SDKs and
@@ -22,6 +22,7 @@ const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE
 
 /// Why a header value could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The value is longer than [`MAX_HEADER_LEN`].
     #[error("the value is {0} bytes long; at most {MAX_HEADER_LEN} are accepted")]

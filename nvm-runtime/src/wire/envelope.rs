@@ -1,4 +1,4 @@
-//! The `PaymentRequired` envelope a 402 advertises (WIRE.md §3).
+//! The `PaymentRequired` envelope a 402 advertises (the [`wire`](crate::wire) docs, §3).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! The x402 header names (WIRE.md §2). HTTP header names are case-insensitive; these
+//! The x402 header names (the [`wire`](crate::wire) docs, §2). HTTP header names are case-insensitive; these
 //! are the lower-case forms.
 
 /// Client → server: the x402 access token, verbatim.

@@ -1,4 +1,4 @@
-//! Bodies of the facilitator calls (WIRE.md §4): verify, settle and the backend's
+//! Bodies of the facilitator calls (the [`wire`](crate::wire) docs, §4): verify, settle and the backend's
 //! error envelope.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -94,6 +94,7 @@ impl std::fmt::Debug for FacilitatorRequest {
 /// The answer of `POST /api/v1/x402/verify`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct VerifyResponse {
     /// Whether the token may be used for this request.
     pub is_valid: bool,
@@ -131,6 +132,7 @@ impl VerifyResponse {
 /// The `agentRequest` object of a verify response.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct AgentRequest {
     /// The request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,6 +160,7 @@ pub struct AgentRequest {
 /// The subscriber's balance on a plan, as verify reports it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Balance {
     /// The plan id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,6 +204,7 @@ pub struct Balance {
 /// ```
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct SettleResponse {
     /// Whether credits were burned. A 200 with `success:false` is a failed settlement.
     pub success: bool,
@@ -253,6 +257,7 @@ impl SettleResponse {
 /// The backend's error envelope on a refused call.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct BackendError {
     /// A code such as `BCK.X402.0059`.
     #[serde(default)]
@@ -308,6 +313,7 @@ pub struct DelegationConfig {
 /// `Debug` shows the token only as its hash.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct PermissionsResponse {
     /// The x402 access token, ready for the `payment-signature` header.
     pub access_token: String,

@@ -1,4 +1,4 @@
-//! Access tokens (WIRE.md §5): the raw header value, its short hash for logs, and the
+//! Access tokens (the [`wire`](crate::wire) docs, §5): the raw header value, its short hash for logs, and the
 //! x402 `PaymentPayload` it decodes to.
 
 use std::fmt;
