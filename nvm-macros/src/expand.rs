@@ -1,5 +1,6 @@
-//! Code generation: the outer handler, the marker type and its route, the registration
-//! in the route table.
+//! Code generation: the outer handler, with the route's `static` and its registration in
+//! the route table inside it (no type or impl per handler: coherence checking stays
+//! flat however many handlers a crate has).
 //!
 //! Every path goes through the runtime's hidden `__private` module, spelled absolutely
 //! (`::nvm_runtime::__private::…`, or the `crate = …` path), and every identifier the
@@ -16,11 +17,14 @@ use crate::handler::Handler;
 /// The full expansion of `#[paid(args)]` on `handler`.
 pub(crate) fn expand(args: &Args, handler: &Handler) -> TokenStream {
     let krate = &args.krate;
-    let private = quote!(#krate::__private);
+    // Every path of the expansion goes through this alias of `__private`, declared once
+    // at the top of the outer function: short paths keep the expansion small.
+    let alias = Ident::new("__nvm", Span::mixed_site());
+    let private = alias.to_token_stream();
     let ident = &handler.ident;
     let name = ident.unraw().to_string();
     let vis = &handler.vis;
-    let marker = format_ident!("__NvmPaid_{}", name, span = Span::mixed_site());
+    let route_name = Ident::new("ROUTE", Span::mixed_site());
     let paid = Ident::new("__nvm_paid", Span::mixed_site());
     let arg_names: Vec<Ident> = (0..handler.arg_types.len())
         .map(|i| format_ident!("__arg{}", i, span = Span::mixed_site()))
@@ -31,10 +35,18 @@ pub(crate) fn expand(args: &Args, handler: &Handler) -> TokenStream {
 
     // Located at the user's return type (hygiene unchanged): "`X` is not a `Responder`"
     // points there.
-    let run =
-        located_at(quote!(#private::run_paid(#paid, #ident(#(#arg_names),*)).await), handler.output_span);
+    let run = located_at(
+        quote! {
+            #private::serve(
+                #paid,
+                &#route_name,
+                |(#(#arg_names,)*): (#(#arg_types,)*)| #ident(#(#arg_names),*),
+            )
+        },
+        handler.output_span,
+    );
 
-    let route = route_fn(args, handler, &private, &name);
+    let route = route_static(args, handler, &private, &name, &route_name);
 
     quote! {
         #(#outer_attrs)*
@@ -42,33 +54,18 @@ pub(crate) fn expand(args: &Args, handler: &Handler) -> TokenStream {
         // `Send`: neither is the user's to fix. (Lint levels are inherited, so these
         // also apply to the nested user function.)
         #[allow(clippy::too_many_arguments, clippy::future_not_send)]
-        #vis async fn #ident(mut #paid: #private::Paid<#marker>) -> #private::HttpResponse {
+        #vis fn #ident(
+            #paid: #krate::__private::Paid,
+        ) -> impl ::core::future::Future<Output = #krate::__private::HttpResponse> {
+            use #krate::__private as #alias;
             #inner
-            // The handler's own extractors run only now, after the payment decision:
-            // an unpaid request is refused before any byte of its body is read.
-            let (#(#arg_names,)*) = match #paid.extract::<(#(#arg_types,)*)>().await {
-                ::core::result::Result::Ok(args) => args,
-                ::core::result::Result::Err(response) => return response,
-            };
-            #run
-        }
-
-        #[doc(hidden)]
-        #[allow(
-            non_camel_case_types,
-            dead_code,
-            unreachable_pub,
-            missing_debug_implementations,
-            missing_copy_implementations
-        )]
-        #vis struct #marker;
-
-        impl #private::PaidRoute for #marker {
             #route
-        }
-
-        #private::inventory::submit! {
-            #private::RouteEntry(<#marker as #private::PaidRoute>::route)
+            #private::inventory::submit! { #private::RouteEntry(&#route_name) }
+            // Priced and verified first; the handler's own extractors run only then (an
+            // unpaid request is refused before any byte of its body is read), then the
+            // handler, then the settlement. One call, and no `async` block of its own:
+            // nothing of the flow is type-checked again per handler.
+            #run
         }
     }
 }
@@ -91,39 +88,36 @@ fn located_at(tokens: TokenStream, location: Span) -> TokenStream {
         .collect()
 }
 
-/// `fn route() -> &'static Route`, with the helpers its `static` needs.
-fn route_fn(args: &Args, handler: &Handler, private: &TokenStream, name: &str) -> TokenStream {
+/// `static ROUTE: Route`, with the helpers it needs.
+fn route_static(
+    args: &Args,
+    handler: &Handler,
+    private: &TokenStream,
+    name: &str,
+    route: &Ident,
+) -> TokenStream {
     let mut helpers = TokenStream::new();
     let plan = value(&args.plan, "__plan", private, &mut helpers);
-    let agent = match &args.agent {
-        Some(agent) => some(value(agent, "__agent", private, &mut helpers)),
-        None => none(),
-    };
     let credits = credits(&args.credits, private, &mut helpers);
-    let method = optional_str(handler.route.method.as_deref());
-    let path = optional_str(handler.route.path.as_deref());
-    let [scheme, network, description, mime_type, resource] =
-        [&args.scheme, &args.network, &args.description, &args.mime_type, &args.resource]
-            .map(|lit| lit.as_ref().map_or_else(none, |lit| some(lit.to_token_stream())));
-    let route = Ident::new("ROUTE", Span::mixed_site());
-
+    let method = optional_str(handler.route.method.as_deref(), private);
+    let path = optional_str(handler.route.path.as_deref(), private);
+    let fields = [&args.scheme, &args.network, &args.description, &args.mime_type, &args.resource];
+    let terms = if args.agent.is_none() && fields.iter().all(|field| field.is_none()) {
+        quote!(#private::Terms::new(#plan))
+    } else {
+        let agent = match &args.agent {
+            Some(agent) => some(value(agent, "__agent", private, &mut helpers), private),
+            None => none(private),
+        };
+        let fields = fields.map(|lit| {
+            lit.as_ref().map_or_else(|| none(private), |lit| some(lit.to_token_stream(), private))
+        });
+        quote!(#private::Terms::from_parts(#plan, #agent, [#(#fields),*]))
+    };
     quote! {
-        fn route() -> &'static #private::Route {
-            #helpers
-            static #route: #private::Route = #private::Route::new(#private::RouteSpec {
-                handler: #name,
-                module: ::core::module_path!(),
-                method: #method,
-                path: #path,
-                credits: #credits,
-                terms: #private::Terms::from_parts(
-                    #plan,
-                    #agent,
-                    [#scheme, #network, #description, #mime_type, #resource],
-                ),
-            });
-            &#route
-        }
+        #helpers
+        static #route: #private::Route =
+            #private::Route::new(#name, ::core::module_path!(), #method, #path, #credits, #terms);
     }
 }
 
@@ -177,7 +171,7 @@ fn credits(credits: &Credits, private: &TokenStream, helpers: &mut TokenStream) 
         fn #resolve(#req: &#private::HttpRequest) -> #private::CreditsFuture<'_> {
             #private::resolve_credits(#expr, #req)
         }
-        fn #fixed_fn() -> ::core::option::Option<::core::primitive::u64> {
+        fn #fixed_fn() -> #private::Option<::core::primitive::u64> {
             #fixed
         }
     });
@@ -190,19 +184,22 @@ fn credits(credits: &Credits, private: &TokenStream, helpers: &mut TokenStream) 
     }
 }
 
-/// `::core::option::Option::Some(tokens)`.
-fn some(tokens: TokenStream) -> TokenStream {
-    quote!(::core::option::Option::Some(#tokens))
+/// `Some(tokens)`, through the runtime's re-export.
+fn some(tokens: TokenStream, private: &TokenStream) -> TokenStream {
+    quote!(#private::Some(#tokens))
 }
 
-/// `::core::option::Option::None`.
-fn none() -> TokenStream {
-    quote!(::core::option::Option::None)
+/// `None`, through the runtime's re-export.
+fn none(private: &TokenStream) -> TokenStream {
+    quote!(#private::None)
 }
 
 /// `Some("text")` or `None`.
-fn optional_str(text: Option<&str>) -> TokenStream {
-    text.map_or_else(none, |text| some(LitStr::new(text, Span::call_site()).to_token_stream()))
+fn optional_str(text: Option<&str>, private: &TokenStream) -> TokenStream {
+    text.map_or_else(
+        || none(private),
+        |text| some(LitStr::new(text, Span::call_site()).to_token_stream(), private),
+    )
 }
 
 /// Compact source text of an expression for the route table (`config::plan_id()`,

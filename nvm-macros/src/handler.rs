@@ -20,7 +20,7 @@ const METHODS: [&str; 9] = ["get", "post", "put", "delete", "patch", "head", "op
 pub(crate) struct Handler {
     /// The function's name.
     pub(crate) ident: Ident,
-    /// The function's visibility, given to the outer function and the marker type.
+    /// The function's visibility, given to the outer function.
     pub(crate) vis: Visibility,
     /// Attributes for the outer function: docs, routing attributes, `#[deprecated]` and
     /// `#[allow(…)]`, in their original order.

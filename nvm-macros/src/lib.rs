@@ -66,12 +66,12 @@ use proc_macro2::TokenStream as TokenStream2;
 /// # What it generates
 ///
 /// The handler stays as written, nested inside an outer `async fn` of the same name,
-/// visibility, docs and routing attributes. The outer function takes a hidden payment
-/// extractor first and the original extractors after it, and only builds the inner
-/// future once the payment is verified. A hidden marker type carries the route's
-/// description (plan, agent, credits, method and path), which is also registered in a
-/// table the runtime reads at start-up (to check that `env` plans are set) and for its
-/// pricing manifest.
+/// visibility, docs and routing attributes. The outer function takes one hidden payment
+/// extractor (holding the request body, unread), prices and verifies the payment, then
+/// runs the original extractors and only builds the inner future once the payment is
+/// verified. A `static` inside it holds the route's description (plan, agent, credits,
+/// method and path), which is also registered in a table the runtime reads at start-up
+/// (to check that `env` plans are set and fetch the plans) and for its pricing manifest.
 ///
 /// Mistakes are compile errors pointing at the offending token and showing the correct
 /// form; the handler is then left as written, so other errors stay meaningful.

@@ -1,11 +1,13 @@
 //! What `#[paid]` expansions call. Not a public API: names and shapes change without
 //! notice.
 
+pub use core::option::Option::{self, None, Some};
+
 pub use actix_web::{HttpRequest, HttpResponse};
 pub use inventory;
 
 pub use crate::actix::credits::CreditsFuture;
-pub use crate::actix::paid::{Paid, PaidRoute, run_paid};
+pub use crate::actix::paid::{Paid, serve};
 pub use crate::actix::pricing::RouteEntry;
 pub use crate::actix::route::{Credits, Route, RouteSpec};
 pub use crate::flow::{Id, Terms};

@@ -1,15 +1,15 @@
-//! The `#[paid]` extractor: the hidden first argument of a `#[paid]` handler, which
-//! prices and verifies the request before any of the handler's own extractors run, and
-//! the call that runs the handler's body and settles.
+//! The `#[paid]` extractor: the hidden argument of a `#[paid]` handler. Extracting it
+//! only takes the request's body, unread; [`Paid::admit`] then prices and verifies the
+//! request before any of the handler's own extractors run, and [`run_paid`] runs the
+//! handler's body and settles. Nothing here is generic over the handler: one copy of
+//! the flow serves every `#[paid]` handler of a program.
 
-use std::future::Future;
-use std::marker::PhantomData;
+use std::future::{Future, Ready, ready};
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::rc::Rc;
 
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpRequest, HttpResponse, Responder};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, Responder, ResponseError};
 
 use super::context::{attach, attached};
 use super::payments::Payments;
@@ -19,80 +19,77 @@ use super::route::Route;
 use crate::error::ConfigError;
 use crate::flow::{Offer, PaymentState};
 
-/// A `#[paid]` handler's link to its [`Route`]; implemented by a marker type the macro
-/// generates next to the handler.
-pub trait PaidRoute: 'static {
-    /// The handler's route.
-    fn route() -> &'static Route;
-}
-
-/// The hidden first argument of a `#[paid]` handler: extracting it verifies the
-/// payment, so the handler's body runs only on a verified (or free) request.
-pub struct Paid<R> {
+/// The hidden argument of a `#[paid]` handler.
+pub struct Paid {
     req: HttpRequest,
-    /// `None` when a `PaymentMiddleware` route already protects the request: it
-    /// verified, and it settles, so the handler's own payment is not taken twice.
+    /// `None` until admitted, and when a `PaymentMiddleware` route already protects the
+    /// request: it verified, and it settles, so the handler's own payment is not taken
+    /// twice.
     settle_with: Option<Payments>,
+    /// Whether a `PaymentMiddleware` route attached the state.
+    under_middleware: bool,
     state: Rc<PaymentState>,
     /// The request body, taken unread: the handler's extractors get it after the
     /// payment decision.
     payload: Payload,
-    route: PhantomData<R>,
 }
 
-impl<R> std::fmt::Debug for Paid<R> {
+impl std::fmt::Debug for Paid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Paid").field("path", &self.req.path()).finish_non_exhaustive()
     }
 }
 
-impl<R: PaidRoute> FromRequest for Paid<R> {
-    type Error = Rejection;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Rejection>>>>;
+impl FromRequest for Paid {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, actix_web::Error>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let payload = payload.take();
-        if let Some(state) = attached(req) {
-            tracing::warn!(
-                path = req.path(),
-                handler = R::route().spec().handler,
-                "a PaymentMiddleware route already protects this #[paid] handler; charging once, on the middleware's terms"
-            );
-            let paid = Paid { req: req.clone(), settle_with: None, state, payload, route: PhantomData };
-            return Box::pin(std::future::ready(Ok(paid)));
-        }
-        // Attached synchronously, before any other extractor of the handler runs, so
-        // `PaymentContext` finds it.
-        let state = attach(req);
-        let req = req.clone();
-        Box::pin(async move {
-            let Some(payments) = Payments::from_request(&req).cloned() else {
-                return Err(Rejection::new(None, unconfigured(&req)));
-            };
-            let route = R::route();
-            route.observe(&req);
-            let spec = route.spec();
-            let exchange = Exchange { payments: &payments, req: &req };
-            let refused = |(refusal, response)| Rejection::new(Some(refusal), response);
-            let ids = spec
-                .terms
-                .plan_id(spec.handler)
-                .and_then(|plan| Ok((plan, spec.terms.agent_id(spec.handler)?)));
-            let (plan_id, agent_id) = ids.map_err(|error| refused(exchange.misconfigured(error)))?;
-            let offer = Offer { plan_id: &plan_id, agent_id: agent_id.as_deref(), terms: &spec.terms };
-            let mut payload = payload;
-            let priced = match std::panic::catch_unwind(AssertUnwindSafe(|| route.credits(&req))) {
-                Ok(source) => paywall::price(&exchange, &offer, source, &mut payload, spec.handler).await,
-                Err(_) => Err(exchange.misconfigured(ConfigError::CreditsPanicked(spec.handler.to_owned()))),
-            };
-            let credits = priced.map_err(refused)?;
-            paywall::admit(&exchange, &offer, credits, &state).await.map_err(refused)?;
-            Ok(Paid { req, settle_with: Some(payments), state, payload, route: PhantomData })
-        })
+        let (state, under_middleware) = match attached(req) {
+            Some(state) => (state, true),
+            // Attached before the handler's own extractors run, so `PaymentContext`
+            // finds it.
+            None => (attach(req), false),
+        };
+        ready(Ok(Paid { req: req.clone(), settle_with: None, under_middleware, state, payload }))
     }
 }
 
-impl<R> Paid<R> {
+impl Paid {
+    /// Prices and verifies the request for `route`; `Err` is the answer to send
+    /// instead (402, 413, 500): the handler never runs.
+    pub async fn admit(&mut self, route: &'static Route) -> Result<(), Rejection> {
+        let spec = route.spec();
+        if self.under_middleware {
+            tracing::warn!(
+                path = self.req.path(),
+                handler = spec.handler,
+                "a PaymentMiddleware route already protects this #[paid] handler; charging once, on the middleware's terms"
+            );
+            return Ok(());
+        }
+        let req = &self.req;
+        let Some(payments) = Payments::from_request(req).cloned() else {
+            return Err(Rejection::new(None, unconfigured(req)));
+        };
+        route.observe(req);
+        let exchange = Exchange { payments: &payments, req };
+        let refused = |(refusal, response)| Rejection::new(Some(refusal), response);
+        let ids =
+            spec.terms.plan_id(spec.handler).and_then(|plan| Ok((plan, spec.terms.agent_id(spec.handler)?)));
+        let (plan_id, agent_id) = ids.map_err(|error| refused(exchange.misconfigured(error)))?;
+        let offer = Offer { plan_id: &plan_id, agent_id: agent_id.as_deref(), terms: &spec.terms };
+        let priced = match std::panic::catch_unwind(AssertUnwindSafe(|| route.credits(req))) {
+            Ok(source) => paywall::price(&exchange, &offer, source, &mut self.payload, spec.handler).await,
+            Err(_) => Err(exchange.misconfigured(ConfigError::CreditsPanicked(spec.handler.to_owned()))),
+        };
+        let credits = priced.map_err(refused)?;
+        paywall::admit(&exchange, &offer, credits, &self.state).await.map_err(refused)?;
+        self.settle_with = Some(payments);
+        Ok(())
+    }
+
     /// Runs the handler's own extractors (a tuple of them) on the request and its
     /// body; a failed extractor gives the response actix-web would have sent.
     pub async fn extract<T: FromRequest>(&mut self) -> Result<T, HttpResponse> {
@@ -103,11 +100,29 @@ impl<R> Paid<R> {
     }
 }
 
-/// Runs a `#[paid]` handler's body after its payment was verified, then settles on
-/// success.
-pub async fn run_paid<R, F>(paid: Paid<R>, handler: F) -> HttpResponse
+/// Serves a `#[paid]` request: admits it for `route`, runs the handler's own
+/// extractors (`T`, a tuple) and then `handler`, and settles on success.
+pub async fn serve<T, H, F>(mut paid: Paid, route: &'static Route, handler: H) -> HttpResponse
 where
-    R: PaidRoute,
+    T: FromRequest,
+    H: FnOnce(T) -> F,
+    F: Future,
+    F::Output: Responder,
+{
+    if let Err(rejection) = paid.admit(route).await {
+        return rejection.error_response();
+    }
+    let args = match paid.extract::<T>().await {
+        Ok(args) => args,
+        Err(response) => return response,
+    };
+    run(paid, handler(args)).await
+}
+
+/// Runs a `#[paid]` handler's body after its payment was admitted, then settles on
+/// success.
+async fn run<F>(paid: Paid, handler: F) -> HttpResponse
+where
     F: Future,
     F::Output: Responder,
 {

@@ -11,14 +11,14 @@ use crate::flow::Id;
 
 /// One `#[paid]` handler in the table; the macro submits one per handler.
 #[derive(Debug)]
-pub struct RouteEntry(pub fn() -> &'static Route);
+pub struct RouteEntry(pub &'static Route);
 
 inventory::collect!(RouteEntry);
 
 /// Every `#[paid]` handler linked into this program, sorted by module and name.
 pub fn routes() -> Vec<&'static Route> {
     let mut routes: Vec<&'static Route> =
-        inventory::iter::<RouteEntry>.into_iter().map(|entry| (entry.0)()).collect();
+        inventory::iter::<RouteEntry>.into_iter().map(|entry| entry.0).collect();
     routes.sort_by_key(|r| (r.spec().module, r.spec().handler));
     routes
 }

@@ -53,9 +53,17 @@ pub struct Route {
 }
 
 impl Route {
-    /// Wraps a spec; `const` so it can live in a `static`.
-    pub const fn new(spec: RouteSpec) -> Self {
-        Route { spec, served: OnceLock::new() }
+    /// A handler's route, from what `#[paid]` read; `const` so it can live in a
+    /// `static`.
+    pub const fn new(
+        handler: &'static str,
+        module: &'static str,
+        method: Option<&'static str>,
+        path: Option<&'static str>,
+        credits: Credits,
+        terms: Terms,
+    ) -> Self {
+        Route { spec: RouteSpec { handler, module, method, path, credits, terms }, served: OnceLock::new() }
     }
 
     /// The compile-time description.
