@@ -15,6 +15,8 @@ use std::pin::Pin;
 use actix_web::HttpRequest;
 
 /// The credits of one request: ready now, after an `await`, or once the body is read.
+/// What expansions and the flow exchange; not part of the public API.
+#[doc(hidden)]
 pub enum CreditsFuture<'a> {
     /// Known already.
     Ready(u64),
@@ -30,6 +32,7 @@ pub enum CreditsFuture<'a> {
 }
 
 /// Prices a body that was read in full.
+#[doc(hidden)]
 pub type BodyPrice<'a> = Box<dyn FnOnce(&[u8]) -> u64 + 'a>;
 
 impl std::fmt::Debug for CreditsFuture<'_> {
@@ -138,7 +141,8 @@ pub enum AsyncFn {}
     note = "write `credits = 3`, `credits = PRICE` (a `const PRICE: u64`), `credits = |req: &HttpRequest| -> u64 {{ … }}`, `credits = async |req: &HttpRequest| -> u64 {{ … }}`, or the name of a `fn`/`async fn` taking `&HttpRequest` and returning `u64`"
 )]
 pub trait CreditsSource<M> {
-    /// The credits for this request.
+    /// The credits for this request (called by the flow; not part of the public API).
+    #[doc(hidden)]
     fn resolve<'a>(self, req: &'a HttpRequest) -> CreditsFuture<'a>
     where
         Self: 'a;

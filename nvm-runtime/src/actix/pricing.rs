@@ -10,13 +10,14 @@ use crate::error::ConfigError;
 use crate::flow::Id;
 
 /// One `#[paid]` handler in the table; the macro submits one per handler.
+#[doc(hidden)]
 #[derive(Debug)]
 pub struct RouteEntry(pub &'static Route);
 
 inventory::collect!(RouteEntry);
 
 /// Every `#[paid]` handler linked into this program, sorted by module and name.
-pub fn routes() -> Vec<&'static Route> {
+pub(crate) fn routes() -> Vec<&'static Route> {
     let mut routes: Vec<&'static Route> =
         inventory::iter::<RouteEntry>.into_iter().map(|entry| entry.0).collect();
     routes.sort_by_key(|r| (r.spec().module, r.spec().handler));
@@ -82,7 +83,7 @@ impl PricedRoute {
             method: method.map(str::to_owned),
             path: path.map(str::to_owned),
             plan_id: terms.plan_id(spec.handler).ok().map(String::from),
-            plan: (&terms.plan).into(),
+            plan: ValueSource::of(&terms.plan),
             agent_id: terms.agent_id(spec.handler).ok().flatten().map(String::from),
             credits,
             credits_source,

@@ -109,8 +109,8 @@ pub enum ValueSource {
     Expr(String),
 }
 
-impl From<&Id> for ValueSource {
-    fn from(id: &Id) -> Self {
+impl ValueSource {
+    pub(crate) fn of(id: &Id) -> Self {
         match id {
             Id::Literal(s) => ValueSource::Literal(s.to_string()),
             Id::Env(s) => ValueSource::Env((*s).to_owned()),
