@@ -1,8 +1,9 @@
 //! What `#[paid]` costs, measured side by side on loopback.
 //!
 //! ```text
-//! cargo run --release -p nvm-examples --example bench            # ~70 seconds
+//! cargo run --release -p nvm-examples --example bench            # ~85 seconds
 //! cargo run --release -p nvm-examples --example bench -- --quick # a few seconds (CI smoke)
+//! cargo run --release -p nvm-examples --example bench -- --latency-ms 100
 //! cargo run --release -p nvm-examples --example bench -- --help
 //! ```
 //!
@@ -21,6 +22,26 @@
 //! ratios. Every paid response must be a 200 with a `payment-response` receipt; anything
 //! else is counted as an error, and the run exits with 1 when there is any, or when a plan
 //! metadata fetch happens after warm-up.
+//!
+//! A second section follows with the facilitator's answers delayed by `--latency-ms`
+//! (default 40 ms, 0 skips it; [`LocalFacilitator::set_latency`]), as the round trip to
+//! the hosted backend delays them: `handwritten`, `paid` and `paid+cache` again, 6 rounds
+//! of 1 s (quick: 1 of 0.4 s). There the facilitator's latency, not CPU, bounds a server:
+//! each of the C closed-loop connections waits its requests' facilitator round trips one
+//! after another, so
+//!
+//! ```text
+//! limit = C / (round trips x latency) req/s
+//!   round trips = 2 for handwritten and paid (verify, then settle)
+//!               = 1 for paid+cache (a cached verification skips verify; settle is never
+//!                 cached: every request burns its credits)
+//! ```
+//!
+//! (16 connections at 40 ms: 200 req/s for `paid`, 400 for `paid+cache`), and the bench
+//! reports each server's median req/s as a fraction of its limit (target >= 0.9). The
+//! latency is a minimum: a delayed answer comes on the timer's next millisecond tick (one
+//! call at 40 ms takes about 41.6 ms), so about 0.96 is the ceiling; the connections moving
+//! in step, queuing for the 2 cores at every hop, take a little more.
 
 use std::fmt::Write as _;
 use std::io;
@@ -130,6 +151,12 @@ struct Settings {
     quick: bool,
     /// The servers to drive (all by default); `--only paid,handwritten` for profiling.
     only: Vec<Kind>,
+    /// The facilitator's latency in the second section (zero: no second section).
+    latency: Duration,
+    /// The second section's rounds, window and warm-up per server.
+    latency_rounds: usize,
+    latency_duration: Duration,
+    latency_warmup: Duration,
 }
 
 impl Settings {
@@ -141,6 +168,10 @@ impl Settings {
             rounds: 30,
             quick: false,
             only: Kind::ALL.to_vec(),
+            latency: Duration::from_millis(40),
+            latency_rounds: 6,
+            latency_duration: Duration::from_secs(1),
+            latency_warmup: Duration::from_millis(500),
         }
     }
 
@@ -152,6 +183,10 @@ impl Settings {
             rounds: 2,
             quick: true,
             only: Kind::ALL.to_vec(),
+            latency: Duration::from_millis(40),
+            latency_rounds: 1,
+            latency_duration: Duration::from_millis(400),
+            latency_warmup: Duration::from_millis(200),
         }
     }
 
@@ -172,6 +207,10 @@ impl Settings {
                 "--warmup" => settings.warmup = seconds(&value()?)?,
                 "--connections" => settings.connections = count(&value()?, 1, 1024)?,
                 "--rounds" => settings.rounds = count(&value()?, 1, 100)?,
+                "--latency-ms" => {
+                    settings.latency = Duration::from_millis(count(&value()?, 0, 10_000)? as u64);
+                }
+                "--latency-rounds" => settings.latency_rounds = count(&value()?, 1, 100)?,
                 "--only" => {
                     settings.only = value()?
                         .split(',')
@@ -194,12 +233,16 @@ impl Settings {
 }
 
 const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [--connections N] [--rounds N]\n\
-  --duration     seconds each server is driven per round (default 0.5; quick 0.4)\n\
-  --warmup       seconds of unmeasured load per server before the rounds (default 1; quick 0.2)\n\
-  --connections  concurrent keep-alive connections (default 16; quick 8)\n\
-  --rounds       rounds of ABCD (default 30; quick 2)\n\
-  --quick        a smoke run of a few seconds\n\
-  --only         drive only these servers, e.g. `--only paid,handwritten` (for profiling)";
+  \x20            [--latency-ms N] [--latency-rounds N] [--only SERVERS]\n\
+  --duration        seconds each server is driven per round (default 0.5; quick 0.4)\n\
+  --warmup          seconds of unmeasured load per server before the rounds (default 1; quick 0.2)\n\
+  --connections     concurrent keep-alive connections (default 16; quick 8)\n\
+  --rounds          rounds of ABCD (default 30; quick 2)\n\
+  --latency-ms      the facilitator's latency in the second section, which reports req/s as a\n\
+  \x20                 fraction of the limit it sets (default 40; 0 skips the section)\n\
+  --latency-rounds  rounds of the second section, 1 s each (default 6; quick 1 of 0.4 s)\n\
+  --quick           a smoke run of a few seconds\n\
+  --only            drive only these servers, e.g. `--only paid,handwritten` (for profiling)";
 
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
@@ -756,68 +799,138 @@ fn run(settings: &Settings) -> Result<bool, String> {
 
     println!("{}", header(settings, &local, load_before));
 
-    // Warm-up: connections, pools, the plan's metadata, the verification cache.
-    let warm = runtime.block_on(async {
-        let mut errors = Vec::new();
-        for (kind, addr, request) in &requests {
-            let m = measure(*addr, request, settings.connections, settings.warmup, kind.charges()).await;
-            if m.errors > 0 {
-                errors.push(format!(
-                    "{}: {} errors during warm-up ({})",
-                    kind.name(),
-                    m.errors,
-                    m.samples.join("; ")
-                ));
-            }
-        }
-        errors
-    });
-    for line in &warm {
-        println!("{line}");
-    }
     let worker_of = |kind: Kind| {
         let workers = workers.lock().unwrap_or_else(PoisonError::into_inner);
         workers.iter().find(|(k, _)| *k == kind).map(|(_, tid)| *tid)
     };
+    let rig = Rig {
+        runtime: &runtime,
+        local: &local,
+        connections: settings.connections,
+        loadgen,
+        worker_of: &worker_of,
+    };
 
-    // Rounds: ABCD ABCD …
-    let mut results: Vec<Vec<Measure>> = vec![Vec::new(); requests.len()];
-    for round in 1..=settings.rounds {
-        let mut line = format!("round {round:>2}/{}:", settings.rounds);
-        for (i, (kind, addr, request)) in requests.iter().enumerate() {
-            let worker = worker_of(*kind);
-            let (calls_before, cpu_before) = (local.calls(), cpu::Reading::now(worker, loadgen));
-            let mut m = runtime.block_on(measure(
-                *addr,
-                request,
-                settings.connections,
-                settings.duration,
-                kind.charges(),
-            ));
-            let (calls_after, cpu_after) = (local.calls(), cpu::Reading::now(worker, loadgen));
-            m.calls = total(calls_after) - total(calls_before);
-            m.plan_fetches = calls_after.plans - calls_before.plans;
-            let delta = |after: Option<u64>, before: Option<u64>| Some(after?.saturating_sub(before?));
-            m.cpu_server = delta(cpu_after.server, cpu_before.server);
-            m.cpu_loadgen = delta(cpu_after.loadgen, cpu_before.loadgen);
-            m.cpu_rest = delta(cpu_after.total, cpu_before.total)
-                .and_then(|t| Some(t.saturating_sub(m.cpu_server? + m.cpu_loadgen?)));
-            let _ = write!(line, "  {} {:.0}/s p99 {}", kind.name(), m.rps(), ms(f64::from(m.p99_us)));
-            results[i].push(m);
-        }
-        println!("{line}");
+    // The first section: loopback speed, every server.
+    let first = Phase { rounds: settings.rounds, duration: settings.duration, warmup: settings.warmup };
+    let (results, warm) = rig.drive(&requests, &first, "");
+    let kinds: Vec<Kind> = requests.iter().map(|r| r.0).collect();
+    let (report, mut ok) = summary(settings, &kinds, &results, !warm.is_empty());
+    println!("{report}");
+
+    // The second section: the facilitator's answers delayed, the servers that call it.
+    let delayed: Vec<_> = requests.iter().filter(|r| r.0.charges()).cloned().collect();
+    if !settings.latency.is_zero() && !delayed.is_empty() {
+        local.set_latency(settings.latency);
+        println!(
+            "\n+{} ms facilitator latency: every answer of the local facilitator waits {} ms \
+             (LocalFacilitator::set_latency), as the round trip to the hosted backend would;\n\
+             \x20 {} rounds x {} servers x {:.1} s, {:.1} s warm-up per server",
+            settings.latency.as_millis(),
+            settings.latency.as_millis(),
+            settings.latency_rounds,
+            delayed.len(),
+            settings.latency_duration.as_secs_f64(),
+            settings.latency_warmup.as_secs_f64(),
+        );
+        let phase = Phase {
+            rounds: settings.latency_rounds,
+            duration: settings.latency_duration,
+            warmup: settings.latency_warmup,
+        };
+        let (results, warm) = rig.drive(&delayed, &phase, "+latency ");
+        local.set_latency(Duration::ZERO);
+        let kinds: Vec<Kind> = delayed.iter().map(|r| r.0).collect();
+        let (report, latency_ok) = latency_summary(settings, &kinds, &results, !warm.is_empty());
+        println!("{report}");
+        ok &= latency_ok;
     }
     servers.stop();
     drop(runtime);
 
-    let kinds: Vec<Kind> = requests.iter().map(|r| r.0).collect();
-    let (report, ok) = summary(settings, &kinds, &results, !warm.is_empty());
-    println!("{report}");
     if let (Some(before), Some(after)) = (load_before, cpu::load_average()) {
         println!("load average (1 min) before the run {before:.2}, after {after:.2}");
     }
     drop(local);
     Ok(ok)
+}
+
+/// One section of the run: its rounds, the window of each server per round, and the
+/// warm-up of each server before the rounds.
+struct Phase {
+    rounds: usize,
+    duration: Duration,
+    warmup: Duration,
+}
+
+/// What every section drives its servers with.
+struct Rig<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    local: &'a LocalFacilitator,
+    connections: usize,
+    loadgen: Option<u32>,
+    worker_of: &'a dyn Fn(Kind) -> Option<u32>,
+}
+
+impl Rig<'_> {
+    /// Warms each server up, then drives them in turn for `phase.rounds` rounds (ABCD ABCD
+    /// …), printing a line per round: the measures per server, and the warm-up's errors.
+    fn drive(
+        &self,
+        requests: &[(Kind, SocketAddr, Arc<[u8]>)],
+        phase: &Phase,
+        label: &str,
+    ) -> (Vec<Vec<Measure>>, Vec<String>) {
+        let (local, connections) = (self.local, self.connections);
+        // Warm-up: connections, pools, the plan's metadata, the verification cache.
+        let warm = self.runtime.block_on(async {
+            let mut errors = Vec::new();
+            for (kind, addr, request) in requests {
+                let m = measure(*addr, request, connections, phase.warmup, kind.charges()).await;
+                if m.errors > 0 {
+                    errors.push(format!(
+                        "{}: {} errors during warm-up ({})",
+                        kind.name(),
+                        m.errors,
+                        m.samples.join("; ")
+                    ));
+                }
+            }
+            errors
+        });
+        for line in &warm {
+            println!("{label}{line}");
+        }
+
+        // Rounds: ABCD ABCD …
+        let mut results: Vec<Vec<Measure>> = vec![Vec::new(); requests.len()];
+        for round in 1..=phase.rounds {
+            let mut line = format!("{label}round {round:>2}/{}:", phase.rounds);
+            for (i, (kind, addr, request)) in requests.iter().enumerate() {
+                let worker = (self.worker_of)(*kind);
+                let (calls_before, cpu_before) = (local.calls(), cpu::Reading::now(worker, self.loadgen));
+                let mut m = self.runtime.block_on(measure(
+                    *addr,
+                    request,
+                    connections,
+                    phase.duration,
+                    kind.charges(),
+                ));
+                let (calls_after, cpu_after) = (local.calls(), cpu::Reading::now(worker, self.loadgen));
+                m.calls = total(calls_after) - total(calls_before);
+                m.plan_fetches = calls_after.plans - calls_before.plans;
+                let delta = |after: Option<u64>, before: Option<u64>| Some(after?.saturating_sub(before?));
+                m.cpu_server = delta(cpu_after.server, cpu_before.server);
+                m.cpu_loadgen = delta(cpu_after.loadgen, cpu_before.loadgen);
+                m.cpu_rest = delta(cpu_after.total, cpu_before.total)
+                    .and_then(|t| Some(t.saturating_sub(m.cpu_server? + m.cpu_loadgen?)));
+                let _ = write!(line, "  {} {:.0}/s p99 {}", kind.name(), m.rps(), ms(f64::from(m.p99_us)));
+                results[i].push(m);
+            }
+            println!("{line}");
+        }
+        (results, warm)
+    }
 }
 
 fn header(settings: &Settings, local: &LocalFacilitator, load: Option<f64>) -> String {
@@ -827,7 +940,7 @@ fn header(settings: &Settings, local: &LocalFacilitator, load: Option<f64>) -> S
          run: {mode}{rounds} rounds x {servers} servers x {duration:.1} s, {conns} keep-alive HTTP/1.1 connections, \
          {warmup:.1} s warm-up per server;\n\
          \x20 GET /work answering `ok`, credits = 1, one reusable token, subscriber balance 2^60\n\
-         facilitator: local, {backend} (in-memory ledger, real HTTP on loopback)\n\
+         facilitator: local, {backend} (in-memory ledger, real HTTP on loopback){second}\n\
          threads: the facilitator runs on its own thread with its own actix System (2 workers); each server\n\
          \x20 has 1 worker thread (plus an idle accept thread); the load generator is 1 thread (a current-thread\n\
          \x20 tokio runtime, one task per connection, a minimal HTTP/1.1 client). Only one server is driven at a\n\
@@ -847,6 +960,14 @@ fn header(settings: &Settings, local: &LocalFacilitator, load: Option<f64>) -> S
         conns = settings.connections,
         warmup = settings.warmup.as_secs_f64(),
         backend = local.backend_url(),
+        second = if settings.latency.is_zero() {
+            String::new()
+        } else {
+            format!(
+                ";\n  then a second section with every facilitator answer delayed {} ms (--latency-ms)",
+                settings.latency.as_millis()
+            )
+        },
     );
     if let Some(load) = load {
         let _ = write!(out, "\nload average (1 min) before the run: {load:.2}");
@@ -994,6 +1115,104 @@ fn summary(
         p99(cache, paid),
         mark(cache_calls <= 1.05)
     );
+    let _ = writeln!(
+        out,
+        "plan metadata fetches after warm-up: {fetches} (asserted 0: {})",
+        if fetches == 0 { "ok" } else { "FAILED" }
+    );
+    if fetches != 0 {
+        ok = false;
+    }
+    let errors: u64 = results.iter().flatten().map(|m| m.errors).sum();
+    let _ = write!(out, "errors: {errors}{}", if ok { "" } else { " (FAILED: see above)" });
+    (out, ok)
+}
+
+/// The facilitator round trips of one request of `kind`, one after another: what the
+/// facilitator's latency costs it.
+fn round_trips(kind: Kind) -> u32 {
+    match kind {
+        Kind::Plain => 0,
+        // verify, then settle.
+        Kind::Handwritten | Kind::Paid => 2,
+        // The cached verification skips verify; settle is never cached.
+        Kind::PaidCache => 1,
+    }
+}
+
+/// The second section: each server's median req/s against the limit the facilitator's
+/// latency sets; `false` when a check failed.
+fn latency_summary(
+    settings: &Settings,
+    kinds: &[Kind],
+    results: &[Vec<Measure>],
+    warmup_errors: bool,
+) -> (String, bool) {
+    let latency = settings.latency.as_secs_f64();
+    let conns = settings.connections;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nwith +{} ms: limit = connections / (round trips x latency) req/s, the bound of {conns} closed-loop\n\
+         \x20 connections each waiting its round trips one after another: 2 round trips for handwritten and\n\
+         \x20 paid (verify, settle), 1 for paid+cache (the cached verification skips verify); fraction = the\n\
+         \x20 median req/s of the rounds / limit; p50 and p99 of all requests, ideal = round trips x latency:",
+        settings.latency.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9} {:>6}",
+        "server", "req/s", "limit", "fraction", "ideal", "p50", "p99", "facilit./req", "requests", "errors"
+    );
+    let mut ok = !warmup_errors;
+    let mut fetches = 0;
+    let mut verdicts = Vec::new();
+    for (kind, rounds) in kinds.iter().zip(results) {
+        let trips = round_trips(*kind);
+        let limit = conns as f64 / (f64::from(trips) * latency);
+        let rps = median(&mut rounds.iter().map(Measure::rps).collect::<Vec<_>>());
+        let fraction = rps / limit;
+        let mut all: Vec<u32> = rounds.iter().flat_map(|m| m.latencies_us.iter().copied()).collect();
+        all.sort_unstable();
+        let requests: u64 = rounds.iter().map(|m| m.requests).sum();
+        let calls: u64 = rounds.iter().map(|m| m.calls).sum();
+        let errors: u64 = rounds.iter().map(|m| m.errors).sum();
+        fetches += rounds.iter().map(|m| m.plan_fetches).sum::<u64>();
+        let _ = writeln!(
+            out,
+            "{:<12} {:>8.0} {:>8.0} {:>9.3} {:>9} {:>9} {:>9} {:>12.3} {:>9} {:>6}",
+            kind.name(),
+            rps,
+            limit,
+            fraction,
+            ms(f64::from(trips) * latency * 1e6),
+            ms(f64::from(percentile(&all, 0.50))),
+            ms(f64::from(percentile(&all, 0.99))),
+            calls as f64 / requests.max(1) as f64,
+            requests,
+            errors
+        );
+        if errors > 0 {
+            ok = false;
+        }
+        if matches!(kind, Kind::Paid | Kind::PaidCache) {
+            verdicts.push(format!(
+                "{} {fraction:.3} of {limit:.0} req/s (target >= 0.9: {})",
+                kind.name(),
+                if fraction >= 0.9 { "ok" } else { "MISSED" }
+            ));
+        }
+    }
+    for (kind, rounds) in kinds.iter().zip(results) {
+        let samples: Vec<&str> = rounds.iter().flat_map(|m| &m.samples).take(5).map(String::as_str).collect();
+        if !samples.is_empty() {
+            ok = false;
+            let _ = writeln!(out, "errors of {}: {}", kind.name(), samples.join("; "));
+        }
+    }
+    if !verdicts.is_empty() {
+        let _ = writeln!(out, "fraction of the limit: {}", verdicts.join(", "));
+    }
     let _ = writeln!(
         out,
         "plan metadata fetches after warm-up: {fetches} (asserted 0: {})",

@@ -26,7 +26,7 @@
 //! - items declared `pub` (not `pub(crate)`, `pub(super)`, `pub(in …)`) in modules that
 //!   are `pub` all the way up, at their path (`pub struct nvm_runtime::client::PayingClient`);
 //! - `pub use` re-exports. An item is listed once, at the longest of its public paths
-//!   (its home module: `nvm_runtime::config::Payments`, not the root re-export), and
+//!   (its home module: `nvm_runtime::actix::Payments`, not the root re-export), and
 //!   each other public path is a line `pub use ALIAS = THAT_PATH`. An item of a private
 //!   module (`pub use hooks::Hooks`) is listed at the path users name it by, as rustdoc
 //!   inlines it. Which path is shown depends on the public paths alone, so moving

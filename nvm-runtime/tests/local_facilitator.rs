@@ -731,13 +731,43 @@ fn the_binary_refuses_bad_flags_with_usage() {
         let output = Command::new(bin).args(args).stdin(Stdio::null()).output().expect("runs");
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("usage: nvm-local-facilitator"), "{stderr}");
+        assert!(stderr.contains("Usage: nvm-local-facilitator"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(output.stdout.is_empty());
     }
     let output = Command::new(bin).arg("--help").stdin(Stdio::null()).output().expect("runs");
     assert!(output.status.success());
-    assert!(String::from_utf8_lossy(&output.stdout).contains("--credits"));
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("--credits") && help.contains("--latency-ms"), "{help}");
+}
+
+#[actix_web::test]
+async fn the_binary_delays_every_answer_by_its_latency() {
+    let child = Command::new(env!("CARGO_BIN_EXE_nvm-local-facilitator"))
+        .args(["--latency-ms", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary runs");
+    let mut child = Killed(child);
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("a first line within 60 s");
+    let info: LocalInfo = serde_json::from_str(line.trim()).expect("the first line is unchanged");
+    let key: ApiKey = info.builder_api_key.parse().expect("a key");
+    let facilitator = Facilitator::new(&info.backend_url, &key, Duration::from_secs(10)).expect("a client");
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        facilitator.plan_metadata(&info.plan_id).await.expect("it serves");
+        assert!(started.elapsed() >= Duration::from_millis(60), "{:?}", started.elapsed());
+    }
+    drop(child);
 }
 
 #[test]

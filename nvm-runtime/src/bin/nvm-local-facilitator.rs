@@ -2,79 +2,58 @@
 //! development and tests that run offline.
 //!
 //! Prints one JSON line first, `{"backendUrl","builderApiKey","subscriberApiKey",
-//! "planId","agentId"}`, then serves until killed.
+//! "planId","agentId"}`, then serves until killed. `--latency-ms N` delays every answer
+//! by N ms, to measure a seller as it runs against the hosted backend.
 
 use std::io::Write as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use clap::error::{ContextKind, ContextValue};
+use clap::{CommandFactory as _, Parser};
 use nvm_runtime::local::{DEFAULT_CREDITS, LocalFacilitator};
 
-const USAGE: &str = "\
-usage: nvm-local-facilitator [--port N] [--credits N]
-
-Serves the Nevermined x402 endpoints (permissions, verify, settle, plan metadata) on
-127.0.0.1 over an in-memory ledger, then prints one JSON line on stdout:
-  {\"backendUrl\",\"builderApiKey\",\"subscriberApiKey\",\"planId\",\"agentId\"}
-and serves until killed. Point the official SDKs at it with NVM_BACKEND_URL=<backendUrl>.
-
-options:
-  --port N       port to bind on 127.0.0.1 (default 0: any free port)
-  --credits N    starting credits of the demo subscriber (default 100)
-  -h, --help     print this help";
-
-#[derive(Debug, PartialEq, Eq)]
+/// The command line.
+#[derive(Debug, PartialEq, Eq, Parser)]
+#[command(
+    name = "nvm-local-facilitator",
+    about = "Serves the Nevermined x402 endpoints (permissions, verify, settle, plan metadata) on \
+             127.0.0.1 over an in-memory ledger.",
+    after_help = "On start it prints one JSON line on stdout:\n  \
+                  {\"backendUrl\",\"builderApiKey\",\"subscriberApiKey\",\"planId\",\"agentId\"}\n\
+                  and serves until killed. Point the official SDKs at it with NVM_BACKEND_URL=<backendUrl>."
+)]
 struct Options {
+    /// Port to bind on 127.0.0.1 (0: any free port)
+    #[arg(long, value_name = "N", default_value_t = 0)]
     port: u16,
+    /// Starting credits of the demo subscriber
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CREDITS)]
     credits: u64,
+    /// Delay every answer by N milliseconds, as a remote backend's round trip would
+    #[arg(long = "latency-ms", value_name = "N", default_value_t = 0)]
+    latency_ms: u64,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Parsed {
-    Run(Options),
-    Help,
-}
-
-fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
-    let mut options = Options { port: 0, credits: DEFAULT_CREDITS };
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Parsed::Help),
-            "--port" | "--credits" => {
-                let value = inline.or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value"))?;
-                if flag == "--port" {
-                    options.port = value
-                        .parse()
-                        .map_err(|_| format!("--port takes a port number (0-65535), not {value:?}"))?;
-                } else {
-                    options.credits = value
-                        .parse()
-                        .map_err(|_| format!("--credits takes a non-negative integer, not {value:?}"))?;
-                }
-            }
-            _ => return Err(format!("unknown argument {arg:?}")),
-        }
+/// `error` with the usage line, which clap shows for some refusals (an unknown
+/// argument) and not others (a missing or bad value): every refusal shows it.
+fn with_usage(mut error: clap::Error) -> clap::Error {
+    if error.use_stderr() && error.get(ContextKind::Usage).is_none() {
+        error.insert(ContextKind::Usage, ContextValue::StyledStr(Options::command().render_usage()));
     }
-    Ok(Parsed::Run(options))
+    error
 }
 
 fn main() -> ExitCode {
-    let options = match parse(std::env::args().skip(1)) {
-        Ok(Parsed::Run(options)) => options,
-        Ok(Parsed::Help) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("nvm-local-facilitator: {message}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let local = match LocalFacilitator::builder().port(options.port).credits(options.credits).start() {
+    // `--help` prints to stdout and exits 0; a bad command line prints the error and the
+    // usage to stderr and exits 2.
+    let options = Options::try_parse().map_err(with_usage).unwrap_or_else(|error| error.exit());
+    let started = LocalFacilitator::builder()
+        .port(options.port)
+        .credits(options.credits)
+        .latency(Duration::from_millis(options.latency_ms))
+        .start();
+    let local = match started {
         Ok(local) => local,
         Err(error) => {
             eprintln!("nvm-local-facilitator: cannot listen on 127.0.0.1:{}: {error}", options.port);
@@ -93,8 +72,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     drop(stdout);
+    let latency = if options.latency_ms > 0 {
+        format!(", every answer delayed {} ms", options.latency_ms)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "nvm-local-facilitator: serving on {} (plan {}, agent {}); stop with Ctrl-C",
+        "nvm-local-facilitator: serving on {} (plan {}, agent {}{latency}); stop with Ctrl-C",
         local.backend_url(),
         local.plan_id(),
         local.agent_id()
@@ -106,23 +90,78 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use clap::error::ErrorKind;
+
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("nvm-local-facilitator").chain(args.iter().copied()))
+    }
+
+    fn refused(args: &[&str]) -> ErrorKind {
+        parse(args).expect_err("refused").kind()
+    }
+
+    #[test]
+    fn the_command_is_well_formed() {
+        Options::command().debug_assert();
     }
 
     #[test]
     fn parses_flags() {
-        assert_eq!(parse(args(&[])), Ok(Parsed::Run(Options { port: 0, credits: 100 })));
+        assert_eq!(parse(&[]).unwrap(), Options { port: 0, credits: DEFAULT_CREDITS, latency_ms: 0 });
+        assert_eq!(DEFAULT_CREDITS, 100);
         assert_eq!(
-            parse(args(&["--port", "8080", "--credits=5"])),
-            Ok(Parsed::Run(Options { port: 8080, credits: 5 }))
+            parse(&["--port", "8080", "--credits=5"]).unwrap(),
+            Options { port: 8080, credits: 5, latency_ms: 0 }
         );
-        assert_eq!(parse(args(&["--help"])), Ok(Parsed::Help));
-        assert!(parse(args(&["--port"])).is_err());
-        assert!(parse(args(&["--port", "70000"])).is_err());
-        assert!(parse(args(&["--credits", "-1"])).is_err());
-        assert!(parse(args(&["--verbose"])).is_err());
+        assert_eq!(refused(&["--port"]), ErrorKind::InvalidValue);
+        assert_eq!(refused(&["--port", "70000"]), ErrorKind::ValueValidation);
+        assert_eq!(refused(&["--port", "seventy"]), ErrorKind::ValueValidation);
+        assert!(parse(&["--credits", "-1"]).is_err());
+        assert_eq!(refused(&["--verbose"]), ErrorKind::UnknownArgument);
+        assert_eq!(refused(&["8080"]), ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn parses_the_latency() {
+        assert_eq!(parse(&["--latency-ms", "40"]).unwrap().latency_ms, 40);
+        assert_eq!(
+            parse(&["--latency-ms=250", "--port", "1"]).unwrap(),
+            Options { port: 1, credits: DEFAULT_CREDITS, latency_ms: 250 }
+        );
+        assert_eq!(parse(&["--latency-ms", "0"]).unwrap().latency_ms, 0);
+        assert_eq!(refused(&["--latency-ms"]), ErrorKind::InvalidValue);
+        assert_eq!(refused(&["--latency-ms", "fast"]), ErrorKind::ValueValidation);
+        assert_eq!(refused(&["--latency-ms", "1.5"]), ErrorKind::ValueValidation);
+        assert!(parse(&["--latency-ms", "-5"]).is_err());
+    }
+
+    #[test]
+    fn help_lists_every_option_with_its_default() {
+        for flag in ["--help", "-h"] {
+            let error = parse(&[flag]).expect_err("help is an early exit");
+            assert_eq!(error.kind(), ErrorKind::DisplayHelp, "{flag}");
+            let help = error.to_string();
+            for option in ["--port <N>", "--credits <N>", "--latency-ms <N>", "-h, --help"] {
+                assert!(help.contains(option), "{option} in {help}");
+            }
+            assert!(help.contains("[default: 0]") && help.contains("[default: 100]"), "{help}");
+            assert!(help.contains("\"backendUrl\""), "{help}");
+        }
+    }
+
+    #[test]
+    fn every_refusal_shows_the_usage_once() {
+        for args in [&["--bogus"][..], &["--port"], &["--port", "seventy"], &["--credits", "-3"], &["x"]] {
+            let error = with_usage(parse(args).expect_err("refused"));
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+            let text = error.to_string();
+            assert_eq!(text.matches("Usage: nvm-local-facilitator [OPTIONS]").count(), 1, "{args:?}: {text}");
+            assert!(text.starts_with("error: "), "{text}");
+        }
+        let help = with_usage(parse(&["--help"]).expect_err("an early exit"));
+        assert_eq!(help.exit_code(), 0);
+        assert_eq!(help.get(ContextKind::Usage), None, "help is left as it is");
     }
 }

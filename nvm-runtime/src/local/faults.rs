@@ -10,6 +10,11 @@
 //! carried out: nothing is minted, verified or burned, and the fault's answer is sent
 //! instead.
 //!
+//! Apart from faults, a latency ([`LocalFacilitator::set_latency`], or
+//! [`LocalFacilitatorBuilder::latency`](super::LocalFacilitatorBuilder::latency) before
+//! the start) delays every answer of every endpoint, faulted or not, the way the round
+//! trip to the hosted backend does.
+//!
 //! ```
 //! use std::time::Duration;
 //! use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
@@ -113,6 +118,8 @@ pub(crate) struct Faults {
     generation: AtomicU64,
     /// Set when the server stops, releasing hanging calls.
     stopping: AtomicBool,
+    /// The delay of every answer, in nanoseconds (0: none).
+    latency_ns: AtomicU64,
 }
 
 impl Faults {
@@ -144,6 +151,18 @@ impl Faults {
             }
         }
         Some(fault)
+    }
+
+    /// Delays every answer by `latency` from now on (saturating at `u64::MAX` ns, some
+    /// 584 years).
+    pub(crate) fn set_latency(&self, latency: Duration) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.latency_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// The delay of every answer.
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_nanos(self.latency_ns.load(Ordering::Relaxed))
     }
 
     /// Releases hanging calls: the server is stopping.
@@ -313,6 +332,55 @@ impl LocalFacilitator {
         self.faults.get(endpoint)
     }
 
+    /// Delays every answer of every endpoint by `latency` from now on (zero: none),
+    /// the way the round trip to the hosted backend does, so a seller can be measured
+    /// as it runs against it. The delay is an asynchronous wait before the call is
+    /// carried out: it holds no server thread, and concurrent calls wait side by side
+    /// (100 calls in flight with 40 ms each are all answered after about 40 ms).
+    ///
+    /// It applies to calls that arrive from now on, faulted or not (a
+    /// [`Fault::Delay`] adds to it); [`clear_faults`](Self::clear_faults) leaves it.
+    ///
+    /// ```
+    /// use std::io::{Read as _, Write as _};
+    /// use std::time::{Duration, Instant};
+    /// use nvm_runtime::local::LocalFacilitator;
+    ///
+    /// let local = LocalFacilitator::start()?;
+    /// local.set_latency(Duration::from_millis(30));
+    /// assert_eq!(local.latency(), Duration::from_millis(30));
+    ///
+    /// let addr = local.backend_url().trim_start_matches("http://");
+    /// let mut stream = std::net::TcpStream::connect(addr)?;
+    /// let started = Instant::now();
+    /// let plan = local.plan_id();
+    /// write!(stream, "GET /api/v1/protocol/plans/{plan} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    /// let mut answer = String::new();
+    /// stream.read_to_string(&mut answer)?;
+    /// assert!(answer.starts_with("HTTP/1.1 200"));
+    /// assert!(started.elapsed() >= Duration::from_millis(30));
+    ///
+    /// local.set_latency(Duration::ZERO); // answers at once again
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_latency(&self, latency: Duration) {
+        self.faults.set_latency(latency);
+    }
+
+    /// The delay of every answer ([`set_latency`](Self::set_latency); zero by default).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use nvm_runtime::local::LocalFacilitator;
+    ///
+    /// let local = LocalFacilitator::start()?;
+    /// assert_eq!(local.latency(), Duration::ZERO);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn latency(&self) -> Duration {
+        self.faults.latency()
+    }
+
     /// Removes every fault; calls held by [`Fault::Hang`] are released (they answer 504
     /// without doing anything).
     ///
@@ -348,5 +416,16 @@ mod tests {
         }
         faults.clear();
         assert_eq!(faults.get(Endpoint::Plans), None);
+    }
+
+    #[test]
+    fn latency_is_kept_apart_from_faults() {
+        let faults = Faults::default();
+        assert_eq!(faults.latency(), Duration::ZERO);
+        faults.set_latency(Duration::from_micros(1500));
+        faults.clear();
+        assert_eq!(faults.latency(), Duration::from_micros(1500));
+        faults.set_latency(Duration::MAX);
+        assert_eq!(faults.latency(), Duration::from_nanos(u64::MAX));
     }
 }

@@ -27,6 +27,11 @@
 //! (no such plan), `BCK.PROTOCOL.0400` (agent not of the plan), `BCK.X402.0404`
 //! (unknown `agentRequestId`), `BCK.X402.0409` (`agentRequestId` of another token).
 //!
+//! Answers come at loopback speed unless a latency is set
+//! ([`LocalFacilitatorBuilder::latency`], [`LocalFacilitator::set_latency`]): then every
+//! answer waits that long, without holding a server thread, as the round trip to the
+//! hosted backend would make it.
+//!
 //! ```
 //! use nvm_runtime::local::LocalFacilitator;
 //!
@@ -45,6 +50,7 @@ mod wire;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -180,6 +186,7 @@ pub struct Calls {
 pub struct LocalFacilitatorBuilder {
     port: u16,
     credits: u64,
+    latency: Duration,
 }
 
 impl LocalFacilitatorBuilder {
@@ -206,6 +213,23 @@ impl LocalFacilitatorBuilder {
         self
     }
 
+    /// Delays every answer of every endpoint by `latency` (default zero), the way the
+    /// round trip to the hosted backend does; see
+    /// [`LocalFacilitator::set_latency`], which changes it while running.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use nvm_runtime::local::LocalFacilitator;
+    ///
+    /// let local = LocalFacilitator::builder().latency(Duration::from_millis(40)).start()?;
+    /// assert_eq!(local.latency(), Duration::from_millis(40));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
     /// Binds the port and starts serving on a new thread.
     ///
     /// ```
@@ -216,6 +240,7 @@ impl LocalFacilitatorBuilder {
     pub fn start(self) -> io::Result<LocalFacilitator> {
         let state = Arc::new(State::new(self.credits));
         let faults = Arc::new(Faults::default());
+        faults.set_latency(self.latency);
         let running = server::spawn(Arc::clone(&state), Arc::clone(&faults), self.port)?;
         let info = LocalInfo {
             backend_url: format!("http://{}", running.addr),
@@ -601,7 +626,7 @@ impl LocalFacilitator {
         Self::builder().start()
     }
 
-    /// Configures a local facilitator: port and starting credits.
+    /// Configures a local facilitator: port, starting credits and latency.
     ///
     /// ```
     /// let local = nvm_runtime::local::LocalFacilitator::builder().credits(1).start()?;
@@ -609,7 +634,7 @@ impl LocalFacilitator {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn builder() -> LocalFacilitatorBuilder {
-        LocalFacilitatorBuilder { port: 0, credits: DEFAULT_CREDITS }
+        LocalFacilitatorBuilder { port: 0, credits: DEFAULT_CREDITS, latency: Duration::ZERO }
     }
 
     /// `http://127.0.0.1:<port>`: the backend URL to give clients (`NVM_BACKEND_URL`).

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use actix_web::dev::ServerHandle;
+use actix_web::dev::{ServerHandle, Service as _};
 use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -57,12 +57,26 @@ pub(crate) fn spawn(state: Arc<State>, faults: Arc<Faults>, port: u16) -> io::Re
     let addr = listener.local_addr()?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<ServerHandle>>();
     let server_faults = web::Data::from(Arc::clone(&faults));
+    let latency = Arc::clone(&faults);
     let thread = std::thread::Builder::new().name("nvm-local-facilitator".into()).spawn(move || {
         let system = actix_web::rt::System::new();
         system.block_on(async move {
             let data = web::Data::from(state);
             let server = HttpServer::new(move || {
+                let latency = Arc::clone(&latency);
                 App::new()
+                    // Every answer waits the configured latency first: a timer, not a
+                    // blocked worker, so concurrent calls wait side by side.
+                    .wrap_fn(move |req, service| {
+                        let delay = latency.latency();
+                        let call = service.call(req);
+                        async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            call.await
+                        }
+                    })
                     .app_data(data.clone())
                     .app_data(server_faults.clone())
                     .app_data(web::PayloadConfig::new(BODY_LIMIT))
