@@ -264,19 +264,10 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn calls_of(calls: Calls, endpoint: Endpoint) -> u64 {
-    match endpoint {
-        Endpoint::Verify => calls.verify,
-        Endpoint::Settle => calls.settle,
-        Endpoint::Permissions => calls.permissions,
-        Endpoint::Plans => calls.plans,
-    }
-}
-
 /// Waits (at most 2 s) until `endpoint` received a call.
 async fn until_called(local: &LocalFacilitator, endpoint: Endpoint) {
     let deadline = Instant::now() + Duration::from_secs(2);
-    while calls_of(local.calls(), endpoint) == 0 && Instant::now() < deadline {
+    while local.calls().of(endpoint) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -13,19 +13,14 @@ use reqwest::Url;
 
 use crate::backend::ApiKey;
 use crate::error::{ConfigError, FacilitatorError, Unavailable};
-use crate::wire::PaymentRequired;
 use crate::wire::{
     Amount, BackendError, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SettleResponse,
     VerifyResponse,
 };
+use crate::wire::{Endpoint, PaymentRequired};
 
 /// The `Nevermined-Version` header value the backend expects.
 pub const NEVERMINED_VERSION: &str = "1.1";
-
-const VERIFY_PATH: &str = "/api/v1/x402/verify";
-const SETTLE_PATH: &str = "/api/v1/x402/settle";
-const PERMISSIONS_PATH: &str = "/api/v1/x402/permissions";
-const PLANS_PATH: &str = "/api/v1/protocol/plans/";
 
 /// How many times `verify` is tried on a transient failure (it burns nothing, so a
 /// retry is safe). `settle` is tried exactly once.
@@ -112,7 +107,7 @@ impl Facilitator {
             .build()
             .map_err(|e| ConfigError::HttpClient(Arc::new(e)))?;
         let url = |path: &str| Url::parse(&format!("{base}{path}")).ok();
-        let urls = url(VERIFY_PATH).zip(url(SETTLE_PATH));
+        let urls = url(Endpoint::Verify.path()).zip(url(Endpoint::Settle.path()));
         Ok(Facilitator { http, base: base.into(), urls: Arc::new(urls), auth, timeout })
     }
 
@@ -146,7 +141,7 @@ impl Facilitator {
             let mut attempt = 1;
             loop {
                 // `Bytes`: a retry shares the body, it does not copy it.
-                let result = self.post_once(VERIFY_PATH, url, body.clone()).await;
+                let result = self.post_once(Endpoint::Verify.path(), url, body.clone()).await;
                 match result {
                     Err(FacilitatorError::Unavailable(ref why))
                         if attempt < VERIFY_ATTEMPTS && is_transient(why) =>
@@ -178,20 +173,21 @@ impl Facilitator {
 
     async fn settle_body(&self, body: Bytes) -> Result<SettleResponse, FacilitatorError> {
         let url = self.urls.as_ref().as_ref().map(|(_, settle)| settle);
-        self.bounded(self.post_once(SETTLE_PATH, url, body)).await
+        self.bounded(self.post_once(Endpoint::Settle.path(), url, body)).await
     }
 
     /// `POST /api/v1/x402/permissions`: mints an access token. The client's API key must
     /// be the subscriber's.
     pub async fn mint(&self, request: &PermissionsRequest) -> Result<PermissionsResponse, FacilitatorError> {
         let body = to_body(request);
-        self.bounded(self.post_once(PERMISSIONS_PATH, None, body)).await
+        self.bounded(self.post_once(Endpoint::Permissions.path(), None, body)).await
     }
 
     /// `GET /api/v1/protocol/plans/{planId}`: the plan's public metadata (sent without
     /// the `Authorization` header).
     pub async fn plan_metadata(&self, plan_id: &str) -> Result<serde_json::Value, FacilitatorError> {
-        let url = format!("{}{PLANS_PATH}{}", self.base, encode_path_segment(plan_id));
+        let path = Endpoint::Plans.path().replace("{plan_id}", &encode_path_segment(plan_id));
+        let url = format!("{}{path}", self.base);
         self.bounded(async {
             // A public call: no Authorization header.
             let response = self.http.get(&url).send().await.map_err(|e| self.unsent(e))?;

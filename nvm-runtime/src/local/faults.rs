@@ -49,33 +49,7 @@ pub const HANG_LIMIT: Duration = Duration::from_secs(30);
 /// How often a hanging call looks whether its fault was cleared.
 const HANG_POLL: Duration = Duration::from_millis(10);
 
-/// An endpoint of the local facilitator, for [`LocalFacilitator::inject`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    /// `POST /api/v1/x402/verify`.
-    Verify,
-    /// `POST /api/v1/x402/settle`.
-    Settle,
-    /// `POST /api/v1/x402/permissions`.
-    Permissions,
-    /// `GET /api/v1/protocol/plans/{id}` (plan metadata).
-    Plans,
-}
-
-impl Endpoint {
-    /// Every endpoint.
-    pub const ALL: [Endpoint; 4] =
-        [Endpoint::Verify, Endpoint::Settle, Endpoint::Permissions, Endpoint::Plans];
-
-    fn index(self) -> usize {
-        match self {
-            Endpoint::Verify => 0,
-            Endpoint::Settle => 1,
-            Endpoint::Permissions => 2,
-            Endpoint::Plans => 3,
-        }
-    }
-}
+pub use crate::wire::Endpoint;
 
 /// How a faulted endpoint misbehaves.
 #[derive(Debug, Clone, PartialEq, Eq)]

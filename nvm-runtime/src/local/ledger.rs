@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::keys::{self, Secret};
 use super::wire::{FacilitatorBody, PermissionsBody};
 use super::{Calls, LocalPlan, MintOptions, PlanSpec};
-use crate::wire::{Accepted, Extra, SCHEME_CARD_DELEGATION, SCHEME_ERC4337, X402_VERSION};
+use crate::wire::{Accepted, Endpoint, Extra, SCHEME_CARD_DELEGATION, SCHEME_ERC4337, X402_VERSION};
 use crate::wire::{AccessToken, Authorization, PaymentPayload, SignedPayload, TokenHash};
 use crate::wire::{CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, ResourceBinding};
 
@@ -119,15 +119,6 @@ impl Ledger {
     fn holds(&self, plan_id: &str, address: &str) -> bool {
         self.balances.contains_key(&(plan_id.to_owned(), address.to_ascii_lowercase()))
     }
-}
-
-/// Which endpoint a call was for (the counters of [`Calls`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Endpoint {
-    Verify,
-    Settle,
-    Permissions,
-    Plans,
 }
 
 /// An HTTP answer: 200 with JSON, or the backend's error envelope.
@@ -304,11 +295,11 @@ impl State {
     }
 
     pub(crate) fn count(&self, endpoint: Endpoint) {
-        self.counters[endpoint as usize].fetch_add(1, Ordering::Relaxed);
+        self.counters[endpoint.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn calls(&self) -> Calls {
-        let get = |e: Endpoint| self.counters[e as usize].load(Ordering::Relaxed);
+        let get = |e: Endpoint| self.counters[e.index()].load(Ordering::Relaxed);
         Calls {
             verify: get(Endpoint::Verify),
             settle: get(Endpoint::Settle),

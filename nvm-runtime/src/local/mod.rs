@@ -172,6 +172,26 @@ pub struct Calls {
     pub plans: u64,
 }
 
+impl Calls {
+    /// The calls one endpoint received.
+    ///
+    /// ```
+    /// use nvm_runtime::local::{Calls, Endpoint};
+    ///
+    /// let calls = Calls { settle: 2, ..Calls::default() };
+    /// assert_eq!(calls.of(Endpoint::Settle), 2);
+    /// assert_eq!(calls.of(Endpoint::Verify), 0);
+    /// ```
+    pub fn of(&self, endpoint: Endpoint) -> u64 {
+        match endpoint {
+            Endpoint::Verify => self.verify,
+            Endpoint::Settle => self.settle,
+            Endpoint::Permissions => self.permissions,
+            Endpoint::Plans => self.plans,
+        }
+    }
+}
+
 /// Configures a [`LocalFacilitator`] before it starts.
 ///
 /// ```

@@ -12,10 +12,11 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde::de::DeserializeOwned;
 
-use super::faults::{self, Faults};
+use super::faults::Faults;
 use super::keys;
-use super::ledger::{ApiError, Endpoint, Reply, State, codes};
+use super::ledger::{ApiError, Reply, State, codes};
 use super::wire::{FacilitatorBody, PermissionsBody};
+use crate::wire::Endpoint;
 
 /// Request bodies larger than this are refused (tokens are at most 16 KiB).
 const BODY_LIMIT: usize = 256 * 1024;
@@ -80,10 +81,10 @@ pub(crate) fn spawn(state: Arc<State>, faults: Arc<Faults>, port: u16) -> io::Re
                     .app_data(data.clone())
                     .app_data(server_faults.clone())
                     .app_data(web::PayloadConfig::new(BODY_LIMIT))
-                    .route("/api/v1/x402/permissions", web::post().to(permissions))
-                    .route("/api/v1/x402/verify", web::post().to(verify))
-                    .route("/api/v1/x402/settle", web::post().to(settle))
-                    .route("/api/v1/protocol/plans/{plan_id}", web::get().to(plan))
+                    .route(Endpoint::Permissions.path(), web::post().to(permissions))
+                    .route(Endpoint::Verify.path(), web::post().to(verify))
+                    .route(Endpoint::Settle.path(), web::post().to(settle))
+                    .route(Endpoint::Plans.path(), web::get().to(plan))
                     .route("/api/v1/protocol/plans/{plan_id}/balance/{holder}", web::get().to(plan_balance))
                     .default_service(web::to(not_found))
             })
@@ -181,7 +182,7 @@ async fn permissions(
 ) -> HttpResponse {
     state.count(Endpoint::Permissions);
     let call = || handle::<PermissionsBody>(&state, &req, &body, State::permissions);
-    faults.around(faults::Endpoint::Permissions, call).await
+    faults.around(Endpoint::Permissions, call).await
 }
 
 async fn verify(
@@ -192,7 +193,7 @@ async fn verify(
 ) -> HttpResponse {
     state.count(Endpoint::Verify);
     let call = || handle::<FacilitatorBody>(&state, &req, &body, State::verify);
-    faults.around(faults::Endpoint::Verify, call).await
+    faults.around(Endpoint::Verify, call).await
 }
 
 async fn settle(
@@ -203,12 +204,12 @@ async fn settle(
 ) -> HttpResponse {
     state.count(Endpoint::Settle);
     let call = || handle::<FacilitatorBody>(&state, &req, &body, State::settle);
-    faults.around(faults::Endpoint::Settle, call).await
+    faults.around(Endpoint::Settle, call).await
 }
 
 async fn plan(state: web::Data<State>, faults: web::Data<Faults>, path: web::Path<String>) -> HttpResponse {
     state.count(Endpoint::Plans);
-    faults.around(faults::Endpoint::Plans, || respond(state.plan_metadata(&path))).await
+    faults.around(Endpoint::Plans, || respond(state.plan_metadata(&path))).await
 }
 
 async fn plan_balance(state: web::Data<State>, path: web::Path<(String, String)>) -> HttpResponse {

@@ -142,11 +142,13 @@
 //! | 500 | the payment could not be checked: the facilitator unreachable, slow or answering garbage, or the route misconfigured |
 
 pub mod codec;
+mod endpoints;
 mod envelope;
 mod headers;
 mod messages;
 mod token;
 
+pub use endpoints::Endpoint;
 pub use envelope::{
     Accepted, EnvelopeBuilder, Extra, NETWORK_STRIPE, PaymentRequired, Resource, SCHEME_CARD_DELEGATION,
     SCHEME_ERC4337, X402_VERSION,
