@@ -59,25 +59,26 @@ impl Secret {
         Secret(hasher.finalize().into())
     }
 
-    fn hmac(&self, domain: &str) -> HmacSha256 {
+    /// The one HMAC-SHA256 of this module, keyed with the secret: separated by
+    /// `domain` (`domain\0data`), or plain (`None`: a JWT's HS256 signature).
+    fn hmac(&self, domain: Option<&str>, data: &[u8]) -> HmacSha256 {
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(domain.as_bytes());
-        mac.update(&[0]);
+        if let Some(domain) = domain {
+            mac.update(domain.as_bytes());
+            mac.update(&[0]);
+        }
+        mac.update(data);
         mac
     }
 
     /// HMAC-SHA256 of `data` under the secret, separated by `domain`.
     pub(crate) fn mac(&self, domain: &str, data: &[u8]) -> [u8; 32] {
-        let mut mac = self.hmac(domain);
-        mac.update(data);
-        mac.finalize().into_bytes().into()
+        self.hmac(Some(domain), data).finalize().into_bytes().into()
     }
 
     /// Whether `tag` is the MAC of `data` (constant-time comparison).
     pub(crate) fn check(&self, domain: &str, data: &[u8], tag: &[u8]) -> bool {
-        let mut mac = self.hmac(domain);
-        mac.update(data);
-        mac.verify_slice(tag).is_ok()
+        self.hmac(Some(domain), data).verify_slice(tag).is_ok()
     }
 
     /// 32 bytes derived from the secret, a label and a number: ids, hashes, nonces.
@@ -165,9 +166,7 @@ pub(crate) fn issue_api_key(secret: &Secret, address: &str, serial: u64) -> Stri
 fn jwt_mac(secret: &Secret, signing_input: &str) -> [u8; 32] {
     // A plain HS256 signature (the secret is the HMAC key), so standard JWT libraries
     // can verify it given the secret.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(&secret.0).expect("HMAC takes keys of any length");
-    mac.update(signing_input.as_bytes());
-    mac.finalize().into_bytes().into()
+    secret.hmac(None, signing_input.as_bytes()).finalize().into_bytes().into()
 }
 
 /// Why an `Authorization` header was refused.
@@ -207,9 +206,7 @@ pub(crate) fn check_bearer(secret: &Secret, header: Option<&str>) -> Result<Stri
     };
     let signature = codec::decode_base64(signature_b64).map_err(|_| KeyError::Malformed)?;
     let signing_input = &jwt[..header_b64.len() + 1 + payload_b64.len()];
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(&secret.0).expect("HMAC takes keys of any length");
-    mac.update(signing_input.as_bytes());
-    if mac.verify_slice(&signature).is_err() {
+    if secret.hmac(None, signing_input.as_bytes()).verify_slice(&signature).is_err() {
         return Err(KeyError::Forged);
     }
     let claims: serde_json::Value = codec::decode_base64(payload_b64)

@@ -171,13 +171,20 @@ impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
 }
 
 /// Encodes bytes as URL-safe base64 without padding (JWT segments).
-#[cfg(feature = "local")]
-pub(crate) fn encode_url_safe(bytes: &[u8]) -> String {
+///
+/// ```
+/// assert_eq!(nvm_runtime::wire::codec::encode_url_safe(&[0xfb, 0xff]), "-_8");
+/// ```
+pub fn encode_url_safe(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (addresses, hashes).
+///
+/// ```
+/// assert_eq!(nvm_runtime::wire::codec::hex(&[0x0a, 0xff]), "0aff");
+/// ```
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
