@@ -104,10 +104,6 @@ where
         let price = self.price;
         CreditsFuture::Body { limit: self.limit, price: Box::new(move |body| price(req, body)) }
     }
-
-    fn fixed(&self) -> Option<u64> {
-        None
-    }
 }
 
 /// Marks the `u64` form of [`CreditsSource`].
@@ -130,10 +126,10 @@ pub enum AsyncFn {}
 /// fn by_length(req: &HttpRequest) -> u64 { req.path().len() as u64 }
 /// async fn by_query(req: &HttpRequest) -> u64 { if req.query_string().is_empty() { 1 } else { 2 } }
 ///
-/// fn accepts<M>(source: impl CreditsSource<M>) -> Option<u64> { source.fixed() }
-/// assert_eq!(accepts(5u64), Some(5));
-/// assert_eq!(accepts(by_length), None);
-/// assert_eq!(accepts(by_query), None);
+/// fn accepts<M>(_source: impl CreditsSource<M>) {}
+/// accepts(5u64);
+/// accepts(by_length);
+/// accepts(by_query);
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used as `credits`",
@@ -147,8 +143,6 @@ pub trait CreditsSource<M> {
     where
         Self: 'a;
 
-    /// The amount, when it does not depend on the request.
-    fn fixed(&self) -> Option<u64>;
 }
 
 impl CreditsSource<Fixed> for u64 {
@@ -157,10 +151,6 @@ impl CreditsSource<Fixed> for u64 {
         Self: 'a,
     {
         CreditsFuture::Ready(self)
-    }
-
-    fn fixed(&self) -> Option<u64> {
-        Some(*self)
     }
 }
 
@@ -174,10 +164,6 @@ where
     {
         CreditsFuture::Ready(self(req))
     }
-
-    fn fixed(&self) -> Option<u64> {
-        None
-    }
 }
 
 impl<F> CreditsSource<AsyncFn> for F
@@ -189,9 +175,5 @@ where
         Self: 'a,
     {
         CreditsFuture::Pending(Box::pin(async move { self(req).await }))
-    }
-
-    fn fixed(&self) -> Option<u64> {
-        None
     }
 }
