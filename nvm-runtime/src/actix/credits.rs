@@ -142,7 +142,6 @@ pub trait CreditsSource<M> {
     fn resolve<'a>(self, req: &'a HttpRequest) -> CreditsFuture<'a>
     where
         Self: 'a;
-
 }
 
 impl CreditsSource<Fixed> for u64 {
