@@ -146,19 +146,29 @@ async fn a_settlement_failure_naming_a_spent_token_is_not_retried() {
 }
 
 /// Every way settlement can fail after the handler ran (refused, failing, lost, late),
-/// with a warm token cache and a cold one: one `send` pays at most the price once.
+/// with a warm token cache and a cold one: one `send` pays at most the price once, and
+/// never sends again once settlement was attempted. The client's reusable tokens are
+/// never settled twice by the seller: an answer that did not come back (a 500, lost,
+/// late) is recorded as a pending settlement and answered 202, outcome unknown.
 #[actix_web::test]
 async fn settlement_faults_never_make_the_client_pay_twice() {
     const SELLER_TIMEOUT: Duration = Duration::from_millis(300);
     const LATE: Duration = Duration::from_millis(800);
+    // (label, fault, status, unknown outcome, burned)
     let faults = [
-        ("settle 500", Fault::Status(500)),
-        ("settle success:false", Fault::SettleFailure("settlement rejected by the ledger".into())),
-        ("settle answer lost", Fault::LoseAnswer),
-        ("settle answer late", Fault::Delay(LATE)),
+        ("settle 500", Fault::Status(500), 202, true, 0),
+        (
+            "settle success:false",
+            Fault::SettleFailure("settlement rejected by the ledger".into()),
+            402,
+            false,
+            0,
+        ),
+        ("settle answer lost", Fault::LoseAnswer, 202, true, PRICE),
+        ("settle answer late", Fault::Delay(LATE), 202, true, PRICE),
     ];
     let mut table = Vec::new();
-    for (name, fault) in &faults {
+    for (name, fault, want_status, unknown, burned) in &faults {
         for warm in [true, false] {
             let label = format!("{name}, {} cache", if warm { "warm" } else { "cold" });
             let (local, server, client) = setup_with(|local| payments_for(local).timeout(SELLER_TIMEOUT));
@@ -183,21 +193,26 @@ async fn settlement_faults_never_make_the_client_pay_twice() {
             let status = paid.response.status().as_u16();
             let attempted = paid.response.headers().contains_key("payment-response");
 
-            assert!(after <= before, "{label}: credits came back ({before} -> {after})");
-            assert!(before - after <= PRICE, "{label}: burned {} for a {PRICE}-credit call", before - after);
-            assert!(ran <= 1, "{label}: the handler ran {ran} times");
-            if status == 402 && attempted {
+            assert_eq!(before - after, *burned, "{label}: burned");
+            assert_eq!(ran, 1, "{label}: the handler ran {ran} times");
+            assert_eq!(
+                (status, attempted),
+                (*want_status, true),
+                "{label}: the seller withholds and says why"
+            );
+            assert!(paid.outcome.must_not_pay_again(), "{label}: {:?}", paid.outcome);
+            if *unknown {
+                let PaymentOutcome::OutcomeUnknown { pending_id, .. } = &paid.outcome else {
+                    panic!("{label}: {:?}", paid.outcome)
+                };
+                assert!(!pending_id.is_empty(), "{label}: the buyer gets the record's id");
+            } else {
                 assert!(
                     matches!(paid.outcome, PaymentOutcome::SettlementFailed(_)),
                     "{label}: {:?}",
                     paid.outcome
                 );
             }
-            assert_eq!(
-                (status, attempted),
-                (402, true),
-                "{label}: the seller withholds and reports the failure"
-            );
             assert_eq!((delta.verify, delta.settle), (1, 1), "{label}: one paid request, one settle");
             assert_eq!(delta.permissions, u64::from(!warm), "{label}: no re-mint");
             table.push(format!("{label}: status {status}, outcome {}, burned {}, handler runs {ran}, verify {}, settle {}, mints {}",
@@ -224,11 +239,16 @@ async fn outcomes_name_what_happened() {
 
     // A seller that delivers on settle failure: the content comes, the failure is named.
     let (local, server, client) = setup_with(|local| payments_for(local).deliver_on_settle_failure(true));
-    local.inject_times(Endpoint::Settle, Fault::Status(500), 1);
+    local.inject_times(Endpoint::Settle, Fault::SettleFailure("declined".into()), 1);
     let paid = client.send(client.http().post(server.at("/ask"))).await.unwrap();
     assert_eq!(paid.response.status(), 200);
     assert!(matches!(paid.outcome, PaymentOutcome::SettlementFailed(_)), "{:?}", paid.outcome);
     assert_eq!((local.calls().verify, local.calls().settle, server.runs.count()), (1, 1, 1));
+    // ... and an unknown outcome, delivered: named as such.
+    local.inject_times(Endpoint::Settle, Fault::Status(503), 1);
+    let paid = client.send(client.http().post(server.at("/ask"))).await.unwrap();
+    assert_eq!(paid.response.status(), 200);
+    assert!(matches!(paid.outcome, PaymentOutcome::OutcomeUnknown { .. }), "{:?}", paid.outcome);
 }
 
 fn balance(local: &LocalFacilitator) -> u64 {
@@ -251,6 +271,7 @@ fn outcome_name(paid: &PaidResponse) -> &'static str {
         PaymentOutcome::SettlementFailed(_) => "SettlementFailed",
         PaymentOutcome::Refused { .. } => "Refused",
         PaymentOutcome::Unsettled => "Unsettled",
+        PaymentOutcome::OutcomeUnknown { .. } => "OutcomeUnknown",
         _ => "other",
     }
 }

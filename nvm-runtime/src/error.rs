@@ -124,6 +124,34 @@ impl FacilitatorError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, FacilitatorError::Unavailable(_))
     }
+
+    /// Whether the call may have been carried out although it failed: the request may
+    /// have reached the facilitator and only its answer was lost (a timeout, a broken
+    /// connection after the request was written, a 5xx, an unreadable body). False when
+    /// the facilitator answered a refusal, or the request never left (connection
+    /// refused).
+    ///
+    /// ```
+    /// use nvm_runtime::FacilitatorError;
+    /// use nvm_runtime::error::Unavailable;
+    ///
+    /// let lost = FacilitatorError::Unavailable(Unavailable::Status { status: 504, snippet: String::new() });
+    /// assert!(lost.may_have_been_carried_out());
+    /// ```
+    pub fn may_have_been_carried_out(&self) -> bool {
+        match self {
+            FacilitatorError::Refused { .. } => false,
+            FacilitatorError::Unavailable(why) => match why {
+                Unavailable::Unauthorized { .. } => false,
+                // Refused before anything was sent: nothing can have happened.
+                Unavailable::Connect(error) => !error.is_connect(),
+                Unavailable::Timeout(_)
+                | Unavailable::Interrupted(_)
+                | Unavailable::Status { .. }
+                | Unavailable::Garbage { .. } => true,
+            },
+        }
+    }
 }
 
 /// Why the facilitator is unavailable.
@@ -199,6 +227,21 @@ pub enum PaymentError {
         #[source]
         source: Option<Box<FacilitatorError>>,
     },
+    /// The handler succeeded and the settle call was sent, but its answer was lost and
+    /// could not be resolved (202): the credits may have been burned. The request is
+    /// recorded as a pending settlement for the seller to reconcile; the buyer must not
+    /// pay again.
+    #[error(
+        "the settlement's outcome is unknown (its answer was lost: {source}); it is recorded as pending settlement {pending_id}: do not pay again, the seller reconciles it"
+    )]
+    SettlementUnknown {
+        /// The id of the record written to the seller's journal
+        /// ([`PendingSettlement::id`](crate::PendingSettlement::id)).
+        pending_id: String,
+        /// The failed call.
+        #[source]
+        source: Box<FacilitatorError>,
+    },
     /// The route is misconfigured (500).
     #[error(transparent)]
     Config(ConfigError),
@@ -219,6 +262,7 @@ impl PaymentError {
         match self {
             PaymentError::Facilitator(FacilitatorError::Unavailable(_)) | PaymentError::Config(_) => 500,
             PaymentError::BodyUnreadable(_) => 400,
+            PaymentError::SettlementUnknown { .. } => 202,
             PaymentError::BodyTooLarge { .. } => 413,
             _ => 402,
         }
@@ -238,6 +282,15 @@ pub enum Refusal {
         error: PaymentError,
         /// The receipt of a failed settlement.
         receipt: Option<Box<SettleResponse>>,
+    },
+    /// 202: the settlement's outcome is unknown and recorded; the content is withheld
+    /// and the buyer is told not to pay again ([`PaymentError::SettlementUnknown`]).
+    OutcomeUnknown {
+        /// Why, with the record.
+        error: PaymentError,
+        /// The receipt: `success: false`, `errorReason: "settlement_outcome_unknown"`,
+        /// and the record's id as `pendingSettlementId`.
+        receipt: Box<SettleResponse>,
     },
     /// Not a payment matter: the facilitator could not be asked or the route is
     /// misconfigured (500), or a body-priced request's body is unreadable (400) or too
@@ -267,7 +320,9 @@ impl Refusal {
     /// The error behind the refusal.
     pub fn error(&self) -> &PaymentError {
         match self {
-            Refusal::PaymentRequired { error, .. } | Refusal::Failed(error) => error,
+            Refusal::PaymentRequired { error, .. }
+            | Refusal::OutcomeUnknown { error, .. }
+            | Refusal::Failed(error) => error,
         }
     }
 
@@ -275,6 +330,7 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::PaymentRequired { .. } => 402,
+            Refusal::OutcomeUnknown { .. } => 202,
             Refusal::Failed(error) => error.status(),
         }
     }

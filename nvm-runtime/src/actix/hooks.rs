@@ -7,12 +7,14 @@ use std::sync::Arc;
 use actix_web::{HttpRequest, HttpResponse};
 
 use crate::error::PaymentError;
+use crate::flow::PendingSettlement;
 use crate::wire::PaymentRequired;
 use crate::wire::{SettleResponse, VerifyResponse};
 
 type BeforeVerify = dyn Fn(&HttpRequest, &PaymentRequired) + Send + Sync;
 type AfterVerify = dyn Fn(&HttpRequest, &VerifyResponse) + Send + Sync;
 type AfterSettle = dyn Fn(&HttpRequest, u64, &SettleResponse) + Send + Sync;
+type OnSettlementUnknown = dyn Fn(&HttpRequest, &PendingSettlement) + Send + Sync;
 type OnPaymentError = dyn Fn(&HttpRequest, &PaymentError) -> Option<HttpResponse> + Send + Sync;
 
 /// The hooks of a [`Payments`](crate::Payments) configuration; set them through its
@@ -23,6 +25,7 @@ pub struct Hooks {
     pub(crate) after_verify: Option<Arc<AfterVerify>>,
     pub(crate) after_settle: Option<Arc<AfterSettle>>,
     pub(crate) on_payment_error: Option<Arc<OnPaymentError>>,
+    pub(crate) on_settlement_unknown: Option<Arc<OnSettlementUnknown>>,
 }
 
 impl Hooks {
@@ -45,6 +48,13 @@ impl Hooks {
         f: impl Fn(&HttpRequest, u64, &SettleResponse) + Send + Sync + 'static,
     ) {
         self.after_settle = Some(Arc::new(f));
+    }
+
+    pub(crate) fn set_on_settlement_unknown(
+        &mut self,
+        f: impl Fn(&HttpRequest, &PendingSettlement) + Send + Sync + 'static,
+    ) {
+        self.on_settlement_unknown = Some(Arc::new(f));
     }
 
     pub(crate) fn set_on_payment_error(
@@ -72,6 +82,12 @@ impl Hooks {
         }
     }
 
+    pub(crate) fn settlement_unknown(&self, req: &HttpRequest, record: &PendingSettlement) {
+        if let Some(hook) = &self.on_settlement_unknown {
+            hook(req, record);
+        }
+    }
+
     /// The hook's replacement response, if it gives one.
     pub(crate) fn on_payment_error(&self, req: &HttpRequest, error: &PaymentError) -> Option<HttpResponse> {
         self.on_payment_error.as_ref().and_then(|hook| hook(req, error))
@@ -85,6 +101,7 @@ impl std::fmt::Debug for Hooks {
             .field("after_verify", &self.after_verify.is_some())
             .field("after_settle", &self.after_settle.is_some())
             .field("on_payment_error", &self.on_payment_error.is_some())
+            .field("on_settlement_unknown", &self.on_settlement_unknown.is_some())
             .finish()
     }
 }

@@ -12,8 +12,8 @@ use crate::backend::Facilitator;
 use crate::backend::PlanCatalog;
 use crate::backend::{ApiKey, BackendSettings, Connection, Environment};
 use crate::error::{ConfigError, PaymentError};
-use crate::flow::Seller;
 use crate::flow::cache::VerifyCache;
+use crate::flow::{PendingSettlement, PendingSettlements, Seller};
 use crate::wire::PaymentRequired;
 use crate::wire::{SettleResponse, VerifyResponse};
 
@@ -118,6 +118,20 @@ impl Payments {
         &self.inner.hooks
     }
 
+    /// The journal of settlements whose outcome is unknown, to list and close them once
+    /// reconciled (see [`PaymentsBuilder::pending_settlements`]).
+    ///
+    /// ```
+    /// # fn demo(payments: &nvm_runtime::Payments) -> std::io::Result<()> {
+    /// for record in payments.pending_settlements().list()? {
+    ///     println!("reconcile {} ({} credits from {:?})", record.id, record.amount, record.payer);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn pending_settlements(&self) -> &PendingSettlements {
+        &self.inner.seller.pending
+    }
+
     /// The start-up step of a paid server: checks that every `env("VAR")` plan and
     /// agent of every `#[paid]` handler is set, fetches the metadata of every plan that
     /// a `#[paid]` handler or a `PaymentMiddleware` built with this configuration
@@ -141,6 +155,11 @@ impl Payments {
             if !spec.terms.forces_scheme() {
                 plans.insert(spec.terms.plan_id(spec.handler)?.into_owned());
             }
+        }
+        if !self.pending_settlements().is_durable() {
+            tracing::warn!(
+                "no pending-settlement journal configured: settlements whose answer is lost are kept in memory only; set `Payments::builder().pending_settlements(PendingSettlements::file(\"pending-settlements.jsonl\")?)`"
+            );
         }
         for plan_id in plans {
             if let Err(error) = self.plans().fetch_and_keep(self.facilitator(), &plan_id).await {
@@ -199,6 +218,7 @@ pub struct PaymentsBuilder {
     token_headers: Option<Vec<String>>,
     deliver_on_settle_failure: bool,
     cache_ttl: Option<Duration>,
+    pending: Option<PendingSettlements>,
     hooks: Hooks,
 }
 
@@ -209,6 +229,7 @@ impl std::fmt::Debug for PaymentsBuilder {
             .field("token_headers", &self.token_headers)
             .field("deliver_on_settle_failure", &self.deliver_on_settle_failure)
             .field("cache_ttl", &self.cache_ttl)
+            .field("pending", &self.pending)
             .field("hooks", &self.hooks)
             .finish()
     }
@@ -268,6 +289,39 @@ impl PaymentsBuilder {
     /// plan, credits and resource. Settlement still re-checks the balance.
     pub fn verification_cache(mut self, ttl: Duration) -> Self {
         self.cache_ttl = Some(ttl);
+        self
+    }
+
+    /// Where settlements of unknown outcome are written down: a request whose settle
+    /// call was sent but whose answer was lost, and which could not be resolved (a
+    /// reusable token is never settled twice; a single-use one is settled once more to
+    /// learn the outcome). The buyer gets a 202 that says not to pay again, with the
+    /// record's id. Default: in memory only (a warning at [`Payments::prepare`]); give a
+    /// file journal in production.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use nvm_runtime::{Payments, PendingSettlements};
+    ///
+    /// let payments = Payments::builder()
+    ///     .api_key("sandbox:eyJ…")
+    ///     .pending_settlements(PendingSettlements::file("pending-settlements.jsonl")?)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pending_settlements(mut self, journal: PendingSettlements) -> Self {
+        self.pending = Some(journal);
+        self
+    }
+
+    /// Called when a settlement of unknown outcome was recorded (see
+    /// [`PaymentsBuilder::pending_settlements`]), with the record: to alert, or to copy
+    /// it to a place of your own.
+    pub fn on_settlement_unknown(
+        mut self,
+        hook: impl Fn(&HttpRequest, &PendingSettlement) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.set_on_settlement_unknown(hook);
         self
     }
 
@@ -332,6 +386,7 @@ impl PaymentsBuilder {
             cache: verify_cache,
             token_headers: token_headers.iter().map(|h| h.as_str().to_owned()).collect(),
             deliver_on_settle_failure: self.deliver_on_settle_failure,
+            pending: self.pending.unwrap_or_default(),
         };
         Ok(Payments {
             inner: Arc::new(Inner { api_key, environment, seller, token_headers, hooks: self.hooks }),

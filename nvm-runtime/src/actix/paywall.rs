@@ -14,7 +14,7 @@ use super::credits::CreditsFuture;
 use super::payments::Payments;
 use super::respond::{attach_receipt, render, render_plain};
 use crate::error::{ConfigError, PaymentError, Refusal};
-use crate::flow::{self, Host, Offer, PaymentState, Settlement};
+use crate::flow::{self, Host, Offer, PaymentState, PendingSettlement, Settlement};
 use crate::wire::{PaymentRequired, SettleResponse, VerifyResponse};
 
 /// A request and its configuration, as the flow sees them.
@@ -47,6 +47,10 @@ impl Host for Exchange<'_> {
 
     fn after_settle(&self, credits: u64, receipt: &SettleResponse) {
         self.payments.hooks().after_settle(self.req, credits, receipt);
+    }
+
+    fn settlement_unknown(&self, record: &PendingSettlement) {
+        self.payments.hooks().settlement_unknown(self.req, record);
     }
 }
 

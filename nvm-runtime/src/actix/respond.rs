@@ -32,6 +32,22 @@ pub(crate) fn render_plain(refusal: &Refusal) -> HttpResponse {
             }
             response
         }
+        Refusal::OutcomeUnknown { error, receipt } => {
+            let mut body = serde_json::json!({
+                "error": "Payment Outcome Unknown",
+                "message": error.to_string(),
+            });
+            for field in ["pendingSettlementId", "agentRequestId"] {
+                if let Some(value) = receipt.other.get(field) {
+                    body[field] = value.clone();
+                }
+            }
+            let mut response = HttpResponse::build(StatusCode::ACCEPTED)
+                .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+                .body(body.to_string());
+            attach_receipt(&mut response, receipt);
+            response
+        }
         Refusal::Failed(error) => {
             let message = match error {
                 PaymentError::Facilitator(FacilitatorError::Unavailable(why)) => format!(

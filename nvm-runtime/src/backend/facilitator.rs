@@ -171,6 +171,18 @@ impl Facilitator {
         self.settle_body(to_body(request)).await
     }
 
+    /// [`Facilitator::settle`], with its result sorted into what the seller can know:
+    /// settled, refused (nothing was burned), or unknown (the call may have been carried
+    /// out; its answer did not come back). See [`SettleOutcome`].
+    pub async fn settle_outcome(&self, request: &FacilitatorRequest) -> SettleOutcome {
+        SettleOutcome::of(self.settle(request).await)
+    }
+
+    /// [`Facilitator::settle_outcome`] of a borrowed body.
+    pub(crate) async fn settle_outcome_ref(&self, request: &RequestRef<'_>) -> SettleOutcome {
+        SettleOutcome::of(self.settle_ref(request).await)
+    }
+
     async fn settle_body(&self, body: Bytes) -> Result<SettleResponse, FacilitatorError> {
         let url = self.urls.as_ref().as_ref().map(|(_, settle)| settle);
         self.bounded(self.post_once(Endpoint::Settle.path(), url, body)).await
@@ -227,6 +239,45 @@ impl Facilitator {
                 Err(FacilitatorError::Unavailable(Unavailable::Timeout(self.timeout)))
             }
             Ok(result) => result,
+        }
+    }
+}
+
+/// What a settle call tells the seller: the three cases it must treat apart.
+///
+/// ```
+/// use nvm_runtime::backend::SettleOutcome;
+/// use nvm_runtime::wire::SettleResponse;
+///
+/// let answered = SettleResponse { success: false, ..SettleResponse::default() };
+/// assert!(matches!(SettleOutcome::of(Ok(answered)), SettleOutcome::Declined(_)));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SettleOutcome {
+    /// `success: true`: the credits were burned; the receipt says how many.
+    Settled(SettleResponse),
+    /// A 200 with `success: false`: the facilitator declined; nothing was burned.
+    Declined(SettleResponse),
+    /// The facilitator refused the call (a 4xx with its error envelope, or our API key),
+    /// or the request never left (the connection was refused): nothing can have been
+    /// burned.
+    Refused(FacilitatorError),
+    /// The request may have reached the facilitator but its answer did not come back
+    /// whole: a timeout, a connection that broke after the request was written, a
+    /// gateway's or server's 5xx, a truncated or unreadable body. The credits may or
+    /// may not have been burned.
+    Unknown(FacilitatorError),
+}
+
+impl SettleOutcome {
+    /// Sorts the result of [`Facilitator::settle`].
+    pub fn of(result: Result<SettleResponse, FacilitatorError>) -> Self {
+        match result {
+            Ok(receipt) if receipt.success => SettleOutcome::Settled(receipt),
+            Ok(receipt) => SettleOutcome::Declined(receipt),
+            Err(error) if error.may_have_been_carried_out() => SettleOutcome::Unknown(error),
+            Err(error) => SettleOutcome::Refused(error),
         }
     }
 }

@@ -8,7 +8,7 @@ mod settings;
 
 pub use environment::{ApiKey, Environment};
 pub(crate) use facilitator::RequestRef;
-pub use facilitator::{Facilitator, NEVERMINED_VERSION};
+pub use facilitator::{Facilitator, NEVERMINED_VERSION, SettleOutcome};
 pub(crate) use plans::PlanCatalog;
 pub use plans::{PLAN_FAILURE_TTL, PLAN_REFRESH, PLAN_TTL, PlanScheme};
 pub use settings::DEFAULT_TIMEOUT;

@@ -12,7 +12,9 @@ use crate::error::ConfigError;
 use crate::error::FacilitatorError;
 use crate::wire::AccessToken;
 use crate::wire::{Accepted, PaymentRequired};
-use crate::wire::{CODE_SPENT, DelegationConfig, PermissionsRequest, ResourceBinding, SettleResponse};
+use crate::wire::{
+    CODE_SPENT, DelegationConfig, PermissionsRequest, ResourceBinding, SETTLEMENT_UNKNOWN, SettleResponse,
+};
 use crate::wire::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE};
 
 /// Options of a minted token.
@@ -198,7 +200,9 @@ impl Subscriber {
 /// fn advice(outcome: &PaymentOutcome) -> &'static str {
 ///     match outcome {
 ///         PaymentOutcome::NotRequired | PaymentOutcome::Settled(_) => "done",
-///         PaymentOutcome::SettlementFailed(_) => "do not pay again: reconcile with the seller",
+///         PaymentOutcome::SettlementFailed(_) | PaymentOutcome::OutcomeUnknown { .. } => {
+///             "do not pay again: reconcile with the seller"
+///         }
 ///         PaymentOutcome::Refused { .. } => "top up the plan or fix the token, then retry",
 ///         PaymentOutcome::Unsettled => "the handler did not succeed; nothing was charged",
 ///         _ => "unknown outcome",
@@ -237,14 +241,27 @@ pub enum PaymentOutcome {
     /// A paid request was answered without a receipt and without a 402: the handler
     /// failed (a non-2xx answer) or charged nothing, so nothing was settled.
     Unsettled,
+    /// The handler ran and the seller sent the settlement, but its answer was lost: the
+    /// credits may have been burned, and the seller recorded the call as a pending
+    /// settlement to reconcile (a 202 with the content withheld, or the content itself
+    /// when the seller delivers on settle failure). **Do not pay again**; quote
+    /// `pending_id` to the seller.
+    OutcomeUnknown {
+        /// The seller's record id (`pendingSettlementId`; the facilitator's
+        /// `agentRequestId` when there was one).
+        pending_id: String,
+        /// The seller's receipt (`errorReason: "settlement_outcome_unknown"`).
+        receipt: SettleResponse,
+    },
 }
 
 impl PaymentOutcome {
     /// Whether the seller may have charged for this request although it did not
-    /// deliver a settled answer: true for [`SettlementFailed`](Self::SettlementFailed).
+    /// deliver a settled answer: true for [`SettlementFailed`](Self::SettlementFailed)
+    /// and [`OutcomeUnknown`](Self::OutcomeUnknown).
     /// Sending the same request again could then charge twice.
     pub fn must_not_pay_again(&self) -> bool {
-        matches!(self, PaymentOutcome::SettlementFailed(_))
+        matches!(self, PaymentOutcome::SettlementFailed(_) | PaymentOutcome::OutcomeUnknown { .. })
     }
 }
 
@@ -338,8 +355,8 @@ impl PayingClient {
                 reminted = true;
                 continue;
             }
-            if settlement_attempted(&response) && response.status().as_u16() == 402 {
-                tracing::warn!(token = %token.hash(), "settlement failed after the handler ran; not paying again");
+            if settlement_attempted(&response) && !response.status().is_success() {
+                tracing::warn!(token = %token.hash(), status = response.status().as_u16(), "settlement failed or its outcome is unknown after the handler ran; not paying again");
             }
             return Ok(finish(response, true));
         }
@@ -379,6 +396,14 @@ fn finish(response: reqwest::Response, paid: bool) -> PaidResponse {
     let decoded = receipt_of(&response);
     let outcome = match &decoded {
         Some(Ok(receipt)) if receipt.success => PaymentOutcome::Settled(receipt.clone()),
+        Some(Ok(receipt)) if receipt.error_reason.as_deref() == Some(SETTLEMENT_UNKNOWN) => {
+            let pending_id = ["pendingSettlementId", "agentRequestId"]
+                .iter()
+                .find_map(|field| receipt.other.get(*field).and_then(|v| v.as_str()))
+                .unwrap_or_default()
+                .to_owned();
+            PaymentOutcome::OutcomeUnknown { pending_id, receipt: receipt.clone() }
+        }
         Some(Ok(receipt)) => PaymentOutcome::SettlementFailed(receipt.clone()),
         Some(Err(why)) => PaymentOutcome::SettlementFailed(SettleResponse {
             success: false,

@@ -5,20 +5,22 @@
 //! typed values ([`Refusal`], [`Settlement`]) that the web layer renders.
 
 pub(crate) mod cache;
+mod pending;
 mod state;
 mod terms;
 
 use cache::{CacheKey, VerifyCache};
+pub use pending::{PendingSettlement, PendingSettlements};
 pub(crate) use state::{PaymentState, Verified};
 pub(crate) use terms::Offer;
 pub use terms::{Id, Terms};
 
-use crate::backend::{Facilitator, PlanCatalog, RequestRef};
+use crate::backend::{Facilitator, PlanCatalog, RequestRef, SettleOutcome};
 use crate::error::{ConfigError, FacilitatorError, PaymentError, Refusal};
 use crate::wire::codec::{JsonShape, MAX_HEADER_LEN, decode_json_header};
 use crate::wire::{
-    AccessToken, Amount, NETWORK_STRIPE, PaymentRequired, SCHEME_CARD_DELEGATION, SettleResponse,
-    VerifyResponse,
+    AccessToken, Amount, CODE_SPENT, NETWORK_STRIPE, PaymentRequired, SCHEME_CARD_DELEGATION,
+    SETTLEMENT_UNKNOWN, SettleResponse, VerifyResponse,
 };
 
 /// The seller's side of the flow: the facilitator, the plan catalogue, the cache, the
@@ -30,6 +32,8 @@ pub(crate) struct Seller {
     /// Lower-case header names, first non-empty wins.
     pub(crate) token_headers: Vec<String>,
     pub(crate) deliver_on_settle_failure: bool,
+    /// Where settlements of unknown outcome are written down.
+    pub(crate) pending: PendingSettlements,
 }
 
 /// What the flow reads of a request and tells about it: the web layer implements it
@@ -47,6 +51,8 @@ pub(crate) trait Host {
     fn after_verify(&self, verification: &VerifyResponse);
     /// After a successful settlement.
     fn after_settle(&self, credits: u64, receipt: &SettleResponse);
+    /// After a settlement of unknown outcome was recorded.
+    fn settlement_unknown(&self, record: &PendingSettlement);
 }
 
 /// What became of a settlement, for the web layer to put on the response.
@@ -171,37 +177,30 @@ pub(crate) async fn settle(
         max_amount: Some(&max_amount),
         agent_request_id: if verified.from_cache { None } else { verified.verification.request_id() },
     };
-    let (receipt, reason, source) = match seller.facilitator.settle_ref(&request).await {
-        Ok(receipt) if receipt.success => {
-            tracing::info!(token = %verified.token.hash(), credits = amount, transaction = %receipt.transaction, "settled");
-            host.after_settle(amount, &receipt);
-            return Settlement::Settled(receipt);
-        }
-        Ok(receipt) => {
+    let hash = verified.token.hash();
+    let (receipt, reason, source) = match seller.facilitator.settle_outcome_ref(&request).await {
+        SettleOutcome::Settled(receipt) => return settled(host, amount, receipt),
+        SettleOutcome::Declined(receipt) => {
             let reason = receipt.error_reason.clone().unwrap_or_else(|| "settlement failed".to_owned());
             (receipt, reason, None)
         }
-        Err(error) => {
+        SettleOutcome::Refused(error) => {
             let reason = match &error {
                 FacilitatorError::Refused { error, .. } => format!("{}: {}", error.code, error.message),
                 FacilitatorError::Unavailable(why) => format!("settlement_unavailable: {why}"),
             };
-            let mut receipt = SettleResponse {
-                success: false,
-                error_reason: Some(reason.clone()),
-                payer: verified.verification.payer.clone(),
-                network: verified.envelope.first().map(|a| a.network.clone()),
-                ..SettleResponse::default()
-            };
-            // The outcome is unknown when the call failed in flight: the request id lets
-            // buyer and seller reconcile it with the facilitator later.
-            if let Some(id) = request.agent_request_id {
-                receipt.other.insert("agentRequestId".to_owned(), id.into());
+            (failed_receipt(verified, &request, &reason), reason, Some(Box::new(error)))
+        }
+        SettleOutcome::Unknown(error) => {
+            tracing::warn!(token = %hash, credits = amount, %error, "settlement outcome unknown: its answer was lost");
+            match resolve_unknown(seller, verified, &request, error).await {
+                Resolved::Settled(receipt) => return settled(host, amount, receipt),
+                Resolved::Refused(receipt, reason, source) => (receipt, reason, source),
+                Resolved::Unknown(error) => return unknown(seller, host, verified, amount, &request, error),
             }
-            (receipt, reason, Some(Box::new(error)))
         }
     };
-    tracing::error!(token = %verified.token.hash(), credits = amount, %reason, "settlement failed");
+    tracing::error!(token = %hash, credits = amount, %reason, "settlement failed");
     if let (Some(cache), Some(key)) = (&seller.cache, &verified.cache_key) {
         cache.remove(key);
     }
@@ -213,6 +212,130 @@ pub(crate) async fn settle(
         PaymentError::SettlementFailed { reason, source },
     );
     Settlement::Refused(refusal.with_receipt(receipt))
+}
+
+fn settled(host: &impl Host, amount: u64, receipt: SettleResponse) -> Settlement {
+    host.after_settle(amount, &receipt);
+    Settlement::Settled(receipt)
+}
+
+/// The receipt of a settlement that failed without a facilitator receipt: who and where
+/// from the verification, and the request id to reconcile with.
+fn failed_receipt(verified: &Verified, request: &RequestRef<'_>, reason: &str) -> SettleResponse {
+    let mut receipt = SettleResponse {
+        success: false,
+        error_reason: Some(reason.to_owned()),
+        payer: verified.verification.payer.clone(),
+        network: verified.envelope.first().map(|a| a.network.clone()),
+        ..SettleResponse::default()
+    };
+    if let Some(id) = request.agent_request_id {
+        receipt.other.insert("agentRequestId".to_owned(), id.into());
+    }
+    receipt
+}
+
+/// What resolving an unknown settlement outcome gave.
+enum Resolved {
+    /// The credits are burned, once: deliver with this receipt.
+    Settled(SettleResponse),
+    /// A definite refusal: nothing was burned; withhold.
+    Refused(SettleResponse, String, Option<Box<FacilitatorError>>),
+    /// Still unknown: record it.
+    Unknown(FacilitatorError),
+}
+
+/// Resolves an unknown settlement outcome where that is safe: a single-use token is
+/// consumed by the first settlement that goes through, so one more settle with the same
+/// token and request id either settles it now (the first had not happened) or answers
+/// `BCK.X402.0059` (the first went through). A reusable token is never settled twice (it
+/// could burn twice): its outcome stays unknown.
+async fn resolve_unknown(
+    seller: &Seller,
+    verified: &Verified,
+    request: &RequestRef<'_>,
+    first: FacilitatorError,
+) -> Resolved {
+    let single_use = verified.token.decode().is_ok_and(|payload| payload.is_single_use());
+    if !single_use {
+        return Resolved::Unknown(first);
+    }
+    let hash = verified.token.hash();
+    match seller.facilitator.settle_outcome_ref(request).await {
+        SettleOutcome::Settled(receipt) => {
+            tracing::info!(token = %hash, "settlement resolved: the second settle of the single-use token went through");
+            Resolved::Settled(receipt)
+        }
+        SettleOutcome::Refused(error) if error.code() == Some(CODE_SPENT) => {
+            tracing::info!(token = %hash, "settlement resolved: the single-use token was spent by the first settle");
+            let mut receipt = failed_receipt(verified, request, "");
+            receipt.success = true;
+            receipt.error_reason = None;
+            receipt.credits_redeemed = request.max_amount.cloned();
+            receipt.other.insert("confirmedAfterUnknown".to_owned(), true.into());
+            Resolved::Settled(receipt)
+        }
+        SettleOutcome::Declined(receipt) => {
+            let reason = receipt.error_reason.clone().unwrap_or_else(|| "settlement failed".to_owned());
+            Resolved::Refused(receipt, reason, None)
+        }
+        SettleOutcome::Refused(error) => {
+            let reason = match &error {
+                FacilitatorError::Refused { error, .. } => format!("{}: {}", error.code, error.message),
+                FacilitatorError::Unavailable(why) => format!("settlement_unavailable: {why}"),
+            };
+            Resolved::Refused(failed_receipt(verified, request, &reason), reason, Some(Box::new(error)))
+        }
+        SettleOutcome::Unknown(error) => Resolved::Unknown(error),
+    }
+}
+
+/// An outcome that could not be resolved: written to the seller's journal (with the
+/// hook told), and answered "outcome unknown, do not pay again" with the record's id.
+fn unknown(
+    seller: &Seller,
+    host: &impl Host,
+    verified: &Verified,
+    amount: u64,
+    request: &RequestRef<'_>,
+    error: FacilitatorError,
+) -> Settlement {
+    let agent_request_id = request.agent_request_id.map(str::to_owned);
+    let record = PendingSettlement {
+        id: agent_request_id.clone().unwrap_or_else(pending::local_id),
+        agent_request_id,
+        payer: verified.verification.payer.clone(),
+        plan_id: verified.envelope.first().map(|a| a.plan_id.clone()).unwrap_or_default(),
+        method: host.method().to_owned(),
+        path: host.path().to_owned(),
+        amount: amount.to_string(),
+        recorded_at: pending::unix_now(),
+        token_hash: verified.token.hash().to_string(),
+    };
+    match seller.pending.record(&record) {
+        Ok(()) => tracing::error!(
+            pending = %record.id, payer = ?record.payer, plan = %record.plan_id, path = %record.path,
+            credits = amount, token = %record.token_hash,
+            "settlement outcome unknown: recorded as a pending settlement to reconcile"
+        ),
+        Err(io) => tracing::error!(
+            pending = %record.id, payer = ?record.payer, plan = %record.plan_id, path = %record.path,
+            credits = amount, token = %record.token_hash, error = %io,
+            "settlement outcome unknown and the pending-settlement journal could not be written: this log line is the record"
+        ),
+    }
+    host.settlement_unknown(&record);
+    if let (Some(cache), Some(key)) = (&seller.cache, &verified.cache_key) {
+        cache.remove(key);
+    }
+    let mut receipt = failed_receipt(verified, request, SETTLEMENT_UNKNOWN);
+    receipt.other.insert("pendingSettlementId".to_owned(), record.id.clone().into());
+    tracing::debug!(pending = %record.id, "answered: settlement outcome unknown");
+    if seller.deliver_on_settle_failure {
+        return Settlement::FailedDelivered(receipt);
+    }
+    let error = PaymentError::SettlementUnknown { pending_id: record.id, source: Box::new(error) };
+    Settlement::Refused(Refusal::OutcomeUnknown { error, receipt: Box::new(receipt) })
 }
 
 /// The envelope of this request: the route's terms, the plan's scheme (forced or

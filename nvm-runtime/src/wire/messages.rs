@@ -283,6 +283,12 @@ pub const CODE_WRONG_RESOURCE: &str = "BCK.X402.0013";
 /// `BCK.X402.0059`: a single-use token already spent; mint a new one, never retry.
 pub const CODE_SPENT: &str = "BCK.X402.0059";
 
+/// The `errorReason` of a seller's receipt whose settlement outcome is unknown: the
+/// settle call was sent and its answer lost. The seller recorded it as a pending
+/// settlement (its id in the receipt's `pendingSettlementId`) and answered 202 with the
+/// content withheld; the buyer must not pay again for this call.
+pub const SETTLEMENT_UNKNOWN: &str = "settlement_outcome_unknown";
+
 /// The body of `POST /api/v1/x402/permissions` (minting an access token).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

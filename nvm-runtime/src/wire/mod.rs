@@ -156,7 +156,7 @@ pub use envelope::{
 pub use headers::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE};
 pub use messages::{
     AgentRequest, Amount, BackendError, Balance, CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE,
-    DelegationConfig, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SettleResponse,
-    VerifyResponse,
+    DelegationConfig, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SETTLEMENT_UNKNOWN,
+    SettleResponse, VerifyResponse,
 };
 pub use token::{AccessToken, Authorization, PaymentPayload, ResourceBinding, SignedPayload, TokenHash};

@@ -1,0 +1,262 @@
+//! Pending settlements: paid requests whose settlement outcome the seller could not
+//! learn (the facilitator's answer was lost and could not be resolved). Each is written
+//! down, with everything needed to reconcile it and never the token, to a journal the
+//! seller can list and close.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// One paid request whose settlement outcome is unknown: the handler succeeded, the
+/// settle call was sent, and its answer never came back (nor could it be resolved).
+/// The credits may have been burned; the buyer was told not to pay again.
+///
+/// ```
+/// use nvm_runtime::PendingSettlement;
+///
+/// let line = r#"{"id":"p-1","agentRequestId":"req-9","payer":"0xabc","planId":"42",
+///     "method":"POST","path":"/ask","amount":"3","recordedAt":1764750000,"tokenHash":"0a1b2c3d4e5f"}"#;
+/// let record: PendingSettlement = serde_json::from_str(line).unwrap();
+/// assert_eq!((record.amount.as_str(), record.agent_request_id.as_deref()), ("3", Some("req-9")));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct PendingSettlement {
+    /// This record's id: the agent request id when the facilitator gave one, else one
+    /// made here. The buyer gets it in the answer.
+    pub id: String,
+    /// The facilitator's `agentRequestId` of the verification, when known: the key to
+    /// look the settlement up with the facilitator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_request_id: Option<String>,
+    /// The payer's address, when the verification named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<String>,
+    /// The plan charged.
+    pub plan_id: String,
+    /// The request's method.
+    pub method: String,
+    /// The request's path.
+    pub path: String,
+    /// The credits the settle call asked for, as a decimal string.
+    pub amount: String,
+    /// When it was recorded, in seconds since the Unix epoch.
+    pub recorded_at: u64,
+    /// A short hash of the access token (never the token itself).
+    pub token_hash: String,
+}
+
+/// The journal of [`PendingSettlement`]s: where unresolved settlements are written, and
+/// where the seller lists and closes them.
+///
+/// [`PendingSettlements::file`] appends JSON lines to a file (durable: the default a
+/// seller should choose); [`PendingSettlements::in_memory`] keeps them in this process
+/// only (what a configuration without a journal uses, with a warning at start-up). Cheap
+/// to clone: clones share the journal.
+///
+/// ```
+/// use nvm_runtime::PendingSettlements;
+///
+/// let path = std::env::temp_dir().join(format!("pending-doc-{}.jsonl", std::process::id()));
+/// let journal = PendingSettlements::file(&path).unwrap();
+/// assert!(journal.list().unwrap().is_empty());
+/// // Payments::builder().pending_settlements(journal.clone()) writes to it; the seller
+/// // reconciles each record with the facilitator, then closes it:
+/// assert!(!journal.close("no-such-id", "settled").unwrap());
+/// # std::fs::remove_file(&path).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct PendingSettlements {
+    inner: Arc<Journal>,
+}
+
+enum Journal {
+    Memory(Mutex<Vec<PendingSettlement>>),
+    File { path: PathBuf, file: Mutex<File> },
+}
+
+/// A line of the journal file: a record, or the closing of one.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+enum Line {
+    Pending(PendingSettlement),
+    #[serde(rename_all = "camelCase")]
+    Closed {
+        id: String,
+        resolution: String,
+        closed_at: u64,
+    },
+}
+
+impl std::fmt::Debug for PendingSettlements {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.inner {
+            Journal::Memory(_) => f.write_str("PendingSettlements(in memory)"),
+            Journal::File { path, .. } => write!(f, "PendingSettlements({})", path.display()),
+        }
+    }
+}
+
+impl Default for PendingSettlements {
+    fn default() -> Self {
+        Self::in_memory()
+    }
+}
+
+impl PendingSettlements {
+    /// A journal kept in this process only: lost when it stops.
+    pub fn in_memory() -> Self {
+        PendingSettlements { inner: Arc::new(Journal::Memory(Mutex::new(Vec::new()))) }
+    }
+
+    /// A journal appended to `path` as JSON lines (created if missing; existing records
+    /// are kept). Each record is flushed to disk before the buyer is answered.
+    pub fn file(path: impl AsRef<Path>) -> std::io::Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(PendingSettlements { inner: Arc::new(Journal::File { path, file: Mutex::new(file) }) })
+    }
+
+    /// Whether records survive a restart (a file journal).
+    pub fn is_durable(&self) -> bool {
+        matches!(&*self.inner, Journal::File { .. })
+    }
+
+    /// Writes `record` down.
+    pub(crate) fn record(&self, record: &PendingSettlement) -> std::io::Result<()> {
+        match &*self.inner {
+            Journal::Memory(records) => {
+                records.lock().unwrap_or_else(PoisonError::into_inner).push(record.clone());
+                Ok(())
+            }
+            Journal::File { file, .. } => append(file, &Line::Pending(record.clone())),
+        }
+    }
+
+    /// The records not closed yet, oldest first.
+    pub fn list(&self) -> std::io::Result<Vec<PendingSettlement>> {
+        match &*self.inner {
+            Journal::Memory(records) => Ok(records.lock().unwrap_or_else(PoisonError::into_inner).clone()),
+            Journal::File { path, file } => {
+                // Holding the writer's lock: no half-written line is read.
+                let _writer = file.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut open: Vec<PendingSettlement> = Vec::new();
+                for line in BufReader::new(File::open(path)?).lines() {
+                    let line = line?;
+                    match serde_json::from_str::<Line>(&line) {
+                        Ok(Line::Pending(record)) => open.push(record),
+                        Ok(Line::Closed { id, .. }) => open.retain(|r| r.id != id),
+                        Err(error) if !line.trim().is_empty() => {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                format!(
+                                    "{}: a line is not a pending-settlement record ({error})",
+                                    path.display()
+                                ),
+                            ));
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Ok(open)
+            }
+        }
+    }
+
+    /// Closes the open record `id` once it is reconciled, noting how (`resolution`, such
+    /// as `"settled"` or `"refunded"`). Returns whether such an open record existed.
+    pub fn close(&self, id: &str, resolution: &str) -> std::io::Result<bool> {
+        match &*self.inner {
+            Journal::Memory(records) => {
+                let mut records = records.lock().unwrap_or_else(PoisonError::into_inner);
+                let before = records.len();
+                records.retain(|r| r.id != id);
+                Ok(records.len() < before)
+            }
+            Journal::File { file, .. } => {
+                if !self.list()?.iter().any(|r| r.id == id) {
+                    return Ok(false);
+                }
+                let line = Line::Closed {
+                    id: id.to_owned(),
+                    resolution: resolution.to_owned(),
+                    closed_at: unix_now(),
+                };
+                append(file, &line)?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+fn append(file: &Mutex<File>, line: &Line) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
+    text.push('\n');
+    let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+    file.write_all(text.as_bytes())?;
+    file.sync_data()
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// An id for a record that has no agent request id: unique in this process, and
+/// unlikely to collide across processes.
+pub(crate) fn local_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("pending-{:x}-{:x}-{}", nanos, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> PendingSettlement {
+        PendingSettlement {
+            id: id.to_owned(),
+            agent_request_id: None,
+            payer: Some("0xabc".into()),
+            plan_id: "7".into(),
+            method: "POST".into(),
+            path: "/ask".into(),
+            amount: "2".into(),
+            recorded_at: 1,
+            token_hash: "0a0b0c0d0e0f".into(),
+        }
+    }
+
+    #[test]
+    fn a_file_journal_lists_what_is_open_across_reopenings() {
+        let path = std::env::temp_dir().join(format!("nvm-pending-unit-{}.jsonl", local_id()));
+        let journal = PendingSettlements::file(&path).expect("opens");
+        for id in ["a", "b", "c"] {
+            journal.record(&record(id)).expect("records");
+        }
+        assert!(journal.close("b", "settled").expect("closes"));
+        assert!(!journal.close("b", "settled").expect("closes"), "closed twice");
+        let reopened = PendingSettlements::file(&path).expect("reopens");
+        let ids: Vec<String> = reopened.list().expect("lists").into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert!(reopened.is_durable());
+        std::fs::remove_file(&path).expect("removes");
+    }
+
+    #[test]
+    fn a_memory_journal_closes_by_id() {
+        let journal = PendingSettlements::in_memory();
+        journal.record(&record("x")).expect("records");
+        assert_eq!(journal.list().expect("lists").len(), 1);
+        assert!(journal.close("x", "refunded").expect("closes"));
+        assert!(journal.list().expect("lists").is_empty());
+        assert!(!journal.is_durable());
+    }
+}
