@@ -149,14 +149,14 @@ async fn a_settlement_failure_naming_a_spent_token_is_not_retried() {
 /// with a warm token cache and a cold one: one `send` pays at most the price once, and
 /// never sends again once settlement was attempted. The client's reusable tokens are
 /// never settled twice by the seller: an answer that did not come back (a 500, lost,
-/// late) is recorded as a pending settlement and answered 202, outcome unknown.
+/// late) is recorded as a pending settlement and answered 402 without an envelope, outcome unknown.
 #[actix_web::test]
 async fn settlement_faults_never_make_the_client_pay_twice() {
     const SELLER_TIMEOUT: Duration = Duration::from_millis(300);
     const LATE: Duration = Duration::from_millis(800);
     // (label, fault, status, unknown outcome, burned)
     let faults = [
-        ("settle 500", Fault::Status(500), 202, true, 0),
+        ("settle 500", Fault::Status(500), 402, true, 0),
         (
             "settle success:false",
             Fault::SettleFailure("settlement rejected by the ledger".into()),
@@ -164,8 +164,8 @@ async fn settlement_faults_never_make_the_client_pay_twice() {
             false,
             0,
         ),
-        ("settle answer lost", Fault::LoseAnswer, 202, true, PRICE),
-        ("settle answer late", Fault::Delay(LATE), 202, true, PRICE),
+        ("settle answer lost", Fault::LoseAnswer, 402, true, PRICE),
+        ("settle answer late", Fault::Delay(LATE), 402, true, PRICE),
     ];
     let mut table = Vec::new();
     for (name, fault, want_status, unknown, burned) in &faults {

@@ -152,6 +152,11 @@ enum Expect {
     /// receipt whose `errorReason` contains `reason`, the content withheld, one settle
     /// call, nothing burned.
     SettleFailed { reason: &'static str },
+    /// The handler ran, the settle call's answer did not come back (a reusable token is
+    /// never settled twice): 402 without an envelope, with an "outcome unknown" receipt naming the pending
+    /// settlement, the content withheld, one settle call, nothing burned (the local
+    /// facilitator's faults carry nothing out but a lost answer).
+    SettleUnknown,
 }
 
 /// One row of the table: a fault on one endpoint (for `times` calls, or until cleared).
@@ -231,22 +236,12 @@ fn cases() -> Vec<Case> {
             ..case("verify disconnects once: retried", Verify, Fault::Disconnect, Served { verify_calls: 2 })
         },
         // Settle: the handler ran; the content is withheld, the settle never retried.
-        case("settle hangs", Settle, Fault::Hang, SettleFailed { reason: "settlement_unavailable" }),
+        case("settle hangs", Settle, Fault::Hang, SettleUnknown),
         case("settle slow", Settle, Fault::Delay(ms(100)), Served { verify_calls: 1 }),
-        case("settle 500", Settle, Fault::Status(500), SettleFailed { reason: "HTTP 500" }),
-        case("settle html 502", Settle, Fault::Html502, SettleFailed { reason: "502 Bad Gateway" }),
-        case(
-            "settle truncated json",
-            Settle,
-            Fault::TruncatedJson,
-            SettleFailed { reason: "not the expected JSON" },
-        ),
-        case(
-            "settle disconnects",
-            Settle,
-            Fault::Disconnect,
-            SettleFailed { reason: "settlement_unavailable" },
-        ),
+        case("settle 500", Settle, Fault::Status(500), SettleUnknown),
+        case("settle html 502", Settle, Fault::Html502, SettleUnknown),
+        case("settle truncated json", Settle, Fault::TruncatedJson, SettleUnknown),
+        case("settle disconnects", Settle, Fault::Disconnect, SettleUnknown),
         case("settle 409 (refused)", Settle, Fault::Status(409), SettleFailed { reason: "BCK.FAULT.0409" }),
         case(
             "settle success:false",
@@ -366,8 +361,24 @@ async fn run(case: &Case, form: Form) -> Duration {
             assert_eq!((calls.verify, calls.settle), (1, 1), "{label}: calls (settle never retried)");
             assert_eq!((runs, burned), (1, 0), "{label}: runs and burn");
         }
+        Expect::SettleUnknown => assert_unknown(&label, &outcome, calls, runs, burned),
     }
     outcome.elapsed
+}
+
+/// The "outcome unknown" answer: 402 without an envelope to pay again with, the content withheld, a receipt naming the
+/// pending settlement; the handler ran once, settle was called once.
+fn assert_unknown(label: &str, outcome: &Outcome, calls: Calls, runs: usize, burned: u64) {
+    assert_eq!(outcome.status, 402, "{label}: {}", outcome.body);
+    assert!(outcome.envelope.is_none(), "{label}: no envelope to pay again with");
+    assert!(!outcome.body.contains(CONTENT), "{label}: the content leaked");
+    assert!(outcome.body.contains("do not pay again"), "{label}: {}", outcome.body);
+    let receipt = outcome.receipt.as_ref().expect("the receipt comes with the 402");
+    assert_eq!(receipt.error_reason.as_deref(), Some("settlement_outcome_unknown"), "{label}");
+    let id = receipt.other.get("pendingSettlementId").and_then(|v| v.as_str()).unwrap_or_default();
+    assert!(!id.is_empty() && outcome.body.contains(id), "{label}: the record's id is named");
+    assert_eq!((calls.verify, calls.settle), (1, 1), "{label}: calls (a reusable token is settled once)");
+    assert_eq!((runs, burned), (1, 0), "{label}: runs and burn");
 }
 
 /// Runs every case of `endpoint` in both forms, and prints the slowest request.
@@ -421,29 +432,24 @@ async fn a_facilitator_that_refuses_connections_gives_500_in_both_forms() {
 }
 
 /// The one failure the seller cannot see through: the facilitator burned the credits
-/// and the answer was lost on the way back. The seller reports a failed settlement and
-/// withholds the content (it cannot know better); it does not retry (a retry could burn
-/// twice). The ledger shows the burn, which is what a reconciliation finds.
+/// and the answer was lost on the way back. With a reusable token the seller does not
+/// settle again (it could burn twice): it records a pending settlement, answers 402
+/// "outcome unknown, do not pay again" and withholds the content. The ledger shows the
+/// burn, which is what the reconciliation of the record finds.
 #[actix_web::test]
 async fn an_answer_lost_after_the_burn_is_a_failed_settlement_never_retried() {
     for form in Form::BOTH {
         let rig = Rig::new(|b| b);
         rig.local.inject(Endpoint::Settle, Fault::LoseAnswer);
         let outcome = send(rig.server.at(form.path()), rig.token()).await;
-        assert_eq!(outcome.status, 402, "{form:?}: {}", outcome.body);
-        assert!(!outcome.body.contains(CONTENT), "{form:?}");
-        let receipt = outcome.receipt.expect("failed receipt");
-        assert!(!receipt.success, "{form:?}");
-        assert!(receipt.error_reason.unwrap_or_default().contains("settlement_unavailable"), "{form:?}");
-        let calls = rig.local.calls();
-        assert_eq!((calls.verify, calls.settle), (1, 1), "{form:?}: settle never retried");
+        let label = format!("{form:?}");
+        assert_unknown(&label, &outcome, rig.local.calls(), rig.server.runs.count(), 0);
         assert_eq!(rig.local.total_burned(), CREDITS, "{form:?}: the facilitator did burn");
-        assert_eq!(rig.server.runs.count(), 1);
     }
 }
 
-/// A settle answered after the timeout: the seller gave up (402, failed receipt) and
-/// never retried. Whether the facilitator still burns depends on whether it notices
+/// A settle answered after the timeout: the seller gave up (402, outcome unknown,
+/// recorded) and never retried. Whether the facilitator still burns depends on whether it notices
 /// the caller left: the local one (actix-web) keeps working on a request whose client
 /// closed the connection, so the late settle burns. Either way the ledger is the
 /// truth, and the burn is at most the verified amount.
@@ -455,8 +461,9 @@ async fn a_settle_answered_after_the_timeout_is_a_failed_settlement() {
     let outcome = send(rig.server.at(Form::Macro.path()), rig.token()).await;
     assert_eq!(outcome.status, 402, "{}", outcome.body);
     assert!(outcome.elapsed < TIMEOUT + MARGIN, "took {:?}", outcome.elapsed);
-    let receipt = outcome.receipt.expect("failed receipt");
-    assert!(receipt.error_reason.unwrap_or_default().contains("no answer within"));
+    assert!(outcome.body.contains("no answer within"), "{}", outcome.body);
+    let receipt = outcome.receipt.expect("receipt");
+    assert_eq!(receipt.error_reason.as_deref(), Some("settlement_outcome_unknown"));
     // Let the delayed settle finish (or not) on the facilitator.
     tokio::time::sleep(delay + Duration::from_millis(200)).await;
     let burned = rig.local.total_burned();

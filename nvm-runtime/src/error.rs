@@ -228,7 +228,8 @@ pub enum PaymentError {
         source: Option<Box<FacilitatorError>>,
     },
     /// The handler succeeded and the settle call was sent, but its answer was lost and
-    /// could not be resolved (202): the credits may have been burned. The request is
+    /// could not be resolved (402 without an envelope to pay): the credits may have been
+    /// burned. The request is
     /// recorded as a pending settlement for the seller to reconcile; the buyer must not
     /// pay again.
     #[error(
@@ -262,7 +263,7 @@ impl PaymentError {
         match self {
             PaymentError::Facilitator(FacilitatorError::Unavailable(_)) | PaymentError::Config(_) => 500,
             PaymentError::BodyUnreadable(_) => 400,
-            PaymentError::SettlementUnknown { .. } => 202,
+            PaymentError::SettlementUnknown { .. } => 402,
             PaymentError::BodyTooLarge { .. } => 413,
             _ => 402,
         }
@@ -283,8 +284,9 @@ pub enum Refusal {
         /// The receipt of a failed settlement.
         receipt: Option<Box<SettleResponse>>,
     },
-    /// 202: the settlement's outcome is unknown and recorded; the content is withheld
-    /// and the buyer is told not to pay again ([`PaymentError::SettlementUnknown`]).
+    /// 402 with the receipt and **without** a `payment-required` envelope (nothing to
+    /// pay again with): the settlement's outcome is unknown and recorded; the content is
+    /// withheld and the buyer is told not to pay again ([`PaymentError::SettlementUnknown`]).
     OutcomeUnknown {
         /// Why, with the record.
         error: PaymentError,
@@ -330,7 +332,7 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::PaymentRequired { .. } => 402,
-            Refusal::OutcomeUnknown { .. } => 202,
+            Refusal::OutcomeUnknown { .. } => 402,
             Refusal::Failed(error) => error.status(),
         }
     }

@@ -148,3 +148,59 @@ async fn a_500_is_unavailable_but_a_refusal_is_the_payments_fault() {
     assert!(!error.is_unavailable(), "{error:?}");
     assert_eq!(error.code(), Some("BCK.X402.0059"));
 }
+
+/// Every way a settle call can end, sorted into what the seller can know: settled,
+/// declined, refused (nothing can have been burned) or unknown (the request may have
+/// been carried out; its answer did not come back whole).
+#[actix_web::test]
+async fn settle_outcomes_tell_refused_from_unknown() {
+    use nvm_runtime::backend::SettleOutcome;
+
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        url
+    };
+    let json = "application/json";
+    let settled = r#"{"success":true,"transaction":"0x1","creditsRedeemed":"1"}"#;
+    let declined = r#"{"success":false,"errorReason":"insufficient_balance","transaction":""}"#;
+    let spent = r#"{"code":"BCK.X402.0059","message":"token already used","httpStatus":400}"#;
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("success", server(Some(answer("200 OK", json, settled))), "settled"),
+        ("success:false", server(Some(answer("200 OK", json, declined))), "declined"),
+        ("4xx with a code", server(Some(answer("400 Bad Request", json, spent))), "refused"),
+        ("our key refused", server(Some(answer("401 Unauthorized", json, r#"{"message":"no"}"#))), "refused"),
+        ("connection refused", dead, "refused"),
+        ("no answer (timeout)", server(None), "unknown"),
+        ("closed without answering", server(Some("")), "unknown"),
+        ("500", server(Some(answer("500 Internal Server Error", json, "{}"))), "unknown"),
+        ("502 html", server(Some(answer("502 Bad Gateway", "text/html", "<html>bad</html>"))), "unknown"),
+        ("503", server(Some(answer("503 Service Unavailable", json, "{}"))), "unknown"),
+        ("504", server(Some(answer("504 Gateway Timeout", json, "{}"))), "unknown"),
+        ("truncated JSON", server(Some(answer("200 OK", json, r#"{"success":tr"#))), "unknown"),
+        (
+            "truncated body",
+            server(Some(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{\"succ",
+            )),
+            "unknown",
+        ),
+        (
+            "4xx without the error envelope",
+            server(Some(answer("404 Not Found", "text/html", "<p>no</p>"))),
+            "unknown",
+        ),
+    ];
+    for (cause, url, want) in cases {
+        let outcome = client(&url).settle_outcome(&request()).await;
+        let got = match &outcome {
+            SettleOutcome::Settled(_) => "settled",
+            SettleOutcome::Declined(_) => "declined",
+            SettleOutcome::Refused(_) => "refused",
+            SettleOutcome::Unknown(_) => "unknown",
+            _ => "other",
+        };
+        assert_eq!(got, want, "{cause}: {outcome:?}");
+    }
+}

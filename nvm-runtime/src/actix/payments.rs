@@ -295,7 +295,8 @@ impl PaymentsBuilder {
     /// Where settlements of unknown outcome are written down: a request whose settle
     /// call was sent but whose answer was lost, and which could not be resolved (a
     /// reusable token is never settled twice; a single-use one is settled once more to
-    /// learn the outcome). The buyer gets a 202 that says not to pay again, with the
+    /// learn the outcome). The buyer gets a 402 with the receipt and no envelope to pay
+    /// again with, that says not to pay again, with the
     /// record's id. Default: in memory only (a warning at [`Payments::prepare`]); give a
     /// file journal in production.
     ///

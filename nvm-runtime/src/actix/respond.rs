@@ -42,7 +42,7 @@ pub(crate) fn render_plain(refusal: &Refusal) -> HttpResponse {
                     body[field] = value.clone();
                 }
             }
-            let mut response = HttpResponse::build(StatusCode::ACCEPTED)
+            let mut response = HttpResponse::build(StatusCode::PAYMENT_REQUIRED)
                 .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
                 .body(body.to_string());
             attach_receipt(&mut response, receipt);

@@ -243,7 +243,7 @@ pub enum PaymentOutcome {
     Unsettled,
     /// The handler ran and the seller sent the settlement, but its answer was lost: the
     /// credits may have been burned, and the seller recorded the call as a pending
-    /// settlement to reconcile (a 202 with the content withheld, or the content itself
+    /// settlement to reconcile (a 402 with this receipt and no envelope, the content withheld, or the content itself
     /// when the seller delivers on settle failure). **Do not pay again**; quote
     /// `pending_id` to the seller.
     OutcomeUnknown {

@@ -285,7 +285,7 @@ pub const CODE_SPENT: &str = "BCK.X402.0059";
 
 /// The `errorReason` of a seller's receipt whose settlement outcome is unknown: the
 /// settle call was sent and its answer lost. The seller recorded it as a pending
-/// settlement (its id in the receipt's `pendingSettlementId`) and answered 202 with the
+/// settlement (its id in the receipt's `pendingSettlementId`) and answered 402 with no `payment-required` envelope, the
 /// content withheld; the buyer must not pay again for this call.
 pub const SETTLEMENT_UNKNOWN: &str = "settlement_outcome_unknown";
 
