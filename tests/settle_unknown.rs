@@ -1,0 +1,381 @@
+//! Unknown settlement outcomes: the settle call was sent and its answer was lost (a
+//! timeout, a broken connection, a 5xx, an unreadable body), or it was refused.
+//!
+//! Every cause is injected with the local facilitator's faults, for a reusable (v2)
+//! and a single-use (v3) token, on both forms (`#[paid]`, `PaymentMiddleware`), with and
+//! without the verification cache; the ledger, what the buyer got and the seller's
+//! pending-settlement journal must agree:
+//!
+//! - the buyer gets the content exactly when the credits were burned, burned once;
+//! - credits burned without the content always leave a record naming the request;
+//! - a refusal burns nothing, delivers nothing and records nothing;
+//! - a single-use token's unknown outcome is resolved by settling once more (the content
+//!   is delivered), a reusable token is never settled twice (recorded instead).
+//!
+//! A scripted facilitator covers the answers the local one does not give on a second
+//! settle: `BCK.X402.0059` (the first settle went through) and a third, different answer.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, post, web};
+use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
+use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
+use nvm_runtime::wire::SettleResponse;
+use nvm_runtime::{Payments, PaymentsBuilder, PendingSettlement, PendingSettlements, paid};
+use nvm_tests::{
+    DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, payments_for, receipt, serve,
+};
+
+/// The bound on each facilitator call.
+const TIMEOUT: Duration = Duration::from_millis(300);
+/// A settle answered after the seller gave up.
+const LATE: Duration = Duration::from_millis(700);
+const CREDITS: u64 = 2;
+const CONTENT: &str = "the paid content";
+
+#[post("/paid")]
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2)]
+async fn paid_content(runs: web::Data<Runs>) -> HttpResponse {
+    runs.hit();
+    HttpResponse::Ok().body(CONTENT)
+}
+
+async fn middleware_content(runs: web::Data<Runs>) -> HttpResponse {
+    runs.hit();
+    HttpResponse::Ok().body(CONTENT)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Macro,
+    Middleware,
+}
+
+impl Form {
+    fn path(self) -> &'static str {
+        match self {
+            Form::Macro => "/paid",
+            Form::Middleware => "/mw/content",
+        }
+    }
+}
+
+fn routes(payments: Payments) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
+    move |cfg: &mut web::ServiceConfig| {
+        let table = PaymentMiddleware::new(payments.clone())
+            .route("POST /mw/content", RouteConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID).credits(CREDITS));
+        let scope = web::scope("/mw").wrap(table).route("/content", web::post().to(middleware_content));
+        cfg.service(paid_content).service(scope);
+    }
+}
+
+/// What a fault does to a settle call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The facilitator answered a refusal: nothing burned.
+    Refused,
+    /// The answer did not come back; the call was not carried out.
+    UnknownNotBurned,
+    /// The answer did not come back; the call was carried out (burned).
+    UnknownBurned,
+}
+
+fn causes() -> Vec<(&'static str, Fault, Kind)> {
+    vec![
+        ("success:false", Fault::SettleFailure("insufficient_balance".into()), Kind::Refused),
+        ("409 with a code", Fault::Status(409), Kind::Refused),
+        ("no answer (hang)", Fault::Hang, Kind::UnknownNotBurned),
+        ("500", Fault::Status(500), Kind::UnknownNotBurned),
+        ("502 html", Fault::Html502, Kind::UnknownNotBurned),
+        ("503", Fault::Status(503), Kind::UnknownNotBurned),
+        ("504", Fault::Status(504), Kind::UnknownNotBurned),
+        ("truncated JSON", Fault::TruncatedJson, Kind::UnknownNotBurned),
+        ("connection closed", Fault::Disconnect, Kind::UnknownNotBurned),
+        ("answer lost after the burn", Fault::LoseAnswer, Kind::UnknownBurned),
+        ("answer after the timeout", Fault::Delay(LATE), Kind::UnknownBurned),
+    ]
+}
+
+/// One row of the closing table.
+struct Row {
+    label: String,
+    burned: u64,
+    delivered: bool,
+    recorded: usize,
+}
+
+/// Runs one case on a fresh rig and checks that ledger, buyer and journal agree.
+async fn run(cause: &str, fault: &Fault, kind: Kind, single_use: bool, form: Form, cache: bool) -> Row {
+    let label = format!(
+        "{cause} | {} | {form:?} | cache {}",
+        if single_use { "v3 single-use" } else { "v2 reusable" },
+        if cache { "on" } else { "off" }
+    );
+    let local = LocalFacilitator::start().unwrap();
+    let journal = PendingSettlements::in_memory();
+    let hooked = Arc::new(Mutex::new(Vec::<PendingSettlement>::new()));
+    let seen = hooked.clone();
+    let mut builder = payments_for(&local)
+        .timeout(TIMEOUT)
+        .pending_settlements(journal.clone())
+        .on_settlement_unknown(move |_, record| seen.lock().unwrap().push(record.clone()));
+    if cache {
+        builder = builder.verification_cache(Duration::from_secs(10));
+    }
+    let payments = builder.build().unwrap();
+    let server = serve(Some(payments.clone()), routes(payments));
+    let address = local.subscriber_address().to_owned();
+    let balance = || local.balance(DEMO_PLAN_ID, &address);
+
+    let token = if single_use {
+        local.mint_token(MintOptions::new().single_use().resource(form.path()).http_verb("POST"))
+    } else {
+        local.mint_token(MintOptions::new())
+    };
+    if cache && !single_use {
+        // Warm the cache: the faulted request's verification then comes from it (and its
+        // settle carries no agent request id).
+        let warm = send(&server, form, &token).await;
+        assert_eq!(warm.0, 200, "{label}: warm-up");
+    }
+    let (before, calls_before, runs_before) = (balance(), local.calls(), server.runs.count());
+    local.inject_times(Endpoint::Settle, fault.clone(), 1);
+    let (status, body, got_receipt, got_envelope) = send(&server, form, &token).await;
+    if matches!(fault, Fault::Delay(_)) {
+        tokio::time::sleep(LATE + Duration::from_millis(300)).await;
+    }
+    let burned = before - balance();
+    let settles = local.calls().settle - calls_before.settle;
+    let runs = server.runs.count() - runs_before;
+    let delivered = status == 200 && body == CONTENT;
+    let records = journal.list().unwrap();
+    let recorded = records.len();
+
+    // The invariants, whatever the cause.
+    assert_eq!(runs, 1, "{label}: the handler ran once");
+    assert!(burned == 0 || burned == CREDITS, "{label}: burned {burned}");
+    if delivered {
+        assert_eq!(burned, CREDITS, "{label}: delivered, so burned once");
+        assert!(got_receipt.as_ref().is_some_and(|r| r.success), "{label}: a successful receipt");
+    } else {
+        assert!(!body.contains(CONTENT), "{label}: the content leaked");
+    }
+    if burned > 0 && !delivered {
+        assert_eq!(recorded, 1, "{label}: burned without the content, so recorded");
+    }
+    assert_eq!(*hooked.lock().unwrap(), records, "{label}: the hook saw every record");
+
+    // What each kind of cause gives.
+    match (kind, single_use) {
+        (Kind::Refused, _) => {
+            assert_eq!((status, burned, recorded, settles), (402, 0, 0, 1), "{label}: {body}");
+            assert!(got_envelope, "{label}: nothing was burned: the envelope to pay again");
+        }
+        (Kind::UnknownNotBurned | Kind::UnknownBurned, true) => {
+            assert!(delivered, "{label}: resolved by a second settle: {status} {body}");
+            assert_eq!((settles, recorded), (2, 0), "{label}: settled once more, nothing to record");
+        }
+        (_, false) => {
+            let want_burn = if kind == Kind::UnknownBurned { CREDITS } else { 0 };
+            assert_eq!((status, burned, recorded, settles), (402, want_burn, 1, 1), "{label}: {body}");
+            assert!(!got_envelope, "{label}: no envelope to pay again with");
+            let receipt = got_receipt.expect("a receipt");
+            assert_eq!(receipt.error_reason.as_deref(), Some("settlement_outcome_unknown"), "{label}");
+            let record = &records[0];
+            assert!(body.contains(&record.id), "{label}: the buyer gets the record's id: {body}");
+            assert_eq!(
+                (
+                    record.plan_id.as_str(),
+                    record.method.as_str(),
+                    record.path.as_str(),
+                    record.amount.as_str()
+                ),
+                (DEMO_PLAN_ID, "POST", form.path(), "2"),
+                "{label}"
+            );
+            assert_eq!(record.payer.as_deref(), Some(address.as_str()), "{label}");
+            assert_eq!(record.agent_request_id.is_some(), !cache, "{label}: a cached verification has none");
+            let line = serde_json::to_string(record).unwrap();
+            assert!(!line.contains(&token), "{label}: the record holds the token");
+        }
+    }
+    Row { label, burned, delivered, recorded }
+}
+
+async fn send(server: &TestServer, form: Form, token: &str) -> (u16, String, Option<SettleResponse>, bool) {
+    let response =
+        http().post(server.at(form.path())).header("payment-signature", token).send().await.unwrap();
+    let (status, got_receipt, got_envelope) =
+        (response.status().as_u16(), receipt(&response), envelope(&response).is_some());
+    (status, response.text().await.unwrap(), got_receipt, got_envelope)
+}
+
+#[actix_web::test]
+async fn ledger_buyer_and_records_agree_for_every_cause() {
+    let mut rows = Vec::new();
+    for (cause, fault, kind) in causes() {
+        for single_use in [false, true] {
+            for form in [Form::Macro, Form::Middleware] {
+                for cache in [false, true] {
+                    rows.push(run(cause, &fault, kind, single_use, form, cache).await);
+                }
+            }
+        }
+    }
+    eprintln!("cause | token | form | cache: burned, delivered, recorded");
+    for row in &rows {
+        eprintln!(
+            "{}: burned {}, delivered {}, recorded {}",
+            row.label, row.burned, row.delivered, row.recorded
+        );
+    }
+    assert_eq!(rows.len(), 11 * 8);
+}
+
+/// A journal file survives the server: records are listed after a restart and closed
+/// by the seller once reconciled.
+#[actix_web::test]
+async fn a_file_journal_keeps_records_for_the_seller_to_close() {
+    let path = std::env::temp_dir().join(format!(
+        "nvm-pending-{}-{:?}.jsonl",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let local = LocalFacilitator::start().unwrap();
+    let payments = payments_for(&local)
+        .timeout(TIMEOUT)
+        .pending_settlements(PendingSettlements::file(&path).unwrap())
+        .build()
+        .unwrap();
+    let server = serve(Some(payments.clone()), routes(payments.clone()));
+    let token = local.mint_token(MintOptions::new());
+    local.inject_times(Endpoint::Settle, Fault::LoseAnswer, 1);
+    let (status, body, _, _) = send(&server, Form::Macro, &token).await;
+    assert_eq!(status, 402, "{body}");
+    drop(server);
+
+    let reopened = PendingSettlements::file(&path).unwrap();
+    let open = reopened.list().unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(payments.pending_settlements().list().unwrap(), open);
+    // The seller looks the request up with the facilitator (the ledger burned it), then
+    // closes the record.
+    assert_eq!(local.total_burned(), CREDITS);
+    assert!(reopened.close(&open[0].id, "settled: burned by the facilitator").unwrap());
+    assert!(PendingSettlements::file(&path).unwrap().list().unwrap().is_empty());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(&token), "the journal holds the token");
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// A facilitator whose settle answers follow a script, for the second-settle answers
+/// the local facilitator never gives.
+struct Scripted {
+    url: String,
+    settles: Arc<AtomicUsize>,
+    _server: actix_web::dev::ServerHandle,
+}
+
+#[derive(Clone)]
+struct Script(Arc<Vec<(u16, &'static str)>>, Arc<AtomicUsize>);
+
+async fn scripted_verify() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "isValid": true, "payer": "0xpayer", "agentRequestId": "req-1",
+        "agentRequest": {"agentRequestId": "req-1"}
+    }))
+}
+
+async fn scripted_settle(script: web::Data<Script>) -> HttpResponse {
+    let call = script.1.fetch_add(1, Ordering::SeqCst);
+    let (status, body) = script.0.get(call).copied().unwrap_or((500, "{}"));
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+        .content_type("application/json")
+        .body(body)
+}
+
+fn scripted(answers: Vec<(u16, &'static str)>) -> Scripted {
+    let settles = Arc::new(AtomicUsize::new(0));
+    let script = Script(Arc::new(answers), settles.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(script.clone()))
+            .route("/api/v1/x402/verify", web::post().to(scripted_verify))
+            .route("/api/v1/x402/settle", web::post().to(scripted_settle))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let url = format!("http://{}", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Scripted { url, settles, _server: handle }
+}
+
+fn scripted_payments(facilitator: &Scripted, local: &LocalFacilitator) -> PaymentsBuilder {
+    payments_for(local).backend_url(facilitator.url.clone()).timeout(TIMEOUT)
+}
+
+/// Both forms, paid through the scripted facilitator (its plan lookups fail: the
+/// default scheme is advertised).
+fn scripted_server(builder: PaymentsBuilder) -> TestServer {
+    let payments = builder.build().unwrap();
+    serve(Some(payments.clone()), routes(payments))
+}
+
+const SPENT: &str = r#"{"code":"BCK.X402.0059","message":"access token already used","httpStatus":400}"#;
+const DECLINED: &str = r#"{"success":false,"errorReason":"insufficient_balance","transaction":""}"#;
+
+#[actix_web::test]
+async fn a_second_settle_answering_spent_confirms_the_first_and_a_third_answer_withholds() {
+    // The token's shape is all the scripted facilitator needs: a real single-use token.
+    let local = LocalFacilitator::start().unwrap();
+    for form in [Form::Macro, Form::Middleware] {
+        let single_use =
+            local.mint_token(MintOptions::new().single_use().resource(form.path()).http_verb("POST"));
+        let reusable = local.mint_token(MintOptions::new());
+        // Unknown, then spent: the first settle went through; delivered, marked confirmed.
+        let facilitator = scripted(vec![(504, "{}"), (400, SPENT)]);
+        let server = scripted_server(scripted_payments(&facilitator, &local));
+        let (status, body, got, _) = send(&server, form, &single_use).await;
+        assert_eq!((status, body.as_str()), (200, CONTENT), "{form:?}");
+        let got = got.expect("receipt");
+        assert!(got.success, "{form:?}: {got:?}");
+        assert_eq!(got.other.get("confirmedAfterUnknown"), Some(&serde_json::Value::Bool(true)), "{form:?}");
+        assert_eq!(got.credits_redeemed_u64(), CREDITS, "{form:?}");
+        assert_eq!(facilitator.settles.load(Ordering::SeqCst), 2, "{form:?}");
+
+        // Unknown, then declined: a third, different answer withholds (402, envelope).
+        let facilitator = scripted(vec![(503, "{}"), (200, DECLINED)]);
+        let server = scripted_server(scripted_payments(&facilitator, &local));
+        let (status, body, got, got_envelope) = send(&server, form, &single_use).await;
+        assert_eq!(status, 402, "{form:?}: {body}");
+        assert!(got_envelope && !got.expect("receipt").success, "{form:?}");
+        assert_eq!(facilitator.settles.load(Ordering::SeqCst), 2, "{form:?}");
+
+        // Unknown twice: recorded.
+        let facilitator = scripted(vec![(503, "{}"), (502, "<html>")]);
+        let journal = PendingSettlements::in_memory();
+        let server =
+            scripted_server(scripted_payments(&facilitator, &local).pending_settlements(journal.clone()));
+        let (status, body, _, got_envelope) = send(&server, form, &single_use).await;
+        assert_eq!((status, got_envelope), (402, false), "{form:?}: {body}");
+        assert_eq!(journal.list().unwrap().len(), 1, "{form:?}");
+        assert_eq!(journal.list().unwrap()[0].agent_request_id.as_deref(), Some("req-1"));
+
+        // A reusable token is never settled twice.
+        let facilitator = scripted(vec![(503, "{}"), (200, DECLINED)]);
+        let server = scripted_server(scripted_payments(&facilitator, &local));
+        let (status, body, _, _) = send(&server, form, &reusable).await;
+        assert_eq!(status, 402, "{form:?}: {body}");
+        assert_eq!(facilitator.settles.load(Ordering::SeqCst), 1, "{form:?}: settled once");
+    }
+}
