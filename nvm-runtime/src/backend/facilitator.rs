@@ -249,8 +249,11 @@ impl Facilitator {
 /// use nvm_runtime::backend::SettleOutcome;
 /// use nvm_runtime::wire::SettleResponse;
 ///
-/// let answered = SettleResponse { success: false, ..SettleResponse::default() };
-/// assert!(matches!(SettleOutcome::of(Ok(answered)), SettleOutcome::Declined(_)));
+/// let mut answered = SettleResponse::default();
+/// answered.error_reason = Some("insufficient_balance".into());
+/// assert!(matches!(SettleOutcome::of(Ok(answered.clone())), SettleOutcome::Declined(_)));
+/// answered.success = true;
+/// assert!(matches!(SettleOutcome::of(Ok(answered)), SettleOutcome::Settled(_)));
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
