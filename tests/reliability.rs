@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use actix_web::{HttpResponse, post, web};
+use actix_web::{HttpResponse, web};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::client::{ClientError, PayingClient, Subscriber};
 use nvm_runtime::local::{Calls, Endpoint, Fault, LocalFacilitator, MintOptions};
-use nvm_runtime::{Payments, PaymentsBuilder, paid};
+use nvm_runtime::{Payments, PaymentsBuilder};
 use nvm_tests::{
-    DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, payments_for, receipt, serve,
+    CONTENT, CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, Runs, TestServer, envelope, http,
+    middleware_content, paid_content, payments_for, receipt, serve,
 };
 
 /// The bound on each facilitator call in these tests.
@@ -32,22 +33,6 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 /// What a request may take beyond one facilitator timeout: the other, healthy calls
 /// of the flow and the scheduling of a debug build on a loaded 2-core machine.
 const MARGIN: Duration = Duration::from_millis(700);
-/// What a paid request costs.
-const CREDITS: u64 = 2;
-/// The paid content: it must never reach a client whose payment was not settled.
-const CONTENT: &str = "the paid content";
-
-#[post("/paid")]
-#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2)]
-async fn paid_content(runs: web::Data<Runs>) -> HttpResponse {
-    runs.hit();
-    HttpResponse::Ok().body(CONTENT)
-}
-
-async fn middleware_content(runs: web::Data<Runs>) -> HttpResponse {
-    runs.hit();
-    HttpResponse::Ok().body(CONTENT)
-}
 
 const PANIC_MESSAGE: &str = "reliability: deliberate panic behind the middleware";
 
@@ -68,26 +53,6 @@ fn silence_deliberate_panic() {
             }
         }));
     });
-}
-
-/// The two ways to protect a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Form {
-    /// `#[paid]` on the handler: `POST /paid`.
-    Macro,
-    /// A `PaymentMiddleware` routes table: `POST /mw/content`.
-    Middleware,
-}
-
-impl Form {
-    const BOTH: [Form; 2] = [Form::Macro, Form::Middleware];
-
-    fn path(self) -> &'static str {
-        match self {
-            Form::Macro => "/paid",
-            Form::Middleware => "/mw/content",
-        }
-    }
 }
 
 fn routes(payments: Payments) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {

@@ -22,49 +22,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpResponse, HttpServer, post, web};
+use actix_web::{App, HttpResponse, HttpServer, web};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
 use nvm_runtime::wire::SettleResponse;
-use nvm_runtime::{Payments, PaymentsBuilder, PendingSettlement, PendingSettlements, paid};
+use nvm_runtime::{Payments, PaymentsBuilder, PendingSettlement, PendingSettlements};
 use nvm_tests::{
-    DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, payments_for, receipt, serve,
+    CONTENT, CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, TestServer, envelope, http, middleware_content,
+    paid_content, payments_for, receipt, serve,
 };
 
 /// The bound on each facilitator call.
 const TIMEOUT: Duration = Duration::from_millis(300);
 /// A settle answered after the seller gave up.
 const LATE: Duration = Duration::from_millis(700);
-const CREDITS: u64 = 2;
-const CONTENT: &str = "the paid content";
-
-#[post("/paid")]
-#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2)]
-async fn paid_content(runs: web::Data<Runs>) -> HttpResponse {
-    runs.hit();
-    HttpResponse::Ok().body(CONTENT)
-}
-
-async fn middleware_content(runs: web::Data<Runs>) -> HttpResponse {
-    runs.hit();
-    HttpResponse::Ok().body(CONTENT)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Form {
-    Macro,
-    Middleware,
-}
-
-impl Form {
-    fn path(self) -> &'static str {
-        match self {
-            Form::Macro => "/paid",
-            Form::Middleware => "/mw/content",
-        }
-    }
-}
-
 fn routes(payments: Payments) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
     move |cfg: &mut web::ServiceConfig| {
         let table = PaymentMiddleware::new(payments.clone())
@@ -220,7 +191,7 @@ async fn ledger_buyer_and_records_agree_for_every_cause() {
     let mut rows = Vec::new();
     for (cause, fault, kind) in causes() {
         for single_use in [false, true] {
-            for form in [Form::Macro, Form::Middleware] {
+            for form in Form::BOTH {
                 for cache in [false, true] {
                     rows.push(run(cause, &fault, kind, single_use, form, cache).await);
                 }
@@ -338,7 +309,7 @@ const DECLINED: &str = r#"{"success":false,"errorReason":"insufficient_balance",
 async fn a_second_settle_answering_spent_confirms_the_first_and_a_third_answer_withholds() {
     // The token's shape is all the scripted facilitator needs: a real single-use token.
     let local = LocalFacilitator::start().unwrap();
-    for form in [Form::Macro, Form::Middleware] {
+    for form in Form::BOTH {
         let single_use =
             local.mint_token(MintOptions::new().single_use().resource(form.path()).http_verb("POST"));
         let reusable = local.mint_token(MintOptions::new());

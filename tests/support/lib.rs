@@ -162,3 +162,46 @@ impl RawAnswer {
         self.0.lines().take_while(|line| !line.is_empty()).find_map(|line| line.strip_prefix(prefix.as_str()))
     }
 }
+
+/// The paid content of the two-form tests: it must never reach a client whose payment
+/// was not settled.
+pub const CONTENT: &str = "the paid content";
+
+/// What the two-form tests charge.
+pub const CREDITS: u64 = 2;
+
+/// `POST /paid`: the `#[paid]` form of the two-form tests.
+#[actix_web::post("/paid")]
+#[nvm_runtime::paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2)]
+pub async fn paid_content(runs: web::Data<Runs>) -> actix_web::HttpResponse {
+    runs.hit();
+    actix_web::HttpResponse::Ok().body(CONTENT)
+}
+
+/// The handler behind `POST /mw/content`, the middleware form of the two-form tests.
+pub async fn middleware_content(runs: web::Data<Runs>) -> actix_web::HttpResponse {
+    runs.hit();
+    actix_web::HttpResponse::Ok().body(CONTENT)
+}
+
+/// The two ways to protect a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `#[paid]` on the handler: `POST /paid`.
+    Macro,
+    /// A `PaymentMiddleware` routes table: `POST /mw/content`.
+    Middleware,
+}
+
+impl Form {
+    /// Both forms.
+    pub const BOTH: [Form; 2] = [Form::Macro, Form::Middleware];
+
+    /// The path this form serves the paid content at.
+    pub fn path(self) -> &'static str {
+        match self {
+            Form::Macro => "/paid",
+            Form::Middleware => "/mw/content",
+        }
+    }
+}
