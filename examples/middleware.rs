@@ -7,8 +7,8 @@
 //!
 //! - `POST /ask`: 1 credit.
 //! - `GET /reports/{id}`: 5 credits (an actix-web pattern; `:id` is accepted too).
-//! - `GET /stream`: 2 credits, a server-sent-events stream; the receipt header comes
-//!   before the body streams.
+//! - `GET /stream`: 2 credits, a server-sent-events stream: it flows at once, and is
+//!   settled when it ends; its last event, `payment-response`, carries the receipt.
 //! - `GET /health`: not in the table, passes through free.
 //!
 //! Runs on the embedded local facilitator unless `NVM_API_KEY` and `NVM_PLAN_ID` are

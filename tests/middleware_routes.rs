@@ -110,7 +110,7 @@ async fn routes_match_exact_first_then_patterns_by_method_and_segment_count() {
 }
 
 #[actix_web::test]
-async fn a_streamed_response_arrives_chunk_by_chunk_with_its_receipt() {
+async fn a_streamed_response_arrives_chunk_by_chunk_and_ends_with_its_receipt() {
     let (local, server) = setup();
     let before = local.balance(DEMO_PLAN_ID, local.subscriber_address());
     let token = mint(&local).await;
@@ -118,9 +118,8 @@ async fn a_streamed_response_arrives_chunk_by_chunk_with_its_receipt() {
     let mut response =
         http().get(server.at("/stream")).header("payment-signature", &token).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    // The receipt is in the headers, before the body streams.
-    let receipt = receipt(&response).expect("receipt before the body");
-    assert_eq!(receipt.credits_redeemed_u64(), 4);
+    // Streamed bodies settle after their end: no receipt in the head, which comes at once.
+    assert!(receipt(&response).is_none(), "a streamed head carries no receipt");
     assert!(
         started.elapsed() < Duration::from_millis(250),
         "headers came after the stream: {:?}",
@@ -131,7 +130,11 @@ async fn a_streamed_response_arrives_chunk_by_chunk_with_its_receipt() {
         chunks.push((started.elapsed(), chunk));
     }
     let text: String = chunks.iter().map(|(_, c)| String::from_utf8_lossy(c)).collect();
-    assert_eq!(text, "data: 1\n\ndata: 2\n\ndata: 3\n\n");
+    // The receipt is the last event.
+    let receipt = nvm_runtime::client::event_stream_receipt(&text).expect("a payment-response event");
+    assert_eq!(receipt.credits_redeemed_u64(), 4);
+    let last = format!("event: payment-response\ndata: {}\n\n", receipt.to_header());
+    assert_eq!(text, format!("data: 1\n\ndata: 2\n\ndata: 3\n\n{last}"));
     assert!(chunks.len() >= 3, "the body came in one piece: {chunks:?}");
     assert!(
         chunks[0].0 + Duration::from_millis(150) < chunks[chunks.len() - 1].0,

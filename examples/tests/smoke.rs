@@ -204,8 +204,14 @@ async fn middleware_protects_its_table_and_streams() {
     let paid = client.send(client.http().get(format!("{url}/reports/7"))).await.unwrap();
     assert_eq!(paid.receipt.expect("receipt").credits_redeemed_u64(), 5);
     let paid = client.send(client.http().get(format!("{url}/stream"))).await.unwrap();
-    assert_eq!(paid.receipt.expect("receipt").credits_redeemed_u64(), 2);
-    assert_eq!(paid.response.text().await.unwrap().matches("data: chunk").count(), 3);
+    assert!(paid.receipt.is_none(), "settled after the stream: no receipt in the head");
+    let mut stream = paid.into_stream();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(text.matches("data: chunk").count(), 3);
+    assert_eq!(stream.receipt().expect("the receipt, last event").credits_redeemed_u64(), 2);
 }
 
 #[test]

@@ -20,10 +20,14 @@ mod kw {
     syn::custom_keyword!(description);
     syn::custom_keyword!(mime_type);
     syn::custom_keyword!(resource);
+    syn::custom_keyword!(settle);
 }
 
 /// The schemes the runtime knows (its `wire` module docs, §3): `scheme = …` must be one of them.
 const SCHEMES: [&str; 2] = ["nvm:erc4337", "nvm:card-delegation"];
+
+/// The settlement points the runtime knows: `settle = …` must be one of them.
+const SETTLE_POINTS: [&str; 2] = ["before_body", "after_body"];
 
 /// One of the arguments `#[paid]` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,13 +48,15 @@ enum Key {
     MimeType,
     /// `resource = "…"`
     Resource,
+    /// `settle = "before_body" | "after_body"`
+    Settle,
     /// `crate = path`
     Crate,
 }
 
 impl Key {
     /// Every key, in the order the documentation lists them.
-    const ALL: [Key; 9] = [
+    const ALL: [Key; 10] = [
         Key::Plan,
         Key::Agent,
         Key::Credits,
@@ -59,6 +65,7 @@ impl Key {
         Key::Description,
         Key::MimeType,
         Key::Resource,
+        Key::Settle,
         Key::Crate,
     ];
 
@@ -73,6 +80,7 @@ impl Key {
             Key::Description => "description",
             Key::MimeType => "mime_type",
             Key::Resource => "resource",
+            Key::Settle => "settle",
             Key::Crate => "crate",
         }
     }
@@ -88,6 +96,7 @@ impl Key {
             Key::Description => "`description = \"What the caller pays for\"`",
             Key::MimeType => "`mime_type = \"application/json\"`",
             Key::Resource => "`resource = \"https://api.example.com/ask\"`",
+            Key::Settle => "`settle = \"after_body\"` or `settle = \"before_body\"`",
             Key::Crate => "`crate = my_nvm`",
         }
     }
@@ -145,6 +154,8 @@ pub(crate) struct Args {
     pub(crate) mime_type: Option<LitStr>,
     /// `resource = "…"`.
     pub(crate) resource: Option<LitStr>,
+    /// `settle = "…"`: `after_body` or `before_body`.
+    pub(crate) settle: Option<LitStr>,
     /// `crate = path`, default `::nvm_runtime`.
     pub(crate) krate: Path,
 }
@@ -187,6 +198,7 @@ struct Slots {
     description: Option<LitStr>,
     mime_type: Option<LitStr>,
     resource: Option<LitStr>,
+    settle: Option<LitStr>,
     krate: Option<Path>,
     /// The keys seen, to report duplicates.
     seen: Vec<Key>,
@@ -212,6 +224,7 @@ impl Slots {
             Key::Description => self.description = errors.check(parse_string(key, value, true)),
             Key::MimeType => self.mime_type = errors.check(parse_string(key, value, false)),
             Key::Resource => self.resource = errors.check(parse_string(key, value, false)),
+            Key::Settle => self.settle = errors.check(parse_settle(value)),
             Key::Crate => self.krate = errors.check(parse_crate(value)),
         }
     }
@@ -260,8 +273,19 @@ impl Parse for Args {
                  `#[paid(plan = \"…\", credits = 1)]` or `#[paid(plan = env(\"NVM_PLAN_ID\"))]`",
             ));
         }
-        let Slots { plan, agent, credits, scheme, network, description, mime_type, resource, krate, .. } =
-            slots;
+        let Slots {
+            plan,
+            agent,
+            credits,
+            scheme,
+            network,
+            description,
+            mime_type,
+            resource,
+            settle,
+            krate,
+            ..
+        } = slots;
         match plan {
             Some(plan) => errors.finish(|| Args {
                 plan,
@@ -272,6 +296,7 @@ impl Parse for Args {
                 description,
                 mime_type,
                 resource,
+                settle,
                 krate: krate.unwrap_or_else(default_crate),
             }),
             // `plan` was given but invalid, or missing: both are in `errors` already.
@@ -315,6 +340,7 @@ fn parse_key(input: ParseStream<'_>) -> syn::Result<(Result<Key, syn::Error>, Sp
         description => Key::Description,
         mime_type => Key::MimeType,
         resource => Key::Resource,
+        settle => Key::Settle,
     }
     if input.peek(Token![crate]) {
         let token: Token![crate] = input.parse()?;
@@ -613,6 +639,20 @@ fn parse_scheme(value: Expr) -> syn::Result<LitStr> {
     }
 }
 
+/// `settle`: one of the known settlement points.
+fn parse_settle(value: Expr) -> syn::Result<LitStr> {
+    let lit = parse_string(Key::Settle, value, false)?;
+    let text = lit.value();
+    if SETTLE_POINTS.contains(&text.as_str()) {
+        Ok(lit)
+    } else {
+        Err(syn::Error::new(
+            lit.span(),
+            format!("unknown settlement point `{text}`: write {}", Key::Settle.example()),
+        ))
+    }
+}
+
 /// A string-literal-only argument.
 fn parse_string(key: Key, value: Expr, may_be_empty: bool) -> syn::Result<LitStr> {
     match value {
@@ -815,6 +855,11 @@ mod tests {
             "`scheme` takes a string literal: write `scheme = \"nvm:erc4337\"` or `scheme = \"nvm:card-delegation\"`"
         );
         assert!(error(r#"plan = "p", scheme = "evm""#).starts_with("unknown scheme `evm`"));
+        assert_eq!(
+            error(r#"plan = "p", settle = "later""#),
+            "unknown settlement point `later`: write `settle = \"after_body\"` or `settle = \"before_body\"`"
+        );
+        assert!(error(r#"plan = "p", settle = after_body"#).starts_with("`settle` takes a string literal"));
         assert!(error(r#"plan = "p", network = """#).starts_with("`network` cannot be empty"));
         assert!(error(r#"plan = "p", mime_type = JSON"#).starts_with("`mime_type` takes a string literal"));
         assert!(error(r#"plan = "p", resource = 1"#).starts_with("`resource` takes a string literal"));
@@ -826,7 +871,7 @@ mod tests {
         assert_eq!(
             error(r#"plan = "p", price = 2"#),
             "unknown argument `price`: did you mean `credits`? #[paid] accepts `plan`, `agent`, `credits`, \
-             `scheme`, `network`, `description`, `mime_type`, `resource` and `crate`"
+             `scheme`, `network`, `description`, `mime_type`, `resource`, `settle` and `crate`"
         );
         assert!(error(r#"plna = "p""#).contains("unknown argument `plna`: did you mean `plan`?"));
         assert!(error(r#"plan = "p", mimeType = "x""#).contains("did you mean `mime_type`?"));

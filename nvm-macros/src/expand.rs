@@ -114,6 +114,11 @@ fn route_static(
         });
         quote!(#private::Terms::from_parts(#plan, #agent, [#(#fields),*]))
     };
+    let terms = match args.settle.as_ref().map(LitStr::value).as_deref() {
+        Some("after_body") => quote!(#terms.settle(#private::SettlePoint::AfterBody)),
+        Some("before_body") => quote!(#terms.settle(#private::SettlePoint::BeforeBody)),
+        _ => terms,
+    };
     quote! {
         #helpers
         static #route: #private::Route =

@@ -27,6 +27,12 @@ macro_rules! snapshot {
 }
 
 snapshot!(
+    settled_after_the_body,
+    r#"plan = "1234", credits = 10, settle = "after_body""#,
+    r#"async fn chat(payment: PaymentContext) -> HttpResponse { stream(payment.meter()) }"#,
+);
+
+snapshot!(
     literal_plan_fixed_credits,
     r#"plan = "1234", credits = 3"#,
     r#"async fn ask() -> impl Responder { "answer" }"#,

@@ -20,5 +20,5 @@ pub mod __private;
 pub use actix::{ChargeError, PaymentContext, PaymentMiddleware, Payments, PaymentsBuilder, RouteConfig};
 pub use backend::Environment;
 pub use error::{ConfigError, FacilitatorError, PaymentError};
-pub use flow::{PendingSettlement, PendingSettlements};
+pub use flow::{Meter, MeterFull, PendingSettlement, PendingSettlements, SettlePoint};
 pub use nvm_macros::paid;

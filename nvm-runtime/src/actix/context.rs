@@ -7,6 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
 use super::respond::json_error;
+use crate::flow::Meter;
 use crate::flow::{PaymentState, Verified};
 use crate::wire::{AccessToken, AgentRequest, PaymentRequired, VerifyResponse};
 
@@ -136,7 +137,16 @@ impl PaymentContext {
 
     /// The amount that will be settled if the handler succeeds.
     pub fn charged(&self) -> u64 {
-        self.state.charge.get().unwrap_or_else(|| self.credits())
+        self.state.metered().or(self.state.charge.get()).unwrap_or_else(|| self.credits())
+    }
+
+    /// A meter for usage-based billing of this request, capped at the verified credits
+    /// (0 on a free request: everything is refused). Once a meter is taken, what is
+    /// settled is what was metered (a total of 0 settles nothing), not the route's price.
+    /// It is `Send + 'static`: move it into a streamed body's generator; on a route
+    /// settled after the body, the settlement waits for the body to end.
+    pub fn meter(&self) -> Meter {
+        Meter::new(self.state.meter.clone(), self.credits())
     }
 }
 

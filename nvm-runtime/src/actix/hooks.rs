@@ -14,6 +14,7 @@ use crate::wire::{SettleResponse, VerifyResponse};
 type BeforeVerify = dyn Fn(&HttpRequest, &PaymentRequired) + Send + Sync;
 type AfterVerify = dyn Fn(&HttpRequest, &VerifyResponse) + Send + Sync;
 type AfterSettle = dyn Fn(&HttpRequest, u64, &SettleResponse) + Send + Sync;
+type OnSettleFailed = dyn Fn(&HttpRequest, &SettleResponse) + Send + Sync;
 type OnSettlementUnknown = dyn Fn(&HttpRequest, &PendingSettlement) + Send + Sync;
 type OnPaymentError = dyn Fn(&HttpRequest, &PaymentError) -> Option<HttpResponse> + Send + Sync;
 
@@ -26,6 +27,7 @@ pub struct Hooks {
     pub(crate) after_settle: Option<Arc<AfterSettle>>,
     pub(crate) on_payment_error: Option<Arc<OnPaymentError>>,
     pub(crate) on_settlement_unknown: Option<Arc<OnSettlementUnknown>>,
+    pub(crate) on_settle_failed: Option<Arc<OnSettleFailed>>,
 }
 
 impl Hooks {
@@ -55,6 +57,13 @@ impl Hooks {
         f: impl Fn(&HttpRequest, &PendingSettlement) + Send + Sync + 'static,
     ) {
         self.on_settlement_unknown = Some(Arc::new(f));
+    }
+
+    pub(crate) fn set_on_settle_failed(
+        &mut self,
+        f: impl Fn(&HttpRequest, &SettleResponse) + Send + Sync + 'static,
+    ) {
+        self.on_settle_failed = Some(Arc::new(f));
     }
 
     pub(crate) fn set_on_payment_error(
@@ -88,6 +97,12 @@ impl Hooks {
         }
     }
 
+    pub(crate) fn settle_failed(&self, req: &HttpRequest, receipt: &SettleResponse) {
+        if let Some(hook) = &self.on_settle_failed {
+            hook(req, receipt);
+        }
+    }
+
     /// The hook's replacement response, if it gives one.
     pub(crate) fn on_payment_error(&self, req: &HttpRequest, error: &PaymentError) -> Option<HttpResponse> {
         self.on_payment_error.as_ref().and_then(|hook| hook(req, error))
@@ -102,6 +117,7 @@ impl std::fmt::Debug for Hooks {
             .field("after_settle", &self.after_settle.is_some())
             .field("on_payment_error", &self.on_payment_error.is_some())
             .field("on_settlement_unknown", &self.on_settlement_unknown.is_some())
+            .field("on_settle_failed", &self.on_settle_failed.is_some())
             .finish()
     }
 }

@@ -20,7 +20,7 @@ use super::paywall::{self, Exchange, catch_unwind};
 use super::respond::handler_panicked;
 use super::route_table::{Anchors, Lookup, RouteKey};
 use crate::error::ConfigError;
-use crate::flow::{Id, Offer, Terms};
+use crate::flow::{Id, Offer, SettlePoint, Terms};
 
 type CreditsFn = dyn for<'a> Fn(&'a HttpRequest) -> CreditsFuture<'a> + Send + Sync;
 
@@ -99,6 +99,15 @@ impl RouteConfig {
     /// `resource.url` instead of the request path.
     pub fn resource(mut self, url: impl Into<String>) -> Self {
         self.terms.resource = Some(Cow::Owned(url.into()));
+        self
+    }
+
+    /// When to settle: [`SettlePoint::AfterBody`] streams the response at once and
+    /// settles when its body ends, for what was metered; [`SettlePoint::BeforeBody`]
+    /// holds the head until settled. Default: after the body for streamed bodies,
+    /// before it otherwise.
+    pub fn settle(mut self, point: SettlePoint) -> Self {
+        self.terms.settle = Some(point);
         self
     }
 
@@ -315,8 +324,8 @@ where
                 }
             };
             let (http, response) = response.into_parts();
-            let response =
-                paywall::settle(&Exchange { payments: &payments, req: &http }, &state, response).await;
+            let exchange = Exchange { payments: &payments, req: &http };
+            let response = paywall::settle(&exchange, &state, config.terms.settle, response).await;
             Ok(ServiceResponse::new(http, response))
         })
     }

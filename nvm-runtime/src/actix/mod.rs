@@ -13,6 +13,7 @@ pub mod pricing;
 mod respond;
 pub(crate) mod route;
 mod route_table;
+mod stream;
 
 pub use context::{ChargeError, NotPaid, PaymentContext};
 pub use hooks::Hooks;

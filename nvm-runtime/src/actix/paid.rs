@@ -17,7 +17,7 @@ use super::paywall::{self, Exchange, catch_unwind};
 use super::respond::{Rejection, handler_panicked, unconfigured};
 use super::route::Route;
 use crate::error::ConfigError;
-use crate::flow::{Offer, PaymentState};
+use crate::flow::{Offer, PaymentState, SettlePoint};
 
 /// The hidden argument of a `#[paid]` handler.
 pub struct Paid {
@@ -32,6 +32,8 @@ pub struct Paid {
     /// The request body, taken unread: the handler's extractors get it after the
     /// payment decision.
     payload: Payload,
+    /// When the route settles (set when admitted).
+    settle_point: Option<SettlePoint>,
 }
 
 impl std::fmt::Debug for Paid {
@@ -52,7 +54,14 @@ impl FromRequest for Paid {
             // finds it.
             None => (attach(req), false),
         };
-        ready(Ok(Paid { req: req.clone(), settle_with: None, under_middleware, state, payload }))
+        ready(Ok(Paid {
+            req: req.clone(),
+            settle_with: None,
+            under_middleware,
+            state,
+            payload,
+            settle_point: None,
+        }))
     }
 }
 
@@ -87,6 +96,7 @@ impl Paid {
         let credits = priced.map_err(refused)?;
         paywall::admit(&exchange, &offer, credits, &self.state).await.map_err(refused)?;
         self.settle_with = Some(payments);
+        self.settle_point = spec.terms.settle;
         Ok(())
     }
 
@@ -133,7 +143,7 @@ where
     match &paid.settle_with {
         Some(payments) => {
             let exchange = Exchange { payments, req: &paid.req };
-            paywall::settle(&exchange, &paid.state, response).await
+            paywall::settle(&exchange, &paid.state, paid.settle_point, response).await
         }
         None => response,
     }

@@ -4,6 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::rc::Rc;
 
 use actix_web::dev::Payload;
 use actix_web::web::{Bytes, BytesMut};
@@ -14,7 +15,7 @@ use super::credits::CreditsFuture;
 use super::payments::Payments;
 use super::respond::{attach_receipt, render, render_plain};
 use crate::error::{ConfigError, PaymentError, Refusal};
-use crate::flow::{self, Host, Offer, PaymentState, PendingSettlement, Settlement};
+use crate::flow::{self, Host, Offer, PaymentState, PendingSettlement, SettlePoint, Settlement};
 use crate::wire::{PaymentRequired, SettleResponse, VerifyResponse};
 
 /// A request and its configuration, as the flow sees them.
@@ -133,12 +134,23 @@ pub(crate) async fn admit(
 /// and attaches the receipt; otherwise passes `response` through untouched. A failed
 /// settlement withholds the response (402 with the failed receipt) unless the
 /// configuration delivers on settle failure.
+///
+/// A route settled after its body (`point`, or a streamed body when the route says
+/// nothing) answers at once and settles when the body ends (see [`super::stream`]).
 pub(crate) async fn settle(
     exchange: &Exchange<'_>,
-    state: &PaymentState,
+    state: &Rc<PaymentState>,
+    point: Option<SettlePoint>,
     mut response: HttpResponse,
 ) -> HttpResponse {
     let seller = exchange.payments.seller();
+    if state.verified.get().is_some()
+        && response.status().is_success()
+        && super::stream::after_body(point, &response)
+    {
+        let (payments, req) = (exchange.payments.clone(), exchange.req.clone());
+        return super::stream::settle_after_body(payments, req, Rc::clone(state), response);
+    }
     match flow::settle(seller, exchange, state, response.status().as_u16()).await {
         Settlement::None => response,
         Settlement::Settled(receipt) | Settlement::FailedDelivered(receipt) => {

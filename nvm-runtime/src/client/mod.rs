@@ -241,6 +241,11 @@ pub enum PaymentOutcome {
     /// A paid request was answered without a receipt and without a 402: the handler
     /// failed (a non-2xx answer) or charged nothing, so nothing was settled.
     Unsettled,
+    /// A paid answer whose body streams and is settled when it ends (a
+    /// `text/event-stream` without a receipt in its head): read it with
+    /// [`PaidResponse::into_stream`], whose [`PaidStream::receipt`] is the receipt of
+    /// its last `payment-response` event once it ended.
+    SettlesAfterBody,
     /// The handler ran and the seller sent the settlement, but its answer was lost: the
     /// credits may have been burned, and the seller recorded the call as a pending
     /// settlement to reconcile (a 402 with this receipt and no envelope, the content withheld, or the content itself
@@ -416,10 +421,112 @@ fn finish(response: reqwest::Response, paid: bool) -> PaidResponse {
         None if status.as_u16() == 402 && paid => {
             PaymentOutcome::Refused { reason: refusal_reason(&response) }
         }
+        None if paid && status.is_success() && is_event_stream(&response) => PaymentOutcome::SettlesAfterBody,
         None if paid => PaymentOutcome::Unsettled,
         None => PaymentOutcome::NotRequired,
     };
     PaidResponse { response, receipt: decoded.and_then(Result::ok), paid, outcome }
+}
+
+fn is_event_stream(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+impl PaidResponse {
+    /// The body as a stream of chunks, as they arrive (nothing buffered), with the
+    /// receipt of a stream settled after its body read from its last
+    /// `payment-response` event.
+    pub fn into_stream(self) -> PaidStream {
+        PaidStream { response: self.response, receipt: self.receipt, event: String::new() }
+    }
+}
+
+/// A paid answer read chunk by chunk; see [`PaidResponse::into_stream`].
+///
+/// ```no_run
+/// # async fn demo(client: nvm_runtime::client::PayingClient) -> Result<(), nvm_runtime::client::ClientError> {
+/// let paid = client.send(client.http().post("http://127.0.0.1:8080/chat")).await?;
+/// let mut stream = paid.into_stream();
+/// while let Some(chunk) = stream.next().await? {
+///     print!("{}", String::from_utf8_lossy(&chunk));
+/// }
+/// if let Some(receipt) = stream.receipt() {
+///     println!("paid {} credits", receipt.credits_redeemed_u64());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PaidStream {
+    response: reqwest::Response,
+    receipt: Option<SettleResponse>,
+    /// The event being received (SSE), up to its blank line.
+    event: String,
+}
+
+/// The longest SSE event kept while looking for the receipt.
+const MAX_EVENT: usize = 64 * 1024;
+
+impl PaidStream {
+    /// The next chunk of the body, `None` at its end.
+    pub async fn next(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
+        let chunk = self.response.chunk().await.map_err(Box::new)?;
+        if let Some(chunk) = &chunk {
+            self.event.push_str(&String::from_utf8_lossy(chunk));
+            while let Some(end) = self.event.find("\n\n") {
+                if let Some(receipt) = event_stream_receipt(&self.event[..end + 2]) {
+                    self.receipt = Some(receipt);
+                }
+                self.event.drain(..end + 2);
+            }
+            if self.event.len() > MAX_EVENT {
+                self.event.clear();
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// The receipt: the head's `payment-response`, or the last `payment-response` event
+    /// of the stream read so far (a stream settled after its body sends it last).
+    pub fn receipt(&self) -> Option<&SettleResponse> {
+        self.receipt.as_ref()
+    }
+}
+
+/// The receipt of the last `payment-response` event in `text` (server-sent events): what
+/// a paid stream settled after its body ends with.
+///
+/// ```
+/// use nvm_runtime::client::event_stream_receipt;
+/// use nvm_runtime::wire::SettleResponse;
+///
+/// let mut receipt = SettleResponse::default();
+/// receipt.success = true;
+/// let text = format!("data: hello\n\nevent: payment-response\ndata: {}\n\n", receipt.to_header());
+/// assert_eq!(event_stream_receipt(&text), Some(receipt));
+/// ```
+pub fn event_stream_receipt(text: &str) -> Option<SettleResponse> {
+    let mut found = None;
+    for event in text.split("\n\n") {
+        let mut name = None;
+        let mut data = String::new();
+        for line in event.lines() {
+            if let Some(value) = line.strip_prefix("event:") {
+                name = Some(value.trim());
+            } else if let Some(value) = line.strip_prefix("data:") {
+                data.push_str(value.trim());
+            }
+        }
+        if name == Some(PAYMENT_RESPONSE)
+            && let Ok(receipt) = SettleResponse::from_header(&data)
+        {
+            found = Some(receipt);
+        }
+    }
+    found
 }
 
 /// Why a 402 refused the token: the envelope's `error`, or a generic reason.

@@ -11,9 +11,10 @@ mod terms;
 
 use cache::{CacheKey, VerifyCache};
 pub use pending::{PendingSettlement, PendingSettlements};
+pub use state::{Meter, MeterFull};
 pub(crate) use state::{PaymentState, Verified};
 pub(crate) use terms::Offer;
-pub use terms::{Id, Terms};
+pub use terms::{Id, SettlePoint, Terms};
 
 use crate::backend::{Facilitator, PlanCatalog, RequestRef, SettleOutcome};
 use crate::error::{ConfigError, FacilitatorError, PaymentError, Refusal};
@@ -165,7 +166,7 @@ pub(crate) async fn settle(
         tracing::error!(token = %verified.token.hash(), "settlement attempted twice for one request; refused");
         return Settlement::None;
     }
-    let amount = state.charge.get().unwrap_or(verified.credits);
+    let amount = state.metered().or(state.charge.get()).unwrap_or(verified.credits);
     if amount == 0 {
         tracing::debug!(token = %verified.token.hash(), "charged 0 credits; nothing settled");
         return Settlement::None;
@@ -182,7 +183,7 @@ pub(crate) async fn settle(
         SettleOutcome::Settled(receipt) => return settled(host, amount, receipt),
         SettleOutcome::Declined(receipt) => {
             let reason = receipt.error_reason.clone().unwrap_or_else(|| "settlement failed".to_owned());
-            (receipt, reason, None)
+            (completed(receipt, verified, &request), reason, None)
         }
         SettleOutcome::Refused(error) => {
             let reason = match &error {
@@ -235,6 +236,18 @@ fn failed_receipt(verified: &Verified, request: &RequestRef<'_>, reason: &str) -
     receipt
 }
 
+/// A facilitator's failed receipt with what it left out filled in from the
+/// verification (payer, network, the request id), so it names the request to reconcile.
+fn completed(mut receipt: SettleResponse, verified: &Verified, request: &RequestRef<'_>) -> SettleResponse {
+    let known = failed_receipt(verified, request, "");
+    receipt.payer = receipt.payer.or(known.payer);
+    receipt.network = receipt.network.or(known.network);
+    for (field, value) in known.other {
+        receipt.other.entry(field).or_insert(value);
+    }
+    receipt
+}
+
 /// What resolving an unknown settlement outcome gave.
 enum Resolved {
     /// The credits are burned, once: deliver with this receipt.
@@ -277,7 +290,7 @@ async fn resolve_unknown(
         }
         SettleOutcome::Declined(receipt) => {
             let reason = receipt.error_reason.clone().unwrap_or_else(|| "settlement failed".to_owned());
-            Resolved::Refused(receipt, reason, None)
+            Resolved::Refused(completed(receipt, verified, request), reason, None)
         }
         SettleOutcome::Refused(error) => {
             let reason = match &error {

@@ -1,6 +1,8 @@
 //! The payment state of one request, shared by the flow and the handler's view of it.
 
 use std::cell::{Cell, OnceCell};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::cache::CacheKey;
 use crate::wire::{AccessToken, PaymentRequired, VerifyResponse};
@@ -25,4 +27,93 @@ pub(crate) struct PaymentState {
     pub(crate) verified: OnceCell<Verified>,
     pub(crate) charge: Cell<Option<u64>>,
     pub(crate) settled: Cell<bool>,
+    /// The usage metered by the handler or its stream (shared with its [`Meter`]s).
+    pub(crate) meter: Arc<Metered>,
+}
+
+impl PaymentState {
+    /// The metered amount, when a meter was used.
+    pub(crate) fn metered(&self) -> Option<u64> {
+        self.meter.used.load(Ordering::Acquire).then(|| self.meter.total.load(Ordering::Acquire))
+    }
+}
+
+/// What the meters of one request count.
+#[derive(Debug, Default)]
+pub(crate) struct Metered {
+    total: AtomicU64,
+    used: AtomicBool,
+    cap: AtomicU64,
+}
+
+/// Counts what a handler or its stream delivered, for usage-based billing: the settled
+/// amount is what was metered, capped at the credits verified for the request. Cheap to
+/// clone, `Send + 'static`: move it into the stream's generator and [`add`](Meter::add)
+/// as it produces. Get one from `PaymentContext::meter`.
+///
+/// ```
+/// # fn demo(payment: nvm_runtime::PaymentContext) {
+/// let meter = payment.meter();
+/// std::thread::spawn(move || {
+///     for _word in ["a", "generated", "answer"] {
+///         // 1 credit per word; refused past the verified cap: stop producing.
+///         if meter.add(1).is_err() {
+///             break;
+///         }
+///     }
+/// });
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Meter {
+    shared: Arc<Metered>,
+}
+
+/// [`Meter::add`] refused an amount: it would pass the verified cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cannot meter {requested} more credits: {metered} of the {cap} verified are metered already")]
+#[non_exhaustive]
+pub struct MeterFull {
+    /// The amount asked for.
+    pub requested: u64,
+    /// What was metered before.
+    pub metered: u64,
+    /// The credits verified for the request.
+    pub cap: u64,
+}
+
+impl Meter {
+    /// A meter of `shared`, capped at `cap` (the verified credits).
+    pub(crate) fn new(shared: Arc<Metered>, cap: u64) -> Self {
+        shared.cap.store(cap, Ordering::Release);
+        shared.used.store(true, Ordering::Release);
+        Meter { shared }
+    }
+
+    /// Adds `credits` to the metered amount, and returns the new total; refused (and
+    /// nothing added) when it would pass the verified cap.
+    pub fn add(&self, credits: u64) -> Result<u64, MeterFull> {
+        let cap = self.shared.cap.load(Ordering::Acquire);
+        let mut metered = self.shared.total.load(Ordering::Acquire);
+        loop {
+            let total = metered.checked_add(credits).filter(|t| *t <= cap);
+            let Some(total) = total else {
+                return Err(MeterFull { requested: credits, metered, cap });
+            };
+            match self.shared.total.compare_exchange(metered, total, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(total),
+                Err(now) => metered = now,
+            }
+        }
+    }
+
+    /// The metered amount so far.
+    pub fn total(&self) -> u64 {
+        self.shared.total.load(Ordering::Acquire)
+    }
+
+    /// The most that can be metered: the credits verified.
+    pub fn cap(&self) -> u64 {
+        self.shared.cap.load(Ordering::Acquire)
+    }
 }

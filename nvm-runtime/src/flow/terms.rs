@@ -26,6 +26,28 @@ impl Id {
     }
 }
 
+/// When a route settles its payment.
+///
+/// ```
+/// use nvm_runtime::actix::RouteConfig;
+/// use nvm_runtime::SettlePoint;
+///
+/// // A streamed answer: the head and the chunks go out at once, settled when it ends.
+/// let route = RouteConfig::new("1234").settle(SettlePoint::AfterBody);
+/// # let _ = route;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SettlePoint {
+    /// The response head waits for the settlement; a failed settlement withholds the
+    /// content (402). The default for plain bodies.
+    BeforeBody,
+    /// Head and body flow to the client at once, unbuffered; the settlement runs when
+    /// the body ends, for the metered amount (see `PaymentContext::meter`). The default
+    /// for streamed bodies.
+    AfterBody,
+}
+
 /// The terms of a route: what its `payment-required` envelope advertises, besides the
 /// credits (which are the web layer's: a function of the request).
 #[derive(Debug)]
@@ -37,6 +59,8 @@ pub struct Terms {
     pub(crate) description: Option<Cow<'static, str>>,
     pub(crate) mime_type: Option<Cow<'static, str>>,
     pub(crate) resource: Option<Cow<'static, str>>,
+    /// When to settle; `None`: after the body for streamed bodies, before otherwise.
+    pub(crate) settle: Option<SettlePoint>,
     /// `env("VAR")` ids, read once.
     read: [OnceLock<Result<String, ConfigError>>; 2],
 }
@@ -51,6 +75,7 @@ impl Clone for Terms {
             description: self.description.clone(),
             mime_type: self.mime_type.clone(),
             resource: self.resource.clone(),
+            settle: self.settle,
             read: Default::default(),
         }
     }
@@ -76,8 +101,15 @@ impl Terms {
             description: None,
             mime_type: None,
             resource: None,
+            settle: None,
             read: [OnceLock::new(), OnceLock::new()],
         }
+    }
+
+    /// The same terms, settled at `point`; `const`, for `#[paid(settle = "…")]`.
+    pub const fn settle(mut self, point: SettlePoint) -> Self {
+        self.settle = Some(point);
+        self
     }
 
     /// Terms with every field, in one `const` step (what a `#[paid]` expansion
@@ -98,6 +130,7 @@ impl Terms {
             description: borrowed(description),
             mime_type: borrowed(mime_type),
             resource: borrowed(resource),
+            settle: None,
             read: [OnceLock::new(), OnceLock::new()],
         }
     }

@@ -1,0 +1,180 @@
+//! Settlement after the body: a paid response whose body streams goes out at once,
+//! unbuffered, and is settled when its body ends, for what was metered.
+//!
+//! The rules, for a successful (2xx) paid response settled after its body:
+//!
+//! | the body | settled |
+//! |---|---|
+//! | ends normally | the metered amount (the route's price when nothing was metered), once |
+//! | yields an error | nothing: the buyer got a broken answer |
+//! | is dropped before its end (the client hung up) | what was metered so far (the price when nothing was metered) |
+//! | metered 0 | nothing: no settle call at all |
+//!
+//! A `text/event-stream` body ends with a `payment-response` event carrying the receipt
+//! (settled or failed), the same base64 the header carries on plain responses.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::rt::task::JoinHandle;
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse};
+
+use super::payments::Payments;
+use super::paywall::Exchange;
+use crate::error::Refusal;
+use crate::flow::{self, PaymentState, SettlePoint, Settlement};
+use crate::wire::{PAYMENT_RESPONSE, SettleResponse};
+
+/// Whether `response` is settled after its body: the route says so, or says nothing
+/// and the body streams.
+pub(crate) fn after_body(point: Option<SettlePoint>, response: &HttpResponse) -> bool {
+    match point {
+        Some(SettlePoint::AfterBody) => true,
+        Some(SettlePoint::BeforeBody) => false,
+        None => matches!(response.body().size(), BodySize::Stream),
+    }
+}
+
+/// `response` with its body settled at its end (see the module docs).
+pub(crate) fn settle_after_body(
+    payments: Payments,
+    req: HttpRequest,
+    state: Rc<PaymentState>,
+    response: HttpResponse,
+) -> HttpResponse {
+    let sse = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    let (response, body) = response.into_parts();
+    let body = SettledBody { body, phase: Phase::Streaming(Some(Pending { payments, req, state, sse })) };
+    response.set_body(BoxBody::new(body))
+}
+
+/// What a settlement needs once the body ends.
+struct Pending {
+    payments: Payments,
+    req: HttpRequest,
+    state: Rc<PaymentState>,
+    sse: bool,
+}
+
+impl Pending {
+    /// Starts the settlement on its own task (so a client that leaves while it runs
+    /// cannot cancel it half-way), answering the final event of an SSE body.
+    fn start(self) -> JoinHandle<Option<Bytes>> {
+        actix_web::rt::spawn(async move {
+            let exchange = Exchange { payments: &self.payments, req: &self.req };
+            let settlement = flow::settle(self.payments.seller(), &exchange, &self.state, 200).await;
+            let receipt = receipt_of(&exchange, settlement);
+            match (receipt, self.sse) {
+                (Some(receipt), true) => {
+                    Some(Bytes::from(format!("event: {PAYMENT_RESPONSE}\ndata: {}\n\n", receipt.to_header())))
+                }
+                _ => None,
+            }
+        })
+    }
+}
+
+/// The receipt of a settlement after the body (which cannot be taken back): a failed
+/// one goes to the `on_settle_failed` hook and the logs.
+fn receipt_of(exchange: &Exchange<'_>, settlement: Settlement) -> Option<SettleResponse> {
+    let failed = match settlement {
+        Settlement::None => return None,
+        Settlement::Settled(receipt) => return Some(receipt),
+        Settlement::FailedDelivered(receipt) => receipt,
+        Settlement::Refused(Refusal::PaymentRequired { receipt: Some(receipt), .. })
+        | Settlement::Refused(Refusal::OutcomeUnknown { receipt, .. }) => *receipt,
+        Settlement::Refused(refusal) => {
+            tracing::error!(error = %refusal.error(), "settlement after the body failed without a receipt");
+            return None;
+        }
+    };
+    tracing::error!(
+        path = exchange.req.path(),
+        payer = ?failed.payer,
+        agent_request_id = ?failed.other.get("agentRequestId"),
+        reason = ?failed.error_reason,
+        "settlement after a delivered body failed: the content cannot be taken back; reconcile"
+    );
+    exchange.payments.hooks().settle_failed(exchange.req, &failed);
+    Some(failed)
+}
+
+enum Phase {
+    /// The handler's body flows; `Some` until it ends, fails or is dropped.
+    Streaming(Option<Pending>),
+    /// The body ended; the settlement runs.
+    Settling(JoinHandle<Option<Bytes>>),
+    Done,
+}
+
+/// The handler's body, settled at its end.
+struct SettledBody {
+    body: BoxBody,
+    phase: Phase,
+}
+
+impl MessageBody for SettledBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        // An SSE body may get a final event: never announce a length.
+        BodySize::Stream
+    }
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.phase {
+                Phase::Streaming(pending) => match Pin::new(&mut this.body).poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(chunk))) => return Poll::Ready(Some(Ok(chunk))),
+                    Poll::Ready(Some(Err(error))) => {
+                        if let Some(pending) = pending.take() {
+                            tracing::warn!(path = pending.req.path(), %error, "the paid stream failed: nothing settled");
+                        }
+                        this.phase = Phase::Done;
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                    Poll::Ready(None) => match pending.take() {
+                        Some(pending) => this.phase = Phase::Settling(pending.start()),
+                        None => this.phase = Phase::Done,
+                    },
+                },
+                Phase::Settling(task) => {
+                    let last = match Pin::new(task).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(result) => result.ok().flatten(),
+                    };
+                    this.phase = Phase::Done;
+                    if let Some(event) = last {
+                        return Poll::Ready(Some(Ok(event)));
+                    }
+                }
+                Phase::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl Drop for SettledBody {
+    fn drop(&mut self) {
+        // Dropped while the body still flowed: the client hung up. Settle what was
+        // delivered so far (the settlement task outlives the connection).
+        if let Phase::Streaming(Some(pending)) = std::mem::replace(&mut self.phase, Phase::Done) {
+            tracing::info!(
+                path = pending.req.path(),
+                "the client left during the paid stream: settling what was delivered"
+            );
+            drop(pending.start());
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Streamed responses settled after their body, on both forms, against the local
+//! facilitator's ledger: the rules of the README's "Streaming" table.
+//!
+//! - the body ends normally: the metered amount is settled once (the route's price when
+//!   nothing was metered), and an SSE body ends with a `payment-response` event;
+//! - the handler's stream yields an error: nothing is settled;
+//! - the client hangs up mid-stream: what was metered so far is settled;
+//! - a metered amount of 0: no settle call at all;
+//! - the meter refuses past the verified cap;
+//! - the first byte does not wait for the facilitator (settlement after the body), and
+//!   does with `settle = "before_body"`.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_web::web::Bytes;
+use actix_web::{HttpResponse, post, web};
+use futures_core::Stream;
+use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
+use nvm_runtime::client::{PayingClient, PaymentOutcome, Subscriber};
+use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
+use nvm_runtime::wire::SettleResponse;
+use nvm_runtime::{Meter, PaymentContext, Payments, SettlePoint, paid};
+use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, TestServer, http, payments_for, serve};
+
+/// The routes' price, and the meter's cap.
+const PRICE: u64 = 10;
+
+/// What a stream does, from the query string.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+struct Plan {
+    /// Words produced.
+    words: u64,
+    /// Meter one credit per word (else the meter is never taken).
+    #[serde(default)]
+    meter: bool,
+    /// Yield an error instead of this word.
+    fail_at: Option<u64>,
+    /// Milliseconds between words.
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+/// The last meter handed out, for the test to read.
+#[derive(Clone, Default)]
+struct LastMeter(Arc<Mutex<Option<Meter>>>);
+
+/// A word-by-word SSE answer.
+struct Words {
+    plan: Plan,
+    next: u64,
+    meter: Option<Meter>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stream for Words {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.next >= this.plan.words {
+            return Poll::Ready(None);
+        }
+        if this.plan.delay_ms > 0 {
+            let sleep = this.sleep.get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep(Duration::from_millis(this.plan.delay_ms)))
+            });
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.sleep = None;
+        }
+        let word = this.next;
+        this.next += 1;
+        if this.plan.fail_at == Some(word) {
+            return Poll::Ready(Some(Err(std::io::Error::other("the model failed mid-answer"))));
+        }
+        if let Some(meter) = &this.meter
+            && meter.add(1).is_err()
+        {
+            // Past the verified cap: stop producing.
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(Bytes::from(format!("data: word{word}\n\n")))))
+    }
+}
+
+use std::future::Future as _;
+
+fn answer(plan: Plan, payment: &PaymentContext, last: &LastMeter) -> HttpResponse {
+    let meter = plan.meter.then(|| payment.meter());
+    *last.0.lock().unwrap() = meter.clone();
+    HttpResponse::Ok().content_type("text/event-stream").streaming(Words {
+        plan,
+        next: 0,
+        meter,
+        sleep: None,
+    })
+}
+
+#[post("/stream")]
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 10)]
+async fn paid_stream(
+    plan: web::Query<Plan>,
+    payment: PaymentContext,
+    last: web::Data<LastMeter>,
+) -> HttpResponse {
+    answer(plan.into_inner(), &payment, &last)
+}
+
+#[post("/held")]
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 10, settle = "before_body")]
+async fn held_stream(
+    plan: web::Query<Plan>,
+    payment: PaymentContext,
+    last: web::Data<LastMeter>,
+) -> HttpResponse {
+    answer(plan.into_inner(), &payment, &last)
+}
+
+async fn middleware_stream(
+    plan: web::Query<Plan>,
+    payment: PaymentContext,
+    last: web::Data<LastMeter>,
+) -> HttpResponse {
+    answer(plan.into_inner(), &payment, &last)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    Macro,
+    Middleware,
+}
+
+impl Form {
+    fn path(self) -> &'static str {
+        match self {
+            Form::Macro => "/stream",
+            Form::Middleware => "/mw/stream",
+        }
+    }
+}
+
+struct Rig {
+    local: LocalFacilitator,
+    server: TestServer,
+    last: LastMeter,
+    failed: Arc<Mutex<Vec<SettleResponse>>>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let local = LocalFacilitator::start().unwrap();
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let seen = failed.clone();
+        let payments = payments_for(&local)
+            .on_settle_failed(move |_, receipt| seen.lock().unwrap().push(receipt.clone()))
+            .build()
+            .unwrap();
+        let last = LastMeter::default();
+        let server = serve(Some(payments.clone()), routes(payments, last.clone()));
+        Rig { local, server, last, failed }
+    }
+
+    fn balance(&self) -> u64 {
+        self.local.balance(DEMO_PLAN_ID, self.local.subscriber_address())
+    }
+
+    fn token(&self) -> String {
+        self.local.mint_token(MintOptions::new())
+    }
+
+    fn metered(&self) -> u64 {
+        self.last.0.lock().unwrap().as_ref().map_or(0, Meter::total)
+    }
+}
+
+fn routes(payments: Payments, last: LastMeter) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
+    move |cfg: &mut web::ServiceConfig| {
+        let table = PaymentMiddleware::new(payments.clone()).route(
+            "POST /mw/stream",
+            RouteConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID).credits(PRICE).settle(SettlePoint::AfterBody),
+        );
+        cfg.app_data(web::Data::new(last.clone()))
+            .service(paid_stream)
+            .service(held_stream)
+            .service(web::scope("/mw").wrap(table).route("/stream", web::post().to(middleware_stream)));
+    }
+}
+
+/// The whole answer, its status, and the receipt of its last `payment-response` event.
+async fn call(rig: &Rig, path: &str, query: &str) -> (u16, String, Option<SettleResponse>) {
+    let url = format!("{}?{query}", rig.server.at(path));
+    let response = http().post(url).header("payment-signature", rig.token()).send().await.unwrap();
+    let status = response.status().as_u16();
+    assert!(response.headers().get("payment-response").is_none(), "a streamed head carries no receipt");
+    let text = response.text().await.unwrap_or_default();
+    let receipt = nvm_runtime::client::event_stream_receipt(&text);
+    (status, text, receipt)
+}
+
+/// Waits (at most 3 s) until the local facilitator received `n` settle calls.
+async fn settles(local: &LocalFacilitator, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while local.calls().settle < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    local.calls().settle
+}
+
+#[actix_web::test]
+async fn a_stream_that_ends_settles_what_it_metered_once() {
+    for form in [Form::Macro, Form::Middleware] {
+        let rig = Rig::new();
+        let before = rig.balance();
+        let (status, text, receipt) = call(&rig, form.path(), "words=7&meter=true").await;
+        assert_eq!(status, 200, "{form:?}");
+        assert_eq!(text.matches("data: word").count(), 7, "{form:?}: {text}");
+        let receipt = receipt.unwrap_or_else(|| panic!("{form:?}: no payment-response event in {text}"));
+        assert!(receipt.success, "{form:?}");
+        assert_eq!(receipt.credits_redeemed_u64(), 7, "{form:?}");
+        assert!(text.trim_end().ends_with(&receipt.to_header()), "{form:?}: the receipt is the last event");
+        assert_eq!((before - rig.balance(), rig.local.calls().settle), (7, 1), "{form:?}");
+    }
+}
+
+#[actix_web::test]
+async fn an_unmetered_stream_settles_the_price_and_a_capped_meter_stops_the_stream() {
+    for form in [Form::Macro, Form::Middleware] {
+        let rig = Rig::new();
+        let before = rig.balance();
+        let (_, _, receipt) = call(&rig, form.path(), "words=3").await;
+        assert_eq!(receipt.unwrap().credits_redeemed_u64(), PRICE, "{form:?}");
+        assert_eq!(before - rig.balance(), PRICE, "{form:?}");
+
+        // 25 words asked, 1 credit each, capped at the 10 verified: the stream stops.
+        let before = rig.balance();
+        let (_, text, receipt) = call(&rig, form.path(), "words=25&meter=true").await;
+        assert_eq!(text.matches("data: word").count(), 10, "{form:?}");
+        assert_eq!(receipt.unwrap().credits_redeemed_u64(), PRICE, "{form:?}");
+        assert_eq!(before - rig.balance(), PRICE, "{form:?}");
+    }
+}
+
+#[actix_web::test]
+async fn a_stream_that_fails_settles_nothing() {
+    for form in [Form::Macro, Form::Middleware] {
+        let rig = Rig::new();
+        let before = rig.balance();
+        let url = format!("{}?words=6&meter=true&fail_at=3&delay_ms=20", rig.server.at(form.path()));
+        // The body breaks off: the connection is closed mid-stream (before the head, if
+        // actix had not flushed it yet).
+        if let Ok(response) = http().post(url).header("payment-signature", rig.token()).send().await {
+            assert_eq!(response.status(), 200, "{form:?}");
+            let body = response.text().await;
+            assert!(body.is_err() || !body.unwrap_or_default().contains("payment-response"), "{form:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!((rig.balance(), rig.local.calls().settle), (before, 0), "{form:?}: nothing settled");
+    }
+}
+
+#[actix_web::test]
+async fn a_metered_zero_makes_no_settle_call() {
+    for form in [Form::Macro, Form::Middleware] {
+        let rig = Rig::new();
+        let before = rig.balance();
+        let (status, _, receipt) = call(&rig, form.path(), "words=0&meter=true").await;
+        assert_eq!((status, receipt), (200, None), "{form:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!((rig.balance(), rig.local.calls().settle), (before, 0), "{form:?}");
+    }
+}
+
+#[actix_web::test]
+async fn a_client_that_hangs_up_pays_for_what_was_delivered() {
+    for form in [Form::Macro, Form::Middleware] {
+        let rig = Rig::new();
+        let before = rig.balance();
+        let url = format!("{}?words=10&meter=true&delay_ms=60", rig.server.at(form.path()));
+        let mut response = http().post(url).header("payment-signature", rig.token()).send().await.unwrap();
+        let mut seen = 0;
+        while seen < 3 {
+            let chunk = response.chunk().await.unwrap().expect("a chunk");
+            seen += String::from_utf8_lossy(&chunk).matches("data: word").count();
+        }
+        drop(response);
+        assert_eq!(settles(&rig.local, 1).await, 1, "{form:?}: settled once the client left");
+        // The settle call is counted when it arrives; let it burn.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while rig.balance() == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let metered = rig.metered();
+        assert!((3..10).contains(&metered), "{form:?}: metered {metered}");
+        assert_eq!(before - rig.balance(), metered, "{form:?}: what was delivered, no more");
+    }
+}
+
+#[actix_web::test]
+async fn the_first_byte_does_not_wait_for_the_facilitator() {
+    let rig = Rig::new();
+    let settle_delay = Duration::from_millis(600);
+    rig.local.inject(Endpoint::Settle, Fault::Delay(settle_delay));
+    let mut figures = Vec::new();
+    // The held route is not metered: settled before the body, a meter would count
+    // nothing yet.
+    for (path, query, after_body) in [("/stream", "words=3&meter=true", true), ("/held", "words=3", false)] {
+        let started = Instant::now();
+        let url = format!("{}?{query}", rig.server.at(path));
+        let mut response = http().post(url).header("payment-signature", rig.token()).send().await.unwrap();
+        let first = response.chunk().await.unwrap();
+        let ttfb = started.elapsed();
+        while response.chunk().await.unwrap().is_some() {}
+        figures
+            .push(format!("{path}: first byte after {ttfb:?}, whole answer after {:?}", started.elapsed()));
+        assert!(first.is_some());
+        if after_body {
+            assert!(ttfb < settle_delay, "after_body: the first byte waited {ttfb:?}");
+        } else {
+            assert!(
+                ttfb >= settle_delay,
+                "before_body: the first byte came before the settlement ({ttfb:?})"
+            );
+        }
+    }
+    eprintln!("settle delayed {settle_delay:?}: {}", figures.join("; "));
+}
+
+#[actix_web::test]
+async fn a_failed_settlement_after_the_stream_reaches_the_hook_and_the_last_event() {
+    let rig = Rig::new();
+    rig.local.inject_times(Endpoint::Settle, Fault::SettleFailure("insufficient_balance".into()), 1);
+    let (status, text, receipt) = call(&rig, "/stream", "words=4&meter=true").await;
+    assert_eq!(status, 200);
+    assert_eq!(text.matches("data: word").count(), 4, "delivered: a stream cannot be taken back");
+    let receipt = receipt.expect("the failed receipt as the last event");
+    assert!(!receipt.success);
+    let hooked = rig.failed.lock().unwrap().clone();
+    assert_eq!(hooked, vec![receipt.clone()], "the hook got the failed receipt");
+    assert!(receipt.payer.is_some() && receipt.other.contains_key("agentRequestId"), "{receipt:?}");
+}
+
+#[actix_web::test]
+async fn the_paying_client_streams_and_reads_the_receipt_at_the_end() {
+    let rig = Rig::new();
+    let subscriber = Subscriber::builder()
+        .api_key(rig.local.subscriber_api_key())
+        .backend_url(rig.local.backend_url())
+        .build()
+        .unwrap();
+    let client = PayingClient::new(subscriber);
+    let before = rig.balance();
+    let paid = client
+        .send(client.http().post(format!("{}?words=5&meter=true&delay_ms=20", rig.server.at("/stream"))))
+        .await
+        .unwrap();
+    assert_eq!(paid.outcome, PaymentOutcome::SettlesAfterBody, "no receipt in a streamed head");
+    let mut stream = paid.into_stream();
+    let mut words = 0;
+    while let Some(chunk) = stream.next().await.unwrap() {
+        words += String::from_utf8_lossy(&chunk).matches("data: word").count();
+        assert!(stream.receipt().is_none() || words == 5, "the receipt comes last");
+    }
+    assert_eq!(words, 5);
+    let receipt = stream.receipt().expect("the receipt once the stream ended").clone();
+    assert_eq!(receipt.credits_redeemed_u64(), 5);
+    assert_eq!(before - rig.balance(), 5);
+}
