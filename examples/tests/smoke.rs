@@ -231,3 +231,34 @@ fn client_example_pays_the_quickstart_and_prints_the_receipt() {
     assert!(stdout.contains("credits redeemed: 1"), "{stdout}");
     assert!(stdout.contains("remaining balance: 99"), "{stdout}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn streaming_sends_words_at_once_and_ends_with_the_receipt() {
+    let example = Example::start("streaming");
+    let url = example.url();
+    let client = example.paying_client();
+    let request = client.http().post(format!("{url}/chat")).header("content-type", "application/json");
+    let paid = client.send(request.body(r#"{"query":"rust"}"#)).await.unwrap();
+    assert_eq!(paid.response.status(), 200);
+    assert_eq!(paid.outcome, nvm_runtime::client::PaymentOutcome::SettlesAfterBody);
+    let mut stream = paid.into_stream();
+    let mut words = 0;
+    while let Some(chunk) = stream.next().await.unwrap() {
+        words += String::from_utf8_lossy(&chunk).matches("data: ").count();
+    }
+    // The receipt event is one of the `data:` lines; 1 credit per started 10 words, at most 5.
+    let words = words - 1;
+    let receipt = stream.receipt().expect("the payment-response event").clone();
+    assert!(receipt.success, "{receipt:?}");
+    assert_eq!(receipt.credits_redeemed_u64(), words.div_ceil(10).min(5) as u64, "{words} words");
+    assert!(words > 10, "{words} words");
+
+    // The printed curl lines: the unpaid one gets its 402; the paid one streams the words
+    // and ends with the payment-response event.
+    let lines = example.curl_lines();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(run_shell(&lines[0]).starts_with("HTTP/1.1 402"));
+    let out = run_shell(&format!("{}\n{}", lines[1], lines[2]));
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("event: payment-response"), "{out}");
+}
