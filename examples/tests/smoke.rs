@@ -3,7 +3,7 @@
 //! the curl lines it prints.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -261,4 +261,51 @@ async fn streaming_sends_words_at_once_and_ends_with_the_receipt() {
     let out = run_shell(&format!("{}\n{}", lines[1], lines[2]));
     assert!(out.contains("HTTP/1.1 200"), "{out}");
     assert!(out.contains("event: payment-response"), "{out}");
+}
+
+/// A Python virtual environment with the official SDK (payments-py), made once under the
+/// target directory; a test that needs it fails loudly when it cannot be made.
+fn python_with_sdk() -> PathBuf {
+    let target =
+        Example::path("streaming").parent().and_then(|p| p.parent()).expect("target dir").to_path_buf();
+    let venv = target.join("py-payments-sdk");
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
+        assert!(
+            made.is_ok_and(|s| s.success()),
+            "python3 -m venv {} failed: install python3-venv",
+            venv.display()
+        );
+        let installed = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "payments-py==1.18.0", "requests"])
+            .status();
+        assert!(
+            installed.is_ok_and(|s| s.success()),
+            "pip install payments-py failed: the official SDK is needed for this cross-check"
+        );
+    }
+    python
+}
+
+#[test]
+fn the_official_python_buyer_receives_the_stream_and_its_receipt() {
+    let example = Example::start("streaming");
+    let (key, backend) = example.subscriber();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join("buyer_stream.py");
+    let output = Command::new(python_with_sdk())
+        .arg(script)
+        .arg(format!("{}/chat", example.url()))
+        .arg(key)
+        .env("NVM_BACKEND_URL", backend)
+        .env("PYTHONWARNINGS", "ignore")
+        .output()
+        .expect("run the Python buyer");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    eprintln!("payments-py buyer: {line}");
+    assert_eq!(line["words"], 50, "{line}");
+    assert_eq!(line["receipt"]["success"], true, "{line}");
+    assert_eq!(line["receipt"]["creditsRedeemed"], "5", "{line}");
 }
