@@ -85,7 +85,7 @@ impl Stream for Words {
         }
         this.pause = None;
         // A new group of 10 words costs a credit; past the verified cap, stop.
-        if this.sent % WORDS_PER_CREDIT == 0 && this.meter.add(1).is_err() {
+        if this.sent.is_multiple_of(WORDS_PER_CREDIT) && this.meter.add(1).is_err() {
             return Poll::Ready(None);
         }
         let word = &this.words[this.sent];
