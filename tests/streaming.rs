@@ -182,7 +182,7 @@ struct Rig {
     local: LocalFacilitator,
     server: TestServer,
     last: LastMeter,
-    failed: Arc<Mutex<Vec<SettleResponse>>>,
+    failed: Arc<Mutex<Vec<(u64, SettleResponse)>>>,
     settled: Arc<Mutex<Vec<SettleResponse>>>,
 }
 
@@ -194,7 +194,9 @@ impl Rig {
         let settled = Arc::new(Mutex::new(Vec::new()));
         let settled_seen = settled.clone();
         let payments = payments_for(&local)
-            .on_settle_failed(move |_, receipt| seen.lock().unwrap().push(receipt.clone()))
+            .on_settle_failed(move |_, credits, receipt| {
+                seen.lock().unwrap().push((credits, receipt.clone()))
+            })
             .after_settle(move |_, _, receipt| settled_seen.lock().unwrap().push(receipt.clone()))
             .build()
             .unwrap();
@@ -382,7 +384,7 @@ async fn a_failed_settlement_after_the_stream_reaches_the_hook_and_the_last_even
     let receipt = receipt.expect("the failed receipt as the last event");
     assert!(!receipt.success);
     let hooked = rig.failed.lock().unwrap().clone();
-    assert_eq!(hooked, vec![receipt.clone()], "the hook got the failed receipt");
+    assert_eq!(hooked, vec![(4, receipt.clone())], "the hook got the amount and the failed receipt");
     assert!(receipt.payer.is_some() && receipt.other.contains_key("agentRequestId"), "{receipt:?}");
 }
 

@@ -137,7 +137,7 @@ impl PaymentContext {
 
     /// The amount that will be settled if the handler succeeds.
     pub fn charged(&self) -> u64 {
-        self.state.metered().or(self.state.charge.get()).unwrap_or_else(|| self.credits())
+        self.state.amount_due()
     }
 
     /// A meter for usage-based billing of this request, capped at the verified credits

@@ -14,7 +14,7 @@ use crate::wire::{SettleResponse, VerifyResponse};
 type BeforeVerify = dyn Fn(&HttpRequest, &PaymentRequired) + Send + Sync;
 type AfterVerify = dyn Fn(&HttpRequest, &VerifyResponse) + Send + Sync;
 type AfterSettle = dyn Fn(&HttpRequest, u64, &SettleResponse) + Send + Sync;
-type OnSettleFailed = dyn Fn(&HttpRequest, &SettleResponse) + Send + Sync;
+type OnSettleFailed = dyn Fn(&HttpRequest, u64, &SettleResponse) + Send + Sync;
 type OnSettlementUnknown = dyn Fn(&HttpRequest, &PendingSettlement) + Send + Sync;
 type OnPaymentError = dyn Fn(&HttpRequest, &PaymentError) -> Option<HttpResponse> + Send + Sync;
 
@@ -61,7 +61,7 @@ impl Hooks {
 
     pub(crate) fn set_on_settle_failed(
         &mut self,
-        f: impl Fn(&HttpRequest, &SettleResponse) + Send + Sync + 'static,
+        f: impl Fn(&HttpRequest, u64, &SettleResponse) + Send + Sync + 'static,
     ) {
         self.on_settle_failed = Some(Arc::new(f));
     }
@@ -97,9 +97,9 @@ impl Hooks {
         }
     }
 
-    pub(crate) fn settle_failed(&self, req: &HttpRequest, receipt: &SettleResponse) {
+    pub(crate) fn settle_failed(&self, req: &HttpRequest, credits: u64, receipt: &SettleResponse) {
         if let Some(hook) = &self.on_settle_failed {
-            hook(req, receipt);
+            hook(req, credits, receipt);
         }
     }
 

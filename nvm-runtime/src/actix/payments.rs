@@ -327,12 +327,12 @@ impl PaymentsBuilder {
     }
 
     /// Called when the settlement of a response that was already delivered failed (a
-    /// route settled after its body: a stream cannot be taken back), with the failed
-    /// receipt: its `payer`, its `agentRequestId` (in `other`), its `error_reason`; the
-    /// amount is what the request metered. To reconcile with the buyer.
+    /// route settled after its body: a stream cannot be taken back), with the credits
+    /// asked for and the failed receipt (its `payer`, its `agentRequestId` in `other`,
+    /// its `error_reason`): what is needed to reconcile with the buyer.
     pub fn on_settle_failed(
         mut self,
-        hook: impl Fn(&HttpRequest, &SettleResponse) + Send + Sync + 'static,
+        hook: impl Fn(&HttpRequest, u64, &SettleResponse) + Send + Sync + 'static,
     ) -> Self {
         self.hooks.set_on_settle_failed(hook);
         self

@@ -71,8 +71,9 @@ impl Pending {
     fn start(self) -> JoinHandle<Option<Bytes>> {
         actix_web::rt::spawn(async move {
             let exchange = Exchange { payments: &self.payments, req: &self.req };
+            let amount = self.state.amount_due();
             let settlement = flow::settle(self.payments.seller(), &exchange, &self.state, 200).await;
-            let receipt = receipt_of(&exchange, settlement);
+            let receipt = receipt_of(&exchange, amount, settlement);
             match (receipt, self.sse) {
                 (Some(receipt), true) => {
                     Some(Bytes::from(format!("event: {PAYMENT_RESPONSE}\ndata: {}\n\n", receipt.to_header())))
@@ -85,7 +86,7 @@ impl Pending {
 
 /// The receipt of a settlement after the body (which cannot be taken back): a failed
 /// one goes to the `on_settle_failed` hook and the logs.
-fn receipt_of(exchange: &Exchange<'_>, settlement: Settlement) -> Option<SettleResponse> {
+fn receipt_of(exchange: &Exchange<'_>, amount: u64, settlement: Settlement) -> Option<SettleResponse> {
     let failed = match settlement {
         Settlement::None => return None,
         Settlement::Settled(receipt) => return Some(receipt),
@@ -101,10 +102,11 @@ fn receipt_of(exchange: &Exchange<'_>, settlement: Settlement) -> Option<SettleR
         path = exchange.req.path(),
         payer = ?failed.payer,
         agent_request_id = ?failed.other.get("agentRequestId"),
+        credits = amount,
         reason = ?failed.error_reason,
         "settlement after a delivered body failed: the content cannot be taken back; reconcile"
     );
-    exchange.payments.hooks().settle_failed(exchange.req, &failed);
+    exchange.payments.hooks().settle_failed(exchange.req, amount, &failed);
     Some(failed)
 }
 

@@ -166,7 +166,7 @@ pub(crate) async fn settle(
         tracing::error!(token = %verified.token.hash(), "settlement attempted twice for one request; refused");
         return Settlement::None;
     }
-    let amount = state.metered().or(state.charge.get()).unwrap_or(verified.credits);
+    let amount = state.amount_due();
     if amount == 0 {
         tracing::debug!(token = %verified.token.hash(), "charged 0 credits; nothing settled");
         return Settlement::None;

@@ -36,6 +36,13 @@ impl PaymentState {
     pub(crate) fn metered(&self) -> Option<u64> {
         self.meter.used.load(Ordering::Acquire).then(|| self.meter.total.load(Ordering::Acquire))
     }
+
+    /// What a settlement asks for now: the metered amount, else the handler's
+    /// `charge`, else the verified credits (0 when nothing was verified).
+    pub(crate) fn amount_due(&self) -> u64 {
+        let verified = self.verified.get().map_or(0, |v| v.credits);
+        self.metered().or(self.charge.get()).unwrap_or(verified)
+    }
 }
 
 /// What the meters of one request count.
