@@ -624,32 +624,23 @@ fn returned_async_block(body: &Expr) -> Option<&syn::ExprAsync> {
 
 /// `scheme`: one of the known schemes.
 fn parse_scheme(value: Expr) -> syn::Result<LitStr> {
-    let lit = parse_string(Key::Scheme, value, false)?;
-    let text = lit.value();
-    if SCHEMES.contains(&text.as_str()) {
-        Ok(lit)
-    } else {
-        Err(syn::Error::new(
-            lit.span(),
-            format!(
-                "unknown scheme `{text}`: write {} (or remove `scheme` to detect it from the plan)",
-                Key::Scheme.example()
-            ),
-        ))
-    }
+    parse_choice(Key::Scheme, value, &SCHEMES, "scheme", " (or remove `scheme` to detect it from the plan)")
 }
 
 /// `settle`: one of the known settlement points.
 fn parse_settle(value: Expr) -> syn::Result<LitStr> {
-    let lit = parse_string(Key::Settle, value, false)?;
+    parse_choice(Key::Settle, value, &SETTLE_POINTS, "settlement point", "")
+}
+
+/// A string literal that must be one of `allowed` (`what` names them in the error,
+/// `advice` follows the example).
+fn parse_choice(key: Key, value: Expr, allowed: &[&str], what: &str, advice: &str) -> syn::Result<LitStr> {
+    let lit = parse_string(key, value, false)?;
     let text = lit.value();
-    if SETTLE_POINTS.contains(&text.as_str()) {
+    if allowed.contains(&text.as_str()) {
         Ok(lit)
     } else {
-        Err(syn::Error::new(
-            lit.span(),
-            format!("unknown settlement point `{text}`: write {}", Key::Settle.example()),
-        ))
+        Err(syn::Error::new(lit.span(), format!("unknown {what} `{text}`: write {}{advice}", key.example())))
     }
 }
 
