@@ -81,15 +81,29 @@ pub fn paid(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// `#[paid]` on `proc_macro2` tokens: parse, check, expand. On any error, the item is
-/// returned unchanged followed by every error as `compile_error!`.
+/// returned as written followed by every error as `compile_error!`, with one exception:
+/// a function missing `async` comes back with the `async` the error asks for, so that a
+/// routing attribute on it (`#[post]`, which needs an async handler) does not add a
+/// second, unrelated error to ours.
 fn expand_paid(args: TokenStream2, item: TokenStream2) -> TokenStream2 {
     match try_expand(args, item.clone()) {
         Ok(expanded) => expanded,
         Err(error) => {
-            let mut tokens = item;
+            let mut tokens = with_async(item);
             tokens.extend(error.to_compile_error());
             tokens
         }
+    }
+}
+
+/// `item` with `async` added when it is a function without it; any other item as is.
+fn with_async(item: TokenStream2) -> TokenStream2 {
+    match syn::parse2::<syn::ItemFn>(item.clone()) {
+        Ok(mut function) if function.sig.asyncness.is_none() => {
+            function.sig.asyncness = Some(syn::Token![async](function.sig.fn_token.span));
+            quote::ToTokens::into_token_stream(function)
+        }
+        _ => item,
     }
 }
 
