@@ -57,9 +57,11 @@ async fn main() -> std::io::Result<()> {
     let setup = settings::from_env_or_exit("dynamic_credits");
     let payments = setup.payments.clone();
     settings::prepare_or_exit("dynamic_credits", &setup.payments).await;
+    let port = settings::port();
     let server =
         HttpServer::new(move || App::new().app_data(payments.clone()).service(generate).service(translate))
-            .bind(("127.0.0.1", settings::port()))?;
+            .bind(("127.0.0.1", port))
+            .unwrap_or_else(|error| settings::exit_bind_failed("dynamic_credits", port, &error));
     let url = format!("http://{}", server.addrs()[0]);
     println!(
         "{}",

@@ -56,7 +56,8 @@ async fn main() -> std::io::Result<()> {
                 .route("/pricing", web::get().to(nvm_runtime::actix::pricing::manifest_handler))
         }
     })
-    .bind(("127.0.0.1", port))?;
+    .bind(("127.0.0.1", port))
+    .unwrap_or_else(|error| settings::exit_bind_failed("quickstart", port, &error));
     let url = format!("http://{}", server.addrs()[0]);
     println!("{}", setup.banner(&url));
     server.run().await
