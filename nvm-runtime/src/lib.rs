@@ -12,6 +12,9 @@ pub mod wire;
 pub mod client;
 #[cfg(feature = "local")]
 pub mod local;
+// On `actix`, `client` and `local`: what a user's integration tests start.
+#[cfg(feature = "local")]
+pub mod testing;
 
 #[doc(hidden)]
 #[path = "private.rs"]
