@@ -25,8 +25,8 @@ struct Query {
 }
 
 /// Answers a question for 1 credit.
-#[post("/ask")]
 #[paid(plan = settings::plan_id(), agent = settings::agent_id(), credits = 1, description = "Ask the agent")]
+#[post("/ask")]
 async fn ask(q: web::Json<Query>, payment: PaymentContext) -> impl Responder {
     HttpResponse::Ok().json(serde_json::json!({
         "answer": format!("You asked: {}. The answer is 42.", q.query),

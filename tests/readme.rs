@@ -232,3 +232,92 @@ nvm-runtime = {{ path = "{runtime}", features = ["local"] }}
     assert!(stdout.contains("test result: ok. 2 passed"), "{stdout}");
     eprintln!("the README's snippets, built and run in a crate of their own, in {:.1?}", started.elapsed());
 }
+
+/// The files a newcomer reads: the README, the rustdoc of both crates, the examples.
+fn docs_and_examples() -> Vec<(PathBuf, String)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir").map_while(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "md") {
+                out.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut paths = vec![root.join("README.md")];
+    for dir in ["nvm-runtime/src", "nvm-macros/src", "examples"] {
+        walk(&root.join(dir), &mut paths);
+    }
+    paths.into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).expect("read"))).collect()
+}
+
+/// A line without its indentation and comment marker (`///`, `//!`, `//`).
+fn code_of(line: &str) -> &str {
+    let line = line.trim_start();
+    let line = ["///", "//!", "//"].iter().find_map(|m| line.strip_prefix(m)).unwrap_or(line);
+    line.trim()
+}
+
+/// One story: `#[paid]` above the routing attribute, the environment variables of the
+/// official SDKs only, and the README's two set-up commands (the crate docs are the
+/// README) also at the top of the quick start.
+#[test]
+fn the_docs_and_examples_tell_one_story() {
+    const ROUTING: [&str; 9] = [
+        "#[get(",
+        "#[post(",
+        "#[put(",
+        "#[delete(",
+        "#[patch(",
+        "#[head(",
+        "#[route(",
+        "#[routes]",
+        "#[options(",
+    ];
+    const VARS: [&str; 5] =
+        ["NVM_API_KEY", "NVM_ENVIRONMENT", "NVM_PLAN_ID", "NVM_AGENT_ID", "NVM_BACKEND_URL"];
+    let mut wrong = Vec::new();
+    for (path, text) in docs_and_examples() {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, pair) in lines.windows(2).enumerate() {
+            if ROUTING.iter().any(|r| code_of(pair[0]).starts_with(r))
+                && code_of(pair[1]).starts_with("#[paid(")
+            {
+                wrong.push(format!("{}:{}: #[paid] below the routing attribute", path.display(), i + 2));
+            }
+        }
+        for (i, line) in lines.iter().enumerate() {
+            let mut rest = *line;
+            while let Some(at) = rest.find("NVM_") {
+                let name: String =
+                    rest[at..].chars().take_while(|c| c.is_ascii_uppercase() || *c == '_').collect();
+                if !VARS.contains(&name.as_str()) {
+                    wrong.push(format!("{}:{}: unknown variable {name}", path.display(), i + 1));
+                }
+                rest = &rest[at + 4..];
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let commands: Vec<String> = readme_blocks()
+        .into_iter()
+        .filter(|b| b.info == "sh")
+        .map(|b| b.code.trim().to_owned())
+        .take(2)
+        .collect();
+    assert_eq!(
+        commands,
+        ["cargo run -p nvm-examples --example quickstart", "cargo test --workspace --all-features"]
+    );
+    let lib = std::fs::read_to_string(root.join("nvm-runtime/src/lib.rs")).expect("lib.rs");
+    assert!(lib.starts_with("#![doc = include_str!(\"../README.md\")]"), "the crate docs are not the README");
+    let quickstart = std::fs::read_to_string(root.join("examples/quickstart.rs")).expect("quickstart.rs");
+    assert!(
+        quickstart.contains(&commands[0]),
+        "the quick start does not say how to run it as the README does"
+    );
+}

@@ -16,8 +16,8 @@ use proc_macro2::TokenStream as TokenStream2;
 /// Charges for an actix-web handler with a Nevermined x402 payment.
 ///
 /// ```text
-/// #[post("/ask")]
 /// #[paid(plan = env("NVM_PLAN_ID"), credits = 1)]
+/// #[post("/ask")]
 /// async fn ask(q: web::Json<Query>, payment: PaymentContext) -> impl Responder { … }
 /// ```
 ///
@@ -60,8 +60,10 @@ use proc_macro2::TokenStream as TokenStream2;
 /// An `async fn` with at most 15 arguments (actix-web accepts 16 extractors and `#[paid]`
 /// adds one), without generics, `self`, `const`, `unsafe` or `extern`, returning any
 /// actix-web `Responder`. Its arguments, patterns, attributes and body are kept as
-/// written. A routing attribute (`#[get("/p")]`, `#[post]`, `#[route]`…) may go above or
-/// below `#[paid]`; below, its method and path are also recorded in the route table.
+/// written. Write `#[paid]` first, above the routing attribute (`#[get("/p")]`, `#[post]`,
+/// `#[route]`…), as the README and every example do: its method and path are then
+/// recorded in the route table at compile time. Below it works too; they are then
+/// learned from the first request.
 ///
 /// # What it generates
 ///

@@ -7,8 +7,8 @@
 //! use nvm_runtime::testing::TestPayments;
 //! use nvm_runtime::{paid, PaymentContext};
 //!
-//! #[post("/ask")]
 //! #[paid(plan = nvm_runtime::local::DEMO_PLAN_ID, credits = 2)]
+//! #[post("/ask")]
 //! async fn ask(payment: PaymentContext) -> HttpResponse {
 //!     HttpResponse::Ok().body(format!("paid by {}", payment.payer().unwrap_or("?")))
 //! }
