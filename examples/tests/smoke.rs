@@ -224,6 +224,19 @@ fn client_example_pays_the_quickstart_and_prints_the_receipt() {
     assert!(stdout.contains("status: 200 OK"), "{stdout}");
     assert!(stdout.contains("credits redeemed: 1"), "{stdout}");
     assert!(stdout.contains("remaining balance: 99"), "{stdout}");
+
+    // An answer nobody paid for (the client POSTs; /health is a free GET) is not what the
+    // buyer asked: exit 1.
+    let output = Command::new(Example::path("client"))
+        .arg(format!("{}/health", example.url()))
+        .env("NVM_API_KEY", example.subscriber().0)
+        .env("NVM_BACKEND_URL", example.subscriber().1)
+        .env_remove("NVM_ENVIRONMENT")
+        .output()
+        .expect("run client");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("answered 404 Not Found, not a paid 2xx: NotRequired"), "{stderr}");
 }
 
 /// Each example started on a port already taken exits with code 2 and a message that
