@@ -63,7 +63,10 @@ use proc_macro2::TokenStream as TokenStream2;
 /// written. Write `#[paid]` first, above the routing attribute (`#[get("/p")]`, `#[post]`,
 /// `#[route]`…), as the README and every example do: its method and path are then
 /// recorded in the route table at compile time. Below it works too; they are then
-/// learned from the first request.
+/// learned from the first request. In an `impl` block, an associated function without
+/// `self` can be paid and registered by hand (`web::post().to(Agent::ask)`), but
+/// actix-web's routing attributes refuse it (they declare a type next to the function):
+/// write a free function.
 ///
 /// # What it generates
 ///

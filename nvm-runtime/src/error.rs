@@ -89,7 +89,7 @@ pub enum ConfigError {
         backend: String,
     },
     /// The HTTP client could not be built (no TLS backend, for instance). The source is
-    /// a [`reqwest::Error`](crate::client::reqwest::Error) of the re-exported
+    /// a [`reqwest::Error`] of the re-exported
     /// [`nvm_runtime::client::reqwest`](crate::client::reqwest).
     #[error("the HTTP client could not be built: {}", chain(.0))]
     HttpClient(#[source] Arc<reqwest::Error>),
@@ -136,12 +136,12 @@ pub enum Unavailable {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// The request could not be sent: no connection, or it broke while sending. The
-    /// source is a [`reqwest::Error`](crate::client::reqwest::Error) of the re-exported
+    /// source is a [`reqwest::Error`] of the re-exported
     /// [`nvm_runtime::client::reqwest`](crate::client::reqwest).
     #[error("connection failed: {}", chain(.0))]
     Connect(#[source] Arc<reqwest::Error>),
     /// The request was sent but its answer could not be read to the end. The source is
-    /// a [`reqwest::Error`](crate::client::reqwest::Error) of the re-exported
+    /// a [`reqwest::Error`] of the re-exported
     /// [`nvm_runtime::client::reqwest`](crate::client::reqwest).
     #[error("the answer was interrupted: {}", chain(.0))]
     Interrupted(#[source] Arc<reqwest::Error>),

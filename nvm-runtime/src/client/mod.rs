@@ -51,8 +51,8 @@ pub struct MintOptions {
 #[non_exhaustive]
 pub enum ClientError {
     /// The request could not be sent or its answer read. The error is a
-    /// [`reqwest::Error`](crate::client::reqwest::Error) of the re-exported
-    /// [`reqwest`](crate::client::reqwest).
+    /// [`reqwest::Error`] of the re-exported
+    /// [`reqwest`].
     #[error("sending the request failed: {0}")]
     Send(#[from] Box<reqwest::Error>),
     /// The request has a streaming body and cannot be sent twice.
@@ -273,8 +273,8 @@ impl PaymentOutcome {
 /// A response that may have been paid for.
 #[derive(Debug)]
 pub struct PaidResponse {
-    /// The server's final response, a [`reqwest::Response`](crate::client::reqwest::Response)
-    /// of the re-exported [`reqwest`](crate::client::reqwest) (not of the `reqwest` your
+    /// The server's final response, a [`reqwest::Response`]
+    /// of the re-exported [`reqwest`] (not of the `reqwest` your
     /// crate may depend on).
     pub response: reqwest::Response,
     /// The decoded `payment-response` receipt, when the server sent one.
@@ -325,8 +325,8 @@ impl PayingClient {
     }
 
     /// The underlying HTTP client, to build requests with: a
-    /// [`reqwest::Client`](crate::client::reqwest::Client) of the re-exported
-    /// [`reqwest`](crate::client::reqwest), so the requests it builds are the ones
+    /// [`reqwest::Client`] of the re-exported
+    /// [`reqwest`], so the requests it builds are the ones
     /// [`send`](Self::send) takes, whatever `reqwest` your crate depends on.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
@@ -340,8 +340,8 @@ impl PayingClient {
     /// Sends `request`, paying a 402 if one comes (see [`PayingClient`] for when it pays
     /// again and when it never does).
     ///
-    /// `request` is a [`reqwest::RequestBuilder`](crate::client::reqwest::RequestBuilder)
-    /// of the re-exported [`reqwest`](crate::client::reqwest): build it with
+    /// `request` is a [`reqwest::RequestBuilder`]
+    /// of the re-exported [`reqwest`]: build it with
     /// [`http`](Self::http) (or a `nvm_runtime::client::reqwest::Client`); one from
     /// another `reqwest` version in your crate is a different type and is refused.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<PaidResponse, ClientError> {
