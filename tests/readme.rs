@@ -171,7 +171,8 @@ nvm-runtime = {{ path = "{runtime}", features = ["local"] }}
     std::fs::write(scratch.join("Cargo.toml"), manifest).expect("Cargo.toml");
     std::fs::copy(workspace.join("Cargo.lock"), scratch.join("Cargo.lock")).expect("Cargo.lock");
 
-    let mut servers = Vec::new();
+    // Server binaries, each with its paid paths and what one buyer call there costs.
+    let mut servers: Vec<(String, Vec<(&str, u64)>)> = Vec::new();
     let mut buyer = None;
     let mut files = Vec::new();
     for (i, block) in readme_blocks().iter().enumerate() {
@@ -185,7 +186,13 @@ nvm-runtime = {{ path = "{runtime}", features = ["local"] }}
         } else if block.code.contains("HttpServer::new") {
             let bin = format!("server_{i}");
             std::fs::write(scratch.join(format!("src/bin/{bin}.rs")), &block.code).expect("write a server");
-            servers.push(bin);
+            // `/ask` costs 1; the tour's `/generate` verifies 2 and charges them, its
+            // `/translate` prices the buyer's one-word body at 1 (per 100 words).
+            let mut paths = vec![("/ask", 1)];
+            if block.code.contains("\"/generate\"") {
+                paths.extend([("/generate", 2), ("/translate", 1)]);
+            }
+            servers.push((bin, paths));
         } else if block.code.contains("PayingClient::new") {
             assert!(buyer.is_none(), "two buyer snippets: say how the second one runs");
             std::fs::write(scratch.join("src/bin/buyer.rs"), &block.code).expect("write the buyer");
@@ -209,14 +216,20 @@ nvm-runtime = {{ path = "{runtime}", features = ["local"] }}
 
     // Each server, paid by the buyer as written.
     let local = LocalFacilitator::start().expect("local facilitator");
-    for server in &servers {
+    for (server, paths) in &servers {
         let (_running, url) = start_server(&bin_dir.join(server), &local);
-        let before = local.balance(local.plan_id(), local.subscriber_address());
-        let paid = run_buyer(&bin_dir.join(&buyer), &local, &format!("{url}/ask"));
-        assert_ok(&format!("the buyer against {server}"), &paid);
-        let stdout = String::from_utf8_lossy(&paid.stdout);
-        assert!(stdout.contains("200 OK: 1 credits redeemed"), "{server}: {stdout}");
-        assert_eq!(local.balance(local.plan_id(), local.subscriber_address()), before - 1, "{server}");
+        for (path, credits) in paths {
+            let before = local.balance(local.plan_id(), local.subscriber_address());
+            let paid = run_buyer(&bin_dir.join(&buyer), &local, &format!("{url}{path}"));
+            assert_ok(&format!("the buyer against {server}{path}"), &paid);
+            let stdout = String::from_utf8_lossy(&paid.stdout);
+            assert!(
+                stdout.contains(&format!("200 OK: {credits} credits redeemed")),
+                "{server}{path}: {stdout}"
+            );
+            let after = local.balance(local.plan_id(), local.subscriber_address());
+            assert_eq!(after, before - credits, "{server}{path}");
+        }
 
         // Not a paid 2xx: the buyer says so and exits non-zero.
         let unpaid = run_buyer(&bin_dir.join(&buyer), &local, &format!("{url}/nowhere"));
