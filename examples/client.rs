@@ -9,9 +9,10 @@
 //!
 //! `NVM_API_KEY` is the subscriber's key (with a `sandbox:`/`live:` key, the Nevermined
 //! backend is used). The client sends the request, receives the 402, decodes the
-//! envelope, mints an access token, retries with it, and prints the receipt.
+//! envelope, mints an access token, retries with it, and prints the receipt. It exits 1
+//! when the answer is not a paid 2xx (free, refused, failed, or its settlement failed).
 
-use nvm_runtime::client::{PayingClient, Subscriber};
+use nvm_runtime::client::{PayingClient, PaymentOutcome, Subscriber};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -32,21 +33,22 @@ async fn main() {
     match client.send(request).await {
         Ok(paid) => {
             let status = paid.response.status();
-            let receipt = paid.receipt;
+            let outcome = paid.outcome;
             let body = paid.response.text().await.unwrap_or_default();
             println!("status: {status}");
             println!("body: {body}");
-            match receipt {
-                Some(receipt) => {
+            match outcome {
+                PaymentOutcome::Settled(receipt) if status.is_success() => {
                     println!("credits redeemed: {}", receipt.credits_redeemed_u64());
                     let remaining = receipt.remaining_balance.map(|a| a.to_string()).unwrap_or_default();
                     println!("remaining balance: {remaining}");
                     println!("transaction: {}", receipt.transaction);
                 }
-                None => println!("no receipt (the endpoint did not charge)"),
-            }
-            if !status.is_success() {
-                std::process::exit(1);
+                // Anything else is not what a buyer paid for: say what happened, exit 1.
+                outcome => {
+                    eprintln!("client: {url} answered {status}, not a paid 2xx: {outcome:?}");
+                    std::process::exit(1);
+                }
             }
         }
         Err(error) => {

@@ -33,14 +33,14 @@ fn translation_quote(_req: &HttpRequest, text: &[u8]) -> u64 {
     5 + text.len() as u64 / 50
 }
 
-#[post("/generate")]
 #[paid(plan = settings::plan_id(), credits = |req: &HttpRequest| tokens_price(req))]
+#[post("/generate")]
 async fn generate(payment: PaymentContext) -> impl Responder {
     HttpResponse::Ok().json(serde_json::json!({"text": "…", "credits": payment.credits()}))
 }
 
-#[post("/translate")]
 #[paid(plan = settings::plan_id(), credits = by_body(translation_quote).limit(64 * 1024))]
+#[post("/translate")]
 async fn translate(body: String, payment: PaymentContext) -> Result<HttpResponse, actix_web::Error> {
     // The real cost: 1 credit per 100 characters actually translated.
     let used = (body.chars().count() as u64).div_ceil(100).max(1);
@@ -57,9 +57,11 @@ async fn main() -> std::io::Result<()> {
     let setup = settings::from_env_or_exit("dynamic_credits");
     let payments = setup.payments.clone();
     settings::prepare_or_exit("dynamic_credits", &setup.payments).await;
+    let port = settings::port();
     let server =
         HttpServer::new(move || App::new().app_data(payments.clone()).service(generate).service(translate))
-            .bind(("127.0.0.1", settings::port()))?;
+            .bind(("127.0.0.1", port))
+            .unwrap_or_else(|error| settings::exit_bind_failed("dynamic_credits", port, &error));
     let url = format!("http://{}", server.addrs()[0]);
     println!(
         "{}",

@@ -27,6 +27,28 @@ pub mod settings {
         std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000)
     }
 
+    /// Exits with code 2 and a message naming the fix when the example cannot listen on
+    /// `127.0.0.1:port`: in use, the message says that `PORT` picks the port.
+    pub fn exit_bind_failed(example: &str, port: u16, error: &std::io::Error) -> ! {
+        eprintln!("{example}: {}", bind_failed_message(example, port, error));
+        std::process::exit(2);
+    }
+
+    /// What [`exit_bind_failed`] prints after the example's name.
+    pub fn bind_failed_message(example: &str, port: u16, error: &std::io::Error) -> String {
+        let retry = format!("PORT={} cargo run -p nvm-examples --example {example}", port.wrapping_add(1));
+        if error.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                "127.0.0.1:{port} is already in use (another server, or this example still running). \
+                 The environment variable PORT picks the port: {retry} (PORT=0 picks a free one)"
+            )
+        } else {
+            format!(
+                "cannot listen on 127.0.0.1:{port}: {error}. The environment variable PORT picks the port: {retry}"
+            )
+        }
+    }
+
     /// The configuration an example runs with.
     #[derive(Debug)]
     pub struct Setup {

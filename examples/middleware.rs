@@ -84,6 +84,7 @@ async fn main() -> std::io::Result<()> {
     }
     // After the table: it registered its plans with the configuration.
     settings::prepare_or_exit("middleware", &setup.payments).await;
+    let port = settings::port();
     let server = HttpServer::new(move || {
         App::new()
             .wrap(payments.clone())
@@ -92,7 +93,8 @@ async fn main() -> std::io::Result<()> {
             .route("/stream", web::get().to(stream))
             .route("/health", web::get().to(health))
     })
-    .bind(("127.0.0.1", settings::port()))?;
+    .bind(("127.0.0.1", port))
+    .unwrap_or_else(|error| settings::exit_bind_failed("middleware", port, &error));
     let url = format!("http://{}", server.addrs()[0]);
     println!(
         "{}",

@@ -25,8 +25,8 @@ struct Query {
 }
 
 /// Answers a question for 1 credit.
-#[post("/ask")]
 #[paid(plan = settings::plan_id(), agent = settings::agent_id(), credits = 1, description = "Ask the agent")]
+#[post("/ask")]
 async fn ask(q: web::Json<Query>, payment: PaymentContext) -> impl Responder {
     HttpResponse::Ok().json(serde_json::json!({
         "answer": format!("You asked: {}. The answer is 42.", q.query),
@@ -56,7 +56,8 @@ async fn main() -> std::io::Result<()> {
                 .route("/pricing", web::get().to(nvm_runtime::actix::pricing::manifest_handler))
         }
     })
-    .bind(("127.0.0.1", port))?;
+    .bind(("127.0.0.1", port))
+    .unwrap_or_else(|error| settings::exit_bind_failed("quickstart", port, &error));
     let url = format!("http://{}", server.addrs()[0]);
     println!("{}", setup.banner(&url));
     server.run().await

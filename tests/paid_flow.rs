@@ -595,7 +595,9 @@ async fn a_missing_configuration_is_a_500_that_says_what_to_add() {
     let response = http().post(server.at("/ask")).send().await.unwrap();
     assert_eq!(response.status(), 500);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("app_data"), "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("the #[paid] handler `ask` (POST /ask)"), "{body}");
+    assert!(message.contains("add `.app_data(payments.clone())` to the `App::new()`"), "{body}");
     assert_eq!(server.runs.count(), 0);
 }
 

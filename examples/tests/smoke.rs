@@ -230,6 +230,57 @@ fn client_example_pays_the_quickstart_and_prints_the_receipt() {
     assert!(stdout.contains("status: 200 OK"), "{stdout}");
     assert!(stdout.contains("credits redeemed: 1"), "{stdout}");
     assert!(stdout.contains("remaining balance: 99"), "{stdout}");
+
+    // An answer nobody paid for (the client POSTs; /health is a free GET) is not what the
+    // buyer asked: exit 1.
+    let output = Command::new(Example::path("client"))
+        .arg(format!("{}/health", example.url()))
+        .env("NVM_API_KEY", example.subscriber().0)
+        .env("NVM_BACKEND_URL", example.subscriber().1)
+        .env_remove("NVM_ENVIRONMENT")
+        .output()
+        .expect("run client");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("answered 404 Not Found, not a paid 2xx: NotRequired"), "{stderr}");
+}
+
+/// Each example started on a port already taken exits with code 2 and a message that
+/// says which variable picks the port, and how to rerun it.
+#[test]
+fn examples_on_a_taken_port_say_that_port_picks_the_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to take");
+    let port = taken.local_addr().expect("local addr").port();
+    for name in ["quickstart", "dynamic_credits", "middleware"] {
+        let mut child = Command::new(Example::path(name))
+            .env_remove("NVM_API_KEY")
+            .env_remove("NVM_PLAN_ID")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start example {name}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{name} still runs on a taken port after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("stderr");
+        assert_eq!(status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(&format!("127.0.0.1:{port} is already in use")), "{name}: {stderr}");
+        assert!(stderr.contains("The environment variable PORT picks the port"), "{name}: {stderr}");
+        assert!(stderr.contains(&format!("--example {name}")), "{name}: {stderr}");
+    }
+    drop(taken);
 }
 
 #[tokio::test(flavor = "current_thread")]

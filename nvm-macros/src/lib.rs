@@ -16,8 +16,8 @@ use proc_macro2::TokenStream as TokenStream2;
 /// Charges for an actix-web handler with a Nevermined x402 payment.
 ///
 /// ```text
-/// #[post("/ask")]
 /// #[paid(plan = env("NVM_PLAN_ID"), credits = 1)]
+/// #[post("/ask")]
 /// async fn ask(q: web::Json<Query>, payment: PaymentContext) -> impl Responder { … }
 /// ```
 ///
@@ -60,8 +60,13 @@ use proc_macro2::TokenStream as TokenStream2;
 /// An `async fn` with at most 15 arguments (actix-web accepts 16 extractors and `#[paid]`
 /// adds one), without generics, `self`, `const`, `unsafe` or `extern`, returning any
 /// actix-web `Responder`. Its arguments, patterns, attributes and body are kept as
-/// written. A routing attribute (`#[get("/p")]`, `#[post]`, `#[route]`…) may go above or
-/// below `#[paid]`; below, its method and path are also recorded in the route table.
+/// written. Write `#[paid]` first, above the routing attribute (`#[get("/p")]`, `#[post]`,
+/// `#[route]`…), as the README and every example do: its method and path are then
+/// recorded in the route table at compile time. Below it works too; they are then
+/// learned from the first request. In an `impl` block, an associated function without
+/// `self` can be paid and registered by hand (`web::post().to(Agent::ask)`), but
+/// actix-web's routing attributes refuse it (they declare a type next to the function):
+/// write a free function.
 ///
 /// # What it generates
 ///
@@ -81,15 +86,29 @@ pub fn paid(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// `#[paid]` on `proc_macro2` tokens: parse, check, expand. On any error, the item is
-/// returned unchanged followed by every error as `compile_error!`.
+/// returned as written followed by every error as `compile_error!`, with one exception:
+/// a function missing `async` comes back with the `async` the error asks for, so that a
+/// routing attribute on it (`#[post]`, which needs an async handler) does not add a
+/// second, unrelated error to ours.
 fn expand_paid(args: TokenStream2, item: TokenStream2) -> TokenStream2 {
     match try_expand(args, item.clone()) {
         Ok(expanded) => expanded,
         Err(error) => {
-            let mut tokens = item;
+            let mut tokens = with_async(item);
             tokens.extend(error.to_compile_error());
             tokens
         }
+    }
+}
+
+/// `item` with `async` added when it is a function without it; any other item as is.
+fn with_async(item: TokenStream2) -> TokenStream2 {
+    match syn::parse2::<syn::ItemFn>(item.clone()) {
+        Ok(mut function) if function.sig.asyncness.is_none() => {
+            function.sig.asyncness = Some(syn::Token![async](function.sig.fn_token.span));
+            quote::ToTokens::into_token_stream(function)
+        }
+        _ => item,
     }
 }
 

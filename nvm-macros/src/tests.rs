@@ -146,6 +146,19 @@ fn errors_keep_the_item() {
     assert!(text.contains("credits cannot be negative"), "{text}");
 }
 
+/// A function without `async` comes back with it, next to the error: a routing
+/// attribute on it then adds no error of its own to ours.
+#[test]
+fn not_async_comes_back_async() {
+    let item = r#"#[post("/ask")] fn ask() -> &'static str { "sync" }"#;
+    let out = crate::expand_paid(r#"plan = "p""#.parse().expect("args"), item.parse().expect("item"));
+    let text = out.to_string();
+    assert!(text.starts_with("# [post (\"/ask\")] async fn ask ()"), "{text}");
+    assert!(text.contains(r#"{ "sync" }"#), "{text}");
+    assert_eq!(text.matches("compile_error").count(), 1, "{text}");
+    assert!(text.contains("must be `async fn`: add `async`"), "{text}");
+}
+
 /// Errors in the arguments and in the handler are reported together.
 #[test]
 fn argument_and_handler_errors_together() {

@@ -88,7 +88,9 @@ pub enum ConfigError {
         /// The backend URL.
         backend: String,
     },
-    /// The HTTP client could not be built (no TLS backend, for instance).
+    /// The HTTP client could not be built (no TLS backend, for instance). The source is
+    /// a [`reqwest::Error`] of the re-exported
+    /// [`nvm_runtime::client::reqwest`](crate::client::reqwest).
     #[error("the HTTP client could not be built: {}", chain(.0))]
     HttpClient(#[source] Arc<reqwest::Error>),
 }
@@ -161,10 +163,14 @@ pub enum Unavailable {
     /// No answer within the configured bound.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// The request could not be sent: no connection, or it broke while sending.
+    /// The request could not be sent: no connection, or it broke while sending. The
+    /// source is a [`reqwest::Error`] of the re-exported
+    /// [`nvm_runtime::client::reqwest`](crate::client::reqwest).
     #[error("connection failed: {}", chain(.0))]
     Connect(#[source] Arc<reqwest::Error>),
-    /// The request was sent but its answer could not be read to the end.
+    /// The request was sent but its answer could not be read to the end. The source is
+    /// a [`reqwest::Error`] of the re-exported
+    /// [`nvm_runtime::client::reqwest`](crate::client::reqwest).
     #[error("the answer was interrupted: {}", chain(.0))]
     Interrupted(#[source] Arc<reqwest::Error>),
     /// The answer was a server error.

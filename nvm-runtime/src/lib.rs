@@ -1,4 +1,4 @@
-#![doc = include_str!("../../README.md")]
+#![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The layers, lowest first: each module imports only from those above it.
@@ -12,6 +12,9 @@ pub mod wire;
 pub mod client;
 #[cfg(feature = "local")]
 pub mod local;
+// On `actix`, `client` and `local`: what a user's integration tests start.
+#[cfg(feature = "local")]
+pub mod testing;
 
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -34,8 +34,8 @@ pub(crate) fn attached(req: &HttpRequest) -> Option<Rc<PaymentState>> {
 /// use actix_web::{post, HttpResponse, Responder};
 /// use nvm_runtime::{paid, PaymentContext};
 ///
-/// #[post("/summarize")]
 /// #[paid(plan = "1234", credits = 10)]
+/// #[post("/summarize")]
 /// async fn summarize(payment: PaymentContext) -> impl Responder {
 ///     let used = 3; // the work actually done
 ///     payment.charge(used).expect("3 ≤ 10 verified credits");

@@ -80,7 +80,7 @@ impl Paid {
         }
         let req = &self.req;
         let Some(payments) = Payments::from_request(req).cloned() else {
-            return Err(Rejection::new(None, unconfigured(req)));
+            return Err(Rejection::new(None, unconfigured(req, spec.handler)));
         };
         route.observe(req);
         let exchange = Exchange { payments: &payments, req };

@@ -66,14 +66,19 @@ pub(crate) fn render_plain(refusal: &Refusal) -> HttpResponse {
     }
 }
 
-/// The 500 answer when `Payments` is not registered with the app.
-pub(crate) fn unconfigured(req: &HttpRequest) -> HttpResponse {
-    tracing::error!(path = req.path(), "no Payments configuration registered");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "Payment configuration missing",
-        "this route is paid but no Payments configuration is registered: add `.app_data(payments.clone())` to the App",
-    )
+/// The 500 answer when `Payments` is not registered with the app serving the `#[paid]`
+/// handler `handler`: the message names the handler and the line to add, and goes to the
+/// log too, where the app's developer sees it.
+pub(crate) fn unconfigured(req: &HttpRequest, handler: &str) -> HttpResponse {
+    let message = format!(
+        "the #[paid] handler `{handler}` ({method} {path}) is served by an App without a Payments \
+         configuration: add `.app_data(payments.clone())` to the `App::new()` that registers it, \
+         with `let payments = nvm_runtime::Payments::from_env()?;` before `HttpServer::new`",
+        method = req.method(),
+        path = req.path(),
+    );
+    tracing::error!(handler, "{message}");
+    json_error(StatusCode::INTERNAL_SERVER_ERROR, "Payment configuration missing", &message)
 }
 
 /// The response to a handler that panicked: a 500, never settled.

@@ -17,6 +17,26 @@ use crate::wire::{
 };
 use crate::wire::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE};
 
+/// The `reqwest` this crate is built with (0.12), re-exported so that your requests,
+/// responses and errors are the very types [`PayingClient`] takes and returns, whatever
+/// `reqwest` your own crate depends on (two major versions are two different crates to
+/// the compiler: a `reqwest` 0.13 `RequestBuilder` is not accepted here). Name its types
+/// through this path, or build requests with [`PayingClient::http`]:
+///
+/// ```
+/// use nvm_runtime::client::reqwest::{self, header::CONTENT_TYPE};
+///
+/// let http = reqwest::Client::new();
+/// let request = http
+///     .post("http://127.0.0.1:3000/ask")
+///     .header(CONTENT_TYPE, "application/json")
+///     .body(r#"{"query":"hi"}"#)
+///     .build()
+///     .unwrap();
+/// assert_eq!(request.headers()[CONTENT_TYPE], "application/json");
+/// ```
+pub use reqwest;
+
 /// Options of a minted token.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MintOptions {
@@ -32,7 +52,9 @@ pub struct MintOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The request could not be sent or its answer read.
+    /// The request could not be sent or its answer read. The error is a
+    /// [`reqwest::Error`] of the re-exported
+    /// [`reqwest`].
     #[error("sending the request failed: {0}")]
     Send(#[from] Box<reqwest::Error>),
     /// The request has a streaming body and cannot be sent twice.
@@ -273,7 +295,9 @@ impl PaymentOutcome {
 /// A response that may have been paid for.
 #[derive(Debug)]
 pub struct PaidResponse {
-    /// The server's final response.
+    /// The server's final response, a [`reqwest::Response`]
+    /// of the re-exported [`reqwest`] (not of the `reqwest` your
+    /// crate may depend on).
     pub response: reqwest::Response,
     /// The decoded `payment-response` receipt, when the server sent one.
     pub receipt: Option<SettleResponse>,
@@ -322,7 +346,10 @@ impl PayingClient {
         PayingClient { http: reqwest::Client::new(), subscriber }
     }
 
-    /// The underlying HTTP client, to build requests with.
+    /// The underlying HTTP client, to build requests with: a
+    /// [`reqwest::Client`] of the re-exported
+    /// [`reqwest`], so the requests it builds are the ones
+    /// [`send`](Self::send) takes, whatever `reqwest` your crate depends on.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
@@ -334,6 +361,11 @@ impl PayingClient {
 
     /// Sends `request`, paying a 402 if one comes (see [`PayingClient`] for when it pays
     /// again and when it never does).
+    ///
+    /// `request` is a [`reqwest::RequestBuilder`]
+    /// of the re-exported [`reqwest`]: build it with
+    /// [`http`](Self::http) (or a `nvm_runtime::client::reqwest::Client`); one from
+    /// another `reqwest` version in your crate is a different type and is refused.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<PaidResponse, ClientError> {
         let request = request.build().map_err(Box::new)?;
         let first = request.try_clone().ok_or(ClientError::NotRetryable)?;

@@ -1,0 +1,10 @@
+use actix_web::post;
+use nvm_runtime::paid;
+
+#[paid(plan = "1")]
+#[post("/ask")]
+fn handler() -> &'static str {
+    "sync"
+}
+
+fn main() {}
