@@ -35,7 +35,6 @@ struct Query {
 }
 
 /// Streams a generated answer; settled after the body for the words sent.
-#[post("/chat")]
 #[paid(
     plan = settings::plan_id(),
     agent = settings::agent_id(),
@@ -43,6 +42,7 @@ struct Query {
     settle = "after_body",
     description = "Chat, streamed: 1 credit per 10 words"
 )]
+#[post("/chat")]
 async fn chat(q: web::Json<Query>, payment: PaymentContext) -> HttpResponse {
     let words = answer(&q.query);
     HttpResponse::Ok().content_type("text/event-stream").streaming(Words {
@@ -109,7 +109,8 @@ async fn main() -> std::io::Result<()> {
         let payments = setup.payments.clone();
         move || App::new().app_data(payments.clone()).service(chat).service(health)
     })
-    .bind(("127.0.0.1", port))?;
+    .bind(("127.0.0.1", port))
+    .unwrap_or_else(|error| settings::exit_bind_failed("streaming", port, &error));
     let url = format!("http://{}", server.addrs()[0]);
     let routes =
         "POST /chat: 1 credit per 10 words streamed, at most 5 (SSE, settled after the body), GET /health";
