@@ -13,7 +13,7 @@ use futures_core::Stream;
 
 use super::credits::CreditsFuture;
 use super::payments::Payments;
-use super::respond::{attach_receipt, render, render_plain};
+use super::respond::{attach_receipt, not_for_caches, render, render_plain};
 use crate::error::{ConfigError, PaymentError, Refusal};
 use crate::flow::{self, Host, Offer, PaymentState, PendingSettlement, SettlePoint, Settlement};
 use crate::wire::{PaymentRequired, SettleResponse, VerifyResponse};
@@ -149,12 +149,14 @@ pub(crate) async fn settle(
         && super::stream::after_body(point, &response)
     {
         let (payments, req) = (exchange.payments.clone(), exchange.req.clone());
+        not_for_caches(&mut response);
         return super::stream::settle_after_body(payments, req, Rc::clone(state), response);
     }
     match flow::settle(seller, exchange, state, response.status().as_u16()).await {
         Settlement::None => response,
         Settlement::Settled(receipt) | Settlement::FailedDelivered(receipt) => {
             attach_receipt(&mut response, &receipt);
+            not_for_caches(&mut response);
             response
         }
         Settlement::Refused(refusal) => exchange.refuse(refusal).1,

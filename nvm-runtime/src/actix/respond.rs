@@ -3,7 +3,7 @@
 //! the `#[paid]` extractor's error.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 
@@ -20,8 +20,17 @@ pub(crate) fn render(payments: &Payments, req: &HttpRequest, refusal: &Refusal) 
     render_plain(refusal)
 }
 
-/// The answer to `refusal`, without the hooks.
+/// The answer to `refusal`, without the hooks. A 402 is never stored by a cache: it is
+/// an answer to one request's payment, not the resource.
 pub(crate) fn render_plain(refusal: &Refusal) -> HttpResponse {
+    let mut response = render_refusal(refusal);
+    if response.status() == StatusCode::PAYMENT_REQUIRED {
+        response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+fn render_refusal(refusal: &Refusal) -> HttpResponse {
     match refusal {
         Refusal::PaymentRequired { envelope, error, receipt } => {
             let mut response =
@@ -98,6 +107,12 @@ pub(crate) fn json_error(status: StatusCode, error: &str, message: &str) -> Http
 /// Puts `receipt` in the `payment-response` header.
 pub(crate) fn attach_receipt(response: &mut HttpResponse, receipt: &SettleResponse) {
     insert_header(response, PAYMENT_RESPONSE, receipt.to_header());
+}
+
+/// Marks a paid answer `Cache-Control: private, no-store`, whatever the handler set: a
+/// shared cache must never serve it to someone who did not pay.
+pub(crate) fn not_for_caches(response: &mut HttpResponse) {
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
 }
 
 fn insert_header(response: &mut HttpResponse, name: &'static str, value: String) {

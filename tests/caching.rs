@@ -1,0 +1,110 @@
+//! Caches never serve paid content to someone who did not pay: every 402 carries
+//! `Cache-Control: no-store`, and every paid answer `private, no-store`, whatever the
+//! handler set; on both forms, for plain and streamed bodies.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use actix_web::{HttpResponse, web};
+use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
+use nvm_runtime::local::{LocalFacilitator, MintOptions};
+use nvm_runtime::{Payments, paid};
+use nvm_tests::{CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, TestServer, http, payments_for, serve};
+
+/// A paid answer that asks shared caches to keep it for an hour.
+async fn cacheable() -> HttpResponse {
+    HttpResponse::Ok().insert_header(("cache-control", "public, max-age=3600")).body("paid, cacheable?")
+}
+
+/// The same, streamed.
+async fn streamed() -> HttpResponse {
+    let chunks = [Ok::<_, std::io::Error>(web::Bytes::from_static(b"data: a\n\n"))];
+    HttpResponse::Ok()
+        .insert_header(("cache-control", "public, max-age=3600"))
+        .content_type("text/event-stream")
+        .streaming(futures_stream(chunks))
+}
+
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2)]
+#[actix_web::get("/macro/plain")]
+async fn macro_plain() -> HttpResponse {
+    cacheable().await
+}
+
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2)]
+#[actix_web::get("/macro/stream")]
+async fn macro_stream() -> HttpResponse {
+    streamed().await
+}
+
+/// A stream of ready items.
+fn futures_stream<const N: usize>(
+    items: [Result<web::Bytes, std::io::Error>; N],
+) -> impl futures_core::Stream<Item = Result<web::Bytes, std::io::Error>> {
+    struct Ready<I>(I);
+    impl<I: Iterator + Unpin> futures_core::Stream for Ready<I> {
+        type Item = I::Item;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<I::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Ready(items.into_iter())
+}
+
+fn app(payments: Payments) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
+    move |cfg: &mut web::ServiceConfig| {
+        let route = || RouteConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID).credits(CREDITS);
+        let table = PaymentMiddleware::new(payments.clone())
+            .route("GET /mw/plain", route())
+            .route("GET /mw/stream", route());
+        cfg.service(macro_plain).service(macro_stream).service(
+            web::scope("/mw")
+                .wrap(table)
+                .route("/plain", web::get().to(cacheable))
+                .route("/stream", web::get().to(streamed)),
+        );
+        cfg.route("/free", web::get().to(cacheable));
+    }
+}
+
+async fn cache_control(server: &TestServer, path: &str, token: Option<&str>) -> (u16, Option<String>) {
+    let mut request = http().get(server.at(path));
+    if let Some(token) = token {
+        request = request.header("payment-signature", token);
+    }
+    let response = request.send().await.unwrap();
+    let value = response.headers().get("cache-control").map(|v| v.to_str().unwrap().to_owned());
+    let status = response.status().as_u16();
+    let _ = response.bytes().await;
+    (status, value)
+}
+
+#[actix_web::test]
+async fn no_402_and_no_paid_answer_is_stored_by_a_cache() {
+    let local = LocalFacilitator::start().unwrap();
+    let payments = payments_for(&local).build().unwrap();
+    let server = serve(Some(payments.clone()), app(payments));
+    let token = local.mint_token(MintOptions::new());
+    for path in ["/macro/plain", "/macro/stream", "/mw/plain", "/mw/stream"] {
+        assert_eq!(
+            cache_control(&server, path, None).await,
+            (402, Some("no-store".into())),
+            "{path}: unpaid"
+        );
+        assert_eq!(
+            cache_control(&server, path, Some("bm90LWEtdG9rZW4")).await,
+            (402, Some("no-store".into())),
+            "{path}: a malformed token"
+        );
+        assert_eq!(
+            cache_control(&server, path, Some(&token)).await,
+            (200, Some("private, no-store".into())),
+            "{path}: paid, whatever the handler asked"
+        );
+    }
+    // A free route keeps what its handler set.
+    assert_eq!(cache_control(&server, "/free", None).await, (200, Some("public, max-age=3600".into())));
+}
