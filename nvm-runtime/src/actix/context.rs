@@ -146,7 +146,7 @@ impl PaymentContext {
     /// It is `Send + 'static`: move it into a streamed body's generator; on a route
     /// settled after the body, the settlement waits for the body to end.
     pub fn meter(&self) -> Meter {
-        Meter::new(self.state.meter.clone(), self.credits())
+        self.state.meter(self.credits())
     }
 }
 

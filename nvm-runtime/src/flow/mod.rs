@@ -179,8 +179,16 @@ pub(crate) async fn settle(
         agent_request_id: if verified.from_cache { None } else { verified.verification.request_id() },
     };
     let hash = verified.token.hash();
-    let (receipt, reason, source) = match seller.facilitator.settle_outcome_ref(&request).await {
+    let outcome = match seller.facilitator.settle_outcome_ref(&request).await {
+        SettleOutcome::Unknown(error) => {
+            tracing::warn!(token = %hash, credits = amount, %error, "settlement outcome unknown: its answer was lost");
+            resolve_unknown(seller, verified, &request, error).await
+        }
+        answered => answered,
+    };
+    let (receipt, reason, source) = match outcome {
         SettleOutcome::Settled(receipt) => return settled(host, amount, receipt),
+        SettleOutcome::Unknown(error) => return unknown(seller, host, verified, amount, &request, error),
         SettleOutcome::Declined(receipt) => {
             let reason = receipt.error_reason.clone().unwrap_or_else(|| "settlement failed".to_owned());
             (completed(receipt, verified, &request), reason, None)
@@ -191,14 +199,6 @@ pub(crate) async fn settle(
                 FacilitatorError::Unavailable(why) => format!("settlement_unavailable: {why}"),
             };
             (failed_receipt(verified, &request, &reason), reason, Some(Box::new(error)))
-        }
-        SettleOutcome::Unknown(error) => {
-            tracing::warn!(token = %hash, credits = amount, %error, "settlement outcome unknown: its answer was lost");
-            match resolve_unknown(seller, verified, &request, error).await {
-                Resolved::Settled(receipt) => return settled(host, amount, receipt),
-                Resolved::Refused(receipt, reason, source) => (receipt, reason, source),
-                Resolved::Unknown(error) => return unknown(seller, host, verified, amount, &request, error),
-            }
         }
     };
     tracing::error!(token = %hash, credits = amount, %reason, "settlement failed");
@@ -248,37 +248,24 @@ fn completed(mut receipt: SettleResponse, verified: &Verified, request: &Request
     receipt
 }
 
-/// What resolving an unknown settlement outcome gave.
-enum Resolved {
-    /// The credits are burned, once: deliver with this receipt.
-    Settled(SettleResponse),
-    /// A definite refusal: nothing was burned; withhold.
-    Refused(SettleResponse, String, Option<Box<FacilitatorError>>),
-    /// Still unknown: record it.
-    Unknown(FacilitatorError),
-}
-
 /// Resolves an unknown settlement outcome where that is safe: a single-use token is
 /// consumed by the first settlement that goes through, so one more settle with the same
 /// token and request id either settles it now (the first had not happened) or answers
-/// `BCK.X402.0059` (the first went through). A reusable token is never settled twice (it
-/// could burn twice): its outcome stays unknown.
+/// `BCK.X402.0059` (the first went through: settled, with a receipt marked
+/// `confirmedAfterUnknown`). A reusable token is never settled twice (it could burn
+/// twice): its outcome stays unknown. Any other answer is returned as it is.
 async fn resolve_unknown(
     seller: &Seller,
     verified: &Verified,
     request: &RequestRef<'_>,
     first: FacilitatorError,
-) -> Resolved {
+) -> SettleOutcome {
     let single_use = verified.token.decode().is_ok_and(|payload| payload.is_single_use());
     if !single_use {
-        return Resolved::Unknown(first);
+        return SettleOutcome::Unknown(first);
     }
     let hash = verified.token.hash();
     match seller.facilitator.settle_outcome_ref(request).await {
-        SettleOutcome::Settled(receipt) => {
-            tracing::info!(token = %hash, "settlement resolved: the second settle of the single-use token went through");
-            Resolved::Settled(receipt)
-        }
         SettleOutcome::Refused(error) if error.code() == Some(CODE_SPENT) => {
             tracing::info!(token = %hash, "settlement resolved: the single-use token was spent by the first settle");
             let mut receipt = failed_receipt(verified, request, "");
@@ -286,20 +273,14 @@ async fn resolve_unknown(
             receipt.error_reason = None;
             receipt.credits_redeemed = request.max_amount.cloned();
             receipt.other.insert("confirmedAfterUnknown".to_owned(), true.into());
-            Resolved::Settled(receipt)
+            SettleOutcome::Settled(receipt)
         }
-        SettleOutcome::Declined(receipt) => {
-            let reason = receipt.error_reason.clone().unwrap_or_else(|| "settlement failed".to_owned());
-            Resolved::Refused(completed(receipt, verified, request), reason, None)
+        outcome => {
+            if matches!(outcome, SettleOutcome::Settled(_)) {
+                tracing::info!(token = %hash, "settlement resolved: the second settle of the single-use token went through");
+            }
+            outcome
         }
-        SettleOutcome::Refused(error) => {
-            let reason = match &error {
-                FacilitatorError::Refused { error, .. } => format!("{}: {}", error.code, error.message),
-                FacilitatorError::Unavailable(why) => format!("settlement_unavailable: {why}"),
-            };
-            Resolved::Refused(failed_receipt(verified, request, &reason), reason, Some(Box::new(error)))
-        }
-        SettleOutcome::Unknown(error) => Resolved::Unknown(error),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, OnceCell};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::cache::CacheKey;
 use crate::wire::{AccessToken, PaymentRequired, VerifyResponse};
@@ -27,14 +27,21 @@ pub(crate) struct PaymentState {
     pub(crate) verified: OnceCell<Verified>,
     pub(crate) charge: Cell<Option<u64>>,
     pub(crate) settled: Cell<bool>,
-    /// The usage metered by the handler or its stream (shared with its [`Meter`]s).
-    pub(crate) meter: Arc<Metered>,
+    /// The usage metered by the handler or its stream (shared with its [`Meter`]s);
+    /// made by the first meter, so an unmetered request allocates nothing for it.
+    meter: OnceCell<Arc<Metered>>,
 }
 
 impl PaymentState {
-    /// The metered amount, when a meter was used.
+    /// The metered amount, when a meter was taken.
     pub(crate) fn metered(&self) -> Option<u64> {
-        self.meter.used.load(Ordering::Acquire).then(|| self.meter.total.load(Ordering::Acquire))
+        self.meter.get().map(|m| m.total.load(Ordering::Acquire))
+    }
+
+    /// A meter of this request, capped at `cap`.
+    pub(crate) fn meter(&self, cap: u64) -> Meter {
+        let shared = self.meter.get_or_init(|| Arc::new(Metered { total: AtomicU64::new(0), cap }));
+        Meter { shared: Arc::clone(shared) }
     }
 
     /// What a settlement asks for now: the metered amount, else the handler's
@@ -46,11 +53,11 @@ impl PaymentState {
 }
 
 /// What the meters of one request count.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Metered {
     total: AtomicU64,
-    used: AtomicBool,
-    cap: AtomicU64,
+    /// The credits verified: the most that can be metered.
+    cap: u64,
 }
 
 /// Counts what a handler or its stream delivered, for usage-based billing: the settled
@@ -90,17 +97,10 @@ pub struct MeterFull {
 }
 
 impl Meter {
-    /// A meter of `shared`, capped at `cap` (the verified credits).
-    pub(crate) fn new(shared: Arc<Metered>, cap: u64) -> Self {
-        shared.cap.store(cap, Ordering::Release);
-        shared.used.store(true, Ordering::Release);
-        Meter { shared }
-    }
-
     /// Adds `credits` to the metered amount, and returns the new total; refused (and
     /// nothing added) when it would pass the verified cap.
     pub fn add(&self, credits: u64) -> Result<u64, MeterFull> {
-        let cap = self.shared.cap.load(Ordering::Acquire);
+        let cap = self.shared.cap;
         let mut metered = self.shared.total.load(Ordering::Acquire);
         loop {
             let total = metered.checked_add(credits).filter(|t| *t <= cap);
@@ -121,6 +121,6 @@ impl Meter {
 
     /// The most that can be metered: the credits verified.
     pub fn cap(&self) -> u64 {
-        self.shared.cap.load(Ordering::Acquire)
+        self.shared.cap
     }
 }
