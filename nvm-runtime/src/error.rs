@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::StoreError;
 use crate::wire::{BackendError, PaymentRequired, SettleResponse};
 
 /// A configuration mistake. Each message says what to set instead.
@@ -261,6 +262,69 @@ pub enum PaymentError {
         /// The most bytes the route reads.
         limit: usize,
     },
+    /// A request with an `Idempotency-Key` could not be run or replayed (400, 409,
+    /// 413, 422, 503: see [`IdempotencyError`]).
+    #[error(transparent)]
+    Idempotency(IdempotencyError),
+}
+
+/// Why a paid request with an `Idempotency-Key` was neither run nor replayed.
+///
+/// ```
+/// use nvm_runtime::PaymentError;
+/// use nvm_runtime::error::IdempotencyError;
+///
+/// let error = PaymentError::Idempotency(IdempotencyError::InFlight);
+/// assert_eq!(error.status(), 409);
+/// assert!(error.to_string().contains("still running"));
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdempotencyError {
+    /// The header is not a usable key (400).
+    #[error("{0}")]
+    InvalidKey(String),
+    /// The first request with this key is still running (409): retry after it ends.
+    #[error(
+        "a request with this Idempotency-Key is still running: retry after it ends to get its response (you will not be charged twice)"
+    )]
+    InFlight,
+    /// The key was used for another request (other method, path, query or body) (422).
+    #[error(
+        "this Idempotency-Key was used for a different request (method, path, query or body): use a new key for a new request"
+    )]
+    KeyReused,
+    /// The first request with this key was served and charged, but its response was too
+    /// long (or streamed and cut) to keep for replay (409, with its receipt).
+    #[error(
+        "the request with this Idempotency-Key was served and charged once, but its response was not kept for replay (too long, or a stream that was cut): it is not run or charged again; use a new key to buy it again"
+    )]
+    NotReplayable,
+    /// A request with a key has a body longer than is read to fingerprint it (413).
+    #[error(
+        "a request with an Idempotency-Key may have a body of at most {limit} bytes (Idempotency::max_request_body); send a smaller body or no key"
+    )]
+    BodyTooLarge {
+        /// The most bytes read.
+        limit: usize,
+    },
+    /// The store of idempotency records could not be reached (503): nothing ran, nothing
+    /// was charged; retry later.
+    #[error("paid requests are paused: {0}; nothing was charged, retry later")]
+    StoreUnavailable(#[source] Arc<StoreError>),
+}
+
+impl IdempotencyError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            IdempotencyError::InvalidKey(_) => 400,
+            IdempotencyError::InFlight | IdempotencyError::NotReplayable => 409,
+            IdempotencyError::BodyTooLarge { .. } => 413,
+            IdempotencyError::KeyReused => 422,
+            IdempotencyError::StoreUnavailable(_) => 503,
+        }
+    }
 }
 
 impl PaymentError {
@@ -271,6 +335,7 @@ impl PaymentError {
             PaymentError::BodyUnreadable(_) => 400,
             PaymentError::SettlementUnknown { .. } => 402,
             PaymentError::BodyTooLarge { .. } => 413,
+            PaymentError::Idempotency(error) => error.status(),
             _ => 402,
         }
     }

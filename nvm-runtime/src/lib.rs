@@ -6,6 +6,7 @@ pub mod actix;
 pub mod backend;
 pub mod error;
 mod flow;
+pub mod store;
 pub mod wire;
 
 // On `wire` and `backend` only.
@@ -23,5 +24,5 @@ pub mod __private;
 pub use actix::{ChargeError, PaymentContext, PaymentMiddleware, Payments, PaymentsBuilder, RouteConfig};
 pub use backend::Environment;
 pub use error::{ConfigError, FacilitatorError, PaymentError};
-pub use flow::{Meter, MeterFull, PendingSettlement, PendingSettlements, SettlePoint};
+pub use flow::{Idempotency, Meter, MeterFull, PendingSettlement, PendingSettlements, SettlePoint};
 pub use nvm_macros::paid;

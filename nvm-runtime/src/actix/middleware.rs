@@ -306,12 +306,14 @@ where
                         Err(_) => Err(exchange.misconfigured(ConfigError::CreditsPanicked(what))),
                     };
                 match priced {
-                    Ok(credits) => paywall::admit(&exchange, &offer, credits, &state).await,
+                    Ok(credits) => paywall::admit(&exchange, &offer, credits, &state, &mut payload).await,
                     Err(refused) => Err(refused),
                 }
             };
-            if let Err((_, refusal)) = admitted {
-                return Ok(req.into_response(refusal));
+            match admitted {
+                Ok(None) => {}
+                Ok(Some(replayed)) => return Ok(req.into_response(replayed)),
+                Err((_, refusal)) => return Ok(req.into_response(refusal)),
             }
             req.set_payload(payload);
             let path = req.path().to_owned();

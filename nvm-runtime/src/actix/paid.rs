@@ -66,9 +66,11 @@ impl FromRequest for Paid {
 }
 
 impl Paid {
-    /// Prices and verifies the request for `route`; `Err` is the answer to send
-    /// instead (402, 413, 500): the handler never runs.
-    pub async fn admit(&mut self, route: &'static Route) -> Result<(), Rejection> {
+    /// Prices and verifies the request for `route`: `Ok(None)` runs the handler;
+    /// `Ok(Some(response))` answers an idempotent retry with its stored response; `Err`
+    /// is the answer to send instead (402, 409, 413, 422, 500, 503): the handler never
+    /// runs.
+    pub async fn admit(&mut self, route: &'static Route) -> Result<Option<HttpResponse>, Rejection> {
         let spec = route.spec();
         if self.under_middleware {
             tracing::warn!(
@@ -76,7 +78,7 @@ impl Paid {
                 handler = spec.handler,
                 "a PaymentMiddleware route already protects this #[paid] handler; charging once, on the middleware's terms"
             );
-            return Ok(());
+            return Ok(None);
         }
         let req = &self.req;
         let Some(payments) = Payments::from_request(req).cloned() else {
@@ -94,10 +96,13 @@ impl Paid {
             Err(_) => Err(exchange.misconfigured(ConfigError::CreditsPanicked(spec.handler.to_owned()))),
         };
         let credits = priced.map_err(refused)?;
-        paywall::admit(&exchange, &offer, credits, &self.state).await.map_err(refused)?;
+        let replay = paywall::admit(&exchange, &offer, credits, &self.state, &mut self.payload).await;
+        if let Some(response) = replay.map_err(refused)? {
+            return Ok(Some(response));
+        }
         self.settle_with = Some(payments);
         self.settle_point = spec.terms.settle;
-        Ok(())
+        Ok(None)
     }
 
     /// Runs the handler's own extractors (a tuple of them) on the request and its
@@ -119,8 +124,10 @@ where
     F: Future,
     F::Output: Responder,
 {
-    if let Err(rejection) = paid.admit(route).await {
-        return rejection.error_response();
+    match paid.admit(route).await {
+        Ok(None) => {}
+        Ok(Some(replayed)) => return replayed,
+        Err(rejection) => return rejection.error_response(),
     }
     let args = match paid.extract::<T>().await {
         Ok(args) => args,

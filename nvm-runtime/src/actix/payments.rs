@@ -13,7 +13,7 @@ use crate::backend::PlanCatalog;
 use crate::backend::{ApiKey, BackendSettings, Connection, Environment};
 use crate::error::{ConfigError, PaymentError};
 use crate::flow::cache::VerifyCache;
-use crate::flow::{PendingSettlement, PendingSettlements, Seller};
+use crate::flow::{Idempotency, PendingSettlement, PendingSettlements, Seller};
 use crate::wire::PaymentRequired;
 use crate::wire::{SettleResponse, VerifyResponse};
 
@@ -114,6 +114,11 @@ impl Payments {
         self.inner.seller.deliver_on_settle_failure
     }
 
+    /// How idempotent calls are remembered (see [`PaymentsBuilder::idempotency`]).
+    pub fn idempotency(&self) -> &Idempotency {
+        &self.inner.seller.idempotency
+    }
+
     pub(crate) fn hooks(&self) -> &Hooks {
         &self.inner.hooks
     }
@@ -206,6 +211,7 @@ impl std::fmt::Debug for Payments {
             .field("deliver_on_settle_failure", &self.inner.seller.deliver_on_settle_failure)
             .field("hooks", &self.inner.hooks)
             .field("verify_cache", &self.inner.seller.cache.as_ref().map(VerifyCache::ttl))
+            .field("idempotency", &self.inner.seller.idempotency)
             .finish()
     }
 }
@@ -219,6 +225,7 @@ pub struct PaymentsBuilder {
     deliver_on_settle_failure: bool,
     cache_ttl: Option<Duration>,
     pending: Option<PendingSettlements>,
+    idempotency: Option<Idempotency>,
     hooks: Hooks,
 }
 
@@ -230,6 +237,7 @@ impl std::fmt::Debug for PaymentsBuilder {
             .field("deliver_on_settle_failure", &self.deliver_on_settle_failure)
             .field("cache_ttl", &self.cache_ttl)
             .field("pending", &self.pending)
+            .field("idempotency", &self.idempotency)
             .field("hooks", &self.hooks)
             .finish()
     }
@@ -312,6 +320,27 @@ impl PaymentsBuilder {
     /// ```
     pub fn pending_settlements(mut self, journal: PendingSettlements) -> Self {
         self.pending = Some(journal);
+        self
+    }
+
+    /// How paid calls with an `Idempotency-Key` are made safe to retry: the first runs,
+    /// settles and is remembered; a retry with the same key gets the same response and
+    /// receipt, and is not charged again. Default: [`Idempotency::in_memory`] (one
+    /// instance); give several instances one shared store (a
+    /// [`RedisStore`](crate::store::RedisStore) with the `redis` feature).
+    ///
+    /// ```
+    /// use nvm_runtime::{Idempotency, Payments};
+    ///
+    /// let payments = Payments::builder()
+    ///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")
+    ///     .idempotency(Idempotency::disabled())
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(!payments.idempotency().is_enabled());
+    /// ```
+    pub fn idempotency(mut self, idempotency: Idempotency) -> Self {
+        self.idempotency = Some(idempotency);
         self
     }
 
@@ -400,6 +429,7 @@ impl PaymentsBuilder {
             token_headers: token_headers.iter().map(|h| h.as_str().to_owned()).collect(),
             deliver_on_settle_failure: self.deliver_on_settle_failure,
             pending: self.pending.unwrap_or_default(),
+            idempotency: self.idempotency.unwrap_or_default(),
         };
         Ok(Payments {
             inner: Arc::new(Inner { api_key, environment, seller, token_headers, hooks: self.hooks }),

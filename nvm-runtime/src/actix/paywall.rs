@@ -6,17 +6,22 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
+use base64::Engine as _;
 use futures_core::Stream;
 
 use super::credits::CreditsFuture;
 use super::payments::Payments;
 use super::respond::{attach_receipt, not_for_caches, render, render_plain};
-use crate::error::{ConfigError, PaymentError, Refusal};
-use crate::flow::{self, Host, Offer, PaymentState, PendingSettlement, SettlePoint, Settlement};
-use crate::wire::{PaymentRequired, SettleResponse, VerifyResponse};
+use crate::error::{ConfigError, IdempotencyError, PaymentError, Refusal};
+use crate::flow::idempotency::{self, Claim, KeyedRequest, StoredResponse};
+use crate::flow::{self, Admission, Host, Offer, PaymentState, PendingSettlement, SettlePoint, Settlement};
+use crate::wire::{PAYMENT_RESPONSE, PaymentRequired, SettleResponse, VerifyResponse};
 
 /// A request and its configuration, as the flow sees them.
 pub(crate) struct Exchange<'a> {
@@ -92,19 +97,20 @@ pub(crate) async fn price(
         let envelope = flow::envelope(exchange.payments.seller(), exchange, offer).await;
         return Err(exchange.refuse(Refusal::payment_required(envelope, error)));
     }
-    let body = read_body(payload, limit).await?;
+    let body = read_body(payload, limit, PaymentError::BodyTooLarge { limit }).await?;
     let credits = std::panic::catch_unwind(AssertUnwindSafe(|| price(&body))).map_err(|_| panicked())?;
     *payload = Payload::from(body);
     Ok(credits)
 }
 
-/// Reads the whole body, refusing one longer than `limit` (413) or broken (400).
-async fn read_body(payload: &mut Payload, limit: usize) -> Result<Bytes, Refused> {
+/// Reads the whole body, refusing one longer than `limit` (`too_long`, a 413) or
+/// broken (400).
+async fn read_body(payload: &mut Payload, limit: usize, too_long: PaymentError) -> Result<Bytes, Refused> {
     let mut body = BytesMut::new();
     while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut *payload).poll_next(cx)).await {
         let chunk = chunk.map_err(|error| body_refusal(PaymentError::BodyUnreadable(error.to_string())))?;
         if body.len() + chunk.len() > limit {
-            return Err(body_refusal(PaymentError::BodyTooLarge { limit }));
+            return Err(body_refusal(too_long));
         }
         body.extend_from_slice(&chunk);
     }
@@ -118,16 +124,137 @@ fn body_refusal(error: PaymentError) -> Refused {
     (refusal, response)
 }
 
-/// Verifies the request's payment for `credits` and records it in `state`; `Err` is
-/// the answer to send instead (402 or 500): the handler never runs.
+/// Verifies the request's payment for `credits` and records it in `state`: `Ok(None)`
+/// runs the handler; `Ok(Some(response))` answers an idempotent retry with the stored
+/// response; `Err` is the answer to send instead (402, 409, 422, 500, 503): the
+/// handler never runs. A request with an `Idempotency-Key` has its body read (and put
+/// back in `payload`) to fingerprint it.
 pub(crate) async fn admit(
     exchange: &Exchange<'_>,
     offer: &Offer<'_>,
     credits: u64,
     state: &PaymentState,
-) -> Result<(), Refused> {
+    payload: &mut Payload,
+) -> Result<Option<HttpResponse>, Refused> {
     let seller = exchange.payments.seller();
-    flow::admit(seller, exchange, offer, credits, state).await.map_err(|refusal| exchange.refuse(refusal))
+    let keyed = keyed_request(exchange, credits, payload).await?;
+    match flow::admit(seller, exchange, offer, credits, state, keyed.as_ref()).await {
+        Ok(Admission::Run) => Ok(None),
+        Ok(Admission::Replay(stored)) => Ok(Some(replay(exchange, stored))),
+        Err(refusal) => Err(exchange.refuse(refusal)),
+    }
+}
+
+/// The request's `Idempotency-Key` and fingerprint, when it has a key, the
+/// configuration remembers keys, the request is paid and carries a well-formed token
+/// (an unpaid request gets its 402 before any body byte is read).
+async fn keyed_request(
+    exchange: &Exchange<'_>,
+    credits: u64,
+    payload: &mut Payload,
+) -> Result<Option<KeyedRequest>, Refused> {
+    let config = &exchange.payments.seller().idempotency;
+    let req = exchange.req;
+    let mut values = req.headers().get_all(idempotency::KEY_HEADER);
+    let Some(value) = values.next() else { return Ok(None) };
+    if credits == 0 || !config.is_enabled() || flow::read_token(exchange.payments.seller(), exchange).is_err()
+    {
+        return Ok(None);
+    }
+    let key = match (values.next(), idempotency::parse_key(value.as_bytes())) {
+        (None, Ok(key)) => key,
+        (Some(_), _) => {
+            let error = IdempotencyError::InvalidKey("send exactly one Idempotency-Key header".to_owned());
+            return Err(exchange.refuse(Refusal::Failed(PaymentError::Idempotency(error))));
+        }
+        (None, Err(error)) => return Err(exchange.refuse(Refusal::Failed(PaymentError::Idempotency(error)))),
+    };
+    let limit = config.max_request_body_len();
+    let body = read_body(payload, limit, PaymentError::Idempotency(IdempotencyError::BodyTooLarge { limit }))
+        .await?;
+    let path = req.uri().path_and_query().map_or(req.path(), |p| p.as_str());
+    let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+    let keyed = KeyedRequest::new(key, &route, req.method().as_str(), path, &body);
+    *payload = Payload::from(body);
+    Ok(Some(keyed))
+}
+
+/// The stored answer of an idempotent call, marked `idempotent-replayed: true`; one not
+/// kept (too long) is answered 409 with its receipt.
+fn replay(exchange: &Exchange<'_>, stored: StoredResponse) -> HttpResponse {
+    let body = stored.body.as_deref().map(|b| base64::engine::general_purpose::STANDARD.decode(b));
+    let mut response = match body {
+        Some(Ok(body)) => {
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+            let mut response = HttpResponse::with_body(status, BoxBody::new(body));
+            for (name, value) in &stored.headers {
+                if let (Ok(name), Ok(value)) =
+                    (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))
+                {
+                    response.headers_mut().append(name, value);
+                }
+            }
+            response
+        }
+        _ => {
+            let error = PaymentError::Idempotency(IdempotencyError::NotReplayable);
+            let mut response = exchange.refuse(Refusal::Failed(error)).1;
+            if let Some((_, receipt)) = stored.headers.iter().find(|(name, _)| name == PAYMENT_RESPONSE)
+                && let Ok(receipt) = HeaderValue::try_from(receipt.as_str())
+            {
+                response.headers_mut().insert(HeaderName::from_static(PAYMENT_RESPONSE), receipt);
+            }
+            response
+        }
+    };
+    response
+        .headers_mut()
+        .insert(HeaderName::from_static(idempotency::REPLAYED_HEADER), HeaderValue::from_static("true"));
+    not_for_caches(&mut response);
+    response
+}
+
+/// `response` as it is kept for replay: its status, headers and body when the body is
+/// in memory and at most `max` bytes long (a streamed or longer one is not kept).
+fn capture(response: HttpResponse, max: usize) -> (HttpResponse, StoredResponse) {
+    const NOT_KEPT: [&str; 4] = ["content-length", "transfer-encoding", "connection", "date"];
+    let headers = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| !NOT_KEPT.contains(&name.as_str()))
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .collect();
+    let status = response.status().as_u16();
+    let (response, body) = response.into_parts();
+    let (body, kept) = match body.try_into_bytes() {
+        Ok(bytes) if bytes.len() <= max => {
+            let kept = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            (BoxBody::new(bytes), Some(kept))
+        }
+        Ok(bytes) => (BoxBody::new(bytes), None),
+        Err(body) => (body, None),
+    };
+    (response.set_body(body), StoredResponse { status, headers, body: kept })
+}
+
+/// Completes the request's idempotency claim with `response`, kept for replay when its
+/// body is at most `max` bytes (`keep`), or releases it (nothing was charged: a retry
+/// runs afresh).
+pub(crate) async fn finish_claim(
+    exchange: &Exchange<'_>,
+    claim: Claim,
+    response: HttpResponse,
+    keep: bool,
+    max: usize,
+) -> HttpResponse {
+    let config = &exchange.payments.seller().idempotency;
+    if !keep {
+        idempotency::release(config, claim).await;
+        return response;
+    }
+    let (response, stored) = capture(response, max);
+    idempotency::complete(config, claim, stored).await;
+    response
 }
 
 /// Settles the verified payment of `state` if `response` is a success, exactly once,
@@ -144,22 +271,38 @@ pub(crate) async fn settle(
     mut response: HttpResponse,
 ) -> HttpResponse {
     let seller = exchange.payments.seller();
+    let claim = state.claim.borrow_mut().take();
     if state.verified.get().is_some()
         && response.status().is_success()
         && super::stream::after_body(point, &response)
     {
         let (payments, req) = (exchange.payments.clone(), exchange.req.clone());
         not_for_caches(&mut response);
-        return super::stream::settle_after_body(payments, req, Rc::clone(state), response);
+        return super::stream::settle_after_body(payments, req, Rc::clone(state), response, claim);
     }
-    match flow::settle(seller, exchange, state, response.status().as_u16()).await {
-        Settlement::None => response,
+    let (response, keep) = match flow::settle(seller, exchange, state, response.status().as_u16()).await {
+        Settlement::None => {
+            let succeeded = response.status().is_success();
+            (response, succeeded)
+        }
         Settlement::Settled(receipt) | Settlement::FailedDelivered(receipt) => {
             attach_receipt(&mut response, &receipt);
             not_for_caches(&mut response);
-            response
+            (response, true)
         }
-        Settlement::Refused(refusal) => exchange.refuse(refusal).1,
+        // An unknown outcome may have been charged: its answer is kept, so a retry is
+        // never charged again for it.
+        Settlement::Refused(refusal) => {
+            let unknown = matches!(refusal, Refusal::OutcomeUnknown { .. });
+            (exchange.refuse(refusal).1, unknown)
+        }
+    };
+    match claim {
+        Some(claim) => {
+            let max = seller.idempotency.max_response_body_len();
+            finish_claim(exchange, claim, response, keep, max).await
+        }
+        None => response,
     }
 }
 

@@ -20,13 +20,15 @@ use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::header::CONTENT_TYPE;
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::rt::task::JoinHandle;
-use actix_web::web::Bytes;
+use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 
 use super::payments::Payments;
 use super::paywall::Exchange;
 use crate::error::Refusal;
+use crate::flow::idempotency::{self, Claim};
 use crate::flow::{self, PaymentState, SettlePoint, Settlement};
 use crate::wire::{PAYMENT_RESPONSE, SettleResponse};
 
@@ -40,20 +42,36 @@ pub(crate) fn after_body(point: Option<SettlePoint>, response: &HttpResponse) ->
     }
 }
 
-/// `response` with its body settled at its end (see the module docs).
+/// `response` with its body settled at its end (see the module docs). With an
+/// idempotency `claim`, the body is also kept (up to the configured size) and stored
+/// for replay once settled.
 pub(crate) fn settle_after_body(
     payments: Payments,
     req: HttpRequest,
     state: Rc<PaymentState>,
     response: HttpResponse,
+    claim: Option<Claim>,
 ) -> HttpResponse {
     let sse = response
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    let kept = claim.map(|claim| Kept {
+        claim,
+        head: HttpResponse::with_body(response.status(), ()).map_into_boxed_body(),
+        body: Some(BytesMut::new()),
+        max: payments.seller().idempotency.max_response_body_len(),
+    });
+    let kept = kept.map(|mut kept| {
+        for (name, value) in response.headers() {
+            kept.head.headers_mut().append(name.clone(), value.clone());
+        }
+        kept
+    });
     let (response, body) = response.into_parts();
-    let body = SettledBody { body, phase: Phase::Streaming(Some(Pending { payments, req, state, sse })) };
+    let pending = Pending { payments, req, state, sse, kept };
+    let body = SettledBody { body, phase: Phase::Streaming(Some(pending)) };
     response.set_body(BoxBody::new(body))
 }
 
@@ -63,24 +81,77 @@ struct Pending {
     req: HttpRequest,
     state: Rc<PaymentState>,
     sse: bool,
+    /// The idempotency claim and the body kept for its replay.
+    kept: Option<Kept>,
+}
+
+/// A streamed answer kept for an idempotent replay.
+struct Kept {
+    claim: Claim,
+    /// The status and headers sent.
+    head: HttpResponse,
+    /// The body so far; `None` once longer than `max`, or cut.
+    body: Option<BytesMut>,
+    max: usize,
+}
+
+impl Kept {
+    fn push(&mut self, chunk: &Bytes) {
+        if self.body.as_ref().is_some_and(|body| body.len() + chunk.len() > self.max) {
+            self.body = None;
+        }
+        if let Some(body) = &mut self.body {
+            body.extend_from_slice(chunk);
+        }
+    }
 }
 
 impl Pending {
     /// Starts the settlement on its own task (so a client that leaves while it runs
-    /// cannot cancel it half-way), answering the final event of an SSE body.
-    fn start(self) -> JoinHandle<Option<Bytes>> {
+    /// cannot cancel it half-way), answering the final event of an SSE body. `whole`
+    /// says whether the body was sent to its end.
+    fn start(self, whole: bool) -> JoinHandle<Option<Bytes>> {
         actix_web::rt::spawn(async move {
             let exchange = Exchange { payments: &self.payments, req: &self.req };
             let amount = self.state.amount_due();
             let settlement = flow::settle(self.payments.seller(), &exchange, &self.state, 200).await;
+            // Charged (or maybe charged): kept for replay; refused: released.
+            let charged = !matches!(settlement, Settlement::Refused(Refusal::PaymentRequired { .. }));
             let receipt = receipt_of(&exchange, amount, settlement);
-            match (receipt, self.sse) {
+            let last = match (&receipt, self.sse) {
                 (Some(receipt), true) => {
                     Some(Bytes::from(format!("event: {PAYMENT_RESPONSE}\ndata: {}\n\n", receipt.to_header())))
                 }
                 _ => None,
+            };
+            if let Some(mut kept) = self.kept {
+                if let Some(receipt) = &receipt
+                    && let Ok(value) = HeaderValue::try_from(receipt.to_header())
+                {
+                    kept.head.headers_mut().insert(HeaderName::from_static(PAYMENT_RESPONSE), value);
+                }
+                if let Some(last) = &last {
+                    kept.push(last);
+                }
+                let body = kept.body.filter(|_| whole).map(BytesMut::freeze).unwrap_or_default();
+                let head = kept.head.set_body(BoxBody::new(body));
+                let max = if whole { kept.max } else { 0 };
+                let _ = super::paywall::finish_claim(&exchange, kept.claim, head, charged, max).await;
             }
+            last
         })
+    }
+}
+
+impl Pending {
+    /// A stream that failed charged nothing: its idempotency claim is released.
+    fn release(self) {
+        if let Some(kept) = self.kept {
+            let payments = self.payments;
+            actix_web::rt::spawn(async move {
+                idempotency::release(&payments.seller().idempotency, kept.claim).await;
+            });
+        }
     }
 }
 
@@ -138,16 +209,22 @@ impl MessageBody for SettledBody {
             match &mut this.phase {
                 Phase::Streaming(pending) => match Pin::new(&mut this.body).poll_next(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Ok(chunk))) => return Poll::Ready(Some(Ok(chunk))),
+                    Poll::Ready(Some(Ok(chunk))) => {
+                        if let Some(kept) = pending.as_mut().and_then(|p| p.kept.as_mut()) {
+                            kept.push(&chunk);
+                        }
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
                     Poll::Ready(Some(Err(error))) => {
                         if let Some(pending) = pending.take() {
                             tracing::warn!(path = pending.req.path(), %error, "the paid stream failed: nothing settled");
+                            pending.release();
                         }
                         this.phase = Phase::Done;
                         return Poll::Ready(Some(Err(error)));
                     }
                     Poll::Ready(None) => match pending.take() {
-                        Some(pending) => this.phase = Phase::Settling(pending.start()),
+                        Some(pending) => this.phase = Phase::Settling(pending.start(true)),
                         None => this.phase = Phase::Done,
                     },
                 },
@@ -176,7 +253,7 @@ impl Drop for SettledBody {
                 path = pending.req.path(),
                 "the client left during the paid stream: settling what was delivered"
             );
-            drop(pending.start());
+            drop(pending.start(false));
         }
     }
 }

@@ -15,7 +15,9 @@ use crate::wire::{Accepted, PaymentRequired};
 use crate::wire::{
     CODE_SPENT, DelegationConfig, PermissionsRequest, ResourceBinding, SETTLEMENT_UNKNOWN, SettleResponse,
 };
-use crate::wire::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE};
+use crate::wire::{
+    IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
+};
 
 /// The `reqwest` this crate is built with (0.12), re-exported so that your requests,
 /// responses and errors are the very types [`PayingClient`] takes and returns, whatever
@@ -60,6 +62,9 @@ pub enum ClientError {
     /// The request has a streaming body and cannot be sent twice.
     #[error("the request cannot be retried with a token: its body is a stream; use a buffered body")]
     NotRetryable,
+    /// The request's own `Idempotency-Key` header is not visible ASCII.
+    #[error("the request's Idempotency-Key header is not visible ASCII: use a UUID or another ASCII key")]
+    InvalidIdempotencyKey,
     /// The 402 carried no `payment-required` header, or one that is not ASCII.
     #[error("the 402 carried no readable payment-required header; the seller is not speaking x402")]
     NoEnvelope,
@@ -305,6 +310,19 @@ pub struct PaidResponse {
     pub paid: bool,
     /// What became of the payment; see [`PaymentOutcome`].
     pub outcome: PaymentOutcome,
+    /// The `Idempotency-Key` the call was sent with (yours, or the one
+    /// [`PayingClient::send`] made): send the same request again with this key and a
+    /// seller that remembers keys answers with this call's response, without charging
+    /// again.
+    pub idempotency_key: String,
+}
+
+impl PaidResponse {
+    /// Whether the seller answered with the stored response of an earlier call with the
+    /// same `Idempotency-Key` (`idempotent-replayed: true`): not run, not charged again.
+    pub fn replayed(&self) -> bool {
+        self.response.headers().get(IDEMPOTENT_REPLAYED).is_some_and(|v| v.as_bytes() == b"true")
+    }
 }
 
 /// An HTTP client that pays 402 answers by itself: it decodes the envelope, mints (or
@@ -316,6 +334,13 @@ pub struct PaidResponse {
 /// token is refused; a 402 with a `payment-response` (settlement attempted) is returned
 /// as [`PaymentOutcome::SettlementFailed`] and never retried, so one `send` never pays
 /// twice.
+///
+/// Every call carries an `Idempotency-Key` (a fresh one per `send`, the same on its own
+/// retries; set the header yourself to choose it), returned as
+/// [`PaidResponse::idempotency_key`]. After a lost response, send the same request again
+/// with that key: a seller that remembers keys (this crate's does by default) answers
+/// with the first response and its receipt, and does not charge again
+/// ([`PaidResponse::replayed`]).
 ///
 /// ```no_run
 /// # async fn demo(subscriber: nvm_runtime::client::Subscriber) -> Result<(), nvm_runtime::client::ClientError> {
@@ -367,12 +392,26 @@ impl PayingClient {
     /// [`http`](Self::http) (or a `nvm_runtime::client::reqwest::Client`); one from
     /// another `reqwest` version in your crate is a different type and is refused.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<PaidResponse, ClientError> {
-        let request = request.build().map_err(Box::new)?;
+        let mut request = request.build().map_err(Box::new)?;
+        let key = match request.headers().get(IDEMPOTENCY_KEY) {
+            Some(key) => key.to_str().map_err(|_| ClientError::InvalidIdempotencyKey)?.to_owned(),
+            None => {
+                let key = crate::wire::codec::unique_id();
+                let value = reqwest::header::HeaderValue::try_from(key.as_str())
+                    .map_err(|_| ClientError::InvalidIdempotencyKey)?;
+                request.headers_mut().insert(IDEMPOTENCY_KEY, value);
+                key
+            }
+        };
+        self.send_keyed(request, key).await
+    }
+
+    async fn send_keyed(&self, request: reqwest::Request, key: String) -> Result<PaidResponse, ClientError> {
         let first = request.try_clone().ok_or(ClientError::NotRetryable)?;
         let sent_token = first.headers().contains_key(PAYMENT_SIGNATURE);
         let response = self.http.execute(first).await.map_err(Box::new)?;
         if response.status().as_u16() != 402 || settlement_attempted(&response) {
-            return Ok(finish(response, sent_token));
+            return Ok(finish(response, sent_token, key));
         }
         let envelope = read_envelope(&response)?;
         let accepted = envelope.first().cloned().ok_or(ClientError::NothingAccepted)?;
@@ -395,7 +434,7 @@ impl PayingClient {
             if settlement_attempted(&response) && !response.status().is_success() {
                 tracing::warn!(token = %token.hash(), status = response.status().as_u16(), "settlement failed or its outcome is unknown after the handler ran; not paying again");
             }
-            return Ok(finish(response, true));
+            return Ok(finish(response, true, key));
         }
     }
 }
@@ -428,7 +467,7 @@ fn receipt_of(response: &reqwest::Response) -> Option<Result<SettleResponse, Str
     Some(SettleResponse::from_header(text).map_err(|e| e.to_string()))
 }
 
-fn finish(response: reqwest::Response, paid: bool) -> PaidResponse {
+fn finish(response: reqwest::Response, paid: bool, idempotency_key: String) -> PaidResponse {
     let status = response.status();
     let decoded = receipt_of(&response);
     let outcome = match &decoded {
@@ -457,7 +496,7 @@ fn finish(response: reqwest::Response, paid: bool) -> PaidResponse {
         None if paid => PaymentOutcome::Unsettled,
         None => PaymentOutcome::NotRequired,
     };
-    PaidResponse { response, receipt: decoded.and_then(Result::ok), paid, outcome }
+    PaidResponse { response, receipt: decoded.and_then(Result::ok), paid, outcome, idempotency_key }
 }
 
 fn is_event_stream(response: &reqwest::Response) -> bool {

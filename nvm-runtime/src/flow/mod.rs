@@ -5,11 +5,14 @@
 //! typed values ([`Refusal`], [`Settlement`]) that the web layer renders.
 
 pub(crate) mod cache;
+pub(crate) mod idempotency;
 mod pending;
 mod state;
 mod terms;
 
 use cache::{CacheKey, VerifyCache};
+pub use idempotency::Idempotency;
+use idempotency::{Claimed, Found, KeyedRequest, StoredResponse};
 pub use pending::{PendingSettlement, PendingSettlements};
 pub use state::{Meter, MeterFull};
 pub(crate) use state::{PaymentState, Verified};
@@ -17,7 +20,7 @@ pub(crate) use terms::Offer;
 pub use terms::{Id, SettlePoint, Terms};
 
 use crate::backend::{Facilitator, PlanCatalog, RequestRef, SettleOutcome};
-use crate::error::{ConfigError, FacilitatorError, PaymentError, Refusal};
+use crate::error::{ConfigError, FacilitatorError, IdempotencyError, PaymentError, Refusal};
 use crate::wire::codec::{JsonShape, MAX_HEADER_LEN, decode_json_header};
 use crate::wire::{
     AccessToken, Amount, CODE_SPENT, NETWORK_STRIPE, PaymentRequired, SCHEME_CARD_DELEGATION,
@@ -35,6 +38,8 @@ pub(crate) struct Seller {
     pub(crate) deliver_on_settle_failure: bool,
     /// Where settlements of unknown outcome are written down.
     pub(crate) pending: PendingSettlements,
+    /// Where idempotent calls and settled single-use tokens are remembered.
+    pub(crate) idempotency: Idempotency,
 }
 
 /// What the flow reads of a request and tells about it: the web layer implements it
@@ -70,26 +75,126 @@ pub(crate) enum Settlement {
     Refused(Refusal),
 }
 
+/// What the handler's side does after [`admit`].
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Verified (or free): run the handler, then [`settle`].
+    Run,
+    /// An idempotent retry of a call already served and charged: answer with its
+    /// stored response; no handler, no settlement.
+    Replay(StoredResponse),
+}
+
 /// Verifies the request's payment for `credits` and records it in `state`.
 ///
-/// `Ok` lets the handler run (verified, or free when `credits` is 0); `Err` is the
-/// refusal to answer instead: the handler never runs.
+/// `Ok(Run)` lets the handler run (verified, or free when `credits` is 0);
+/// `Ok(Replay)` answers a retry of an idempotent call; `Err` is the refusal to answer
+/// instead: the handler never runs. `keyed` is the request's `Idempotency-Key`, when it
+/// has one and the configuration remembers them.
 pub(crate) async fn admit(
     seller: &Seller,
     host: &impl Host,
     offer: &Offer<'_>,
     credits: u64,
     state: &PaymentState,
-) -> Result<(), Refusal> {
+    keyed: Option<&KeyedRequest>,
+) -> Result<Admission, Refusal> {
     if credits == 0 {
         tracing::debug!(path = host.path(), "free request: credits resolved to 0");
-        return Ok(());
+        return Ok(Admission::Run);
     }
     let envelope = envelope(seller, host, offer).await;
     let token = match read_token(seller, host) {
         Ok(token) => token,
         Err(error) => return Err(Refusal::payment_required(envelope, error)),
     };
+    let store = seller.idempotency.store();
+    let single_use = store.is_some() && token.decode().is_ok_and(|payload| payload.is_single_use());
+    if let (Some(store), true) = (store, single_use) {
+        match idempotency::is_spent(store, &token).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(token = %token.hash(), "single-use token already settled (seen in the store); refused");
+                let reason =
+                    format!("{CODE_SPENT}: this single-use token was already settled; mint a new one");
+                return Err(Refusal::payment_required(envelope, PaymentError::Rejected { reason }));
+            }
+            Err(error) => return Err(Refusal::Failed(PaymentError::Idempotency(error))),
+        }
+    }
+    let found = match (store, keyed) {
+        (Some(store), Some(keyed)) => {
+            match idempotency::find(&seller.idempotency, store, &token, offer.plan_id, keyed).await {
+                Ok(Found::Replay(response)) => {
+                    tracing::info!(token = %token.hash(), "idempotent retry: replaying the stored response");
+                    return Ok(Admission::Replay(response));
+                }
+                Ok(found) => Some((store, keyed, found)),
+                Err(error) => return Err(Refusal::Failed(PaymentError::Idempotency(error))),
+            }
+        }
+        _ => None,
+    };
+    let verified = verify(seller, host, offer, credits, envelope, token, single_use).await?;
+    if let Some((store, keyed, found)) = found {
+        let store_key = match keyed_next(found, &verified)? {
+            Next::Replay(response) => return Ok(Admission::Replay(response)),
+            Next::Claim(store_key) => store_key,
+        };
+        let payer = verified.verification.payer.clone();
+        let claimed =
+            idempotency::claim(&seller.idempotency, store, store_key, keyed, &verified.token, payer)
+                .await
+                .map_err(|error| Refusal::Failed(PaymentError::Idempotency(error)))?;
+        match claimed {
+            Claimed::Won(claim) => *state.claim.borrow_mut() = Some(claim),
+            Claimed::Lost(found) => match keyed_next(found, &verified)? {
+                Next::Replay(response) => return Ok(Admission::Replay(response)),
+                Next::Claim(_) => {
+                    return Err(Refusal::Failed(PaymentError::Idempotency(IdempotencyError::InFlight)));
+                }
+            },
+        }
+    }
+    keep(state, verified);
+    Ok(Admission::Run)
+}
+
+/// What a verified request with a key does next, from what the store said.
+enum Next {
+    Claim(String),
+    Replay(StoredResponse),
+}
+
+fn keyed_next(found: Found, verified: &Verified) -> Result<Next, Refusal> {
+    match found {
+        Found::Absent { store_key } => Ok(Next::Claim(store_key)),
+        Found::Replay(response) => Ok(Next::Replay(response)),
+        Found::ReplayIfPayer { payer, response } => {
+            let same = payer
+                .as_deref()
+                .zip(verified.verification.payer.as_deref())
+                .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b));
+            if same {
+                tracing::info!(token = %verified.token.hash(), "idempotent retry with another token of the same payer: replaying");
+                Ok(Next::Replay(response))
+            } else {
+                Err(Refusal::Failed(PaymentError::Idempotency(IdempotencyError::KeyReused)))
+            }
+        }
+    }
+}
+
+/// Verifies `token` for `credits` (from the cache when it holds the verification).
+async fn verify(
+    seller: &Seller,
+    host: &impl Host,
+    offer: &Offer<'_>,
+    credits: u64,
+    envelope: PaymentRequired,
+    token: AccessToken,
+    single_use: bool,
+) -> Result<Verified, Refusal> {
     // `token.hash()` (a SHA-256) is written inside the log macros: computed only for the
     // lines that are enabled.
     let cache_key = seller.cache.as_ref().map(|_| {
@@ -100,8 +205,15 @@ pub(crate) async fn admit(
     {
         tracing::debug!(token = %token.hash(), "verification served from cache");
         host.after_verify(&verification);
-        store(state, Verified { token, envelope, credits, verification, cache_key, from_cache: true });
-        return Ok(());
+        return Ok(Verified {
+            token,
+            envelope,
+            credits,
+            verification,
+            cache_key,
+            from_cache: true,
+            single_use,
+        });
     }
 
     host.before_verify(&envelope);
@@ -138,11 +250,10 @@ pub(crate) async fn admit(
     if let (Some(cache), Some(key)) = (&seller.cache, &cache_key) {
         cache.insert(key.clone(), verification.clone());
     }
-    store(state, Verified { token, envelope, credits, verification, cache_key, from_cache: false });
-    Ok(())
+    Ok(Verified { token, envelope, credits, verification, cache_key, from_cache: false, single_use })
 }
 
-fn store(state: &PaymentState, verified: Verified) {
+fn keep(state: &PaymentState, verified: Verified) {
     // A state is admitted once per request; a second admission keeps the first.
     let _ = state.verified.set(verified);
 }
@@ -187,7 +298,12 @@ pub(crate) async fn settle(
         answered => answered,
     };
     let (receipt, reason, source) = match outcome {
-        SettleOutcome::Settled(receipt) => return settled(host, amount, receipt),
+        SettleOutcome::Settled(receipt) => {
+            if verified.single_use {
+                idempotency::mark_spent(&seller.idempotency, &verified.token).await;
+            }
+            return settled(host, amount, receipt);
+        }
         SettleOutcome::Unknown(error) => return unknown(seller, host, verified, amount, &request, error),
         SettleOutcome::Declined(receipt) => {
             let reason = receipt.error_reason.clone().unwrap_or_else(|| "settlement failed".to_owned());

@@ -1,10 +1,11 @@
 //! The payment state of one request, shared by the flow and the handler's view of it.
 
-use std::cell::{Cell, OnceCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::cache::CacheKey;
+use super::idempotency::Claim;
 use crate::wire::{AccessToken, PaymentRequired, VerifyResponse};
 
 /// A verified payment, before settlement.
@@ -19,6 +20,9 @@ pub(crate) struct Verified {
     /// Whether `verification` came from the cache (its request id belongs to an
     /// earlier request and must not be settled again).
     pub(crate) from_cache: bool,
+    /// Whether the token is single-use (known when a store guards them): marked spent
+    /// in the store once settled.
+    pub(crate) single_use: bool,
 }
 
 /// The payment state of one request.
@@ -27,6 +31,8 @@ pub(crate) struct PaymentState {
     pub(crate) verified: OnceCell<Verified>,
     pub(crate) charge: Cell<Option<u64>>,
     pub(crate) settled: Cell<bool>,
+    /// The request's claim on its idempotency key, until completed or released.
+    pub(crate) claim: RefCell<Option<Claim>>,
     /// The usage metered by the handler or its stream (shared with its [`Meter`]s);
     /// made by the first meter, so an unmetered request allocates nothing for it.
     meter: OnceCell<Arc<Metered>>,

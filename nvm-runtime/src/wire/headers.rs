@@ -7,3 +7,10 @@ pub const PAYMENT_SIGNATURE: &str = "payment-signature";
 pub const PAYMENT_REQUIRED: &str = "payment-required";
 /// Server → client: base64 JSON settlement receipt.
 pub const PAYMENT_RESPONSE: &str = "payment-response";
+/// Client → server: the key of one logical call (the IETF httpapi
+/// `Idempotency-Key` draft), the same on each of its retries, so a seller that
+/// remembers keys answers a retry with the first answer and never charges it twice.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Server → client: `true` on an answer replayed for a retried `Idempotency-Key` (not
+/// run, not charged again).
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";

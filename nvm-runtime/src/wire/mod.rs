@@ -153,7 +153,9 @@ pub use envelope::{
     Accepted, EnvelopeBuilder, Extra, NETWORK_STRIPE, PaymentRequired, Resource, SCHEME_CARD_DELEGATION,
     SCHEME_ERC4337, X402_VERSION,
 };
-pub use headers::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE};
+pub use headers::{
+    IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
+};
 pub use messages::{
     AgentRequest, Amount, BackendError, Balance, CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE,
     DelegationConfig, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SETTLEMENT_UNKNOWN,
