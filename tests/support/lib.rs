@@ -205,3 +205,102 @@ impl Form {
         }
     }
 }
+
+/// A real `redis-server` on a free loopback port, with no persistence, killed when
+/// dropped. A test that needs one and cannot start it fails, saying how to install it.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one on a free port.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        Self::start_on(port)
+    }
+
+    /// Starts one on `port` (to bring a stopped one back where its clients look),
+    /// installing `redis-server` from the distribution's packages first when it is
+    /// missing.
+    pub fn start_on(port: u16) -> Self {
+        install_redis_once();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "redis-server could not be started ({error}): these tests need a real Redis; install it \
+                     with `apt-get install -y redis-server` (.ci/run does)"
+                )
+            });
+        let server = RedisServer { child: Some(child), port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !server.answers_ping() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not answer PING on port {port} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether it answers `PING` now.
+    pub fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut answer = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+
+    /// Kills it (its data is gone: it never persisted any).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Installs `redis-server` with `apt-get` when it is not on the `PATH` (once per test
+/// process), saying so; a machine where that fails fails the test, loudly.
+fn install_redis_once() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let present = std::process::Command::new("redis-server").arg("--version").output().is_ok();
+        if present {
+            return;
+        }
+        eprintln!("redis-server is missing: installing it from the distribution's packages (apt-get install -y redis-server)");
+        let installed = std::process::Command::new("sh")
+            .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server"])
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(
+            installed,
+            "redis-server is missing and `apt-get install -y redis-server` failed: install Redis 6 or later \
+             (its `redis-server` on the PATH) to run the idempotency tests"
+        );
+    });
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

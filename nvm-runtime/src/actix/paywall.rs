@@ -249,7 +249,7 @@ pub(crate) async fn finish_claim(
 ) -> HttpResponse {
     let config = &exchange.payments.seller().idempotency;
     if !keep {
-        idempotency::release(config, claim).await;
+        idempotency::release(claim).await;
         return response;
     }
     let (response, stored) = capture(response, max);

@@ -28,7 +28,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use super::payments::Payments;
 use super::paywall::Exchange;
 use crate::error::Refusal;
-use crate::flow::idempotency::{self, Claim};
+use crate::flow::idempotency::Claim;
 use crate::flow::{self, PaymentState, SettlePoint, Settlement};
 use crate::wire::{PAYMENT_RESPONSE, SettleResponse};
 
@@ -143,18 +143,6 @@ impl Pending {
     }
 }
 
-impl Pending {
-    /// A stream that failed charged nothing: its idempotency claim is released.
-    fn release(self) {
-        if let Some(kept) = self.kept {
-            let payments = self.payments;
-            actix_web::rt::spawn(async move {
-                idempotency::release(&payments.seller().idempotency, kept.claim).await;
-            });
-        }
-    }
-}
-
 /// The receipt of a settlement after the body (which cannot be taken back): a failed
 /// one goes to the `on_settle_failed` hook and the logs.
 fn receipt_of(exchange: &Exchange<'_>, amount: u64, settlement: Settlement) -> Option<SettleResponse> {
@@ -217,8 +205,8 @@ impl MessageBody for SettledBody {
                     }
                     Poll::Ready(Some(Err(error))) => {
                         if let Some(pending) = pending.take() {
+                            // Dropped: its idempotency claim releases itself.
                             tracing::warn!(path = pending.req.path(), %error, "the paid stream failed: nothing settled");
-                            pending.release();
                         }
                         this.phase = Phase::Done;
                         return Poll::Ready(Some(Err(error)));

@@ -248,14 +248,37 @@ enum Record {
     },
 }
 
-/// The running claim of a request on its key, to complete or release.
-#[derive(Debug)]
+/// The running claim of a request on its key, to complete or release. A claim dropped
+/// unfinished (the handler's extractors failed, the request was dropped with its
+/// connection) releases itself: nothing was charged, a retry runs afresh.
 pub(crate) struct Claim {
+    store: Option<Arc<dyn Store>>,
     store_key: String,
     running: Vec<u8>,
     fingerprint: String,
     token: String,
     payer: Option<String>,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim").field("key", &self.store_key).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let Some(store) = self.store.take() else { return };
+        let (key, running) = (std::mem::take(&mut self.store_key), std::mem::take(&mut self.running));
+        tracing::debug!(%key, "idempotency claim abandoned before settlement: released");
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = store.remove(&key, &running).await {
+                    tracing::warn!(%key, %error, "an abandoned idempotency claim could not be released: retries get 409 until it expires");
+                }
+            });
+        }
+    }
 }
 
 /// What the store says of a request with a key, before it is verified.
@@ -375,7 +398,8 @@ pub(crate) async fn claim(
     let running = serde_json::to_vec(&running).unwrap_or_default();
     if store.insert_new(&store_key, running.clone(), config.claim_ttl).await.map_err(unavailable)? {
         let (fingerprint, token) = (request.fingerprint.clone(), token_digest(token));
-        return Ok(Claimed::Won(Claim { store_key, running, fingerprint, token, payer }));
+        let store = config.store.clone();
+        return Ok(Claimed::Won(Claim { store, store_key, running, fingerprint, token, payer }));
     }
     match look(config, store, store_key, token, request).await? {
         Found::Absent { .. } => Err(IdempotencyError::InFlight),
@@ -384,10 +408,11 @@ pub(crate) async fn claim(
 }
 
 /// Remembers `response` as the answer to the claim's key.
-pub(crate) async fn complete(config: &Idempotency, claim: Claim, response: StoredResponse) {
-    let Some(store) = config.store() else { return };
-    let done =
-        Record::Done { fingerprint: claim.fingerprint, token: claim.token, payer: claim.payer, response };
+pub(crate) async fn complete(config: &Idempotency, mut claim: Claim, response: StoredResponse) {
+    let Some(store) = claim.store.take() else { return };
+    let (fingerprint, token, payer) =
+        (std::mem::take(&mut claim.fingerprint), std::mem::take(&mut claim.token), claim.payer.take());
+    let done = Record::Done { fingerprint, token, payer, response };
     let done = serde_json::to_vec(&done).unwrap_or_default();
     match store.replace(&claim.store_key, &claim.running, done, config.ttl).await {
         Ok(true) => tracing::debug!(key = %claim.store_key, "idempotent call stored for replay"),
@@ -403,8 +428,8 @@ pub(crate) async fn complete(config: &Idempotency, claim: Claim, response: Store
 }
 
 /// Forgets the claim: nothing was charged, a retry runs afresh.
-pub(crate) async fn release(config: &Idempotency, claim: Claim) {
-    let Some(store) = config.store() else { return };
+pub(crate) async fn release(mut claim: Claim) {
+    let Some(store) = claim.store.take() else { return };
     if let Err(error) = store.remove(&claim.store_key, &claim.running).await {
         tracing::warn!(
             key = %claim.store_key, %error,
