@@ -57,17 +57,13 @@ pub(crate) fn settle_after_body(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
-    let kept = claim.map(|claim| Kept {
-        claim,
-        head: HttpResponse::with_body(response.status(), ()).map_into_boxed_body(),
-        body: Some(BytesMut::new()),
-        max: payments.seller().idempotency.max_response_body_len(),
-    });
-    let kept = kept.map(|mut kept| {
+    let kept = claim.map(|claim| {
+        let mut head = HttpResponse::with_body(response.status(), ()).map_into_boxed_body();
         for (name, value) in response.headers() {
-            kept.head.headers_mut().append(name.clone(), value.clone());
+            head.headers_mut().append(name.clone(), value.clone());
         }
-        kept
+        let max = payments.seller().idempotency.max_response_body_len();
+        Box::new(Kept { claim, head, body: Some(BytesMut::new()), max })
     });
     let (response, body) = response.into_parts();
     let pending = Pending { payments, req, state, sse, kept };
@@ -82,7 +78,7 @@ struct Pending {
     state: Rc<PaymentState>,
     sse: bool,
     /// The idempotency claim and the body kept for its replay.
-    kept: Option<Kept>,
+    kept: Option<Box<Kept>>,
 }
 
 /// A streamed answer kept for an idempotent replay.

@@ -137,7 +137,8 @@ pub(crate) async fn admit(
     };
     let verified = verify(seller, host, offer, credits, envelope, token, single_use).await?;
     if let Some((store, keyed, found)) = found {
-        let store_key = match keyed_next(found, &verified)? {
+        let refuse = |error| Refusal::Failed(PaymentError::Idempotency(error));
+        let store_key = match keyed_next(found, &verified).map_err(refuse)? {
             Next::Replay(response) => return Ok(Admission::Replay(response)),
             Next::Claim(store_key) => store_key,
         };
@@ -145,14 +146,12 @@ pub(crate) async fn admit(
         let claimed =
             idempotency::claim(&seller.idempotency, store, store_key, keyed, &verified.token, payer)
                 .await
-                .map_err(|error| Refusal::Failed(PaymentError::Idempotency(error)))?;
+                .map_err(refuse)?;
         match claimed {
             Claimed::Won(claim) => *state.claim.borrow_mut() = Some(claim),
-            Claimed::Lost(found) => match keyed_next(found, &verified)? {
+            Claimed::Lost(found) => match keyed_next(found, &verified).map_err(refuse)? {
                 Next::Replay(response) => return Ok(Admission::Replay(response)),
-                Next::Claim(_) => {
-                    return Err(Refusal::Failed(PaymentError::Idempotency(IdempotencyError::InFlight)));
-                }
+                Next::Claim(_) => return Err(refuse(IdempotencyError::InFlight)),
             },
         }
     }
@@ -166,7 +165,7 @@ enum Next {
     Replay(StoredResponse),
 }
 
-fn keyed_next(found: Found, verified: &Verified) -> Result<Next, Refusal> {
+fn keyed_next(found: Found, verified: &Verified) -> Result<Next, IdempotencyError> {
     match found {
         Found::Absent { store_key } => Ok(Next::Claim(store_key)),
         Found::Replay(response) => Ok(Next::Replay(response)),
@@ -179,7 +178,7 @@ fn keyed_next(found: Found, verified: &Verified) -> Result<Next, Refusal> {
                 tracing::info!(token = %verified.token.hash(), "idempotent retry with another token of the same payer: replaying");
                 Ok(Next::Replay(response))
             } else {
-                Err(Refusal::Failed(PaymentError::Idempotency(IdempotencyError::KeyReused)))
+                Err(IdempotencyError::KeyReused)
             }
         }
     }
