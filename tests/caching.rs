@@ -22,7 +22,7 @@ async fn streamed() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(("cache-control", "public, max-age=3600"))
         .content_type("text/event-stream")
-        .streaming(futures_stream(chunks))
+        .streaming(nvm_tests::ready_stream(chunks))
 }
 
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2)]
@@ -35,23 +35,6 @@ async fn macro_plain() -> HttpResponse {
 #[actix_web::get("/macro/stream")]
 async fn macro_stream() -> HttpResponse {
     streamed().await
-}
-
-/// A stream of ready items.
-fn futures_stream<const N: usize>(
-    items: [Result<web::Bytes, std::io::Error>; N],
-) -> impl futures_core::Stream<Item = Result<web::Bytes, std::io::Error>> {
-    struct Ready<I>(I);
-    impl<I: Iterator + Unpin> futures_core::Stream for Ready<I> {
-        type Item = I::Item;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<I::Item>> {
-            std::task::Poll::Ready(self.0.next())
-        }
-    }
-    Ready(items.into_iter())
 }
 
 fn app(payments: Payments) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {

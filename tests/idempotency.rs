@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, post, web};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::client::{PayingClient, Subscriber};
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
 use nvm_runtime::store::RedisStore;
 use nvm_runtime::{Idempotency, PaymentContext, Payments, paid};
@@ -91,22 +90,7 @@ async fn words(runs: web::Data<Runs>, payment: PaymentContext) -> HttpResponse {
         let _ = meter.add(1);
         Ok::<_, std::io::Error>(web::Bytes::from(format!("data: word{i}\n\n")))
     });
-    HttpResponse::Ok().content_type("text/event-stream").streaming(futures_stream(chunks))
-}
-
-/// A stream of ready items.
-fn futures_stream<I: Iterator + Unpin>(items: I) -> impl futures_core::Stream<Item = I::Item> {
-    struct Iter<I>(I);
-    impl<I: Iterator + Unpin> futures_core::Stream for Iter<I> {
-        type Item = I::Item;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<I::Item>> {
-            std::task::Poll::Ready(self.0.next())
-        }
-    }
-    Iter(items)
+    HttpResponse::Ok().content_type("text/event-stream").streaming(nvm_tests::ready_stream(chunks))
 }
 
 fn app(payments: Payments, failures: Failures) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
@@ -398,12 +382,7 @@ async fn redis_down_fails_closed_and_recovers_by_itself() {
 #[actix_web::test]
 async fn the_paying_client_sends_a_key_per_call_and_its_retry_is_free() {
     let rig = rig(Kept::Memory);
-    let subscriber = Subscriber::builder()
-        .api_key(rig.local.subscriber_api_key())
-        .backend_url(rig.local.backend_url())
-        .build()
-        .unwrap();
-    let client = PayingClient::new(subscriber);
+    let client = nvm_tests::paying_client(&rig.local);
     let url = rig.server.at("/paid");
     let first = client.send(client.http().post(&url).body("{}")).await.unwrap();
     assert_eq!(first.response.status(), 200);

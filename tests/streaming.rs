@@ -22,7 +22,7 @@ use actix_web::web::Bytes;
 use actix_web::{HttpResponse, post, web};
 use futures_core::Stream;
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::client::{PayingClient, PaymentOutcome, Subscriber};
+use nvm_runtime::client::PaymentOutcome;
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
 use nvm_runtime::wire::SettleResponse;
 use nvm_runtime::{Meter, PaymentContext, Payments, SettlePoint, paid};
@@ -393,12 +393,7 @@ async fn a_failed_settlement_after_the_stream_reaches_the_hook_and_the_last_even
 #[actix_web::test]
 async fn the_paying_client_streams_and_reads_the_receipt_at_the_end() {
     let rig = Rig::new();
-    let subscriber = Subscriber::builder()
-        .api_key(rig.local.subscriber_api_key())
-        .backend_url(rig.local.backend_url())
-        .build()
-        .unwrap();
-    let client = PayingClient::new(subscriber);
+    let client = nvm_tests::paying_client(&rig.local);
     let before = rig.balance();
     let paid = client
         .send(client.http().post(format!("{}?words=5&meter=true&delay_ms=20", rig.server.at("/stream"))))

@@ -304,3 +304,31 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A stream of the items of `items`, each ready at once (a handler's streamed body).
+pub fn ready_stream<I: IntoIterator>(items: I) -> impl futures_core::Stream<Item = I::Item>
+where
+    I::IntoIter: Unpin,
+{
+    struct Ready<I>(I);
+    impl<I: Iterator + Unpin> futures_core::Stream for Ready<I> {
+        type Item = I::Item;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<I::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Ready(items.into_iter())
+}
+
+/// A `PayingClient` paying with `local`'s demo subscriber.
+pub fn paying_client(local: &LocalFacilitator) -> nvm_runtime::client::PayingClient {
+    let subscriber = Subscriber::builder()
+        .api_key(local.subscriber_api_key())
+        .backend_url(local.backend_url())
+        .build()
+        .expect("subscriber config");
+    nvm_runtime::client::PayingClient::new(subscriber)
+}

@@ -25,7 +25,7 @@ return 0";
 ///
 /// The connection is made on first use and remade by itself after Redis goes away
 /// (redis-rs's `ConnectionManager`); while Redis does not answer, every operation fails
-/// within [`RedisStore::timeout`] and paid routes answer 503, and the server stays up.
+/// within the timeout of [`RedisStore::open_with_timeout`] and paid routes answer 503, and the server stays up.
 ///
 /// ```no_run
 /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
