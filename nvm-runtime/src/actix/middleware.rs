@@ -12,6 +12,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::error::InternalError;
 use actix_web::{Error, HttpMessage, HttpRequest};
+use tracing::Instrument as _;
 
 use super::context::attach;
 use super::credits::{CreditsFuture, CreditsSource};
@@ -289,10 +290,11 @@ where
                 return Box::pin(std::future::ready(Ok(req.into_response(response))));
             }
         };
-        Box::pin(async move {
+        let state = attach(req.request());
+        let span = paywall::telemetry_span(req.request(), &state);
+        let served = async move {
             // The request is only borrowed here: a clone kept across `service.call` would
             // make the routing below (scopes, resources) panic on its `Rc::get_mut`.
-            let state = attach(req.request());
             let mut payload = req.take_payload();
             let admitted = {
                 let http = req.request();
@@ -305,10 +307,7 @@ where
                         Ok(source) => paywall::price(&exchange, &offer, source, &mut payload, &what).await,
                         Err(_) => Err(exchange.misconfigured(ConfigError::CreditsPanicked(what))),
                     };
-                match priced {
-                    Ok(credits) => paywall::admit(&exchange, &offer, credits, &state, &mut payload).await,
-                    Err(refused) => Err(refused),
-                }
+                paywall::admit(&exchange, &offer, priced, &state, &mut payload).await
             };
             match admitted {
                 Ok(None) => {}
@@ -329,6 +328,7 @@ where
             let exchange = Exchange { payments: &payments, req: &http };
             let response = paywall::settle(&exchange, &state, config.terms.settle, response).await;
             Ok(ServiceResponse::new(http, response))
-        })
+        };
+        Box::pin(served.instrument(span))
     }
 }

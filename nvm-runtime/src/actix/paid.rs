@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, Responder, ResponseError};
+use tracing::Instrument as _;
 
 use super::context::{attach, attached};
 use super::payments::Payments;
@@ -89,14 +90,21 @@ impl Paid {
         let refused = |(refusal, response)| Rejection::new(Some(refusal), response);
         let ids =
             spec.terms.plan_id(spec.handler).and_then(|plan| Ok((plan, spec.terms.agent_id(spec.handler)?)));
-        let (plan_id, agent_id) = ids.map_err(|error| refused(exchange.misconfigured(error)))?;
+        let (plan_id, agent_id) = match ids {
+            Ok(ids) => ids,
+            Err(error) => {
+                let refusal = exchange.misconfigured(error);
+                let offer = Offer { plan_id: "", agent_id: None, terms: &spec.terms };
+                let answer = paywall::admit(&exchange, &offer, Err(refusal), &self.state, &mut self.payload);
+                return answer.await.map_err(refused);
+            }
+        };
         let offer = Offer { plan_id: &plan_id, agent_id: agent_id.as_deref(), terms: &spec.terms };
         let priced = match std::panic::catch_unwind(AssertUnwindSafe(|| route.credits(req))) {
             Ok(source) => paywall::price(&exchange, &offer, source, &mut self.payload, spec.handler).await,
             Err(_) => Err(exchange.misconfigured(ConfigError::CreditsPanicked(spec.handler.to_owned()))),
         };
-        let credits = priced.map_err(refused)?;
-        let replay = paywall::admit(&exchange, &offer, credits, &self.state, &mut self.payload).await;
+        let replay = paywall::admit(&exchange, &offer, priced, &self.state, &mut self.payload).await;
         if let Some(response) = replay.map_err(refused)? {
             return Ok(Some(response));
         }
@@ -124,16 +132,20 @@ where
     F: Future,
     F::Output: Responder,
 {
-    match paid.admit(route).await {
-        Ok(None) => {}
-        Ok(Some(replayed)) => return replayed,
-        Err(rejection) => return rejection.error_response(),
-    }
-    let args = match paid.extract::<T>().await {
-        Ok(args) => args,
-        Err(response) => return response,
+    let span = paywall::telemetry_span(&paid.req, &paid.state);
+    let served = async move {
+        match paid.admit(route).await {
+            Ok(None) => {}
+            Ok(Some(replayed)) => return replayed,
+            Err(rejection) => return rejection.error_response(),
+        }
+        let args = match paid.extract::<T>().await {
+            Ok(args) => args,
+            Err(response) => return response,
+        };
+        run(paid, handler(args)).await
     };
-    run(paid, handler(args)).await
+    served.instrument(span).await
 }
 
 /// Runs a `#[paid]` handler's body after its payment was admitted, then settles on

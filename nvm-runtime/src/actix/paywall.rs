@@ -20,6 +20,7 @@ use super::payments::Payments;
 use super::respond::{attach_receipt, not_for_caches, render, render_plain};
 use crate::error::{ConfigError, IdempotencyError, PaymentError, Refusal};
 use crate::flow::idempotency::{self, Claim, KeyedRequest, StoredResponse};
+use crate::flow::telemetry::{Outcome, Telemetry};
 use crate::flow::{self, Admission, Host, Offer, PaymentState, PendingSettlement, SettlePoint, Settlement};
 use crate::wire::{PAYMENT_RESPONSE, PaymentRequired, SettleResponse, VerifyResponse};
 
@@ -132,6 +133,28 @@ fn body_refusal(error: PaymentError) -> Refused {
 pub(crate) async fn admit(
     exchange: &Exchange<'_>,
     offer: &Offer<'_>,
+    priced: Result<u64, Refused>,
+    state: &PaymentState,
+    payload: &mut Payload,
+) -> Result<Option<HttpResponse>, Refused> {
+    let admitted = match priced {
+        Ok(credits) => admit_priced(exchange, offer, credits, state, payload).await,
+        Err(refused) => Err(refused),
+    };
+    if let Some(telemetry) = state.telemetry.get() {
+        match &admitted {
+            Ok(None) if state.verified.get().is_none() => telemetry.finish(Outcome::Free, 0),
+            Ok(None) => {}
+            Ok(Some(_)) => telemetry.finish(Outcome::Replayed, 0),
+            Err((refusal, _)) => telemetry.finish(Outcome::of(refusal), 0),
+        }
+    }
+    admitted
+}
+
+async fn admit_priced(
+    exchange: &Exchange<'_>,
+    offer: &Offer<'_>,
     credits: u64,
     state: &PaymentState,
     payload: &mut Payload,
@@ -143,6 +166,30 @@ pub(crate) async fn admit(
         Ok(Admission::Replay(stored)) => Ok(Some(replay(exchange, stored))),
         Err(refusal) => Err(exchange.refuse(refusal)),
     }
+}
+
+/// Opens the telemetry of a request that reached a paid route (once: a `#[paid]`
+/// handler under a `PaymentMiddleware` route shares it) and gives its span, for the
+/// request's future to run in.
+pub(crate) fn telemetry_span(req: &HttpRequest, state: &PaymentState) -> tracing::Span {
+    let telemetry = state.telemetry.get_or_init(|| {
+        let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+        Telemetry::start(req.method().as_str(), route)
+    });
+    telemetry.span().clone()
+}
+
+/// Reports how a request that ran its handler ended: `settlement` for `status`.
+pub(crate) fn report(state: &PaymentState, status: StatusCode, settlement: &Settlement) {
+    let Some(telemetry) = state.telemetry.get() else { return };
+    let (outcome, settled) = match settlement {
+        Settlement::None if !status.is_success() => (Outcome::HandlerFailed, 0),
+        Settlement::None => (Outcome::Paid, 0),
+        Settlement::Settled(receipt) => (Outcome::Paid, receipt.credits_redeemed_u64()),
+        Settlement::FailedDelivered(_) => (Outcome::SettleFailed, 0),
+        Settlement::Refused(refusal) => (Outcome::of(refusal), 0),
+    };
+    telemetry.finish(outcome, settled);
 }
 
 /// The request's `Idempotency-Key` and fingerprint, when it has a key, the
@@ -280,7 +327,9 @@ pub(crate) async fn settle(
         not_for_caches(&mut response);
         return super::stream::settle_after_body(payments, req, Rc::clone(state), response, claim);
     }
-    let (response, keep) = match flow::settle(seller, exchange, state, response.status().as_u16()).await {
+    let settlement = flow::settle(seller, exchange, state, response.status().as_u16()).await;
+    report(state, response.status(), &settlement);
+    let (response, keep) = match settlement {
         Settlement::None => {
             let succeeded = response.status().is_success();
             (response, succeeded)

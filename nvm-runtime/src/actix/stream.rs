@@ -29,6 +29,7 @@ use super::payments::Payments;
 use super::paywall::Exchange;
 use crate::error::Refusal;
 use crate::flow::idempotency::Claim;
+use crate::flow::telemetry::Outcome;
 use crate::flow::{self, PaymentState, SettlePoint, Settlement};
 use crate::wire::{PAYMENT_RESPONSE, SettleResponse};
 
@@ -111,6 +112,7 @@ impl Pending {
             let exchange = Exchange { payments: &self.payments, req: &self.req };
             let amount = self.state.amount_due();
             let settlement = flow::settle(self.payments.seller(), &exchange, &self.state, 200).await;
+            super::paywall::report(&self.state, actix_web::http::StatusCode::OK, &settlement);
             // Charged (or maybe charged): kept for replay; refused: released.
             let charged = !matches!(settlement, Settlement::Refused(Refusal::PaymentRequired { .. }));
             let receipt = receipt_of(&exchange, amount, settlement);
@@ -203,6 +205,9 @@ impl MessageBody for SettledBody {
                         if let Some(pending) = pending.take() {
                             // Dropped: its idempotency claim releases itself.
                             tracing::warn!(path = pending.req.path(), %error, "the paid stream failed: nothing settled");
+                            if let Some(telemetry) = pending.state.telemetry.get() {
+                                telemetry.finish(Outcome::HandlerFailed, 0);
+                            }
                         }
                         this.phase = Phase::Done;
                         return Poll::Ready(Some(Err(error)));

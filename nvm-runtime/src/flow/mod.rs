@@ -8,6 +8,7 @@ pub(crate) mod cache;
 pub(crate) mod idempotency;
 mod pending;
 mod state;
+pub(crate) mod telemetry;
 mod terms;
 
 use cache::{CacheKey, VerifyCache};
@@ -99,6 +100,10 @@ pub(crate) async fn admit(
     state: &PaymentState,
     keyed: Option<&KeyedRequest>,
 ) -> Result<Admission, Refusal> {
+    let telemetry = state.telemetry.get();
+    if let Some(telemetry) = telemetry {
+        telemetry.asked(offer.plan_id, credits);
+    }
     if credits == 0 {
         tracing::debug!(path = host.path(), "free request: credits resolved to 0");
         return Ok(Admission::Run);
@@ -135,7 +140,11 @@ pub(crate) async fn admit(
         }
         _ => None,
     };
+    let started = std::time::Instant::now();
     let verified = verify(seller, host, offer, credits, envelope, token, single_use).await?;
+    if let (Some(telemetry), false) = (telemetry, verified.from_cache) {
+        telemetry.verified(started.elapsed(), verified.verification.request_id());
+    }
     if let Some((store, keyed, found)) = found {
         let refuse = |error| Refusal::Failed(PaymentError::Idempotency(error));
         let store_key = match keyed_next(found, &verified).map_err(refuse)? {
@@ -289,7 +298,12 @@ pub(crate) async fn settle(
         agent_request_id: if verified.from_cache { None } else { verified.verification.request_id() },
     };
     let hash = verified.token.hash();
-    let outcome = match seller.facilitator.settle_outcome_ref(&request).await {
+    let started = std::time::Instant::now();
+    let first = seller.facilitator.settle_outcome_ref(&request).await;
+    if let Some(telemetry) = state.telemetry.get() {
+        telemetry.settle_took(started.elapsed());
+    }
+    let outcome = match first {
         SettleOutcome::Unknown(error) => {
             tracing::warn!(token = %hash, credits = amount, %error, "settlement outcome unknown: its answer was lost");
             resolve_unknown(seller, verified, &request, error).await

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::cache::CacheKey;
 use super::idempotency::Claim;
+use super::telemetry::Telemetry;
 use crate::wire::{AccessToken, PaymentRequired, VerifyResponse};
 
 /// A verified payment, before settlement.
@@ -33,6 +34,9 @@ pub(crate) struct PaymentState {
     pub(crate) settled: Cell<bool>,
     /// The request's claim on its idempotency key, until completed or released.
     pub(crate) claim: RefCell<Option<Claim>>,
+    /// Its span and metrics, opened by the web layer when the request reaches a paid
+    /// route.
+    pub(crate) telemetry: OnceCell<Telemetry>,
     /// The usage metered by the handler or its stream (shared with its [`Meter`]s);
     /// made by the first meter, so an unmetered request allocates nothing for it.
     meter: OnceCell<Arc<Metered>>,
