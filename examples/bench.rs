@@ -42,10 +42,31 @@
 //! latency is a minimum: a delayed answer comes on the timer's next millisecond tick (one
 //! call at 40 ms takes about 41.6 ms), so about 0.96 is the ceiling; the connections moving
 //! in step, queuing for the 2 cores at every hop, take a little more.
+//!
+//! A third section measures idempotent paid calls ([`Idempotency`]; `--no-idempotency`
+//! skips it), with four more servers of the same `#[paid]` handler, each with 1 worker:
+//!
+//! - `paid+nostore`: [`Idempotency::disabled`], the baseline;
+//! - `paid+memory`: [`Idempotency::in_memory`], a distinct `idempotency-key` on every
+//!   request (`CONNECTION:COUNTER`), so every request is run, settled and stored;
+//! - `paid+redis`: the same with a [`RedisStore`] on a `redis-server` the bench starts on
+//!   a free loopback port (it fails, exit 2, when `redis-server` cannot be started:
+//!   `apt-get install -y redis-server`);
+//! - `replay`: [`Idempotency::in_memory`] and the same key on every request: after the
+//!   first (sent before the warm-up), each is answered from the store
+//!   (`idempotent-replayed: true`, the original receipt) with no facilitator call.
+//!
+//! It reports paid+memory and paid+redis throughput as ratios to paid+nostore (side by
+//! side in the same rounds), and the cost of a replay: its req/s, latency and CPU per
+//! request against paid+nostore, and its facilitator calls per request, asserted 0. 10
+//! rounds of 0.5 s (quick: 1 of 0.3 s); `--only paid+nostore,paid+memory,paid+redis,replay`
+//! runs this section alone.
 
 use std::fmt::Write as _;
-use std::io;
+use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -54,9 +75,10 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use nvm_runtime::backend::Facilitator;
 use nvm_runtime::local::{Calls, DEMO_PLAN_ID, LocalFacilitator, MintOptions};
+use nvm_runtime::store::RedisStore;
 use nvm_runtime::wire::PaymentRequired;
 use nvm_runtime::wire::{Amount, FacilitatorRequest, SettleResponse};
-use nvm_runtime::{Payments, paid};
+use nvm_runtime::{Idempotency, Payments, paid};
 use tokio::net::TcpStream;
 
 /// The network of the local facilitator's demo plan (a crypto plan on Base Sepolia).
@@ -69,7 +91,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BALANCE: u64 = 1 << 60;
 
 // ---------------------------------------------------------------------------------------
-// The handlers: the same body for all four servers.
+// The handlers: the same body for every server.
 
 /// The work every server does.
 async fn work() -> &'static str {
@@ -81,7 +103,7 @@ async fn plain() -> &'static str {
     work().await
 }
 
-/// `paid` and `paid+cache`: the macro (the two servers differ by their `Payments`).
+/// Every paying server but `handwritten`: the macro (they differ by their `Payments`).
 #[paid(plan = DEMO_PLAN_ID, credits = 1)]
 async fn paid_work() -> &'static str {
     work().await
@@ -157,6 +179,12 @@ struct Settings {
     latency_rounds: usize,
     latency_duration: Duration,
     latency_warmup: Duration,
+    /// The third section (idempotency), unless `--no-idempotency`: its rounds, window and
+    /// warm-up per server.
+    idempotency: bool,
+    idempotency_rounds: usize,
+    idempotency_duration: Duration,
+    idempotency_warmup: Duration,
 }
 
 impl Settings {
@@ -172,6 +200,10 @@ impl Settings {
             latency_rounds: 6,
             latency_duration: Duration::from_secs(1),
             latency_warmup: Duration::from_millis(500),
+            idempotency: true,
+            idempotency_rounds: 10,
+            idempotency_duration: Duration::from_millis(500),
+            idempotency_warmup: Duration::from_millis(500),
         }
     }
 
@@ -187,6 +219,10 @@ impl Settings {
             latency_rounds: 1,
             latency_duration: Duration::from_millis(400),
             latency_warmup: Duration::from_millis(200),
+            idempotency: true,
+            idempotency_rounds: 1,
+            idempotency_duration: Duration::from_millis(300),
+            idempotency_warmup: Duration::from_millis(200),
         }
     }
 
@@ -211,13 +247,16 @@ impl Settings {
                     settings.latency = Duration::from_millis(count(&value()?, 0, 10_000)? as u64);
                 }
                 "--latency-rounds" => settings.latency_rounds = count(&value()?, 1, 100)?,
+                "--no-idempotency" => settings.idempotency = false,
+                "--idempotency-rounds" => settings.idempotency_rounds = count(&value()?, 1, 100)?,
                 "--only" => {
                     settings.only = value()?
                         .split(',')
                         .map(|name| {
-                            Kind::ALL.into_iter().find(|k| k.name() == name.trim()).ok_or(format!(
-                                "--only: `{name}` is not one of plain, handwritten, paid, paid+cache"
-                            ))
+                            Kind::ALL.into_iter().find(|k| k.name() == name.trim()).ok_or_else(|| {
+                                let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                                format!("--only: `{name}` is not one of {}", names.join(", "))
+                            })
                         })
                         .collect::<Result<_, _>>()?;
                 }
@@ -233,7 +272,8 @@ impl Settings {
 }
 
 const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [--connections N] [--rounds N]\n\
-  \x20            [--latency-ms N] [--latency-rounds N] [--only SERVERS]\n\
+  \x20            [--latency-ms N] [--latency-rounds N] [--no-idempotency] [--idempotency-rounds N]\n\
+  \x20            [--only SERVERS]\n\
   --duration        seconds each server is driven per round (default 0.5; quick 0.4)\n\
   --warmup          seconds of unmeasured load per server before the rounds (default 1; quick 0.2)\n\
   --connections     concurrent keep-alive connections (default 16; quick 8)\n\
@@ -241,8 +281,14 @@ const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [-
   --latency-ms      the facilitator's latency in the second section, which reports req/s as a\n\
   \x20                 fraction of the limit it sets (default 40; 0 skips the section)\n\
   --latency-rounds  rounds of the second section, 1 s each (default 6; quick 1 of 0.4 s)\n\
+  --no-idempotency  skip the third section: idempotent paid calls (Idempotency-Key), req/s with\n\
+  \x20                 no store, the in-memory store and Redis (a redis-server it starts), and a\n\
+  \x20                 replay's cost against a paid call\n\
+  --idempotency-rounds  rounds of the third section, 0.5 s each (default 10; quick 1 of 0.3 s)\n\
   --quick           a smoke run of a few seconds\n\
-  --only            drive only these servers, e.g. `--only paid,handwritten` (for profiling)";
+  --only            drive only these servers, e.g. `--only paid,handwritten` (for profiling); of\n\
+  \x20                 plain, handwritten, paid, paid+cache (the first two sections) and\n\
+  \x20                 paid+nostore, paid+memory, paid+redis, replay (the third)";
 
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
@@ -268,10 +314,39 @@ enum Kind {
     Handwritten,
     Paid,
     PaidCache,
+    PaidNoStore,
+    PaidMemory,
+    PaidRedis,
+    Replay,
+}
+
+/// The `idempotency-key` of a server's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    /// No key (the servers of the first two sections, and `paid+nostore`).
+    None,
+    /// A distinct one on every request, added by the connection
+    /// ([`drive_connection`]): every request is a new paid call.
+    Fresh,
+    /// The same on every request: after the first, every request is a replay.
+    Same,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [Kind::Plain, Kind::Handwritten, Kind::Paid, Kind::PaidCache];
+    /// The servers of the first two sections.
+    const FIRST: [Kind; 4] = [Kind::Plain, Kind::Handwritten, Kind::Paid, Kind::PaidCache];
+    /// The servers of the third section.
+    const IDEMPOTENCY: [Kind; 4] = [Kind::PaidNoStore, Kind::PaidMemory, Kind::PaidRedis, Kind::Replay];
+    const ALL: [Kind; 8] = [
+        Kind::Plain,
+        Kind::Handwritten,
+        Kind::Paid,
+        Kind::PaidCache,
+        Kind::PaidNoStore,
+        Kind::PaidMemory,
+        Kind::PaidRedis,
+        Kind::Replay,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -279,11 +354,35 @@ impl Kind {
             Kind::Handwritten => "handwritten",
             Kind::Paid => "paid",
             Kind::PaidCache => "paid+cache",
+            Kind::PaidNoStore => "paid+nostore",
+            Kind::PaidMemory => "paid+memory",
+            Kind::PaidRedis => "paid+redis",
+            Kind::Replay => "replay",
         }
     }
 
     fn charges(self) -> bool {
         self != Kind::Plain
+    }
+
+    fn keys(self) -> Keys {
+        match self {
+            Kind::PaidMemory | Kind::PaidRedis => Keys::Fresh,
+            Kind::Replay => Keys::Same,
+            _ => Keys::None,
+        }
+    }
+
+    /// The request the load generator sends it: with [`Keys::Fresh`], without the blank
+    /// line that ends the head, which the connection adds after the request's key.
+    fn request(self, addr: SocketAddr, token: &str) -> Arc<[u8]> {
+        let mut request = format!("GET /work HTTP/1.1\r\nhost: {addr}\r\npayment-signature: {token}\r\n");
+        match self.keys() {
+            Keys::None => request.push_str("\r\n"),
+            Keys::Same => request.push_str("idempotency-key: replay\r\n\r\n"),
+            Keys::Fresh => {}
+        }
+        Arc::from(request.into_bytes())
     }
 }
 
@@ -291,8 +390,8 @@ impl Kind {
 #[derive(Clone)]
 struct Configs {
     facilitator: web::Data<Facilitator>,
-    paid: Payments,
-    paid_cache: Payments,
+    /// The configuration of each `#[paid]` server.
+    payments: Vec<(Kind, Payments)>,
     /// The worker thread of each server, for its CPU time.
     workers: Arc<Mutex<Vec<(Kind, u32)>>>,
 }
@@ -303,12 +402,17 @@ fn configure(kind: Kind, configs: &Configs, cfg: &mut web::ServiceConfig) {
         Kind::Handwritten => {
             cfg.app_data(configs.facilitator.clone()).route("/work", web::get().to(handwritten))
         }
-        Kind::Paid => cfg.app_data(configs.paid.clone()).route("/work", web::get().to(paid_work)),
-        Kind::PaidCache => cfg.app_data(configs.paid_cache.clone()).route("/work", web::get().to(paid_work)),
+        paid => {
+            // Servers::start starts no `#[paid]` server without its configuration.
+            if let Some((_, payments)) = configs.payments.iter().find(|(k, _)| *k == paid) {
+                cfg.app_data(payments.clone());
+            }
+            cfg.route("/work", web::get().to(paid_work))
+        }
     };
 }
 
-/// The four servers, on a thread of their own with its own actix `System`.
+/// The servers, on a thread of their own with its own actix `System`.
 struct Servers {
     addrs: Vec<(Kind, SocketAddr)>,
     handles: Vec<ServerHandle>,
@@ -316,8 +420,8 @@ struct Servers {
 }
 
 impl Servers {
-    /// Binds 127.0.0.1:0 for each kind; each server has 1 worker thread.
-    fn start(configs: Configs) -> io::Result<Servers> {
+    /// Binds 127.0.0.1:0 for each of `kinds`; each server has 1 worker thread.
+    fn start(configs: Configs, kinds: Vec<Kind>) -> io::Result<Servers> {
         type Started = io::Result<Vec<(Kind, SocketAddr, ServerHandle)>>;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Started>();
         let (done_tx, done) = std::sync::mpsc::channel::<()>();
@@ -326,7 +430,7 @@ impl Servers {
             system.block_on(async move {
                 let mut started = Vec::new();
                 let mut running = Vec::new();
-                for kind in Kind::ALL {
+                for kind in kinds {
                     let configs = configs.clone();
                     let server = HttpServer::new(move || {
                         // Called on the worker thread: remember it.
@@ -387,6 +491,8 @@ impl Servers {
 struct Reply {
     status: u16,
     receipt: Option<String>,
+    /// `idempotent-replayed: true`: answered from the idempotency store.
+    replayed: bool,
 }
 
 /// One connection's results for one measurement.
@@ -467,7 +573,8 @@ async fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Sends `request` and reads one response; `buf` is reused across calls.
+/// Sends `request` and reads one response (with `want_receipt`, its receipt and replay
+/// mark too); `buf` is reused across calls.
 async fn exchange(
     stream: &TcpStream,
     request: &[u8],
@@ -500,6 +607,7 @@ async fn exchange(
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no status line"))?;
     let mut length = 0usize;
     let mut receipt = None;
+    let mut replayed = false;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else { continue };
         let value = value.trim();
@@ -511,6 +619,8 @@ async fn exchange(
             return Err(io::Error::new(io::ErrorKind::InvalidData, "chunked responses are not expected"));
         } else if want_receipt && name.eq_ignore_ascii_case("payment-response") {
             receipt = Some(value.to_owned());
+        } else if want_receipt && name.eq_ignore_ascii_case("idempotent-replayed") {
+            replayed = value == "true";
         }
     }
     let total = head_end + 4 + length;
@@ -521,39 +631,56 @@ async fn exchange(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    Ok(Reply { status, receipt })
+    Ok(Reply { status, receipt, replayed })
 }
 
-/// Sends requests on `stream` until `deadline`, reconnecting (at most 10 times) after an
-/// error. The first receipt of the connection is decoded and checked in full; later
-/// ones only for presence.
+/// The connections of the run, numbered: the first part of their [`Keys::Fresh`] keys.
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Sends requests of server `kind` on `stream` until `deadline`, reconnecting (at most
+/// 10 times) after an error. The first receipt of the connection is decoded and checked
+/// in full; later ones only for presence. A paying server's answers must be replays
+/// exactly when its requests repeat a key ([`Keys::Same`]).
 async fn drive_connection(
     mut stream: TcpStream,
     addr: SocketAddr,
     request: Arc<[u8]>,
     deadline: Instant,
-    charges: bool,
+    kind: Kind,
 ) -> ConnStats {
     let mut stats = ConnStats { latencies_us: Vec::with_capacity(16 * 1024), ..ConnStats::default() };
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut checked_receipt = false;
     let mut reconnects = 0;
+    let (charges, replays) = (kind.charges(), kind.keys() == Keys::Same);
+    // With fresh keys, each request is `request`, then `idempotency-key: CONNECTION:N`
+    // and the blank line, written into `keyed`.
+    let fresh_keys = kind.keys() == Keys::Fresh;
+    let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    let mut keyed = Vec::with_capacity(if fresh_keys { request.len() + 64 } else { 0 });
+    let mut sent = 0u64;
     while Instant::now() < deadline {
+        let bytes: &[u8] = if fresh_keys {
+            sent += 1;
+            keyed.clear();
+            keyed.extend_from_slice(&request);
+            let _ = write!(keyed, "idempotency-key: {connection}:{sent}\r\n\r\n");
+            &keyed
+        } else {
+            &request
+        };
         let started = Instant::now();
         let outcome =
-            tokio::time::timeout(REQUEST_TIMEOUT, exchange(&stream, &request, &mut buf, charges)).await;
-        let reply = match outcome {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(error)) => {
-                stats.error(format!("i/o: {error}"));
-                match reconnect(addr, &mut reconnects).await {
-                    Some(fresh) => stream = fresh,
-                    None => break,
-                }
-                continue;
-            }
-            Err(_) => {
-                stats.error(format!("no response within {REQUEST_TIMEOUT:?}"));
+            tokio::time::timeout(REQUEST_TIMEOUT, exchange(&stream, bytes, &mut buf, charges)).await;
+        let result = match outcome {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(error)) => Err(format!("i/o: {error}")),
+            Err(_) => Err(format!("no response within {REQUEST_TIMEOUT:?}")),
+        };
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(what) => {
+                stats.error(what);
                 match reconnect(addr, &mut reconnects).await {
                     Some(fresh) => stream = fresh,
                     None => break,
@@ -568,6 +695,9 @@ async fn drive_connection(
         }
         if !charges {
             continue;
+        }
+        if reply.replayed != replays {
+            stats.error(format!("a 200 with idempotent-replayed {} for a {}", reply.replayed, kind.name()));
         }
         match reply.receipt {
             None => stats.error("200 without a payment-response receipt".into()),
@@ -594,13 +724,13 @@ async fn reconnect(addr: SocketAddr, reconnects: &mut u32) -> Option<TcpStream> 
     connect(addr).await.ok()
 }
 
-/// Drives `addr` with `connections` connections for `duration`.
+/// Drives server `kind` at `addr` with `connections` connections for `duration`.
 async fn measure(
+    kind: Kind,
     addr: SocketAddr,
     request: &Arc<[u8]>,
     connections: usize,
     duration: Duration,
-    charges: bool,
 ) -> Measure {
     let mut streams = Vec::with_capacity(connections);
     let mut measure = Measure::default();
@@ -617,7 +747,7 @@ async fn measure(
     let deadline = started + duration;
     let tasks: Vec<_> = streams
         .into_iter()
-        .map(|stream| tokio::spawn(drive_connection(stream, addr, Arc::clone(request), deadline, charges)))
+        .map(|stream| tokio::spawn(drive_connection(stream, addr, Arc::clone(request), deadline, kind)))
         .collect();
     let mut latencies = Vec::new();
     for task in tasks {
@@ -769,35 +899,58 @@ fn run(settings: &Settings) -> Result<bool, String> {
     let key = local.builder_api_key().parse().map_err(|e| format!("builder key: {e}"))?;
     let facilitator = Facilitator::new(local.backend_url(), &key, nvm_runtime::backend::DEFAULT_TIMEOUT)
         .map_err(|e| e.to_string())?;
-    let payments = || Payments::builder().api_key(local.builder_api_key()).backend_url(local.backend_url());
-    let workers = Arc::new(Mutex::new(Vec::new()));
-    let configs = Configs {
-        facilitator: web::Data::new(facilitator),
-        paid: payments().build().map_err(|e| e.to_string())?,
-        paid_cache: payments()
-            .verification_cache(Duration::from_secs(30))
-            .build()
-            .map_err(|e| e.to_string())?,
-        workers: Arc::clone(&workers),
-    };
-    let servers = Servers::start(configs).map_err(|e| format!("starting the servers: {e}"))?;
-
+    // The servers of the sections that run (in the order of Kind::ALL), and Redis when
+    // one of them needs it: dropped (killed) when `run` returns.
+    let third = settings.idempotency;
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| settings.only.contains(k) && (third || !Kind::IDEMPOTENCY.contains(k)))
+        .collect();
+    let redis = if kinds.contains(&Kind::PaidRedis) { Some(RedisServer::start()?) } else { None };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("load generator runtime: {e}"))?;
+    let payments = |kind: Kind| -> Result<(Kind, Payments), String> {
+        let builder = Payments::builder().api_key(local.builder_api_key()).backend_url(local.backend_url());
+        let builder = match kind {
+            Kind::PaidCache => builder.verification_cache(Duration::from_secs(30)),
+            Kind::PaidNoStore => builder.idempotency(Idempotency::disabled()),
+            Kind::PaidMemory | Kind::Replay => builder.idempotency(Idempotency::in_memory()),
+            Kind::PaidRedis => {
+                let url = redis.as_ref().map(RedisServer::url).ok_or("paid+redis without a redis-server")?;
+                // Its connection is made, and driven, on the server's worker at first use; the
+                // store only needs a runtime to be made (for a task that watches the connection).
+                let _entered = runtime.enter();
+                let store = RedisStore::open(&url).map_err(|e| format!("the Redis store at {url}: {e}"))?;
+                builder.idempotency(Idempotency::with_store(store))
+            }
+            // `paid`: the defaults (an in-memory store, which its requests, with no key,
+            // leave alone).
+            _ => builder,
+        };
+        Ok((kind, builder.build().map_err(|e| e.to_string())?))
+    };
+    let workers = Arc::new(Mutex::new(Vec::new()));
+    let configs = Configs {
+        facilitator: web::Data::new(facilitator),
+        payments: kinds
+            .iter()
+            .filter(|k| k.charges() && **k != Kind::Handwritten)
+            .map(|k| payments(*k))
+            .collect::<Result<_, _>>()?,
+        workers: Arc::clone(&workers),
+    };
+    let servers = Servers::start(configs, kinds).map_err(|e| format!("starting the servers: {e}"))?;
+
     let loadgen = cpu::current_tid();
-    let requests: Vec<(Kind, SocketAddr, Arc<[u8]>)> = servers
+    let (requests, idempotent): (Vec<_>, Vec<_>) = servers
         .addrs
         .iter()
-        .filter(|(kind, _)| settings.only.contains(kind))
-        .map(|&(kind, addr)| {
-            let request = format!("GET /work HTTP/1.1\r\nhost: {addr}\r\npayment-signature: {token}\r\n\r\n");
-            (kind, addr, Arc::from(request.into_bytes()))
-        })
-        .collect();
+        .map(|&(kind, addr)| (kind, addr, kind.request(addr, &token)))
+        .partition(|(kind, _, _)| Kind::FIRST.contains(kind));
 
-    println!("{}", header(settings, &local, load_before));
+    println!("{}", header(settings, &local, load_before, requests.len(), idempotent.len()));
 
     let worker_of = |kind: Kind| {
         let workers = workers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -812,11 +965,11 @@ fn run(settings: &Settings) -> Result<bool, String> {
     };
 
     // The first section: loopback speed, every server.
-    let first = Phase { rounds: settings.rounds, duration: settings.duration, warmup: settings.warmup };
-    let (results, warm) = rig.drive(&requests, &first, "");
-    let kinds: Vec<Kind> = requests.iter().map(|r| r.0).collect();
-    let (report, mut ok) = summary(settings, &kinds, &results, !warm.is_empty());
-    println!("{report}");
+    let mut ok = true;
+    if !requests.is_empty() {
+        let first = Phase { rounds: settings.rounds, duration: settings.duration, warmup: settings.warmup };
+        ok &= rig.section(&requests, &first, "", |outcome| summary(settings, outcome));
+    }
 
     // The second section: the facilitator's answers delayed, the servers that call it.
     let delayed: Vec<_> = requests.iter().filter(|r| r.0.charges()).cloned().collect();
@@ -838,21 +991,151 @@ fn run(settings: &Settings) -> Result<bool, String> {
             duration: settings.latency_duration,
             warmup: settings.latency_warmup,
         };
-        let (results, warm) = rig.drive(&delayed, &phase, "+latency ");
+        ok &= rig.section(&delayed, &phase, "+latency ", |outcome| latency_summary(settings, outcome));
         local.set_latency(Duration::ZERO);
-        let kinds: Vec<Kind> = delayed.iter().map(|r| r.0).collect();
-        let (report, latency_ok) = latency_summary(settings, &kinds, &results, !warm.is_empty());
-        println!("{report}");
-        ok &= latency_ok;
+    }
+
+    // The third section: idempotent paid calls, stored in memory or in Redis, and replays.
+    if !idempotent.is_empty() {
+        println!(
+            "\nidempotency: a paid call with an `idempotency-key` is run and settled once, stored, and answered\n\
+             \x20 from the store when repeated (`idempotent-replayed: true`, the original receipt, no facilitator\n\
+             \x20 call). paid+nostore: Idempotency::disabled(), no key (the baseline); paid+memory (in memory)\n\
+             \x20 and paid+redis ({redis}):\n\
+             \x20 a distinct key on every request (CONNECTION:N), each a new paid call; replay: in memory, the\n\
+             \x20 same key on every request (its first request is sent before the warm-up), each answered from\n\
+             \x20 the store;\n\
+             \x20 {} rounds x {} servers x {:.1} s, {:.1} s warm-up per server",
+            settings.idempotency_rounds,
+            idempotent.len(),
+            settings.idempotency_duration.as_secs_f64(),
+            settings.idempotency_warmup.as_secs_f64(),
+            redis = redis.as_ref().map_or("not driven".to_owned(), RedisServer::describe),
+        );
+        let phase = Phase {
+            rounds: settings.idempotency_rounds,
+            duration: settings.idempotency_duration,
+            warmup: settings.idempotency_warmup,
+        };
+        let primed = match idempotent.iter().find(|r| r.0 == Kind::Replay) {
+            Some((_, addr, request)) => runtime.block_on(prime(*addr, request)),
+            None => Ok(()),
+        };
+        match primed {
+            Ok(()) => {
+                ok &= rig.section(&idempotent, &phase, "idempotency ", |outcome| {
+                    idempotency_summary(settings, outcome)
+                });
+            }
+            Err(error) => {
+                println!("replay: the first request with its key failed: {error} (FAILED)");
+                ok = false;
+            }
+        }
     }
     servers.stop();
     drop(runtime);
+    drop(redis);
 
     if let (Some(before), Some(after)) = (load_before, cpu::load_average()) {
         println!("load average (1 min) before the run {before:.2}, after {after:.2}");
     }
     drop(local);
     Ok(ok)
+}
+
+/// Sends `request` once on a connection of its own: the paid call a replay server's
+/// requests then replay; an error unless it is a 200 with a receipt, not replayed.
+async fn prime(addr: SocketAddr, request: &[u8]) -> Result<(), String> {
+    let stream = connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let mut buf = Vec::new();
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&stream, request, &mut buf, true)).await {
+        Ok(Ok(reply)) if reply.status == 200 && reply.receipt.is_some() && !reply.replayed => Ok(()),
+        Ok(Ok(reply)) => Err(format!(
+            "status {}, receipt {}, replayed {}",
+            reply.status,
+            reply.receipt.is_some(),
+            reply.replayed
+        )),
+        Ok(Err(error)) => Err(format!("i/o: {error}")),
+        Err(_) => Err(format!("no response within {REQUEST_TIMEOUT:?}")),
+    }
+}
+
+/// A `redis-server` of this run on a free port of 127.0.0.1, with no persistence,
+/// killed (and waited for) when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts it and waits (at most 10 s) until it answers `PING`.
+    fn start() -> Result<RedisServer, String> {
+        const INSTALL: &str = "the idempotency section needs it: install it with \
+                               `apt-get install -y redis-server`, or skip the section with --no-idempotency";
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|e| format!("no free port for redis-server: {e}"))?
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server could not be started ({e}): {INSTALL}"))?;
+        let mut redis = RedisServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis.answers_ping() {
+            if let Ok(Some(status)) = redis.child.try_wait() {
+                return Err(format!("redis-server exited at start ({status}): {INSTALL}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "redis-server did not answer PING on port {port} within 10 s: {INSTALL}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(redis)
+    }
+
+    fn answers_ping(&self) -> bool {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let ping = || -> io::Result<bool> {
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+            stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+            stream.write_all(b"PING\r\n")?;
+            let mut answer = [0u8; 7];
+            stream.read_exact(&mut answer)?;
+            Ok(&answer == b"+PONG\r\n")
+        };
+        ping().unwrap_or(false)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Its version and address, for the report.
+    fn describe(&self) -> String {
+        let version = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.split_whitespace().find_map(|w| w.strip_prefix("v=")).map(str::to_owned))
+            .unwrap_or_else(|| "?".to_owned());
+        format!("RedisStore on redis-server {version} at 127.0.0.1:{}, no persistence", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// One section of the run: its rounds, the window of each server per round, and the
@@ -886,7 +1169,7 @@ impl Rig<'_> {
         let warm = self.runtime.block_on(async {
             let mut errors = Vec::new();
             for (kind, addr, request) in requests {
-                let m = measure(*addr, request, connections, phase.warmup, kind.charges()).await;
+                let m = measure(*kind, *addr, request, connections, phase.warmup).await;
                 if m.errors > 0 {
                     errors.push(format!(
                         "{}: {} errors during warm-up ({})",
@@ -909,13 +1192,8 @@ impl Rig<'_> {
             for (i, (kind, addr, request)) in requests.iter().enumerate() {
                 let worker = (self.worker_of)(*kind);
                 let (calls_before, cpu_before) = (local.calls(), cpu::Reading::now(worker, self.loadgen));
-                let mut m = self.runtime.block_on(measure(
-                    *addr,
-                    request,
-                    connections,
-                    phase.duration,
-                    kind.charges(),
-                ));
+                let mut m =
+                    self.runtime.block_on(measure(*kind, *addr, request, connections, phase.duration));
                 let (calls_after, cpu_after) = (local.calls(), cpu::Reading::now(worker, self.loadgen));
                 m.calls = total(calls_after) - total(calls_before);
                 m.plan_fetches = calls_after.plans - calls_before.plans;
@@ -931,16 +1209,48 @@ impl Rig<'_> {
         }
         (results, warm)
     }
+
+    /// A section: [`Rig::drive`], then the report `summarise` makes of its outcome,
+    /// printed; `false` when a check failed.
+    fn section(
+        &self,
+        requests: &[(Kind, SocketAddr, Arc<[u8]>)],
+        phase: &Phase,
+        label: &str,
+        summarise: impl Fn(&Outcome<'_>) -> (String, bool),
+    ) -> bool {
+        let (results, warm) = self.drive(requests, phase, label);
+        let kinds: Vec<Kind> = requests.iter().map(|r| r.0).collect();
+        let (report, ok) =
+            summarise(&Outcome { kinds: &kinds, results: &results, warmup_errors: !warm.is_empty() });
+        println!("{report}");
+        ok
+    }
 }
 
-fn header(settings: &Settings, local: &LocalFacilitator, load: Option<f64>) -> String {
+/// What a section's servers did: the measures of each (`results[i]` are those of
+/// `kinds[i]`, a measure per round), and whether the warm-up had errors.
+struct Outcome<'a> {
+    kinds: &'a [Kind],
+    results: &'a [Vec<Measure>],
+    warmup_errors: bool,
+}
+
+/// The run's header: `first` servers in the first two sections, `third` in the third.
+fn header(
+    settings: &Settings,
+    local: &LocalFacilitator,
+    load: Option<f64>,
+    first: usize,
+    third: usize,
+) -> String {
     let mut out = format!(
         "nvm-paid bench: what #[paid] costs, side by side\n\
          machine: {machine}\n\
          run: {mode}{rounds} rounds x {servers} servers x {duration:.1} s, {conns} keep-alive HTTP/1.1 connections, \
          {warmup:.1} s warm-up per server;\n\
          \x20 GET /work answering `ok`, credits = 1, one reusable token, subscriber balance 2^60\n\
-         facilitator: local, {backend} (in-memory ledger, real HTTP on loopback){second}\n\
+         facilitator: local, {backend} (in-memory ledger, real HTTP on loopback){second}{third}\n\
          threads: the facilitator runs on its own thread with its own actix System (2 workers); each server\n\
          \x20 has 1 worker thread (plus an idle accept thread); the load generator is 1 thread (a current-thread\n\
          \x20 tokio runtime, one task per connection, a minimal HTTP/1.1 client). Only one server is driven at a\n\
@@ -949,23 +1259,31 @@ fn header(settings: &Settings, local: &LocalFacilitator, load: Option<f64>) -> S
          \x20 its answer), so none can run away from the others; handwritten and paid have exactly the same\n\
          \x20 topology. Many short rounds, throughput ratios taken as medians of per-round ratios (the servers\n\
          \x20 of a round run within two seconds) and latency percentiles over all the requests of all rounds,\n\
-         \x20 so a burst of background load on the machine hits the four servers alike; CPU\n\
+         \x20 so a burst of background load on the machine hits the servers of a round alike; CPU\n\
          \x20 time per request is read per thread (/proc/self/task/*/schedstat), so it is not affected by other\n\
          \x20 processes the way throughput is.",
         machine = machine(),
         mode = if settings.quick { "QUICK, " } else { "" },
-        servers = settings.only.len(),
+        servers = first,
         rounds = settings.rounds,
         duration = settings.duration.as_secs_f64(),
         conns = settings.connections,
         warmup = settings.warmup.as_secs_f64(),
         backend = local.backend_url(),
-        second = if settings.latency.is_zero() {
+        second = if settings.latency.is_zero() || first == 0 {
             String::new()
         } else {
             format!(
                 ";\n  then a second section with every facilitator answer delayed {} ms (--latency-ms)",
                 settings.latency.as_millis()
+            )
+        },
+        third = if third == 0 {
+            String::new()
+        } else {
+            format!(
+                ";\n  then a third section: idempotent paid calls (idempotency-key), {third} servers of the same\n\
+                 \x20 handler (--no-idempotency skips it)"
             )
         },
     );
@@ -978,13 +1296,55 @@ fn header(settings: &Settings, local: &LocalFacilitator, load: Option<f64>) -> S
     out
 }
 
-/// Medians per server, ratios and targets; `false` when a check failed.
-fn summary(
-    settings: &Settings,
-    kinds: &[Kind],
-    results: &[Vec<Measure>],
-    warmup_errors: bool,
-) -> (String, bool) {
+/// The latency (µs) at quantile `q` of every request of every round: one window's p99
+/// hangs on a few dozen requests, the pooled one on thousands.
+fn pooled(rounds: &[Measure], q: f64) -> f64 {
+    let mut all: Vec<u32> = rounds.iter().flat_map(|m| m.latencies_us.iter().copied()).collect();
+    all.sort_unstable();
+    f64::from(percentile(&all, q))
+}
+
+/// The pooled latency at quantile `q` of `a` over that of `b`.
+fn latency_ratio(a: &[Measure], b: &[Measure], q: f64) -> f64 {
+    let (x, y) = (pooled(a, q), pooled(b, q));
+    if y > 0.0 { x / y } else { 0.0 }
+}
+
+/// The median of the per-round ratios of `field` of `a` to `b` (driven side by side).
+fn ratio(a: &[Measure], b: &[Measure], field: fn(&Measure) -> f64) -> f64 {
+    let mut values: Vec<f64> =
+        a.iter().zip(b).map(|(x, y)| if field(y) > 0.0 { field(x) / field(y) } else { 0.0 }).collect();
+    median(&mut values)
+}
+
+fn median_rps(rounds: &[Measure]) -> f64 {
+    median(&mut rounds.iter().map(Measure::rps).collect::<Vec<_>>())
+}
+
+/// The CPU time (ns) of the server's worker per request.
+fn server_cpu(m: &Measure) -> f64 {
+    m.cpu_server.map_or(0.0, |ns| ns as f64 / m.requests.max(1) as f64)
+}
+
+/// The CPU time (ns) of the whole process per request.
+fn all_cpu(m: &Measure) -> f64 {
+    let ns = m.cpu_server.unwrap_or(0) + m.cpu_rest.unwrap_or(0) + m.cpu_loadgen.unwrap_or(0);
+    ns as f64 / m.requests.max(1) as f64
+}
+
+/// Facilitator calls per request over the rounds.
+fn calls_per_request(rounds: &[Measure]) -> f64 {
+    let requests: u64 = rounds.iter().map(|m| m.requests).sum();
+    rounds.iter().map(|m| m.calls).sum::<u64>() as f64 / requests.max(1) as f64
+}
+
+fn mark(pass: bool) -> &'static str {
+    if pass { "ok" } else { "MISSED" }
+}
+
+/// A row per server (median req/s, pooled p50 and p99, facilitator calls and CPU per
+/// request, requests, errors), then the errors' samples; `false` when there are any.
+fn table(out: &mut String, kinds: &[Kind], results: &[Vec<Measure>]) -> bool {
     let per_req = |rounds: &[Measure], field: fn(&Measure) -> Option<u64>| -> Option<f64> {
         let mut values = Vec::new();
         for m in rounds {
@@ -992,34 +1352,12 @@ fn summary(
         }
         Some(median(&mut values))
     };
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "\nover {} rounds: req/s and CPU are medians of the rounds, p50 and p99 are of all requests:",
-        settings.rounds
-    );
     let _ = writeln!(
         out,
         "{:<12} {:>8} {:>9} {:>9} {:>12} {:>29} {:>9} {:>6}",
         "server", "req/s", "p50", "p99", "facilit./req", "CPU us/req: server+fac.+load", "requests", "errors"
     );
-    let mut ok = !warmup_errors;
-    let mut fetches = 0;
-    // Latency percentiles over every request of every round: one window's p99 hangs on a
-    // few dozen requests, the pooled one on thousands.
-    let pooled: Vec<(f64, f64)> = results
-        .iter()
-        .map(|rounds| {
-            let mut all: Vec<u32> = rounds.iter().flat_map(|m| m.latencies_us.iter().copied()).collect();
-            all.sort_unstable();
-            (f64::from(percentile(&all, 0.50)), f64::from(percentile(&all, 0.99)))
-        })
-        .collect();
-    for ((kind, rounds), (p50, p99)) in kinds.iter().zip(results).zip(&pooled) {
-        let requests: u64 = rounds.iter().map(|m| m.requests).sum();
-        let calls: u64 = rounds.iter().map(|m| m.calls).sum();
-        let errors: u64 = rounds.iter().map(|m| m.errors).sum();
-        fetches += rounds.iter().map(|m| m.plan_fetches).sum::<u64>();
+    for (kind, rounds) in kinds.iter().zip(results) {
         let cpu = match (
             per_req(rounds, |m| m.cpu_server),
             per_req(rounds, |m| m.cpu_rest),
@@ -1032,18 +1370,21 @@ fn summary(
             out,
             "{:<12} {:>8.0} {:>9} {:>9} {:>12.3} {:>29} {:>9} {:>6}",
             kind.name(),
-            median(&mut rounds.iter().map(Measure::rps).collect::<Vec<_>>()),
-            ms(*p50),
-            ms(*p99),
-            calls as f64 / requests.max(1) as f64,
+            median_rps(rounds),
+            ms(pooled(rounds, 0.50)),
+            ms(pooled(rounds, 0.99)),
+            calls_per_request(rounds),
             cpu,
-            requests,
-            errors
+            rounds.iter().map(|m| m.requests).sum::<u64>(),
+            rounds.iter().map(|m| m.errors).sum::<u64>()
         );
-        if errors > 0 {
-            ok = false;
-        }
     }
+    samples(out, kinds, results)
+}
+
+/// The errors' samples of each server; `false` when there are any.
+fn samples(out: &mut String, kinds: &[Kind], results: &[Vec<Measure>]) -> bool {
+    let mut ok = true;
     for (kind, rounds) in kinds.iter().zip(results) {
         let samples: Vec<&str> = rounds.iter().flat_map(|m| &m.samples).take(5).map(String::as_str).collect();
         if !samples.is_empty() {
@@ -1051,30 +1392,44 @@ fn summary(
             let _ = writeln!(out, "errors of {}: {}", kind.name(), samples.join("; "));
         }
     }
-    let index = |kind: Kind| kinds.iter().position(|k| *k == kind);
+    ok
+}
+
+/// The last lines of a section's report: the plan metadata fetches after warm-up
+/// (asserted 0) and the errors (asserted 0); `false` when one of them, or `ok`, is.
+fn footer(out: &mut String, results: &[Vec<Measure>], ok: bool) -> bool {
+    let fetches: u64 = results.iter().flatten().map(|m| m.plan_fetches).sum();
+    let errors: u64 = results.iter().flatten().map(|m| m.errors).sum();
+    let _ = writeln!(
+        out,
+        "plan metadata fetches after warm-up: {fetches} (asserted 0: {})",
+        if fetches == 0 { "ok" } else { "FAILED" }
+    );
+    let ok = ok && fetches == 0 && errors == 0;
+    let _ = write!(out, "errors: {errors}{}", if ok { "" } else { " (FAILED: see above)" });
+    ok
+}
+
+/// Medians per server, ratios and targets; `false` when a check failed.
+fn summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool) {
+    let Outcome { kinds, results, warmup_errors } = *outcome;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nover {} rounds: req/s and CPU are medians of the rounds, p50 and p99 are of all requests:",
+        settings.rounds
+    );
+    let ok = table(&mut out, kinds, results) && !warmup_errors;
+    let index = |kind: Kind| kinds.iter().position(|k| *k == kind).map(|i| &results[i][..]);
     let (Some(plain), Some(hand), Some(paid), Some(cache)) =
         (index(Kind::Plain), index(Kind::Handwritten), index(Kind::Paid), index(Kind::PaidCache))
     else {
         // A partial run (`--only`): no ratios.
+        let ok = footer(&mut out, results, ok);
         return (out, ok);
     };
-    // Per-round ratios, then their median.
-    let ratio = |a: usize, b: usize, field: fn(&Measure) -> f64| {
-        let mut values: Vec<f64> = results[a]
-            .iter()
-            .zip(&results[b])
-            .map(|(x, y)| if field(y) > 0.0 { field(x) / field(y) } else { 0.0 })
-            .collect();
-        median(&mut values)
-    };
-    let rps = |m: &Measure| m.rps();
-    let p99 = |a: usize, b: usize| if pooled[b].1 > 0.0 { pooled[a].1 / pooled[b].1 } else { 0.0 };
-    let server_cpu = |m: &Measure| m.cpu_server.map_or(0.0, |ns| ns as f64 / m.requests.max(1) as f64);
-    let all_cpu = |m: &Measure| {
-        let ns = m.cpu_server.unwrap_or(0) + m.cpu_rest.unwrap_or(0) + m.cpu_loadgen.unwrap_or(0);
-        ns as f64 / m.requests.max(1) as f64
-    };
-    let mark = |pass: bool| if pass { "ok" } else { "MISSED" };
+    let rps = Measure::rps;
+    let p99 = |a, b| latency_ratio(a, b, 0.99);
     let (t, l) = (ratio(paid, hand, rps), p99(paid, hand));
     let _ =
         writeln!(out, "\nratios (throughput and CPU: medians of per-round ratios; p99: of all requests):");
@@ -1103,10 +1458,7 @@ fn summary(
         p99(hand, plain)
     );
     let c = ratio(cache, paid, rps);
-    let cache_calls = {
-        let requests: u64 = results[cache].iter().map(|m| m.requests).sum();
-        results[cache].iter().map(|m| m.calls).sum::<u64>() as f64 / requests.max(1) as f64
-    };
+    let cache_calls = calls_per_request(cache);
     let _ = writeln!(
         out,
         "  paid+cache/paid    throughput {c:.3} (target >= 1.5: {})  p99 {:.3}\n\
@@ -1115,16 +1467,7 @@ fn summary(
         p99(cache, paid),
         mark(cache_calls <= 1.05)
     );
-    let _ = writeln!(
-        out,
-        "plan metadata fetches after warm-up: {fetches} (asserted 0: {})",
-        if fetches == 0 { "ok" } else { "FAILED" }
-    );
-    if fetches != 0 {
-        ok = false;
-    }
-    let errors: u64 = results.iter().flatten().map(|m| m.errors).sum();
-    let _ = write!(out, "errors: {errors}{}", if ok { "" } else { " (FAILED: see above)" });
+    let ok = footer(&mut out, results, ok);
     (out, ok)
 }
 
@@ -1132,22 +1475,18 @@ fn summary(
 /// facilitator's latency costs it.
 fn round_trips(kind: Kind) -> u32 {
     match kind {
-        Kind::Plain => 0,
-        // verify, then settle.
-        Kind::Handwritten | Kind::Paid => 2,
+        Kind::Plain | Kind::Replay => 0,
         // The cached verification skips verify; settle is never cached.
         Kind::PaidCache => 1,
+        // verify, then settle.
+        _ => 2,
     }
 }
 
 /// The second section: each server's median req/s against the limit the facilitator's
 /// latency sets; `false` when a check failed.
-fn latency_summary(
-    settings: &Settings,
-    kinds: &[Kind],
-    results: &[Vec<Measure>],
-    warmup_errors: bool,
-) -> (String, bool) {
+fn latency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool) {
+    let Outcome { kinds, results, warmup_errors } = *outcome;
     let latency = settings.latency.as_secs_f64();
     let conns = settings.connections;
     let mut out = String::new();
@@ -1164,37 +1503,25 @@ fn latency_summary(
         "{:<12} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9} {:>6}",
         "server", "req/s", "limit", "fraction", "ideal", "p50", "p99", "facilit./req", "requests", "errors"
     );
-    let mut ok = !warmup_errors;
-    let mut fetches = 0;
     let mut verdicts = Vec::new();
     for (kind, rounds) in kinds.iter().zip(results) {
         let trips = round_trips(*kind);
         let limit = conns as f64 / (f64::from(trips) * latency);
-        let rps = median(&mut rounds.iter().map(Measure::rps).collect::<Vec<_>>());
-        let fraction = rps / limit;
-        let mut all: Vec<u32> = rounds.iter().flat_map(|m| m.latencies_us.iter().copied()).collect();
-        all.sort_unstable();
-        let requests: u64 = rounds.iter().map(|m| m.requests).sum();
-        let calls: u64 = rounds.iter().map(|m| m.calls).sum();
-        let errors: u64 = rounds.iter().map(|m| m.errors).sum();
-        fetches += rounds.iter().map(|m| m.plan_fetches).sum::<u64>();
+        let fraction = median_rps(rounds) / limit;
         let _ = writeln!(
             out,
             "{:<12} {:>8.0} {:>8.0} {:>9.3} {:>9} {:>9} {:>9} {:>12.3} {:>9} {:>6}",
             kind.name(),
-            rps,
+            median_rps(rounds),
             limit,
             fraction,
             ms(f64::from(trips) * latency * 1e6),
-            ms(f64::from(percentile(&all, 0.50))),
-            ms(f64::from(percentile(&all, 0.99))),
-            calls as f64 / requests.max(1) as f64,
-            requests,
-            errors
+            ms(pooled(rounds, 0.50)),
+            ms(pooled(rounds, 0.99)),
+            calls_per_request(rounds),
+            rounds.iter().map(|m| m.requests).sum::<u64>(),
+            rounds.iter().map(|m| m.errors).sum::<u64>()
         );
-        if errors > 0 {
-            ok = false;
-        }
         if matches!(kind, Kind::Paid | Kind::PaidCache) {
             verdicts.push(format!(
                 "{} {fraction:.3} of {limit:.0} req/s (target >= 0.9: {})",
@@ -1203,25 +1530,77 @@ fn latency_summary(
             ));
         }
     }
-    for (kind, rounds) in kinds.iter().zip(results) {
-        let samples: Vec<&str> = rounds.iter().flat_map(|m| &m.samples).take(5).map(String::as_str).collect();
-        if !samples.is_empty() {
-            ok = false;
-            let _ = writeln!(out, "errors of {}: {}", kind.name(), samples.join("; "));
-        }
-    }
+    let ok = samples(&mut out, kinds, results) && !warmup_errors;
     if !verdicts.is_empty() {
         let _ = writeln!(out, "fraction of the limit: {}", verdicts.join(", "));
     }
+    let ok = footer(&mut out, results, ok);
+    (out, ok)
+}
+
+/// The third section: each store's req/s against no store, side by side, and what a
+/// replay costs against a paid call; `false` when a check failed (a replay that called
+/// the facilitator, a wrong response).
+fn idempotency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool) {
+    let Outcome { kinds, results, warmup_errors } = *outcome;
+    let mut out = String::new();
     let _ = writeln!(
         out,
-        "plan metadata fetches after warm-up: {fetches} (asserted 0: {})",
-        if fetches == 0 { "ok" } else { "FAILED" }
+        "\nidempotency, over {} rounds: req/s and CPU are medians of the rounds, p50 and p99 are of all\n\
+         \x20 requests (the CPU of redis-server, another process, is not counted):",
+        settings.idempotency_rounds
     );
-    if fetches != 0 {
-        ok = false;
+    let mut ok = table(&mut out, kinds, results) && !warmup_errors;
+    let index = |kind: Kind| kinds.iter().position(|k| *k == kind).map(|i| &results[i][..]);
+    if let Some(base) = index(Kind::PaidNoStore) {
+        let _ = writeln!(
+            out,
+            "\nratios to paid+nostore (throughput and CPU: medians of per-round ratios; p50, p99: of all requests):"
+        );
+        for kind in [Kind::PaidMemory, Kind::PaidRedis, Kind::Replay] {
+            let Some(rounds) = index(kind) else { continue };
+            let _ = writeln!(
+                out,
+                "  {:<26} throughput {:.3}  p50 {:.3}  p99 {:.3}  CPU/request: server {:.3}, whole process {:.3}",
+                format!("{}/paid+nostore", kind.name()),
+                ratio(rounds, base, Measure::rps),
+                latency_ratio(rounds, base, 0.50),
+                latency_ratio(rounds, base, 0.99),
+                ratio(rounds, base, server_cpu),
+                ratio(rounds, base, all_cpu)
+            );
+        }
     }
-    let errors: u64 = results.iter().flatten().map(|m| m.errors).sum();
-    let _ = write!(out, "errors: {errors}{}", if ok { "" } else { " (FAILED: see above)" });
+    if let Some(replay) = index(Kind::Replay) {
+        // What one request costs: latency, CPU, and facilitator calls.
+        let cost = |rounds: &[Measure]| {
+            format!(
+                "p50 {}, p99 {}, {:.1} us of server CPU, {:.3} facilitator calls; {:.0} req/s",
+                ms(pooled(rounds, 0.50)),
+                ms(pooled(rounds, 0.99)),
+                median(&mut rounds.iter().map(server_cpu).collect::<Vec<_>>()) / 1000.0,
+                calls_per_request(rounds),
+                median_rps(rounds)
+            )
+        };
+        let _ = writeln!(out, "\nthe cost of a replay:\n  a replay                    {}", cost(replay));
+        if let Some(base) = index(Kind::PaidNoStore) {
+            let speedup = ratio(replay, base, Measure::rps);
+            let _ = writeln!(
+                out,
+                "  a paid call (paid+nostore)  {}\n  replay/paid throughput {speedup:.2}x (expected > 1.5: {})",
+                cost(base),
+                mark(speedup > 1.5)
+            );
+        }
+        let calls: u64 = replay.iter().map(|m| m.calls).sum();
+        let _ = writeln!(
+            out,
+            "replay facilitator calls after warm-up: {calls} (asserted 0: {})",
+            if calls == 0 { "ok" } else { "FAILED" }
+        );
+        ok &= calls == 0;
+    }
+    let ok = footer(&mut out, results, ok);
     (out, ok)
 }

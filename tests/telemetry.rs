@@ -15,7 +15,9 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
 use nvm_runtime::paid;
-use nvm_tests::{CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, http, middleware_content, paid_content, payments_for, serve};
+use nvm_tests::{
+    CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, http, middleware_content, paid_content, payments_for, serve,
+};
 
 #[get("/maybe")]
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = |req: &actix_web::HttpRequest| u64::from(!req.query_string().contains("free")))]
@@ -65,9 +67,12 @@ fn counters_and_spans_tell_what_happened() {
         let payments = payments_for(&local).build().unwrap();
         let table = payments.clone();
         let server = serve(Some(payments), move |cfg| {
-            let middleware = PaymentMiddleware::new(table.clone())
-                .route("POST /mw/content", RouteConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID).credits(CREDITS));
-            let scope = web::scope("/mw").wrap(middleware).route("/content", web::post().to(middleware_content));
+            let middleware = PaymentMiddleware::new(table.clone()).route(
+                "POST /mw/content",
+                RouteConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID).credits(CREDITS),
+            );
+            let scope =
+                web::scope("/mw").wrap(middleware).route("/content", web::post().to(middleware_content));
             cfg.service(paid_content).service(maybe).service(broken).service(scope);
         });
         let token = local.mint_token(MintOptions::new());
@@ -132,9 +137,12 @@ fn counters_and_spans_tell_what_happened() {
     assert_eq!(requests("/broken", "handler_failed"), 1);
     assert_eq!(requests("/paid", "settle_failed"), 1);
     assert_eq!(requests("/paid", "facilitator_error"), 1);
-    let settled = |route: &str| counter("nvm_paid_credits_settled_total", &[("plan", DEMO_PLAN_ID), ("route", route)]);
+    let settled =
+        |route: &str| counter("nvm_paid_credits_settled_total", &[("plan", DEMO_PLAN_ID), ("route", route)]);
     assert_eq!((settled("/paid"), settled("/mw/content")), (3 * CREDITS, CREDITS));
-    let samples = |name: &str, route: &str| match metrics.get(&(name.to_owned(), vec![("route".into(), route.into())])) {
+    let samples = |name: &str, route: &str| match metrics
+        .get(&(name.to_owned(), vec![("route".into(), route.into())]))
+    {
         Some(DebugValue::Histogram(values)) => values.len(),
         _ => 0,
     };
@@ -144,10 +152,16 @@ fn counters_and_spans_tell_what_happened() {
     assert_eq!(samples("nvm_paid_settle_seconds", "/mw/content"), 1);
 
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let closed: Vec<&str> = logs.lines().filter(|l| l.contains("nvm_paid_request{") && l.contains("close")).collect();
+    let closed: Vec<&str> =
+        logs.lines().filter(|l| l.contains("nvm_paid_request{") && l.contains("close")).collect();
     assert!(closed.len() >= 12, "{logs}");
-    let paid = closed.iter().find(|l| l.contains("outcome=\"paid\"") && l.contains("route=/paid")).expect("a paid span");
-    for field in ["method=\"POST\"", "plan=", "credits_asked=2", "credits_settled=2", "verify_ms=", "settle_ms="] {
+    let paid = closed
+        .iter()
+        .find(|l| l.contains("outcome=\"paid\"") && l.contains("route=/paid"))
+        .expect("a paid span");
+    for field in
+        ["method=\"POST\"", "plan=", "credits_asked=2", "credits_settled=2", "verify_ms=", "settle_ms="]
+    {
         assert!(paid.contains(field), "{field} missing in {paid}");
     }
     assert!(!logs.contains(&local_token_prefix()), "a token reached the logs");

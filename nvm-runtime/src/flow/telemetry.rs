@@ -50,7 +50,7 @@ pub(crate) enum Outcome {
     /// The settlement failed.
     SettleFailed,
     /// The settlement's outcome is unknown (recorded as pending).
-    OutcomeUnknown,
+    Unknown,
     /// The request was dropped (the client left) before it was answered.
     Abandoned,
 }
@@ -68,7 +68,7 @@ impl Outcome {
             Outcome::HandlerFailed => "handler_failed",
             Outcome::Paid => "paid",
             Outcome::SettleFailed => "settle_failed",
-            Outcome::OutcomeUnknown => "outcome_unknown",
+            Outcome::Unknown => "outcome_unknown",
             Outcome::Abandoned => "abandoned",
         }
     }
@@ -81,7 +81,7 @@ impl Outcome {
                 Outcome::SettleFailed
             }
             Refusal::PaymentRequired { .. } => Outcome::Invalid,
-            Refusal::OutcomeUnknown { .. } => Outcome::OutcomeUnknown,
+            Refusal::OutcomeUnknown { .. } => Outcome::Unknown,
             Refusal::Failed(PaymentError::Facilitator(_)) => Outcome::FacilitatorError,
             Refusal::Failed(_) => Outcome::Refused,
         }
@@ -92,7 +92,11 @@ impl Outcome {
 #[derive(Debug)]
 pub(crate) struct Telemetry {
     span: Span,
+    /// The metrics' `route` label.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     route: String,
+    /// The metrics' `plan` label.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     plan: RefCell<String>,
     finished: Cell<bool>,
 }
@@ -194,7 +198,7 @@ mod tests {
             Outcome::HandlerFailed,
             Outcome::Paid,
             Outcome::SettleFailed,
-            Outcome::OutcomeUnknown,
+            Outcome::Unknown,
             Outcome::Abandoned,
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(|o| o.as_str()).collect();
