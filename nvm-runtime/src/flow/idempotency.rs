@@ -27,8 +27,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::IdempotencyError;
 use crate::store::{MemoryStore, Store, StoreError};
-use crate::wire::AccessToken;
 use crate::wire::codec::{hex, unique_id};
+use crate::wire::{AccessToken, PaymentPayload};
 pub(crate) use crate::wire::{IDEMPOTENCY_KEY as KEY_HEADER, IDEMPOTENT_REPLAYED as REPLAYED_HEADER};
 
 /// The longest key accepted.
@@ -304,13 +304,25 @@ fn store_key(payer: &str, plan_id: &str, request: &KeyedRequest) -> String {
     format!("idem:{}", hex(&hasher.finalize()))
 }
 
-/// The payer a token claims (its `authorization.from`), or the token's own hash for a
-/// payload shape this crate does not read: records are scoped by it before the token
-/// is verified, and a replay to another token checks it against the verification.
-pub(crate) fn claimed_payer(token: &AccessToken) -> String {
-    match token.decode() {
-        Ok(payload) => payload.payload.authorization.from.to_ascii_lowercase(),
-        Err(_) => format!("token:{}", token_digest(token)),
+/// Who asks, read off the token once: the SHA-256 of the token (hex), and the payer it
+/// claims (its `authorization.from`, or the token's own digest for a payload shape
+/// this crate does not read). Records are scoped by the claimed payer before the token
+/// is verified; a replay to another token checks it against the verification.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    digest: String,
+    payer: String,
+}
+
+impl Caller {
+    /// The caller of `token`, whose decoded payload is `payload` (when it decodes).
+    pub(crate) fn of(token: &AccessToken, payload: Option<&PaymentPayload>) -> Self {
+        let digest = token_digest(token);
+        let payer = match payload {
+            Some(payload) => payload.payload.authorization.from.to_ascii_lowercase(),
+            None => format!("token:{digest}"),
+        };
+        Caller { digest, payer }
     }
 }
 
@@ -327,11 +339,11 @@ fn unavailable(error: StoreError) -> IdempotencyError {
 pub(crate) async fn find(
     config: &Idempotency,
     store: &dyn Store,
-    token: &AccessToken,
+    caller: &Caller,
     plan_id: &str,
     request: &KeyedRequest,
 ) -> Result<Found, IdempotencyError> {
-    look(config, store, store_key(&claimed_payer(token), plan_id, request), token, request).await
+    look(config, store, store_key(&caller.payer, plan_id, request), caller, request).await
 }
 
 /// [`find`] at a known store key.
@@ -339,7 +351,7 @@ async fn look(
     config: &Idempotency,
     store: &dyn Store,
     store_key: String,
-    token: &AccessToken,
+    caller: &Caller,
     request: &KeyedRequest,
 ) -> Result<Found, IdempotencyError> {
     let deadline = config.wait.map(|wait| Instant::now() + wait);
@@ -353,7 +365,7 @@ async fn look(
                 return Err(IdempotencyError::KeyReused);
             }
             Ok(Record::Done { token: paid_with, payer, response, .. }) => {
-                return Ok(if paid_with == token_digest(token) {
+                return Ok(if paid_with == caller.digest {
                     Found::Replay(response)
                 } else {
                     Found::ReplayIfPayer { payer, response }
@@ -391,17 +403,17 @@ pub(crate) async fn claim(
     store: &dyn Store,
     store_key: String,
     request: &KeyedRequest,
-    token: &AccessToken,
+    caller: &Caller,
     payer: Option<String>,
 ) -> Result<Claimed, IdempotencyError> {
     let running = Record::Running { owner: unique_id(), fingerprint: request.fingerprint.clone() };
     let running = serde_json::to_vec(&running).unwrap_or_default();
     if store.insert_new(&store_key, running.clone(), config.claim_ttl).await.map_err(unavailable)? {
-        let (fingerprint, token) = (request.fingerprint.clone(), token_digest(token));
+        let (fingerprint, token) = (request.fingerprint.clone(), caller.digest.clone());
         let store = config.store.clone();
         return Ok(Claimed::Won(Claim { store, store_key, running, fingerprint, token, payer }));
     }
-    match look(config, store, store_key, token, request).await? {
+    match look(config, store, store_key, caller, request).await? {
         Found::Absent { .. } => Err(IdempotencyError::InFlight),
         found => Ok(Claimed::Lost(found)),
     }
@@ -438,20 +450,21 @@ pub(crate) async fn release(mut claim: Claim) {
     }
 }
 
-/// The store key of the single-use guard of a token.
-fn spent_key(token: &AccessToken) -> String {
-    format!("spent:{}", token_digest(token))
+/// The store key of the single-use guard of a token of SHA-256 `digest`.
+fn spent_key(digest: &str) -> String {
+    format!("spent:{digest}")
 }
 
-/// Whether a single-use token was already settled by any instance sharing the store.
-pub(crate) async fn is_spent(store: &dyn Store, token: &AccessToken) -> Result<bool, IdempotencyError> {
-    Ok(store.get(&spent_key(token)).await.map_err(unavailable)?.is_some())
+/// Whether the caller's single-use token was already settled by any instance sharing
+/// the store.
+pub(crate) async fn is_spent(store: &dyn Store, caller: &Caller) -> Result<bool, IdempotencyError> {
+    Ok(store.get(&spent_key(&caller.digest)).await.map_err(unavailable)?.is_some())
 }
 
 /// Marks a single-use token settled, for every instance sharing the store.
 pub(crate) async fn mark_spent(config: &Idempotency, token: &AccessToken) {
     let Some(store) = config.store() else { return };
-    if let Err(error) = store.insert_new(&spent_key(token), b"1".to_vec(), config.ttl).await {
+    if let Err(error) = store.insert_new(&spent_key(&token_digest(token)), b"1".to_vec(), config.ttl).await {
         tracing::warn!(token = %token.hash(), %error, "a settled single-use token could not be marked spent in the store");
     }
 }

@@ -13,7 +13,7 @@ mod terms;
 
 use cache::{CacheKey, VerifyCache};
 pub use idempotency::Idempotency;
-use idempotency::{Claimed, Found, KeyedRequest, StoredResponse};
+use idempotency::{Caller, Claimed, Found, KeyedRequest, StoredResponse};
 pub use pending::{PendingSettlement, PendingSettlements};
 pub use state::{Meter, MeterFull};
 pub(crate) use state::{PaymentState, Verified};
@@ -114,9 +114,13 @@ pub(crate) async fn admit(
         Err(error) => return Err(Refusal::payment_required(envelope, error)),
     };
     let store = seller.idempotency.store();
-    let single_use = store.is_some() && token.decode().is_ok_and(|payload| payload.is_single_use());
-    if let (Some(store), true) = (store, single_use) {
-        match idempotency::is_spent(store, &token).await {
+    // Read once, and only when a store needs it: single-use tokens are guarded, keyed
+    // requests looked up.
+    let payload = store.and_then(|_| token.decode().ok());
+    let single_use = payload.as_ref().is_some_and(|payload| payload.is_single_use());
+    let caller = (single_use || keyed.is_some()).then(|| Caller::of(&token, payload.as_ref()));
+    if let (Some(store), Some(caller), true) = (store, &caller, single_use) {
+        match idempotency::is_spent(store, caller).await {
             Ok(false) => {}
             Ok(true) => {
                 tracing::info!(token = %token.hash(), "single-use token already settled (seen in the store); refused");
@@ -127,14 +131,14 @@ pub(crate) async fn admit(
             Err(error) => return Err(Refusal::Failed(PaymentError::Idempotency(error))),
         }
     }
-    let found = match (store, keyed) {
-        (Some(store), Some(keyed)) => {
-            match idempotency::find(&seller.idempotency, store, &token, offer.plan_id, keyed).await {
+    let found = match (store, keyed, &caller) {
+        (Some(store), Some(keyed), Some(caller)) => {
+            match idempotency::find(&seller.idempotency, store, caller, offer.plan_id, keyed).await {
                 Ok(Found::Replay(response)) => {
                     tracing::info!(token = %token.hash(), "idempotent retry: replaying the stored response");
                     return Ok(Admission::Replay(response));
                 }
-                Ok(found) => Some((store, keyed, found)),
+                Ok(found) => Some((store, keyed, caller, found)),
                 Err(error) => return Err(Refusal::Failed(PaymentError::Idempotency(error))),
             }
         }
@@ -145,17 +149,16 @@ pub(crate) async fn admit(
     if let (Some(telemetry), false) = (telemetry, verified.from_cache) {
         telemetry.verified(started.elapsed(), verified.verification.request_id());
     }
-    if let Some((store, keyed, found)) = found {
+    if let Some((store, keyed, caller, found)) = found {
         let refuse = |error| Refusal::Failed(PaymentError::Idempotency(error));
         let store_key = match keyed_next(found, &verified).map_err(refuse)? {
             Next::Replay(response) => return Ok(Admission::Replay(response)),
             Next::Claim(store_key) => store_key,
         };
         let payer = verified.verification.payer.clone();
-        let claimed =
-            idempotency::claim(&seller.idempotency, store, store_key, keyed, &verified.token, payer)
-                .await
-                .map_err(refuse)?;
+        let claimed = idempotency::claim(&seller.idempotency, store, store_key, keyed, caller, payer)
+            .await
+            .map_err(refuse)?;
         match claimed {
             Claimed::Won(claim) => *state.claim.borrow_mut() = Some(claim),
             Claimed::Lost(found) => match keyed_next(found, &verified).map_err(refuse)? {
