@@ -91,3 +91,21 @@ async fn no_402_and_no_paid_answer_is_stored_by_a_cache() {
     // A free route keeps what its handler set.
     assert_eq!(cache_control(&server, "/free", None).await, (200, Some("public, max-age=3600".into())));
 }
+
+#[actix_web::test]
+async fn a_402_built_by_the_seller_s_hook_is_not_stored_either() {
+    let local = LocalFacilitator::start().unwrap();
+    let payments = payments_for(&local)
+        .on_payment_error(|_, error| {
+            let response = HttpResponse::PaymentRequired()
+                .insert_header(("cache-control", "public, max-age=600"))
+                .body(format!("pay first: {error}"));
+            Some(response)
+        })
+        .build()
+        .unwrap();
+    let server = serve(Some(payments.clone()), app(payments));
+    for path in ["/macro/plain", "/mw/plain"] {
+        assert_eq!(cache_control(&server, path, None).await, (402, Some("no-store".into())), "{path}");
+    }
+}

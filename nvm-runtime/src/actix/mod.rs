@@ -3,6 +3,7 @@
 //! that knows actix-web.
 
 mod context;
+pub mod cors;
 pub mod credits;
 mod hooks;
 mod middleware;

@@ -100,6 +100,7 @@ pub(crate) async fn admit(
     state: &PaymentState,
     keyed: Option<&KeyedRequest>,
 ) -> Result<Admission, Refusal> {
+    state.asked.set(Some(credits));
     let telemetry = state.telemetry.get();
     if let Some(telemetry) = telemetry {
         telemetry.asked(offer.plan_id, credits);

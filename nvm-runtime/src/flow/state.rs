@@ -31,6 +31,8 @@ pub(crate) struct Verified {
 pub(crate) struct PaymentState {
     pub(crate) verified: OnceCell<Verified>,
     pub(crate) charge: Cell<Option<u64>>,
+    /// The credits the request was asked, once priced (for the pages that say it).
+    pub(crate) asked: Cell<Option<u64>>,
     pub(crate) settled: Cell<bool>,
     /// The request's claim on its idempotency key, until completed or released.
     pub(crate) claim: RefCell<Option<Claim>>,
