@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpResponse, HttpServer, web};
+use nvm_runtime::Environment;
 use nvm_runtime::actix::cors::actix_cors::Cors;
 use nvm_runtime::actix::cors::payment_cors;
 use nvm_runtime::client::{MintOptions, Subscriber};
@@ -125,7 +126,8 @@ async fn a_page_on_another_origin_pays_with_fetch_and_a_person_sees_the_price() 
     let chromium = Chromium::find_or_install();
     let started = Instant::now();
     let local = LocalFacilitator::start().unwrap();
-    let payments = payments_for(&local).build().unwrap();
+    // The sandbox's checkout page is linked; the calls still go to the local facilitator.
+    let payments = payments_for(&local).environment(Environment::Sandbox).build().unwrap();
     let site = buyer_site(&local);
     let origin = site.url.clone();
 
@@ -200,7 +202,8 @@ const BROWSER_ACCEPT: &str = "text/html,application/xhtml+xml,application/xml;q=
 #[actix_web::test]
 async fn the_html_402_is_the_json_402_for_a_person() {
     let local = LocalFacilitator::start().unwrap();
-    let payments = payments_for(&local).build().unwrap();
+    // The sandbox's checkout page is linked; the calls still go to the local facilitator.
+    let payments = payments_for(&local).environment(Environment::Sandbox).build().unwrap();
     let server = seller(&payments, || {
         payment_cors(Cors::default().allowed_origin("https://app.example").allowed_methods(["GET"]))
     });

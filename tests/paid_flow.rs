@@ -603,13 +603,17 @@ async fn a_missing_configuration_is_a_500_that_says_what_to_add() {
 
 #[test]
 fn every_paid_handler_is_in_the_pricing_table() {
+    use nvm_runtime::actix::pricing::ValueSource;
     let manifest = nvm_runtime::actix::pricing::manifest();
     let asked = manifest.iter().find(|r| r.handler == "ask").expect("ask recorded");
     assert_eq!(asked.credits, serde_json::json!(2));
-    assert_eq!(asked.plan_id.as_deref(), Some(DEMO_PLAN_ID));
-    assert_eq!(asked.agent_id.as_deref(), Some(DEMO_AGENT_ID));
+    assert_eq!(asked.plan, ValueSource::Id(DEMO_PLAN_ID.into()));
+    assert_eq!(asked.agent, Some(ValueSource::Id(DEMO_AGENT_ID.into())));
     let dynamic = manifest.iter().find(|r| r.handler == "units").unwrap();
     assert_eq!(dynamic.credits, serde_json::json!("dynamic"));
+    // The closure's text is not published.
+    let json = serde_json::to_string(&manifest).unwrap();
+    assert!(!json.contains("units_of"), "{json}");
     // `#[paid]` above the routing attribute: known at compile time.
     let upper = manifest.iter().find(|r| r.handler == "above").unwrap();
     assert_eq!(upper.method.as_deref(), Some("GET"));
@@ -620,14 +624,21 @@ fn every_paid_handler_is_in_the_pricing_table() {
 }
 
 #[actix_web::test]
-async fn the_manifest_handler_serves_the_table_with_routes_learned_from_traffic() {
-    let s = Setup::new(Form::Paid);
-    // `#[post]` above `#[paid]`: the method and path are learned from the first request.
-    let response = http().post(s.server.at("/ask")).send().await.unwrap();
-    assert_eq!(response.status(), 402);
-    let server = serve(None, |cfg: &mut web::ServiceConfig| {
-        cfg.route("/pricing", web::get().to(nvm_runtime::actix::pricing::manifest_handler));
+async fn the_manifest_handler_serves_the_app_routes_with_those_learned_from_traffic() {
+    let local = Arc::new(LocalFacilitator::start().unwrap());
+    let payments = payments_for(&local).build().unwrap();
+    let server = serve(Some(payments), |cfg: &mut web::ServiceConfig| {
+        cfg.service(ask)
+            .service(above)
+            .service(web::resource("/by-resource").route(web::post().to(by_resource)))
+            .route("/pricing", web::get().to(nvm_runtime::actix::pricing::manifest_handler));
     });
+    // `#[post]` above `#[paid]` names the resource only: its method is learned from the
+    // first request; a handler registered by hand is learned from its first request.
+    for path in ["/ask", "/by-resource"] {
+        let response = http().post(server.at(path)).send().await.unwrap();
+        assert_eq!(response.status(), 402, "{path}");
+    }
     let body: serde_json::Value =
         http().get(server.at("/pricing")).send().await.unwrap().json().await.unwrap();
     let routes = body["routes"].as_array().unwrap();
@@ -635,5 +646,14 @@ async fn the_manifest_handler_serves_the_table_with_routes_learned_from_traffic(
     assert_eq!(asked["credits"], 2, "{body}");
     assert_eq!(asked["method"], "POST", "{body}");
     assert_eq!(asked["path"], "/ask", "{body}");
-    assert_eq!(asked["planId"], DEMO_PLAN_ID, "{body}");
+    assert_eq!(asked["plan"], DEMO_PLAN_ID, "{body}");
+    assert_eq!(asked["agent"], DEMO_AGENT_ID, "{body}");
+    assert_eq!(asked["description"], "Ask the agent", "{body}");
+    assert_eq!(asked["settle"], "default", "{body}");
+    let upper = routes.iter().find(|r| r["handler"] == "above").expect("above listed");
+    assert_eq!((&upper["method"], &upper["path"]), (&"GET".into(), &"/above".into()), "{body}");
+    let by_hand = routes.iter().find(|r| r["handler"] == "by_resource").expect("by_resource listed");
+    assert_eq!((&by_hand["method"], &by_hand["path"]), (&"POST".into(), &"/by-resource".into()), "{body}");
+    // Only the routes of this app.
+    assert_eq!(routes.len(), 3, "{body}");
 }

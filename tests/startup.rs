@@ -21,5 +21,4 @@ fn an_unset_env_plan_fails_the_startup_check_by_name() {
     let route =
         nvm_runtime::actix::pricing::manifest().into_iter().find(|r| r.handler == "needs_env").unwrap();
     assert_eq!(route.plan, nvm_runtime::actix::pricing::ValueSource::Env("NVM_TEST_STARTUP_PLAN".into()));
-    assert_eq!(route.plan_id, None);
 }

@@ -137,10 +137,10 @@ async fn quickstart_is_paid_by_the_client_by_plain_http_and_by_its_curl_lines() 
         .subscriber()
         .token_for(
             &nvm_runtime::wire::PaymentRequired::builder(
-                pricing["routes"][0]["planId"].as_str().unwrap(),
+                pricing["routes"][0]["plan"].as_str().unwrap(),
                 "eip155:84532",
             )
-            .agent_id(pricing["routes"][0]["agentId"].as_str().unwrap())
+            .agent_id(pricing["routes"][0]["agent"].as_str().unwrap())
             .build()
             .accepts[0],
         )

@@ -99,8 +99,11 @@ fn route_static(
     let mut helpers = TokenStream::new();
     let plan = value(&args.plan, "__plan", private, &mut helpers);
     let credits = credits(&args.credits, private, &mut helpers);
-    let method = optional_str(handler.route.method.as_deref(), private);
-    let path = optional_str(handler.route.path.as_deref(), private);
+    let mounts = handler.mounts.iter().map(|mount| {
+        let [methods, path, name] =
+            [&mount.methods, &mount.path, &mount.name].map(|text| LitStr::new(text, Span::call_site()));
+        quote!((#methods, #path, #name))
+    });
     let fields = [&args.scheme, &args.network, &args.description, &args.mime_type, &args.resource];
     let terms = if args.agent.is_none() && fields.iter().all(|field| field.is_none()) {
         quote!(#private::Terms::new(#plan))
@@ -122,7 +125,7 @@ fn route_static(
     quote! {
         #helpers
         static #route: #private::Route =
-            #private::Route::new(#name, ::core::module_path!(), #method, #path, #credits, #terms);
+            #private::Route::new(#name, ::core::module_path!(), &[#(#mounts),*], #credits, #terms);
     }
 }
 
@@ -144,9 +147,11 @@ fn value(value: &Value, helper: &str, private: &TokenStream, helpers: &mut Token
     }
 }
 
-/// The `Credits::…` of the route; anything but a literal gets helper functions.
+/// The `Credits::…` of the route; anything but a literal gets helper functions. The
+/// expression's source text is not written anywhere: a seller's pricing logic is
+/// compiled in, never kept as text in the binary.
 fn credits(credits: &Credits, private: &TokenStream, helpers: &mut TokenStream) -> TokenStream {
-    let (expr, source, fixed) = match credits {
+    let (expr, fixed) = match credits {
         Credits::Fixed { value, span } => {
             let mut lit = Literal::u64_unsuffixed(*value);
             lit.set_span(*span);
@@ -154,21 +159,14 @@ fn credits(credits: &Credits, private: &TokenStream, helpers: &mut TokenStream) 
         }
         // A closure never prices every request the same: `fixed` is `None` without
         // writing the closure twice (which would report its errors twice).
-        Credits::SyncClosure(closure) => (
-            quote!(#private::sync_credits(#closure)),
-            closure.to_token_stream(),
-            quote!(::core::option::Option::None),
-        ),
-        Credits::AsyncClosure(closure) => (
-            quote!(#private::async_credits(#closure)),
-            closure.to_token_stream(),
-            quote!(::core::option::Option::None),
-        ),
-        Credits::Expr(expr) => {
-            (expr.to_token_stream(), expr.to_token_stream(), quote!(#private::fixed_credits(#expr)))
+        Credits::SyncClosure(closure) => {
+            (quote!(#private::sync_credits(#closure)), quote!(::core::option::Option::None))
         }
+        Credits::AsyncClosure(closure) => {
+            (quote!(#private::async_credits(#closure)), quote!(::core::option::Option::None))
+        }
+        Credits::Expr(expr) => (expr.to_token_stream(), quote!(#private::fixed_credits(#expr))),
     };
-    let source = source_text(source);
     let resolve = Ident::new("__credits", Span::mixed_site());
     let fixed_fn = Ident::new("__credits_fixed", Span::mixed_site());
     let req = Ident::new("req", Span::mixed_site());
@@ -182,7 +180,6 @@ fn credits(credits: &Credits, private: &TokenStream, helpers: &mut TokenStream) 
     });
     quote! {
         #private::Credits::Source {
-            source: #source,
             resolve: #resolve,
             fixed: #fixed_fn,
         }
@@ -199,17 +196,10 @@ fn none(private: &TokenStream) -> TokenStream {
     quote!(#private::None)
 }
 
-/// `Some("text")` or `None`.
-fn optional_str(text: Option<&str>, private: &TokenStream) -> TokenStream {
-    text.map_or_else(
-        || none(private),
-        |text| some(LitStr::new(text, Span::call_site()).to_token_stream(), private),
-    )
-}
-
-/// Compact source text of an expression for the route table (`config::plan_id()`,
-/// `|req: &HttpRequest| req.path().len() as u64`), the same in every build: the
-/// compiler's own rendering of tokens spaces them out (`config :: plan_id ()`).
+/// Compact source text of a plan or agent expression (`config::plan_id()`), for the
+/// error naming it when it yields an empty id; the same in every build: the compiler's
+/// own rendering of tokens spaces them out (`config :: plan_id ()`). Never used for
+/// credits (pricing logic is not kept as text).
 pub(crate) fn source_text(tokens: TokenStream) -> String {
     let mut out = String::new();
     Printer::default().print(tokens, &mut out);

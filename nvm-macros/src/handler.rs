@@ -32,17 +32,21 @@ pub(crate) struct Handler {
     pub(crate) arg_types: Vec<Type>,
     /// Where an error about the handler's output belongs: its return type, or its name.
     pub(crate) output_span: Span,
-    /// The route of the routing attributes below `#[paid]`.
-    pub(crate) route: RouteInfo,
+    /// The resources the routing attributes below `#[paid]` register, in order.
+    pub(crate) mounts: Vec<Mount>,
 }
 
-/// What the routing attributes below `#[paid]` say.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct RouteInfo {
-    /// The method(s), upper case, comma-separated (`"GET,POST"`).
-    pub(crate) method: Option<String>,
-    /// The path of the first routing attribute.
-    pub(crate) path: Option<String>,
+/// One routing attribute below `#[paid]`: one resource actix-web registers.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Mount {
+    /// The method(s), upper case, comma-separated (`"GET,POST"`); empty when the
+    /// attribute names none (actix-web reports that).
+    pub(crate) methods: String,
+    /// The path, as written.
+    pub(crate) path: String,
+    /// The resource's name: the attribute's `name = "…"`, else the function's name as
+    /// actix-web spells it (`r#type` for a raw identifier).
+    pub(crate) name: String,
 }
 
 /// Where an attribute of the handler goes.
@@ -81,7 +85,7 @@ impl Handler {
                 Place::Inner => inner_attrs.push(attr.clone()),
             }
         }
-        let route = route_info(&function.attrs);
+        let mounts = mounts(&function.attrs, &function.sig.ident);
 
         let arg_types = function
             .sig
@@ -107,7 +111,7 @@ impl Handler {
             inner,
             arg_types,
             output_span,
-            route,
+            mounts,
         })
     }
 }
@@ -242,10 +246,11 @@ fn place(attr: &Attribute) -> Place {
     }
 }
 
-/// Reads the method(s) and path of the routing attributes. Attributes that do not parse
-/// are left to actix-web to report; they just give no information.
-fn route_info(attrs: &[Attribute]) -> RouteInfo {
-    let mut routes: Vec<(Vec<String>, String)> = Vec::new();
+/// Reads the resources of the routing attributes (`#[get]`…, `#[route]`, each under
+/// `#[routes]`). Attributes that do not parse are left to actix-web to report; they just
+/// give no information.
+fn mounts(attrs: &[Attribute], ident: &Ident) -> Vec<Mount> {
+    let mut mounts = Vec::new();
     for attr in attrs {
         let Some(name) = last_segment(attr) else { continue };
         let is_method = METHODS.contains(&name.as_str());
@@ -256,33 +261,26 @@ fn route_info(attrs: &[Attribute]) -> RouteInfo {
             continue;
         };
         let Some(path) = args.iter().find_map(string_literal) else { continue };
-        let methods = if is_method {
-            vec![name.to_ascii_uppercase()]
-        } else {
-            args.iter()
-                .filter_map(|arg| match arg {
-                    Expr::Assign(assign) if matches!(&*assign.left, Expr::Path(p) if p.path.is_ident("method")) => {
-                        string_literal(&assign.right).map(|m| m.to_ascii_uppercase())
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
-        routes.push((methods, path));
-    }
-    let Some((_, path)) = routes.first() else { return RouteInfo::default() };
-    let path = path.clone();
-    let mut methods: Vec<String> = Vec::new();
-    for (route_methods, route_path) in &routes {
-        if *route_path == path {
-            for method in route_methods {
-                if !methods.contains(method) {
-                    methods.push(method.clone());
+        let option = |key: &'static str| {
+            args.iter().filter_map(move |arg| match arg {
+                Expr::Assign(assign) if matches!(&*assign.left, Expr::Path(p) if p.path.is_ident(key)) => {
+                    string_literal(&assign.right)
                 }
+                _ => None,
+            })
+        };
+        let mut methods: Vec<String> = Vec::new();
+        let named = if is_method { vec![name.to_ascii_uppercase()] } else { option("method").collect() };
+        for method in named {
+            let method = method.to_ascii_uppercase();
+            if !methods.contains(&method) {
+                methods.push(method);
             }
         }
+        let resource = option("name").next().unwrap_or_else(|| ident.to_string());
+        mounts.push(Mount { methods: methods.join(","), path, name: resource });
     }
-    RouteInfo { method: (!methods.is_empty()).then(|| methods.join(",")), path: Some(path) }
+    mounts
 }
 
 /// The value of a string literal expression.
@@ -347,36 +345,39 @@ mod tests {
         );
         assert!(matches!(h.inner.vis, Visibility::Inherited));
         assert!(matches!(h.vis, Visibility::Public(_)));
-        assert_eq!(h.route, RouteInfo { method: Some("POST".into()), path: Some("/ask".into()) });
+        assert_eq!(h.mounts, [mount("POST", "/ask", "ask")]);
+    }
+
+    fn mount(methods: &str, path: &str, name: &str) -> Mount {
+        Mount { methods: methods.into(), path: path.into(), name: name.into() }
     }
 
     #[test]
     fn routes_are_read() {
-        let route = |attrs: &str| handler(&format!("{attrs} async fn f() {{}}")).expect("valid").route;
-        assert_eq!(route(""), RouteInfo::default());
+        let mounts = |attrs: &str| handler(&format!("{attrs} async fn f() {{}}")).expect("valid").mounts;
+        assert_eq!(mounts(""), []);
+        assert_eq!(mounts(r#"#[get("/a")]"#), [mount("GET", "/a", "f")]);
         assert_eq!(
-            route(r#"#[get("/a")]"#),
-            RouteInfo { method: Some("GET".into()), path: Some("/a".into()) }
+            mounts(r#"#[web::delete("/a/{id}", name = "del", wrap = "Logger::default()")]"#),
+            [mount("DELETE", "/a/{id}", "del")]
         );
         assert_eq!(
-            route(r#"#[web::delete("/a/{id}", name = "del", wrap = "Logger::default()")]"#),
-            RouteInfo { method: Some("DELETE".into()), path: Some("/a/{id}".into()) }
+            mounts(r#"#[route("/p", method = "GET", method = "post", method = "GET")]"#),
+            [mount("GET,POST", "/p", "f")]
         );
         assert_eq!(
-            route(r#"#[route("/p", method = "GET", method = "post")]"#),
-            RouteInfo { method: Some("GET,POST".into()), path: Some("/p".into()) }
-        );
-        assert_eq!(
-            route(r#"#[routes] #[get("/p")] #[post("/p")] #[put("/q")]"#),
-            RouteInfo { method: Some("GET,POST".into()), path: Some("/p".into()) }
+            mounts(r#"#[routes] #[get("/p")] #[post("/p", name = "p2")] #[put("/q")]"#),
+            [mount("GET", "/p", "f"), mount("POST", "/p", "p2"), mount("PUT", "/q", "f")]
         );
         for method in METHODS {
-            let info = route(&format!(r#"#[{method}("/x")]"#));
-            assert_eq!(info.method, Some(method.to_ascii_uppercase()));
+            assert_eq!(mounts(&format!(r#"#[{method}("/x")]"#))[0].methods, method.to_ascii_uppercase());
         }
+        // actix-web names a resource after the identifier as written.
+        let raw = handler(r#"#[get("/t")] async fn r#type() {}"#).expect("valid").mounts;
+        assert_eq!(raw, [mount("GET", "/t", "r#type")]);
         // Malformed routing attributes are actix-web's to report.
-        assert_eq!(route("#[get]"), RouteInfo::default());
-        assert_eq!(route("#[get(name = \"x\")]"), RouteInfo::default());
+        assert_eq!(mounts("#[get]"), []);
+        assert_eq!(mounts("#[get(name = \"x\")]"), []);
     }
 
     #[test]

@@ -61,9 +61,10 @@ use proc_macro2::TokenStream as TokenStream2;
 /// adds one), without generics, `self`, `const`, `unsafe` or `extern`, returning any
 /// actix-web `Responder`. Its arguments, patterns, attributes and body are kept as
 /// written. Write `#[paid]` first, above the routing attribute (`#[get("/p")]`, `#[post]`,
-/// `#[route]`…), as the README and every example do: its method and path are then
-/// recorded in the route table at compile time. Below it works too; they are then
-/// learned from the first request. In an `impl` block, an associated function without
+/// `#[route]`…), as the README and every example do: its method, path and resource name
+/// are then recorded in the route table at compile time. Below it works too: the
+/// pricing manifest then finds the resource by the function's name and learns the
+/// method from the first request. In an `impl` block, an associated function without
 /// `self` can be paid and registered by hand (`web::post().to(Agent::ask)`), but
 /// actix-web's routing attributes refuse it (they declare a type next to the function):
 /// write a free function.
@@ -75,8 +76,11 @@ use proc_macro2::TokenStream as TokenStream2;
 /// extractor (holding the request body, unread), prices and verifies the payment, then
 /// runs the original extractors and only builds the inner future once the payment is
 /// verified. A `static` inside it holds the route's description (plan, agent, credits,
-/// method and path), which is also registered in a table the runtime reads at start-up
-/// (to check that `env` plans are set and fetch the plans) and for its pricing manifest.
+/// and the method, path and resource name of each routing attribute below `#[paid]`),
+/// which is also registered in a table the runtime reads at start-up (to check that
+/// `env` plans are set and fetch the plans) and for its pricing manifest. A credits
+/// expression is compiled, never kept as text: the pricing logic is not in the binary's
+/// strings nor in the manifest.
 ///
 /// Mistakes are compile errors pointing at the offending token and showing the correct
 /// form; the handler is then left as written, so other errors stay meaningful.

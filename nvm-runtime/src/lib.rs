@@ -1,4 +1,15 @@
-#![doc = include_str!("../README.md")]
+// The README is the front page when every feature is on (as on docs.rs): its snippets
+// are doctests that use them all.
+#![cfg_attr(
+    all(feature = "local", feature = "redis", feature = "metrics", feature = "cors", feature = "utoipa"),
+    doc = include_str!("../README.md")
+)]
+#![cfg_attr(
+    not(all(feature = "local", feature = "redis", feature = "metrics", feature = "cors", feature = "utoipa")),
+    doc = "Charge for actix-web endpoints with Nevermined x402 payments: `#[paid]`, `PaymentContext`, \
+           the facilitator client and the local facilitator. The guide (the README) is this page when \
+           every feature is on, as on docs.rs: `cargo doc --all-features`."
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The layers, lowest first: each module imports only from those above it.

@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 
 use super::context::attach;
 use super::credits::{CreditsFuture, CreditsSource};
-use super::payments::Payments;
+use super::payments::{DeclaredRoute, Payments};
 use super::paywall::{self, Exchange, catch_unwind};
 use super::respond::handler_panicked;
 use super::route_table::{Anchors, Lookup, RouteKey};
@@ -41,6 +41,8 @@ type CreditsFn = dyn for<'a> Fn(&'a HttpRequest) -> CreditsFuture<'a> + Send + S
 pub struct RouteConfig {
     terms: Terms,
     credits: Arc<CreditsFn>,
+    /// The credits when they are a fixed number (for the start-up report).
+    fixed: Option<u64>,
 }
 
 impl std::fmt::Debug for RouteConfig {
@@ -55,6 +57,7 @@ impl RouteConfig {
         RouteConfig {
             terms: Terms::new(Id::Literal(Cow::Owned(plan_id.into()))),
             credits: Arc::new(|_| CreditsFuture::Ready(1)),
+            fixed: Some(1),
         }
     }
 
@@ -63,6 +66,7 @@ impl RouteConfig {
     where
         S: CreditsSource<M> + Clone + Send + Sync + 'static,
     {
+        self.fixed = (&source as &dyn std::any::Any).downcast_ref::<u64>().copied();
         self.credits = Arc::new(move |req| source.clone().resolve(req));
         self
     }
@@ -207,6 +211,13 @@ impl PaymentMiddleware {
             // Fetched by `Payments::prepare`.
             self.payments.plans().want(&config.plan_id());
         }
+        // Reported by `Payments::prepare`.
+        self.payments.declare(DeclaredRoute {
+            route: key.text.clone(),
+            plan: config.plan_id().into_owned(),
+            credits: config.fixed,
+            settle: config.terms.settle,
+        });
         Arc::make_mut(&mut self.keys).push(key);
         Arc::make_mut(&mut self.configs).push(config);
         Ok(self)

@@ -1,21 +1,33 @@
 //! The payments configuration: API key, environment, backend, timeouts, token headers,
 //! settlement policy, hooks and caches. Built once, registered with the `App`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
 use actix_web::{HttpRequest, HttpResponse};
 
 use crate::actix::hooks::Hooks;
+use crate::actix::pricing::{ValueSource, settle_label};
 use crate::backend::Facilitator;
 use crate::backend::PlanCatalog;
 use crate::backend::{ApiKey, BackendSettings, Connection, Environment};
 use crate::error::{ConfigError, PaymentError};
 use crate::flow::cache::VerifyCache;
-use crate::flow::{Idempotency, PendingSettlement, PendingSettlements, Seller};
+use crate::flow::{Idempotency, PendingSettlement, PendingSettlements, Seller, SettlePoint};
 use crate::wire::PaymentRequired;
 use crate::wire::{SettleResponse, VerifyResponse};
+
+/// A route a `PaymentMiddleware` table charges, as the start-up report shows it.
+#[derive(Debug)]
+pub(crate) struct DeclaredRoute {
+    /// The table's key, `"POST /ask"`.
+    pub(crate) route: String,
+    pub(crate) plan: String,
+    /// `None`: computed per request.
+    pub(crate) credits: Option<u64>,
+    pub(crate) settle: Option<SettlePoint>,
+}
 
 /// The default token header.
 pub const DEFAULT_TOKEN_HEADER: &str = "payment-signature";
@@ -46,6 +58,8 @@ pub struct Payments {
 }
 
 struct Inner {
+    /// The routes `PaymentMiddleware` tables built with this configuration charge.
+    declared: Mutex<Vec<DeclaredRoute>>,
     api_key: ApiKey,
     environment: Environment,
     seller: Seller,
@@ -154,6 +168,7 @@ impl Payments {
     /// ```
     pub async fn prepare(&self) -> Result<(), ConfigError> {
         crate::actix::pricing::check_startup()?;
+        self.report_routes();
         let mut plans = self.plans().wanted();
         for route in crate::actix::pricing::routes() {
             let spec = route.spec();
@@ -187,6 +202,60 @@ impl Payments {
             });
         }
         Ok(())
+    }
+
+    /// Records a route a `PaymentMiddleware` table charges, for the start-up report.
+    pub(crate) fn declare(&self, route: DeclaredRoute) {
+        self.inner.declared.lock().unwrap_or_else(PoisonError::into_inner).push(route);
+    }
+
+    /// Logs what this server charges, before any traffic: one line per paid route
+    /// (method, path, plan, price, settlement point) and one summary line.
+    fn report_routes(&self) {
+        let mut plans = std::collections::BTreeSet::new();
+        let mut count = 0usize;
+        for route in crate::actix::pricing::manifest() {
+            let plan = match &route.plan {
+                ValueSource::Id(id) => id.clone(),
+                ValueSource::Env(var) => format!("env {var} (unset)"),
+                _ => "(an expression)".to_owned(),
+            };
+            tracing::info!(
+                method = route.method.as_deref().unwrap_or("(first request)"),
+                path = route.path.as_deref().unwrap_or("(first request)"),
+                plan = %plan,
+                price = %route.credits,
+                settle = settle_label(route.settle),
+                handler = %route.handler,
+                "paid route"
+            );
+            plans.insert(plan);
+            count += 1;
+        }
+        for route in self.inner.declared.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let (method, path) = route.route.split_once(' ').unwrap_or(("", &route.route));
+            let price = route.credits.map_or_else(|| "dynamic".to_owned(), |n| n.to_string());
+            tracing::info!(
+                method,
+                path,
+                plan = %route.plan,
+                price = %price,
+                settle = settle_label(route.settle),
+                handler = "PaymentMiddleware",
+                "paid route"
+            );
+            plans.insert(route.plan.clone());
+            count += 1;
+        }
+        tracing::info!(
+            routes = count,
+            plans = plans.len(),
+            environment = ?self.environment(),
+            backend = self.backend_url(),
+            "{count} paid route(s) on {} plan(s), settled by {}",
+            plans.len(),
+            self.backend_url()
+        );
     }
 
     pub(crate) fn plans(&self) -> &PlanCatalog {
@@ -432,7 +501,14 @@ impl PaymentsBuilder {
             idempotency: self.idempotency.unwrap_or_default(),
         };
         Ok(Payments {
-            inner: Arc::new(Inner { api_key, environment, seller, token_headers, hooks: self.hooks }),
+            inner: Arc::new(Inner {
+                declared: Mutex::default(),
+                api_key,
+                environment,
+                seller,
+                token_headers,
+                hooks: self.hooks,
+            }),
         })
     }
 }

@@ -1,13 +1,25 @@
 //! The pricing table: every `#[paid]` handler, recorded at compile time, readable at
-//! run time. A ready JSON manifest handler and a start-up check come from it.
+//! run time. From it come a ready JSON manifest handler ([`manifest_handler`]), a
+//! start-up check ([`check_startup`]) and, with the `utoipa` feature, the paid
+//! operations of an OpenAPI document (`openapi`).
+//!
+//! The table holds each handler's terms (plan, agent, credits, settle point,
+//! description) and the routing attributes below its `#[paid]`: the path *as written*
+//! (`/models`), which is not the path it is served at once registered inside
+//! `web::scope("/v1")`. The manifest handler runs inside the app, so it reads the app's
+//! router and lists every paid route at its full path (`/v1/models`), once per place it
+//! is mounted: see [`app_manifest`] for the rule.
+//!
+//! The source text of a credits expression is never kept (a seller's pricing logic is
+//! not public): dynamic credits are listed as `"dynamic"`.
 
 use actix_web::{HttpRequest, HttpResponse};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-pub use crate::actix::route::ValueSource;
-use crate::actix::route::{Credits, Route};
+use crate::actix::route::{Mount, Route};
+use crate::actix::route_table::{self, Resource};
 use crate::error::ConfigError;
-use crate::flow::Id;
+use crate::flow::{Id, SettlePoint, Terms};
 
 /// One `#[paid]` handler in the table; the macro submits one per handler.
 #[doc(hidden)]
@@ -24,89 +36,393 @@ pub(crate) fn routes() -> Vec<&'static Route> {
     routes
 }
 
-/// A route's price, as the manifest shows it.
+/// A plan or agent id as the manifest shows it: the id when it can be read now, else
+/// where it comes from. Never an expression's source text.
+///
+/// In JSON: `"1234…"`, `{"env": "NVM_PLAN_ID"}` or `{"expr": "empty"}`.
+///
+/// ```
+/// use nvm_runtime::actix::pricing::ValueSource;
+///
+/// let unset = ValueSource::Env("NVM_PLAN_ID".into());
+/// assert_eq!(serde_json::to_string(&unset).unwrap(), r#"{"env":"NVM_PLAN_ID"}"#);
+/// assert_eq!(serde_json::to_string(&ValueSource::Id("1234".into())).unwrap(), r#""1234""#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ValueSource {
+    /// The id: a literal, a set `env("VAR")`, or an expression's current value.
+    Id(String),
+    /// An `env("VAR")` whose variable is not set (or empty): the variable's name.
+    Env(String),
+    /// An expression that yields no id now (an empty string).
+    Expr,
+}
+
+impl ValueSource {
+    /// The plan of `terms`, as shown.
+    fn plan(terms: &Terms, handler: &str) -> Self {
+        match terms.plan_id(handler) {
+            Ok(id) => ValueSource::Id(id.into_owned()),
+            Err(_) => Self::unread(&terms.plan),
+        }
+    }
+
+    /// The agent of `terms`, if it has one, as shown.
+    fn agent(terms: &Terms, handler: &str) -> Option<Self> {
+        let agent = terms.agent.as_ref()?;
+        Some(match terms.agent_id(handler) {
+            Ok(Some(id)) => ValueSource::Id(id.into_owned()),
+            Ok(None) | Err(_) => Self::unread(agent),
+        })
+    }
+
+    fn unread(id: &Id) -> Self {
+        match id {
+            Id::Literal(id) => ValueSource::Id(id.to_string()),
+            Id::Env(var) => ValueSource::Env((*var).to_owned()),
+            Id::Expr(..) => ValueSource::Expr,
+        }
+    }
+}
+
+impl Serialize for ValueSource {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            ValueSource::Id(id) => serializer.serialize_str(id),
+            ValueSource::Env(var) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("env", var)?;
+                map.end()
+            }
+            ValueSource::Expr => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("expr", "empty")?;
+                map.end()
+            }
+        }
+    }
+}
+
+/// One paid route of the manifest: a method and path with the terms of the `#[paid]`
+/// handler serving it.
+///
+/// In JSON (`module` is not published; absent fields are omitted):
+///
+/// ```json
+/// {"method": "GET", "path": "/v1/models/{id}", "handler": "model", "plan": "1234",
+///  "agent": "5678", "credits": 2, "settle": "default", "description": "A model card"}
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct PricedRoute {
-    /// The handler's name.
-    pub handler: String,
-    /// The handler's module.
-    pub module: String,
-    /// The method(s) of its routing attribute when `#[paid]` sits above it, else the
-    /// method of the first request served.
+    /// The HTTP method; `None` when not known yet (a handler whose routing attribute
+    /// sits above `#[paid]`, not served yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// The path of its routing attribute when `#[paid]` sits above it, else the route
-    /// pattern of the first request served.
+    /// The path pattern, as actix-web routes it (`/v1/models/{id}`). In [`manifest`],
+    /// the routing attribute's path as written (no scope prefix).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// The plan id, when it can be read now.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub plan_id: Option<String>,
-    /// Where the plan id comes from.
+    /// The handler's name.
+    pub handler: String,
+    /// The handler's module (not serialized: the app's layout is not the buyer's
+    /// business).
+    #[serde(skip)]
+    pub module: String,
+    /// The plan a request pays with.
     pub plan: ValueSource,
-    /// The agent id, when the route has one and it can be read now.
+    /// The agent sent with the plan, when the route has one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent_id: Option<String>,
-    /// The credits: a number, or `"dynamic"`.
+    pub agent: Option<ValueSource>,
+    /// The credits of a request: a number, or `"dynamic"` when they depend on the
+    /// request (a closure, a function, `by_body`).
     pub credits: serde_json::Value,
-    /// The expression of dynamic credits.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub credits_source: Option<String>,
-    /// Forced scheme.
+    /// When the payment is settled: `"before_body"`, `"after_body"`, or `"default"`
+    /// (`None`: before the body for a buffered answer, after it for a streamed one).
+    #[serde(serialize_with = "settle_name")]
+    pub settle: Option<SettlePoint>,
+    /// The forced scheme (`scheme = …`), else detected from the plan.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
-    /// Forced network.
+    /// The forced network (`network = …`), else detected from the plan.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
-    /// Resource description.
+    /// The resource's description (`description = …`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 
+/// `"before_body"`, `"after_body"` or `"default"`.
+pub(crate) fn settle_label(settle: Option<SettlePoint>) -> &'static str {
+    match settle {
+        Some(SettlePoint::BeforeBody) => "before_body",
+        Some(SettlePoint::AfterBody) => "after_body",
+        None => "default",
+    }
+}
+
+fn settle_name<S: Serializer>(settle: &Option<SettlePoint>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(settle_label(*settle))
+}
+
 impl PricedRoute {
-    fn of(route: &Route) -> Self {
+    fn of(route: &Route, method: Option<&str>, path: Option<&str>) -> Self {
         let spec = route.spec();
-        let (credits, credits_source) = match spec.credits {
-            Credits::Fixed(n) => (n.into(), None),
-            Credits::Source { source, fixed, .. } => match fixed() {
-                Some(n) => (n.into(), Some(source.to_owned())),
-                None => ("dynamic".into(), Some(source.to_owned())),
-            },
-        };
-        let (method, path) = route.method_and_path();
         let terms = &spec.terms;
+        let credits = route.fixed_credits().map_or_else(|| "dynamic".into(), serde_json::Value::from);
         PricedRoute {
-            handler: spec.handler.to_owned(),
-            module: spec.module.to_owned(),
             method: method.map(str::to_owned),
             path: path.map(str::to_owned),
-            plan_id: terms.plan_id(spec.handler).ok().map(String::from),
-            plan: ValueSource::of(&terms.plan),
-            agent_id: terms.agent_id(spec.handler).ok().flatten().map(String::from),
+            handler: spec.handler.to_owned(),
+            module: spec.module.to_owned(),
+            plan: ValueSource::plan(terms, spec.handler),
+            agent: ValueSource::agent(terms, spec.handler),
             credits,
-            credits_source,
+            settle: terms.settle,
             scheme: terms.scheme.as_deref().map(str::to_owned),
             network: terms.network.as_deref().map(str::to_owned),
             description: terms.description.as_deref().map(str::to_owned),
         }
     }
+
+    /// The same terms (what a buyer pays), whatever the handler.
+    fn same_terms(&self, other: &Self) -> bool {
+        (&self.plan, &self.agent, &self.credits, self.settle, &self.scheme, &self.network, &self.description)
+            == (
+                &other.plan,
+                &other.agent,
+                &other.credits,
+                other.settle,
+                &other.scheme,
+                &other.network,
+                &other.description,
+            )
+    }
 }
 
-/// The pricing manifest: every paid route with its plan and credits.
+/// The pricing table itself: every `#[paid]` handler linked into this program, one
+/// entry per method of each routing attribute below its `#[paid]`, with the path as
+/// that attribute writes it (no scope prefix: the table is built before any app).
+/// A handler without such an attribute has the method and full path of the first
+/// request it served, or none. For the routes an app serves, at their full paths,
+/// use [`app_manifest`].
+///
+/// ```
+/// for route in nvm_runtime::actix::pricing::manifest() {
+///     println!("{} {:?} {:?}: {}", route.handler, route.method, route.path, route.credits);
+/// }
+/// ```
 pub fn manifest() -> Vec<PricedRoute> {
-    routes().into_iter().map(PricedRoute::of).collect()
+    let mut entries = Vec::new();
+    for route in routes() {
+        let before = entries.len();
+        for mount in route.mounts() {
+            let path = Some(mount.path);
+            let mut methods = mount.methods().peekable();
+            if methods.peek().is_none() {
+                entries.push(PricedRoute::of(route, None, path));
+            }
+            entries.extend(methods.map(|method| PricedRoute::of(route, Some(method), path)));
+        }
+        if entries.len() == before {
+            let served = route.served();
+            let method = served.map(|s| s.method.as_str());
+            entries.push(PricedRoute::of(route, method, served.map(|s| s.pattern.as_str())));
+        }
+    }
+    entries
 }
 
-/// A ready handler serving [`manifest`] as JSON `{"routes": […]}`.
+/// The paid routes of the app serving `req`, at the full paths its router matches
+/// (scope prefixes included), sorted by path and method: what [`manifest_handler`]
+/// serves.
+///
+/// How a `#[paid]` handler is found among the app's resources:
+///
+/// - a routing attribute below `#[paid]` (`#[get("/models")]`) registers a resource
+///   named after the function (or its `name = "…"`): every resource of the app with
+///   that name whose full pattern ends with the attribute's path is the handler's, with
+///   the attribute's method(s). Mounted in two scopes, it is listed twice;
+/// - a routing attribute above `#[paid]` names the resource after the function too: the
+///   resources of that name are listed, with the method of the first request served
+///   (no method until then);
+/// - a handler registered by hand (`web::post().to(handler)`) names no resource: it is
+///   listed at the method and pattern of the first request it served, once served.
+///
+/// Two `#[paid]` handlers of the same name and path in different modules cannot be
+/// told apart this way: a resource they could both be is listed when their terms are
+/// the same, or once one of them has served it; otherwise it is left out (and logged).
+/// Give one of them a distinct resource name (`#[get("/models", name = "models_v2")]`).
+/// An unpaid handler with the same name and path as a paid one would be listed too.
+///
+/// ```
+/// use actix_web::{HttpRequest, HttpResponse};
+///
+/// // The manifest as plain text, one route per line.
+/// async fn prices(req: HttpRequest) -> HttpResponse {
+///     let lines: Vec<String> = nvm_runtime::actix::pricing::app_manifest(&req)
+///         .into_iter()
+///         .map(|r| format!("{} {} {}", r.method.unwrap_or_default(), r.path.unwrap_or_default(), r.credits))
+///         .collect();
+///     HttpResponse::Ok().body(lines.join("\n"))
+/// }
+/// # let _ = prices;
+/// ```
+pub fn app_manifest(req: &HttpRequest) -> Vec<PricedRoute> {
+    let rmap = req.resource_map();
+    let resources = route_table::resources(rmap);
+    let mut entries: Vec<(PricedRoute, bool)> = Vec::new();
+    for route in routes() {
+        let served = route.served();
+        let mut found: Vec<(Option<&'static str>, String)> = Vec::new();
+        let mut add = |method: Option<&'static str>, path: String| {
+            if let Some(known) = found.iter_mut().find(|(m, p)| *p == path && (m.is_none() || *m == method)) {
+                known.0 = known.0.or(method);
+            } else {
+                found.push((method, path));
+            }
+        };
+        let mounts: Vec<Mount> = route.mounts().collect();
+        // Each resource goes to the attribute(s) whose path is the longest end of its
+        // pattern: `#[get("/p")]` does not claim the resource of `#[put("/x/p")]`.
+        let mut claimed: Vec<(String, usize, Mount)> = Vec::new();
+        for mount in &mounts {
+            let suffix = leading_slash(mount.path);
+            for path in full_patterns(req, resources.as_deref(), mount.name, &suffix) {
+                claimed.push((path, suffix.len(), *mount));
+            }
+        }
+        for (path, length, mount) in &claimed {
+            if claimed.iter().any(|(other, longer, _)| other == path && longer > length) {
+                continue;
+            }
+            let mut methods = mount.methods().peekable();
+            if methods.peek().is_none() {
+                add(None, path.clone());
+            }
+            for method in methods {
+                add(Some(method), path.clone());
+            }
+        }
+        if mounts.is_empty() {
+            let handler = route.spec().handler;
+            for name in [handler.to_owned(), format!("r#{handler}")] {
+                for path in full_patterns(req, resources.as_deref(), &name, "") {
+                    let method = served.filter(|s| s.pattern == path).map(|s| s.method.as_str());
+                    add(method, path);
+                }
+            }
+        }
+        // What the handler served: the only trace of a handler registered by hand, and
+        // a second mount when the router could not be read.
+        if let Some(served) = served
+            && (mounts.is_empty() || resources.is_none())
+            && route_table::is_served(rmap, resources.as_deref(), &served.pattern)
+        {
+            add(Some(&served.method), served.pattern.clone());
+        }
+        for (method, path) in found {
+            let was_served =
+                served.is_some_and(|s| s.pattern == path && method.is_none_or(|m| m == s.method));
+            entries.push((PricedRoute::of(route, method, Some(&path)), was_served));
+        }
+    }
+    let mut manifest = resolve_conflicts(entries);
+    manifest.sort_by(|a, b| (&a.path, &a.method, &a.handler).cmp(&(&b.path, &b.method, &b.handler)));
+    manifest
+}
+
+/// A routing attribute's path as actix-web registers it: with a leading `/`.
+fn leading_slash(path: &str) -> String {
+    if path.is_empty() || path.starts_with('/') { path.to_owned() } else { format!("/{path}") }
+}
+
+/// The full patterns of the app's resources named `name` whose pattern ends with
+/// `suffix`, each once.
+fn full_patterns(req: &HttpRequest, resources: Option<&[Resource]>, name: &str, suffix: &str) -> Vec<String> {
+    let found: Vec<String> = match resources {
+        Some(resources) => resources
+            .iter()
+            .filter(|r| r.name.as_deref() == Some(name) && r.pattern.ends_with(suffix))
+            .map(|r| r.pattern.clone())
+            .collect(),
+        None => route_table::named_pattern(req, name).filter(|p| p.ends_with(suffix)).into_iter().collect(),
+    };
+    let mut patterns = Vec::with_capacity(found.len());
+    for pattern in found {
+        if !patterns.contains(&pattern) {
+            patterns.push(pattern);
+        }
+    }
+    patterns
+}
+
+/// One entry per method and path: entries of the same terms are merged; of different
+/// terms, the one whose handler served that route wins, else none is listed.
+fn resolve_conflicts(entries: Vec<(PricedRoute, bool)>) -> Vec<PricedRoute> {
+    let mut groups: Vec<Vec<(PricedRoute, bool)>> = Vec::new();
+    for entry in entries {
+        match groups.iter_mut().find(|g| g[0].0.method == entry.0.method && g[0].0.path == entry.0.path) {
+            Some(group) => group.push(entry),
+            None => groups.push(vec![entry]),
+        }
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for group in groups {
+        let agree = |candidates: &[&(PricedRoute, bool)]| {
+            candidates.iter().all(|(route, _)| route.same_terms(&candidates[0].0))
+        };
+        let all: Vec<&(PricedRoute, bool)> = group.iter().collect();
+        let served: Vec<&(PricedRoute, bool)> = group.iter().filter(|(_, served)| *served).collect();
+        let chosen = if agree(&all) {
+            Some(served.first().unwrap_or(&all[0]))
+        } else if !served.is_empty() && agree(&served) {
+            served.first()
+        } else {
+            None
+        };
+        match chosen {
+            Some((route, _)) => out.push(route.clone()),
+            None => {
+                let handlers: Vec<String> =
+                    group.iter().map(|(r, _)| format!("{}::{}", r.module, r.handler)).collect();
+                tracing::warn!(
+                    path = group[0].0.path.as_deref().unwrap_or_default(),
+                    ?handlers,
+                    "left out of the pricing manifest: #[paid] handlers of the same resource name and path, with different terms; give each a distinct `name = \"…\"` in its routing attribute"
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A ready handler serving [`app_manifest`] as JSON `{"routes": […]}`: every paid
+/// route of the app that serves it, at its full path.
 ///
 /// ```
 /// use actix_web::{web, App};
 /// let _app = App::new().route("/pricing", web::get().to(nvm_runtime::actix::pricing::manifest_handler));
 /// ```
-pub async fn manifest_handler(_req: HttpRequest) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "routes": manifest() }))
+///
+/// An answer:
+///
+/// ```json
+/// {"routes": [
+///   {"method": "POST", "path": "/ask", "handler": "ask", "plan": "1234", "credits": 1, "settle": "default"},
+///   {"method": "GET", "path": "/v1/models/{id}", "handler": "model", "plan": {"env": "NVM_PLAN_ID"},
+///    "credits": "dynamic", "settle": "after_body"}
+/// ]}
+/// ```
+pub async fn manifest_handler(req: HttpRequest) -> HttpResponse {
+    /// The answer, its fields in their declared order.
+    #[derive(Serialize)]
+    struct Manifest {
+        routes: Vec<PricedRoute>,
+    }
+    HttpResponse::Ok().json(Manifest { routes: app_manifest(&req) })
 }
 
 /// Checks at start-up that every `env("VAR")` plan and agent of every `#[paid]`
@@ -131,4 +447,397 @@ pub fn check_startup() -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+#[cfg(feature = "utoipa")]
+pub use openapi_doc::{PaidOperations, openapi};
+
+/// The `utoipa` crate this crate is built with (version 5): name the OpenAPI types
+/// [`openapi`] takes through it when your crate has no `utoipa` of its own, or check
+/// that yours is the same.
+#[cfg(feature = "utoipa")]
+pub use utoipa;
+
+#[cfg(feature = "utoipa")]
+mod openapi_doc {
+    use utoipa::openapi::path::{Operation, PathItem};
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+    use utoipa::openapi::{
+        ComponentsBuilder, ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder,
+    };
+
+    use super::{PricedRoute, routes, settle_label};
+    use crate::actix::route::Route;
+    use crate::actix::route_table::shape;
+    use crate::wire::PAYMENT_REQUIRED;
+
+    /// The name of the envelope's schema in `components.schemas`.
+    const ENVELOPE: &str = "X402PaymentRequired";
+    /// The name of the 402 body's schema in `components.schemas`.
+    const ERROR_BODY: &str = "X402Error";
+
+    /// Marks the paid operations of an OpenAPI document: each operation a `#[paid]`
+    /// handler serves gets an `x-payment-info` extension and a `402` response.
+    ///
+    /// An operation is the handler's when its `operationId` is the handler's name
+    /// (`#[utoipa::path]`'s default: the function's name) and, when the handler has a
+    /// routing attribute below `#[paid]`, its method is the attribute's and its path
+    /// ends with the attribute's path (a scope prefix before it; parameter names and
+    /// `{id:regex}` patterns ignored). For a handler without one: its first request's
+    /// method and path, once served, else the `operationId` alone.
+    ///
+    /// `x-payment-info` is `{"plan": …, "agent"?: …, "credits": n | "dynamic",
+    /// "settle": "before_body" | "after_body" | "default", "scheme"?: …, "network"?: …}`
+    /// (values as in the [manifest](super::app_manifest)). The `402` response (kept
+    /// when the operation already documents one) describes the `payment-required`
+    /// header (base64 of the JSON envelope, whose schema is added to the components as
+    /// `X402PaymentRequired`, field names as on the wire) and its JSON body
+    /// (`X402Error`: `error`, `message`).
+    ///
+    /// Paid routes absent from the document are not added (the pricing table does not
+    /// know the scope prefixes they are served under): they are returned, for you to
+    /// log or to fail on. The table holds every `#[paid]` handler linked into the
+    /// program, so a handler this app does not serve is returned too.
+    ///
+    /// ```
+    /// use nvm_runtime::actix::pricing::utoipa::openapi::{
+    ///     HttpMethod, InfoBuilder, OpenApiBuilder, PathItem, PathsBuilder, path::OperationBuilder,
+    /// };
+    ///
+    /// let ask = OperationBuilder::new().operation_id(Some("ask"));
+    /// let mut doc = OpenApiBuilder::new()
+    ///     .info(InfoBuilder::new().title("agent").version("1").build())
+    ///     .paths(PathsBuilder::new().path("/v1/ask", PathItem::new(HttpMethod::Post, ask)))
+    ///     .build();
+    /// let undocumented = nvm_runtime::actix::pricing::openapi(&mut doc);
+    /// for route in undocumented {
+    ///     eprintln!("paid, but not in the OpenAPI document: {} {:?}", route.handler, route.path);
+    /// }
+    /// ```
+    pub fn openapi(doc: &mut OpenApi) -> Vec<PricedRoute> {
+        let routes = routes();
+        let mut documented = vec![false; routes.len()];
+        let mut marked = false;
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for (method, operation) in operations(item) {
+                let Some(operation) = operation.as_mut() else { continue };
+                let Some(id) = operation.operation_id.clone() else { continue };
+                let matching: Vec<usize> =
+                    (0..routes.len()).filter(|&i| documents(routes[i], method, path, &id)).collect();
+                let Some(&first) = matching.first() else { continue };
+                let info = payment_info(&PricedRoute::of(routes[first], Some(method), Some(path)));
+                let agree = matching
+                    .iter()
+                    .all(|&i| payment_info(&PricedRoute::of(routes[i], Some(method), Some(path))) == info);
+                if !agree {
+                    tracing::warn!(
+                        method,
+                        path,
+                        operation_id = id,
+                        "not marked as paid: #[paid] handlers of the same name with different terms match this operation; give it the operationId of one handler only"
+                    );
+                    continue;
+                }
+                for i in matching {
+                    documented[i] = true;
+                }
+                mark(operation, info);
+                marked = true;
+            }
+        }
+        if marked {
+            add_schemas(doc);
+        }
+        let missing: Vec<(&str, &str)> = routes
+            .iter()
+            .zip(documented)
+            .filter(|(_, documented)| !documented)
+            .map(|(route, _)| (route.spec().module, route.spec().handler))
+            .collect();
+        super::manifest()
+            .into_iter()
+            .filter(|entry| missing.contains(&(entry.module.as_str(), entry.handler.as_str())))
+            .collect()
+    }
+
+    /// [`openapi`] as a utoipa modifier, for `#[openapi(modifiers(&PaidOperations))]`;
+    /// paid routes absent from the document are logged (at `info`).
+    ///
+    /// ```
+    /// use nvm_runtime::actix::pricing::utoipa::openapi::{InfoBuilder, OpenApiBuilder};
+    /// use nvm_runtime::actix::pricing::utoipa::Modify;
+    /// use nvm_runtime::actix::pricing::PaidOperations;
+    ///
+    /// let mut doc = OpenApiBuilder::new().info(InfoBuilder::new().title("agent").version("1").build()).build();
+    /// PaidOperations.modify(&mut doc);
+    /// ```
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct PaidOperations;
+
+    impl utoipa::Modify for PaidOperations {
+        fn modify(&self, doc: &mut OpenApi) {
+            for route in openapi(doc) {
+                tracing::info!(
+                    handler = route.handler,
+                    method = route.method.as_deref().unwrap_or_default(),
+                    path = route.path.as_deref().unwrap_or_default(),
+                    "a #[paid] handler is not in the OpenAPI document"
+                );
+            }
+        }
+    }
+
+    /// The operations of a path item, with their methods.
+    fn operations(item: &mut PathItem) -> [(&'static str, &mut Option<Operation>); 8] {
+        [
+            ("GET", &mut item.get),
+            ("PUT", &mut item.put),
+            ("POST", &mut item.post),
+            ("DELETE", &mut item.delete),
+            ("OPTIONS", &mut item.options),
+            ("HEAD", &mut item.head),
+            ("PATCH", &mut item.patch),
+            ("TRACE", &mut item.trace),
+        ]
+    }
+
+    /// Whether the operation `method path` of id `operation_id` is `route`'s.
+    fn documents(route: &Route, method: &str, path: &str, operation_id: &str) -> bool {
+        if route.spec().handler != operation_id {
+            return false;
+        }
+        let mut mounts = route.mounts().peekable();
+        if mounts.peek().is_some() {
+            let path = template(path);
+            return mounts.any(|mount| {
+                let suffix = super::leading_slash(&template(mount.path));
+                mount.methods().any(|m| m == method) && path.ends_with(&suffix)
+            });
+        }
+        match route.served() {
+            Some(served) => served.method == method && template(&served.pattern) == template(path),
+            None => true,
+        }
+    }
+
+    /// A path with its parameters erased, actix-web's and OpenAPI's alike:
+    /// `/a/{id:\d+}/{tail}*` → `/a/{}/{}`.
+    fn template(path: &str) -> String {
+        let erased = shape(path);
+        let mut out = String::with_capacity(erased.len());
+        let mut depth = 0usize;
+        let mut chars = erased.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' => {
+                    if depth == 0 {
+                        out.push('{');
+                    }
+                    depth += 1;
+                }
+                '}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        out.push('}');
+                        // A tail segment: `{tail}*`.
+                        if chars.peek() == Some(&'*') {
+                            chars.next();
+                        }
+                    }
+                }
+                _ if depth > 0 => {}
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// The `x-payment-info` of an entry.
+    fn payment_info(entry: &PricedRoute) -> serde_json::Value {
+        let mut info = serde_json::json!({
+            "plan": entry.plan,
+            "credits": entry.credits,
+            "settle": settle_label(entry.settle),
+        });
+        if let Some(agent) = &entry.agent {
+            info["agent"] = serde_json::json!(agent);
+        }
+        if let Some(scheme) = &entry.scheme {
+            info["scheme"] = scheme.as_str().into();
+        }
+        if let Some(network) = &entry.network {
+            info["network"] = network.as_str().into();
+        }
+        info
+    }
+
+    /// Adds the extension and, unless documented already, the 402 response.
+    fn mark(operation: &mut Operation, info: serde_json::Value) {
+        operation.extensions.get_or_insert_with(Default::default).insert("x-payment-info".to_owned(), info);
+        operation.responses.responses.entry("402".to_owned()).or_insert_with(|| RefOr::T(payment_required()));
+    }
+
+    /// The 402 response of a paid operation.
+    fn payment_required() -> Response {
+        let mut header_schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_encoding("base64")
+            .content_media_type("application/json")
+            .build();
+        // JSON Schema's `contentSchema` (OpenAPI 3.1), which utoipa has no field for.
+        header_schema.extensions.get_or_insert_with(Default::default).insert(
+            "contentSchema".to_owned(),
+            serde_json::json!({ "$ref": format!("#/components/schemas/{ENVELOPE}") }),
+        );
+        ResponseBuilder::new()
+            .description(
+                "Payment Required (x402): the request carries no valid payment. The `payment-required` \
+                 header holds the envelope (base64 of its JSON) naming the plan to pay with; send the \
+                 access token minted for it in the `payment-signature` header.",
+            )
+            .header(
+                PAYMENT_REQUIRED,
+                HeaderBuilder::new()
+                    .schema(Schema::Object(header_schema))
+                    .description(Some(format!(
+                        "The x402 PaymentRequired envelope: standard base64 of its JSON (schema `{ENVELOPE}`)."
+                    )))
+                    .build(),
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new().schema(Some(Ref::from_schema_name(ERROR_BODY))).build(),
+            )
+            .build()
+    }
+
+    /// Adds the envelope's and the error body's schemas to the components.
+    fn add_schemas(doc: &mut OpenApi) {
+        let components = doc.components.get_or_insert_with(|| ComponentsBuilder::new().build());
+        components.schemas.entry(ENVELOPE.to_owned()).or_insert_with(|| envelope_schema().into());
+        components.schemas.entry(ERROR_BODY.to_owned()).or_insert_with(|| error_schema().into());
+    }
+
+    fn string(description: &str) -> ObjectBuilder {
+        ObjectBuilder::new().schema_type(Type::String).description(Some(description))
+    }
+
+    /// The schema of `wire::PaymentRequired`, with its field names on the wire.
+    pub(super) fn envelope_schema() -> Schema {
+        let extra = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("version", string("Always \"1\".").enum_values(Some(["1"])))
+            .required("version")
+            .property("agentId", string("The agent the plan is used with."))
+            .property("httpVerb", string("The HTTP method of the request."));
+        let accepted = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("One accepted way to pay: a plan on a scheme and network."))
+            .property(
+                "scheme",
+                string("The payment scheme.").enum_values(Some(["nvm:erc4337", "nvm:card-delegation"])),
+            )
+            .required("scheme")
+            .property("network", string("`eip155:84532`, `eip155:8453`, `stripe`…"))
+            .required("network")
+            .property("planId", string("The plan id: a 256-bit decimal number, as a string."))
+            .required("planId")
+            .property("extra", extra);
+        let resource = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("url", string("The request path, without the query string."))
+            .required("url")
+            .property("description", string("A human description of the resource."))
+            .property("mimeType", string("The MIME type of the resource."));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "The x402 PaymentRequired envelope: which plans are accepted for which resource.",
+            ))
+            .property(
+                "x402Version",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .enum_values(Some([2]))
+                    .description(Some("Always 2.")),
+            )
+            .required("x402Version")
+            .property("error", string("Why the payment is required, when there is a reason to give."))
+            .property("resource", resource)
+            .required("resource")
+            .property("accepts", ArrayBuilder::new().items(accepted))
+            .required("accepts")
+            .property(
+                "extensions",
+                ObjectBuilder::new().schema_type(Type::Object).description(Some("Always {}.")),
+            )
+            .build()
+            .into()
+    }
+
+    /// The JSON body of a 402.
+    fn error_schema() -> Schema {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("error", string("`Payment Required`."))
+            .required("error")
+            .property("message", string("Why: no token, an invalid one, a refused one…"))
+            .required("message")
+            .build()
+            .into()
+    }
+}
+
+#[cfg(all(test, feature = "utoipa"))]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use crate::wire::PaymentRequired;
+
+    /// The property names of an object schema, nested ones as `a.b`.
+    fn names(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        let properties =
+            value.get("properties").or_else(|| value.get("items").and_then(|i| i.get("properties")));
+        if let Some(serde_json::Value::Object(properties)) = properties {
+            for (name, schema) in properties {
+                let path = format!("{prefix}{name}");
+                out.insert(path.clone());
+                names(schema, &format!("{path}."), out);
+            }
+        }
+    }
+
+    /// The keys of a JSON value, nested ones as `a.b` (arrays looked into).
+    fn keys(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (name, inner) in map {
+                    let path = format!("{prefix}{name}");
+                    out.insert(path.clone());
+                    keys(inner, &format!("{path}."), out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|item| keys(item, prefix, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_envelope_schema_names_the_wire_fields() {
+        let envelope = PaymentRequired::builder("1", "eip155:84532")
+            .url("/ask")
+            .description("d")
+            .mime_type("application/json")
+            .agent_id("2")
+            .http_verb("POST")
+            .build();
+        let mut wire = serde_json::to_value(&envelope).expect("serializable");
+        wire["error"] = "why".into();
+        let mut on_the_wire = BTreeSet::new();
+        keys(&wire, "", &mut on_the_wire);
+        let schema = serde_json::to_value(super::openapi_doc::envelope_schema()).expect("serializable");
+        let mut described = BTreeSet::new();
+        names(&schema, "", &mut described);
+        assert_eq!(described, on_the_wire);
+    }
 }

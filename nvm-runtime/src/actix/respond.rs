@@ -230,25 +230,20 @@ fn parse_quality(value: &str) -> Option<f32> {
 
 /// The Nevermined app's frontend of `environment`, as the official SDKs configure it:
 /// `https://nevermined.app` for `sandbox` and `live` (one app serves both), and
-/// `https://nevermined.dev` for the staging environments; for `custom`, `NVM_FRONTEND_URL`
-/// when it is an http(s) URL, else `http://localhost:3000`.
-fn frontend_url(environment: Environment) -> Cow<'static, str> {
+/// `https://nevermined.dev` for the staging environments; none for `custom` (a backend
+/// of the seller's own, such as the local facilitator, has no checkout page).
+fn frontend_url(environment: Environment) -> Option<&'static str> {
     match environment {
-        Environment::Sandbox | Environment::Live => Cow::Borrowed("https://nevermined.app"),
-        Environment::StagingSandbox | Environment::StagingLive => Cow::Borrowed("https://nevermined.dev"),
-        Environment::Custom => match std::env::var("NVM_FRONTEND_URL") {
-            Ok(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                Cow::Owned(url.trim_end_matches('/').to_owned())
-            }
-            _ => Cow::Borrowed("http://localhost:3000"),
-        },
+        Environment::Sandbox | Environment::Live => Some("https://nevermined.app"),
+        Environment::StagingSandbox | Environment::StagingLive => Some("https://nevermined.dev"),
+        Environment::Custom => None,
     }
 }
 
 /// The checkout page of `plan_id` in the Nevermined app of `environment`, where a
 /// person buys the plan's credits: `{frontend}/checkout/{plan_id}` ([`frontend_url`]).
-fn checkout_url(environment: Environment, plan_id: &str) -> String {
-    let mut url = format!("{}/checkout/", frontend_url(environment));
+fn checkout_url(environment: Environment, plan_id: &str) -> Option<String> {
+    let mut url = format!("{}/checkout/", frontend_url(environment)?);
     // A plan id is decimal; anything else is percent-encoded into one path segment.
     for byte in plan_id.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
@@ -257,7 +252,7 @@ fn checkout_url(environment: Environment, plan_id: &str) -> String {
             let _ = write!(url, "%{byte:02X}");
         }
     }
-    url
+    Some(url)
 }
 
 /// `text` with the five HTML-significant characters escaped (for text and attributes).
@@ -337,11 +332,19 @@ fn payment_page(envelope: &PaymentRequired, environment: Environment, credits: O
             escape_html(&accepted.scheme),
             escape_html(&accepted.network)
         );
-        let _ = write!(
-            page,
-            "<p><a class=\"buy\" href=\"{}\">Buy credits on Nevermined</a></p>",
-            escape_html(&checkout_url(environment, &accepted.plan_id))
-        );
+        match checkout_url(environment, &accepted.plan_id) {
+            Some(url) => {
+                let _ = write!(
+                    page,
+                    "<p><a class=\"buy\" href=\"{}\">Buy credits on Nevermined</a></p>",
+                    escape_html(&url)
+                );
+            }
+            None => page.push_str(
+                "<p class=\"note\">This server settles with a Nevermined backend of its own: buy credits \
+                 for this plan where its seller sells them.</p>",
+            ),
+        }
     }
     page.push_str(
         "<p class=\"note\">Programs pay with the x402 protocol: read the <code>payment-required</code> \
@@ -534,15 +537,15 @@ mod tests {
 
     #[test]
     fn checkout_links_go_to_the_environments_app() {
-        assert_eq!(checkout_url(Environment::Sandbox, "123"), "https://nevermined.app/checkout/123");
-        assert_eq!(checkout_url(Environment::Live, "123"), "https://nevermined.app/checkout/123");
-        assert_eq!(checkout_url(Environment::StagingSandbox, "9"), "https://nevermined.dev/checkout/9");
-        assert_eq!(checkout_url(Environment::StagingLive, "9"), "https://nevermined.dev/checkout/9");
-        let custom = checkout_url(Environment::Custom, "7");
-        assert!(custom.starts_with("http") && custom.ends_with("/checkout/7"), "{custom}");
+        let url = |environment, plan| checkout_url(environment, plan).unwrap_or_default();
+        assert_eq!(url(Environment::Sandbox, "123"), "https://nevermined.app/checkout/123");
+        assert_eq!(url(Environment::Live, "123"), "https://nevermined.app/checkout/123");
+        assert_eq!(url(Environment::StagingSandbox, "9"), "https://nevermined.dev/checkout/9");
+        assert_eq!(url(Environment::StagingLive, "9"), "https://nevermined.dev/checkout/9");
+        assert_eq!(checkout_url(Environment::Custom, "7"), None, "a custom backend has no checkout page");
         // Anything but an id's characters stays inside one path segment.
         assert_eq!(
-            checkout_url(Environment::Live, "1/../x?y=\"<z>"),
+            url(Environment::Live, "1/../x?y=\"<z>"),
             "https://nevermined.app/checkout/1%2F..%2Fx%3Fy%3D%22%3Cz%3E"
         );
     }

@@ -1,13 +1,17 @@
-//! What `#[paid]` records about a handler: its terms and credits, its name and route.
-//! The macro builds one [`Route`] per handler in a `static`.
+//! What `#[paid]` records about a handler: its terms and credits, its name and the
+//! resources its routing attributes register. The macro builds one [`Route`] per handler
+//! in a `static`.
+//!
+//! Nothing here holds the source text of a credits expression: a seller's pricing logic
+//! is compiled in, never stored as text (so it is neither in the manifest nor among the
+//! binary's strings).
 
 use std::sync::OnceLock;
 
 use actix_web::HttpRequest;
-use serde::Serialize;
 
 use super::credits::CreditsFuture;
-use crate::flow::{Id, Terms};
+use crate::flow::Terms;
 
 /// How a route prices a request.
 #[derive(Debug, Clone, Copy)]
@@ -17,14 +21,18 @@ pub enum Credits {
     /// Any other [`CreditsSource`](super::credits::CreditsSource): a const, a function
     /// or a closure of the request.
     Source {
-        /// The expression's source text.
-        source: &'static str,
         /// Computes the credits of a request.
         resolve: for<'a> fn(&'a HttpRequest) -> CreditsFuture<'a>,
         /// The amount when it does not depend on the request (a const).
         fixed: fn() -> Option<u64>,
     },
 }
+
+/// One routing attribute below `#[paid]`, as the macro writes it: the method(s), upper
+/// case and comma-separated (`"GET,POST"`, `""` when none is named), the path as written
+/// (no scope prefix), and the name actix-web gives the resource (`name = "…"`, else the
+/// function's name).
+pub(crate) type MountSpec = (&'static str, &'static str, &'static str);
 
 /// Everything `#[paid]` knows about a handler at compile time.
 #[derive(Debug)]
@@ -33,23 +41,47 @@ pub struct RouteSpec {
     pub handler: &'static str,
     /// `module_path!()` of the handler.
     pub module: &'static str,
-    /// The HTTP method(s) of the routing attribute below `#[paid]`, if any (`"POST"`).
-    pub method: Option<&'static str>,
-    /// The path of the routing attribute below `#[paid]`, if any.
-    pub path: Option<&'static str>,
+    /// The routing attributes below `#[paid]`, if any.
+    pub mounts: &'static [MountSpec],
     /// The credits.
     pub credits: Credits,
     /// Plan, agent and envelope fields.
     pub terms: Terms,
 }
 
+/// A routing attribute of a handler, read from its [`MountSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mount {
+    /// The method(s): `"GET"`, `"GET,POST"`, or `""`.
+    pub(crate) methods: &'static str,
+    /// The path of the attribute, as written.
+    pub(crate) path: &'static str,
+    /// The resource's name.
+    pub(crate) name: &'static str,
+}
+
+impl Mount {
+    /// Each method of the attribute (none when it names none).
+    pub(crate) fn methods(&self) -> impl Iterator<Item = &'static str> {
+        self.methods.split(',').map(str::trim).filter(|m| !m.is_empty())
+    }
+}
+
+/// The method and full route pattern of a request a handler served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Served {
+    pub(crate) method: String,
+    pub(crate) pattern: String,
+}
+
 /// A handler's [`RouteSpec`] plus what is learnt at run time.
 #[derive(Debug)]
 pub struct Route {
     spec: RouteSpec,
-    /// Method and path pattern seen on the first request, for handlers whose routing
-    /// attribute sits above `#[paid]` (expanded first, so the macro never sees it).
-    served: OnceLock<(String, String)>,
+    /// Method and full route pattern of the first request served: what the pricing
+    /// table knows of a handler registered by hand (`web::post().to(handler)`), or whose
+    /// routing attribute sits above `#[paid]` (expanded first, so the macro never sees it).
+    served: OnceLock<Served>,
 }
 
 impl Route {
@@ -58,12 +90,11 @@ impl Route {
     pub const fn new(
         handler: &'static str,
         module: &'static str,
-        method: Option<&'static str>,
-        path: Option<&'static str>,
+        mounts: &'static [MountSpec],
         credits: Credits,
         terms: Terms,
     ) -> Self {
-        Route { spec: RouteSpec { handler, module, method, path, credits, terms }, served: OnceLock::new() }
+        Route { spec: RouteSpec { handler, module, mounts, credits, terms }, served: OnceLock::new() }
     }
 
     /// The compile-time description.
@@ -71,20 +102,23 @@ impl Route {
         &self.spec
     }
 
-    /// Records the method and route pattern of a request, once.
+    /// The routing attributes below `#[paid]`.
+    pub(crate) fn mounts(&self) -> impl Iterator<Item = Mount> + '_ {
+        self.spec.mounts.iter().map(|&(methods, path, name)| Mount { methods, path, name })
+    }
+
+    /// Records the method and full route pattern of a request, once (after the first
+    /// request, one atomic load).
     pub(crate) fn observe(&self, req: &HttpRequest) {
-        if self.served.get().is_none() && self.spec.path.is_none() {
+        if self.served.get().is_none() {
             let pattern = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
-            let _ = self.served.set((req.method().as_str().to_owned(), pattern));
+            let _ = self.served.set(Served { method: req.method().as_str().to_owned(), pattern });
         }
     }
 
-    /// The method and path: from the routing attribute, else as first served.
-    pub fn method_and_path(&self) -> (Option<&str>, Option<&str>) {
-        match (self.spec.method, self.spec.path, self.served.get()) {
-            (None, None, Some((method, path))) => (Some(method), Some(path)),
-            (method, path, _) => (method, path),
-        }
+    /// The method and full pattern of the first request served, if any.
+    pub(crate) fn served(&self) -> Option<&Served> {
+        self.served.get()
     }
 
     /// The credits of this request.
@@ -94,27 +128,12 @@ impl Route {
             Credits::Source { resolve, .. } => resolve(req),
         }
     }
-}
 
-/// A plan or agent id as the pricing manifest shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "from", content = "value", rename_all = "camelCase")]
-#[non_exhaustive]
-pub enum ValueSource {
-    /// A literal id.
-    Literal(String),
-    /// The name of the environment variable.
-    Env(String),
-    /// The source text of the expression.
-    Expr(String),
-}
-
-impl ValueSource {
-    pub(crate) fn of(id: &Id) -> Self {
-        match id {
-            Id::Literal(s) => ValueSource::Literal(s.to_string()),
-            Id::Env(s) => ValueSource::Env((*s).to_owned()),
-            Id::Expr(s, _) => ValueSource::Expr((*s).to_owned()),
+    /// The credits of every request (`Some`), or `None` when they depend on the request.
+    pub(crate) fn fixed_credits(&self) -> Option<u64> {
+        match self.spec.credits {
+            Credits::Fixed(n) => Some(n),
+            Credits::Source { fixed, .. } => fixed(),
         }
     }
 }
