@@ -334,7 +334,10 @@ fn the_docs_and_examples_tell_one_story() {
     // The front page (with every feature, as docs.rs builds it) is the README.
     assert!(lib.contains("doc = include_str!(\"../README.md\")"), "the crate docs are not the README");
     let manifest = std::fs::read_to_string(root.join("nvm-runtime/Cargo.toml")).expect("Cargo.toml");
-    assert!(manifest.contains("[package.metadata.docs.rs]\nall-features = true"), "docs.rs builds without every feature");
+    assert!(
+        manifest.contains("[package.metadata.docs.rs]\nall-features = true"),
+        "docs.rs builds without every feature"
+    );
     let quickstart = std::fs::read_to_string(root.join("examples/quickstart.rs")).expect("quickstart.rs");
     assert!(
         quickstart.contains(&commands[0]),

@@ -5,7 +5,13 @@
     doc = include_str!("../README.md")
 )]
 #![cfg_attr(
-    not(all(feature = "local", feature = "redis", feature = "metrics", feature = "cors", feature = "utoipa")),
+    not(all(
+        feature = "local",
+        feature = "redis",
+        feature = "metrics",
+        feature = "cors",
+        feature = "utoipa"
+    )),
     doc = "Charge for actix-web endpoints with Nevermined x402 payments: `#[paid]`, `PaymentContext`, \
            the facilitator client and the local facilitator. The guide (the README) is this page when \
            every feature is on, as on docs.rs: `cargo doc --all-features`."
