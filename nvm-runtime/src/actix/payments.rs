@@ -220,11 +220,15 @@ impl Payments {
                 ValueSource::Env(var) => format!("env {var} (unset)"),
                 _ => "(an expression)".to_owned(),
             };
+            let price = match &route.credits {
+                serde_json::Value::String(price) => price.clone(),
+                price => price.to_string(),
+            };
             tracing::info!(
                 method = route.method.as_deref().unwrap_or("(first request)"),
                 path = route.path.as_deref().unwrap_or("(first request)"),
                 plan = %plan,
-                price = %route.credits,
+                price = %price,
                 settle = settle_label(route.settle),
                 handler = %route.handler,
                 "paid route"
