@@ -185,6 +185,9 @@ struct Settings {
     idempotency_rounds: usize,
     idempotency_duration: Duration,
     idempotency_warmup: Duration,
+    /// `--metrics-recorder`: a Prometheus recorder installed for the whole run, to
+    /// measure what the payment metrics cost when something records them.
+    metrics_recorder: bool,
 }
 
 impl Settings {
@@ -204,6 +207,7 @@ impl Settings {
             idempotency_rounds: 10,
             idempotency_duration: Duration::from_millis(500),
             idempotency_warmup: Duration::from_millis(500),
+            metrics_recorder: false,
         }
     }
 
@@ -223,6 +227,7 @@ impl Settings {
             idempotency_rounds: 1,
             idempotency_duration: Duration::from_millis(300),
             idempotency_warmup: Duration::from_millis(200),
+            metrics_recorder: false,
         }
     }
 
@@ -248,6 +253,7 @@ impl Settings {
                 }
                 "--latency-rounds" => settings.latency_rounds = count(&value()?, 1, 100)?,
                 "--no-idempotency" => settings.idempotency = false,
+                "--metrics-recorder" => settings.metrics_recorder = true,
                 "--idempotency-rounds" => settings.idempotency_rounds = count(&value()?, 1, 100)?,
                 "--only" => {
                     settings.only = value()?
@@ -273,7 +279,7 @@ impl Settings {
 
 const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [--connections N] [--rounds N]\n\
   \x20            [--latency-ms N] [--latency-rounds N] [--no-idempotency] [--idempotency-rounds N]\n\
-  \x20            [--only SERVERS]\n\
+  \x20            [--only SERVERS] [--metrics-recorder]\n\
   --duration        seconds each server is driven per round (default 0.5; quick 0.4)\n\
   --warmup          seconds of unmeasured load per server before the rounds (default 1; quick 0.2)\n\
   --connections     concurrent keep-alive connections (default 16; quick 8)\n\
@@ -285,6 +291,8 @@ const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [-
   \x20                 no store, the in-memory store and Redis (a redis-server it starts), and a\n\
   \x20                 replay's cost against a paid call\n\
   --idempotency-rounds  rounds of the third section, 0.5 s each (default 10; quick 1 of 0.3 s)\n\
+  --metrics-recorder  install a Prometheus metrics recorder (the payment metrics are recorded;\n\
+  \x20                 without it they go nowhere): run twice to see what telemetry costs\n\
   --quick           a smoke run of a few seconds\n\
   --only            drive only these servers, e.g. `--only paid,handwritten` (for profiling); of\n\
   \x20                 plain, handwritten, paid, paid+cache (the first two sections) and\n\
@@ -892,6 +900,12 @@ fn run(settings: &Settings) -> Result<bool, String> {
         eprintln!("warning: a debug build; run with --release for meaningful numbers");
     }
     let load_before = cpu::load_average();
+    if settings.metrics_recorder {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(|e| format!("installing the metrics recorder: {e}"))?;
+        println!("metrics: a Prometheus recorder is installed; the payment metrics are recorded");
+    }
     let local = LocalFacilitator::start().map_err(|e| format!("starting the local facilitator: {e}"))?;
     local.set_balance(DEMO_PLAN_ID, local.subscriber_address(), BALANCE);
     let token = local.mint_token(MintOptions::new());

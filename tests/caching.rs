@@ -1,6 +1,7 @@
 //! Caches never serve paid content to someone who did not pay: every 402 carries
 //! `Cache-Control: no-store`, and every paid answer `private, no-store`, whatever the
-//! handler set; on both forms, for plain and streamed bodies.
+//! handler set, or the route's own `private` value when it opts into caching; on both
+//! forms, for plain and streamed bodies.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -37,17 +38,25 @@ async fn macro_stream() -> HttpResponse {
     streamed().await
 }
 
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2, cache_control = "private, max-age=300")]
+#[actix_web::get("/macro/kept")]
+async fn macro_kept() -> HttpResponse {
+    cacheable().await
+}
+
 fn app(payments: Payments) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
     move |cfg: &mut web::ServiceConfig| {
         let route = || RouteConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID).credits(CREDITS);
         let table = PaymentMiddleware::new(payments.clone())
             .route("GET /mw/plain", route())
-            .route("GET /mw/stream", route());
-        cfg.service(macro_plain).service(macro_stream).service(
+            .route("GET /mw/stream", route())
+            .route("GET /mw/kept", route().cache_control("private, max-age=300"));
+        cfg.service(macro_plain).service(macro_stream).service(macro_kept).service(
             web::scope("/mw")
                 .wrap(table)
                 .route("/plain", web::get().to(cacheable))
-                .route("/stream", web::get().to(streamed)),
+                .route("/stream", web::get().to(streamed))
+                .route("/kept", web::get().to(cacheable)),
         );
         cfg.route("/free", web::get().to(cacheable));
     }
@@ -86,6 +95,26 @@ async fn no_402_and_no_paid_answer_is_stored_by_a_cache() {
             cache_control(&server, path, Some(&token)).await,
             (200, Some("private, no-store".into())),
             "{path}: paid, whatever the handler asked"
+        );
+    }
+    // A route that opts into private caching: its value on the paid answer, still
+    // no-store on its 402.
+    for path in ["/macro/kept", "/mw/kept"] {
+        assert_eq!(cache_control(&server, path, None).await, (402, Some("no-store".into())), "{path}");
+        assert_eq!(
+            cache_control(&server, path, Some(&token)).await,
+            (200, Some("private, max-age=300".into())),
+            "{path}: the route's own private value"
+        );
+    }
+    // A route that would let a shared cache keep paid answers is refused by name.
+    for leaky in ["public, max-age=300", "private, s-maxage=60", "max-age=300"] {
+        let error = PaymentMiddleware::new(payments_for(&local).build().unwrap())
+            .try_route("GET /mw/plain", RouteConfig::new(DEMO_PLAN_ID).cache_control(leaky))
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("GET /mw/plain") && error.to_string().contains("private"),
+            "{error}"
         );
     }
     // A free route keeps what its handler set.

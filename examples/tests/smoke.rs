@@ -71,7 +71,7 @@ impl Example {
 
     /// The server URL from "Agent listening on http://…".
     fn url(&self) -> String {
-        let line = self.line("listening on");
+        let line = self.line("Agent listening on");
         line.split_whitespace().find(|w| w.starts_with("http://")).expect("url").to_owned()
     }
 
@@ -192,6 +192,65 @@ async fn dynamic_credits_prices_by_request_and_charges_usage() {
     assert_eq!(paid.receipt.expect("receipt").credits_redeemed_u64(), 2);
     let body: serde_json::Value = paid.response.json().await.unwrap();
     assert_eq!((body["quoted"].as_u64(), body["charged"].as_u64()), (Some(7), Some(2)), "{body}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn production_reports_meters_lists_and_lets_a_page_pay() {
+    let example = Example::start("production");
+    // The start-up report, before the banner: the route and the summary.
+    let report = example.line("paid route method=");
+    assert!(report.contains("path=\"/ask\"") && report.contains("price=1"), "{report}");
+    example.line("paid route(s) on 1 plan(s)");
+    let url = example.url();
+    let client = example.paying_client();
+    let request = client.http().post(format!("{url}/v1/ask")).header("content-type", "application/json");
+    let paid = client.send(request.body(r#"{"query":"hi"}"#)).await.unwrap();
+    assert_eq!(paid.response.status(), 200);
+    let http = reqwest::Client::new();
+    let unpaid = http.post(format!("{url}/v1/ask")).body("{}").send().await.unwrap();
+    assert_eq!(unpaid.status(), 402);
+
+    // The metrics count what happened.
+    let metrics = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let count = |outcome: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("nvm_paid_requests_total{")
+                    && l.contains("route=\"/v1/ask\"")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no {outcome} counter in {metrics}"))
+            .to_owned()
+    };
+    // Two 402s without a token: the paying client's first try, and the unpaid call.
+    assert_eq!((count("paid").as_str(), count("no_token").as_str()), ("1", "2"), "{metrics}");
+    assert!(metrics.contains("nvm_paid_credits_settled_total{"), "{metrics}");
+    assert!(metrics.contains("nvm_paid_verify_seconds"), "{metrics}");
+
+    // The manifest lists the route at the path the app serves.
+    let pricing: serde_json::Value =
+        http.get(format!("{url}/pricing")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(pricing["routes"][0]["path"], "/v1/ask", "{pricing}");
+    assert_eq!(pricing["routes"][0]["credits"], 1, "{pricing}");
+
+    // CORS: a page on the allowed origin may send the token and read the receipt.
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, format!("{url}/v1/ask"))
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "payment-signature, content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{preflight:?}");
+    let allowed = preflight.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("payment-signature"), "{allowed}");
+    let from_page =
+        http.post(format!("{url}/v1/ask")).header("origin", "http://localhost:5173").send().await.unwrap();
+    let exposed = from_page.headers()["access-control-expose-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(exposed.contains("payment-required") && exposed.contains("payment-response"), "{exposed}");
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -21,6 +21,7 @@ mod kw {
     syn::custom_keyword!(mime_type);
     syn::custom_keyword!(resource);
     syn::custom_keyword!(settle);
+    syn::custom_keyword!(cache_control);
 }
 
 /// The schemes the runtime knows (its `wire` module docs, §3): `scheme = …` must be one of them.
@@ -50,13 +51,15 @@ enum Key {
     Resource,
     /// `settle = "before_body" | "after_body"`
     Settle,
+    /// `cache_control = "private, max-age=60"`
+    CacheControl,
     /// `crate = path`
     Crate,
 }
 
 impl Key {
     /// Every key, in the order the documentation lists them.
-    const ALL: [Key; 10] = [
+    const ALL: [Key; 11] = [
         Key::Plan,
         Key::Agent,
         Key::Credits,
@@ -66,6 +69,7 @@ impl Key {
         Key::MimeType,
         Key::Resource,
         Key::Settle,
+        Key::CacheControl,
         Key::Crate,
     ];
 
@@ -81,6 +85,7 @@ impl Key {
             Key::MimeType => "mime_type",
             Key::Resource => "resource",
             Key::Settle => "settle",
+            Key::CacheControl => "cache_control",
             Key::Crate => "crate",
         }
     }
@@ -97,6 +102,7 @@ impl Key {
             Key::MimeType => "`mime_type = \"application/json\"`",
             Key::Resource => "`resource = \"https://api.example.com/ask\"`",
             Key::Settle => "`settle = \"after_body\"` or `settle = \"before_body\"`",
+            Key::CacheControl => "`cache_control = \"private, max-age=60\"`",
             Key::Crate => "`crate = my_nvm`",
         }
     }
@@ -156,6 +162,9 @@ pub(crate) struct Args {
     pub(crate) resource: Option<LitStr>,
     /// `settle = "…"`: `after_body` or `before_body`.
     pub(crate) settle: Option<LitStr>,
+    /// `cache_control = "…"`: a paid answer's `Cache-Control` (checked by the runtime
+    /// when the route's `static` is built, at compile time).
+    pub(crate) cache_control: Option<LitStr>,
     /// `crate = path`, default `::nvm_runtime`.
     pub(crate) krate: Path,
 }
@@ -199,6 +208,7 @@ struct Slots {
     mime_type: Option<LitStr>,
     resource: Option<LitStr>,
     settle: Option<LitStr>,
+    cache_control: Option<LitStr>,
     krate: Option<Path>,
     /// The keys seen, to report duplicates.
     seen: Vec<Key>,
@@ -225,6 +235,7 @@ impl Slots {
             Key::MimeType => self.mime_type = errors.check(parse_string(key, value, false)),
             Key::Resource => self.resource = errors.check(parse_string(key, value, false)),
             Key::Settle => self.settle = errors.check(parse_settle(value)),
+            Key::CacheControl => self.cache_control = errors.check(parse_string(key, value, false)),
             Key::Crate => self.krate = errors.check(parse_crate(value)),
         }
     }
@@ -283,6 +294,7 @@ impl Parse for Args {
             mime_type,
             resource,
             settle,
+            cache_control,
             krate,
             ..
         } = slots;
@@ -297,6 +309,7 @@ impl Parse for Args {
                 mime_type,
                 resource,
                 settle,
+                cache_control,
                 krate: krate.unwrap_or_else(default_crate),
             }),
             // `plan` was given but invalid, or missing: both are in `errors` already.
@@ -341,6 +354,7 @@ fn parse_key(input: ParseStream<'_>) -> syn::Result<(Result<Key, syn::Error>, Sp
         mime_type => Key::MimeType,
         resource => Key::Resource,
         settle => Key::Settle,
+        cache_control => Key::CacheControl,
     }
     if input.peek(Token![crate]) {
         let token: Token![crate] = input.parse()?;
@@ -862,7 +876,7 @@ mod tests {
         assert_eq!(
             error(r#"plan = "p", price = 2"#),
             "unknown argument `price`: did you mean `credits`? #[paid] accepts `plan`, `agent`, `credits`, \
-             `scheme`, `network`, `description`, `mime_type`, `resource`, `settle` and `crate`"
+             `scheme`, `network`, `description`, `mime_type`, `resource`, `settle`, `cache_control` and `crate`"
         );
         assert!(error(r#"plna = "p""#).contains("unknown argument `plna`: did you mean `plan`?"));
         assert!(error(r#"plan = "p", mimeType = "x""#).contains("did you mean `mime_type`?"));

@@ -122,6 +122,10 @@ fn route_static(
         Some("before_body") => quote!(#terms.settle(#private::SettlePoint::BeforeBody)),
         _ => terms,
     };
+    let terms = match &args.cache_control {
+        Some(value) => quote!(#terms.cache_control(#value)),
+        None => terms,
+    };
     quote! {
         #helpers
         static #route: #private::Route =

@@ -52,6 +52,11 @@ use proc_macro2::TokenStream as TokenStream2;
 /// - `network`: a string literal (`"eip155:84532"`, `"stripe"`…); by default detected.
 /// - `description`, `mime_type`, `resource`: string literals for the `resource` fields of
 ///   the payment-required envelope (`resource` defaults to the request's URL).
+/// - `settle`: `"before_body"` or `"after_body"`: when the payment is settled; by
+///   default after the body for a streamed answer and before it otherwise.
+/// - `cache_control`: a string literal, the `Cache-Control` of paid answers instead of
+///   `private, no-store` (`cache_control = "private, max-age=60"`); it must keep them out
+///   of shared caches (`private`, never `public` or `s-maxage`), checked at compile time.
 /// - `crate = path`: where the runtime crate is, when it is renamed in `Cargo.toml`
 ///   (`crate = my_nvm`); the default is `::nvm_runtime`.
 ///

@@ -33,6 +33,12 @@ snapshot!(
 );
 
 snapshot!(
+    privately_cacheable,
+    r#"plan = "1234", cache_control = "private, max-age=60""#,
+    r#"async fn report() -> impl Responder { "the report" }"#,
+);
+
+snapshot!(
     literal_plan_fixed_credits,
     r#"plan = "1234", credits = 3"#,
     r#"async fn ask() -> impl Responder { "answer" }"#,

@@ -36,6 +36,17 @@ pub enum ConfigError {
     /// The verification cache TTL is outside 5–30 s.
     #[error("the verification cache TTL must be between 5 and 30 seconds, got {0:?}")]
     CacheTtl(Duration),
+    /// A route's `Cache-Control` for paid answers could let a shared cache serve them to
+    /// callers who did not pay.
+    #[error("the Cache-Control `{value}` of the route {route} is refused: {why}")]
+    CacheControl {
+        /// The route (`"GET /report"`).
+        route: String,
+        /// The value given.
+        value: String,
+        /// Why, and what to write instead.
+        why: &'static str,
+    },
     /// An `env("VAR")` plan or agent names a variable that is not set.
     #[error(
         "environment variable {var} is not set; it gives the {what} of {handler}: set it (export {var}=…) before starting"

@@ -10,7 +10,7 @@ pub use crate::actix::credits::CreditsFuture;
 pub use crate::actix::paid::{Paid, serve};
 pub use crate::actix::pricing::RouteEntry;
 pub use crate::actix::route::{Credits, Route, RouteSpec};
-pub use crate::flow::{Id, SettlePoint, Terms};
+pub use crate::flow::{Id, SettlePoint, Terms, cache_control_problem};
 
 use std::any::Any;
 

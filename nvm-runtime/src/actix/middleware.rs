@@ -21,7 +21,7 @@ use super::paywall::{self, Exchange, catch_unwind};
 use super::respond::handler_panicked;
 use super::route_table::{Anchors, Lookup, RouteKey};
 use crate::error::ConfigError;
-use crate::flow::{Id, Offer, SettlePoint, Terms};
+use crate::flow::{Id, Offer, SettlePoint, Terms, cache_control_problem};
 
 type CreditsFn = dyn for<'a> Fn(&'a HttpRequest) -> CreditsFuture<'a> + Send + Sync;
 
@@ -116,6 +116,27 @@ impl RouteConfig {
         self
     }
 
+    /// Paid answers of this route carry `Cache-Control: value` instead of
+    /// `private, no-store`, so the buyer's own cache may keep them. It must keep them
+    /// out of shared caches: `private`, and neither `public` nor `s-maxage`
+    /// ([`PaymentMiddleware::try_route`] refuses the route otherwise).
+    ///
+    /// ```
+    /// use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
+    /// # let payments = nvm_runtime::Payments::builder()
+    /// #     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.").build().unwrap();
+    ///
+    /// let report = RouteConfig::new("1234").credits(5).cache_control("private, max-age=300");
+    /// assert!(PaymentMiddleware::new(payments.clone()).try_route("GET /report", report).is_ok());
+    /// let leaky = RouteConfig::new("1234").cache_control("public, max-age=300");
+    /// let error = PaymentMiddleware::new(payments).try_route("GET /report", leaky).unwrap_err();
+    /// assert!(error.to_string().contains("private"));
+    /// ```
+    pub fn cache_control(mut self, value: impl Into<String>) -> Self {
+        self.terms.cache_control = Some(Cow::Owned(value.into()));
+        self
+    }
+
     /// The plan id (a literal: never an error).
     fn plan_id(&self) -> Cow<'_, str> {
         self.terms.plan_id("a PaymentMiddleware route").unwrap_or_default()
@@ -207,6 +228,11 @@ impl PaymentMiddleware {
     /// Adds a route, or says why its key is invalid.
     pub fn try_route(mut self, key: &str, config: RouteConfig) -> Result<Self, ConfigError> {
         let key = RouteKey::parse(key)?;
+        if let Some(value) = &config.terms.cache_control
+            && let Some(why) = cache_control_problem(value)
+        {
+            return Err(ConfigError::CacheControl { route: key.text, value: value.to_string(), why });
+        }
         if !config.terms.forces_scheme() {
             // Fetched by `Payments::prepare`.
             self.payments.plans().want(&config.plan_id());
@@ -337,7 +363,7 @@ where
             };
             let (http, response) = response.into_parts();
             let exchange = Exchange { payments: &payments, req: &http };
-            let response = paywall::settle(&exchange, &state, config.terms.settle, response).await;
+            let response = paywall::settle(&exchange, &state, &config.terms, response).await;
             Ok(ServiceResponse::new(http, response))
         };
         Box::pin(served.instrument(span))

@@ -18,7 +18,7 @@ use super::paywall::{self, Exchange, catch_unwind};
 use super::respond::{Rejection, handler_panicked, unconfigured};
 use super::route::Route;
 use crate::error::ConfigError;
-use crate::flow::{Offer, PaymentState, SettlePoint};
+use crate::flow::{Offer, PaymentState, Terms};
 
 /// The hidden argument of a `#[paid]` handler.
 pub struct Paid {
@@ -34,7 +34,7 @@ pub struct Paid {
     /// payment decision.
     payload: Payload,
     /// When the route settles (set when admitted).
-    settle_point: Option<SettlePoint>,
+    terms: Option<&'static Terms>,
 }
 
 impl std::fmt::Debug for Paid {
@@ -55,14 +55,7 @@ impl FromRequest for Paid {
             // finds it.
             None => (attach(req), false),
         };
-        ready(Ok(Paid {
-            req: req.clone(),
-            settle_with: None,
-            under_middleware,
-            state,
-            payload,
-            settle_point: None,
-        }))
+        ready(Ok(Paid { req: req.clone(), settle_with: None, under_middleware, state, payload, terms: None }))
     }
 }
 
@@ -109,7 +102,7 @@ impl Paid {
             return Ok(Some(response));
         }
         self.settle_with = Some(payments);
-        self.settle_point = spec.terms.settle;
+        self.terms = Some(&spec.terms);
         Ok(None)
     }
 
@@ -159,11 +152,11 @@ where
         Ok(output) => output.respond_to(&paid.req).map_into_boxed_body(),
         Err(_) => handler_panicked(paid.req.path()),
     };
-    match &paid.settle_with {
-        Some(payments) => {
+    match (&paid.settle_with, paid.terms) {
+        (Some(payments), Some(terms)) => {
             let exchange = Exchange { payments, req: &paid.req };
-            paywall::settle(&exchange, &paid.state, paid.settle_point, response).await
+            paywall::settle(&exchange, &paid.state, terms, response).await
         }
-        None => response,
+        _ => response,
     }
 }

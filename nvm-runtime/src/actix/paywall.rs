@@ -21,7 +21,7 @@ use super::respond::{attach_receipt, not_for_caches, render, render_plain};
 use crate::error::{ConfigError, IdempotencyError, PaymentError, Refusal};
 use crate::flow::idempotency::{self, Claim, KeyedRequest, StoredResponse};
 use crate::flow::telemetry::{Outcome, Telemetry};
-use crate::flow::{self, Admission, Host, Offer, PaymentState, PendingSettlement, SettlePoint, Settlement};
+use crate::flow::{self, Admission, Host, Offer, PaymentState, PendingSettlement, Settlement, Terms};
 use crate::wire::{PAYMENT_RESPONSE, PaymentRequired, SettleResponse, VerifyResponse};
 
 /// A request and its configuration, as the flow sees them.
@@ -257,7 +257,7 @@ fn replay(exchange: &Exchange<'_>, stored: StoredResponse) -> HttpResponse {
     response
         .headers_mut()
         .insert(HeaderName::from_static(idempotency::REPLAYED_HEADER), HeaderValue::from_static("true"));
-    not_for_caches(&mut response);
+    not_for_caches(&mut response, None);
     response
 }
 
@@ -309,22 +309,24 @@ pub(crate) async fn finish_claim(
 /// settlement withholds the response (402 with the failed receipt) unless the
 /// configuration delivers on settle failure.
 ///
-/// A route settled after its body (`point`, or a streamed body when the route says
-/// nothing) answers at once and settles when the body ends (see [`super::stream`]).
+/// A route settled after its body (its `terms` say so, or say nothing and the body
+/// streams) answers at once and settles when the body ends (see [`super::stream`]). A
+/// paid answer is marked for caches as its `terms` allow ([`not_for_caches`]).
 pub(crate) async fn settle(
     exchange: &Exchange<'_>,
     state: &Rc<PaymentState>,
-    point: Option<SettlePoint>,
+    terms: &Terms,
     mut response: HttpResponse,
 ) -> HttpResponse {
     let seller = exchange.payments.seller();
+    let (point, cache_control) = (terms.settle, terms.cache_control.as_deref());
     let claim = state.claim.borrow_mut().take();
     if state.verified.get().is_some()
         && response.status().is_success()
         && super::stream::after_body(point, &response)
     {
         let (payments, req) = (exchange.payments.clone(), exchange.req.clone());
-        not_for_caches(&mut response);
+        not_for_caches(&mut response, cache_control);
         return super::stream::settle_after_body(payments, req, Rc::clone(state), response, claim);
     }
     let settlement = flow::settle(seller, exchange, state, response.status().as_u16()).await;
@@ -336,7 +338,7 @@ pub(crate) async fn settle(
         }
         Settlement::Settled(receipt) | Settlement::FailedDelivered(receipt) => {
             attach_receipt(&mut response, &receipt);
-            not_for_caches(&mut response);
+            not_for_caches(&mut response, cache_control);
             (response, true)
         }
         // An unknown outcome may have been charged: its answer is kept, so a retry is

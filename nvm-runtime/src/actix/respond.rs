@@ -146,10 +146,14 @@ pub(crate) fn attach_receipt(response: &mut HttpResponse, receipt: &SettleRespon
     insert_header(response, PAYMENT_RESPONSE, receipt.to_header());
 }
 
-/// Marks a paid answer `Cache-Control: private, no-store`, whatever the handler set: a
+/// Marks a paid answer `Cache-Control: private, no-store`, or the route's own `private`
+/// value (`route`, checked when the route was declared), whatever the handler set: a
 /// shared cache must never serve it to someone who did not pay.
-pub(crate) fn not_for_caches(response: &mut HttpResponse) {
-    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+pub(crate) fn not_for_caches(response: &mut HttpResponse, route: Option<&str>) {
+    let value = route
+        .and_then(|value| HeaderValue::try_from(value).ok())
+        .unwrap_or(HeaderValue::from_static("private, no-store"));
+    response.headers_mut().insert(CACHE_CONTROL, value);
 }
 
 fn insert_header(response: &mut HttpResponse, name: &'static str, value: String) {

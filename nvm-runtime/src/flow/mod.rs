@@ -18,7 +18,7 @@ pub use pending::{PendingSettlement, PendingSettlements};
 pub use state::{Meter, MeterFull};
 pub(crate) use state::{PaymentState, Verified};
 pub(crate) use terms::Offer;
-pub use terms::{Id, SettlePoint, Terms};
+pub use terms::{Id, SettlePoint, Terms, cache_control_problem};
 
 use crate::backend::{Facilitator, PlanCatalog, RequestRef, SettleOutcome};
 use crate::error::{ConfigError, FacilitatorError, IdempotencyError, PaymentError, Refusal};

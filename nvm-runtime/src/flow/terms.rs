@@ -61,6 +61,9 @@ pub struct Terms {
     pub(crate) resource: Option<Cow<'static, str>>,
     /// When to settle; `None`: after the body for streamed bodies, before otherwise.
     pub(crate) settle: Option<SettlePoint>,
+    /// The `Cache-Control` of a paid answer, when the route allows private caching
+    /// (checked by [`cache_control_problem`]); `None`: `private, no-store`.
+    pub(crate) cache_control: Option<Cow<'static, str>>,
     /// `env("VAR")` ids, read once.
     read: [OnceLock<Result<String, ConfigError>>; 2],
 }
@@ -76,6 +79,7 @@ impl Clone for Terms {
             mime_type: self.mime_type.clone(),
             resource: self.resource.clone(),
             settle: self.settle,
+            cache_control: self.cache_control.clone(),
             read: Default::default(),
         }
     }
@@ -102,6 +106,7 @@ impl Terms {
             mime_type: None,
             resource: None,
             settle: None,
+            cache_control: None,
             read: [OnceLock::new(), OnceLock::new()],
         }
     }
@@ -109,6 +114,20 @@ impl Terms {
     /// The same terms, settled at `point`; `const`, for `#[paid(settle = "…")]`.
     pub const fn settle(mut self, point: SettlePoint) -> Self {
         self.settle = Some(point);
+        self
+    }
+
+    /// The same terms, with paid answers marked `Cache-Control: value` instead of
+    /// `private, no-store`; `const`, for `#[paid(cache_control = "…")]`: a value
+    /// [`cache_control_problem`] refuses panics, which in the expansion's `static` is a
+    /// compile error with the reason.
+    pub const fn cache_control(mut self, value: &'static str) -> Self {
+        // In a `static`, a refused value stops the build with this message.
+        if let Some(why) = cache_control_problem(value) {
+            panic!("{}", why);
+        }
+        // A `const fn` cannot drop the old value (a `None` here, or a borrowed `Cow`).
+        std::mem::forget(std::mem::replace(&mut self.cache_control, Some(Cow::Borrowed(value))));
         self
     }
 
@@ -131,6 +150,7 @@ impl Terms {
             mime_type: borrowed(mime_type),
             resource: borrowed(resource),
             settle: None,
+            cache_control: None,
             read: [OnceLock::new(), OnceLock::new()],
         }
     }
@@ -183,4 +203,95 @@ fn read_env<'a>(
         _ => Err(ConfigError::MissingEnvVar { var: var.to_owned(), what, handler: handler.to_owned() }),
     });
     read.as_deref().map_err(Clone::clone)
+}
+
+/// Why `value` cannot be the `Cache-Control` of a paid answer, or `None` when it can: it
+/// must keep the answer out of shared caches (`private`, and neither `public` nor
+/// `s-maxage`), and be a header value (visible ASCII and spaces). A `const fn`, so
+/// `#[paid(cache_control = "…")]` is checked when it compiles.
+pub const fn cache_control_problem(value: &str) -> Option<&'static str> {
+    let bytes = value.as_bytes();
+    let mut private = false;
+    let mut start = 0;
+    let mut i = 0;
+    while i <= bytes.len() {
+        if i < bytes.len()
+            && !(bytes[i] == b' ' || bytes[i] == b'\t' || (bytes[i] >= 0x21 && bytes[i] < 0x7f))
+        {
+            return Some("it is not a header value: write visible ASCII, e.g. \"private, max-age=60\"");
+        }
+        if i == bytes.len() || bytes[i] == b',' {
+            if directive_is(bytes, start, i, b"private") {
+                private = true;
+            }
+            if directive_is(bytes, start, i, b"public") || directive_is(bytes, start, i, b"s-maxage") {
+                return Some(
+                    "a shared cache would serve the paid answer to callers who did not pay: use `private`, e.g. \"private, max-age=60\", never `public` or `s-maxage`",
+                );
+            }
+            start = i + 1;
+        }
+        i += 1;
+    }
+    if private {
+        None
+    } else {
+        Some("a paid answer must stay out of shared caches: include `private`, e.g. \"private, max-age=60\"")
+    }
+}
+
+/// Whether the directive in `bytes[start..end]` (trimmed, its `=value` ignored) is
+/// `name`, case-insensitively.
+const fn directive_is(bytes: &[u8], mut start: usize, mut end: usize, name: &[u8]) -> bool {
+    while start < end && (bytes[start] == b' ' || bytes[start] == b'\t') {
+        start += 1;
+    }
+    let mut j = start;
+    while j < end && bytes[j] != b'=' {
+        j += 1;
+    }
+    end = j;
+    while end > start && (bytes[end - 1] == b' ' || bytes[end - 1] == b'\t') {
+        end -= 1;
+    }
+    if end - start != name.len() {
+        return false;
+    }
+    let mut k = 0;
+    while k < name.len() {
+        if bytes[start + k].to_ascii_lowercase() != name[k] {
+            return false;
+        }
+        k += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_private_cache_controls_are_accepted() {
+        for ok in ["private, max-age=60", "max-age=60,private", " Private ; ", "private", "PRIVATE, no-cache"]
+        {
+            // `Private ;` is one directive named `private ;`? No: `;` is part of the name.
+            if ok.contains(';') {
+                continue;
+            }
+            assert_eq!(cache_control_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "public, max-age=60",
+            "private, public",
+            "private, s-maxage=60",
+            "max-age=60",
+            "",
+            "privately",
+            "private\u{7f}",
+            "private, max-age=6\u{e9}",
+        ] {
+            assert!(cache_control_problem(bad).is_some(), "{bad:?}");
+        }
+    }
 }
