@@ -127,7 +127,7 @@ impl Terms {
             panic!("{}", why);
         }
         // A `const fn` cannot drop the old value (a `None` here, or a borrowed `Cow`).
-        std::mem::forget(std::mem::replace(&mut self.cache_control, Some(Cow::Borrowed(value))));
+        std::mem::forget(self.cache_control.replace(Cow::Borrowed(value)));
         self
     }
 
