@@ -117,7 +117,11 @@ pub(crate) async fn admit(
     let store = seller.idempotency.store();
     // Read once, and only when a store needs it: single-use tokens are guarded, keyed
     // requests looked up.
-    let payload = store.and_then(|_| token.decode().ok());
+    let payload = match (store, keyed) {
+        (Some(_), Some(_)) => token.decode().ok(),
+        (Some(_), None) if token.may_be_single_use() => token.decode().ok(),
+        _ => None,
+    };
     let single_use = payload.as_ref().is_some_and(|payload| payload.is_single_use());
     let caller = (single_use || keyed.is_some()).then(|| Caller::of(&token, payload.as_ref()));
     if let (Some(store), Some(caller), true) = (store, &caller, single_use) {

@@ -38,10 +38,45 @@ impl AccessToken {
         TokenHash::of(&self.0)
     }
 
+    /// Whether the token may be a single-use one: a check of its base64 text for the
+    /// JSON key `"nonce"` at each of the three byte alignments, in either alphabet,
+    /// without decoding it. `false` is certain; `true` is confirmed by
+    /// [`decode`](Self::decode).
+    pub(crate) fn may_be_single_use(&self) -> bool {
+        static PATTERNS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        let patterns = PATTERNS.get_or_init(|| base64_fragments(b"\"nonce\""));
+        patterns.iter().any(|pattern| self.0.contains(pattern.as_str()))
+    }
+
     /// Decodes the x402 payment payload inside the token.
     pub fn decode(&self) -> Result<PaymentPayload, DecodeError> {
         codec::decode_json_header(&self.0)
     }
+}
+
+/// The base64 text that `needle` leaves in any base64 encoding that contains it: for
+/// each of the three alignments of its first byte in a 3-byte group, the characters
+/// made of its bits only, in the standard and the URL-safe alphabets.
+fn base64_fragments(needle: &[u8]) -> Vec<String> {
+    use base64::Engine as _;
+    let mut fragments = Vec::new();
+    for alignment in 0..3usize {
+        let mut bytes = vec![0u8; alignment];
+        bytes.extend_from_slice(needle);
+        let (first, last) = ((alignment * 8).div_ceil(6), bytes.len() * 8 / 6);
+        for engine in [
+            base64::engine::general_purpose::STANDARD_NO_PAD,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ] {
+            let encoded = engine.encode(&bytes);
+            if let Some(fragment) = encoded.get(first..last) {
+                fragments.push(fragment.to_owned());
+            }
+        }
+    }
+    fragments.sort();
+    fragments.dedup();
+    fragments
 }
 
 impl fmt::Debug for AccessToken {
@@ -164,4 +199,35 @@ impl PaymentPayload {
 pub struct ResourceBinding {
     /// The URL (path) the token is bound to.
     pub url: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every JSON text with and without a `"nonce"` key, at every offset: the base64
+    /// check never misses one.
+    #[test]
+    fn the_nonce_check_never_misses_a_single_use_token() {
+        use base64::Engine as _;
+        for prefix in 0..9 {
+            for single_use in [true, false] {
+                let key = if single_use { "nonce" } else { "nonceX" };
+                let json = format!("{{{}\"a\":1,\"{key}\":\"n\"}}", " ".repeat(prefix));
+                for engine in
+                    [base64::engine::general_purpose::STANDARD, base64::engine::general_purpose::URL_SAFE]
+                {
+                    let token = AccessToken::new(engine.encode(&json));
+                    if single_use {
+                        assert!(token.may_be_single_use(), "{json}");
+                    }
+                }
+            }
+            let plain = AccessToken::new(
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{{{}\"from\":\"0xabc\",\"sessionKeys\":[]}}", " ".repeat(prefix))),
+            );
+            assert!(!plain.may_be_single_use());
+        }
+    }
 }
