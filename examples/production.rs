@@ -26,17 +26,18 @@ use nvm_runtime::{PaymentContext, paid};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-struct Query {
+struct Question {
     query: String,
 }
 
-/// Answers a question for 1 credit.
+/// Answers a question for 1 credit; the answer names the verification it was paid with.
 #[paid(plan = settings::plan_id(), agent = settings::agent_id(), credits = 1, description = "Ask the agent")]
 #[post("/ask")]
-async fn ask(q: web::Json<Query>, payment: PaymentContext) -> impl Responder {
+async fn ask(question: web::Json<Question>, payment: PaymentContext) -> impl Responder {
+    let words = question.query.split_whitespace().count();
     HttpResponse::Ok().json(serde_json::json!({
-        "answer": format!("You asked: {}. The answer is 42.", q.query),
-        "payer": payment.payer(),
+        "answer": format!("{words} word(s) received; the answer is 42."),
+        "agentRequestId": payment.agent_request_id(),
     }))
 }
 

@@ -5,9 +5,6 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use actix_web::{HttpRequest, HttpResponse, get, post};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::LocalFacilitator;
@@ -26,22 +23,9 @@ async fn stream() -> HttpResponse {
     HttpResponse::Ok().finish()
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn prepare_reports_every_paid_route_and_a_summary() {
-    let logs = Captured::default();
+    let logs = nvm_tests::CapturedLogs::default();
     let writer = logs.clone();
     tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).init();
     actix_web::rt::System::new().block_on(async {
@@ -52,7 +36,7 @@ fn prepare_reports_every_paid_route_and_a_summary() {
             .route("GET /mw/dynamic", RouteConfig::new(DEMO_PLAN_ID).credits(|_: &HttpRequest| 1));
         payments.prepare().await.unwrap();
     });
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     let routes: Vec<&str> =
         logs.lines().filter(|l| l.contains("paid route") && l.contains("method=")).collect();
     // Every #[paid] handler linked into the program (the support crate's `paid_content`

@@ -7,8 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 use actix_web::{HttpResponse, get, post, web};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -31,20 +29,6 @@ async fn broken() -> HttpResponse {
     HttpResponse::InternalServerError().body("model down")
 }
 
-/// Log lines written by the fmt subscriber, to read the spans back.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// `(name, labels) -> value` of every metric recorded.
 type Metrics = BTreeMap<(String, Vec<(String, String)>), DebugValue>;
 
@@ -53,7 +37,7 @@ fn counters_and_spans_tell_what_happened() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     recorder.install().unwrap();
-    let logs = Captured::default();
+    let logs = nvm_tests::CapturedLogs::default();
     let writer = logs.clone();
     tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
@@ -151,7 +135,7 @@ fn counters_and_spans_tell_what_happened() {
     assert_eq!(samples("nvm_paid_settle_seconds", "/paid"), 4);
     assert_eq!(samples("nvm_paid_settle_seconds", "/mw/content"), 1);
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     let closed: Vec<&str> =
         logs.lines().filter(|l| l.contains("nvm_paid_request{") && l.contains("close")).collect();
     assert!(closed.len() >= 12, "{logs}");

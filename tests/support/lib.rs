@@ -332,3 +332,27 @@ pub fn paying_client(local: &LocalFacilitator) -> nvm_runtime::client::PayingCli
         .expect("subscriber config");
     nvm_runtime::client::PayingClient::new(subscriber)
 }
+
+/// What a test's log subscriber wrote, shared with it as its writer
+/// (`.with_writer(move || captured.clone())`), to read the lines back.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
