@@ -13,7 +13,7 @@ use crate::backend::Facilitator;
 use crate::backend::PlanCatalog;
 use crate::backend::{ApiKey, BackendSettings, Connection, Environment};
 use crate::error::{ConfigError, PaymentError};
-use crate::flow::cache::VerifyCache;
+use crate::flow::cache::{VerifyCache, WellFormed};
 use crate::flow::{Idempotency, PendingSettlement, PendingSettlements, Seller, SettlePoint};
 use crate::wire::PaymentRequired;
 use crate::wire::{SettleResponse, VerifyResponse};
@@ -499,6 +499,7 @@ impl PaymentsBuilder {
             plans: PlanCatalog::new(environment.default_network()),
             facilitator,
             cache: verify_cache,
+            well_formed: WellFormed::default(),
             token_headers: token_headers.iter().map(|h| h.as_str().to_owned()).collect(),
             deliver_on_settle_failure: self.deliver_on_settle_failure,
             pending: self.pending.unwrap_or_default(),

@@ -11,7 +11,7 @@ mod state;
 pub(crate) mod telemetry;
 mod terms;
 
-use cache::{CacheKey, VerifyCache};
+use cache::{CacheKey, VerifyCache, WellFormed};
 pub use idempotency::Idempotency;
 use idempotency::{Caller, Claimed, Found, KeyedRequest, StoredResponse};
 pub use pending::{PendingSettlement, PendingSettlements};
@@ -34,6 +34,8 @@ pub(crate) struct Seller {
     pub(crate) facilitator: Facilitator,
     pub(crate) plans: PlanCatalog,
     pub(crate) cache: Option<VerifyCache>,
+    /// Tokens that passed the check before the facilitator call.
+    pub(crate) well_formed: WellFormed,
     /// Lower-case header names, first non-empty wins.
     pub(crate) token_headers: Vec<String>,
     pub(crate) deliver_on_settle_failure: bool,
@@ -305,7 +307,8 @@ pub(crate) async fn settle(
         max_amount: Some(&max_amount),
         agent_request_id: if verified.from_cache { None } else { verified.verification.request_id() },
     };
-    let hash = verified.token.hash();
+    // `token.hash()` (a SHA-256) is written inside the log macros: computed only for
+    // the lines that are enabled.
     let started = std::time::Instant::now();
     let first = seller.facilitator.settle_outcome_ref(&request).await;
     if let Some(telemetry) = state.telemetry.get() {
@@ -313,7 +316,7 @@ pub(crate) async fn settle(
     }
     let outcome = match first {
         SettleOutcome::Unknown(error) => {
-            tracing::warn!(token = %hash, credits = amount, %error, "settlement outcome unknown: its answer was lost");
+            tracing::warn!(token = %verified.token.hash(), credits = amount, %error, "settlement outcome unknown: its answer was lost");
             resolve_unknown(seller, verified, &request, error).await
         }
         answered => answered,
@@ -338,7 +341,7 @@ pub(crate) async fn settle(
             (failed_receipt(verified, &request, &reason), reason, Some(Box::new(error)))
         }
     };
-    tracing::error!(token = %hash, credits = amount, %reason, "settlement failed");
+    tracing::error!(token = %verified.token.hash(), credits = amount, %reason, "settlement failed");
     if let (Some(cache), Some(key)) = (&seller.cache, &verified.cache_key) {
         cache.remove(key);
     }
@@ -401,10 +404,9 @@ async fn resolve_unknown(
     if !single_use {
         return SettleOutcome::Unknown(first);
     }
-    let hash = verified.token.hash();
     match seller.facilitator.settle_outcome_ref(request).await {
         SettleOutcome::Refused(error) if error.code() == Some(CODE_SPENT) => {
-            tracing::info!(token = %hash, "settlement resolved: the single-use token was spent by the first settle");
+            tracing::info!(token = %verified.token.hash(), "settlement resolved: the single-use token was spent by the first settle");
             let mut receipt = failed_receipt(verified, request, "");
             receipt.success = true;
             receipt.error_reason = None;
@@ -414,7 +416,7 @@ async fn resolve_unknown(
         }
         outcome => {
             if matches!(outcome, SettleOutcome::Settled(_)) {
-                tracing::info!(token = %hash, "settlement resolved: the second settle of the single-use token went through");
+                tracing::info!(token = %verified.token.hash(), "settlement resolved: the second settle of the single-use token went through");
             }
             outcome
         }
@@ -537,6 +539,9 @@ pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<AccessToke
         if raw.is_empty() {
             continue;
         }
+        if seller.well_formed.contains(raw) {
+            return Ok(AccessToken::new(raw));
+        }
         // Only the outer form is checked here (base64 of a JSON object); the facilitator
         // judges the rest, so a payload shape this crate does not know is never refused.
         // `JsonShape` reads the JSON as `serde_json::Value` does (same errors) without
@@ -546,6 +551,7 @@ pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<AccessToke
         if !decoded.is_object() {
             return Err(PaymentError::MalformedToken("the token is not an x402 payment payload".into()));
         }
+        seller.well_formed.insert(raw);
         return Ok(AccessToken::new(raw));
     }
     let header = seller.token_headers.first().map_or("payment-signature", String::as_str);
