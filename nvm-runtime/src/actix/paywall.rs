@@ -160,7 +160,7 @@ async fn admit_priced(
     payload: &mut Payload,
 ) -> Result<Option<HttpResponse>, Refused> {
     let seller = exchange.payments.seller();
-    let keyed = keyed_request(exchange, credits, payload).await?;
+    let keyed = keyed_request(exchange, credits, state, payload).await?;
     match flow::admit(seller, exchange, offer, credits, state, keyed.as_ref()).await {
         Ok(Admission::Run) => Ok(None),
         Ok(Admission::Replay(stored)) => Ok(Some(replay(exchange, stored))),
@@ -172,11 +172,19 @@ async fn admit_priced(
 /// handler under a `PaymentMiddleware` route shares it) and gives its span, for the
 /// request's future to run in.
 pub(crate) fn telemetry_span(req: &HttpRequest, state: &PaymentState) -> tracing::Span {
-    let telemetry = state.telemetry.get_or_init(|| {
-        let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
-        Telemetry::start(req.method().as_str(), route)
-    });
+    let telemetry = state
+        .telemetry
+        .get_or_init(|| Telemetry::start(req.method().as_str(), route_of(req, state).into_owned()));
     telemetry.span().clone()
+}
+
+/// The route of `req`: the resource pattern it matched (its path when none), as its
+/// telemetry already holds it, so the router's map is walked once per request.
+fn route_of<'a>(req: &HttpRequest, state: &'a PaymentState) -> std::borrow::Cow<'a, str> {
+    match state.telemetry.get() {
+        Some(telemetry) => std::borrow::Cow::Borrowed(telemetry.route()),
+        None => std::borrow::Cow::Owned(req.match_pattern().unwrap_or_else(|| req.path().to_owned())),
+    }
 }
 
 /// Reports how a request that ran its handler ended: `settlement` for `status`.
@@ -192,12 +200,26 @@ pub(crate) fn report(state: &PaymentState, status: StatusCode, settlement: &Sett
     telemetry.finish(outcome, settled);
 }
 
+/// Whether the answer of a request that ended in `settlement` (its handler answered
+/// `status`) is kept for its idempotent retries: a delivered answer (settled, charged
+/// nothing, or delivered on settle failure), and an outcome unknown (it may have been
+/// charged: its retries must not be charged again); not a failed handler nor a refused
+/// settlement (nothing was charged: a retry runs afresh).
+pub(crate) fn keeps_answer(settlement: &Settlement, status: StatusCode) -> bool {
+    match settlement {
+        Settlement::None => status.is_success(),
+        Settlement::Settled(_) | Settlement::FailedDelivered(_) => true,
+        Settlement::Refused(refusal) => matches!(refusal, Refusal::OutcomeUnknown { .. }),
+    }
+}
+
 /// The request's `Idempotency-Key` and fingerprint, when it has a key, the
 /// configuration remembers keys, the request is paid and carries a well-formed token
 /// (an unpaid request gets its 402 before any body byte is read).
 async fn keyed_request(
     exchange: &Exchange<'_>,
     credits: u64,
+    state: &PaymentState,
     payload: &mut Payload,
 ) -> Result<Option<KeyedRequest>, Refused> {
     let config = &exchange.payments.seller().idempotency;
@@ -220,7 +242,7 @@ async fn keyed_request(
     let body = read_body(payload, limit, PaymentError::Idempotency(IdempotencyError::BodyTooLarge { limit }))
         .await?;
     let path = req.uri().path_and_query().map_or(req.path(), |p| p.as_str());
-    let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+    let route = route_of(req, state);
     let keyed = KeyedRequest::new(key, &route, req.method().as_str(), path, &body);
     *payload = Payload::from(body);
     Ok(Some(keyed))
@@ -331,22 +353,15 @@ pub(crate) async fn settle(
     }
     let settlement = flow::settle(seller, exchange, state, response.status().as_u16()).await;
     report(state, response.status(), &settlement);
-    let (response, keep) = match settlement {
-        Settlement::None => {
-            let succeeded = response.status().is_success();
-            (response, succeeded)
-        }
+    let keep = keeps_answer(&settlement, response.status());
+    let response = match settlement {
+        Settlement::None => response,
         Settlement::Settled(receipt) | Settlement::FailedDelivered(receipt) => {
             attach_receipt(&mut response, &receipt);
             not_for_caches(&mut response, cache_control);
-            (response, true)
+            response
         }
-        // An unknown outcome may have been charged: its answer is kept, so a retry is
-        // never charged again for it.
-        Settlement::Refused(refusal) => {
-            let unknown = matches!(refusal, Refusal::OutcomeUnknown { .. });
-            (exchange.refuse(refusal).1, unknown)
-        }
+        Settlement::Refused(refusal) => exchange.refuse(refusal).1,
     };
     match claim {
         Some(claim) => {

@@ -113,8 +113,7 @@ impl Pending {
             let amount = self.state.amount_due();
             let settlement = flow::settle(self.payments.seller(), &exchange, &self.state, 200).await;
             super::paywall::report(&self.state, actix_web::http::StatusCode::OK, &settlement);
-            // Charged (or maybe charged): kept for replay; refused: released.
-            let charged = !matches!(settlement, Settlement::Refused(Refusal::PaymentRequired { .. }));
+            let keep = super::paywall::keeps_answer(&settlement, actix_web::http::StatusCode::OK);
             let receipt = receipt_of(&exchange, amount, settlement);
             let last = match (&receipt, self.sse) {
                 (Some(receipt), true) => {
@@ -134,7 +133,7 @@ impl Pending {
                 let body = kept.body.filter(|_| whole).map(BytesMut::freeze).unwrap_or_default();
                 let head = kept.head.set_body(BoxBody::new(body));
                 let max = if whole { kept.max } else { 0 };
-                let _ = super::paywall::finish_claim(&exchange, kept.claim, head, charged, max).await;
+                let _ = super::paywall::finish_claim(&exchange, kept.claim, head, keep, max).await;
             }
             last
         })

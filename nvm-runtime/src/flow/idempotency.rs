@@ -77,14 +77,7 @@ impl Idempotency {
     /// Records kept in `store`: a [`RedisStore`](crate::store::RedisStore) to share them
     /// between instances, or a store of your own.
     pub fn with_store(store: impl Store) -> Self {
-        Idempotency {
-            store: Some(Arc::new(store)),
-            ttl: Duration::from_secs(24 * 3600),
-            claim_ttl: Duration::from_secs(300),
-            max_response_body: 1 << 20,
-            max_request_body: 1 << 20,
-            wait: None,
-        }
+        Self::kept_in(Some(Arc::new(store)))
     }
 
     /// No records: the `Idempotency-Key` header is ignored (every request runs and is
@@ -94,7 +87,19 @@ impl Idempotency {
     /// assert!(!nvm_runtime::Idempotency::disabled().is_enabled());
     /// ```
     pub fn disabled() -> Self {
-        Idempotency { store: None, ..Self::in_memory() }
+        Self::kept_in(None)
+    }
+
+    /// The defaults, with records kept in `store`.
+    fn kept_in(store: Option<Arc<dyn Store>>) -> Self {
+        Idempotency {
+            store,
+            ttl: Duration::from_secs(24 * 3600),
+            claim_ttl: Duration::from_secs(300),
+            max_response_body: 1 << 20,
+            max_request_body: 1 << 20,
+            wait: None,
+        }
     }
 
     /// How long a response is kept for retries (default 24 hours).

@@ -117,15 +117,13 @@ pub(crate) async fn admit(
         Err(error) => return Err(Refusal::payment_required(envelope, error)),
     };
     let store = seller.idempotency.store();
-    // Read once, and only when a store needs it: single-use tokens are guarded, keyed
-    // requests looked up.
-    let payload = match (store, keyed) {
-        (Some(_), Some(_)) => token.decode().ok(),
-        (Some(_), None) if token.may_be_single_use() => token.decode().ok(),
-        _ => None,
-    };
+    // Decoded once, and only when needed: a keyed request is scoped by its payer, and a
+    // single-use token is guarded by the store and resolved after an unknown settlement
+    // (`may_be_single_use` never misses one, and spares reusable tokens the decode).
+    let payload = (keyed.is_some() || token.may_be_single_use()).then(|| token.decode().ok()).flatten();
     let single_use = payload.as_ref().is_some_and(|payload| payload.is_single_use());
-    let caller = (single_use || keyed.is_some()).then(|| Caller::of(&token, payload.as_ref()));
+    let caller =
+        (store.is_some() && (single_use || keyed.is_some())).then(|| Caller::of(&token, payload.as_ref()));
     if let (Some(store), Some(caller), true) = (store, &caller, single_use) {
         match idempotency::is_spent(store, caller).await {
             Ok(false) => {}
@@ -400,8 +398,7 @@ async fn resolve_unknown(
     request: &RequestRef<'_>,
     first: FacilitatorError,
 ) -> SettleOutcome {
-    let single_use = verified.token.decode().is_ok_and(|payload| payload.is_single_use());
-    if !single_use {
+    if !verified.single_use {
         return SettleOutcome::Unknown(first);
     }
     match seller.facilitator.settle_outcome_ref(request).await {

@@ -21,8 +21,8 @@ pub(crate) struct Verified {
     /// Whether `verification` came from the cache (its request id belongs to an
     /// earlier request and must not be settled again).
     pub(crate) from_cache: bool,
-    /// Whether the token is single-use (known when a store guards them): marked spent
-    /// in the store once settled.
+    /// Whether the token is single-use: marked spent in the store once settled, and
+    /// settled once more to resolve an unknown outcome.
     pub(crate) single_use: bool,
 }
 

@@ -92,8 +92,8 @@ impl Outcome {
 #[derive(Debug)]
 pub(crate) struct Telemetry {
     span: Span,
-    /// The metrics' `route` label.
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    /// The resource pattern: the span's field, the metrics' label, an idempotency
+    /// record's scope.
     route: String,
     /// The metrics' `plan` label.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -117,6 +117,11 @@ impl Telemetry {
             agent_request_id = Empty,
         );
         Telemetry { span, route, plan: RefCell::default(), finished: Cell::new(false) }
+    }
+
+    /// The route: the resource pattern the request matched (its path when none).
+    pub(crate) fn route(&self) -> &str {
+        &self.route
     }
 
     /// The request's span.
