@@ -425,6 +425,8 @@ mod property {
     /// One request of a generated sequence.
     #[derive(Debug, Clone)]
     struct Step {
+        /// Which instance serves it (modulo the instances running).
+        instance: usize,
         form: usize,
         key: Option<u8>,
         body: u8,
@@ -432,56 +434,86 @@ mod property {
     }
 
     fn step() -> impl Strategy<Value = Step> {
-        (0..2usize, prop::option::of(0..3u8), 0..2u8, prop::bool::weighted(0.25))
-            .prop_map(|(form, key, body, fail)| Step { form, key, body, fail })
+        (0..2usize, 0..2usize, prop::option::of(0..3u8), 0..2u8, prop::bool::weighted(0.25))
+            .prop_map(|(instance, form, key, body, fail)| Step { instance, form, key, body, fail })
+    }
+
+    /// Sends `steps` to `instances` (each server with its handlers' failure switch) and
+    /// checks every answer and, at the end, the ledger: burns == distinct keys that
+    /// succeeded (per route) + calls without a key that succeeded, and a key once used
+    /// for one request is refused for another, whichever instance is asked.
+    async fn run(
+        instances: &[(&TestServer, &Failures)],
+        local: &LocalFacilitator,
+        token: &str,
+        steps: Vec<Step>,
+    ) {
+        let mut succeeded: HashSet<(usize, u8)> = HashSet::new();
+        let mut first_body: std::collections::HashMap<(usize, u8), u8> = Default::default();
+        let mut unkeyed = 0u64;
+        for step in steps {
+            let (server, failures) = instances[step.instance % instances.len()];
+            let path = ["/flaky", "/mw/flaky"][step.form];
+            if step.fail {
+                failures.fail_next(1);
+            }
+            let key = step.key.map(|k| format!("key{k}"));
+            let answer = call(&server.at(path), token, key.as_deref(), &step.body.to_string()).await;
+            failures.fail_next(0);
+            match step.key {
+                None => {
+                    if answer.status == 200 {
+                        unkeyed += 1;
+                    }
+                }
+                Some(k) => {
+                    let id = (step.form, k);
+                    let reused = first_body.get(&id).is_some_and(|b| *b != step.body);
+                    if reused {
+                        assert_eq!(answer.status, 422, "{id:?}");
+                    } else if succeeded.contains(&id) {
+                        assert!(answer.replayed && answer.status == 200, "{id:?}: {answer:?}");
+                    } else if answer.status == 200 {
+                        succeeded.insert(id);
+                    }
+                    if answer.status == 200 {
+                        first_body.entry(id).or_insert(step.body);
+                    }
+                }
+            }
+        }
+        let expected = (succeeded.len() as u64 + unkeyed) * CREDITS;
+        assert_eq!(local.total_burned(), expected);
     }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
-        /// Whatever the order of keys, bodies and failures: burns == distinct keys that
-        /// succeeded (per route) + calls without a key that succeeded, and a key once
-        /// used for one request is refused for another.
+        /// Whatever the order of keys, bodies and failures, on one instance in memory.
         #[test]
         fn burns_match_distinct_successful_keys(steps in prop::collection::vec(step(), 1..10)) {
-            let runtime = actix_web::rt::System::new();
-            runtime.block_on(async move {
+            actix_web::rt::System::new().block_on(async move {
                 let rig = rig(Kept::Memory);
-                let mut succeeded: HashSet<(usize, u8)> = HashSet::new();
-                let mut first_body: std::collections::HashMap<(usize, u8), u8> = Default::default();
-                let mut unkeyed = 0u64;
-                for step in steps {
-                    let path = ["/flaky", "/mw/flaky"][step.form];
-                    if step.fail {
-                        rig.failures.fail_next(1);
-                    }
-                    let key = step.key.map(|k| format!("key{k}"));
-                    let answer = call(&rig.server.at(path), &rig.token, key.as_deref(), &step.body.to_string()).await;
-                    rig.failures.fail_next(0);
-                    match step.key {
-                        None => {
-                            if answer.status == 200 {
-                                unkeyed += 1;
-                            }
-                        }
-                        Some(k) => {
-                            let id = (step.form, k);
-                            let reused = first_body.get(&id).is_some_and(|b| *b != step.body);
-                            if reused {
-                                assert_eq!(answer.status, 422, "{id:?}");
-                            } else if succeeded.contains(&id) {
-                                assert!(answer.replayed && answer.status == 200, "{id:?}: {answer:?}");
-                            } else if answer.status == 200 {
-                                succeeded.insert(id);
-                            }
-                            if answer.status == 200 {
-                                first_body.entry(id).or_insert(step.body);
-                            }
-                        }
-                    }
-                }
-                let expected = (succeeded.len() as u64 + unkeyed) * CREDITS;
-                assert_eq!(rig.local.total_burned(), expected);
+                run(&[(&rig.server, &rig.failures)], &rig.local, &rig.token, steps).await;
+            });
+        }
+
+        /// The same sequences spread over two instances sharing one real Redis: each
+        /// request goes to either, so a retry often lands on the other one.
+        #[test]
+        fn burns_match_across_two_instances_on_redis(steps in prop::collection::vec(step(), 1..10)) {
+            actix_web::rt::System::new().block_on(async move {
+                let redis = RedisServer::start();
+                let local = LocalFacilitator::start().unwrap();
+                let instance = || {
+                    let store = RedisStore::open(&redis.url()).unwrap();
+                    let payments = payments_for(&local).idempotency(Idempotency::with_store(store)).build().unwrap();
+                    let failures = Failures::default();
+                    (serve(Some(payments.clone()), app(payments, failures.clone())), failures)
+                };
+                let ((a, a_failures), (b, b_failures)) = (instance(), instance());
+                let token = local.mint_token(MintOptions::new());
+                run(&[(&a, &a_failures), (&b, &b_failures)], &local, &token, steps).await;
             });
         }
     }
