@@ -8,6 +8,7 @@ use syn::spanned::Spanned;
 use syn::{Attribute, Expr, FnArg, Ident, ItemFn, Lit, Token, Type, Visibility};
 
 use crate::args::Errors;
+use crate::context::Context;
 
 /// actix-web extracts tuples of up to 16 extractors; `#[paid]` extracts the handler's
 /// arguments as one tuple, after the payment is verified.
@@ -61,10 +62,15 @@ enum Place {
 
 impl Handler {
     /// Parses the item under `#[paid]` and checks it can be a paid actix-web handler.
-    pub(crate) fn parse(item: TokenStream) -> syn::Result<Handler> {
+    /// `context` is where the function stands: in an `impl` or `trait` block, a routing
+    /// attribute is an error of its own.
+    pub(crate) fn parse(item: TokenStream, context: Context) -> syn::Result<Handler> {
         let function = parse_fn(item)?;
         let mut errors = Errors::default();
         check_signature(&function, &mut errors);
+        if context.is_associated() {
+            check_unrouted(&function, context, &mut errors);
+        }
 
         let mut outer_attrs = Vec::new();
         let mut inner_attrs = Vec::new();
@@ -223,8 +229,29 @@ fn last_segment(attr: &Attribute) -> Option<String> {
     attr.path().segments.last().map(|segment| segment.ident.to_string())
 }
 
+/// An associated function cannot carry an actix-web routing attribute: the attribute
+/// declares a type named after the function next to it, which an `impl` or `trait` block
+/// cannot hold. One error, at the routing attribute, with both ways out.
+fn check_unrouted(function: &ItemFn, context: Context, errors: &mut Errors) {
+    let Some(routing) = function.attrs.iter().find(|attr| is_routing(attr)) else {
+        return;
+    };
+    let name = &function.sig.ident;
+    let attribute = last_segment(routing).unwrap_or_default();
+    let method = if attribute == "route" || attribute == "routes" { "get" } else { attribute.as_str() };
+    let block = context.block();
+    errors.push(syn::Error::new_spanned(
+        routing,
+        format!(
+            "#[paid] with `#[{attribute}]` inside {block}: actix-web's routing attributes need a \
+             free function. Move `async fn {name}` out of the block, or remove `#[{attribute}]` and \
+             register it by hand: `.route(\"/path\", web::{method}().to(Type::{name}))`"
+        ),
+    ));
+}
+
 /// Is this an actix-web routing attribute (`#[get]`, `#[route]`, `#[routes]`…)?
-fn is_routing(attr: &Attribute) -> bool {
+pub(crate) fn is_routing(attr: &Attribute) -> bool {
     last_segment(attr)
         .is_some_and(|name| METHODS.contains(&name.as_str()) || name == "route" || name == "routes")
 }
@@ -297,7 +324,7 @@ mod tests {
     use quote::ToTokens;
 
     fn handler(item: &str) -> syn::Result<Handler> {
-        Handler::parse(syn::parse_str(item).expect("tokens"))
+        Handler::parse(syn::parse_str(item).expect("tokens"), Context::Free)
     }
 
     fn error(item: &str) -> String {

@@ -2,9 +2,11 @@
 //! `nvm_runtime::paid`: the code it generates calls into the runtime.
 //!
 //! This file is the entry point only: the `args` module parses the attribute's
-//! arguments, `handler` checks the function, and `expand` writes the code.
+//! arguments, `handler` checks the function, `context` tells whether it stands in an
+//! `impl` block, and `expand` writes the code.
 
 mod args;
+mod context;
 mod expand;
 mod handler;
 #[cfg(test)]
@@ -71,7 +73,8 @@ use proc_macro2::TokenStream as TokenStream2;
 /// pricing manifest then finds the resource by the function's name and learns the
 /// method from the first request. In an `impl` block, an associated function without
 /// `self` can be paid and registered by hand (`web::post().to(Agent::ask)`), but
-/// actix-web's routing attributes refuse it (they declare a type next to the function):
+/// actix-web's routing attributes cannot be used there (they declare a type next to the
+/// function): `#[paid]` above one inside an `impl` is one compile error that says to
 /// write a free function.
 ///
 /// # What it generates
@@ -91,40 +94,52 @@ use proc_macro2::TokenStream as TokenStream2;
 /// form; the handler is then left as written, so other errors stay meaningful.
 #[proc_macro_attribute]
 pub fn paid(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand_paid(args.into(), item.into()).into()
+    expand_paid(args.into(), item.into(), context::Context::of_call_site()).into()
 }
 
 /// `#[paid]` on `proc_macro2` tokens: parse, check, expand. On any error, the item is
 /// returned as written followed by every error as `compile_error!`, with one exception:
 /// a function missing `async` comes back with the `async` the error asks for, so that a
 /// routing attribute on it (`#[post]`, which needs an async handler) does not add a
-/// second, unrelated error to ours.
-fn expand_paid(args: TokenStream2, item: TokenStream2) -> TokenStream2 {
-    match try_expand(args, item.clone()) {
+/// second, unrelated error to ours, and a function in an `impl` block loses its routing
+/// attributes (actix-web's expansion cannot stand there and would add two more).
+fn expand_paid(args: TokenStream2, item: TokenStream2, context: context::Context) -> TokenStream2 {
+    match try_expand(args, item.clone(), context) {
         Ok(expanded) => expanded,
         Err(error) => {
-            let mut tokens = with_async(item);
+            let mut tokens = as_reported(item, context);
             tokens.extend(error.to_compile_error());
             tokens
         }
     }
 }
 
-/// `item` with `async` added when it is a function without it; any other item as is.
-fn with_async(item: TokenStream2) -> TokenStream2 {
-    match syn::parse2::<syn::ItemFn>(item.clone()) {
-        Ok(mut function) if function.sig.asyncness.is_none() => {
-            function.sig.asyncness = Some(syn::Token![async](function.sig.fn_token.span));
-            quote::ToTokens::into_token_stream(function)
-        }
-        _ => item,
+/// `item` as it is left next to our errors: with `async` added when it is a function
+/// without it, and without routing attributes when it is associated; any other item as
+/// is.
+fn as_reported(item: TokenStream2, context: context::Context) -> TokenStream2 {
+    let Ok(mut function) = syn::parse2::<syn::ItemFn>(item.clone()) else {
+        return item;
+    };
+    let routed_here = context.is_associated() && function.attrs.iter().any(handler::is_routing);
+    if function.sig.asyncness.is_some() && !routed_here {
+        return item;
     }
+    function.sig.asyncness = Some(syn::Token![async](function.sig.fn_token.span));
+    if routed_here {
+        function.attrs.retain(|attr| !handler::is_routing(attr));
+    }
+    quote::ToTokens::into_token_stream(function)
 }
 
 /// The expansion, or all the errors of the arguments and of the handler together.
-fn try_expand(args: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
+fn try_expand(
+    args: TokenStream2,
+    item: TokenStream2,
+    context: context::Context,
+) -> syn::Result<TokenStream2> {
     let args = syn::parse2::<args::Args>(args);
-    let handler = handler::Handler::parse(item);
+    let handler = handler::Handler::parse(item, context);
     match (args, handler) {
         (Ok(args), Ok(handler)) => Ok(expand::expand(&args, &handler)),
         (Err(mut error), Err(more)) => {

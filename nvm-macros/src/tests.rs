@@ -10,7 +10,7 @@ use proc_macro2::TokenStream;
 fn expand(args: &str, item: &str) -> String {
     let args: TokenStream = args.parse().expect("args tokens");
     let item: TokenStream = item.parse().expect("item tokens");
-    let expanded = crate::expand_paid(args, item);
+    let expanded = crate::expand_paid(args, item, crate::context::Context::Free);
     match syn::parse2::<syn::File>(expanded.clone()) {
         Ok(file) => prettyplease::unparse(&file),
         Err(error) => panic!("the expansion does not parse ({error}):\n{expanded}"),
@@ -142,8 +142,11 @@ snapshot!(raw_identifier_name, r#"plan = "1234""#, r#"async fn r#type() -> &'sta
 #[test]
 fn errors_keep_the_item() {
     let item = r#"#[get("/")] async fn index() -> &'static str { "" }"#;
-    let out =
-        crate::expand_paid(r#"plan = "", credits = -1"#.parse().expect("args"), item.parse().expect("item"));
+    let out = crate::expand_paid(
+        r#"plan = "", credits = -1"#.parse().expect("args"),
+        item.parse().expect("item"),
+        crate::context::Context::Free,
+    );
     let text = out.to_string();
     let original: TokenStream = item.parse().expect("item");
     assert!(text.starts_with(&original.to_string()), "{text}");
@@ -157,7 +160,11 @@ fn errors_keep_the_item() {
 #[test]
 fn not_async_comes_back_async() {
     let item = r#"#[post("/ask")] fn ask() -> &'static str { "sync" }"#;
-    let out = crate::expand_paid(r#"plan = "p""#.parse().expect("args"), item.parse().expect("item"));
+    let out = crate::expand_paid(
+        r#"plan = "p""#.parse().expect("args"),
+        item.parse().expect("item"),
+        crate::context::Context::Free,
+    );
     let text = out.to_string();
     assert!(text.starts_with("# [post (\"/ask\")] async fn ask ()"), "{text}");
     assert!(text.contains(r#"{ "sync" }"#), "{text}");
@@ -168,7 +175,11 @@ fn not_async_comes_back_async() {
 /// Errors in the arguments and in the handler are reported together.
 #[test]
 fn argument_and_handler_errors_together() {
-    let out = crate::expand_paid(r#"credits = 1"#.parse().expect("args"), "fn f() {}".parse().expect("item"));
+    let out = crate::expand_paid(
+        r#"credits = 1"#.parse().expect("args"),
+        "fn f() {}".parse().expect("item"),
+        crate::context::Context::Free,
+    );
     let text = out.to_string();
     assert!(text.contains("needs the plan"), "{text}");
     assert!(text.contains("must be `async fn`"), "{text}");
@@ -178,8 +189,37 @@ fn argument_and_handler_errors_together() {
 /// returned as is.
 #[test]
 fn not_a_function() {
-    let out = crate::expand_paid(r#"plan = "p""#.parse().expect("args"), "struct S;".parse().expect("item"));
+    let out = crate::expand_paid(
+        r#"plan = "p""#.parse().expect("args"),
+        "struct S;".parse().expect("item"),
+        crate::context::Context::Free,
+    );
     let text = out.to_string();
     assert!(text.starts_with("struct S ;"), "{text}");
     assert!(text.contains("#[paid] applies to an actix-web handler"), "{text}");
+}
+
+/// In an `impl` or `trait` block, a routing attribute is one error that names both ways
+/// out, and the item comes back without it (actix-web's expansion cannot stand there); an
+/// associated function without one expands as usual.
+#[test]
+fn associated_functions_with_routing_attributes() {
+    use crate::context::Context;
+    let item = r#"#[post("/ask")] async fn ask() -> &'static str { "" }"#;
+    for (context, block) in [(Context::Impl, "an `impl` block"), (Context::Trait, "a `trait` block")] {
+        let out =
+            crate::expand_paid(r#"plan = "p""#.parse().expect("args"), item.parse().expect("item"), context);
+        let text = out.to_string();
+        assert!(text.starts_with("async fn ask ()"), "{text}");
+        assert_eq!(text.matches("compile_error").count(), 1, "{text}");
+        assert!(text.contains(&format!("inside {block}:")), "{text}");
+        assert!(text.contains("web::post().to(Type::ask)"), "{text}");
+    }
+    let unrouted = r#"async fn ask() -> &'static str { "" }"#;
+    let out = crate::expand_paid(
+        r#"plan = "p""#.parse().expect("args"),
+        unrouted.parse().expect("item"),
+        Context::Impl,
+    );
+    assert!(!out.to_string().contains("compile_error"), "{out}");
 }
