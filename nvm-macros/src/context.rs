@@ -105,10 +105,11 @@ fn blocks_of(path: &Path) -> Option<Arc<[Block]>> {
     let metadata = std::fs::metadata(path).ok()?;
     let (len, modified) = (metadata.len(), metadata.modified().ok());
     let mut files = FILES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(lexed) = files.iter().find(|lexed| lexed.path == path) {
-        if lexed.len == len && lexed.modified == modified {
-            return Some(Arc::clone(&lexed.blocks));
-        }
+    if let Some(lexed) = files.iter().find(|lexed| lexed.path == path)
+        && lexed.len == len
+        && lexed.modified == modified
+    {
+        return Some(Arc::clone(&lexed.blocks));
     }
     let source = std::fs::read_to_string(path).ok()?;
     let blocks: Arc<[Block]> = lex_blocks(&source).into();
@@ -440,10 +441,10 @@ mod tests {
         }
         *at -= 1;
         for node in nodes.iter_mut() {
-            if let Node::Block(_, children) = node {
-                if place_paid(children, at) {
-                    return true;
-                }
+            if let Node::Block(_, children) = node
+                && place_paid(children, at)
+            {
+                return true;
             }
         }
         false

@@ -62,15 +62,14 @@ enum Place {
 
 impl Handler {
     /// Parses the item under `#[paid]` and checks it can be a paid actix-web handler.
-    /// `context` is where the function stands: in an `impl` or `trait` block, a routing
-    /// attribute is an error of its own.
-    pub(crate) fn parse(item: TokenStream, context: Context) -> syn::Result<Handler> {
+    /// `context` tells where the function stands (asked only when it has a routing
+    /// attribute): in an `impl` or `trait` block, a routing attribute is an error of its
+    /// own.
+    pub(crate) fn parse(item: TokenStream, context: fn() -> Context) -> syn::Result<Handler> {
         let function = parse_fn(item)?;
         let mut errors = Errors::default();
         check_signature(&function, &mut errors);
-        if context.is_associated() {
-            check_unrouted(&function, context, &mut errors);
-        }
+        check_unrouted(&function, context, &mut errors);
 
         let mut outer_attrs = Vec::new();
         let mut inner_attrs = Vec::new();
@@ -232,10 +231,14 @@ fn last_segment(attr: &Attribute) -> Option<String> {
 /// An associated function cannot carry an actix-web routing attribute: the attribute
 /// declares a type named after the function next to it, which an `impl` or `trait` block
 /// cannot hold. One error, at the routing attribute, with both ways out.
-fn check_unrouted(function: &ItemFn, context: Context, errors: &mut Errors) {
+fn check_unrouted(function: &ItemFn, context: fn() -> Context, errors: &mut Errors) {
     let Some(routing) = function.attrs.iter().find(|attr| is_routing(attr)) else {
         return;
     };
+    let context = context();
+    if !context.is_associated() {
+        return;
+    }
     let name = &function.sig.ident;
     let attribute = last_segment(routing).unwrap_or_default();
     let method = if attribute == "route" || attribute == "routes" { "get" } else { attribute.as_str() };
@@ -324,7 +327,7 @@ mod tests {
     use quote::ToTokens;
 
     fn handler(item: &str) -> syn::Result<Handler> {
-        Handler::parse(syn::parse_str(item).expect("tokens"), Context::Free)
+        Handler::parse(syn::parse_str(item).expect("tokens"), || Context::Free)
     }
 
     fn error(item: &str) -> String {

@@ -94,7 +94,7 @@ use proc_macro2::TokenStream as TokenStream2;
 /// form; the handler is then left as written, so other errors stay meaningful.
 #[proc_macro_attribute]
 pub fn paid(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand_paid(args.into(), item.into(), context::Context::of_call_site()).into()
+    expand_paid(args.into(), item.into(), context::Context::of_call_site).into()
 }
 
 /// `#[paid]` on `proc_macro2` tokens: parse, check, expand. On any error, the item is
@@ -103,7 +103,7 @@ pub fn paid(args: TokenStream, item: TokenStream) -> TokenStream {
 /// routing attribute on it (`#[post]`, which needs an async handler) does not add a
 /// second, unrelated error to ours, and a function in an `impl` block loses its routing
 /// attributes (actix-web's expansion cannot stand there and would add two more).
-fn expand_paid(args: TokenStream2, item: TokenStream2, context: context::Context) -> TokenStream2 {
+fn expand_paid(args: TokenStream2, item: TokenStream2, context: fn() -> context::Context) -> TokenStream2 {
     match try_expand(args, item.clone(), context) {
         Ok(expanded) => expanded,
         Err(error) => {
@@ -117,11 +117,11 @@ fn expand_paid(args: TokenStream2, item: TokenStream2, context: context::Context
 /// `item` as it is left next to our errors: with `async` added when it is a function
 /// without it, and without routing attributes when it is associated; any other item as
 /// is.
-fn as_reported(item: TokenStream2, context: context::Context) -> TokenStream2 {
+fn as_reported(item: TokenStream2, context: fn() -> context::Context) -> TokenStream2 {
     let Ok(mut function) = syn::parse2::<syn::ItemFn>(item.clone()) else {
         return item;
     };
-    let routed_here = context.is_associated() && function.attrs.iter().any(handler::is_routing);
+    let routed_here = function.attrs.iter().any(handler::is_routing) && context().is_associated();
     if function.sig.asyncness.is_some() && !routed_here {
         return item;
     }
@@ -136,7 +136,7 @@ fn as_reported(item: TokenStream2, context: context::Context) -> TokenStream2 {
 fn try_expand(
     args: TokenStream2,
     item: TokenStream2,
-    context: context::Context,
+    context: fn() -> context::Context,
 ) -> syn::Result<TokenStream2> {
     let args = syn::parse2::<args::Args>(args);
     let handler = handler::Handler::parse(item, context);

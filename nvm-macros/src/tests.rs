@@ -10,7 +10,7 @@ use proc_macro2::TokenStream;
 fn expand(args: &str, item: &str) -> String {
     let args: TokenStream = args.parse().expect("args tokens");
     let item: TokenStream = item.parse().expect("item tokens");
-    let expanded = crate::expand_paid(args, item, crate::context::Context::Free);
+    let expanded = crate::expand_paid(args, item, || crate::context::Context::Free);
     match syn::parse2::<syn::File>(expanded.clone()) {
         Ok(file) => prettyplease::unparse(&file),
         Err(error) => panic!("the expansion does not parse ({error}):\n{expanded}"),
@@ -145,7 +145,7 @@ fn errors_keep_the_item() {
     let out = crate::expand_paid(
         r#"plan = "", credits = -1"#.parse().expect("args"),
         item.parse().expect("item"),
-        crate::context::Context::Free,
+        || crate::context::Context::Free,
     );
     let text = out.to_string();
     let original: TokenStream = item.parse().expect("item");
@@ -160,11 +160,9 @@ fn errors_keep_the_item() {
 #[test]
 fn not_async_comes_back_async() {
     let item = r#"#[post("/ask")] fn ask() -> &'static str { "sync" }"#;
-    let out = crate::expand_paid(
-        r#"plan = "p""#.parse().expect("args"),
-        item.parse().expect("item"),
-        crate::context::Context::Free,
-    );
+    let out = crate::expand_paid(r#"plan = "p""#.parse().expect("args"), item.parse().expect("item"), || {
+        crate::context::Context::Free
+    });
     let text = out.to_string();
     assert!(text.starts_with("# [post (\"/ask\")] async fn ask ()"), "{text}");
     assert!(text.contains(r#"{ "sync" }"#), "{text}");
@@ -178,7 +176,7 @@ fn argument_and_handler_errors_together() {
     let out = crate::expand_paid(
         r#"credits = 1"#.parse().expect("args"),
         "fn f() {}".parse().expect("item"),
-        crate::context::Context::Free,
+        || crate::context::Context::Free,
     );
     let text = out.to_string();
     assert!(text.contains("needs the plan"), "{text}");
@@ -192,7 +190,7 @@ fn not_a_function() {
     let out = crate::expand_paid(
         r#"plan = "p""#.parse().expect("args"),
         "struct S;".parse().expect("item"),
-        crate::context::Context::Free,
+        || crate::context::Context::Free,
     );
     let text = out.to_string();
     assert!(text.starts_with("struct S ;"), "{text}");
@@ -206,7 +204,9 @@ fn not_a_function() {
 fn associated_functions_with_routing_attributes() {
     use crate::context::Context;
     let item = r#"#[post("/ask")] async fn ask() -> &'static str { "" }"#;
-    for (context, block) in [(Context::Impl, "an `impl` block"), (Context::Trait, "a `trait` block")] {
+    let contexts: [(fn() -> Context, &str); 2] =
+        [(|| Context::Impl, "an `impl` block"), (|| Context::Trait, "a `trait` block")];
+    for (context, block) in contexts {
         let out =
             crate::expand_paid(r#"plan = "p""#.parse().expect("args"), item.parse().expect("item"), context);
         let text = out.to_string();
@@ -216,10 +216,9 @@ fn associated_functions_with_routing_attributes() {
         assert!(text.contains("web::post().to(Type::ask)"), "{text}");
     }
     let unrouted = r#"async fn ask() -> &'static str { "" }"#;
-    let out = crate::expand_paid(
-        r#"plan = "p""#.parse().expect("args"),
-        unrouted.parse().expect("item"),
-        Context::Impl,
-    );
+    let out =
+        crate::expand_paid(r#"plan = "p""#.parse().expect("args"), unrouted.parse().expect("item"), || {
+            Context::Impl
+        });
     assert!(!out.to_string().contains("compile_error"), "{out}");
 }
