@@ -204,7 +204,8 @@ fn not_a_function() {
 fn associated_functions_with_routing_attributes() {
     use crate::context::Context;
     let item = r#"#[post("/ask")] async fn ask() -> &'static str { "" }"#;
-    let contexts: [(fn() -> Context, &str); 2] =
+    type Where = fn() -> Context;
+    let contexts: [(Where, &str); 2] =
         [(|| Context::Impl, "an `impl` block"), (|| Context::Trait, "a `trait` block")];
     for (context, block) in contexts {
         let out =
