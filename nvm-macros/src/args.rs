@@ -1,5 +1,5 @@
-//! The arguments of `#[paid(…)]`: `key = value` pairs separated by commas, read with
-//! custom keywords and checked as they are read.
+//! The arguments of `#[paid(…)]`: `key = value` pairs separated by commas, each key
+//! read by name and each value checked as it is read.
 //!
 //! Parsing keeps going after a bad value so that one compilation reports every mistake;
 //! only a syntax error (a missing `=` or `,`) stops it. Every error is spanned at the
@@ -7,22 +7,9 @@
 
 use proc_macro2::{Ident, Span};
 use syn::ext::IdentExt;
+use syn::parse::discouraged::Speculative;
 use syn::parse::{Parse, ParseStream};
 use syn::{Expr, ExprClosure, Lit, LitStr, Path, Token, UnOp};
-
-/// The custom keywords naming `#[paid]`'s arguments (`crate` is a real keyword).
-mod kw {
-    syn::custom_keyword!(plan);
-    syn::custom_keyword!(agent);
-    syn::custom_keyword!(credits);
-    syn::custom_keyword!(scheme);
-    syn::custom_keyword!(network);
-    syn::custom_keyword!(description);
-    syn::custom_keyword!(mime_type);
-    syn::custom_keyword!(resource);
-    syn::custom_keyword!(settle);
-    syn::custom_keyword!(cache_control);
-}
 
 /// The schemes the runtime knows (its `wire` module docs, §3): `scheme = …` must be one of them.
 const SCHEMES: [&str; 2] = ["nvm:erc4337", "nvm:card-delegation"];
@@ -256,7 +243,7 @@ impl Parse for Args {
             if let Err(error) = parse_value_start(input, &key, key_span) {
                 return Err(with(errors, error));
             }
-            let value: Expr = match input.parse() {
+            let value: Expr = match parse_expr(input) {
                 Ok(value) => value,
                 Err(error) => return Err(with(errors, error)),
             };
@@ -334,31 +321,16 @@ fn default_crate() -> Path {
 /// Reads a key: `Ok(Ok(key))` when known, `Ok(Err(error))` when unknown (the caller
 /// still reads its value, to report later mistakes too), `Err` on a syntax error.
 fn parse_key(input: ParseStream<'_>) -> syn::Result<(Result<Key, syn::Error>, Span)> {
-    macro_rules! keyword {
-        ($($kw:ident => $key:expr),* $(,)?) => {
-            $(
-                if input.peek(kw::$kw) {
-                    let token: kw::$kw = input.parse()?;
-                    return Ok((Ok($key), token.span));
-                }
-            )*
-        };
-    }
-    keyword! {
-        plan => Key::Plan,
-        agent => Key::Agent,
-        credits => Key::Credits,
-        scheme => Key::Scheme,
-        network => Key::Network,
-        description => Key::Description,
-        mime_type => Key::MimeType,
-        resource => Key::Resource,
-        settle => Key::Settle,
-        cache_control => Key::CacheControl,
-    }
-    if input.peek(Token![crate]) {
-        let token: Token![crate] = input.parse()?;
-        return Ok((Ok(Key::Crate), token.span));
+    // One identifier read and compared by name (not one peek per keyword: each peek
+    // renders the identifier again, and this runs for every argument of every handler).
+    if input.peek(Ident::peek_any) {
+        let fork = input.fork();
+        let ident = fork.call(Ident::parse_any)?;
+        let name = ident.to_string();
+        if let Some(key) = Key::ALL.iter().copied().find(|key| key.name() == name) {
+            input.advance_to(&fork);
+            return Ok((Ok(key), ident.span()));
+        }
     }
     if input.peek(Ident::peek_any) {
         let ident = input.call(Ident::parse_any)?;
@@ -375,6 +347,27 @@ fn parse_key(input: ParseStream<'_>) -> syn::Result<(Result<Key, syn::Error>, Sp
             known_keys()
         ),
     ))
+}
+
+/// An argument's value: a lone literal directly (most values are one), anything else
+/// through the expression parser.
+fn parse_expr(input: ParseStream<'_>) -> syn::Result<Expr> {
+    if input.peek(Lit) {
+        let fork = input.fork();
+        let lit: Lit = fork.parse()?;
+        // A negative number (one literal token outside the compiler) goes the long way,
+        // to the error it gets there.
+        let negative = match &lit {
+            Lit::Int(int) => int.base10_digits().starts_with('-'),
+            Lit::Float(float) => float.base10_digits().starts_with('-'),
+            _ => false,
+        };
+        if !negative && (fork.is_empty() || fork.peek(Token![,])) {
+            input.advance_to(&fork);
+            return Ok(Expr::Lit(syn::ExprLit { attrs: Vec::new(), lit }));
+        }
+    }
+    input.parse()
 }
 
 /// Checks that `= value` follows the key.

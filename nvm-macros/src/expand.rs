@@ -57,15 +57,20 @@ pub(crate) fn expand(args: &Args, handler: &Handler) -> TokenStream {
         #vis fn #ident(
             #paid: #krate::__private::Paid,
         ) -> impl ::core::future::Future<Output = #krate::__private::HttpResponse> {
-            use #krate::__private as #alias;
-            #inner
-            #route
-            #private::inventory::submit! { #private::RouteEntry(&#route_name) }
-            // Priced and verified first; the handler's own extractors run only then (an
-            // unpaid request is refused before any byte of its body is read), then the
-            // handler, then the settlement. One call, and no `async` block of its own:
-            // nothing of the flow is type-checked again per handler.
-            #run
+            // One macro call holding the whole body, written back as is: a routing
+            // attribute above reads (and copies) one call instead of every token of the
+            // handler.
+            #krate::__private::body! {
+                use #krate::__private as #alias;
+                #inner
+                #route
+                #private::inventory::submit! { #private::RouteEntry(&#route_name) }
+                // Priced and verified first; the handler's own extractors run only then
+                // (an unpaid request is refused before any byte of its body is read),
+                // then the handler, then the settlement. One call, and no `async` block
+                // of its own: nothing of the flow is type-checked again per handler.
+                #run
+            }
         }
     }
 }

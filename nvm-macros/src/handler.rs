@@ -2,10 +2,12 @@
 //! outer (generated) function and the inner one (the user's, kept verbatim), and the
 //! route of an actix-web routing attribute below `#[paid]` is read.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Delimiter, Group, Span, TokenStream};
+use quote::{ToTokens, TokenStreamExt};
+use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Attribute, Expr, FnArg, Ident, ItemFn, Lit, Token, Type, Visibility};
+use syn::{Attribute, Expr, FnArg, Ident, Lit, Signature, Token, Type, Visibility};
 
 use crate::args::Errors;
 use crate::context::Context;
@@ -28,13 +30,50 @@ pub(crate) struct Handler {
     pub(crate) outer_attrs: Vec<Attribute>,
     /// The user's function, private, without the outer attributes (an `#[allow(…)]` is kept
     /// on both).
-    pub(crate) inner: ItemFn,
+    pub(crate) inner: Function,
     /// The type of each argument.
     pub(crate) arg_types: Vec<Type>,
     /// Where an error about the handler's output belongs: its return type, or its name.
     pub(crate) output_span: Span,
     /// The resources the routing attributes below `#[paid]` register, in order.
     pub(crate) mounts: Vec<Mount>,
+}
+
+/// A function whose body is kept as tokens, unparsed: the body is the user's, written
+/// back verbatim, and only the compiler needs to read it (parsing it here would cost
+/// compile time for every handler, more for long ones).
+#[derive(Clone)]
+pub(crate) struct Function {
+    /// Its outer attributes (inner ones stay in the body).
+    pub(crate) attrs: Vec<Attribute>,
+    /// Its visibility.
+    pub(crate) vis: Visibility,
+    /// Its signature.
+    pub(crate) sig: Signature,
+    /// Its body, `{ … }`.
+    pub(crate) body: Group,
+}
+
+impl Parse for Function {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis = input.parse()?;
+        let sig = input.parse()?;
+        let body: Group = input.parse()?;
+        if body.delimiter() != Delimiter::Brace {
+            return Err(syn::Error::new(body.span(), "expected the function's body, `{ … }`"));
+        }
+        Ok(Function { attrs, vis, sig, body })
+    }
+}
+
+impl ToTokens for Function {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        tokens.append_all(&self.attrs);
+        self.vis.to_tokens(tokens);
+        self.sig.to_tokens(tokens);
+        self.body.to_tokens(tokens);
+    }
 }
 
 /// One routing attribute below `#[paid]`: one resource actix-web registers.
@@ -122,8 +161,8 @@ impl Handler {
 }
 
 /// The item as a function, or an error saying what `#[paid]` applies to.
-fn parse_fn(item: TokenStream) -> syn::Result<ItemFn> {
-    match syn::parse2::<ItemFn>(item.clone()) {
+fn parse_fn(item: TokenStream) -> syn::Result<Function> {
+    match syn::parse2::<Function>(item.clone()) {
         Ok(function) => Ok(function),
         Err(error) => match syn::parse2::<syn::Item>(item) {
             Ok(other) => Err(syn::Error::new(
@@ -153,7 +192,7 @@ fn item_keyword_span(item: &syn::Item) -> Option<Span> {
 }
 
 /// Every check on the signature, each error naming the fix and spanned at the culprit.
-fn check_signature(function: &ItemFn, errors: &mut Errors) {
+fn check_signature(function: &Function, errors: &mut Errors) {
     let sig = &function.sig;
     if let Some(constness) = &sig.constness {
         errors.push(syn::Error::new(constness.span, "#[paid] handlers cannot be `const`: remove `const`"));
@@ -231,7 +270,7 @@ fn last_segment(attr: &Attribute) -> Option<String> {
 /// An associated function cannot carry an actix-web routing attribute: the attribute
 /// declares a type named after the function next to it, which an `impl` or `trait` block
 /// cannot hold. One error, at the routing attribute, with both ways out.
-fn check_unrouted(function: &ItemFn, context: fn() -> Context, errors: &mut Errors) {
+fn check_unrouted(function: &Function, context: fn() -> Context, errors: &mut Errors) {
     let Some(routing) = function.attrs.iter().find(|attr| is_routing(attr)) else {
         return;
     };

@@ -6,15 +6,38 @@
 
 use proc_macro2::TokenStream;
 
-/// Expands `#[paid(args)]` on `item` and formats the result.
+/// Expands `#[paid(args)]` on `item` and formats the result, with the outer function's
+/// `body! { … }` shown as the block it becomes (the macro writes its tokens back in
+/// braces), so that the snapshot reads as code.
 fn expand(args: &str, item: &str) -> String {
     let args: TokenStream = args.parse().expect("args tokens");
     let item: TokenStream = item.parse().expect("item tokens");
     let expanded = crate::expand_paid(args, item, || crate::context::Context::Free);
     match syn::parse2::<syn::File>(expanded.clone()) {
-        Ok(file) => prettyplease::unparse(&file),
+        Ok(mut file) => {
+            for item in &mut file.items {
+                if let syn::Item::Fn(function) = item {
+                    open_body(&mut function.block);
+                }
+            }
+            prettyplease::unparse(&file)
+        }
         Err(error) => panic!("the expansion does not parse ({error}):\n{expanded}"),
     }
+}
+
+/// Replaces a block made of one `…::body! { tokens }` with `{ { tokens } }`.
+fn open_body(block: &mut syn::Block) {
+    let [syn::Stmt::Macro(call)] = block.stmts.as_slice() else {
+        panic!("the outer function's body is not one `body!` call");
+    };
+    assert!(call.mac.path.segments.last().is_some_and(|s| s.ident == "body"), "not `body!`");
+    let tokens = &call.mac.tokens;
+    let inner: syn::Block = syn::parse2(quote::quote!({ #tokens })).expect("the body parses as a block");
+    block.stmts = vec![syn::Stmt::Expr(
+        syn::Expr::Block(syn::ExprBlock { attrs: vec![], label: None, block: inner }),
+        None,
+    )];
 }
 
 macro_rules! snapshot {

@@ -12,6 +12,17 @@ pub use crate::actix::pricing::RouteEntry;
 pub use crate::actix::route::{Credits, Route, RouteSpec};
 pub use crate::flow::{Id, SettlePoint, Terms, cache_control_problem};
 
+pub use crate::__nvm_paid_body as body;
+
+/// The body of a `#[paid]` outer function, written back as is, in a block: a routing
+/// attribute above `#[paid]` then parses and copies one macro call, not every token of
+/// the handler.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __nvm_paid_body {
+    ($($body:tt)*) => {{ $($body)* }};
+}
+
 use std::any::Any;
 
 use crate::actix::credits::CreditsSource;
