@@ -61,7 +61,7 @@ impl PlanScheme {
 /// The per-plan cache of [`PlanScheme`]s.
 pub(crate) struct PlanCatalog {
     default_network: Arc<str>,
-    entries: Mutex<HashMap<String, (Instant, PlanScheme)>>,
+    entries: Mutex<HashMap<String, (Instant, PlanScheme), foldhash::fast::RandomState>>,
     /// Plans the routes table names, to fetch at start-up.
     wanted: Mutex<BTreeSet<String>>,
     /// Plans fetched at start-up and refreshed in the background: their entry is served
@@ -76,7 +76,7 @@ impl PlanCatalog {
     pub(crate) fn new(default_network: &str) -> Self {
         PlanCatalog {
             default_network: default_network.into(),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::default()),
             wanted: Mutex::new(BTreeSet::new()),
             kept: Mutex::new(BTreeSet::new()),
             refreshing: std::sync::atomic::AtomicBool::new(false),

@@ -2,13 +2,13 @@
 //! seconds for the same token, plan, credits and resource. Safe because settlement
 //! re-checks the balance; the cached request id is never reused for a settle.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::wire::VerifyResponse;
+use crate::wire::{AccessToken, VerifyResponse};
 
 /// At most this many verifications are kept; older ones are dropped first.
 const CAPACITY: usize = 10_000;
@@ -76,31 +76,55 @@ impl VerifyCache {
 /// At most this many bytes of tokens are remembered as well-formed.
 const WELL_FORMED_BYTES: usize = 4 << 20;
 
-/// Tokens already found well-formed by the check before the facilitator call (base64 of
-/// a JSON object), so that a reused token (the common case: a buyer's client reuses its
-/// token for a plan) is not decoded and parsed again on every request. Bounded in bytes;
+/// Tokens already found well-formed by the check before the facilitator call (printable
+/// ASCII, base64 of a JSON object), with whether each may be single-use, so that a reused
+/// token (the common case: a buyer's client reuses its token for a plan) is neither
+/// scanned, decoded nor searched again on every request. Keyed by the exact header text,
+/// hashed with a fast seeded hasher (tokens are kilobytes long). Bounded in bytes;
 /// forgotten all at once when full. It only ever skips work: a token not in it is
 /// checked in full.
 #[derive(Default)]
 pub(crate) struct WellFormed {
-    tokens: Mutex<(HashSet<Box<str>>, usize)>,
+    tokens: Mutex<(HashMap<Checked, bool, foldhash::fast::RandomState>, usize)>,
+}
+
+/// A token found well-formed, looked up by the header's bytes (so a hit needs no UTF-8
+/// check of them).
+#[derive(PartialEq, Eq)]
+struct Checked(Box<str>);
+
+impl std::hash::Hash for Checked {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Checked {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 impl WellFormed {
-    /// Whether `raw` was found well-formed before.
-    pub(crate) fn contains(&self, raw: &str) -> bool {
-        self.tokens.lock().unwrap_or_else(PoisonError::into_inner).0.contains(raw)
+    /// The token whose header value is exactly `value`, and whether it may be
+    /// single-use, when it was found well-formed before.
+    pub(crate) fn get(&self, value: &[u8]) -> Option<(AccessToken, bool)> {
+        let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        tokens
+            .0
+            .get_key_value(value)
+            .map(|(token, may_be_single_use)| (AccessToken::new(&*token.0), *may_be_single_use))
     }
 
-    /// Remembers `raw` as well-formed.
-    pub(crate) fn insert(&self, raw: &str) {
+    /// Remembers `raw` as well-formed, and whether it may be single-use.
+    pub(crate) fn insert(&self, raw: &str, may_be_single_use: bool) {
         let mut guard = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
         let (tokens, bytes) = &mut *guard;
         if *bytes + raw.len() > WELL_FORMED_BYTES {
             tokens.clear();
             *bytes = 0;
         }
-        if tokens.insert(raw.into()) {
+        if tokens.insert(Checked(raw.into()), may_be_single_use).is_none() {
             *bytes += raw.len();
         }
     }
@@ -113,11 +137,13 @@ mod tests {
     #[test]
     fn well_formed_tokens_are_bounded_in_bytes() {
         let well_formed = WellFormed::default();
-        well_formed.insert("eyJhIjoxfQ");
-        assert!(well_formed.contains("eyJhIjoxfQ") && !well_formed.contains("eyJhIjoyfQ"));
+        well_formed.insert("eyJhIjoxfQ", true);
+        let (token, may_be_single_use) = well_formed.get(b"eyJhIjoxfQ").expect("remembered");
+        assert!(token.as_str() == "eyJhIjoxfQ" && may_be_single_use);
+        assert!(well_formed.get(b"eyJhIjoyfQ").is_none());
         let big = "x".repeat(WELL_FORMED_BYTES / 2 + 1);
-        well_formed.insert(&big);
-        well_formed.insert(&format!("{big}y"));
+        well_formed.insert(&big, false);
+        well_formed.insert(&format!("{big}y"), false);
         let (tokens, bytes) = &*well_formed.tokens.lock().unwrap();
         assert!(*bytes <= WELL_FORMED_BYTES && tokens.len() == 1, "{bytes}");
     }

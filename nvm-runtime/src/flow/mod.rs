@@ -112,15 +112,15 @@ pub(crate) async fn admit(
         return Ok(Admission::Run);
     }
     let envelope = envelope(seller, host, offer).await;
-    let token = match read_token(seller, host) {
-        Ok(token) => token,
+    let (token, may_be_single_use) = match read_token(seller, host) {
+        Ok(read) => read,
         Err(error) => return Err(Refusal::payment_required(envelope, error)),
     };
     let store = seller.idempotency.store();
     // Decoded once, and only when needed: a keyed request is scoped by its payer, and a
     // single-use token is guarded by the store and resolved after an unknown settlement
     // (`may_be_single_use` never misses one, and spares reusable tokens the decode).
-    let payload = (keyed.is_some() || token.may_be_single_use()).then(|| token.decode().ok()).flatten();
+    let payload = (keyed.is_some() || may_be_single_use).then(|| token.decode().ok()).flatten();
     let single_use = payload.as_ref().is_some_and(|payload| payload.is_single_use());
     let caller =
         (store.is_some() && (single_use || keyed.is_some())).then(|| Caller::of(&token, payload.as_ref()));
@@ -507,8 +507,10 @@ pub(crate) async fn envelope(seller: &Seller, host: &impl Host, offer: &Offer<'_
 }
 
 /// The access token of the request: the first configured header with a value,
-/// checked before any facilitator call (size, characters, base64 JSON shape).
-pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<AccessToken, PaymentError> {
+/// checked before any facilitator call (size, characters, base64 JSON shape), and
+/// whether it may be single-use (see [`AccessToken::may_be_single_use`]). A token found
+/// well-formed before is taken from the [`WellFormed`] cache without checking it again.
+pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<(AccessToken, bool), PaymentError> {
     for (index, name) in seller.token_headers.iter().enumerate() {
         let mut values = host.token_header(index);
         let Some(value) = values.next() else { continue };
@@ -526,6 +528,9 @@ pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<AccessToke
                 value.len()
             )));
         }
+        if let Some(known) = seller.well_formed.get(value) {
+            return Ok(known);
+        }
         let raw = std::str::from_utf8(value)
             .ok()
             .filter(|s| s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
@@ -536,9 +541,6 @@ pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<AccessToke
         if raw.is_empty() {
             continue;
         }
-        if seller.well_formed.contains(raw) {
-            return Ok(AccessToken::new(raw));
-        }
         // Only the outer form is checked here (base64 of a JSON object); the facilitator
         // judges the rest, so a payload shape this crate does not know is never refused.
         // `JsonShape` reads the JSON as `serde_json::Value` does (same errors) without
@@ -548,8 +550,10 @@ pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<AccessToke
         if !decoded.is_object() {
             return Err(PaymentError::MalformedToken("the token is not an x402 payment payload".into()));
         }
-        seller.well_formed.insert(raw);
-        return Ok(AccessToken::new(raw));
+        let token = AccessToken::new(raw);
+        let may_be_single_use = token.may_be_single_use();
+        seller.well_formed.insert(raw, may_be_single_use);
+        return Ok((token, may_be_single_use));
     }
     let header = seller.token_headers.first().map_or("payment-signature", String::as_str);
     Err(PaymentError::MissingToken { header: header.to_owned() })

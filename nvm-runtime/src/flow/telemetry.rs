@@ -20,6 +20,7 @@
 //! The outcomes are those of [`Outcome`].
 
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::Span;
@@ -93,11 +94,11 @@ impl Outcome {
 pub(crate) struct Telemetry {
     span: Span,
     /// The resource pattern: the span's field, the metrics' label, an idempotency
-    /// record's scope.
-    route: String,
+    /// record's scope (shared: each metric label is a count increment, not a copy).
+    route: Arc<str>,
     /// The metrics' `plan` label.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    plan: RefCell<String>,
+    plan: RefCell<Option<Arc<str>>>,
     finished: Cell<bool>,
 }
 
@@ -116,7 +117,15 @@ impl Telemetry {
             settle_ms = Empty,
             agent_request_id = Empty,
         );
-        Telemetry { span, route, plan: RefCell::default(), finished: Cell::new(false) }
+        Telemetry { span, route: route.into(), plan: RefCell::default(), finished: Cell::new(false) }
+    }
+
+    /// Records fields on the span, when a subscriber listens to it (a span nobody
+    /// listens to is not written to at all).
+    fn record(&self, write: impl FnOnce(&Span)) {
+        if !self.span.is_disabled() {
+            write(&self.span);
+        }
     }
 
     /// The route: the resource pattern the request matched (its path when none).
@@ -131,16 +140,26 @@ impl Telemetry {
 
     /// The plan and the credits the request is asked.
     pub(crate) fn asked(&self, plan: &str, credits: u64) {
-        self.span.record("plan", plan).record("credits_asked", credits);
-        plan.clone_into(&mut self.plan.borrow_mut());
+        self.record(|span| {
+            span.record("plan", plan).record("credits_asked", credits);
+        });
+        #[cfg(feature = "metrics")]
+        {
+            let mut kept = self.plan.borrow_mut();
+            if kept.as_deref() != Some(plan) {
+                *kept = Some(plan.into());
+            }
+        }
     }
 
     /// A verification by the facilitator took `took`.
     pub(crate) fn verified(&self, took: Duration, agent_request_id: Option<&str>) {
-        self.span.record("verify_ms", millis(took));
-        if let Some(id) = agent_request_id {
-            self.span.record("agent_request_id", id);
-        }
+        self.record(|span| {
+            span.record("verify_ms", millis(took));
+            if let Some(id) = agent_request_id {
+                span.record("agent_request_id", id);
+            }
+        });
         #[cfg(feature = "metrics")]
         metrics::histogram!("nvm_paid_verify_seconds", "route" => self.route.clone())
             .record(took.as_secs_f64());
@@ -148,7 +167,9 @@ impl Telemetry {
 
     /// A settle call took `took`.
     pub(crate) fn settle_took(&self, took: Duration) {
-        self.span.record("settle_ms", millis(took));
+        self.record(|span| {
+            span.record("settle_ms", millis(took));
+        });
         #[cfg(feature = "metrics")]
         metrics::histogram!("nvm_paid_settle_seconds", "route" => self.route.clone())
             .record(took.as_secs_f64());
@@ -160,7 +181,9 @@ impl Telemetry {
         if self.finished.replace(true) {
             return;
         }
-        self.span.record("outcome", outcome.as_str()).record("credits_settled", settled);
+        self.record(|span| {
+            span.record("outcome", outcome.as_str()).record("credits_settled", settled);
+        });
         tracing::debug!(parent: &self.span, outcome = outcome.as_str(), settled, "paid request ended");
         #[cfg(feature = "metrics")]
         {
@@ -168,7 +191,7 @@ impl Telemetry {
             metrics::counter!("nvm_paid_requests_total", "route" => route.clone(), "outcome" => outcome.as_str())
                 .increment(1);
             if settled > 0 {
-                let plan = self.plan.borrow().clone();
+                let plan = self.plan.borrow().clone().unwrap_or_else(|| Arc::from(""));
                 metrics::counter!("nvm_paid_credits_settled_total", "plan" => plan, "route" => route)
                     .increment(settled);
             }
