@@ -7,7 +7,9 @@
 //!   that says what is wrong (or, for bytes HTTP itself forbids, the HTTP layer's 400),
 //!   never a panic, never the handler, and exactly the facilitator calls it deserves:
 //!   none for what the seller can judge alone, one verify for what only the facilitator
-//!   can judge, never a settle.
+//!   can judge, never a settle. A generated property sends each kind of token several
+//!   times: the verdict is the same every time (the seller's memory of well-formed
+//!   tokens only skips work), a single-use token is charged once.
 //! - Property tests (proptest, 256 cases each) of every decoder of the public API
 //!   (`codec::{decode_base64, decode_json_header}`, `PaymentRequired::from_header`,
 //!   `SettleResponse::from_header`, `AccessToken::decode`, `ApiKey` parsing): no panic
@@ -27,7 +29,7 @@ use nvm_runtime::local::{LocalFacilitator, MintOptions, PlanSpec};
 use nvm_runtime::wire::codec::{self, DecodeError, MAX_HEADER_LEN};
 use nvm_runtime::wire::{Accepted, Extra, PaymentRequired, Resource};
 use nvm_runtime::wire::{AccessToken, Authorization, PaymentPayload, SignedPayload};
-use nvm_runtime::wire::{Amount, ResourceBinding, SettleResponse};
+use nvm_runtime::wire::{Amount, CODE_SPENT, ResourceBinding, SettleResponse};
 use nvm_runtime::{Environment, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, payments_for, serve};
 use proptest::prelude::*;
@@ -282,6 +284,100 @@ async fn control_characters_sent_raw_never_reach_the_handler() {
     let response = http().post(server.at("/paid")).send().await.expect("still serving");
     assert_eq!(response.status(), 402);
     eprintln!("raw control characters: statuses {statuses:?}");
+}
+
+/// A token as a generated request sends it, for the property below.
+#[derive(Debug, Clone)]
+enum Sent {
+    /// A valid reusable token.
+    Reusable,
+    /// A valid single-use token.
+    SingleUse,
+    /// A valid reusable token with blanks around it.
+    Padded(String, String),
+    /// Text that is not base64.
+    NotBase64(String),
+    /// Base64 of text.
+    Base64Text(String),
+    /// Base64 of a JSON array (JSON, but not a payment payload).
+    Base64Array(Vec<u8>),
+}
+
+fn sent() -> impl Strategy<Value = Sent> {
+    prop_oneof![
+        Just(Sent::Reusable),
+        Just(Sent::SingleUse),
+        ("[ \t]{0,3}", "[ \t]{0,3}").prop_map(|(before, after)| Sent::Padded(before, after)),
+        "[%!*~]{1,40}".prop_map(Sent::NotBase64),
+        "[a-z ]{1,40}".prop_map(Sent::Base64Text),
+        prop::collection::vec(any::<u8>(), 0..8).prop_map(Sent::Base64Array),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A token gets the same verdict every time it is sent, in both forms: the seller
+    /// remembers the tokens it found well-formed (and whether they may be single-use)
+    /// only to skip work. A reusable token is served and charged each time; a single-use
+    /// one once, then refused as spent; a malformed one refused with the same reason each
+    /// time, with no facilitator call.
+    #[test]
+    fn a_tokens_verdict_is_the_same_every_time(sends in prop::collection::vec((sent(), 0..PATHS.len(), 2usize..4), 1..5)) {
+        actix_web::rt::System::new().block_on(async move {
+            let (local, server) = start();
+            let (mut burned, mut runs) = (0, 0);
+            for (sent, path, times) in sends {
+                let path = PATHS[path];
+                let value = match &sent {
+                    Sent::Reusable => local.mint_token(MintOptions::new()),
+                    Sent::SingleUse => local.mint_token(MintOptions::new().single_use()),
+                    Sent::Padded(before, after) => format!("{before}{}{after}", local.mint_token(MintOptions::new())),
+                    Sent::NotBase64(text) => text.clone(),
+                    Sent::Base64Text(text) => STANDARD.encode(text),
+                    Sent::Base64Array(bytes) => b64(&json!(bytes)),
+                };
+                let mut first_refusal = None;
+                for attempt in 0..times {
+                    let label = format!("{sent:?} [{path}] attempt {attempt}");
+                    let before = local.calls();
+                    let response = http()
+                        .post(server.at(path))
+                        .header("payment-signature", value.as_str())
+                        .send()
+                        .await
+                        .expect("an answer");
+                    let status = response.status();
+                    let body = response.text().await.expect("a body");
+                    let after = local.calls();
+                    match &sent {
+                        Sent::Reusable | Sent::Padded(..) => {
+                            assert_eq!(status, 200, "{label}: {body}");
+                            (burned, runs) = (burned + 1, runs + 1);
+                        }
+                        Sent::SingleUse if attempt == 0 => {
+                            assert_eq!(status, 200, "{label}: {body}");
+                            (burned, runs) = (burned + 1, runs + 1);
+                        }
+                        Sent::SingleUse => {
+                            assert_eq!(status, 402, "{label}: {body}");
+                            assert!(body.contains(CODE_SPENT), "{label}: {body}");
+                            // Refused by the seller's own record of it, before any call.
+                            assert_eq!((after.verify, after.settle), (before.verify, before.settle), "{label}");
+                        }
+                        _ => {
+                            assert_eq!(status, 402, "{label}: {body}");
+                            let first = first_refusal.get_or_insert_with(|| body.clone());
+                            assert_eq!(&body, first, "{label}: the same reason each time");
+                            assert_eq!((after.verify, after.settle), (before.verify, before.settle), "{label}");
+                        }
+                    }
+                }
+            }
+            assert_eq!(local.total_burned(), burned);
+            assert_eq!(server.runs.count(), runs);
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------------
