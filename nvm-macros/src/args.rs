@@ -324,16 +324,11 @@ fn parse_key(input: ParseStream<'_>) -> syn::Result<(Result<Key, syn::Error>, Sp
     // One identifier read and compared by name (not one peek per keyword: each peek
     // renders the identifier again, and this runs for every argument of every handler).
     if input.peek(Ident::peek_any) {
-        let fork = input.fork();
-        let ident = fork.call(Ident::parse_any)?;
+        let ident = input.call(Ident::parse_any)?;
         let name = ident.to_string();
         if let Some(key) = Key::ALL.iter().copied().find(|key| key.name() == name) {
-            input.advance_to(&fork);
             return Ok((Ok(key), ident.span()));
         }
-    }
-    if input.peek(Ident::peek_any) {
-        let ident = input.call(Ident::parse_any)?;
         let name = ident.unraw().to_string();
         let hint = suggest(&name).map(|k| format!("did you mean `{}`? ", k.name())).unwrap_or_default();
         let message = format!("unknown argument `{name}`: {hint}#[paid] accepts {}", known_keys());

@@ -118,7 +118,7 @@ fn expand_paid(args: TokenStream2, item: TokenStream2, context: fn() -> context:
 /// without it, and without routing attributes when it is associated; any other item as
 /// is.
 fn as_reported(item: TokenStream2, context: fn() -> context::Context) -> TokenStream2 {
-    let Ok(mut function) = syn::parse2::<syn::ItemFn>(item.clone()) else {
+    let Ok(mut function) = syn::parse2::<handler::Function>(item.clone()) else {
         return item;
     };
     let routed_here = function.attrs.iter().any(handler::is_routing) && context().is_associated();
