@@ -1,6 +1,6 @@
 //! `PaymentContext`: the handler's view of the request's payment.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
@@ -12,15 +12,15 @@ use crate::flow::{PaymentState, Verified};
 use crate::wire::{AccessToken, AgentRequest, PaymentRequired, VerifyResponse};
 
 /// Creates the payment state of `req` and stores it in the request's extensions.
-pub(crate) fn attach(req: &HttpRequest) -> Rc<PaymentState> {
-    let state = Rc::new(PaymentState::default());
-    req.extensions_mut().insert(Rc::clone(&state));
+pub(crate) fn attach(req: &HttpRequest) -> Arc<PaymentState> {
+    let state = Arc::new(PaymentState::default());
+    req.extensions_mut().insert(Arc::clone(&state));
     state
 }
 
 /// The state already attached to `req` (by a `PaymentMiddleware` route), if any.
-pub(crate) fn attached(req: &HttpRequest) -> Option<Rc<PaymentState>> {
-    req.extensions().get::<Rc<PaymentState>>().cloned()
+pub(crate) fn attached(req: &HttpRequest) -> Option<Arc<PaymentState>> {
+    req.extensions().get::<Arc<PaymentState>>().cloned()
 }
 
 /// The payment of the current request, as a handler argument.
@@ -47,7 +47,7 @@ pub(crate) fn attached(req: &HttpRequest) -> Option<Rc<PaymentState>> {
 /// extractor fails with a 500 whose message says so.
 #[derive(Clone)]
 pub struct PaymentContext {
-    state: Rc<PaymentState>,
+    state: Arc<PaymentState>,
 }
 
 /// Why [`PaymentContext::charge`] refused an amount.
@@ -131,7 +131,7 @@ impl PaymentContext {
         if credits > verified.credits {
             return Err(ChargeError::MoreThanVerified { requested: credits, verified: verified.credits });
         }
-        self.state.charge.set(Some(credits));
+        self.state.set_charge(credits);
         Ok(())
     }
 

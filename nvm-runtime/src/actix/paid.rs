@@ -6,7 +6,7 @@
 
 use std::future::{Future, Ready, ready};
 use std::panic::AssertUnwindSafe;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, Responder, ResponseError};
@@ -29,7 +29,7 @@ pub struct Paid {
     settle_with: Option<Payments>,
     /// Whether a `PaymentMiddleware` route attached the state.
     under_middleware: bool,
-    state: Rc<PaymentState>,
+    state: Arc<PaymentState>,
     /// The request body, taken unread: the handler's extractors get it after the
     /// payment decision.
     payload: Payload,

@@ -4,7 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::Payload;
@@ -336,20 +336,20 @@ pub(crate) async fn finish_claim(
 /// paid answer is marked for caches as its `terms` allow ([`not_for_caches`]).
 pub(crate) async fn settle(
     exchange: &Exchange<'_>,
-    state: &Rc<PaymentState>,
+    state: &Arc<PaymentState>,
     terms: &Terms,
     mut response: HttpResponse,
 ) -> HttpResponse {
     let seller = exchange.payments.seller();
     let (point, cache_control) = (terms.settle, terms.cache_control.as_deref());
-    let claim = state.claim.borrow_mut().take();
+    let claim = state.take_claim();
     if state.verified.get().is_some()
         && response.status().is_success()
         && super::stream::after_body(point, &response)
     {
         let (payments, req) = (exchange.payments.clone(), exchange.req.clone());
         not_for_caches(&mut response, cache_control);
-        return super::stream::settle_after_body(payments, req, Rc::clone(state), response, claim);
+        return super::stream::settle_after_body(payments, req, Arc::clone(state), response, claim);
     }
     let settlement = flow::settle(seller, exchange, state, response.status().as_u16()).await;
     report(state, response.status(), &settlement);

@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
@@ -49,7 +49,7 @@ pub(crate) fn after_body(point: Option<SettlePoint>, response: &HttpResponse) ->
 pub(crate) fn settle_after_body(
     payments: Payments,
     req: HttpRequest,
-    state: Rc<PaymentState>,
+    state: Arc<PaymentState>,
     response: HttpResponse,
     claim: Option<Claim>,
 ) -> HttpResponse {
@@ -76,7 +76,7 @@ pub(crate) fn settle_after_body(
 struct Pending {
     payments: Payments,
     req: HttpRequest,
-    state: Rc<PaymentState>,
+    state: Arc<PaymentState>,
     sse: bool,
     /// The idempotency claim and the body kept for its replay.
     kept: Option<Box<Kept>>,

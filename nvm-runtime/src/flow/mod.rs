@@ -102,7 +102,7 @@ pub(crate) async fn admit(
     state: &PaymentState,
     keyed: Option<&KeyedRequest>,
 ) -> Result<Admission, Refusal> {
-    state.asked.set(Some(credits));
+    state.set_asked(credits);
     let telemetry = state.telemetry.get();
     if let Some(telemetry) = telemetry {
         telemetry.asked(offer.plan_id, credits);
@@ -165,7 +165,7 @@ pub(crate) async fn admit(
             .await
             .map_err(refuse)?;
         match claimed {
-            Claimed::Won(claim) => *state.claim.borrow_mut() = Some(claim),
+            Claimed::Won(claim) => state.keep_claim(claim),
             Claimed::Lost(found) => match keyed_next(found, &verified).map_err(refuse)? {
                 Next::Replay(response) => return Ok(Admission::Replay(response)),
                 Next::Claim(_) => return Err(refuse(IdempotencyError::InFlight)),
@@ -289,7 +289,7 @@ pub(crate) async fn settle(
         tracing::info!(token = %verified.token.hash(), status, "handler did not succeed; nothing settled");
         return Settlement::None;
     }
-    if state.settled.replace(true) {
+    if state.mark_settled() {
         tracing::error!(token = %verified.token.hash(), "settlement attempted twice for one request; refused");
         return Settlement::None;
     }

@@ -1,8 +1,7 @@
 //! The payment state of one request, shared by the flow and the handler's view of it.
 
-use std::cell::{Cell, OnceCell, RefCell};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::cache::CacheKey;
 use super::idempotency::Claim;
@@ -26,25 +25,68 @@ pub(crate) struct Verified {
     pub(crate) single_use: bool,
 }
 
-/// The payment state of one request.
+/// The payment state of one request. Shared between threads where a surface needs it
+/// (an MCP tool's future is `Send`): every field is thread-safe, and uncontended (one
+/// request touches it at a time).
 #[derive(Debug, Default)]
 pub(crate) struct PaymentState {
-    pub(crate) verified: OnceCell<Verified>,
-    pub(crate) charge: Cell<Option<u64>>,
+    pub(crate) verified: OnceLock<Verified>,
+    /// The handler's `charge(n)`, the last one wins.
+    charge: Mutex<Option<u64>>,
     /// The credits the request was asked, once priced (for the pages that say it).
-    pub(crate) asked: Cell<Option<u64>>,
-    pub(crate) settled: Cell<bool>,
+    asked: Mutex<Option<u64>>,
+    settled: AtomicBool,
     /// The request's claim on its idempotency key, until completed or released.
-    pub(crate) claim: RefCell<Option<Claim>>,
+    claim: Mutex<Option<Claim>>,
     /// Its span and metrics, opened by the web layer when the request reaches a paid
     /// route.
-    pub(crate) telemetry: OnceCell<Telemetry>,
+    pub(crate) telemetry: OnceLock<Telemetry>,
     /// The usage metered by the handler or its stream (shared with its [`Meter`]s);
     /// made by the first meter, so an unmetered request allocates nothing for it.
-    meter: OnceCell<Arc<Metered>>,
+    meter: OnceLock<Arc<Metered>>,
+}
+
+/// The value in `cell`, whatever a panicking holder left (every value here is whole).
+fn lock<T>(cell: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    cell.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl PaymentState {
+    /// Records the handler's usage-based charge (checked by the caller).
+    pub(crate) fn set_charge(&self, credits: u64) {
+        *lock(&self.charge) = Some(credits);
+    }
+
+    /// The handler's charge, if it made one.
+    pub(crate) fn charge(&self) -> Option<u64> {
+        *lock(&self.charge)
+    }
+
+    /// Records the credits the request was asked.
+    pub(crate) fn set_asked(&self, credits: u64) {
+        *lock(&self.asked) = Some(credits);
+    }
+
+    /// The credits the request was asked, once priced.
+    pub(crate) fn asked(&self) -> Option<u64> {
+        *lock(&self.asked)
+    }
+
+    /// Marks the request settled; `true` when it already was.
+    pub(crate) fn mark_settled(&self) -> bool {
+        self.settled.swap(true, Ordering::AcqRel)
+    }
+
+    /// Keeps the request's claim on its idempotency key.
+    pub(crate) fn keep_claim(&self, claim: Claim) {
+        *lock(&self.claim) = Some(claim);
+    }
+
+    /// Takes the request's claim on its idempotency key, once.
+    pub(crate) fn take_claim(&self) -> Option<Claim> {
+        lock(&self.claim).take()
+    }
+
     /// The metered amount, when a meter was taken.
     pub(crate) fn metered(&self) -> Option<u64> {
         self.meter.get().map(|m| m.total.load(Ordering::Acquire))
@@ -60,7 +102,7 @@ impl PaymentState {
     /// `charge`, else the verified credits (0 when nothing was verified).
     pub(crate) fn amount_due(&self) -> u64 {
         let verified = self.verified.get().map_or(0, |v| v.credits);
-        self.metered().or(self.charge.get()).unwrap_or(verified)
+        self.metered().or(self.charge()).unwrap_or(verified)
     }
 }
 

@@ -19,7 +19,8 @@
 //!
 //! The outcomes are those of [`Outcome`].
 
-use std::cell::{Cell, RefCell};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,8 +99,8 @@ pub(crate) struct Telemetry {
     route: Arc<str>,
     /// The metrics' `plan` label.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    plan: RefCell<Option<Arc<str>>>,
-    finished: Cell<bool>,
+    plan: Mutex<Option<Arc<str>>>,
+    finished: AtomicBool,
 }
 
 impl Telemetry {
@@ -117,7 +118,7 @@ impl Telemetry {
             settle_ms = Empty,
             agent_request_id = Empty,
         );
-        Telemetry { span, route: route.into(), plan: RefCell::default(), finished: Cell::new(false) }
+        Telemetry { span, route: route.into(), plan: Mutex::default(), finished: AtomicBool::new(false) }
     }
 
     /// Records fields on the span, when a subscriber listens to it (a span nobody
@@ -145,7 +146,7 @@ impl Telemetry {
         });
         #[cfg(feature = "metrics")]
         {
-            let mut kept = self.plan.borrow_mut();
+            let mut kept = self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if kept.as_deref() != Some(plan) {
                 *kept = Some(plan.into());
             }
@@ -178,7 +179,7 @@ impl Telemetry {
     /// The request ended as `outcome`, `settled` credits burned; only the first call
     /// counts.
     pub(crate) fn finish(&self, outcome: Outcome, settled: u64) {
-        if self.finished.replace(true) {
+        if self.finished.swap(true, Ordering::AcqRel) {
             return;
         }
         self.record(|span| {
@@ -191,7 +192,7 @@ impl Telemetry {
             metrics::counter!("nvm_paid_requests_total", "route" => route.clone(), "outcome" => outcome.as_str())
                 .increment(1);
             if settled > 0 {
-                let plan = self.plan.borrow().clone().unwrap_or_else(|| Arc::from(""));
+                let plan = self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone().unwrap_or_else(|| Arc::from(""));
                 metrics::counter!("nvm_paid_credits_settled_total", "plan" => plan, "route" => route)
                     .increment(settled);
             }
