@@ -87,6 +87,18 @@ pub enum ConfigError {
         .0.join(", ")
     )]
     UnmatchedRoutes(Vec<String>),
+    /// `PaidTools` entries that name no tool of the router they wrap: a typo would leave
+    /// the tool unpaid.
+    #[error(
+        "these PaidTools entries name no tool of the router, so they would charge for nothing: {}; the router's tools are: {}",
+        .unknown.join(", "), .known.join(", ")
+    )]
+    UnknownTools {
+        /// The names that match no tool.
+        unknown: Vec<String>,
+        /// The router's tools.
+        known: Vec<String>,
+    },
     /// A plan's metadata could not be fetched at start-up (`Payments::prepare`).
     #[error(
         "plan {plan_id} could not be prepared: {source}; check the plan id and that the backend ({backend}) is reachable, or skip `prepare()` to fetch plans on the first request"

@@ -30,6 +30,8 @@ pub mod wire;
 pub mod client;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 // On `actix`, `client` and `local`: what a user's integration tests start.
 #[cfg(feature = "local")]
 pub mod testing;

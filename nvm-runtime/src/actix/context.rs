@@ -178,6 +178,33 @@ impl ResponseError for NotPaid {
     }
 }
 
+impl PaymentContext {
+    /// The handler's view of `state`.
+    #[cfg(feature = "mcp")]
+    pub(crate) fn of(state: Arc<PaymentState>) -> Self {
+        PaymentContext { state }
+    }
+}
+
+/// A `#[paid]` MCP tool (or one of a `PaidTools` table) takes `PaymentContext` as an
+/// argument, as an HTTP handler does.
+#[cfg(feature = "mcp")]
+impl<S> rmcp::handler::server::common::FromContextPart<rmcp::handler::server::tool::ToolCallContext<'_, S>>
+    for PaymentContext
+{
+    fn from_context_part(
+        context: &mut rmcp::handler::server::tool::ToolCallContext<'_, S>,
+    ) -> Result<Self, rmcp::ErrorData> {
+        match context.request_context.extensions.get::<Arc<PaymentState>>() {
+            Some(state) => Ok(PaymentContext::of(Arc::clone(state))),
+            None => {
+                tracing::error!("{NotPaid}");
+                Err(rmcp::ErrorData::internal_error(NotPaid.to_string(), None))
+            }
+        }
+    }
+}
+
 impl FromRequest for PaymentContext {
     type Error = NotPaid;
     type Future = std::future::Ready<Result<Self, NotPaid>>;

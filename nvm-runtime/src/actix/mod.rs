@@ -9,7 +9,7 @@ mod hooks;
 mod middleware;
 pub(crate) mod paid;
 mod payments;
-mod paywall;
+pub(crate) mod paywall;
 pub mod pricing;
 mod respond;
 pub(crate) mod route;

@@ -1,0 +1,230 @@
+//! What a paid tool charges: [`PaidTool`] (built by a `#[paid]` expansion in a
+//! `static`), [`ToolConfig`] (an entry of the [`PaidTools`] table), and the table that
+//! wraps a router's tools.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use rmcp::ErrorData;
+use rmcp::handler::server::tool::{IntoCallToolResult, ToolCallContext, ToolRoute, ToolRouter};
+use rmcp::model::{CallToolResponse, JsonObject, MetaObject};
+use serde_json::{Value, json};
+
+use super::call::{self, PaidCall};
+use crate::error::ConfigError;
+use crate::flow::{Id, Terms};
+
+/// The `_meta` key under which `tools/list` shows a paid tool's price.
+pub const PRICE_META: &str = "nevermined/price";
+
+/// What a tool call costs.
+#[derive(Clone)]
+enum Price {
+    /// The same for every call.
+    Fixed(u64),
+    /// A function of the call's arguments (a `#[paid]` expansion's helpers).
+    Fn { resolve: fn(&JsonObject) -> u64, fixed: fn() -> Option<u64> },
+    /// A closure of the call's arguments (a [`ToolConfig`]).
+    Closure(Arc<dyn Fn(&JsonObject) -> u64 + Send + Sync>),
+}
+
+impl Price {
+    /// The credits of a call with `arguments`; a panicking price function is the
+    /// tool's misconfiguration.
+    fn of(&self, arguments: &JsonObject, tool: &str) -> Result<u64, ConfigError> {
+        let priced = match self {
+            Price::Fixed(credits) => return Ok(*credits),
+            Price::Fn { resolve, .. } => std::panic::catch_unwind(AssertUnwindSafe(|| resolve(arguments))),
+            Price::Closure(price) => std::panic::catch_unwind(AssertUnwindSafe(|| price(arguments))),
+        };
+        priced.map_err(|_| ConfigError::CreditsPanicked(format!("the MCP tool `{tool}`")))
+    }
+
+    /// The price when it is the same for every call.
+    fn fixed(&self) -> Option<u64> {
+        match self {
+            Price::Fixed(credits) => Some(*credits),
+            Price::Fn { fixed, .. } => fixed(),
+            Price::Closure(_) => None,
+        }
+    }
+}
+
+/// The price of a `#[paid]` tool, in a `static` of its expansion. Not a public API.
+#[doc(hidden)]
+pub struct PaidTool {
+    /// The tool method's name, for errors.
+    name: &'static str,
+    price: Price,
+    terms: Terms,
+}
+
+impl PaidTool {
+    /// A tool at a fixed price.
+    pub const fn fixed(name: &'static str, credits: u64, terms: Terms) -> Self {
+        PaidTool { name, price: Price::Fixed(credits), terms }
+    }
+
+    /// A tool priced by a function of its arguments (`fixed` says whether it is the
+    /// same for every call: a `u64` const).
+    pub const fn priced(
+        name: &'static str,
+        resolve: fn(&JsonObject) -> u64,
+        fixed: fn() -> Option<u64>,
+        terms: Terms,
+    ) -> Self {
+        PaidTool { name, price: Price::Fn { resolve, fixed }, terms }
+    }
+
+    /// The tool's price for `tools/list`: its `_meta`.
+    pub fn meta(&self) -> MetaObject {
+        price_meta(&self.terms, &self.price, self.name)
+    }
+}
+
+/// `{"nevermined/price": {"planId", "agentId", "credits"}}`: credits as a decimal
+/// string, or `"dynamic"` when they depend on the arguments.
+fn price_meta(terms: &Terms, price: &Price, name: &str) -> MetaObject {
+    let mut meta = MetaObject::default();
+    let credits = price.fixed().map_or_else(|| "dynamic".to_owned(), |c| c.to_string());
+    let mut entry = json!({
+        "planId": terms.plan_id(name).ok().map(|p| p.into_owned()),
+        "credits": credits,
+    });
+    if let (Ok(Some(agent)), Some(object)) = (terms.agent_id(name), entry.as_object_mut()) {
+        object.insert("agentId".to_owned(), Value::String(agent.into_owned()));
+    }
+    meta.insert(PRICE_META.to_owned(), entry);
+    meta
+}
+
+/// Serves a call of a `#[paid]` tool: verified before the tool's body (`run`, not
+/// polled until then), settled when it completes without `isError`.
+pub async fn serve<F, R>(call: PaidCall, tool: &'static PaidTool, run: F) -> Result<CallToolResponse, ErrorData>
+where
+    F: Future<Output = R> + Send,
+    R: IntoCallToolResult,
+{
+    let credits = tool.price.of(call.arguments(), tool.name);
+    call::serve(call, &tool.terms, credits, async move { run.await.into_call_tool_result() }).await
+}
+
+/// The terms and price of one tool of a [`PaidTools`] table: the MCP counterpart of
+/// `RouteConfig`.
+///
+/// ```
+/// use nvm_runtime::mcp::ToolConfig;
+///
+/// // 1 credit per 1,000 characters of the `text` argument, at least 1.
+/// let summarize = ToolConfig::new("1234").credits_by(|args| {
+///     let chars = args.get("text").and_then(|t| t.as_str()).map_or(0, str::len) as u64;
+///     chars.div_ceil(1000).max(1)
+/// });
+/// # let _ = summarize;
+/// ```
+#[derive(Clone)]
+pub struct ToolConfig {
+    terms: Terms,
+    price: Price,
+}
+
+impl std::fmt::Debug for ToolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolConfig").field("terms", &self.terms).field("credits", &self.price.fixed()).finish()
+    }
+}
+
+impl ToolConfig {
+    /// A tool paid with `plan`, 1 credit a call.
+    pub fn new(plan: impl Into<String>) -> Self {
+        ToolConfig { terms: Terms::new(Id::Literal(plan.into().into())), price: Price::Fixed(1) }
+    }
+
+    /// The same price for every call; 0 makes the tool free.
+    pub fn credits(mut self, credits: u64) -> Self {
+        self.price = Price::Fixed(credits);
+        self
+    }
+
+    /// A price computed from the call's arguments, before the tool runs (it may then
+    /// charge less from inside, with `PaymentContext::charge`).
+    pub fn credits_by(mut self, price: impl Fn(&JsonObject) -> u64 + Send + Sync + 'static) -> Self {
+        self.price = Price::Closure(Arc::new(price));
+        self
+    }
+
+    /// The agent sent as `extra.agentId`.
+    pub fn agent(mut self, agent: impl Into<String>) -> Self {
+        self.terms.agent = Some(Id::Literal(agent.into().into()));
+        self
+    }
+
+    /// The description of the tool's resource in its `PaymentRequired`.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.terms.description = Some(description.into().into());
+        self
+    }
+}
+
+/// Prices the tools of an rmcp `ToolRouter` that carry no `#[paid]`, by name: the
+/// MCP counterpart of `PaymentMiddleware`, on the same flow.
+///
+/// ```
+/// use nvm_runtime::mcp::{PaidTools, ToolConfig};
+/// use rmcp::handler::server::tool::ToolRouter;
+///
+/// # fn demo<S: Send + Sync + 'static>(router: ToolRouter<S>) -> Result<(), nvm_runtime::ConfigError> {
+/// let router = PaidTools::new()
+///     .tool("search", ToolConfig::new("1234").credits(2))
+///     .wrap(router)?; // an entry naming no tool of the router is an error
+/// # let _ = router;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PaidTools {
+    tools: Vec<(String, ToolConfig)>,
+}
+
+impl PaidTools {
+    /// An empty table.
+    pub fn new() -> Self {
+        PaidTools::default()
+    }
+
+    /// Charges for the tool `name` on `config`'s terms.
+    pub fn tool(mut self, name: impl Into<String>, config: ToolConfig) -> Self {
+        self.tools.push((name.into(), config));
+        self
+    }
+
+    /// `router` with each tool of the table paid (its `tools/list` entry showing the
+    /// price in `_meta`); refused when an entry names no tool of the router.
+    pub fn wrap<S: Send + Sync + 'static>(self, mut router: ToolRouter<S>) -> Result<ToolRouter<S>, ConfigError> {
+        let unknown: Vec<String> =
+            self.tools.iter().filter(|(name, _)| !router.map.contains_key(name.as_str())).map(|(n, _)| n.clone()).collect();
+        if !unknown.is_empty() {
+            let mut known: Vec<String> = router.map.keys().map(|k| k.to_string()).collect();
+            known.sort();
+            return Err(ConfigError::UnknownTools { unknown, known });
+        }
+        for (name, config) in self.tools {
+            let Some(route) = router.map.remove(name.as_str()) else { continue };
+            let mut attr = route.attr.clone();
+            let meta = attr.meta.get_or_insert_with(MetaObject::default);
+            meta.extend(price_meta(&config.terms, &config.price, &name));
+            let original = route.call.clone();
+            let config = Arc::new(config);
+            let paid = ToolRoute::new_dyn(attr, move |mut context: ToolCallContext<'_, S>| {
+                let call = PaidCall::of(&mut context);
+                let credits = config.price.of(call.arguments(), call.name());
+                let config = Arc::clone(&config);
+                // Built now, polled only once the payment is verified.
+                let tool = original(context);
+                Box::pin(async move { call::serve(call, &config.terms, credits, tool).await })
+            });
+            router.add_route(paid);
+        }
+        Ok(router)
+    }
+}
