@@ -107,6 +107,30 @@ pub mod settings {
             self.banner_for(url, "POST /ask: 1 credit, GET /health, GET /pricing", "/ask")
         }
 
+        /// What the MCP example prints: where the server is, and with the local
+        /// facilitator the curl lines of an MCP session that calls a paid tool (unpaid,
+        /// then paid with a token in the `Authorization` header).
+        pub fn mcp_banner(&self, url: &str) -> String {
+            let mut out = self.banner_for(url, "POST /ask: 1 credit, POST /mcp: tools ask (1 credit) and summarize (by detail)", "/ask");
+            if self.local.is_none() {
+                return out;
+            }
+            let headers = "-H 'content-type: application/json' -H 'accept: application/json, text/event-stream'";
+            out.push_str(&format!(
+                "\n\
+                 # MCP: 4. open a session (initialize, then initialized)\n\
+                 SID=$(curl -si -X POST {url}/mcp {headers} -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"1\"}}}}}}' | grep -i '^mcp-session-id:' | cut -d' ' -f2 | tr -d '\\r')\n\
+                 curl -s -X POST {url}/mcp {headers} -H \"mcp-session-id: $SID\" -d '{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}}'\n\
+                 \n\
+                 # MCP: 5. call the tool without paying: isError, the PaymentRequired in structuredContent\n\
+                 curl -s -X POST {url}/mcp {headers} -H \"mcp-session-id: $SID\" -d '{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{{\"name\":\"ask\",\"arguments\":{{\"query\":\"hello\"}}}}}}'\n\
+                 \n\
+                 # MCP: 6. pay (the token of step 2; or its decoded JSON in params._meta[\"x402/payment\"]): the answer, receipts in _meta\n\
+                 curl -s -X POST {url}/mcp {headers} -H \"mcp-session-id: $SID\" -H \"authorization: Bearer $TOKEN\" -d '{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{{\"name\":\"ask\",\"arguments\":{{\"query\":\"hello\"}}}}}}'\n"
+            ));
+            out
+        }
+
         /// [`Setup::banner`] for another set of routes; `paid_path` is the one the curl
         /// lines call.
         pub fn banner_for(&self, url: &str, routes: &str, paid_path: &str) -> String {

@@ -102,19 +102,30 @@ fn route_static(
     route: &Ident,
 ) -> TokenStream {
     let mut helpers = TokenStream::new();
-    let plan = value(&args.plan, "__plan", private, &mut helpers);
+    let terms = terms(args, private, &mut helpers);
     let credits = credits(&args.credits, private, &mut helpers);
     let mounts = handler.mounts.iter().map(|mount| {
         let [methods, path, name] =
             [&mount.methods, &mount.path, &mount.name].map(|text| LitStr::new(text, Span::call_site()));
         quote!((#methods, #path, #name))
     });
+    quote! {
+        #helpers
+        static #route: #private::Route =
+            #private::Route::new(#name, ::core::module_path!(), &[#(#mounts),*], #credits, #terms);
+    }
+}
+
+/// The route's `Terms` (plan, agent, envelope fields, settlement point, caching), with
+/// the helper functions they need.
+pub(crate) fn terms(args: &Args, private: &TokenStream, helpers: &mut TokenStream) -> TokenStream {
+    let plan = value(&args.plan, "__plan", private, helpers);
     let fields = [&args.scheme, &args.network, &args.description, &args.mime_type, &args.resource];
     let terms = if args.agent.is_none() && fields.iter().all(|field| field.is_none()) {
         quote!(#private::Terms::new(#plan))
     } else {
         let agent = match &args.agent {
-            Some(agent) => some(value(agent, "__agent", private, &mut helpers), private),
+            Some(agent) => some(value(agent, "__agent", private, helpers), private),
             None => none(private),
         };
         let fields = fields.map(|lit| {
@@ -127,14 +138,9 @@ fn route_static(
         Some("before_body") => quote!(#terms.settle(#private::SettlePoint::BeforeBody)),
         _ => terms,
     };
-    let terms = match &args.cache_control {
+    match &args.cache_control {
         Some(value) => quote!(#terms.cache_control(#value)),
         None => terms,
-    };
-    quote! {
-        #helpers
-        static #route: #private::Route =
-            #private::Route::new(#name, ::core::module_path!(), &[#(#mounts),*], #credits, #terms);
     }
 }
 

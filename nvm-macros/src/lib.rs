@@ -9,6 +9,7 @@ mod args;
 mod context;
 mod expand;
 mod handler;
+mod tool;
 #[cfg(test)]
 mod tests;
 
@@ -139,6 +140,12 @@ fn try_expand(
     context: fn() -> context::Context,
 ) -> syn::Result<TokenStream2> {
     let args = syn::parse2::<args::Args>(args);
+    // Above rmcp's `#[tool]`: a paid MCP tool method.
+    if let Ok(function) = syn::parse2::<handler::Function>(item.clone())
+        && function.attrs.iter().any(tool::is_tool)
+    {
+        return tool::expand(&args?, function);
+    }
     let handler = handler::Handler::parse(item, context);
     match (args, handler) {
         (Ok(args), Ok(handler)) => Ok(expand::expand(&args, &handler)),

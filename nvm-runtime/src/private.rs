@@ -14,6 +14,14 @@ pub use crate::flow::{Id, SettlePoint, Terms, cache_control_problem};
 
 pub use crate::__nvm_paid_body as body;
 
+/// What `#[paid]` expansions on MCP tools call.
+#[cfg(feature = "mcp")]
+pub mod mcp {
+    pub use rmcp::model::JsonObject;
+
+    pub use crate::mcp::{PaidCall, PaidTool, ToolAnswer, by_arguments, resolve_credits, serve};
+}
+
 /// The body of a `#[paid]` outer function, written back as is, in a block: a routing
 /// attribute above `#[paid]` then parses and copies one macro call, not every token of
 /// the handler.

@@ -49,6 +49,6 @@ pub use call::{MAX_PAYMENT_META_LEN, PAYMENT_META};
 #[doc(hidden)]
 pub use call::PaidCall;
 pub use render::{CREDITS_META, PAYMENT_RESPONSE_META, REPLAYED_META};
-pub use tools::{PRICE_META, PaidTools, ToolConfig};
+pub use tools::{ByArguments, Fixed, PRICE_META, PaidTools, ToolConfig, ToolCredits};
 #[doc(hidden)]
-pub use tools::{PaidTool, serve};
+pub use tools::{PaidTool, ToolAnswer, by_arguments, resolve_credits, serve};

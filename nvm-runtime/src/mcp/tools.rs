@@ -98,9 +98,69 @@ fn price_meta(terms: &Terms, price: &Price, name: &str) -> MetaObject {
     meta
 }
 
+/// What a `#[paid]` tool method answers. Not a public API.
+#[doc(hidden)]
+pub type ToolAnswer = Result<CallToolResponse, ErrorData>;
+
+/// Gives a credits closure of a tool its argument type. Not a public API.
+#[doc(hidden)]
+pub fn by_arguments<F: Fn(&JsonObject) -> u64>(price: F) -> F {
+    price
+}
+
+/// Marks the `u64` form of [`ToolCredits`].
+#[derive(Debug)]
+pub enum Fixed {}
+/// Marks the function form of [`ToolCredits`].
+#[derive(Debug)]
+pub enum ByArguments {}
+
+/// What `credits = …` accepts on an MCP tool: a `u64`, or a function of the call's
+/// arguments. The marker `M` keeps the forms apart; it is inferred.
+///
+/// ```
+/// use nvm_runtime::mcp::ToolCredits;
+/// use rmcp::model::JsonObject;
+///
+/// fn by_pages(args: &JsonObject) -> u64 { args.get("pages").and_then(|p| p.as_u64()).unwrap_or(1) }
+///
+/// fn accepts<M>(_credits: impl ToolCredits<M>) {}
+/// accepts(5u64);
+/// accepts(by_pages);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be used as the `credits` of an MCP tool",
+    label = "expected a `u64`, or a function of the tool's arguments (`&JsonObject`) returning `u64`",
+    note = "write `credits = 3`, `credits = PRICE` (a `const PRICE: u64`), `credits = |args: &JsonObject| -> u64 {{ … }}`, or the name of a `fn` taking `&JsonObject` (rmcp::model::JsonObject) and returning `u64`"
+)]
+pub trait ToolCredits<M> {
+    /// The credits of a call with `arguments` (called by the flow; not a public API).
+    #[doc(hidden)]
+    fn credits(&self, arguments: &JsonObject) -> u64;
+}
+
+impl ToolCredits<Fixed> for u64 {
+    fn credits(&self, _arguments: &JsonObject) -> u64 {
+        *self
+    }
+}
+
+impl<F: Fn(&JsonObject) -> u64> ToolCredits<ByArguments> for F {
+    fn credits(&self, arguments: &JsonObject) -> u64 {
+        self(arguments)
+    }
+}
+
+/// The credits of a call from any [`ToolCredits`]. Not a public API.
+#[doc(hidden)]
+pub fn resolve_credits<M, C: ToolCredits<M>>(credits: C, arguments: &JsonObject) -> u64 {
+    credits.credits(arguments)
+}
+
 /// Serves a call of a `#[paid]` tool: verified before the tool's body (`run`, not
 /// polled until then), settled when it completes without `isError`.
-pub async fn serve<F, R>(call: PaidCall, tool: &'static PaidTool, run: F) -> Result<CallToolResponse, ErrorData>
+#[doc(hidden)]
+pub async fn serve<F, R>(call: PaidCall, tool: &'static PaidTool, run: F) -> ToolAnswer
 where
     F: Future<Output = R> + Send,
     R: IntoCallToolResult,
