@@ -111,11 +111,16 @@ pub mod settings {
         /// facilitator the curl lines of an MCP session that calls a paid tool (unpaid,
         /// then paid with a token in the `Authorization` header).
         pub fn mcp_banner(&self, url: &str) -> String {
-            let mut out = self.banner_for(url, "POST /ask: 1 credit, POST /mcp: tools ask (1 credit) and summarize (by detail)", "/ask");
+            let mut out = self.banner_for(
+                url,
+                "POST /ask: 1 credit, POST /mcp: tools ask (1 credit) and summarize (by detail)",
+                "/ask",
+            );
             if self.local.is_none() {
                 return out;
             }
-            let headers = "-H 'content-type: application/json' -H 'accept: application/json, text/event-stream'";
+            let headers =
+                "-H 'content-type: application/json' -H 'accept: application/json, text/event-stream'";
             out.push_str(&format!(
                 "\n\
                  # MCP: 4. open a session (initialize, then initialized)\n\

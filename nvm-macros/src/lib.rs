@@ -9,9 +9,9 @@ mod args;
 mod context;
 mod expand;
 mod handler;
-mod tool;
 #[cfg(test)]
 mod tests;
+mod tool;
 
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;

@@ -44,7 +44,8 @@ pub(crate) fn expand(args: &Args, function: Function) -> syn::Result<TokenStream
             FnArg::Receiver(_) => None,
         })
         .collect();
-    let names: Vec<Ident> = (0..typed.len()).map(|i| format_ident!("__arg{}", i, span = Span::mixed_site())).collect();
+    let names: Vec<Ident> =
+        (0..typed.len()).map(|i| format_ident!("__arg{}", i, span = Span::mixed_site())).collect();
     let receiver = function.sig.receiver().map(|receiver| receiver.to_token_stream());
     let receiver_arg = receiver.as_ref().map(|r| quote!(#r,));
     let callee = if receiver.is_some() { quote!(self.#hidden) } else { quote!(Self::#hidden) };
@@ -171,7 +172,13 @@ fn json_output(output: &ReturnType) -> Option<Type> {
 }
 
 /// The `PaidTool` of the tool: its price and terms.
-fn credits(args: &Args, private: &TokenStream, name: &str, terms: TokenStream, helpers: &mut TokenStream) -> TokenStream {
+fn credits(
+    args: &Args,
+    private: &TokenStream,
+    name: &str,
+    terms: TokenStream,
+    helpers: &mut TokenStream,
+) -> TokenStream {
     let (expr, fixed) = match &args.credits {
         Credits::Fixed { value, span } => {
             let mut lit = Literal::u64_unsuffixed(*value);
@@ -223,7 +230,10 @@ fn check(args: &Args, function: &Function) -> syn::Result<()> {
         ));
     }
     if let Some(cache) = &args.cache_control {
-        push(syn::Error::new(cache.span(), "`cache_control` applies to HTTP routes; remove it from an MCP tool"));
+        push(syn::Error::new(
+            cache.span(),
+            "`cache_control` applies to HTTP routes; remove it from an MCP tool",
+        ));
     }
     if let Some(mime) = &args.mime_type {
         push(syn::Error::new(mime.span(), "`mime_type` applies to HTTP routes; remove it from an MCP tool"));
@@ -234,8 +244,13 @@ fn check(args: &Args, function: &Function) -> syn::Result<()> {
             "an MCP tool's credits are a `u64` or a function of its arguments, `|args: &JsonObject| -> u64`: price asynchronous work inside the tool with `payment.charge(n)`",
         ));
     }
-    if let Some(paid) = function.attrs.iter().find(|attr| attr.path().segments.last().is_some_and(|s| s.ident == "paid")) {
-        push(syn::Error::new_spanned(paid, "#[paid] is applied twice: remove one of them (a tool has one price)"));
+    if let Some(paid) =
+        function.attrs.iter().find(|attr| attr.path().segments.last().is_some_and(|s| s.ident == "paid"))
+    {
+        push(syn::Error::new_spanned(
+            paid,
+            "#[paid] is applied twice: remove one of them (a tool has one price)",
+        ));
     }
     match errors {
         Some(error) => Err(error),

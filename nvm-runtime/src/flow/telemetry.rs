@@ -19,9 +19,9 @@
 //!
 //! The outcomes are those of [`Outcome`].
 
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::Span;
@@ -192,7 +192,12 @@ impl Telemetry {
             metrics::counter!("nvm_paid_requests_total", "route" => route.clone(), "outcome" => outcome.as_str())
                 .increment(1);
             if settled > 0 {
-                let plan = self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone().unwrap_or_else(|| Arc::from(""));
+                let plan = self
+                    .plan
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or_else(|| Arc::from(""));
                 metrics::counter!("nvm_paid_credits_settled_total", "plan" => plan, "route" => route)
                     .increment(settled);
             }

@@ -54,7 +54,11 @@ pub struct McpService<S> {
 
 impl<S> Clone for McpService<S> {
     fn clone(&self) -> Self {
-        McpService { inner: Arc::clone(&self.inner), settings: Arc::clone(&self.settings), max_body: self.max_body }
+        McpService {
+            inner: Arc::clone(&self.inner),
+            settings: Arc::clone(&self.settings),
+            max_body: self.max_body,
+        }
     }
 }
 
@@ -136,7 +140,8 @@ impl<S: ServerHandler + Send + 'static> McpService<S> {
         let body = match payload.to_bytes_limited(self.max_body).await {
             Ok(Ok(body)) => body,
             Ok(Err(error)) => {
-                return HttpResponse::BadRequest().body(format!("the request body could not be read: {error}"));
+                return HttpResponse::BadRequest()
+                    .body(format!("the request body could not be read: {error}"));
             }
             Err(_) => {
                 return HttpResponse::PayloadTooLarge()

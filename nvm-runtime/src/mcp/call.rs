@@ -85,7 +85,10 @@ impl PaidCall {
         let header_token = parts.and_then(|parts| {
             settings.token_headers.iter().find_map(|name| {
                 let value = parts.headers.get(name.as_str())?.as_bytes();
-                let value = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer ")).unwrap_or(value);
+                let value = value
+                    .strip_prefix(b"Bearer ")
+                    .or_else(|| value.strip_prefix(b"bearer "))
+                    .unwrap_or(value);
                 (!value.is_empty()).then(|| value.to_vec())
             })
         });
@@ -345,7 +348,11 @@ where
 }
 
 /// A refusal before the tool ran: the claim (if any) released, the outcome reported.
-fn refused(state: &PaymentState, outcome: Outcome, result: CallToolResult) -> Result<CallToolResponse, ErrorData> {
+fn refused(
+    state: &PaymentState,
+    outcome: Outcome,
+    result: CallToolResult,
+) -> Result<CallToolResponse, ErrorData> {
     drop(state.take_claim());
     if let Some(telemetry) = state.telemetry.get() {
         telemetry.finish(outcome, 0);

@@ -45,9 +45,9 @@ mod render;
 mod tools;
 
 pub use bridge::{DEFAULT_MAX_REQUEST_BODY, McpService};
-pub use call::{MAX_PAYMENT_META_LEN, PAYMENT_META};
 #[doc(hidden)]
 pub use call::PaidCall;
+pub use call::{MAX_PAYMENT_META_LEN, PAYMENT_META};
 pub use render::{CREDITS_META, PAYMENT_RESPONSE_META, REPLAYED_META};
 pub use tools::{ByArguments, Fixed, PRICE_META, PaidTools, ToolConfig, ToolCredits};
 #[doc(hidden)]

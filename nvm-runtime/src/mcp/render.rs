@@ -34,7 +34,9 @@ pub(crate) fn refusal(refusal: &Refusal) -> CallToolResult {
             let value = serde_json::to_value(&envelope).unwrap_or(Value::Null);
             let result = CallToolResult::structured_error(value);
             match receipt {
-                Some(receipt) => with_receipt(result, receipt, envelope.first().map_or("", |a| a.plan_id.as_str())),
+                Some(receipt) => {
+                    with_receipt(result, receipt, envelope.first().map_or("", |a| a.plan_id.as_str()))
+                }
                 None => result,
             }
         }
@@ -51,7 +53,11 @@ pub(crate) fn refusal(refusal: &Refusal) -> CallToolResult {
 
 /// `result` with the settlement's receipt in its `_meta`: x402's
 /// `x402/payment-response` and Nevermined's `nevermined/credits`.
-pub(crate) fn with_receipt(mut result: CallToolResult, receipt: &SettleResponse, plan_id: &str) -> CallToolResult {
+pub(crate) fn with_receipt(
+    mut result: CallToolResult,
+    receipt: &SettleResponse,
+    plan_id: &str,
+) -> CallToolResult {
     let meta = result.meta.get_or_insert_with(MetaObject::default);
     meta.insert(PAYMENT_RESPONSE_META.to_owned(), serde_json::to_value(receipt).unwrap_or(Value::Null));
     let mut credits = json!({

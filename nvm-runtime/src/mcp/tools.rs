@@ -190,7 +190,10 @@ pub struct ToolConfig {
 
 impl std::fmt::Debug for ToolConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ToolConfig").field("terms", &self.terms).field("credits", &self.price.fixed()).finish()
+        f.debug_struct("ToolConfig")
+            .field("terms", &self.terms)
+            .field("credits", &self.price.fixed())
+            .finish()
     }
 }
 
@@ -260,9 +263,16 @@ impl PaidTools {
 
     /// `router` with each tool of the table paid (its `tools/list` entry showing the
     /// price in `_meta`); refused when an entry names no tool of the router.
-    pub fn wrap<S: Send + Sync + 'static>(self, mut router: ToolRouter<S>) -> Result<ToolRouter<S>, ConfigError> {
-        let unknown: Vec<String> =
-            self.tools.iter().filter(|(name, _)| !router.map.contains_key(name.as_str())).map(|(n, _)| n.clone()).collect();
+    pub fn wrap<S: Send + Sync + 'static>(
+        self,
+        mut router: ToolRouter<S>,
+    ) -> Result<ToolRouter<S>, ConfigError> {
+        let unknown: Vec<String> = self
+            .tools
+            .iter()
+            .filter(|(name, _)| !router.map.contains_key(name.as_str()))
+            .map(|(n, _)| n.clone())
+            .collect();
         if !unknown.is_empty() {
             let mut known: Vec<String> = router.map.keys().map(|k| k.to_string()).collect();
             known.sort();

@@ -1,0 +1,521 @@
+//! Paid MCP tools over real HTTP on 127.0.0.1, through the real server path (the
+//! actix-web app, the bridge, rmcp's streamable HTTP server and tool router), with the
+//! local facilitator's ledger reconciled: `#[paid]` above `#[tool]` and the `PaidTools`
+//! table form.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use nvm_runtime::local::{DEMO_AGENT_ID, DEMO_PLAN_ID, Endpoint, Fault, LocalFacilitator};
+use nvm_runtime::mcp::{McpService, PaidTools, ToolConfig};
+use nvm_runtime::{PaymentContext, Payments, paid};
+use nvm_tests::{mint, payments_for, serve};
+use proptest::prelude::*;
+use rmcp::handler::server::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{JsonObject, ServerCapabilities, ServerConfig};
+use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize, schemars::JsonSchema)]
+struct Query {
+    query: String,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+struct Priced {
+    /// The credits asked.
+    n: u64,
+    /// What the tool charges from inside, if anything.
+    charge: Option<u64>,
+}
+
+/// Runs of each tool's body.
+#[derive(Clone, Default)]
+struct Runs(Arc<AtomicUsize>);
+
+impl Runs {
+    fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+struct Tools {
+    tool_router: ToolRouter<Tools>,
+    runs: Runs,
+}
+
+fn by_n(args: &JsonObject) -> u64 {
+    args.get("n").and_then(Value::as_u64).unwrap_or(1)
+}
+
+#[tool_router]
+impl Tools {
+    /// 2 credits a call.
+    #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2)]
+    #[tool]
+    async fn fixed(&self, Parameters(q): Parameters<Query>, payment: PaymentContext) -> String {
+        self.runs.0.fetch_add(1, Ordering::SeqCst);
+        format!("{} for {:?}", q.query, payment.payer())
+    }
+
+    /// `n` credits; charges `charge` from inside.
+    #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = by_n)]
+    #[tool]
+    async fn priced(&self, Parameters(p): Parameters<Priced>, payment: PaymentContext) -> String {
+        self.runs.0.fetch_add(1, Ordering::SeqCst);
+        if let Some(charge) = p.charge {
+            payment.charge(charge).map_err(|e| e.to_string()).err().unwrap_or_default()
+        } else {
+            format!("full price: {}", p.n)
+        }
+    }
+
+    /// Fails with an `isError` result: never charged.
+    #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 1)]
+    #[tool]
+    async fn failing(&self) -> Result<String, String> {
+        self.runs.0.fetch_add(1, Ordering::SeqCst);
+        Err("the tool failed".to_owned())
+    }
+
+    /// Waits until cancelled.
+    #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 1)]
+    #[tool]
+    async fn slow(&self) -> String {
+        self.runs.0.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        "late".to_owned()
+    }
+
+    /// Priced by the table, not by an attribute.
+    #[tool]
+    async fn tabled(&self, Parameters(q): Parameters<Query>) -> String {
+        self.runs.0.fetch_add(1, Ordering::SeqCst);
+        format!("tabled {}", q.query)
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Tools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
+/// A seller serving `Tools` at `/mcp`, the `tabled` tool priced 3 credits by a table.
+struct Seller {
+    local: LocalFacilitator,
+    runs: Runs,
+    server: nvm_tests::TestServer,
+}
+
+fn seller_with(local: LocalFacilitator, payments: Payments) -> Seller {
+    let runs = Runs::default();
+    let table =
+        PaidTools::new().tool("tabled", ToolConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID).credits(3));
+    let router = table.wrap(Tools::tool_router()).expect("every table entry names a tool");
+    let tools = Tools { tool_router: router, runs: runs.clone() };
+    let mcp = McpService::new(move || Ok(tools.clone()));
+    let server = serve(Some(payments), move |cfg| {
+        cfg.service(mcp.resource("/mcp"));
+    });
+    Seller { local, runs, server }
+}
+
+fn seller() -> Seller {
+    let local = LocalFacilitator::start().expect("local facilitator");
+    let payments = payments_for(&local).build().expect("payments");
+    seller_with(local, payments)
+}
+
+impl Seller {
+    fn balance(&self) -> u64 {
+        self.local.balance(DEMO_PLAN_ID, self.local.subscriber_address())
+    }
+
+    async fn client(&self) -> Client {
+        Client::open(&self.server.at("/mcp")).await
+    }
+}
+
+/// A raw MCP client over HTTP: JSON-RPC requests, SSE answers read to their result.
+struct Client {
+    url: String,
+    http: reqwest::Client,
+    session: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Client {
+    async fn open(url: &str) -> Client {
+        let http = nvm_tests::http();
+        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"test","version":"1"}}});
+        let response = http
+            .post(url)
+            .header("accept", "application/json, text/event-stream")
+            .json(&init)
+            .send()
+            .await
+            .expect("initialize");
+        assert_eq!(response.status(), 200, "initialize");
+        let session = response.headers()["mcp-session-id"].to_str().expect("session id").to_owned();
+        let _ = response.text().await;
+        let client = Client { url: url.to_owned(), http, session, next: 1.into() };
+        let done = client.post(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}), &[]).await;
+        assert_eq!(done.status(), 202, "initialized");
+        client
+    }
+
+    async fn post(&self, body: &Value, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.session)
+            .json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("MCP request")
+    }
+
+    /// Calls `tool` with `arguments`, `meta` and extra HTTP `headers`; the JSON-RPC
+    /// answer (`result` or `error`).
+    async fn call(
+        &self,
+        tool: &str,
+        arguments: Value,
+        meta: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Value {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        let mut params = json!({"name": tool, "arguments": arguments});
+        if let Some(meta) = meta {
+            params["_meta"] = meta;
+        }
+        let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":params});
+        let response = self.post(&body, headers).await;
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.expect("answer");
+        answer_of(&text, id)
+    }
+}
+
+/// The JSON-RPC answer with `id` in an SSE (or JSON) body.
+fn answer_of(text: &str, id: u64) -> Value {
+    let messages = text.lines().filter_map(|line| line.strip_prefix("data:")).map(str::trim);
+    let mut found = None;
+    for message in messages.chain(std::iter::once(text.trim())) {
+        if let Ok(value) = serde_json::from_str::<Value>(message)
+            && value.get("id") == Some(&json!(id))
+        {
+            found = Some(value);
+            break;
+        }
+    }
+    found.unwrap_or_else(|| panic!("no answer with id {id} in {text}"))
+}
+
+/// The decoded payment payload of a token, for `_meta["x402/payment"]`.
+fn payload(token: &str) -> Value {
+    let bytes = nvm_runtime::wire::codec::decode_base64(token).expect("base64 token");
+    serde_json::from_slice(&bytes).expect("JSON payload")
+}
+
+fn paid_meta(token: &str) -> Value {
+    json!({"x402/payment": payload(token)})
+}
+
+/// The `PaymentRequired` of a refused result, after checking the x402 shape: `isError`,
+/// the object in `structuredContent` and the same JSON as `content[0].text`.
+fn payment_required(answer: &Value) -> Value {
+    let result = &answer["result"];
+    assert_eq!(result["isError"], true, "{answer}");
+    let structured = result["structuredContent"].clone();
+    let text: Value =
+        serde_json::from_str(result["content"][0]["text"].as_str().expect("text")).expect("JSON text");
+    assert_eq!(structured, text, "structuredContent and content[0].text carry the same PaymentRequired");
+    assert_eq!(structured["x402Version"], 2);
+    assert!(structured["accepts"].as_array().is_some_and(|a| !a.is_empty()), "{structured}");
+    structured
+}
+
+#[actix_web::test]
+async fn an_unpaid_call_gets_payment_required_and_the_tool_does_not_run() {
+    let s = seller();
+    let client = s.client().await;
+    let answer = client.call("fixed", json!({"query": "hi"}), None, &[]).await;
+    let required = payment_required(&answer);
+    assert_eq!(required["error"], "payment required");
+    assert_eq!(required["resource"]["url"], "mcp://mcp-server/tools/fixed");
+    assert_eq!(required["accepts"][0]["planId"], DEMO_PLAN_ID);
+    assert_eq!(required["accepts"][0]["extra"]["agentId"], DEMO_AGENT_ID);
+    assert_eq!(s.runs.count(), 0);
+    let calls = s.local.calls();
+    assert_eq!((calls.verify, calls.settle), (0, 0));
+}
+
+#[actix_web::test]
+async fn a_call_paid_in_meta_runs_settles_once_and_carries_both_receipts() {
+    let s = seller();
+    let client = s.client().await;
+    let token = mint(&s.local).await;
+    let answer = client.call("fixed", json!({"query": "hi"}), Some(paid_meta(&token)), &[]).await;
+    let result = &answer["result"];
+    assert_eq!(result["isError"], false, "{answer}");
+    assert!(result["content"][0]["text"].as_str().is_some_and(|t| t.starts_with("hi for Some")), "{answer}");
+    let receipt = &result["_meta"]["x402/payment-response"];
+    assert_eq!(receipt["success"], true);
+    assert_eq!(receipt["creditsRedeemed"], "2");
+    let credits = &result["_meta"]["nevermined/credits"];
+    assert_eq!(credits["creditsRedeemed"], "2");
+    assert_eq!(credits["remainingBalance"], "98");
+    assert_eq!(credits["planId"], DEMO_PLAN_ID);
+    assert_eq!(credits["subscriberAddress"], s.local.subscriber_address());
+    assert_eq!(credits["success"], true);
+    assert!(credits["txHash"].as_str().is_some_and(|h| h.starts_with("0x")));
+    assert_eq!(s.balance(), 98);
+    assert_eq!(s.runs.count(), 1);
+    let calls = s.local.calls();
+    assert_eq!((calls.verify, calls.settle), (1, 1));
+}
+
+#[actix_web::test]
+async fn a_call_paid_with_an_authorization_header_is_served_the_same() {
+    let s = seller();
+    let client = s.client().await;
+    let token = mint(&s.local).await;
+    let bearer = format!("Bearer {token}");
+    let answer = client.call("fixed", json!({"query": "hi"}), None, &[("authorization", &bearer)]).await;
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+    assert_eq!(answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "2");
+    assert_eq!(s.balance(), 98);
+}
+
+#[actix_web::test]
+async fn the_table_form_charges_a_tool_without_the_attribute() {
+    let s = seller();
+    let client = s.client().await;
+    let unpaid = client.call("tabled", json!({"query": "t"}), None, &[]).await;
+    assert_eq!(payment_required(&unpaid)["resource"]["url"], "mcp://mcp-server/tools/tabled");
+    assert_eq!(s.runs.count(), 0);
+    let token = mint(&s.local).await;
+    let paid = client.call("tabled", json!({"query": "t"}), Some(paid_meta(&token)), &[]).await;
+    assert_eq!(paid["result"]["content"][0]["text"], "tabled t", "{paid}");
+    assert_eq!(paid["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "3");
+    assert_eq!(s.balance(), 97);
+}
+
+#[actix_web::test]
+async fn tools_list_shows_each_paid_tools_price() {
+    let s = seller();
+    let client = s.client().await;
+    let answer = client.post(&json!({"jsonrpc":"2.0","id":99,"method":"tools/list"}), &[]).await;
+    let answer = answer_of(&answer.text().await.expect("list"), 99);
+    let tools = answer["result"]["tools"].as_array().expect("tools").clone();
+    let price = |name: &str| {
+        tools.iter().find(|t| t["name"] == name).map(|t| t["_meta"]["nevermined/price"].clone()).expect(name)
+    };
+    assert_eq!(price("fixed")["credits"], "2");
+    assert_eq!(price("fixed")["planId"], DEMO_PLAN_ID);
+    assert_eq!(price("fixed")["agentId"], DEMO_AGENT_ID);
+    assert_eq!(price("priced")["credits"], "dynamic");
+    assert_eq!(price("tabled")["credits"], "3");
+}
+
+#[actix_web::test]
+async fn an_is_error_result_is_not_charged() {
+    let s = seller();
+    let client = s.client().await;
+    let token = mint(&s.local).await;
+    let answer = client.call("failing", json!({}), Some(paid_meta(&token)), &[]).await;
+    assert_eq!(answer["result"]["isError"], true);
+    assert_eq!(answer["result"]["content"][0]["text"], "the tool failed");
+    assert!(answer["result"].get("_meta").is_none(), "no receipt: {answer}");
+    assert_eq!(s.runs.count(), 1);
+    assert_eq!(s.local.calls().settle, 0);
+    assert_eq!(s.balance(), 100);
+}
+
+#[actix_web::test]
+async fn arguments_price_the_call_and_the_tool_charges_its_usage() {
+    let s = seller();
+    let client = s.client().await;
+    // Verified for 5, charged 2 from inside.
+    let token = mint(&s.local).await;
+    let answer = client.call("priced", json!({"n": 5, "charge": 2}), Some(paid_meta(&token)), &[]).await;
+    assert_eq!(answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "2", "{answer}");
+    assert_eq!(s.balance(), 98);
+    // More than verified is refused inside the tool, and the verified price is settled.
+    let token = mint(&s.local).await;
+    let answer = client.call("priced", json!({"n": 4, "charge": 9}), Some(paid_meta(&token)), &[]).await;
+    assert!(
+        answer["result"]["content"][0]["text"].as_str().is_some_and(|t| t.contains("only 4 were verified"))
+    );
+    assert_eq!(answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "4");
+    assert_eq!(s.balance(), 94);
+    // Arguments the tool rejects: rmcp's own error, nothing verified or settled.
+    let token = mint(&s.local).await;
+    let before = s.local.calls();
+    let answer = client.call("priced", json!({"n": "five"}), Some(paid_meta(&token)), &[]).await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    assert!(answer["result"].get("structuredContent").is_none(), "not a PaymentRequired: {answer}");
+    let after = s.local.calls();
+    assert_eq!((after.verify, after.settle), (before.verify, before.settle));
+    assert_eq!(s.balance(), 94);
+}
+
+#[actix_web::test]
+async fn every_settle_fault_withholds_the_result_and_never_charges_twice() {
+    let faults: [(Fault, &str); 5] = [
+        (Fault::Status(400), "refused"),
+        (Fault::SettleFailure("insufficient_balance".to_owned()), "refused"),
+        (Fault::Status(500), "unknown"),
+        (Fault::LoseAnswer, "unknown"),
+        (Fault::Delay(Duration::from_secs(5)), "unknown"),
+    ];
+    for (fault, kind) in faults {
+        let local = LocalFacilitator::start().expect("local facilitator");
+        let payments = payments_for(&local).timeout(Duration::from_secs(1)).build().expect("payments");
+        let s = seller_with(local, payments);
+        let client = s.client().await;
+        let token = mint(&s.local).await;
+        s.local.inject_times(Endpoint::Settle, fault.clone(), 1);
+        let answer = client.call("fixed", json!({"query": "secret"}), Some(paid_meta(&token)), &[]).await;
+        let result = &answer["result"];
+        assert_eq!(result["isError"], true, "{fault:?}: {answer}");
+        assert!(!answer.to_string().contains("secret for"), "{fault:?}: the content is withheld: {answer}");
+        assert_eq!(result["_meta"]["x402/payment-response"]["success"], false, "{fault:?}: {answer}");
+        match kind {
+            "refused" => {
+                assert!(result["structuredContent"]["accepts"].is_array(), "{fault:?}: {answer}");
+                assert_eq!(s.balance(), 100, "{fault:?}");
+            }
+            _ => {
+                // Outcome unknown: no `accepts` (do not pay again), recorded as pending.
+                assert!(result["structuredContent"].get("accepts").is_none(), "{fault:?}: {answer}");
+                assert_eq!(s.local.calls().settle, 1, "{fault:?}: settled once, never retried");
+                assert!(s.balance() >= 98, "{fault:?}: at most one burn");
+            }
+        }
+        assert_eq!(s.runs.count(), 1, "{fault:?}");
+    }
+}
+
+#[actix_web::test]
+async fn a_cancelled_call_settles_nothing() {
+    let s = seller();
+    let client = Arc::new(s.client().await);
+    let token = mint(&s.local).await;
+    let call = {
+        let client = Arc::clone(&client);
+        actix_web::rt::spawn(
+            async move { client.call("slow", json!({}), Some(paid_meta(&token)), &[]).await },
+        )
+    };
+    while s.runs.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = 1; // the first call of this client
+    let cancel =
+        json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":id,"reason":"user"}});
+    assert_eq!(client.post(&cancel, &[]).await.status(), 202);
+    let _ = tokio::time::timeout(Duration::from_secs(5), call).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.local.calls().verify, 1);
+    assert_eq!(s.local.calls().settle, 0);
+    assert_eq!(s.balance(), 100);
+}
+
+#[actix_web::test]
+async fn fifty_concurrent_calls_on_a_small_balance_get_exactly_what_it_pays_for() {
+    let s = seller();
+    s.local.set_balance(DEMO_PLAN_ID, s.local.subscriber_address(), 21);
+    let client = Arc::new(s.client().await);
+    let mut tokens = Vec::new();
+    for _ in 0..50 {
+        tokens.push(mint(&s.local).await);
+    }
+    let calls: Vec<_> = tokens
+        .into_iter()
+        .map(|token| {
+            let client = Arc::clone(&client);
+            actix_web::rt::spawn(async move {
+                client.call("fixed", json!({"query": "q"}), Some(paid_meta(&token)), &[]).await
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for call in calls {
+        let answer = call.await.expect("call");
+        if answer["result"]["isError"] == false {
+            served += 1;
+            assert_eq!(answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "2");
+        } else {
+            assert!(!answer.to_string().contains("q for"), "no content without payment: {answer}");
+        }
+    }
+    assert_eq!(served, 10, "21 credits pay for exactly ten 2-credit calls");
+    assert_eq!(s.balance(), 1);
+}
+
+/// Bad payments in `_meta` or the header, generated.
+fn bad_payment() -> impl Strategy<Value = (Option<Value>, Option<String>)> {
+    prop_oneof![
+        // Not an object.
+        any::<i64>().prop_map(|n| (Some(json!({"x402/payment": n})), None)),
+        "[a-zA-Z0-9]{0,40}".prop_map(|s| (Some(json!({"x402/payment": s})), None)),
+        Just((Some(json!({"x402/payment": [1, 2, 3]})), None)),
+        Just((Some(json!({"x402/payment": null})), None)),
+        // Over 64 KiB.
+        (65 * 1024..70 * 1024usize)
+            .prop_map(|n| (Some(json!({"x402/payment": {"pad": "x".repeat(n)}})), None)),
+        // A header token that is not base64 JSON.
+        "[!-~]{1,60}"
+            .prop_filter("not base64 JSON", |s| {
+                nvm_runtime::wire::codec::decode_json_header::<Value>(s).is_err()
+            })
+            .prop_map(|s| (None, Some(s))),
+        // Base64 of a JSON array.
+        Just((None, Some(base64::engine::general_purpose::STANDARD.encode("[1,2]")))),
+    ]
+}
+
+#[test]
+fn bad_payments_get_invalid_token_and_cost_nothing() {
+    let runtime = actix_web::rt::System::new();
+    runtime.block_on(async {
+        let s = seller();
+        let client = s.client().await;
+        let mut runner =
+            proptest::test_runner::TestRunner::new(ProptestConfig { cases: 24, ..ProptestConfig::default() });
+        let cases = std::cell::RefCell::new(Vec::new());
+        runner
+            .run(&bad_payment(), |case| {
+                cases.borrow_mut().push(case);
+                Ok(())
+            })
+            .expect("generated");
+        for (meta, header) in cases.into_inner() {
+            let bearer = header.as_ref().map(|h| format!("Bearer {h}"));
+            let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+            let answer = client.call("fixed", json!({"query": "q"}), meta.clone(), &headers).await;
+            let required = payment_required(&answer);
+            let error = required["error"].as_str().unwrap_or_default();
+            assert!(error.starts_with("invalid_token"), "{meta:?} {header:?}: {required}");
+        }
+        // An unknown tool: rmcp's own error.
+        let answer = client.call("nope", json!({}), None, &[]).await;
+        assert!(answer.get("error").is_some() || answer["result"]["isError"] == true, "{answer}");
+        assert_eq!(s.runs.count(), 0);
+        let calls = s.local.calls();
+        assert_eq!((calls.verify, calls.settle), (0, 0), "no facilitator call for bad input");
+        assert_eq!(s.balance(), 100);
+    });
+}
