@@ -30,15 +30,19 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
 /// use actix_web::App;
 /// use nvm_runtime::mcp::McpService;
 /// use nvm_runtime::Payments;
-/// use rmcp::{ServerHandler, tool_handler, tool_router, handler::server::tool::ToolRouter};
+/// use rmcp::{ServerHandler, tool, tool_handler, tool_router, handler::server::tool::ToolRouter};
 ///
 /// #[derive(Clone)]
 /// struct Agent { tool_router: ToolRouter<Agent> }
 ///
 /// #[tool_router]
-/// impl Agent {}
+/// impl Agent {
+///     /// Says hello.
+///     #[tool]
+///     async fn hello(&self) -> String { "hello".to_owned() }
+/// }
 ///
-/// #[tool_handler]
+/// #[tool_handler(router = self.tool_router)]
 /// impl ServerHandler for Agent {}
 ///
 /// # fn app(payments: Payments) {
