@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
+use nvm_runtime::client::PaymentOutcome;
+use nvm_runtime::client::mcp::{McpHttpClient, PayingTools};
 use nvm_runtime::local::{DEMO_AGENT_ID, DEMO_PLAN_ID, Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::mcp::{McpService, PaidTools, ToolConfig};
 use nvm_runtime::{PaymentContext, Payments, paid};
@@ -115,6 +117,12 @@ struct Seller {
 }
 
 fn seller_with(local: LocalFacilitator, payments: Payments) -> Seller {
+    let (server, runs) = instance(payments);
+    Seller { local, runs, server }
+}
+
+/// One instance of the seller's app: `Tools` at `/mcp`, `tabled` priced by a table.
+fn instance(payments: Payments) -> (nvm_tests::TestServer, Runs) {
     let runs = Runs::default();
     let table =
         PaidTools::new().tool("tabled", ToolConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID).credits(3));
@@ -124,7 +132,7 @@ fn seller_with(local: LocalFacilitator, payments: Payments) -> Seller {
     let server = serve(Some(payments), move |cfg| {
         cfg.service(mcp.resource("/mcp"));
     });
-    Seller { local, runs, server }
+    (server, runs)
 }
 
 fn seller() -> Seller {
@@ -518,4 +526,126 @@ fn bad_payments_get_invalid_token_and_cost_nothing() {
         assert_eq!((calls.verify, calls.settle), (0, 0), "no facilitator call for bad input");
         assert_eq!(s.balance(), 100);
     });
+}
+
+/// An rmcp client session over this crate's `McpHttpClient` transport.
+async fn rmcp_session(url: &str) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
+    use rmcp::ServiceExt as _;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+    let transport = StreamableHttpClientTransport::with_client(McpHttpClient::default(), config);
+    ().serve(transport).await.expect("MCP session")
+}
+
+fn tool_call(name: &'static str, arguments: Value) -> rmcp::model::CallToolRequestParams {
+    let mut params = rmcp::model::CallToolRequestParams::new(name);
+    params.arguments = arguments.as_object().cloned();
+    params
+}
+
+#[actix_web::test]
+async fn the_buyer_pays_a_tool_by_itself_and_never_pays_twice_for_one_call() {
+    let s = seller();
+    let session = rmcp_session(&s.server.at("/mcp")).await;
+    let subscriber = nvm_runtime::client::Subscriber::builder()
+        .api_key(s.local.subscriber_api_key())
+        .backend_url(s.local.backend_url())
+        .build()
+        .expect("subscriber");
+    let buyer = PayingTools::new(subscriber);
+
+    // Paid by itself: unpaid probe, mint, paid call, receipt.
+    let paid =
+        buyer.call(session.peer(), tool_call("fixed", json!({"query": "hi"}))).await.expect("paid call");
+    let PaymentOutcome::Settled(receipt) = &paid.outcome else { panic!("{:?}", paid.outcome) };
+    assert_eq!(receipt.credits_redeemed_u64(), 2);
+    assert!(!paid.replayed());
+    assert_eq!(s.balance(), 98);
+    assert_eq!((s.local.calls().permissions, s.local.calls().settle), (1, 1));
+
+    // An `isError` result: paid for, not charged, not sent again.
+    let failed = buyer.call(session.peer(), tool_call("failing", json!({}))).await.expect("call");
+    assert_eq!(failed.outcome, PaymentOutcome::Unsettled);
+    assert_eq!(s.balance(), 98);
+
+    // A settlement refused after the tool ran: never sent again (the tool ran once).
+    let runs = s.runs.count();
+    s.local.inject_times(Endpoint::Settle, Fault::SettleFailure("insufficient_balance".to_owned()), 1);
+    let refused =
+        buyer.call(session.peer(), tool_call("fixed", json!({"query": "again"}))).await.expect("call");
+    assert!(refused.outcome.must_not_pay_again(), "{:?}", refused.outcome);
+    assert_eq!(s.runs.count(), runs + 1, "the call was not sent again");
+    assert_eq!(s.balance(), 98);
+
+    // The answer lost after the facilitator burned: outcome unknown, not sent again.
+    s.local.inject_times(Endpoint::Settle, Fault::LoseAnswer, 1);
+    let lost = buyer.call(session.peer(), tool_call("fixed", json!({"query": "lost"}))).await.expect("call");
+    let PaymentOutcome::OutcomeUnknown { pending_id, .. } = &lost.outcome else {
+        panic!("{:?}", lost.outcome)
+    };
+    assert!(!pending_id.is_empty());
+    assert_eq!(s.runs.count(), runs + 2);
+    assert_eq!(s.balance(), 96, "burned once, by the settle whose answer was lost");
+
+    // A free answer: nothing paid (an unknown tool is rmcp's error, not a payment).
+    let unknown = buyer.call(session.peer(), tool_call("nope", json!({}))).await;
+    assert!(matches!(unknown, Err(nvm_runtime::client::ClientError::Mcp(_))), "{unknown:?}");
+    session.cancel().await.expect("close the session");
+}
+
+#[actix_web::test]
+async fn a_retry_on_another_instance_sharing_redis_is_replayed_and_a_spent_single_use_token_refused() {
+    use nvm_runtime::Idempotency;
+    use nvm_runtime::local::MintOptions;
+    use nvm_runtime::store::RedisStore;
+    let redis = nvm_tests::RedisServer::start();
+    let local = LocalFacilitator::start().expect("local facilitator");
+    let start = || {
+        let store = RedisStore::open(&redis.url()).expect("redis store");
+        instance(payments_for(&local).idempotency(Idempotency::with_store(store)).build().expect("payments"))
+    };
+    let ((a, runs_a), (b, runs_b)) = (start(), start());
+    let (client_a, client_b) = (Client::open(&a.at("/mcp")).await, Client::open(&b.at("/mcp")).await);
+    let balance = || local.balance(DEMO_PLAN_ID, local.subscriber_address());
+
+    // The same call (token, arguments, payment-identifier) on A, then retried on B.
+    let token = mint(&local).await;
+    let mut payment = payload(&token);
+    payment["extensions"] = json!({"payment-identifier": {"info": {"id": "call-0001-across-instances"}}});
+    let meta = json!({"x402/payment": payment});
+    let first = client_a.call("fixed", json!({"query": "once"}), Some(meta.clone()), &[]).await;
+    assert_eq!(first["result"]["isError"], false, "{first}");
+    let retry = client_b.call("fixed", json!({"query": "once"}), Some(meta.clone()), &[]).await;
+    assert_eq!(retry["result"]["_meta"]["nevermined/idempotent-replayed"], true, "{retry}");
+    assert_eq!(retry["result"]["content"], first["result"]["content"]);
+    assert_eq!(
+        retry["result"]["_meta"]["x402/payment-response"], first["result"]["_meta"]["x402/payment-response"],
+        "the original receipt"
+    );
+    assert_eq!((runs_a.count(), runs_b.count()), (1, 0));
+    assert_eq!(local.calls().settle, 1);
+    assert_eq!(balance(), 98);
+
+    // Other arguments under the same key: refused, nothing run or charged.
+    let reused = client_b.call("fixed", json!({"query": "other"}), Some(meta), &[]).await;
+    assert_eq!(reused["result"]["isError"], true, "{reused}");
+    assert_eq!(runs_b.count(), 0);
+    assert_eq!(balance(), 98);
+
+    // A single-use token spent on A is refused on B before any facilitator call.
+    let single = local.mint_token(MintOptions::new().single_use().resource("mcp://mcp-server/tools/fixed"));
+    let spent = client_a.call("fixed", json!({"query": "single"}), Some(paid_meta(&single)), &[]).await;
+    assert_eq!(spent["result"]["isError"], false, "{spent}");
+    let calls = local.calls();
+    let again = client_b.call("fixed", json!({"query": "single"}), Some(paid_meta(&single)), &[]).await;
+    let required = payment_required(&again);
+    assert!(required["error"].as_str().is_some_and(|e| e.contains("BCK.X402.0059")), "{required}");
+    let after = local.calls();
+    assert_eq!(
+        (after.verify, after.settle),
+        (calls.verify, calls.settle),
+        "refused before any facilitator call"
+    );
+    assert_eq!(balance(), 96);
 }

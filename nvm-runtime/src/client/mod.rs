@@ -1,6 +1,9 @@
 //! The buyer's side (the [`wire`](crate::wire) docs, §5–6): mint access tokens with the subscriber's key, and
 //! an HTTP client that pays a 402 by itself (decode → mint → retry → receipt).
 
+#[cfg(feature = "mcp")]
+pub mod mcp;
+
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
@@ -77,6 +80,10 @@ pub enum ClientError {
     /// The minted token cannot be sent in a header.
     #[error("the minted token is not a valid header value; mint a new one")]
     TokenNotSendable,
+    /// An MCP tool call could not be sent or its answer read (feature `mcp`).
+    #[cfg(feature = "mcp")]
+    #[error("the MCP call failed: {0}")]
+    Mcp(#[source] Box<rmcp::ServiceError>),
     /// Minting the access token failed.
     #[error("minting an access token for plan {plan_id} failed: {error}")]
     Mint {
@@ -196,7 +203,10 @@ impl Subscriber {
     }
 
     /// The token for `accepted` and whether it came from the cache.
-    async fn cached_or_minted(&self, accepted: &Accepted) -> Result<(AccessToken, bool), ClientError> {
+    pub(crate) async fn cached_or_minted(
+        &self,
+        accepted: &Accepted,
+    ) -> Result<(AccessToken, bool), ClientError> {
         let key = (accepted.plan_id.clone(), accepted.extra.agent_id.clone());
         if let Some(token) = self.tokens.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
             return Ok((token.clone(), true));
