@@ -373,9 +373,15 @@ async fn streaming_sends_words_at_once_and_ends_with_the_receipt() {
     assert!(out.contains("event: payment-response"), "{out}");
 }
 
-/// A Python virtual environment with the official SDK (payments-py), made once under the
-/// target directory; a test that needs it fails loudly when it cannot be made.
+/// A Python virtual environment with the official SDKs (payments-py, and the MCP SDK `mcp`
+/// 1.x), made once under the target directory; a test that needs it fails loudly when it
+/// cannot be made.
 fn python_with_sdk() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(make_python_with_sdk).clone()
+}
+
+fn make_python_with_sdk() -> PathBuf {
     let target =
         Example::path("streaming").parent().and_then(|p| p.parent()).expect("target dir").to_path_buf();
     let venv = target.join("py-payments-sdk");
@@ -388,34 +394,79 @@ fn python_with_sdk() -> PathBuf {
             venv.display()
         );
         let installed = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "payments-py==1.18.0", "requests"])
+            .args(["-m", "pip", "install", "--quiet", "payments-py==1.18.0", "requests", MCP_SDK])
             .status();
         assert!(
             installed.is_ok_and(|s| s.success()),
             "pip install payments-py failed: the official SDK is needed for this cross-check"
         );
     }
+    // A venv made before the MCP cross-check: add the MCP SDK.
+    let has_mcp = || {
+        Command::new(&python)
+            .args(["-c", "import importlib.metadata as m, mcp; assert m.version('mcp').startswith('1.')"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_mcp() {
+        let installed = Command::new(&python).args(["-m", "pip", "install", "--quiet", MCP_SDK]).status();
+        assert!(
+            installed.is_ok_and(|s| s.success()) && has_mcp(),
+            "pip install {MCP_SDK} into {} failed: the official MCP SDK is needed for this cross-check",
+            venv.display()
+        );
+    }
     python
+}
+
+/// The official MCP SDK for Python the cross-check runs (payments-py 1.18 needs
+/// `mcp>=1.25,<2`).
+const MCP_SDK: &str = "mcp==1.30.0";
+
+/// Runs `examples/python/<script> <example url><path> <subscriber key>` with the official
+/// SDKs against the example's local facilitator, and returns the one JSON line it prints.
+fn run_python_buyer(example: &Example, script: &str, path: &str) -> serde_json::Value {
+    let (key, backend) = example.subscriber();
+    let output = Command::new(python_with_sdk())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(script))
+        .arg(format!("{}{path}", example.url()))
+        .arg(key)
+        .env("NVM_BACKEND_URL", backend)
+        .env("PYTHONWARNINGS", "ignore")
+        .output()
+        .unwrap_or_else(|e| panic!("run the Python buyer {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{script}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    eprintln!("{script}: {line}");
+    line
 }
 
 #[test]
 fn the_official_python_buyer_receives_the_stream_and_its_receipt() {
     let example = Example::start("streaming");
-    let (key, backend) = example.subscriber();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join("buyer_stream.py");
-    let output = Command::new(python_with_sdk())
-        .arg(script)
-        .arg(format!("{}/chat", example.url()))
-        .arg(key)
-        .env("NVM_BACKEND_URL", backend)
-        .env("PYTHONWARNINGS", "ignore")
-        .output()
-        .expect("run the Python buyer");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
-    eprintln!("payments-py buyer: {line}");
+    let line = run_python_buyer(&example, "buyer_stream.py", "/chat");
     assert_eq!(line["words"], 50, "{line}");
     assert_eq!(line["receipt"]["success"], true, "{line}");
     assert_eq!(line["receipt"]["creditsRedeemed"], "5", "{line}");
+}
+
+/// The official Python SDKs buy a paid MCP tool of the `mcp` example end to end: the MCP
+/// SDK's client opens a session, sees the price in tools/list, gets the PaymentRequired
+/// of an unpaid call, and pays with a payments-py token in `_meta["x402/payment"]`; the
+/// answer comes with both receipts, and the demo subscriber holds exactly 1 credit less.
+#[test]
+fn the_official_python_mcp_client_pays_a_paid_tool_with_a_payments_py_token() {
+    let example = Example::start("mcp");
+    let holds = example.line("a demo subscriber holds");
+    let before: u64 = holds
+        .split("holds ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no credit count in {holds}"));
+    let line = run_python_buyer(&example, "mcp_buyer.py", "/mcp");
+    assert_eq!(line["creditsRedeemed"], "1", "{line}");
+    assert_eq!(line["remainingBalance"], (before - 1).to_string(), "{line}");
+    assert!(line["txHash"].as_str().is_some_and(|h| h.starts_with("0x")), "{line}");
 }
