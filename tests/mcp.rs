@@ -649,3 +649,50 @@ async fn a_retry_on_another_instance_sharing_redis_is_replayed_and_a_spent_singl
     );
     assert_eq!(balance(), 96);
 }
+
+#[actix_web::test]
+async fn the_manifest_and_the_start_up_report_list_the_paid_tools() {
+    let s = seller();
+    let tools = nvm_runtime::mcp::manifest();
+    let find =
+        |name: &str| tools.iter().find(|t| t.tool == name).unwrap_or_else(|| panic!("{name}: {tools:?}"));
+    assert_eq!((find("fixed").credits.clone(), find("fixed").form), (json!(2), "attribute"));
+    assert_eq!(find("priced").credits, json!("dynamic"));
+    assert_eq!((find("tabled").credits.clone(), find("tabled").form), (json!(3), "table"));
+    let listed = serde_json::to_value(find("fixed")).expect("JSON");
+    assert_eq!(
+        listed,
+        json!({"tool": "fixed", "plan": DEMO_PLAN_ID, "agent": DEMO_AGENT_ID, "credits": 2, "form": "attribute"})
+    );
+
+    // The pricing handler of an app lists them next to its routes.
+    let payments = payments_for(&s.local).build().expect("payments");
+    let app = serve(Some(payments.clone()), |cfg| {
+        cfg.route("/pricing", actix_web::web::get().to(nvm_runtime::actix::pricing::manifest_handler));
+    });
+    let manifest: Value =
+        nvm_tests::http().get(app.at("/pricing")).send().await.expect("GET").json().await.expect("JSON");
+    let names: Vec<&str> =
+        manifest["tools"].as_array().expect("tools").iter().filter_map(|t| t["tool"].as_str()).collect();
+    for name in ["failing", "fixed", "priced", "slow", "tabled"] {
+        assert!(names.contains(&name), "{name}: {manifest}");
+    }
+
+    // The start-up report: one line per paid tool, counted in the summary.
+    let logs = nvm_tests::CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    payments.prepare().await.expect("prepared");
+    drop(guard);
+    let logs = logs.text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("paid MCP tool") && l.contains("tool=fixed"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        line.contains("price=2") && line.contains("form=\"attribute\"") || line.contains("form=attribute"),
+        "{line}"
+    );
+    assert!(logs.contains("paid MCP tool(s)"), "{logs}");
+}

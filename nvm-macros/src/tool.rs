@@ -30,6 +30,9 @@ pub(crate) fn expand(args: &Args, function: Function) -> syn::Result<TokenStream
     let private = quote!(#krate::__private::mcp);
     let ident = &function.sig.ident;
     let name = ident.unraw().to_string();
+    // The name rmcp lists the tool under: its `#[tool(name = "…")]`, else the method's.
+    let tool_name =
+        function.attrs.iter().find(|attr| is_tool(attr)).and_then(named).unwrap_or_else(|| name.clone());
     let hidden = format_ident!("__nvm_tool_{}", name);
     let priced = format_ident!("__nvm_paid_{}", name);
     let call = Ident::new("__nvm_call", Span::mixed_site());
@@ -73,7 +76,7 @@ pub(crate) fn expand(args: &Args, function: Function) -> syn::Result<TokenStream
 
     let mut helpers = TokenStream::new();
     let terms = terms(args, &quote!(#krate::__private), &mut helpers);
-    let tool = credits(args, &private, &name, terms, &mut helpers);
+    let tool = credits(args, &private, &tool_name, terms, &mut helpers);
     let route = Ident::new("TOOL", Span::mixed_site());
 
     Ok(quote! {
@@ -92,6 +95,7 @@ pub(crate) fn expand(args: &Args, function: Function) -> syn::Result<TokenStream
             use #krate::__private as __nvm;
             #helpers
             static #route: #private::PaidTool = #tool;
+            __nvm::inventory::submit! { #private::ToolEntry(&#route) }
             &#route
         }
 
@@ -128,6 +132,23 @@ fn with_price(attr: &Attribute, priced: &Ident, output: &ReturnType) -> syn::Res
     let path = attr.path();
     let tokens = if existing.is_empty() { added } else { quote!(#existing, #added) };
     Ok(syn::parse_quote_spanned!(attr.span()=> #[#path(#tokens)]))
+}
+
+/// The `name = "…"` of `#[tool(…)]`, if it has one.
+fn named(attr: &Attribute) -> Option<String> {
+    let Meta::List(list) = &attr.meta else { return None };
+    let mut tokens = list.tokens.clone().into_iter();
+    while let Some(token) = tokens.next() {
+        if let proc_macro2::TokenTree::Ident(ident) = &token
+            && ident == "name"
+            && matches!(tokens.next(), Some(proc_macro2::TokenTree::Punct(p)) if p.as_char() == '=')
+            && let Some(proc_macro2::TokenTree::Literal(literal)) = tokens.next()
+            && let Ok(syn::Lit::Str(name)) = syn::parse_str::<syn::Lit>(&literal.to_string())
+        {
+            return Some(name.value());
+        }
+    }
+    None
 }
 
 /// The `key`s of `key = value` pairs at the top level of `#[tool(…)]`.

@@ -19,7 +19,7 @@ pub use crate::__nvm_paid_body as body;
 pub mod mcp {
     pub use rmcp::model::JsonObject;
 
-    pub use crate::mcp::{PaidCall, PaidTool, ToolAnswer, by_arguments, resolve_credits, serve};
+    pub use crate::mcp::{PaidCall, PaidTool, ToolAnswer, ToolEntry, by_arguments, resolve_credits, serve};
 }
 
 /// The body of a `#[paid]` outer function, written back as is, in a block: a routing

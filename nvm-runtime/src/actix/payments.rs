@@ -176,6 +176,12 @@ impl Payments {
                 plans.insert(spec.terms.plan_id(spec.handler)?.into_owned());
             }
         }
+        #[cfg(feature = "mcp")]
+        for (tool, terms) in crate::mcp::terms() {
+            if !terms.forces_scheme() {
+                plans.insert(terms.plan_id(&tool)?.into_owned());
+            }
+        }
         if !self.pending_settlements().is_durable() {
             tracing::warn!(
                 "no pending-settlement journal configured: settlements whose answer is lost are kept in memory only; set `Payments::builder().pending_settlements(PendingSettlements::file(\"pending-settlements.jsonl\")?)`"
@@ -251,12 +257,30 @@ impl Payments {
             plans.insert(route.plan.clone());
             count += 1;
         }
+        let mut tools = 0usize;
+        #[cfg(feature = "mcp")]
+        for tool in crate::mcp::manifest() {
+            let plan = match &tool.plan {
+                ValueSource::Id(id) => id.clone(),
+                ValueSource::Env(var) => format!("env {var} (unset)"),
+                _ => "(an expression)".to_owned(),
+            };
+            let price = match &tool.credits {
+                serde_json::Value::String(price) => price.clone(),
+                price => price.to_string(),
+            };
+            tracing::info!(tool = %tool.tool, plan = %plan, price = %price, form = tool.form, "paid MCP tool");
+            plans.insert(plan);
+            tools += 1;
+        }
         tracing::info!(
             routes = count,
+            tools,
             plans = plans.len(),
             environment = ?self.environment(),
             backend = self.backend_url(),
-            "{count} paid route(s) on {} plan(s), settled by {}",
+            "{count} paid route(s){} on {} plan(s), settled by {}",
+            if tools > 0 { format!(" and {tools} paid MCP tool(s)") } else { String::new() },
             plans.len(),
             self.backend_url()
         );

@@ -61,7 +61,7 @@ pub enum ValueSource {
 
 impl ValueSource {
     /// The plan of `terms`, as shown.
-    fn plan(terms: &Terms, handler: &str) -> Self {
+    pub(crate) fn plan(terms: &Terms, handler: &str) -> Self {
         match terms.plan_id(handler) {
             Ok(id) => ValueSource::Id(id.into_owned()),
             Err(_) => Self::unread(&terms.plan),
@@ -69,7 +69,7 @@ impl ValueSource {
     }
 
     /// The agent of `terms`, if it has one, as shown.
-    fn agent(terms: &Terms, handler: &str) -> Option<Self> {
+    pub(crate) fn agent(terms: &Terms, handler: &str) -> Option<Self> {
         let agent = terms.agent.as_ref()?;
         Some(match terms.agent_id(handler) {
             Ok(Some(id)) => ValueSource::Id(id.into_owned()),
@@ -421,8 +421,16 @@ pub async fn manifest_handler(req: HttpRequest) -> HttpResponse {
     #[derive(Serialize)]
     struct Manifest {
         routes: Vec<PricedRoute>,
+        /// The paid MCP tools, when there are any.
+        #[cfg(feature = "mcp")]
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tools: Vec<crate::mcp::PricedTool>,
     }
-    HttpResponse::Ok().json(Manifest { routes: app_manifest(&req) })
+    HttpResponse::Ok().json(Manifest {
+        routes: app_manifest(&req),
+        #[cfg(feature = "mcp")]
+        tools: crate::mcp::manifest(),
+    })
 }
 
 /// Checks at start-up that every `env("VAR")` plan and agent of every `#[paid]`
@@ -439,12 +447,22 @@ pub async fn manifest_handler(req: HttpRequest) -> HttpResponse {
 pub fn check_startup() -> Result<(), ConfigError> {
     for route in routes() {
         let spec = route.spec();
-        if matches!(spec.terms.plan, Id::Env(_)) {
-            spec.terms.plan_id(spec.handler)?;
-        }
-        if matches!(spec.terms.agent, Some(Id::Env(_))) {
-            spec.terms.agent_id(spec.handler)?;
-        }
+        check_env(&spec.terms, spec.handler)?;
+    }
+    #[cfg(feature = "mcp")]
+    for (tool, terms) in crate::mcp::terms() {
+        check_env(&terms, &format!("the MCP tool `{tool}`"))?;
+    }
+    Ok(())
+}
+
+/// Reads the `env("VAR")` plan and agent of `terms`, if they are.
+fn check_env(terms: &Terms, what: &str) -> Result<(), ConfigError> {
+    if matches!(terms.plan, Id::Env(_)) {
+        terms.plan_id(what)?;
+    }
+    if matches!(terms.agent, Some(Id::Env(_))) {
+        terms.agent_id(what)?;
     }
     Ok(())
 }

@@ -49,6 +49,7 @@ pub use bridge::{DEFAULT_MAX_REQUEST_BODY, McpService};
 pub use call::PaidCall;
 pub use call::{MAX_PAYMENT_META_LEN, PAYMENT_META};
 pub use render::{CREDITS_META, PAYMENT_RESPONSE_META, REPLAYED_META};
-pub use tools::{ByArguments, Fixed, PRICE_META, PaidTools, ToolConfig, ToolCredits};
+pub(crate) use tools::terms;
+pub use tools::{ByArguments, Fixed, PRICE_META, PaidTools, PricedTool, ToolConfig, ToolCredits, manifest};
 #[doc(hidden)]
-pub use tools::{PaidTool, ToolAnswer, by_arguments, resolve_credits, serve};
+pub use tools::{PaidTool, ToolAnswer, ToolEntry, by_arguments, resolve_credits, serve};

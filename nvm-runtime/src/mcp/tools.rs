@@ -3,7 +3,7 @@
 //! wraps a router's tools.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rmcp::ErrorData;
 use rmcp::handler::server::tool::{IntoCallToolResult, ToolCallContext, ToolRoute, ToolRouter};
@@ -11,6 +11,7 @@ use rmcp::model::{CallToolResponse, JsonObject, MetaObject};
 use serde_json::{Value, json};
 
 use super::call::{self, PaidCall};
+use crate::actix::pricing::ValueSource;
 use crate::error::ConfigError;
 use crate::flow::{Id, Terms};
 
@@ -53,7 +54,7 @@ impl Price {
 /// The price of a `#[paid]` tool, in a `static` of its expansion. Not a public API.
 #[doc(hidden)]
 pub struct PaidTool {
-    /// The tool method's name, for errors.
+    /// The tool's name (its `#[tool(name = …)]`, else the method's).
     name: &'static str,
     price: Price,
     terms: Terms,
@@ -80,6 +81,80 @@ impl PaidTool {
     pub fn meta(&self) -> MetaObject {
         price_meta(&self.terms, &self.price, self.name)
     }
+}
+
+/// A `#[paid]` tool linked into the program (its expansion submits it). Not a public
+/// API.
+#[doc(hidden)]
+pub struct ToolEntry(pub &'static PaidTool);
+
+inventory::collect!(ToolEntry);
+
+/// The tools of the `PaidTools` tables wrapped so far, by name.
+static TABLED: Mutex<Vec<(String, ToolConfig)>> = Mutex::new(Vec::new());
+
+/// One paid tool of the pricing manifest.
+///
+/// In JSON: `{"tool": "search", "plan": "1234", "agent": "5678", "credits": 2, "form": "attribute"}`
+/// (`credits` is `"dynamic"` when priced by the arguments; `form` is `"attribute"` for
+/// `#[paid]`, `"table"` for a `PaidTools` entry).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct PricedTool {
+    /// The tool's name, as `tools/list` shows it.
+    pub tool: String,
+    /// The plan a call pays with.
+    pub plan: ValueSource,
+    /// The agent sent with the plan, when the tool has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<ValueSource>,
+    /// The credits of a call: a number, or `"dynamic"`.
+    pub credits: Value,
+    /// `"attribute"` or `"table"`.
+    pub form: &'static str,
+}
+
+impl PricedTool {
+    fn of(name: &str, terms: &Terms, price: &Price, form: &'static str) -> Self {
+        PricedTool {
+            tool: name.to_owned(),
+            plan: ValueSource::plan(terms, name),
+            agent: ValueSource::agent(terms, name),
+            credits: price.fixed().map_or_else(|| "dynamic".into(), Value::from),
+            form,
+        }
+    }
+}
+
+/// Every paid tool of this program: each `#[paid]` tool linked in, and each tool of a
+/// `PaidTools` table wrapped so far, sorted by name.
+///
+/// ```
+/// for tool in nvm_runtime::mcp::manifest() {
+///     println!("{}: {} credits on {:?}", tool.tool, tool.credits, tool.plan);
+/// }
+/// ```
+pub fn manifest() -> Vec<PricedTool> {
+    let mut tools: Vec<PricedTool> = inventory::iter::<ToolEntry>
+        .into_iter()
+        .map(|t| PricedTool::of(t.0.name, &t.0.terms, &t.0.price, "attribute"))
+        .collect();
+    let tabled = TABLED.lock().unwrap_or_else(PoisonError::into_inner);
+    tools.extend(
+        tabled.iter().map(|(name, config)| PricedTool::of(name, &config.terms, &config.price, "table")),
+    );
+    tools.sort_by(|a, b| a.tool.cmp(&b.tool).then(a.form.cmp(b.form)));
+    tools
+}
+
+/// The terms of every paid tool, with its name: what the start-up step checks and
+/// prefetches.
+pub(crate) fn terms() -> Vec<(String, Terms)> {
+    let mut all: Vec<(String, Terms)> =
+        inventory::iter::<ToolEntry>.into_iter().map(|t| (t.0.name.to_owned(), t.0.terms.clone())).collect();
+    let tabled = TABLED.lock().unwrap_or_else(PoisonError::into_inner);
+    all.extend(tabled.iter().map(|(name, config)| (name.clone(), config.terms.clone())));
+    all
 }
 
 /// `{"nevermined/price": {"planId", "agentId", "credits"}}`: credits as a decimal
@@ -284,6 +359,10 @@ impl PaidTools {
             let meta = attr.meta.get_or_insert_with(MetaObject::default);
             meta.extend(price_meta(&config.terms, &config.price, &name));
             let original = route.call.clone();
+            let mut tabled = TABLED.lock().unwrap_or_else(PoisonError::into_inner);
+            tabled.retain(|(known, _)| *known != name);
+            tabled.push((name.clone(), config.clone()));
+            drop(tabled);
             let config = Arc::new(config);
             let paid = ToolRoute::new_dyn(attr, move |mut context: ToolCallContext<'_, S>| {
                 let call = PaidCall::of(&mut context);
