@@ -61,6 +61,27 @@
 //! request against paid+nostore, and its facilitator calls per request, asserted 0. 10
 //! rounds of 0.5 s (quick: 1 of 0.3 s); `--only paid+nostore,paid+memory,paid+redis,replay`
 //! runs this section alone.
+//!
+//! A fourth section measures paid MCP tools (`--no-mcp` skips it). One more server, with 1
+//! worker: one actix-web app serving an rmcp tool server through [`McpService`] at `/mcp`
+//! and the `#[paid]` handler at `GET /work`, on one [`Payments`], driven as three scenarios
+//! side by side:
+//!
+//! - `tool-paid`: `tools/call` of a tool with `#[paid(plan = DEMO_PLAN_ID, credits = 1)]`
+//!   above rmcp's `#[tool]`, the payment in `_meta["x402/payment"]` (a reusable token minted
+//!   once per session, sent decoded);
+//! - `tool-unpaid`: the same tool body under a plain `#[tool]`, no payment;
+//! - `route-paid`: `GET /work`, the paid HTTP route of the same app (the first section's
+//!   client).
+//!
+//! Each MCP client is a session on its own keep-alive HTTP/1.1 connection: `initialize` and
+//! `notifications/initialized` once, before the window; then its calls one after another,
+//! each answered as an SSE stream read to its end; its `DELETE` after the window. The local
+//! facilitator's counters are read around each window: exactly 1 verify and 1 settle per
+//! paid call (`tool-paid`, `route-paid`) and none for `tool-unpaid`, asserted. It runs on
+//! loopback (10 rounds of 0.5 s; quick: 1 of 0.3 s), then with the facilitator's answers
+//! delayed `--latency-ms` (the second section's rounds, limit and fraction of it);
+//! `--only tool-paid,tool-unpaid,route-paid` runs this section alone.
 
 use std::fmt::Write as _;
 use std::io::{self, Read as _, Write as _};
@@ -75,10 +96,15 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use nvm_runtime::backend::Facilitator;
 use nvm_runtime::local::{Calls, DEMO_PLAN_ID, LocalFacilitator, MintOptions};
+use nvm_runtime::mcp::McpService;
 use nvm_runtime::store::RedisStore;
 use nvm_runtime::wire::PaymentRequired;
 use nvm_runtime::wire::{Amount, FacilitatorRequest, SettleResponse};
 use nvm_runtime::{Idempotency, Payments, paid};
+use rmcp::handler::server::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 use tokio::net::TcpStream;
 
 /// The network of the local facilitator's demo plan (a crypto plan on Base Sepolia).
@@ -161,6 +187,43 @@ async fn handwritten(req: HttpRequest, facilitator: web::Data<Facilitator>) -> H
     }
 }
 
+/// The arguments of both MCP tools.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Query {
+    /// Anything.
+    #[expect(dead_code, reason = "parsed, as a tool's arguments are, and not used")]
+    query: String,
+}
+
+/// The MCP section's tool server: the same body as a paid and as an unpaid tool.
+#[derive(Clone)]
+struct BenchTools {
+    tool_router: ToolRouter<BenchTools>,
+}
+
+#[tool_router]
+impl BenchTools {
+    /// `tool-paid`: 1 credit a call.
+    #[paid(plan = DEMO_PLAN_ID, credits = 1)]
+    #[tool]
+    async fn paid_tool(&self, Parameters(_query): Parameters<Query>) -> String {
+        work().await.to_owned()
+    }
+
+    /// `tool-unpaid`: no payment.
+    #[tool]
+    async fn free_tool(&self, Parameters(_query): Parameters<Query>) -> String {
+        work().await.to_owned()
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for BenchTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Settings.
 
@@ -185,6 +248,12 @@ struct Settings {
     idempotency_rounds: usize,
     idempotency_duration: Duration,
     idempotency_warmup: Duration,
+    /// The fourth section (MCP tools), unless `--no-mcp`: its rounds, window and warm-up
+    /// per scenario on loopback (with the latency, the second section's).
+    mcp: bool,
+    mcp_rounds: usize,
+    mcp_duration: Duration,
+    mcp_warmup: Duration,
     /// `--metrics-recorder`: a Prometheus recorder installed for the whole run, to
     /// measure what the payment metrics cost when something records them.
     metrics_recorder: bool,
@@ -207,6 +276,10 @@ impl Settings {
             idempotency_rounds: 10,
             idempotency_duration: Duration::from_millis(500),
             idempotency_warmup: Duration::from_millis(500),
+            mcp: true,
+            mcp_rounds: 10,
+            mcp_duration: Duration::from_millis(500),
+            mcp_warmup: Duration::from_millis(500),
             metrics_recorder: false,
         }
     }
@@ -227,6 +300,10 @@ impl Settings {
             idempotency_rounds: 1,
             idempotency_duration: Duration::from_millis(300),
             idempotency_warmup: Duration::from_millis(200),
+            mcp: true,
+            mcp_rounds: 1,
+            mcp_duration: Duration::from_millis(300),
+            mcp_warmup: Duration::from_millis(200),
             metrics_recorder: false,
         }
     }
@@ -255,6 +332,8 @@ impl Settings {
                 "--no-idempotency" => settings.idempotency = false,
                 "--metrics-recorder" => settings.metrics_recorder = true,
                 "--idempotency-rounds" => settings.idempotency_rounds = count(&value()?, 1, 100)?,
+                "--no-mcp" => settings.mcp = false,
+                "--mcp-rounds" => settings.mcp_rounds = count(&value()?, 1, 100)?,
                 "--only" => {
                     settings.only = value()?
                         .split(',')
@@ -279,7 +358,7 @@ impl Settings {
 
 const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [--connections N] [--rounds N]\n\
   \x20            [--latency-ms N] [--latency-rounds N] [--no-idempotency] [--idempotency-rounds N]\n\
-  \x20            [--only SERVERS] [--metrics-recorder]\n\
+  \x20            [--no-mcp] [--mcp-rounds N] [--only SERVERS] [--metrics-recorder]\n\
   --duration        seconds each server is driven per round (default 0.5; quick 0.4)\n\
   --warmup          seconds of unmeasured load per server before the rounds (default 1; quick 0.2)\n\
   --connections     concurrent keep-alive connections (default 16; quick 8)\n\
@@ -291,12 +370,18 @@ const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [-
   \x20                 no store, the in-memory store and Redis (a redis-server it starts), and a\n\
   \x20                 replay's cost against a paid call\n\
   --idempotency-rounds  rounds of the third section, 0.5 s each (default 10; quick 1 of 0.3 s)\n\
+  --no-mcp          skip the fourth section: paid MCP tool calls (tools/call, the payment in\n\
+  \x20                 _meta) against the same tool unpaid and the paid HTTP route of the same app,\n\
+  \x20                 on loopback, then with --latency-ms\n\
+  --mcp-rounds      rounds of the fourth section on loopback, 0.5 s each (default 10; quick 1 of\n\
+  \x20                 0.3 s); with the latency, --latency-rounds\n\
   --metrics-recorder  install a Prometheus metrics recorder (the payment metrics are recorded;\n\
   \x20                 without it they go nowhere): run twice to see what telemetry costs\n\
   --quick           a smoke run of a few seconds\n\
   --only            drive only these servers, e.g. `--only paid,handwritten` (for profiling); of\n\
   \x20                 plain, handwritten, paid, paid+cache (the first two sections) and\n\
-  \x20                 paid+nostore, paid+memory, paid+redis, replay (the third)";
+  \x20                 paid+nostore, paid+memory, paid+redis, replay (the third) and\n\
+  \x20                 tool-paid, tool-unpaid, route-paid (the fourth)";
 
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
@@ -326,6 +411,9 @@ enum Kind {
     PaidMemory,
     PaidRedis,
     Replay,
+    ToolPaid,
+    ToolUnpaid,
+    RoutePaid,
 }
 
 /// The `idempotency-key` of a server's requests.
@@ -345,7 +433,9 @@ impl Kind {
     const FIRST: [Kind; 4] = [Kind::Plain, Kind::Handwritten, Kind::Paid, Kind::PaidCache];
     /// The servers of the third section.
     const IDEMPOTENCY: [Kind; 4] = [Kind::PaidNoStore, Kind::PaidMemory, Kind::PaidRedis, Kind::Replay];
-    const ALL: [Kind; 8] = [
+    /// The scenarios of the fourth section: one server, the MCP app.
+    const MCP: [Kind; 3] = [Kind::ToolPaid, Kind::ToolUnpaid, Kind::RoutePaid];
+    const ALL: [Kind; 11] = [
         Kind::Plain,
         Kind::Handwritten,
         Kind::Paid,
@@ -354,6 +444,9 @@ impl Kind {
         Kind::PaidMemory,
         Kind::PaidRedis,
         Kind::Replay,
+        Kind::ToolPaid,
+        Kind::ToolUnpaid,
+        Kind::RoutePaid,
     ];
 
     fn name(self) -> &'static str {
@@ -366,11 +459,30 @@ impl Kind {
             Kind::PaidMemory => "paid+memory",
             Kind::PaidRedis => "paid+redis",
             Kind::Replay => "replay",
+            Kind::ToolPaid => "tool-paid",
+            Kind::ToolUnpaid => "tool-unpaid",
+            Kind::RoutePaid => "route-paid",
         }
     }
 
     fn charges(self) -> bool {
-        self != Kind::Plain
+        !matches!(self, Kind::Plain | Kind::ToolUnpaid)
+    }
+
+    /// Driven by MCP tool calls in sessions, not by HTTP requests.
+    fn is_tool(self) -> bool {
+        matches!(self, Kind::ToolPaid | Kind::ToolUnpaid)
+    }
+
+    /// The server it is driven on: its own, or the MCP app's for the fourth section's
+    /// scenarios (one server, keyed `tool-paid`).
+    fn server(self) -> Kind {
+        if Kind::MCP.contains(&self) { Kind::ToolPaid } else { self }
+    }
+
+    /// The MCP tool it calls.
+    fn tool(self) -> &'static str {
+        if self.charges() { "paid_tool" } else { "free_tool" }
     }
 
     fn keys(self) -> Keys {
@@ -382,7 +494,8 @@ impl Kind {
     }
 
     /// The request the load generator sends it: with [`Keys::Fresh`], without the blank
-    /// line that ends the head, which the connection adds after the request's key.
+    /// line that ends the head, which the connection adds after the request's key. (An MCP
+    /// tool's calls are written by its session, [`drive_session`]: this one is unused.)
     fn request(self, addr: SocketAddr, token: &str) -> Arc<[u8]> {
         let mut request = format!("GET /work HTTP/1.1\r\nhost: {addr}\r\npayment-signature: {token}\r\n");
         match self.keys() {
@@ -400,6 +513,8 @@ struct Configs {
     facilitator: web::Data<Facilitator>,
     /// The configuration of each `#[paid]` server.
     payments: Vec<(Kind, Payments)>,
+    /// The MCP app's tool server (sessions shared by its workers).
+    mcp: McpService<BenchTools>,
     /// The worker thread of each server, for its CPU time.
     workers: Arc<Mutex<Vec<(Kind, u32)>>>,
 }
@@ -412,8 +527,12 @@ fn configure(kind: Kind, configs: &Configs, cfg: &mut web::ServiceConfig) {
         }
         paid => {
             // Servers::start starts no `#[paid]` server without its configuration.
-            if let Some((_, payments)) = configs.payments.iter().find(|(k, _)| *k == paid) {
+            if let Some((_, payments)) = configs.payments.iter().find(|(k, _)| *k == paid.server()) {
                 cfg.app_data(payments.clone());
+            }
+            if Kind::MCP.contains(&paid) {
+                // The MCP app: the tools at /mcp next to the paid route, on the same Payments.
+                cfg.service(configs.mcp.resource("/mcp"));
             }
             cfg.route("/work", web::get().to(paid_work))
         }
@@ -428,17 +547,20 @@ struct Servers {
 }
 
 impl Servers {
-    /// Binds 127.0.0.1:0 for each of `kinds`; each server has 1 worker thread.
+    /// Binds 127.0.0.1:0 for each server of `kinds` (the fourth section's scenarios share
+    /// one, [`Kind::server`]); each server has 1 worker thread.
     fn start(configs: Configs, kinds: Vec<Kind>) -> io::Result<Servers> {
         type Started = io::Result<Vec<(Kind, SocketAddr, ServerHandle)>>;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Started>();
         let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let mut servers: Vec<Kind> = kinds.iter().map(|k| k.server()).collect();
+        servers.dedup();
         std::thread::Builder::new().name("bench-servers".into()).spawn(move || {
             let system = actix_web::rt::System::new();
             system.block_on(async move {
                 let mut started = Vec::new();
                 let mut running = Vec::new();
-                for kind in kinds {
+                for kind in servers {
                     let configs = configs.clone();
                     let server = HttpServer::new(move || {
                         // Called on the worker thread: remember it.
@@ -449,6 +571,11 @@ impl Servers {
                         App::new().configure(move |cfg| configure(kind, &configs, cfg))
                     })
                     .workers(1)
+                    // The MCP app's answers are SSE streams, written in parts (a priming event,
+                    // then the answer): with Nagle's algorithm, the OS default actix-web keeps,
+                    // the answer waits for the client's delayed ACK of the first part (40 ms on
+                    // Linux). Each other server writes an answer at once: no difference there.
+                    .tcp_nodelay(Kind::MCP.contains(&kind))
                     .disable_signals()
                     .shutdown_timeout(1)
                     .bind(("127.0.0.1", 0));
@@ -473,7 +600,13 @@ impl Servers {
             let _ = done_tx.send(());
         })?;
         let started = ready_rx.recv().map_err(|_| io::Error::other("the server thread exited early"))??;
-        let addrs = started.iter().map(|(kind, addr, _)| (*kind, *addr)).collect();
+        let addrs = kinds
+            .iter()
+            .filter_map(|kind| {
+                let (_, addr, _) = started.iter().find(|(server, _, _)| *server == kind.server())?;
+                Some((*kind, *addr))
+            })
+            .collect();
         let handles = started.into_iter().map(|(_, _, handle)| handle).collect();
         Ok(Servers { addrs, handles, done })
     }
@@ -531,6 +664,9 @@ struct Measure {
     /// Every request's latency (µs), sorted: the summary pools them over rounds.
     latencies_us: Vec<u32>,
     calls: u64,
+    /// The facilitator's verify and settle calls (in `calls`).
+    verifies: u64,
+    settles: u64,
     plan_fetches: u64,
     samples: Vec<String>,
     /// CPU time (ns) of the server's worker thread, of the load generator, and of the
@@ -592,27 +728,8 @@ async fn exchange(
     write_all(stream, request).await?;
     buf.clear();
     let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(end) = find(buf, b"\r\n\r\n") {
-            break end;
-        }
-        if buf.len() > 64 * 1024 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head over 64 KiB"));
-        }
-        let n = read(stream, &mut chunk).await?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-response"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..head_end])
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "response head is not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no status line"))?;
+    let head_end = read_until(stream, buf, &mut chunk, 0, b"\r\n\r\n").await?;
+    let (status, lines) = head_of(&buf[..head_end])?;
     let mut length = 0usize;
     let mut receipt = None;
     let mut replayed = false;
@@ -631,15 +748,69 @@ async fn exchange(
             replayed = value == "true";
         }
     }
-    let total = head_end + 4 + length;
-    while buf.len() < total {
-        let n = read(stream, &mut chunk).await?;
+    read_to(stream, buf, &mut chunk, head_end + 4 + length).await?;
+    Ok(Reply { status, receipt, replayed })
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Reads from `stream` into `buf` (through `chunk`) until `needle` is in it at or after
+/// `from` (at most 64 KiB after): where it starts.
+async fn read_until(
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+    from: usize,
+    needle: &[u8],
+) -> io::Result<usize> {
+    loop {
+        if let Some(at) = buf.get(from..).and_then(|rest| find(rest, needle)) {
+            return Ok(from + at);
+        }
+        if buf.len() > from + 64 * 1024 {
+            return Err(invalid("a response head or chunk line over 64 KiB"));
+        }
+        let n = read(stream, chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-response"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads from `stream` into `buf` (through `chunk`) until it holds `len` bytes.
+async fn read_to(stream: &TcpStream, buf: &mut Vec<u8>, chunk: &mut [u8], len: usize) -> io::Result<()> {
+    while buf.len() < len {
+        let n = read(stream, chunk).await?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-body"));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    Ok(Reply { status, receipt, replayed })
+    Ok(())
+}
+
+/// A response head's status, and its header lines.
+fn head_of(head: &[u8]) -> io::Result<(u16, std::str::Split<'_, &'static str>)> {
+    let head = std::str::from_utf8(head).map_err(|_| invalid("response head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| invalid("no status line"))?;
+    Ok((status, lines))
+}
+
+/// `exchange` within [`REQUEST_TIMEOUT`], its failure said in a sample's words.
+async fn bounded<T>(exchange: impl std::future::Future<Output = io::Result<T>>) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(error)) => Err(format!("i/o: {error}")),
+        Err(_) => Err(format!("no response within {REQUEST_TIMEOUT:?}")),
+    }
 }
 
 /// The connections of the run, numbered: the first part of their [`Keys::Fresh`] keys.
@@ -678,23 +849,15 @@ async fn drive_connection(
             &request
         };
         let started = Instant::now();
-        let outcome =
-            tokio::time::timeout(REQUEST_TIMEOUT, exchange(&stream, bytes, &mut buf, charges)).await;
-        let result = match outcome {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(error)) => Err(format!("i/o: {error}")),
-            Err(_) => Err(format!("no response within {REQUEST_TIMEOUT:?}")),
-        };
-        let reply = match result {
+        let reply = match bounded(exchange(&stream, bytes, &mut buf, charges)).await {
             Ok(reply) => reply,
-            Err(what) => {
-                stats.error(what);
-                match reconnect(addr, &mut reconnects).await {
-                    Some(fresh) => stream = fresh,
-                    None => break,
+            Err(what) => match recover(&mut stats, what, addr, &mut reconnects).await {
+                Some(fresh) => {
+                    stream = fresh;
+                    continue;
                 }
-                continue;
-            }
+                None => break,
+            },
         };
         stats.latencies_us.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
         if reply.status != 200 {
@@ -721,6 +884,17 @@ async fn drive_connection(
         }
     }
     stats
+}
+
+/// Counts `what` as an error and reconnects: a fresh connection, or `None` after 10.
+async fn recover(
+    stats: &mut ConnStats,
+    what: String,
+    addr: SocketAddr,
+    reconnects: &mut u32,
+) -> Option<TcpStream> {
+    stats.error(what);
+    reconnect(addr, reconnects).await
 }
 
 async fn reconnect(addr: SocketAddr, reconnects: &mut u32) -> Option<TcpStream> {
@@ -760,24 +934,301 @@ async fn measure(
     let mut latencies = Vec::new();
     for task in tasks {
         match task.await {
-            Ok(stats) => {
-                measure.errors += stats.errors;
-                latencies.extend_from_slice(&stats.latencies_us);
-                for sample in stats.samples {
-                    if measure.samples.len() < 5 {
-                        measure.samples.push(sample);
-                    }
-                }
-            }
+            Ok(stats) => measure.add(stats, &mut latencies),
             Err(error) => measure.samples.push(format!("load task failed: {error}")),
         }
     }
-    measure.elapsed = started.elapsed();
-    measure.requests = latencies.len() as u64;
-    latencies.sort_unstable();
-    measure.p50_us = percentile(&latencies, 0.50);
-    measure.p99_us = percentile(&latencies, 0.99);
-    measure.latencies_us = latencies;
+    measure.finish(started, latencies);
+    measure
+}
+
+impl Measure {
+    /// Adds one connection's results; its latencies go to `latencies`.
+    fn add(&mut self, stats: ConnStats, latencies: &mut Vec<u32>) {
+        self.errors += stats.errors;
+        latencies.extend_from_slice(&stats.latencies_us);
+        for sample in stats.samples {
+            if self.samples.len() < 5 {
+                self.samples.push(sample);
+            }
+        }
+    }
+
+    /// Closes the window opened at `started`, with every request's latency.
+    fn finish(&mut self, started: Instant, mut latencies: Vec<u32>) {
+        self.elapsed = started.elapsed();
+        self.requests = latencies.len() as u64;
+        latencies.sort_unstable();
+        self.p50_us = percentile(&latencies, 0.50);
+        self.p99_us = percentile(&latencies, 0.99);
+        self.latencies_us = latencies;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The MCP client of the fourth section: a session on its own keep-alive connection
+// (`initialize`, then `notifications/initialized`), its `tools/call` requests one after
+// another, each answer an SSE stream (chunked) read to its end, and its `DELETE`.
+
+/// The bound on one MCP answer's body.
+const MAX_MCP_BODY: usize = 1024 * 1024;
+/// The client's `initialize` request.
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
+/// The notification that ends the handshake.
+const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+
+/// One answer of the MCP endpoint (its body is in the buffer given to [`mcp_exchange`]).
+struct McpReply {
+    status: u16,
+    /// The `mcp-session-id` header (the answer to `initialize`).
+    session: Option<String>,
+}
+
+/// An HTTP request to the MCP endpoint at `addr`: `method` (`POST` with `body`, or
+/// `DELETE`), in `session` when there is one.
+fn mcp_request(addr: SocketAddr, method: &str, session: Option<&str>, body: &str) -> Vec<u8> {
+    let mut request =
+        format!("{method} /mcp HTTP/1.1\r\nhost: {addr}\r\naccept: application/json, text/event-stream\r\n");
+    if let Some(session) = session {
+        let _ = write!(request, "mcp-session-id: {session}\r\n");
+    }
+    if !body.is_empty() {
+        request.push_str("content-type: application/json\r\n");
+    }
+    let _ = write!(request, "content-length: {}\r\n\r\n{body}", body.len());
+    request.into_bytes()
+}
+
+/// Sends `request` and reads one answer, its body (de-chunked: an SSE stream is read to
+/// its end) into `body`; `buf` is reused across calls.
+async fn mcp_exchange(
+    stream: &TcpStream,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+) -> io::Result<McpReply> {
+    write_all(stream, request).await?;
+    buf.clear();
+    body.clear();
+    let mut chunk = [0u8; 8192];
+    let head_end = read_until(stream, buf, &mut chunk, 0, b"\r\n\r\n").await?;
+    let (status, lines) = head_of(&buf[..head_end])?;
+    let (mut length, mut chunked, mut session) = (0usize, false, None);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().map_err(|_| invalid("bad content-length"))?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("mcp-session-id") {
+            session = Some(value.to_owned());
+        }
+    }
+    let mut at = head_end + 4;
+    if !chunked {
+        if length > MAX_MCP_BODY {
+            return Err(invalid("an MCP answer over 1 MiB"));
+        }
+        read_to(stream, buf, &mut chunk, at + length).await?;
+        body.extend_from_slice(&buf[at..at + length]);
+        return Ok(McpReply { status, session });
+    }
+    loop {
+        // A chunk: its size in hex (extensions after `;`), CRLF, its bytes, CRLF.
+        let line_end = read_until(stream, buf, &mut chunk, at, b"\r\n").await?;
+        let size = std::str::from_utf8(&buf[at..line_end])
+            .ok()
+            .and_then(|line| usize::from_str_radix(line.split(';').next()?.trim(), 16).ok())
+            .ok_or_else(|| invalid("bad chunk size"))?;
+        at = line_end + 2;
+        if size == 0 {
+            // The last chunk; no trailers expected: the blank line that ends the body.
+            read_until(stream, buf, &mut chunk, at, b"\r\n").await?;
+            return Ok(McpReply { status, session });
+        }
+        if body.len() + size > MAX_MCP_BODY {
+            return Err(invalid("an MCP answer over 1 MiB"));
+        }
+        read_to(stream, buf, &mut chunk, at + size + 2).await?;
+        body.extend_from_slice(&buf[at..at + size]);
+        at += size + 2;
+    }
+}
+
+/// An MCP session of the client, on its own connection.
+struct Session {
+    stream: TcpStream,
+    id: String,
+}
+
+/// Connects and opens a session: `initialize` (answered with its `mcp-session-id`), then
+/// `notifications/initialized` (202).
+async fn open_session(addr: SocketAddr) -> Result<Session, String> {
+    let stream = connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut buf, mut body) = (Vec::new(), Vec::new());
+    let init = mcp_request(addr, "POST", None, INITIALIZE);
+    let reply = bounded(mcp_exchange(&stream, &init, &mut buf, &mut body)).await?;
+    let id = match reply.session {
+        Some(id) if reply.status == 200 && answer_of(&body, 0).is_some_and(|a| a.get("result").is_some()) => {
+            id
+        }
+        _ => return Err(format!("initialize: status {}, {}", reply.status, excerpt(&body))),
+    };
+    let done = mcp_request(addr, "POST", Some(&id), INITIALIZED);
+    let reply = bounded(mcp_exchange(&stream, &done, &mut buf, &mut body)).await?;
+    if reply.status != 202 {
+        return Err(format!("notifications/initialized: status {}", reply.status));
+    }
+    Ok(Session { stream, id })
+}
+
+/// Ends `session`: `DELETE /mcp`, answered 2xx.
+async fn close_session(addr: SocketAddr, session: &Session) -> Result<(), String> {
+    let request = mcp_request(addr, "DELETE", Some(&session.id), "");
+    let reply = bounded(mcp_exchange(&session.stream, &request, &mut Vec::new(), &mut Vec::new())).await?;
+    if (200..300).contains(&reply.status) { Ok(()) } else { Err(format!("DELETE: status {}", reply.status)) }
+}
+
+/// A token as `_meta["x402/payment"]` carries it: its decoded payment payload (JSON).
+fn payment_json(token: &str) -> Result<String, String> {
+    let bytes = nvm_runtime::wire::codec::decode_base64(token).map_err(|e| format!("minted token: {e}"))?;
+    let payload: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("minted token is not JSON: {e}"))?;
+    Ok(payload.to_string())
+}
+
+/// The JSON-RPC message with `id` among the `data:` lines of an SSE body.
+fn answer_of(body: &[u8], id: u64) -> Option<serde_json::Value> {
+    body.split(|b| *b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .filter_map(|data| serde_json::from_slice::<serde_json::Value>(data).ok())
+        .find(|message| message.get("id").and_then(serde_json::Value::as_u64) == Some(id))
+}
+
+/// The start of a body, for an error's sample.
+fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
+}
+
+/// A tool call's answer checked in full: the answer to call `id`, a result that is not an
+/// error with the tool's `ok`, and for a paid call its receipt (settled, 1 credit).
+fn check_answer(body: &[u8], id: u64, paid: bool) -> Result<(), String> {
+    let answer = answer_of(body, id).ok_or_else(|| format!("no answer to call {id}: {}", excerpt(body)))?;
+    let result = &answer["result"];
+    if result["isError"] != false || result["content"][0]["text"] != "ok" {
+        return Err(format!("unexpected answer {}", excerpt(answer.to_string().as_bytes())));
+    }
+    let credits = &result["_meta"]["nevermined/credits"];
+    if paid && (credits["success"] != true || credits["creditsRedeemed"] != "1") {
+        return Err(format!("unexpected receipt {}", excerpt(credits.to_string().as_bytes())));
+    }
+    Ok(())
+}
+
+/// A later answer glanced at: a result that is not an error, and for a paid call, with
+/// its receipt.
+fn glance_answer(body: &[u8], paid: bool) -> Result<(), String> {
+    if find(body, br#""isError":false"#).is_none() {
+        return Err(format!("not a successful result: {}", excerpt(body)));
+    }
+    if paid && find(body, b"\"nevermined/credits\"").is_none() {
+        return Err(format!("a paid result without its receipt: {}", excerpt(body)));
+    }
+    Ok(())
+}
+
+/// Calls the tool of `kind` in `session` until `deadline`, one call after another, with
+/// `payment` (a token's payload, JSON) in `_meta["x402/payment"]` when there is one;
+/// reconnecting (at most 10 times) after an error, in the same session. The session's
+/// first answer is checked in full ([`check_answer`]), later ones at a glance.
+async fn drive_session(
+    mut session: Session,
+    addr: SocketAddr,
+    kind: Kind,
+    payment: Option<String>,
+    deadline: Instant,
+) -> (ConnStats, Session) {
+    let mut stats = ConnStats { latencies_us: Vec::with_capacity(16 * 1024), ..ConnStats::default() };
+    let (mut buf, mut body) = (Vec::with_capacity(16 * 1024), Vec::with_capacity(4 * 1024));
+    let (mut reconnects, mut id) = (0, 0u64);
+    let (tool, paid) = (kind.tool(), payment.is_some());
+    let meta = payment.map(|p| format!(r#","_meta":{{"x402/payment":{p}}}"#)).unwrap_or_default();
+    while Instant::now() < deadline {
+        id += 1;
+        let call = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"query":"q"}}{meta}}}}}"#
+        );
+        let request = mcp_request(addr, "POST", Some(&session.id), &call);
+        let started = Instant::now();
+        let reply = match bounded(mcp_exchange(&session.stream, &request, &mut buf, &mut body)).await {
+            Ok(reply) => reply,
+            Err(what) => match recover(&mut stats, what, addr, &mut reconnects).await {
+                Some(fresh) => {
+                    session.stream = fresh;
+                    continue;
+                }
+                None => break,
+            },
+        };
+        stats.latencies_us.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+        let verdict = match reply.status {
+            200 if id == 1 => check_answer(&body, id, paid),
+            200 => glance_answer(&body, paid),
+            status => Err(format!("status {status}")),
+        };
+        if let Err(what) = verdict {
+            stats.error(what);
+        }
+    }
+    (stats, session)
+}
+
+/// Drives MCP tool `kind` at `addr` with `sessions` sessions for `duration`. They are
+/// opened before the window (each with its reusable token, minted by `local`, for a paid
+/// tool) and closed after it.
+async fn measure_sessions(
+    kind: Kind,
+    addr: SocketAddr,
+    sessions: usize,
+    duration: Duration,
+    local: &LocalFacilitator,
+) -> Measure {
+    let mut measure = Measure::default();
+    let mut opened = Vec::with_capacity(sessions);
+    for _ in 0..sessions {
+        let payment = kind.charges().then(|| payment_json(&local.mint_token(MintOptions::new()))).transpose();
+        match (payment, open_session(addr).await) {
+            (Ok(payment), Ok(session)) => opened.push((session, payment)),
+            (Err(error), _) | (_, Err(error)) => {
+                measure.errors += 1;
+                measure.samples.push(format!("session: {error}"));
+            }
+        }
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = opened
+        .into_iter()
+        .map(|(session, payment)| tokio::spawn(drive_session(session, addr, kind, payment, deadline)))
+        .collect();
+    let (mut latencies, mut done) = (Vec::new(), Vec::new());
+    for task in tasks {
+        match task.await {
+            Ok((stats, session)) => {
+                measure.add(stats, &mut latencies);
+                done.push(session);
+            }
+            Err(error) => measure.samples.push(format!("session task failed: {error}")),
+        }
+    }
+    measure.finish(started, latencies);
+    for session in &done {
+        if let Err(error) = close_session(addr, session).await {
+            measure.errors += 1;
+            measure.samples.push(error);
+        }
+    }
     measure
 }
 
@@ -915,10 +1366,11 @@ fn run(settings: &Settings) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     // The servers of the sections that run (in the order of Kind::ALL), and Redis when
     // one of them needs it: dropped (killed) when `run` returns.
-    let third = settings.idempotency;
+    let (third, fourth) = (settings.idempotency, settings.mcp);
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
-        .filter(|k| settings.only.contains(k) && (third || !Kind::IDEMPOTENCY.contains(k)))
+        .filter(|k| settings.only.contains(k))
+        .filter(|k| (third || !Kind::IDEMPOTENCY.contains(k)) && (fourth || !Kind::MCP.contains(k)))
         .collect();
     let redis = if kinds.contains(&Kind::PaidRedis) { Some(RedisServer::start()?) } else { None };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -939,32 +1391,37 @@ fn run(settings: &Settings) -> Result<bool, String> {
                 let store = RedisStore::open(&url).map_err(|e| format!("the Redis store at {url}: {e}"))?;
                 builder.idempotency(Idempotency::with_store(store))
             }
-            // `paid`: the defaults (an in-memory store, which its requests, with no key,
-            // leave alone).
+            // `paid` and the MCP app: the defaults (an in-memory store, which their requests,
+            // with no key, leave alone).
             _ => builder,
         };
         Ok((kind, builder.build().map_err(|e| e.to_string())?))
     };
     let workers = Arc::new(Mutex::new(Vec::new()));
+    // A configuration per paying server (the MCP app's is keyed by its server, tool-paid).
+    let mut paying: Vec<Kind> = kinds.iter().map(|k| k.server()).collect();
+    paying.dedup();
     let configs = Configs {
         facilitator: web::Data::new(facilitator),
-        payments: kinds
-            .iter()
-            .filter(|k| k.charges() && **k != Kind::Handwritten)
-            .map(|k| payments(*k))
+        payments: paying
+            .into_iter()
+            .filter(|k| k.charges() && *k != Kind::Handwritten)
+            .map(payments)
             .collect::<Result<_, _>>()?,
+        mcp: McpService::new(|| Ok(BenchTools { tool_router: BenchTools::tool_router() })),
         workers: Arc::clone(&workers),
     };
     let servers = Servers::start(configs, kinds).map_err(|e| format!("starting the servers: {e}"))?;
 
     let loadgen = cpu::current_tid();
-    let (requests, idempotent): (Vec<_>, Vec<_>) = servers
-        .addrs
-        .iter()
-        .map(|&(kind, addr)| (kind, addr, kind.request(addr, &token)))
-        .partition(|(kind, _, _)| Kind::FIRST.contains(kind));
+    let all: Vec<_> =
+        servers.addrs.iter().map(|&(kind, addr)| (kind, addr, kind.request(addr, &token))).collect();
+    let group =
+        |section: &[Kind]| -> Vec<_> { all.iter().filter(|r| section.contains(&r.0)).cloned().collect() };
+    let (requests, idempotent, tools) = (group(&Kind::FIRST), group(&Kind::IDEMPOTENCY), group(&Kind::MCP));
 
-    println!("{}", header(settings, &local, load_before, requests.len(), idempotent.len()));
+    let counts = [requests.len(), idempotent.len(), tools.len()];
+    println!("{}", header(settings, &local, load_before, counts));
 
     let worker_of = |kind: Kind| {
         let workers = workers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -988,25 +1445,12 @@ fn run(settings: &Settings) -> Result<bool, String> {
     // The second section: the facilitator's answers delayed, the servers that call it.
     let delayed: Vec<_> = requests.iter().filter(|r| r.0.charges()).cloned().collect();
     if !settings.latency.is_zero() && !delayed.is_empty() {
-        local.set_latency(settings.latency);
-        println!(
-            "\n+{} ms facilitator latency: every answer of the local facilitator waits {} ms \
-             (LocalFacilitator::set_latency), as the round trip to the hosted backend would;\n\
-             \x20 {} rounds x {} servers x {:.1} s, {:.1} s warm-up per server",
-            settings.latency.as_millis(),
-            settings.latency.as_millis(),
-            settings.latency_rounds,
-            delayed.len(),
-            settings.latency_duration.as_secs_f64(),
-            settings.latency_warmup.as_secs_f64(),
+        let intro = format!(
+            "\n+{ms} ms facilitator latency: every answer of the local facilitator waits {ms} ms \
+             (LocalFacilitator::set_latency), as the round trip to the hosted backend would;\n\x20 ",
+            ms = settings.latency.as_millis()
         );
-        let phase = Phase {
-            rounds: settings.latency_rounds,
-            duration: settings.latency_duration,
-            warmup: settings.latency_warmup,
-        };
-        ok &= rig.section(&delayed, &phase, "+latency ", |outcome| latency_summary(settings, outcome));
-        local.set_latency(Duration::ZERO);
+        ok &= rig.delayed(settings, &delayed, "+latency ", &intro);
     }
 
     // The third section: idempotent paid calls, stored in memory or in Redis, and replays.
@@ -1047,6 +1491,35 @@ fn run(settings: &Settings) -> Result<bool, String> {
             }
         }
     }
+
+    // The fourth section: MCP tool calls, paid and unpaid, and the paid route of the same
+    // app, on loopback and then with the facilitator's latency.
+    if !tools.is_empty() {
+        println!(
+            "\nMCP: one actix-web app (1 worker) serving rmcp tools through McpService at /mcp and the\n\
+             \x20 #[paid] GET /work, on one Payments. tool-paid: tools/call of a #[paid(credits = 1)] #[tool],\n\
+             \x20 the payment (a reusable token minted per session, decoded) in _meta[\"x402/payment\"];\n\
+             \x20 tool-unpaid: the same body under a plain #[tool]; route-paid: GET /work of the same app.\n\
+             \x20 {} sessions (initialize and notifications/initialized before the window, DELETE after it),\n\
+             \x20 each on its own keep-alive HTTP/1.1 connection, each call answered as SSE;\n\
+             \x20 {} rounds x {} scenarios x {:.1} s, {:.1} s warm-up per scenario",
+            settings.connections,
+            settings.mcp_rounds,
+            tools.len(),
+            settings.mcp_duration.as_secs_f64(),
+            settings.mcp_warmup.as_secs_f64(),
+        );
+        let phase = Phase {
+            rounds: settings.mcp_rounds,
+            duration: settings.mcp_duration,
+            warmup: settings.mcp_warmup,
+        };
+        ok &= rig.section(&tools, &phase, "mcp ", |outcome| mcp_summary(settings, outcome));
+        if !settings.latency.is_zero() {
+            let intro = format!("\nMCP, +{} ms facilitator latency: ", settings.latency.as_millis());
+            ok &= rig.delayed(settings, &tools, "mcp +latency ", &intro);
+        }
+    }
     servers.stop();
     drop(runtime);
     drop(redis);
@@ -1063,16 +1536,14 @@ fn run(settings: &Settings) -> Result<bool, String> {
 async fn prime(addr: SocketAddr, request: &[u8]) -> Result<(), String> {
     let stream = connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let mut buf = Vec::new();
-    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&stream, request, &mut buf, true)).await {
-        Ok(Ok(reply)) if reply.status == 200 && reply.receipt.is_some() && !reply.replayed => Ok(()),
-        Ok(Ok(reply)) => Err(format!(
+    match bounded(exchange(&stream, request, &mut buf, true)).await? {
+        reply if reply.status == 200 && reply.receipt.is_some() && !reply.replayed => Ok(()),
+        reply => Err(format!(
             "status {}, receipt {}, replayed {}",
             reply.status,
             reply.receipt.is_some(),
             reply.replayed
         )),
-        Ok(Err(error)) => Err(format!("i/o: {error}")),
-        Err(_) => Err(format!("no response within {REQUEST_TIMEOUT:?}")),
     }
 }
 
@@ -1170,6 +1641,50 @@ struct Rig<'a> {
 }
 
 impl Rig<'_> {
+    /// A section with every answer of the facilitator delayed `settings.latency` (the
+    /// second section's rounds), reported against the limit the latency sets, after
+    /// `intro`; `false` when a check failed.
+    fn delayed(
+        &self,
+        settings: &Settings,
+        requests: &[(Kind, SocketAddr, Arc<[u8]>)],
+        label: &str,
+        intro: &str,
+    ) -> bool {
+        self.local.set_latency(settings.latency);
+        println!(
+            "{intro}{} rounds x {} servers x {:.1} s, {:.1} s warm-up per server",
+            settings.latency_rounds,
+            requests.len(),
+            settings.latency_duration.as_secs_f64(),
+            settings.latency_warmup.as_secs_f64(),
+        );
+        let phase = Phase {
+            rounds: settings.latency_rounds,
+            duration: settings.latency_duration,
+            warmup: settings.latency_warmup,
+        };
+        let ok = self.section(requests, &phase, label, |outcome| latency_summary(settings, outcome));
+        self.local.set_latency(Duration::ZERO);
+        ok
+    }
+
+    /// Drives server `kind` for `duration` with the rig's connections: an MCP tool by as
+    /// many sessions, anything else by HTTP requests.
+    async fn measure(
+        &self,
+        kind: Kind,
+        addr: SocketAddr,
+        request: &Arc<[u8]>,
+        duration: Duration,
+    ) -> Measure {
+        if kind.is_tool() {
+            measure_sessions(kind, addr, self.connections, duration, self.local).await
+        } else {
+            measure(kind, addr, request, self.connections, duration).await
+        }
+    }
+
     /// Warms each server up, then drives them in turn for `phase.rounds` rounds (ABCD ABCD
     /// …), printing a line per round: the measures per server, and the warm-up's errors.
     fn drive(
@@ -1178,12 +1693,12 @@ impl Rig<'_> {
         phase: &Phase,
         label: &str,
     ) -> (Vec<Vec<Measure>>, Vec<String>) {
-        let (local, connections) = (self.local, self.connections);
+        let local = self.local;
         // Warm-up: connections, pools, the plan's metadata, the verification cache.
         let warm = self.runtime.block_on(async {
             let mut errors = Vec::new();
             for (kind, addr, request) in requests {
-                let m = measure(*kind, *addr, request, connections, phase.warmup).await;
+                let m = self.measure(*kind, *addr, request, phase.warmup).await;
                 if m.errors > 0 {
                     errors.push(format!(
                         "{}: {} errors during warm-up ({})",
@@ -1204,12 +1719,13 @@ impl Rig<'_> {
         for round in 1..=phase.rounds {
             let mut line = format!("{label}round {round:>2}/{}:", phase.rounds);
             for (i, (kind, addr, request)) in requests.iter().enumerate() {
-                let worker = (self.worker_of)(*kind);
+                let worker = (self.worker_of)(kind.server());
                 let (calls_before, cpu_before) = (local.calls(), cpu::Reading::now(worker, self.loadgen));
-                let mut m =
-                    self.runtime.block_on(measure(*kind, *addr, request, connections, phase.duration));
+                let mut m = self.runtime.block_on(self.measure(*kind, *addr, request, phase.duration));
                 let (calls_after, cpu_after) = (local.calls(), cpu::Reading::now(worker, self.loadgen));
                 m.calls = total(calls_after) - total(calls_before);
+                m.verifies = calls_after.verify - calls_before.verify;
+                m.settles = calls_after.settle - calls_before.settle;
                 m.plan_fetches = calls_after.plans - calls_before.plans;
                 let delta = |after: Option<u64>, before: Option<u64>| Some(after?.saturating_sub(before?));
                 m.cpu_server = delta(cpu_after.server, cpu_before.server);
@@ -1250,13 +1766,13 @@ struct Outcome<'a> {
     warmup_errors: bool,
 }
 
-/// The run's header: `first` servers in the first two sections, `third` in the third.
+/// The run's header: `first` servers in the first two sections, `third` in the third,
+/// `fourth` scenarios in the fourth.
 fn header(
     settings: &Settings,
     local: &LocalFacilitator,
     load: Option<f64>,
-    first: usize,
-    third: usize,
+    [first, third, fourth]: [usize; 3],
 ) -> String {
     let mut out = format!(
         "nvm-paid bench: what #[paid] costs, side by side\n\
@@ -1264,7 +1780,7 @@ fn header(
          run: {mode}{rounds} rounds x {servers} servers x {duration:.1} s, {conns} keep-alive HTTP/1.1 connections, \
          {warmup:.1} s warm-up per server;\n\
          \x20 GET /work answering `ok`, credits = 1, one reusable token, subscriber balance 2^60\n\
-         facilitator: local, {backend} (in-memory ledger, real HTTP on loopback){second}{third}\n\
+         facilitator: local, {backend} (in-memory ledger, real HTTP on loopback){second}{third}{fourth}\n\
          threads: the facilitator runs on its own thread with its own actix System (2 workers); each server\n\
          \x20 has 1 worker thread (plus an idle accept thread); the load generator is 1 thread (a current-thread\n\
          \x20 tokio runtime, one task per connection, a minimal HTTP/1.1 client). Only one server is driven at a\n\
@@ -1298,6 +1814,15 @@ fn header(
             format!(
                 ";\n  then a third section: idempotent paid calls (idempotency-key), {third} servers of the same\n\
                  \x20 handler (--no-idempotency skips it)"
+            )
+        },
+        fourth = if fourth == 0 {
+            String::new()
+        } else {
+            format!(
+                ";\n  then a fourth section: paid MCP tools, {fourth} scenarios on one app, on loopback{}\n\
+                 \x20 (--no-mcp skips it)",
+                if settings.latency.is_zero() { "" } else { " and delayed" }
             )
         },
     );
@@ -1489,7 +2014,7 @@ fn summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool) {
 /// facilitator's latency costs it.
 fn round_trips(kind: Kind) -> u32 {
     match kind {
-        Kind::Plain | Kind::Replay => 0,
+        Kind::Plain | Kind::Replay | Kind::ToolUnpaid => 0,
         // The cached verification skips verify; settle is never cached.
         Kind::PaidCache => 1,
         // verify, then settle.
@@ -1503,12 +2028,19 @@ fn latency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool)
     let Outcome { kinds, results, warmup_errors } = *outcome;
     let latency = settings.latency.as_secs_f64();
     let conns = settings.connections;
+    let mcp = kinds.iter().any(|k| Kind::MCP.contains(k));
+    let trips = if mcp {
+        "2 round trips for tool-paid and\n\
+         \x20 route-paid (verify, settle), none for tool-unpaid (no limit)"
+    } else {
+        "2 round trips for handwritten and\n\
+         \x20 paid (verify, settle), 1 for paid+cache (the cached verification skips verify)"
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
         "\nwith +{} ms: limit = connections / (round trips x latency) req/s, the bound of {conns} closed-loop\n\
-         \x20 connections each waiting its round trips one after another: 2 round trips for handwritten and\n\
-         \x20 paid (verify, settle), 1 for paid+cache (the cached verification skips verify); fraction = the\n\
+         \x20 connections each waiting its round trips one after another: {trips}; fraction = the\n\
          \x20 median req/s of the rounds / limit; p50 and p99 of all requests, ideal = round trips x latency:",
         settings.latency.as_millis()
     );
@@ -1522,21 +2054,23 @@ fn latency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool)
         let trips = round_trips(*kind);
         let limit = conns as f64 / (f64::from(trips) * latency);
         let fraction = median_rps(rounds) / limit;
+        // No round trip, no limit.
+        let bounded = |text: String| if trips == 0 { "-".to_owned() } else { text };
         let _ = writeln!(
             out,
-            "{:<12} {:>8.0} {:>8.0} {:>9.3} {:>9} {:>9} {:>9} {:>12.3} {:>9} {:>6}",
+            "{:<12} {:>8.0} {:>8} {:>9} {:>9} {:>9} {:>9} {:>12.3} {:>9} {:>6}",
             kind.name(),
             median_rps(rounds),
-            limit,
-            fraction,
-            ms(f64::from(trips) * latency * 1e6),
+            bounded(format!("{limit:.0}")),
+            bounded(format!("{fraction:.3}")),
+            bounded(ms(f64::from(trips) * latency * 1e6)),
             ms(pooled(rounds, 0.50)),
             ms(pooled(rounds, 0.99)),
             calls_per_request(rounds),
             rounds.iter().map(|m| m.requests).sum::<u64>(),
             rounds.iter().map(|m| m.errors).sum::<u64>()
         );
-        if matches!(kind, Kind::Paid | Kind::PaidCache) {
+        if matches!(kind, Kind::Paid | Kind::PaidCache | Kind::ToolPaid | Kind::RoutePaid) {
             verdicts.push(format!(
                 "{} {fraction:.3} of {limit:.0} req/s (target >= 0.9: {})",
                 kind.name(),
@@ -1544,12 +2078,95 @@ fn latency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool)
             ));
         }
     }
-    let ok = samples(&mut out, kinds, results) && !warmup_errors;
+    let mut ok = samples(&mut out, kinds, results) && !warmup_errors;
     if !verdicts.is_empty() {
         let _ = writeln!(out, "fraction of the limit: {}", verdicts.join(", "));
     }
+    if mcp {
+        ok &= facilitator_calls(&mut out, kinds, results);
+    }
     let ok = footer(&mut out, results, ok);
     (out, ok)
+}
+
+/// The fourth section on loopback: the paid tool against the unpaid one and against the
+/// paid route of the same app, side by side; `false` when a check failed (a wrong answer,
+/// a facilitator call more or less than one verify and one settle per paid call).
+fn mcp_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool) {
+    let Outcome { kinds, results, warmup_errors } = *outcome;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nMCP, over {} rounds: req/s and CPU are medians of the rounds, p50 and p99 are of all calls:",
+        settings.mcp_rounds
+    );
+    let mut ok = table(&mut out, kinds, results) && !warmup_errors;
+    let index = |kind: Kind| kinds.iter().position(|k| *k == kind).map(|i| &results[i][..]);
+    if let Some(paid) = index(Kind::ToolPaid) {
+        let _ = writeln!(
+            out,
+            "\nratios (throughput and CPU: medians of per-round ratios; p50, p99: of all calls):"
+        );
+        for base in [Kind::ToolUnpaid, Kind::RoutePaid] {
+            if let Some(rounds) = index(base) {
+                ratio_line(&mut out, &format!("tool-paid/{}", base.name()), paid, rounds);
+            }
+        }
+        if let Some(unpaid) = index(Kind::ToolUnpaid) {
+            let cpu = |rounds: &[Measure]| median(&mut rounds.iter().map(server_cpu).collect::<Vec<_>>());
+            let _ = writeln!(
+                out,
+                "  what the payment adds to a tool call: p50 +{}, server CPU +{:.1} us",
+                ms(pooled(paid, 0.50) - pooled(unpaid, 0.50)),
+                (cpu(paid) - cpu(unpaid)) / 1000.0
+            );
+        }
+    }
+    ok &= facilitator_calls(&mut out, kinds, results);
+    let ok = footer(&mut out, results, ok);
+    (out, ok)
+}
+
+/// A line of ratios of `a` to `b`: throughput, p50, p99 and CPU per request.
+fn ratio_line(out: &mut String, label: &str, a: &[Measure], b: &[Measure]) {
+    let _ = writeln!(
+        out,
+        "  {label:<26} throughput {:.3}  p50 {:.3}  p99 {:.3}  CPU/request: server {:.3}, whole process {:.3}",
+        ratio(a, b, Measure::rps),
+        latency_ratio(a, b, 0.50),
+        latency_ratio(a, b, 0.99),
+        ratio(a, b, server_cpu),
+        ratio(a, b, all_cpu)
+    );
+}
+
+/// The facilitator's verify and settle calls per call of each MCP-section scenario, from
+/// the local facilitator's counters over the rounds, asserted: exactly 1 and 1 for a paid
+/// call (tool-paid, route-paid), 0 and 0 for tool-unpaid; `false` when one is off.
+fn facilitator_calls(out: &mut String, kinds: &[Kind], results: &[Vec<Measure>]) -> bool {
+    let _ = writeln!(out, "facilitator calls per call (LocalFacilitator::calls, over the rounds):");
+    let mut ok = true;
+    for (kind, rounds) in kinds.iter().zip(results) {
+        let sum = |field: fn(&Measure) -> u64| rounds.iter().map(field).sum::<u64>();
+        let (calls, verifies, settles, all) =
+            (sum(|m| m.requests), sum(|m| m.verifies), sum(|m| m.settles), sum(|m| m.calls));
+        let expected = if kind.charges() { calls } else { 0 };
+        // Nothing else either: no plan fetch, no token minted over HTTP.
+        let pass = calls > 0 && verifies == expected && settles == expected && all == verifies + settles;
+        ok &= pass;
+        let per_call = |n: u64| n as f64 / calls.max(1) as f64;
+        let _ = writeln!(
+            out,
+            "  {:<12} {verifies} verify + {settles} settle for {calls} calls: {:.3} + {:.3} per call \
+             (asserted {n} + {n}: {})",
+            kind.name(),
+            per_call(verifies),
+            per_call(settles),
+            if pass { "ok" } else { "FAILED" },
+            n = u8::from(kind.charges()),
+        );
+    }
+    ok
 }
 
 /// The third section: each store's req/s against no store, side by side, and what a
@@ -1573,16 +2190,7 @@ fn idempotency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, b
         );
         for kind in [Kind::PaidMemory, Kind::PaidRedis, Kind::Replay] {
             let Some(rounds) = index(kind) else { continue };
-            let _ = writeln!(
-                out,
-                "  {:<26} throughput {:.3}  p50 {:.3}  p99 {:.3}  CPU/request: server {:.3}, whole process {:.3}",
-                format!("{}/paid+nostore", kind.name()),
-                ratio(rounds, base, Measure::rps),
-                latency_ratio(rounds, base, 0.50),
-                latency_ratio(rounds, base, 0.99),
-                ratio(rounds, base, server_cpu),
-                ratio(rounds, base, all_cpu)
-            );
+            ratio_line(&mut out, &format!("{}/paid+nostore", kind.name()), rounds, base);
         }
     }
     if let Some(replay) = index(Kind::Replay) {
