@@ -51,6 +51,14 @@ struct Tools {
     runs: Runs,
 }
 
+/// What the priced tools answer: the charge they made, or why it was refused.
+fn charged(p: &Priced, payment: &PaymentContext) -> String {
+    match p.charge {
+        Some(charge) => payment.charge(charge).map_err(|e| e.to_string()).err().unwrap_or_default(),
+        None => format!("full price: {}", p.n),
+    }
+}
+
 fn by_n(args: &JsonObject) -> u64 {
     args.get("n").and_then(Value::as_u64).unwrap_or(1)
 }
@@ -70,11 +78,7 @@ impl Tools {
     #[tool]
     async fn priced(&self, Parameters(p): Parameters<Priced>, payment: PaymentContext) -> String {
         self.runs.0.fetch_add(1, Ordering::SeqCst);
-        if let Some(charge) = p.charge {
-            payment.charge(charge).map_err(|e| e.to_string()).err().unwrap_or_default()
-        } else {
-            format!("full price: {}", p.n)
-        }
+        charged(&p, &payment)
     }
 
     /// Fails with an `isError` result: never charged.
@@ -96,11 +100,59 @@ impl Tools {
 
     /// Priced by the table, not by an attribute.
     #[tool]
-    async fn tabled(&self, Parameters(q): Parameters<Query>) -> String {
+    async fn tabled(&self, Parameters(q): Parameters<Query>, payment: PaymentContext) -> String {
         self.runs.0.fetch_add(1, Ordering::SeqCst);
-        format!("tabled {}", q.query)
+        format!("{} for {:?}", q.query, payment.payer())
+    }
+
+    /// `failing`, priced by the table.
+    #[tool]
+    async fn tabled_failing(&self) -> Result<String, String> {
+        self.runs.0.fetch_add(1, Ordering::SeqCst);
+        Err("the tool failed".to_owned())
+    }
+
+    /// `slow`, priced by the table.
+    #[tool]
+    async fn tabled_slow(&self) -> String {
+        self.runs.0.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        "late".to_owned()
+    }
+
+    /// `priced`, priced by the table.
+    #[tool]
+    async fn tabled_priced(&self, Parameters(p): Parameters<Priced>, payment: PaymentContext) -> String {
+        self.runs.0.fetch_add(1, Ordering::SeqCst);
+        charged(&p, &payment)
     }
 }
+
+/// The tools of one form of pricing: `#[paid]` or the `PaidTools` table.
+#[derive(Debug, Clone, Copy)]
+struct Form {
+    /// A tool at a fixed price, answering `"<query> for <payer>"`.
+    paid: &'static str,
+    /// Its price.
+    credits: u64,
+    /// A tool answering `isError`.
+    failing: &'static str,
+    /// A tool that waits until cancelled.
+    slow: &'static str,
+    /// A tool priced by its `n` argument, charging its `charge` argument.
+    priced: &'static str,
+}
+
+const FORMS: [Form; 2] = [
+    Form { paid: "fixed", credits: 2, failing: "failing", slow: "slow", priced: "priced" },
+    Form {
+        paid: "tabled",
+        credits: 3,
+        failing: "tabled_failing",
+        slow: "tabled_slow",
+        priced: "tabled_priced",
+    },
+];
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Tools {
@@ -124,8 +176,12 @@ fn seller_with(local: LocalFacilitator, payments: Payments) -> Seller {
 /// One instance of the seller's app: `Tools` at `/mcp`, `tabled` priced by a table.
 fn instance(payments: Payments) -> (nvm_tests::TestServer, Runs) {
     let runs = Runs::default();
-    let table =
-        PaidTools::new().tool("tabled", ToolConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID).credits(3));
+    let config = || ToolConfig::new(DEMO_PLAN_ID).agent(DEMO_AGENT_ID);
+    let table = PaidTools::new()
+        .tool("tabled", config().credits(3))
+        .tool("tabled_failing", config())
+        .tool("tabled_slow", config())
+        .tool("tabled_priced", config().credits_by(by_n));
     let router = table.wrap(Tools::tool_router()).expect("every table entry names a tool");
     let tools = Tools { tool_router: router, runs: runs.clone() };
     let mcp = McpService::new(move || Ok(tools.clone()));
@@ -256,68 +312,76 @@ fn payment_required(answer: &Value) -> Value {
 
 #[actix_web::test]
 async fn an_unpaid_call_gets_payment_required_and_the_tool_does_not_run() {
-    let s = seller();
-    let client = s.client().await;
-    let answer = client.call("fixed", json!({"query": "hi"}), None, &[]).await;
-    let required = payment_required(&answer);
-    assert_eq!(required["error"], "payment required");
-    assert_eq!(required["resource"]["url"], "mcp://mcp-server/tools/fixed");
-    assert_eq!(required["accepts"][0]["planId"], DEMO_PLAN_ID);
-    assert_eq!(required["accepts"][0]["extra"]["agentId"], DEMO_AGENT_ID);
-    assert_eq!(s.runs.count(), 0);
-    let calls = s.local.calls();
-    assert_eq!((calls.verify, calls.settle), (0, 0));
+    for form in FORMS {
+        let s = seller();
+        let client = s.client().await;
+        let answer = client.call(form.paid, json!({"query": "hi"}), None, &[]).await;
+        let required = payment_required(&answer);
+        assert_eq!(required["error"], "payment required");
+        assert_eq!(required["resource"]["url"], format!("mcp://mcp-server/tools/{}", form.paid));
+        assert_eq!(required["accepts"][0]["planId"], DEMO_PLAN_ID);
+        assert_eq!(required["accepts"][0]["extra"]["agentId"], DEMO_AGENT_ID);
+        assert_eq!(s.runs.count(), 0, "{form:?}");
+        let calls = s.local.calls();
+        assert_eq!((calls.verify, calls.settle), (0, 0), "{form:?}");
+    }
 }
 
 #[actix_web::test]
 async fn a_call_paid_in_meta_runs_settles_once_and_carries_both_receipts() {
-    let s = seller();
-    let client = s.client().await;
-    let token = mint(&s.local).await;
-    let answer = client.call("fixed", json!({"query": "hi"}), Some(paid_meta(&token)), &[]).await;
-    let result = &answer["result"];
-    assert_eq!(result["isError"], false, "{answer}");
-    assert!(result["content"][0]["text"].as_str().is_some_and(|t| t.starts_with("hi for Some")), "{answer}");
-    let receipt = &result["_meta"]["x402/payment-response"];
-    assert_eq!(receipt["success"], true);
-    assert_eq!(receipt["creditsRedeemed"], "2");
-    let credits = &result["_meta"]["nevermined/credits"];
-    assert_eq!(credits["creditsRedeemed"], "2");
-    assert_eq!(credits["remainingBalance"], "98");
-    assert_eq!(credits["planId"], DEMO_PLAN_ID);
-    assert_eq!(credits["subscriberAddress"], s.local.subscriber_address());
-    assert_eq!(credits["success"], true);
-    assert!(credits["txHash"].as_str().is_some_and(|h| h.starts_with("0x")));
-    assert_eq!(s.balance(), 98);
-    assert_eq!(s.runs.count(), 1);
-    let calls = s.local.calls();
-    assert_eq!((calls.verify, calls.settle), (1, 1));
+    for form in FORMS {
+        let s = seller();
+        let client = s.client().await;
+        let token = mint(&s.local).await;
+        let answer = client.call(form.paid, json!({"query": "hi"}), Some(paid_meta(&token)), &[]).await;
+        let result = &answer["result"];
+        assert_eq!(result["isError"], false, "{answer}");
+        assert!(
+            result["content"][0]["text"].as_str().is_some_and(|t| t.starts_with("hi for Some")),
+            "{answer}"
+        );
+        let (price, left) = (form.credits.to_string(), (100 - form.credits).to_string());
+        let receipt = &result["_meta"]["x402/payment-response"];
+        assert_eq!(receipt["success"], true);
+        assert_eq!(receipt["creditsRedeemed"], price.as_str());
+        let credits = &result["_meta"]["nevermined/credits"];
+        assert_eq!(credits["creditsRedeemed"], price.as_str());
+        assert_eq!(credits["remainingBalance"], left.as_str());
+        assert_eq!(credits["planId"], DEMO_PLAN_ID);
+        assert_eq!(credits["subscriberAddress"], s.local.subscriber_address());
+        assert_eq!(credits["success"], true);
+        assert!(credits["txHash"].as_str().is_some_and(|h| h.starts_with("0x")));
+        assert_eq!(s.balance(), 100 - form.credits);
+        assert_eq!(s.runs.count(), 1);
+        let calls = s.local.calls();
+        assert_eq!((calls.verify, calls.settle), (1, 1), "{form:?}");
+    }
 }
 
 #[actix_web::test]
 async fn a_call_paid_with_an_authorization_header_is_served_the_same() {
-    let s = seller();
-    let client = s.client().await;
-    let token = mint(&s.local).await;
-    let bearer = format!("Bearer {token}");
-    let answer = client.call("fixed", json!({"query": "hi"}), None, &[("authorization", &bearer)]).await;
-    assert_eq!(answer["result"]["isError"], false, "{answer}");
-    assert_eq!(answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "2");
-    assert_eq!(s.balance(), 98);
+    for form in FORMS {
+        let s = seller();
+        let client = s.client().await;
+        let token = mint(&s.local).await;
+        let bearer = format!("Bearer {token}");
+        let answer =
+            client.call(form.paid, json!({"query": "hi"}), None, &[("authorization", &bearer)]).await;
+        assert_eq!(answer["result"]["isError"], false, "{answer}");
+        let price = form.credits.to_string();
+        assert_eq!(answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], price.as_str());
+        assert_eq!(s.balance(), 100 - form.credits);
+    }
 }
 
-#[actix_web::test]
-async fn the_table_form_charges_a_tool_without_the_attribute() {
-    let s = seller();
-    let client = s.client().await;
-    let unpaid = client.call("tabled", json!({"query": "t"}), None, &[]).await;
-    assert_eq!(payment_required(&unpaid)["resource"]["url"], "mcp://mcp-server/tools/tabled");
-    assert_eq!(s.runs.count(), 0);
-    let token = mint(&s.local).await;
-    let paid = client.call("tabled", json!({"query": "t"}), Some(paid_meta(&token)), &[]).await;
-    assert_eq!(paid["result"]["content"][0]["text"], "tabled t", "{paid}");
-    assert_eq!(paid["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "3");
-    assert_eq!(s.balance(), 97);
+#[test]
+fn a_table_entry_naming_no_tool_is_refused_with_the_routers_tools() {
+    let error = PaidTools::new()
+        .tool("serch", ToolConfig::new(DEMO_PLAN_ID))
+        .wrap(Tools::tool_router())
+        .expect_err("a typo is an error");
+    let message = error.to_string();
+    assert!(message.contains("serch") && message.contains("tabled_slow"), "{message}");
 }
 
 #[actix_web::test]
@@ -339,44 +403,58 @@ async fn tools_list_shows_each_paid_tools_price() {
 
 #[actix_web::test]
 async fn an_is_error_result_is_not_charged() {
-    let s = seller();
-    let client = s.client().await;
-    let token = mint(&s.local).await;
-    let answer = client.call("failing", json!({}), Some(paid_meta(&token)), &[]).await;
-    assert_eq!(answer["result"]["isError"], true);
-    assert_eq!(answer["result"]["content"][0]["text"], "the tool failed");
-    assert!(answer["result"].get("_meta").is_none(), "no receipt: {answer}");
-    assert_eq!(s.runs.count(), 1);
-    assert_eq!(s.local.calls().settle, 0);
-    assert_eq!(s.balance(), 100);
+    for form in FORMS {
+        let s = seller();
+        let client = s.client().await;
+        let token = mint(&s.local).await;
+        let answer = client.call(form.failing, json!({}), Some(paid_meta(&token)), &[]).await;
+        assert_eq!(answer["result"]["isError"], true);
+        assert_eq!(answer["result"]["content"][0]["text"], "the tool failed");
+        assert!(answer["result"].get("_meta").is_none(), "no receipt: {answer}");
+        assert_eq!(s.runs.count(), 1);
+        assert_eq!(s.local.calls().settle, 0, "{form:?}");
+        assert_eq!(s.balance(), 100);
+    }
 }
 
 #[actix_web::test]
 async fn arguments_price_the_call_and_the_tool_charges_its_usage() {
+    for form in FORMS {
+        let s = seller();
+        let client = s.client().await;
+        // Verified for 5, charged 2 from inside.
+        let token = mint(&s.local).await;
+        let answer =
+            client.call(form.priced, json!({"n": 5, "charge": 2}), Some(paid_meta(&token)), &[]).await;
+        assert_eq!(answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "2", "{answer}");
+        assert_eq!(s.balance(), 98);
+        // More than verified is refused inside the tool, and the verified price is settled.
+        let token = mint(&s.local).await;
+        let answer =
+            client.call(form.priced, json!({"n": 4, "charge": 9}), Some(paid_meta(&token)), &[]).await;
+        assert!(
+            answer["result"]["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("only 4 were verified"))
+        );
+        assert_eq!(answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "4");
+        assert_eq!(s.balance(), 94);
+    }
+    // Arguments an attribute-priced tool rejects: rmcp's own error, nothing verified or
+    // settled (rmcp parses them before the paid body runs; a table entry wraps the whole
+    // route, so it verifies first and settles nothing).
     let s = seller();
     let client = s.client().await;
-    // Verified for 5, charged 2 from inside.
     let token = mint(&s.local).await;
-    let answer = client.call("priced", json!({"n": 5, "charge": 2}), Some(paid_meta(&token)), &[]).await;
-    assert_eq!(answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "2", "{answer}");
-    assert_eq!(s.balance(), 98);
-    // More than verified is refused inside the tool, and the verified price is settled.
-    let token = mint(&s.local).await;
-    let answer = client.call("priced", json!({"n": 4, "charge": 9}), Some(paid_meta(&token)), &[]).await;
-    assert!(
-        answer["result"]["content"][0]["text"].as_str().is_some_and(|t| t.contains("only 4 were verified"))
-    );
-    assert_eq!(answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "4");
-    assert_eq!(s.balance(), 94);
-    // Arguments the tool rejects: rmcp's own error, nothing verified or settled.
-    let token = mint(&s.local).await;
-    let before = s.local.calls();
     let answer = client.call("priced", json!({"n": "five"}), Some(paid_meta(&token)), &[]).await;
     assert_eq!(answer["result"]["isError"], true, "{answer}");
     assert!(answer["result"].get("structuredContent").is_none(), "not a PaymentRequired: {answer}");
-    let after = s.local.calls();
-    assert_eq!((after.verify, after.settle), (before.verify, before.settle));
-    assert_eq!(s.balance(), 94);
+    let calls = s.local.calls();
+    assert_eq!((calls.verify, calls.settle), (0, 0));
+    let answer = client.call("tabled_priced", json!({"n": "five"}), Some(paid_meta(&token)), &[]).await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    assert_eq!(s.local.calls().settle, 0);
+    assert_eq!(s.balance(), 100);
 }
 
 #[actix_web::test]
@@ -388,89 +466,107 @@ async fn every_settle_fault_withholds_the_result_and_never_charges_twice() {
         (Fault::LoseAnswer, "unknown"),
         (Fault::Delay(Duration::from_secs(5)), "unknown"),
     ];
-    for (fault, kind) in faults {
-        let local = LocalFacilitator::start().expect("local facilitator");
-        let payments = payments_for(&local).timeout(Duration::from_secs(1)).build().expect("payments");
-        let s = seller_with(local, payments);
-        let client = s.client().await;
-        let token = mint(&s.local).await;
-        s.local.inject_times(Endpoint::Settle, fault.clone(), 1);
-        let answer = client.call("fixed", json!({"query": "secret"}), Some(paid_meta(&token)), &[]).await;
-        let result = &answer["result"];
-        assert_eq!(result["isError"], true, "{fault:?}: {answer}");
-        assert!(!answer.to_string().contains("secret for"), "{fault:?}: the content is withheld: {answer}");
-        assert_eq!(result["_meta"]["x402/payment-response"]["success"], false, "{fault:?}: {answer}");
-        match kind {
-            "refused" => {
-                assert!(result["structuredContent"]["accepts"].is_array(), "{fault:?}: {answer}");
-                assert_eq!(s.balance(), 100, "{fault:?}");
+    for form in FORMS {
+        for (fault, kind) in faults.clone() {
+            let local = LocalFacilitator::start().expect("local facilitator");
+            let payments = payments_for(&local).timeout(Duration::from_secs(1)).build().expect("payments");
+            let s = seller_with(local, payments.clone());
+            let client = s.client().await;
+            let token = mint(&s.local).await;
+            s.local.inject_times(Endpoint::Settle, fault.clone(), 1);
+            let answer =
+                client.call(form.paid, json!({"query": "secret"}), Some(paid_meta(&token)), &[]).await;
+            let result = &answer["result"];
+            assert_eq!(result["isError"], true, "{fault:?}: {answer}");
+            assert!(
+                !answer.to_string().contains("secret for"),
+                "{fault:?}: the content is withheld: {answer}"
+            );
+            assert_eq!(result["_meta"]["x402/payment-response"]["success"], false, "{fault:?}: {answer}");
+            let pending = payments.pending_settlements().list().expect("journal");
+            match kind {
+                "refused" => {
+                    assert!(result["structuredContent"]["accepts"].is_array(), "{fault:?}: {answer}");
+                    assert_eq!(s.balance(), 100, "{fault:?}");
+                    assert!(pending.is_empty(), "{fault:?}: {pending:?}");
+                }
+                _ => {
+                    // Outcome unknown: no `accepts` (do not pay again), recorded as pending.
+                    assert!(result["structuredContent"].get("accepts").is_none(), "{fault:?}: {answer}");
+                    assert_eq!(s.local.calls().settle, 1, "{fault:?}: settled once, never retried");
+                    assert!(s.balance() >= 100 - form.credits, "{fault:?}: at most one burn");
+                    assert_eq!(pending.len(), 1, "{fault:?}: recorded in the journal");
+                    assert_eq!(pending[0].path, format!("mcp://mcp-server/tools/{}", form.paid));
+                    assert_eq!(pending[0].amount, form.credits.to_string());
+                }
             }
-            _ => {
-                // Outcome unknown: no `accepts` (do not pay again), recorded as pending.
-                assert!(result["structuredContent"].get("accepts").is_none(), "{fault:?}: {answer}");
-                assert_eq!(s.local.calls().settle, 1, "{fault:?}: settled once, never retried");
-                assert!(s.balance() >= 98, "{fault:?}: at most one burn");
-            }
+            assert_eq!(s.runs.count(), 1, "{fault:?}");
         }
-        assert_eq!(s.runs.count(), 1, "{fault:?}");
     }
 }
 
 #[actix_web::test]
 async fn a_cancelled_call_settles_nothing() {
-    let s = seller();
-    let client = Arc::new(s.client().await);
-    let token = mint(&s.local).await;
-    let call = {
-        let client = Arc::clone(&client);
-        actix_web::rt::spawn(
-            async move { client.call("slow", json!({}), Some(paid_meta(&token)), &[]).await },
-        )
-    };
-    while s.runs.count() == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for form in FORMS {
+        let s = seller();
+        let client = Arc::new(s.client().await);
+        let token = mint(&s.local).await;
+        let call = {
+            let client = Arc::clone(&client);
+            actix_web::rt::spawn(async move {
+                client.call(form.slow, json!({}), Some(paid_meta(&token)), &[]).await
+            })
+        };
+        while s.runs.count() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let id = 1; // the first call of this client
+        let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":id,"reason":"user"}});
+        assert_eq!(client.post(&cancel, &[]).await.status(), 202);
+        let _ = tokio::time::timeout(Duration::from_secs(5), call).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(s.local.calls().verify, 1, "{form:?}");
+        assert_eq!(s.local.calls().settle, 0, "{form:?}");
+        assert_eq!(s.balance(), 100);
     }
-    let id = 1; // the first call of this client
-    let cancel =
-        json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":id,"reason":"user"}});
-    assert_eq!(client.post(&cancel, &[]).await.status(), 202);
-    let _ = tokio::time::timeout(Duration::from_secs(5), call).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(s.local.calls().verify, 1);
-    assert_eq!(s.local.calls().settle, 0);
-    assert_eq!(s.balance(), 100);
 }
 
 #[actix_web::test]
 async fn fifty_concurrent_calls_on_a_small_balance_get_exactly_what_it_pays_for() {
-    let s = seller();
-    s.local.set_balance(DEMO_PLAN_ID, s.local.subscriber_address(), 21);
-    let client = Arc::new(s.client().await);
-    let mut tokens = Vec::new();
-    for _ in 0..50 {
-        tokens.push(mint(&s.local).await);
-    }
-    let calls: Vec<_> = tokens
-        .into_iter()
-        .map(|token| {
-            let client = Arc::clone(&client);
-            actix_web::rt::spawn(async move {
-                client.call("fixed", json!({"query": "q"}), Some(paid_meta(&token)), &[]).await
-            })
-        })
-        .collect();
-    let mut served = 0;
-    for call in calls {
-        let answer = call.await.expect("call");
-        if answer["result"]["isError"] == false {
-            served += 1;
-            assert_eq!(answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"], "2");
-        } else {
-            assert!(!answer.to_string().contains("q for"), "no content without payment: {answer}");
+    for form in FORMS {
+        let s = seller();
+        s.local.set_balance(DEMO_PLAN_ID, s.local.subscriber_address(), 21);
+        let client = Arc::new(s.client().await);
+        let mut tokens = Vec::new();
+        for _ in 0..50 {
+            tokens.push(mint(&s.local).await);
         }
+        let calls: Vec<_> = tokens
+            .into_iter()
+            .map(|token| {
+                let client = Arc::clone(&client);
+                actix_web::rt::spawn(async move {
+                    client.call(form.paid, json!({"query": "q"}), Some(paid_meta(&token)), &[]).await
+                })
+            })
+            .collect();
+        let mut served = 0;
+        for call in calls {
+            let answer = call.await.expect("call");
+            if answer["result"]["isError"] == false {
+                served += 1;
+                let price = form.credits.to_string();
+                assert_eq!(
+                    answer["result"]["_meta"]["nevermined/credits"]["creditsRedeemed"],
+                    price.as_str()
+                );
+            } else {
+                assert!(!answer.to_string().contains("q for"), "no content without payment: {answer}");
+            }
+        }
+        assert_eq!(served, 21 / form.credits, "{form:?}: 21 credits pay for exactly this many calls");
+        assert_eq!(s.balance(), 21 % form.credits);
     }
-    assert_eq!(served, 10, "21 credits pay for exactly ten 2-credit calls");
-    assert_eq!(s.balance(), 1);
 }
 
 /// Bad payments in `_meta` or the header, generated.
@@ -513,10 +609,12 @@ fn bad_payments_get_invalid_token_and_cost_nothing() {
         for (meta, header) in cases.into_inner() {
             let bearer = header.as_ref().map(|h| format!("Bearer {h}"));
             let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
-            let answer = client.call("fixed", json!({"query": "q"}), meta.clone(), &headers).await;
-            let required = payment_required(&answer);
-            let error = required["error"].as_str().unwrap_or_default();
-            assert!(error.starts_with("invalid_token"), "{meta:?} {header:?}: {required}");
+            for form in FORMS {
+                let answer = client.call(form.paid, json!({"query": "q"}), meta.clone(), &headers).await;
+                let required = payment_required(&answer);
+                let error = required["error"].as_str().unwrap_or_default();
+                assert!(error.starts_with("invalid_token"), "{form:?} {meta:?} {header:?}: {required}");
+            }
         }
         // An unknown tool: rmcp's own error.
         let answer = client.call("nope", json!({}), None, &[]).await;
@@ -695,4 +793,53 @@ async fn the_manifest_and_the_start_up_report_list_the_paid_tools() {
         "{line}"
     );
     assert!(logs.contains("paid MCP tool(s)"), "{logs}");
+}
+
+#[actix_web::test]
+async fn the_configurations_hooks_see_each_step_of_a_tool_call() {
+    use nvm_runtime::mcp::ToolCall;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let local = LocalFacilitator::start().expect("local facilitator");
+    let record = |step: &'static str| {
+        let seen = Arc::clone(&seen);
+        move |req: &actix_web::HttpRequest| {
+            let call = actix_web::HttpMessage::extensions(req).get::<ToolCall>().cloned();
+            let line =
+                format!("{step} {} {}", req.path(), call.map(|c| c.name().to_owned()).unwrap_or_default());
+            seen.lock().expect("hooks").push(line);
+        }
+    };
+    let (before, after, settled, unknown) =
+        (record("before_verify"), record("after_verify"), record("after_settle"), record("unknown"));
+    let payments = payments_for(&local)
+        .timeout(Duration::from_secs(1))
+        .before_verify(move |req, _| before(req))
+        .after_verify(move |req, _| after(req))
+        .after_settle(move |req, _, _| settled(req))
+        .on_settlement_unknown(move |req, _| unknown(req))
+        .build()
+        .expect("payments");
+    let s = seller_with(local, payments);
+    let client = s.client().await;
+    for form in FORMS {
+        let token = mint(&s.local).await;
+        let answer = client.call(form.paid, json!({"query": "h"}), Some(paid_meta(&token)), &[]).await;
+        assert_eq!(answer["result"]["isError"], false, "{answer}");
+    }
+    s.local.inject_times(Endpoint::Settle, Fault::LoseAnswer, 1);
+    let token = mint(&s.local).await;
+    let _ = client.call("fixed", json!({"query": "h"}), Some(paid_meta(&token)), &[]).await;
+    let seen = seen.lock().expect("hooks").clone();
+    let expected = [
+        "before_verify /mcp fixed",
+        "after_verify /mcp fixed",
+        "after_settle /mcp fixed",
+        "before_verify /mcp tabled",
+        "after_verify /mcp tabled",
+        "after_settle /mcp tabled",
+        "before_verify /mcp fixed",
+        "after_verify /mcp fixed",
+        "unknown /mcp fixed",
+    ];
+    assert_eq!(seen, expected);
 }

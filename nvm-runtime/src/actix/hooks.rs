@@ -73,6 +73,16 @@ impl Hooks {
         self.on_payment_error = Some(Arc::new(f));
     }
 
+    /// Whether any hook a paid MCP tool call runs is set (before or after verify, after
+    /// settle, on an unknown settlement outcome).
+    #[cfg(feature = "mcp")]
+    pub(crate) fn any_for_tools(&self) -> bool {
+        self.before_verify.is_some()
+            || self.after_verify.is_some()
+            || self.after_settle.is_some()
+            || self.on_settlement_unknown.is_some()
+    }
+
     pub(crate) fn before_verify(&self, req: &HttpRequest, envelope: &PaymentRequired) {
         if let Some(hook) = &self.before_verify {
             hook(req, envelope);

@@ -60,6 +60,43 @@ pub struct PaidCall {
     idempotency_key: Option<Result<String, IdempotencyError>>,
     cancelled: CancellationToken,
     state: Arc<PaymentState>,
+    /// The path and headers of the HTTP request that carried the call, kept when the
+    /// configuration has hooks (they are shown that request).
+    hooked: Option<(String, http::HeaderMap)>,
+}
+
+/// What a hook of the `Payments` configuration is told of a paid MCP tool call: the
+/// hooks take the HTTP request that carried the call (`POST /mcp` and its headers), and
+/// find this in its extensions.
+///
+/// ```
+/// use actix_web::HttpMessage;
+/// use nvm_runtime::Payments;
+/// use nvm_runtime::mcp::ToolCall;
+///
+/// let builder = Payments::builder().after_settle(|req, credits, _receipt| {
+///     if let Some(call) = req.extensions().get::<ToolCall>() {
+///         println!("tool {} settled {credits} credits", call.name());
+///     }
+/// });
+/// # let _ = builder;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    name: String,
+    resource: String,
+}
+
+impl ToolCall {
+    /// The tool's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The logical resource URL paid for, `mcp://<server>/tools/<name>`.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
 }
 
 impl std::fmt::Debug for PaidCall {
@@ -104,6 +141,9 @@ impl PaidCall {
             }
         });
         let idempotency_key = header_key.flatten().or_else(|| payment_identifier(payment.as_ref()));
+        let hooked = parts
+            .filter(|_| payments.as_ref().is_some_and(|p| p.hooks().any_for_tools()))
+            .map(|parts| (parts.uri.path().to_owned(), parts.headers.clone()));
         let state = Arc::new(PaymentState::default());
         request.extensions.insert(Arc::clone(&state));
         PaidCall {
@@ -116,6 +156,7 @@ impl PaidCall {
             idempotency_key,
             cancelled: request.ct.clone(),
             state,
+            hooked,
         }
     }
 
@@ -140,10 +181,28 @@ fn payment_identifier(payment: Option<&Value>) -> Option<Result<String, Idempote
 }
 
 /// A tool call as the flow sees it: `POST mcp://<server>/tools/<name>`, its token
-/// from `_meta` (re-encoded as the token string the facilitator reads) or a header.
+/// from `_meta` (re-encoded as the token string the facilitator reads) or a header;
+/// the configuration's hooks are run with the HTTP request that carried it.
 struct ToolHost<'a> {
     url: String,
     token: Option<&'a [u8]>,
+    payments: &'a Payments,
+    call: &'a PaidCall,
+}
+
+impl ToolHost<'_> {
+    /// Runs `hook` with the request the hooks are shown, when they are set.
+    fn hook(&self, hook: impl FnOnce(&crate::actix::Hooks, &actix_web::HttpRequest)) {
+        let Some((path, headers)) = &self.call.hooked else { return };
+        let mut request = actix_web::test::TestRequest::post().uri(path);
+        for (name, value) in headers {
+            request = request.insert_header((name.as_str(), value.as_bytes()));
+        }
+        let request = request.to_http_request();
+        actix_web::HttpMessage::extensions_mut(&request)
+            .insert(ToolCall { name: self.call.name.clone(), resource: self.url.clone() });
+        hook(self.payments.hooks(), &request);
+    }
 }
 
 impl Host for ToolHost<'_> {
@@ -159,13 +218,21 @@ impl Host for ToolHost<'_> {
         self.token.filter(|_| index == 0).into_iter()
     }
 
-    fn before_verify(&self, _envelope: &PaymentRequired) {}
+    fn before_verify(&self, envelope: &PaymentRequired) {
+        self.hook(|hooks, req| hooks.before_verify(req, envelope));
+    }
 
-    fn after_verify(&self, _verification: &VerifyResponse) {}
+    fn after_verify(&self, verification: &VerifyResponse) {
+        self.hook(|hooks, req| hooks.after_verify(req, verification));
+    }
 
-    fn after_settle(&self, _credits: u64, _receipt: &SettleResponse) {}
+    fn after_settle(&self, credits: u64, receipt: &SettleResponse) {
+        self.hook(|hooks, req| hooks.after_settle(req, credits, receipt));
+    }
 
-    fn settlement_unknown(&self, _record: &PendingSettlement) {}
+    fn settlement_unknown(&self, record: &PendingSettlement) {
+        self.hook(|hooks, req| hooks.settlement_unknown(req, record));
+    }
 }
 
 /// The token of `_meta["x402/payment"]`: the payload as compact JSON in unpadded
@@ -242,7 +309,7 @@ where
     let token = match call.payment.as_ref().map(meta_token) {
         Some(Ok(token)) => Some(token.into_bytes()),
         Some(Err(error)) if credits > 0 => {
-            let host = ToolHost { url: url.to_owned(), token: None };
+            let host = ToolHost { url: url.to_owned(), token: None, payments, call };
             let envelope = flow::envelope(seller, &host, &offer).await;
             let (outcome, result) = refuse(Refusal::payment_required(envelope, error));
             return refused(state, outcome, result);
@@ -250,7 +317,7 @@ where
         Some(Err(_)) => None,
         None => call.header_token.clone(),
     };
-    let host = ToolHost { url: url.to_owned(), token: token.as_deref() };
+    let host = ToolHost { url: url.to_owned(), token: token.as_deref(), payments, call };
     let keyed = match keyed(payments, call, url, credits, &host) {
         Ok(keyed) => keyed,
         Err(error) => {

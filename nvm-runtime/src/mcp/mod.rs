@@ -36,6 +36,10 @@
 //!   (`_meta["x402/payment"].extensions["payment-identifier"].info.id`), runs and is
 //!   charged once; its retries get the stored result and receipt, marked
 //!   `_meta["nevermined/idempotent-replayed"]`.
+//! - The configuration's hooks run for tool calls too (before and after verify, after
+//!   settle, on an unknown settlement outcome), shown the HTTP request that carried the
+//!   call with a [`ToolCall`] in its extensions; `on_payment_error` does not (a tool call
+//!   has no HTTP response to replace: its refusal is the tool result).
 //! - `tools/list` shows each paid tool's price in its `_meta["nevermined/price"]`:
 //!   `planId`, `agentId` when set, and `credits` (a decimal string, or `"dynamic"`).
 
@@ -47,7 +51,7 @@ mod tools;
 pub use bridge::{DEFAULT_MAX_REQUEST_BODY, McpService};
 #[doc(hidden)]
 pub use call::PaidCall;
-pub use call::{MAX_PAYMENT_META_LEN, PAYMENT_META};
+pub use call::{MAX_PAYMENT_META_LEN, PAYMENT_META, ToolCall};
 pub use render::{CREDITS_META, PAYMENT_RESPONSE_META, REPLAYED_META};
 pub(crate) use tools::terms;
 pub use tools::{ByArguments, Fixed, PRICE_META, PaidTools, PricedTool, ToolConfig, ToolCredits, manifest};
