@@ -131,7 +131,12 @@ pub mod settings {
                  curl -s -X POST {url}/mcp {headers} -H \"mcp-session-id: $SID\" -d '{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{{\"name\":\"ask\",\"arguments\":{{\"query\":\"hello\"}}}}}}'\n\
                  \n\
                  # MCP: 6. pay (the token of step 2; or its decoded JSON in params._meta[\"x402/payment\"]): the answer, receipts in _meta\n\
-                 curl -s -X POST {url}/mcp {headers} -H \"mcp-session-id: $SID\" -H \"authorization: Bearer $TOKEN\" -d '{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{{\"name\":\"ask\",\"arguments\":{{\"query\":\"hello\"}}}}}}'\n"
+                 curl -s -X POST {url}/mcp {headers} -H \"mcp-session-id: $SID\" -H \"authorization: Bearer $TOKEN\" -d '{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{{\"name\":\"ask\",\"arguments\":{{\"query\":\"hello\"}}}}}}'\n\
+                 \n\
+                 # Or let the Rust MCP client do all of it (session, 402 result, mint, pay, receipt):\n\
+                 NVM_API_KEY='{key}' NVM_BACKEND_URL={backend} cargo run -p nvm-examples --example mcp_client -- {url}/mcp ask '{{\"query\":\"hello\"}}'\n",
+                key = self.local.as_ref().map_or("", |l| l.subscriber_api_key()),
+                backend = self.local.as_ref().map_or("", |l| l.backend_url()),
             ));
             out
         }

@@ -52,7 +52,9 @@ impl Example {
         });
         let mut banner = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !banner.iter().any(|l: &String| l.contains("--example client")) {
+        // The MCP example's banner goes on with its MCP lines, to its own client's.
+        let last = if name == "mcp" { "--example mcp_client" } else { "--example client" };
+        while !banner.iter().any(|l: &String| l.contains(last)) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => banner.push(line),
@@ -469,4 +471,50 @@ fn the_official_python_mcp_client_pays_a_paid_tool_with_a_payments_py_token() {
     assert_eq!(line["creditsRedeemed"], "1", "{line}");
     assert_eq!(line["remainingBalance"], (before - 1).to_string(), "{line}");
     assert!(line["txHash"].as_str().is_some_and(|h| h.starts_with("0x")), "{line}");
+}
+
+/// The MCP example's own instructions, followed as a user would: the Rust MCP client it
+/// names pays the paid tool by itself, and its curl lines (session, unpaid call, paid
+/// call with the token in the `Authorization` header) work pasted into one shell.
+#[test]
+fn the_mcp_example_is_paid_by_its_rust_client_and_by_its_curl_lines() {
+    let example = Example::start("mcp");
+    let line = example.line("--example mcp_client");
+    let key = line.split("NVM_API_KEY='").nth(1).and_then(|r| r.split('\'').next()).expect("key");
+    let backend = line.split("NVM_BACKEND_URL=").nth(1).and_then(|r| r.split(' ').next()).expect("backend");
+    let output = Command::new(Example::path("mcp_client"))
+        .args([format!("{}/mcp", example.url()), "ask".to_owned(), r#"{"query":"hi"}"#.to_owned()])
+        .env("NVM_API_KEY", key)
+        .env("NVM_BACKEND_URL", backend)
+        .env_remove("NVM_ENVIRONMENT")
+        .output()
+        .expect("run mcp_client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("The answer is 42"), "{stdout}");
+    assert!(stdout.contains("credits redeemed: 1"), "{stdout}");
+    assert!(stdout.contains("remaining balance: 99"), "{stdout}");
+
+    // The printed lines: mint (step 2), then the MCP steps 4 to 6, in one shell.
+    let mint = example.line("TOKEN=$(curl");
+    let mcp: Vec<&str> = example
+        .banner
+        .iter()
+        .skip_while(|l| !l.starts_with("# MCP: 4."))
+        .filter(|l| l.starts_with("SID=") || l.starts_with("curl "))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(mcp.len(), 4, "{mcp:#?}");
+    let out = run_shell(&format!("{mint}\n{}", mcp.join("\necho\n")));
+    let messages: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let unpaid = messages.iter().find(|m| m["id"] == 2).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(unpaid["result"]["isError"], true, "{unpaid}");
+    assert_eq!(unpaid["result"]["structuredContent"]["x402Version"], 2, "{unpaid}");
+    let paid = messages.iter().find(|m| m["id"] == 3).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(paid["result"]["isError"], false, "{paid}");
+    assert_eq!(paid["result"]["_meta"]["nevermined/credits"]["remainingBalance"], "98", "{paid}");
 }

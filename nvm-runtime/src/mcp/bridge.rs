@@ -166,8 +166,15 @@ impl<S: ServerHandler + Send + 'static> McpService<S> {
             Ok(request) => request,
             Err(error) => return HttpResponse::BadRequest().body(format!("unreadable MCP request: {error}")),
         };
+        let closing = req.method() == actix_web::http::Method::DELETE;
         let (parts, body) = self.inner.handle(request).await.into_parts();
-        let status = StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = match StatusCode::from_u16(parts.status.as_u16()) {
+            // A session closed: rmcp says 202, which MCP clients (the official Python
+            // one) do not take for a success; 204 is what they expect.
+            Ok(StatusCode::ACCEPTED) if closing => StatusCode::NO_CONTENT,
+            Ok(status) => status,
+            Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
         let mut response = HttpResponse::build(status);
         for (name, value) in &parts.headers {
             response.append_header((name.as_str(), value.as_bytes()));
