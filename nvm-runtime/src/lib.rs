@@ -23,6 +23,7 @@ pub mod actix;
 pub mod backend;
 pub mod error;
 mod flow;
+pub mod observability;
 pub mod store;
 pub mod wire;
 
