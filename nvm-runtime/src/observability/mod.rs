@@ -476,3 +476,60 @@ mod tests {
         assert_eq!(join("http://h/x/y", GATEWAY_PATH), "http://h/x/jawn/v1/gateway/oai/v1");
     }
 }
+
+#[cfg(test)]
+mod environment_tests {
+    use crate::backend::BackendSettings;
+    use crate::error::ConfigError;
+
+    // header {"alg":"none"}, payload {"sub":"0xabc","o11y":"k"}
+    const JWT: &str = "eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.";
+
+    fn helicone(prefix: &str, edit: impl FnOnce(&mut BackendSettings)) -> Result<String, ConfigError> {
+        let mut settings = BackendSettings { api_key: Some(format!("{prefix}:{JWT}")), ..Default::default() };
+        edit(&mut settings);
+        settings.connect().map(|c| c.helicone_url)
+    }
+
+    #[test]
+    fn each_environment_has_its_gateway() {
+        for prefix in ["sandbox", "live", "sandbox-staging", "live-staging"] {
+            assert_eq!(helicone(prefix, |_| ()).unwrap(), "https://helicone.nevermined.dev");
+            // HELICONE_URL is the custom environment's only, as in the SDKs.
+            let ignored = helicone(prefix, |s| s.custom_helicone_url = Some("http://elsewhere:1".into()));
+            assert_eq!(ignored.unwrap(), "https://helicone.nevermined.dev");
+        }
+        // An unknown prefix: custom, HELICONE_URL when set, else the SDKs' default.
+        assert_eq!(helicone("acme", |_| ()).unwrap(), "http://localhost:8585");
+        let set = helicone("acme", |s| s.custom_helicone_url = Some("http://127.0.0.1:9/".into()));
+        assert_eq!(set.unwrap(), "http://127.0.0.1:9/");
+        // A local facilitator's key: its stand-in, at the backend's URL.
+        let local = helicone("local", |s| s.backend_url = Some("http://127.0.0.1:7".into()));
+        assert_eq!(local.unwrap(), "http://127.0.0.1:7");
+        let local = helicone("local", |s| s.custom_backend_url = Some("http://127.0.0.1:8".into()));
+        assert_eq!(local.unwrap(), "http://127.0.0.1:8");
+        // The builder's setting wins everywhere.
+        let explicit = helicone("live", |s| s.helicone_url = Some("https://gw.example".into()));
+        assert_eq!(explicit.unwrap(), "https://gw.example");
+        let bad = helicone("acme", |s| s.custom_helicone_url = Some("ftp://x".into()));
+        assert!(matches!(bad, Err(ConfigError::InvalidHeliconeUrl(_))), "{bad:?}");
+    }
+
+    #[test]
+    fn a_key_without_o11y_gives_no_gateway_settings() {
+        // payload {"sub":"0xabc"}
+        let key: crate::backend::ApiKey =
+            "sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyJ9.".parse().unwrap();
+        let gateway =
+            super::Gateway::new("https://helicone.nevermined.dev", &key, crate::Environment::Sandbox);
+        let error = gateway.for_request(Some(&crate::wire::AgentRequest::default())).unwrap_err();
+        assert_eq!(error, super::ObservabilityError::NoGatewayKey);
+        assert!(error.to_string().contains("o11y"));
+        let key: crate::backend::ApiKey = format!("sandbox:{JWT}").parse().unwrap();
+        let gateway =
+            super::Gateway::new("https://helicone.nevermined.dev", &key, crate::Environment::Sandbox);
+        let error = gateway.for_request(Some(&crate::wire::AgentRequest::default())).unwrap_err();
+        assert_eq!(error, super::ObservabilityError::IncompleteAgentRequest("agentRequest.balance"));
+        assert!(!format!("{gateway:?}").contains("\"k\""), "{gateway:?}");
+    }
+}
