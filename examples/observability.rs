@@ -56,11 +56,14 @@ async fn ask(req: HttpRequest, q: web::Json<Query>, payment: PaymentContext) -> 
         .post(gateway.chat_completions_url())
         .headers(gateway.headers().clone())
         .bearer_auth(openai_key)
-        .json(&request)
+        .header("content-type", "application/json")
+        .body(request.to_string())
         .send()
         .await;
     let completion: serde_json::Value = match sent {
-        Ok(response) if response.status().is_success() => response.json().await.unwrap_or_default(),
+        Ok(response) if response.status().is_success() => {
+            serde_json::from_slice(&response.bytes().await.unwrap_or_default()).unwrap_or_default()
+        }
         // A failed LLM call is a failed handler: nothing is settled.
         Ok(response) => {
             let status = response.status().as_u16();

@@ -1,7 +1,14 @@
 // The README is the front page when every feature is on (as on docs.rs): its snippets
 // are doctests that use them all.
 #![cfg_attr(
-    all(feature = "local", feature = "redis", feature = "metrics", feature = "cors", feature = "utoipa"),
+    all(
+        feature = "local",
+        feature = "redis",
+        feature = "metrics",
+        feature = "cors",
+        feature = "utoipa",
+        feature = "openai"
+    ),
     doc = include_str!("../README.md")
 )]
 #![cfg_attr(
@@ -10,7 +17,8 @@
         feature = "redis",
         feature = "metrics",
         feature = "cors",
-        feature = "utoipa"
+        feature = "utoipa",
+        feature = "openai"
     )),
     doc = "Charge for actix-web endpoints with Nevermined x402 payments: `#[paid]`, `PaymentContext`, \
            the facilitator client and the local facilitator. The guide (the README) is this page when \

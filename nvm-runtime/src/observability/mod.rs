@@ -49,6 +49,25 @@ use crate::wire::AgentRequest;
 pub use self::log::{LlmCall, LogOutcome, LogTask, Usage};
 /// The `async-openai` this crate is built with (0.43), re-exported so that the
 /// configuration [`Observability::openai_config`] returns is the one your client takes.
+///
+/// ```
+/// use actix_web::{post, HttpResponse};
+/// use nvm_runtime::observability::async_openai::Client;
+/// use nvm_runtime::{paid, PaymentContext};
+///
+/// #[paid(plan = "1234", credits = 10)]
+/// #[post("/ask")]
+/// async fn ask(payment: PaymentContext) -> HttpResponse {
+///     let key = std::env::var("OPENAI_API_KEY").unwrap_or_default();
+///     let Ok(config) = payment.observability().and_then(|gateway| gateway.openai_config(&key)) else {
+///         return HttpResponse::InternalServerError().finish();
+///     };
+///     let openai = Client::with_config(config);
+///     // openai.chat().create(request).await …
+///     # let _ = openai;
+///     HttpResponse::Ok().finish()
+/// }
+/// ```
 #[cfg(feature = "openai")]
 pub use async_openai;
 
@@ -180,11 +199,13 @@ impl fmt::Debug for Gateway {
 ///         return HttpResponse::InternalServerError().body("no observability gateway");
 ///     };
 ///     let gateway = gateway.property("sessionId", "abc-123").expect("a valid header");
+///     let request = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": q["query"]}]});
 ///     let answer = reqwest::Client::new()
 ///         .post(gateway.chat_completions_url())
 ///         .headers(gateway.headers().clone())
 ///         .bearer_auth(std::env::var("OPENAI_API_KEY").unwrap_or_default())
-///         .json(&serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": q["query"]}]}))
+///         .header("content-type", "application/json")
+///         .body(request.to_string())
 ///         .send()
 ///         .await;
 ///     match answer {

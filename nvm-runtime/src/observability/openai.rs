@@ -10,23 +10,15 @@ impl Observability {
     /// provider's key, and the `Helicone-*` headers. payments-py's `with_openai`.
     ///
     /// ```
-    /// use actix_web::{post, HttpResponse};
-    /// use nvm_runtime::observability::async_openai::Client;
-    /// use nvm_runtime::{paid, PaymentContext};
+    /// use nvm_runtime::observability::{async_openai::Client, Observability, ObservabilityError};
     ///
-    /// #[paid(plan = "1234", credits = 10)]
-    /// #[post("/ask")]
-    /// async fn ask(payment: PaymentContext) -> HttpResponse {
-    ///     let key = std::env::var("OPENAI_API_KEY").unwrap_or_default();
-    ///     let Ok(config) = payment.observability().and_then(|gateway| gateway.openai_config(&key)) else {
-    ///         return HttpResponse::InternalServerError().finish();
-    ///     };
-    ///     let openai = Client::with_config(config);
-    ///     // openai.chat().create(request).await …
-    ///     # let _ = openai;
-    ///     HttpResponse::Ok().finish()
+    /// fn client(gateway: &Observability) -> Result<Client<nvm_runtime::observability::async_openai::config::OpenAIConfig>, ObservabilityError> {
+    ///     Ok(Client::with_config(gateway.openai_config("sk-…")?))
     /// }
     /// ```
+    ///
+    /// The [`async_openai`](crate::observability::async_openai) re-export shows it in a
+    /// handler.
     pub fn openai_config(&self, openai_api_key: &str) -> Result<OpenAIConfig, ObservabilityError> {
         let mut config = OpenAIConfig::new().with_api_base(self.base_url()).with_api_key(openai_api_key);
         for (name, value) in &self.headers {
