@@ -133,12 +133,13 @@ impl Gateway {
 }
 
 /// The gateway's key check: `Helicone-Auth: Bearer local-o11y-…` (the `o11y` claim of a
-/// key this facilitator issued), as Helicone refuses a call without its key.
-fn gateway_key(req: &HttpRequest, header: &str) -> Result<(), HttpResponse> {
+/// key this facilitator issued), as Helicone refuses a call without its key: the 401 to
+/// answer, if refused.
+fn gateway_key(req: &HttpRequest, header: &str) -> Option<HttpResponse> {
     let value = req.headers().get(header).and_then(|v| v.to_str().ok()).unwrap_or("");
     match value.strip_prefix("Bearer ") {
-        Some(key) if key.starts_with("local-o11y-") => Ok(()),
-        _ => Err(HttpResponse::Unauthorized().json(json!({
+        Some(key) if key.starts_with("local-o11y-") => None,
+        _ => Some(HttpResponse::Unauthorized().json(json!({
             "error": format!("missing or unknown {header}: send `{header}: Bearer <the o11y claim of your NVM API key>` (nvm_runtime's Observability headers do)"),
         }))),
     }
@@ -160,7 +161,7 @@ pub(crate) async fn chat_completions(gateway: Data<Gateway>, req: HttpRequest, b
     let endpoint = GatewayEndpoint::ChatCompletions;
     let request = gateway.record(endpoint, &req, &body);
     let answer = || {
-        if let Err(refused) = gateway_key(&req, "helicone-auth") {
+        if let Some(refused) = gateway_key(&req, "helicone-auth") {
             return refused;
         }
         if request["model"].as_str().is_none() || request["messages"].as_array().is_none() {
@@ -214,9 +215,6 @@ pub(crate) async fn chat_completions(gateway: Data<Gateway>, req: HttpRequest, b
 pub(crate) async fn log(gateway: Data<Gateway>, req: HttpRequest, body: Bytes) -> HttpResponse {
     let endpoint = GatewayEndpoint::Log;
     gateway.record(endpoint, &req, &body);
-    let answer = || match gateway_key(&req, "authorization") {
-        Ok(()) => HttpResponse::Ok().json(json!({})),
-        Err(refused) => refused,
-    };
+    let answer = || gateway_key(&req, "authorization").unwrap_or_else(|| HttpResponse::Ok().json(json!({})));
     gateway.faults.around(endpoint.slot(), answer).await
 }

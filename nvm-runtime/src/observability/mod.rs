@@ -13,7 +13,7 @@
 //!
 //! [`PaymentContext::observability`](crate::PaymentContext::observability) gives those
 //! settings for the request being served, as an [`Observability`]: a base URL and a
-//! `reqwest` [`HeaderMap`](reqwest::header::HeaderMap) for any HTTP client; with the
+//! `reqwest` [`HeaderMap`] for any HTTP client; with the
 //! feature `openai`, a ready `async-openai` configuration
 //! ([`Observability::openai_config`]). Calls that do not go through the gateway (other
 //! providers, local models) are logged with [`Observability::log`], off the response
@@ -436,13 +436,16 @@ fn python_repr(x: f64) -> String {
 fn python_bool(value: &serde_json::Value) -> Option<&'static str> {
     let b = match value {
         serde_json::Value::Bool(b) => *b,
-        serde_json::Value::Number(n) => match (n.as_u64(), n.as_f64()) {
-            (Some(0), _) => false,
-            (Some(1), _) => true,
-            (_, Some(f)) if f == 0.0 => false,
-            (_, Some(f)) if f == 1.0 => true,
-            _ => return None,
-        },
+        serde_json::Value::Number(n) => {
+            let f = n.as_f64()?;
+            if f == 0.0 {
+                false
+            } else if f == 1.0 {
+                true
+            } else {
+                return None;
+            }
+        }
         serde_json::Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" | "t" | "y" => true,
             "false" | "0" | "no" | "off" | "f" | "n" => false,

@@ -17,7 +17,7 @@ impl Observability {
     /// }
     /// ```
     ///
-    /// The [`async_openai`](crate::observability::async_openai) re-export shows it in a
+    /// The [`async_openai`] re-export shows it in a
     /// handler.
     pub fn openai_config(&self, openai_api_key: &str) -> Result<OpenAIConfig, ObservabilityError> {
         let mut config = OpenAIConfig::new().with_api_base(self.base_url()).with_api_key(openai_api_key);
