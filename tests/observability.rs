@@ -30,9 +30,9 @@ struct Query {
 
 /// The quick start's `POST /ask`, answered by an LLM behind the gateway and charged by
 /// the tokens it used.
-#[post("/ask")]
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 20)]
-async fn ask(q: web::Json<Query>, payment: PaymentContext) -> HttpResponse {
+#[post("/llm/ask")]
+async fn gateway_ask(q: web::Json<Query>, payment: PaymentContext) -> HttpResponse {
     let gateway = match payment.observability().and_then(|g| g.property("sessionId", SESSION)) {
         Ok(gateway) => gateway,
         Err(error) => return HttpResponse::InternalServerError().body(error.to_string()),
@@ -63,9 +63,9 @@ async fn ask(q: web::Json<Query>, payment: PaymentContext) -> HttpResponse {
 }
 
 /// The same through `async-openai`, plain and streamed.
-#[post("/ask-openai")]
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 20)]
-async fn ask_openai(q: web::Json<Query>, payment: PaymentContext) -> HttpResponse {
+#[post("/llm/ask-openai")]
+async fn gateway_ask_openai(q: web::Json<Query>, payment: PaymentContext) -> HttpResponse {
     let Ok(config) = payment.observability().and_then(|g| g.openai_config("sk-test-not-a-key")) else {
         return HttpResponse::InternalServerError().finish();
     };
@@ -105,9 +105,9 @@ async fn ask_openai(q: web::Json<Query>, payment: PaymentContext) -> HttpRespons
 }
 
 /// A model that is not behind the gateway, logged by hand (off the response path).
-#[post("/local-model")]
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 5)]
-async fn local_model(q: web::Json<Query>, payment: PaymentContext) -> HttpResponse {
+#[post("/llm/local-model")]
+async fn gateway_local_model(q: web::Json<Query>, payment: PaymentContext) -> HttpResponse {
     let call = LlmCall::new("llama-3-8b", serde_json::json!({"query": q.query}));
     let answer = format!("echo: {}", q.query);
     let call = call.output(serde_json::json!(answer)).usage(Usage::new(4, 2)).id_prefix("local");
@@ -120,7 +120,7 @@ async fn local_model(q: web::Json<Query>, payment: PaymentContext) -> HttpRespon
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(ask).service(ask_openai).service(local_model);
+    cfg.service(gateway_ask).service(gateway_ask_openai).service(gateway_local_model);
 }
 
 /// The tests' Python with payments-py 1.18 (installed once under the target directory,
@@ -227,7 +227,7 @@ async fn the_gateway_sees_exactly_the_headers_payments_py_builds() {
     let token = mint(&local).await;
     let query = "what does x402 do";
     let response = http()
-        .post(server.at("/ask"))
+        .post(server.at("/llm/ask"))
         .header("payment-signature", &token)
         .json(&serde_json::json!({"query": query}))
         .send()
@@ -311,7 +311,7 @@ async fn async_openai_through_the_gateway_plain_and_streamed() {
     let server = serve(Some(payments_for(&local).build().unwrap()), routes);
     let token = mint(&local).await;
     let response = http()
-        .post(server.at("/ask-openai"))
+        .post(server.at("/llm/ask-openai"))
         .header("payment-signature", &token)
         .json(&serde_json::json!({"query": "hello there"}))
         .send()
@@ -373,7 +373,7 @@ async fn logs_received(local: &LocalFacilitator, n: usize) -> Vec<GatewayCall> {
 async fn manual_logs_one_per_call_and_a_failing_log_endpoint_changes_nothing() {
     let local = LocalFacilitator::start().unwrap();
     let server = serve(Some(payments_for(&local).build().unwrap()), routes);
-    let url = server.at("/local-model");
+    let url = server.at("/llm/local-model");
 
     // Healthy: one log per call, with the request's headers and the call's usage.
     let (healthy, _) = call_local_model(&local, &url).await;
@@ -421,7 +421,7 @@ async fn manual_logs_one_per_call_and_a_failing_log_endpoint_changes_nothing() {
     let down_url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let down = serve(Some(payments_for(&local).helicone_url(&down_url).build().unwrap()), routes);
-    let (unreachable, _) = call_local_model(&local, &down.at("/local-model")).await;
+    let (unreachable, _) = call_local_model(&local, &down.at("/llm/local-model")).await;
     expected.4 -= 2;
     assert_eq!(unreachable, expected);
     assert_eq!(gateway_calls(&local, GatewayEndpoint::Log).len(), 4, "nothing reached the stand-in");

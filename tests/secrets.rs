@@ -289,8 +289,8 @@ async fn debug_of_every_type_holding_a_secret_redacts_it() {
 /// The LLM observability gateway: its key (the `o11y` claim) and the provider's key.
 const OPENAI_KEY: &str = "sk-test-provider-secret-0123456789";
 
-#[post("/llm")]
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 20)]
+#[post("/llm")]
 async fn llm(payment: PaymentContext) -> HttpResponse {
     let Ok(gateway) = payment.observability() else {
         return HttpResponse::InternalServerError().finish();

@@ -32,8 +32,8 @@ async fn broken() -> HttpResponse {
 }
 
 /// An LLM call logged by hand, off the response path.
-#[post("/llm")]
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 1)]
+#[post("/llm")]
 async fn llm_log(payment: nvm_runtime::PaymentContext) -> HttpResponse {
     let call =
         LlmCall::new("m", serde_json::json!("hi")).output(serde_json::json!("hello")).usage(Usage::new(1, 1));
@@ -103,13 +103,21 @@ fn counters_and_spans_tell_what_happened() {
         local.clear_faults();
         assert_eq!(local.total_burned(), 4 * CREDITS);
         // Two LLM calls logged by hand: one log accepted, one refused (500).
+        let logs_received = |n: usize| {
+            let local = &local;
+            async move {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while local.gateway_calls().len() < n && std::time::Instant::now() < deadline {
+                    actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        };
         assert_eq!(post("/llm", Some(&token), None).await, 200);
+        // The first log reaches the gateway before the fault is armed.
+        logs_received(1).await;
         local.inject_gateway(GatewayEndpoint::Log, Fault::Status(500));
         assert_eq!(post("/llm", Some(&token), None).await, 200);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while local.gateway_calls().len() < 2 && std::time::Instant::now() < deadline {
-            actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        logs_received(2).await;
         // Their outcomes are counted as soon as the gateway's answers arrive.
         actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
         drop(server);
