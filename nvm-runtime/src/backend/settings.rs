@@ -82,7 +82,6 @@ impl BackendSettings {
             },
             (None, env) => env.helicone_url().to_owned(),
         };
-        check_helicone_url(&helicone_url)?;
         let backend_url = match (self.backend_url, environment) {
             (Some(url), _) => url,
             (None, Environment::Custom) => {
@@ -96,6 +95,8 @@ impl BackendSettings {
             self.timeout.unwrap_or(DEFAULT_TIMEOUT),
             self.version.as_deref().unwrap_or(NEVERMINED_VERSION),
         )?;
+        // After the backend's own check: a local key's gateway is the backend's URL.
+        check_helicone_url(&helicone_url)?;
         Ok(Connection { api_key, environment, facilitator, helicone_url })
     }
 }
