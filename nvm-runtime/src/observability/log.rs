@@ -270,8 +270,8 @@ impl Observability {
             .collect();
         let body = call.body(Value::Object(properties));
         let mut headers = self.headers.clone();
-        if let Some(auth) = headers.get("helicone-auth").cloned() {
-            let mut auth = auth;
+        // Helicone's log endpoint takes the gateway key as `Authorization` too.
+        if let Some(mut auth) = headers.get("helicone-auth").cloned() {
             auth.set_sensitive(true);
             headers.insert(AUTHORIZATION, auth);
         }
