@@ -657,3 +657,7 @@ async fn the_manifest_handler_serves_the_app_routes_with_those_learned_from_traf
     // Only the routes of this app.
     assert_eq!(routes.len(), 3, "{body}");
 }
+
+/// LLM observability: the gateway's headers against payments-py, manual logs.
+#[path = "observability.rs"]
+mod observability;

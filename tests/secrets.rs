@@ -7,9 +7,12 @@
 //! the connection and one that is not there. Then no access token, no API key (the
 //! builder's or the subscriber's), no JWT part of one, and no token signature may
 //! appear in the captured output or in the answers; tokens appear as `tok:…` hashes.
-//! `Debug` of every type that holds a secret is checked the same way.
+//! `Debug` of every type that holds a secret is checked the same way. LLM calls through
+//! the observability gateway and manual logs (sent, refused, unreachable) leak neither
+//! the gateway key (the `o11y` claim) nor the provider's key.
 
 use std::io::Write;
+use std::str::FromStr;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -18,7 +21,8 @@ use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::backend::ApiKey;
 use nvm_runtime::backend::Facilitator;
 use nvm_runtime::client::{PayingClient, Subscriber};
-use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
+use nvm_runtime::local::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator, MintOptions};
+use nvm_runtime::observability::{LlmCall, Usage};
 use nvm_runtime::wire::AccessToken;
 use nvm_runtime::wire::{FacilitatorRequest, PermissionsResponse};
 use nvm_runtime::{PaymentContext, Payments, paid};
@@ -280,4 +284,77 @@ async fn debug_of_every_type_holding_a_secret_redacts_it() {
         assert_clean(what, debug, &secrets);
     }
     assert!(debugs[5].1.contains("tok:"), "{}", debugs[5].1);
+}
+
+/// The LLM observability gateway: its key (the `o11y` claim) and the provider's key.
+const OPENAI_KEY: &str = "sk-test-provider-secret-0123456789";
+
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 20)]
+#[post("/llm")]
+async fn llm(payment: PaymentContext) -> HttpResponse {
+    let Ok(gateway) = payment.observability() else {
+        return HttpResponse::InternalServerError().finish();
+    };
+    tracing::info!(gateway = ?gateway, "calling the LLM through the gateway");
+    let answer = http()
+        .post(gateway.chat_completions_url())
+        .headers(gateway.headers().clone())
+        .bearer_auth(OPENAI_KEY)
+        .json(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await;
+    let status = answer.map_or(0, |a| a.status().as_u16());
+    let call =
+        LlmCall::new("m", serde_json::json!("hi")).output(serde_json::json!("hello")).usage(Usage::new(1, 1));
+    let outcome = gateway.log(call).await;
+    tracing::info!(?outcome, status, "logged");
+    HttpResponse::Ok().body(format!("{gateway:?} {outcome:?}"))
+}
+
+#[actix_web::test]
+async fn llm_gateway_calls_and_logs_show_no_key() {
+    capture();
+    let local = LocalFacilitator::start().expect("local facilitator");
+    let o11y =
+        ApiKey::from_str(local.builder_api_key()).expect("key").observability_key().expect("o11y").to_owned();
+    let routes = |cfg: &mut web::ServiceConfig| {
+        cfg.service(llm);
+    };
+    let server = serve(Some(payments_for(&local).build().expect("payments")), routes);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let down = serve(Some(payments_for(&local).helicone_url(dead_url).build().expect("payments")), routes);
+    let token = local.mint_token(MintOptions::new());
+    let mut answers = Vec::new();
+    let (status, answer) = call(&server, "/llm", Some(&token)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("Sent"), "{answer}");
+    answers.push(answer);
+    local.inject_gateway(GatewayEndpoint::Log, Fault::Status(500));
+    let (status, answer) = call(&server, "/llm", Some(&token)).await;
+    assert!(status == 200 && answer.contains("Failed"), "{answer}");
+    answers.push(answer);
+    let (status, answer) = call(&down, "/llm", Some(&token)).await;
+    assert!(status == 200 && answer.contains("Failed"), "{answer}");
+    answers.push(answer);
+    let calls = local.gateway_calls();
+    assert_eq!(calls.len(), 4, "two chats, two logs reached the stand-in");
+    answers.push(format!("{calls:?}"));
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = captured();
+    assert!(log.contains("calling the LLM through the gateway"), "the handler's event is captured");
+    assert!(log.contains("could not be logged"), "the failed logs are reported");
+    let secrets = [
+        o11y,
+        OPENAI_KEY.to_owned(),
+        token,
+        local.builder_api_key().to_owned(),
+        local.subscriber_api_key().to_owned(),
+    ];
+    assert_clean("the log", &log, &secrets);
+    for answer in &answers {
+        assert_clean("an answer (Debug of Observability, GatewayCall)", answer, &secrets);
+    }
 }

@@ -1,7 +1,8 @@
 //! Telemetry: after a scripted mix of outcomes over real HTTP (both forms), the
 //! `metrics` counters say exactly what happened (requests by route and outcome, credits
 //! settled by plan and route, a verify and settle latency per facilitator call), and the
-//! `nvm_paid_request` span of each request carries its fields, never the token.
+//! `nvm_paid_request` span of each request carries its fields, never the token. LLM
+//! calls logged by hand are counted by outcome.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -11,7 +12,8 @@ use std::collections::BTreeMap;
 use actix_web::{HttpResponse, get, post, web};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
+use nvm_runtime::local::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator, MintOptions};
+use nvm_runtime::observability::{LlmCall, Usage};
 use nvm_runtime::paid;
 use nvm_tests::{
     CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, http, middleware_content, paid_content, payments_for, serve,
@@ -27,6 +29,19 @@ async fn maybe() -> &'static str {
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 2)]
 async fn broken() -> HttpResponse {
     HttpResponse::InternalServerError().body("model down")
+}
+
+/// An LLM call logged by hand, off the response path.
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 1)]
+#[post("/llm")]
+async fn llm_log(payment: nvm_runtime::PaymentContext) -> HttpResponse {
+    let call =
+        LlmCall::new("m", serde_json::json!("hi")).output(serde_json::json!("hello")).usage(Usage::new(1, 1));
+    match payment.observability() {
+        Ok(gateway) => drop(gateway.log(call)),
+        Err(error) => return HttpResponse::InternalServerError().body(error.to_string()),
+    }
+    HttpResponse::Ok().body("hello")
 }
 
 /// `(name, labels) -> value` of every metric recorded.
@@ -57,7 +72,7 @@ fn counters_and_spans_tell_what_happened() {
             );
             let scope =
                 web::scope("/mw").wrap(middleware).route("/content", web::post().to(middleware_content));
-            cfg.service(paid_content).service(maybe).service(broken).service(scope);
+            cfg.service(paid_content).service(maybe).service(broken).service(llm_log).service(scope);
         });
         let token = local.mint_token(MintOptions::new());
         let post = |path: &str, token: Option<&str>, key: Option<&str>| {
@@ -87,6 +102,24 @@ fn counters_and_spans_tell_what_happened() {
         assert_eq!(post("/paid", Some(&token), None).await, 500);
         local.clear_faults();
         assert_eq!(local.total_burned(), 4 * CREDITS);
+        // Two LLM calls logged by hand: one log accepted, one refused (500).
+        let logs_received = |n: usize| {
+            let local = &local;
+            async move {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while local.gateway_calls().len() < n && std::time::Instant::now() < deadline {
+                    actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        };
+        assert_eq!(post("/llm", Some(&token), None).await, 200);
+        // The first log reaches the gateway before the fault is armed.
+        logs_received(1).await;
+        local.inject_gateway(GatewayEndpoint::Log, Fault::Status(500));
+        assert_eq!(post("/llm", Some(&token), None).await, 200);
+        logs_received(2).await;
+        // Their outcomes are counted as soon as the gateway's answers arrive.
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
         drop(server);
     });
 
@@ -134,6 +167,8 @@ fn counters_and_spans_tell_what_happened() {
     assert!(samples("nvm_paid_verify_seconds", "/paid") >= 4, "{table:#?}");
     assert_eq!(samples("nvm_paid_settle_seconds", "/paid"), 4);
     assert_eq!(samples("nvm_paid_settle_seconds", "/mw/content"), 1);
+    let llm_logs = |outcome: &str| counter("nvm_llm_logs_total", &[("outcome", outcome)]);
+    assert_eq!((llm_logs("sent"), llm_logs("failed"), llm_logs("not_sent")), (1, 1, 0), "{table:#?}");
 
     let logs = logs.text();
     let closed: Vec<&str> =

@@ -275,6 +275,34 @@ async fn middleware_protects_its_table_and_streams() {
     assert_eq!(stream.receipt().expect("the receipt, last event").credits_redeemed_u64(), 2);
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn observability_answers_from_the_gateway_and_charges_by_tokens() {
+    let example = Example::start("observability");
+    let client = example.paying_client();
+    let url = format!("{}/ask", example.url());
+    let ask = |query: String| {
+        let request = client.http().post(&url).header("content-type", "application/json");
+        client.send(request.body(serde_json::json!({ "query": query }).to_string()))
+    };
+    // The stand-in's answer is 6 tokens: "hello" costs 7 tokens, 1 credit; 30 words 36, 4.
+    let mut expected_balance = 100;
+    for (words, credits) in [(1, 1), (30, 4)] {
+        let paid = ask(vec!["hello"; words].join(" ")).await.expect("paid");
+        assert_eq!(paid.response.status(), 200);
+        let nvm_runtime::client::PaymentOutcome::Settled(receipt) = &paid.outcome else {
+            panic!("not settled: {:?}", paid.outcome)
+        };
+        assert_eq!(receipt.credits_redeemed_u64(), credits);
+        expected_balance -= credits;
+        assert_eq!(receipt.remaining_balance.as_ref().and_then(|a| a.as_u64()), Some(expected_balance));
+        let body: serde_json::Value = paid.response.json().await.expect("JSON");
+        assert_eq!(body["answer"], nvm_runtime::local::CANNED_COMPLETION, "{body}");
+        assert_eq!(body["tokens"], words as u64 + 6, "{body}");
+        assert_eq!(body["creditsCharged"], credits, "{body}");
+    }
+    assert!(example.line("observability gateway at http://127.0.0.1:").contains("127.0.0.1"));
+}
+
 #[test]
 fn client_example_pays_the_quickstart_and_prints_the_receipt() {
     let example = Example::start("quickstart");

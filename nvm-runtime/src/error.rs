@@ -30,6 +30,12 @@ pub enum ConfigError {
     /// The backend URL is not an http(s) URL.
     #[error("the backend URL `{0}` is not an http:// or https:// URL")]
     InvalidBackendUrl(String),
+    /// The observability gateway URL (`HELICONE_URL`, `.helicone_url(..)`) is not an
+    /// http(s) URL.
+    #[error(
+        "the observability gateway URL `{0}` is not an http:// or https:// URL: set HELICONE_URL (or `.helicone_url(..)`) to one, e.g. `http://localhost:8585`"
+    )]
+    InvalidHeliconeUrl(String),
     /// A header name is not valid.
     #[error("`{0}` is not a valid HTTP header name for the access token")]
     InvalidHeaderName(String),

@@ -1,7 +1,15 @@
 // The README is the front page when every feature is on (as on docs.rs): its snippets
 // are doctests that use them all.
 #![cfg_attr(
-    all(feature = "local", feature = "redis", feature = "metrics", feature = "cors", feature = "utoipa", feature = "mcp"),
+    all(
+        feature = "local",
+        feature = "redis",
+        feature = "metrics",
+        feature = "cors",
+        feature = "utoipa",
+        feature = "mcp",
+        feature = "openai"
+    ),
     doc = include_str!("../README.md")
 )]
 #![cfg_attr(
@@ -11,7 +19,8 @@
         feature = "metrics",
         feature = "cors",
         feature = "utoipa",
-        feature = "mcp"
+        feature = "mcp",
+        feature = "openai"
     )),
     doc = "Charge for actix-web endpoints with Nevermined x402 payments: `#[paid]`, `PaymentContext`, \
            the facilitator client and the local facilitator. The guide (the README) is this page when \
@@ -24,6 +33,7 @@ pub mod actix;
 pub mod backend;
 pub mod error;
 mod flow;
+pub mod observability;
 pub mod store;
 pub mod wire;
 

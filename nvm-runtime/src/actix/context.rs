@@ -9,6 +9,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseErr
 use super::respond::json_error;
 use crate::flow::Meter;
 use crate::flow::{PaymentState, Verified};
+use crate::observability::{Gateway, Observability, ObservabilityError};
 use crate::wire::{AccessToken, AgentRequest, PaymentRequired, VerifyResponse};
 
 /// Creates the payment state of `req` and stores it in the request's extensions.
@@ -48,6 +49,8 @@ pub(crate) fn attached(req: &HttpRequest) -> Option<Arc<PaymentState>> {
 #[derive(Clone)]
 pub struct PaymentContext {
     state: Arc<PaymentState>,
+    /// The seller's LLM observability gateway (`None` without a registered `Payments`).
+    gateway: Option<Gateway>,
 }
 
 /// Why [`PaymentContext::charge`] refused an amount.
@@ -148,6 +151,31 @@ impl PaymentContext {
     pub fn meter(&self) -> Meter {
         self.state.meter(self.credits())
     }
+
+    /// The LLM observability gateway settings of this request (base URL and
+    /// `Helicone-*` headers, as the official SDKs' `with_openai`): LLM calls sent with
+    /// them are logged against this paid request. The
+    /// [`observability`](crate::observability) module shows them whole.
+    ///
+    /// ```
+    /// use actix_web::{post, HttpResponse};
+    /// use nvm_runtime::{paid, PaymentContext};
+    ///
+    /// #[paid(plan = "1234", credits = 10)]
+    /// #[post("/ask")]
+    /// async fn ask(payment: PaymentContext) -> HttpResponse {
+    ///     match payment.observability() {
+    ///         Ok(gateway) => HttpResponse::Ok().body(gateway.chat_completions_url()),
+    ///         Err(error) => HttpResponse::InternalServerError().body(error.to_string()),
+    ///     }
+    /// }
+    /// ```
+    pub fn observability(&self) -> Result<Observability, ObservabilityError> {
+        match (&self.gateway, self.verification()) {
+            (Some(gateway), Some(verification)) => gateway.for_request(verification.agent_request.as_ref()),
+            _ => Err(ObservabilityError::NotPaid),
+        }
+    }
 }
 
 impl std::fmt::Debug for PaymentContext {
@@ -178,14 +206,6 @@ impl ResponseError for NotPaid {
     }
 }
 
-impl PaymentContext {
-    /// The handler's view of `state`.
-    #[cfg(feature = "mcp")]
-    pub(crate) fn of(state: Arc<PaymentState>) -> Self {
-        PaymentContext { state }
-    }
-}
-
 /// A `#[paid]` MCP tool (or one of a `PaidTools` table) takes `PaymentContext` as an
 /// argument, as an HTTP handler does.
 #[cfg(feature = "mcp")]
@@ -195,8 +215,12 @@ impl<S> rmcp::handler::server::common::FromContextPart<rmcp::handler::server::to
     fn from_context_part(
         context: &mut rmcp::handler::server::tool::ToolCallContext<'_, S>,
     ) -> Result<Self, rmcp::ErrorData> {
-        match context.request_context.extensions.get::<Arc<PaymentState>>() {
-            Some(state) => Ok(PaymentContext::of(Arc::clone(state))),
+        let extensions = &context.request_context.extensions;
+        let payments =
+            extensions.get::<http::request::Parts>().and_then(|p| p.extensions.get::<super::Payments>());
+        let gateway = payments.map(|p| p.gateway().clone());
+        match extensions.get::<Arc<PaymentState>>() {
+            Some(state) => Ok(PaymentContext { state: Arc::clone(state), gateway }),
             None => {
                 tracing::error!("{NotPaid}");
                 Err(rmcp::ErrorData::internal_error(NotPaid.to_string(), None))
@@ -210,6 +234,9 @@ impl FromRequest for PaymentContext {
     type Future = std::future::Ready<Result<Self, NotPaid>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(attached(req).map(|state| PaymentContext { state }).ok_or(NotPaid))
+        let gateway = || super::Payments::from_request(req).map(|p| p.gateway().clone());
+        std::future::ready(
+            attached(req).map(|state| PaymentContext { state, gateway: gateway() }).ok_or(NotPaid),
+        )
     }
 }

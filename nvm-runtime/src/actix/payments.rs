@@ -15,6 +15,7 @@ use crate::backend::{ApiKey, BackendSettings, Connection, Environment};
 use crate::error::{ConfigError, PaymentError};
 use crate::flow::cache::{VerifyCache, WellFormed};
 use crate::flow::{Idempotency, PendingSettlement, PendingSettlements, Seller, SettlePoint};
+use crate::observability::Gateway;
 use crate::wire::PaymentRequired;
 use crate::wire::{SettleResponse, VerifyResponse};
 
@@ -66,6 +67,8 @@ struct Inner {
     /// The seller's token headers, parsed once for header lookups.
     token_headers: Vec<HeaderName>,
     hooks: Hooks,
+    /// The LLM observability gateway.
+    gateway: Gateway,
 }
 
 impl Payments {
@@ -102,6 +105,25 @@ impl Payments {
     /// The backend base URL in use.
     pub fn backend_url(&self) -> &str {
         self.inner.seller.facilitator.backend_url()
+    }
+
+    /// The base URL of the LLM observability gateway (Helicone): the environment's, or
+    /// `HELICONE_URL` for a `custom` backend, or the local facilitator's stand-in for its
+    /// keys, or [`PaymentsBuilder::helicone_url`].
+    ///
+    /// ```
+    /// let payments = nvm_runtime::Payments::builder()
+    ///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")
+    ///     .build()?;
+    /// assert_eq!(payments.helicone_url(), "https://helicone.nevermined.dev");
+    /// # Ok::<(), nvm_runtime::ConfigError>(())
+    /// ```
+    pub fn helicone_url(&self) -> &str {
+        self.inner.gateway.helicone_url()
+    }
+
+    pub(crate) fn gateway(&self) -> &Gateway {
+        &self.inner.gateway
     }
 
     /// The account of the API key (the builder's address).
@@ -221,15 +243,7 @@ impl Payments {
         let mut plans = std::collections::BTreeSet::new();
         let mut count = 0usize;
         for route in crate::actix::pricing::manifest() {
-            let plan = match &route.plan {
-                ValueSource::Id(id) => id.clone(),
-                ValueSource::Env(var) => format!("env {var} (unset)"),
-                _ => "(an expression)".to_owned(),
-            };
-            let price = match &route.credits {
-                serde_json::Value::String(price) => price.clone(),
-                price => price.to_string(),
-            };
+            let (plan, price) = (plan_label(&route.plan), price_label(&route.credits));
             tracing::info!(
                 method = route.method.as_deref().unwrap_or("(first request)"),
                 path = route.path.as_deref().unwrap_or("(first request)"),
@@ -257,22 +271,18 @@ impl Payments {
             plans.insert(route.plan.clone());
             count += 1;
         }
-        let mut tools = 0usize;
         #[cfg(feature = "mcp")]
-        for tool in crate::mcp::manifest() {
-            let plan = match &tool.plan {
-                ValueSource::Id(id) => id.clone(),
-                ValueSource::Env(var) => format!("env {var} (unset)"),
-                _ => "(an expression)".to_owned(),
-            };
-            let price = match &tool.credits {
-                serde_json::Value::String(price) => price.clone(),
-                price => price.to_string(),
-            };
-            tracing::info!(tool = %tool.tool, plan = %plan, price = %price, form = tool.form, "paid MCP tool");
-            plans.insert(plan);
-            tools += 1;
-        }
+        let tools = {
+            let tools = crate::mcp::manifest();
+            for tool in &tools {
+                let (plan, price) = (plan_label(&tool.plan), price_label(&tool.credits));
+                tracing::info!(tool = %tool.tool, plan = %plan, price = %price, form = tool.form, "paid MCP tool");
+                plans.insert(plan);
+            }
+            tools.len()
+        };
+        #[cfg(not(feature = "mcp"))]
+        let tools = 0usize;
         tracing::info!(
             routes = count,
             tools,
@@ -307,6 +317,7 @@ impl std::fmt::Debug for Payments {
             .field("token_headers", &self.inner.token_headers)
             .field("deliver_on_settle_failure", &self.inner.seller.deliver_on_settle_failure)
             .field("hooks", &self.inner.hooks)
+            .field("gateway", &self.inner.gateway)
             .field("verify_cache", &self.inner.seller.cache.as_ref().map(VerifyCache::ttl))
             .field("idempotency", &self.inner.seller.idempotency)
             .finish()
@@ -356,6 +367,23 @@ impl PaymentsBuilder {
     /// Overrides the backend base URL, whatever the environment.
     pub fn backend_url(mut self, url: impl Into<String>) -> Self {
         self.backend.backend_url = Some(url.into());
+        self
+    }
+
+    /// Overrides the LLM observability gateway's base URL (Helicone), whatever the
+    /// environment (otherwise: the environment's; `HELICONE_URL` for a `custom` backend;
+    /// a local facilitator's stand-in for its `local:` keys).
+    ///
+    /// ```
+    /// let payments = nvm_runtime::Payments::builder()
+    ///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")
+    ///     .helicone_url("http://127.0.0.1:8585")
+    ///     .build()?;
+    /// assert_eq!(payments.helicone_url(), "http://127.0.0.1:8585");
+    /// # Ok::<(), nvm_runtime::ConfigError>(())
+    /// ```
+    pub fn helicone_url(mut self, url: impl Into<String>) -> Self {
+        self.backend.helicone_url = Some(url.into());
         self
     }
 
@@ -502,7 +530,8 @@ impl PaymentsBuilder {
 
     /// Checks everything and builds the configuration.
     pub fn build(self) -> Result<Payments, ConfigError> {
-        let Connection { api_key, environment, facilitator } = self.backend.connect()?;
+        let Connection { api_key, environment, facilitator, helicone_url } = self.backend.connect()?;
+        let gateway = Gateway::new(&helicone_url, &api_key, environment);
         let token_headers = self
             .token_headers
             .unwrap_or_else(|| vec![DEFAULT_TOKEN_HEADER.to_owned()])
@@ -537,8 +566,26 @@ impl PaymentsBuilder {
                 seller,
                 token_headers,
                 hooks: self.hooks,
+                gateway,
             }),
         })
+    }
+}
+
+/// A plan as the start-up report shows it.
+fn plan_label(plan: &ValueSource) -> String {
+    match plan {
+        ValueSource::Id(id) => id.clone(),
+        ValueSource::Env(var) => format!("env {var} (unset)"),
+        _ => "(an expression)".to_owned(),
+    }
+}
+
+/// A price as the start-up report shows it: `2`, `dynamic`.
+fn price_label(credits: &serde_json::Value) -> String {
+    match credits {
+        serde_json::Value::String(price) => price.clone(),
+        price => price.to_string(),
     }
 }
 

@@ -35,6 +35,23 @@ impl Environment {
         }
     }
 
+    /// The base URL of the environment's LLM observability gateway (Helicone), as the
+    /// official SDKs name it: `https://helicone.nevermined.dev` for the hosted
+    /// environments, `http://localhost:8585` for [`Environment::Custom`] (where
+    /// `HELICONE_URL` overrides it).
+    ///
+    /// ```
+    /// use nvm_runtime::Environment;
+    /// assert_eq!(Environment::Live.helicone_url(), "https://helicone.nevermined.dev");
+    /// assert_eq!(Environment::Custom.helicone_url(), "http://localhost:8585");
+    /// ```
+    pub fn helicone_url(self) -> &'static str {
+        match self {
+            Environment::Custom => "http://localhost:8585",
+            _ => "https://helicone.nevermined.dev",
+        }
+    }
+
     /// The default network of the `nvm:erc4337` scheme.
     pub fn default_network(self) -> &'static str {
         match self {
@@ -113,7 +130,8 @@ impl FromStr for Environment {
 pub struct ApiKey {
     raw: String,
     account: String,
-    has_o11y: bool,
+    /// The `o11y` claim: the key of the observability gateway (a secret).
+    o11y: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -140,7 +158,20 @@ impl ApiKey {
 
     /// Whether the JWT carries an `o11y` claim (the Python SDK refuses keys without one).
     pub fn has_o11y(&self) -> bool {
-        self.has_o11y
+        self.o11y.is_some()
+    }
+
+    /// The `o11y` claim: the key the observability gateway authenticates
+    /// (`Helicone-Auth: Bearer <it>`). A secret, like the key: never log it.
+    ///
+    /// ```
+    /// use nvm_runtime::backend::ApiKey;
+    /// // payload {"sub":"0xabc","o11y":"k"}
+    /// let key: ApiKey = "sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.".parse().unwrap();
+    /// assert_eq!(key.observability_key(), Some("k"));
+    /// ```
+    pub fn observability_key(&self) -> Option<&str> {
+        self.o11y.as_deref()
     }
 
     /// The environment the prefix selects, if it names one.
@@ -170,7 +201,12 @@ impl FromStr for ApiKey {
         let account = claims.sub.filter(|s| !s.is_empty()).ok_or_else(|| {
             ConfigError::MalformedApiKey("its JWT has no `sub` claim (the account address)".into())
         })?;
-        Ok(ApiKey { raw: raw.to_owned(), account, has_o11y: claims.o11y.is_some() })
+        // A string claim as it is (what the SDKs send); another JSON value, compact.
+        let o11y = claims.o11y.filter(|v| !v.is_null()).map(|v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        });
+        Ok(ApiKey { raw: raw.to_owned(), account, o11y })
     }
 }
 

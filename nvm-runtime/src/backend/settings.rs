@@ -19,6 +19,10 @@ pub(crate) struct BackendSettings {
     pub(crate) backend_url: Option<String>,
     /// `NVM_BACKEND_URL`: used only by the `custom` environment.
     pub(crate) custom_backend_url: Option<String>,
+    /// The observability gateway's base URL, whatever the environment.
+    pub(crate) helicone_url: Option<String>,
+    /// `HELICONE_URL`: used only by the `custom` environment.
+    pub(crate) custom_helicone_url: Option<String>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) version: Option<String>,
 }
@@ -28,6 +32,8 @@ pub(crate) struct Connection {
     pub(crate) api_key: ApiKey,
     pub(crate) environment: Environment,
     pub(crate) facilitator: Facilitator,
+    /// The observability gateway's base URL (Helicone).
+    pub(crate) helicone_url: String,
 }
 
 impl BackendSettings {
@@ -49,6 +55,11 @@ impl BackendSettings {
         {
             settings.custom_backend_url = Some(url);
         }
+        if let Ok(url) = std::env::var("HELICONE_URL")
+            && !url.trim().is_empty()
+        {
+            settings.custom_helicone_url = Some(url);
+        }
         Ok(settings)
     }
 
@@ -57,6 +68,20 @@ impl BackendSettings {
     pub(crate) fn connect(self) -> Result<Connection, ConfigError> {
         let api_key: ApiKey = self.api_key.as_deref().unwrap_or("").parse()?;
         let environment = api_key.environment().or(self.environment).unwrap_or(Environment::Custom);
+        let helicone_url = match (self.helicone_url, environment) {
+            (Some(url), _) => url,
+            (None, Environment::Custom) => match self.custom_helicone_url {
+                Some(url) => url,
+                // A local facilitator's key: its stand-in gateway is at the backend's URL.
+                None if api_key.prefix() == Some(LOCAL_KEY_PREFIX) => self
+                    .backend_url
+                    .clone()
+                    .or_else(|| self.custom_backend_url.clone())
+                    .unwrap_or_else(|| Environment::Custom.helicone_url().to_owned()),
+                None => Environment::Custom.helicone_url().to_owned(),
+            },
+            (None, env) => env.helicone_url().to_owned(),
+        };
         let backend_url = match (self.backend_url, environment) {
             (Some(url), _) => url,
             (None, Environment::Custom) => {
@@ -70,7 +95,19 @@ impl BackendSettings {
             self.timeout.unwrap_or(DEFAULT_TIMEOUT),
             self.version.as_deref().unwrap_or(NEVERMINED_VERSION),
         )?;
-        Ok(Connection { api_key, environment, facilitator })
+        // After the backend's own check: a local key's gateway is the backend's URL.
+        check_helicone_url(&helicone_url)?;
+        Ok(Connection { api_key, environment, facilitator, helicone_url })
+    }
+}
+
+/// The prefix of the keys a local facilitator issues.
+const LOCAL_KEY_PREFIX: &str = "local";
+
+fn check_helicone_url(url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(()),
+        _ => Err(ConfigError::InvalidHeliconeUrl(url.to_owned())),
     }
 }
 
@@ -80,6 +117,7 @@ impl std::fmt::Debug for BackendSettings {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("environment", &self.environment)
             .field("backend_url", &self.backend_url)
+            .field("helicone_url", &self.helicone_url)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }

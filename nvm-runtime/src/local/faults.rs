@@ -127,6 +127,16 @@ impl Faults {
         Some(fault)
     }
 
+    /// Arms `fault` on a slot until cleared (the stand-in gateway's table).
+    pub(crate) fn inject_slot(&self, endpoint: Endpoint, fault: Fault) {
+        self.set(endpoint, Some(Armed { fault, remaining: None }));
+    }
+
+    /// Clears every slot.
+    pub(crate) fn clear_all(&self) {
+        self.clear();
+    }
+
     /// Delays every answer by `latency` from now on (saturating at `u64::MAX` ns, some
     /// 584 years).
     pub(crate) fn set_latency(&self, latency: Duration) {

@@ -12,6 +12,15 @@
 //! | `POST /api/v1/x402/settle` | builder key | burn credits, atomically (the [`wire`](crate::wire) docs, §4) |
 //! | `GET /api/v1/protocol/plans/{id}` | none | plan metadata (`registry.price.isCrypto`, …) |
 //! | `GET /api/v1/protocol/plans/{id}/balance/{holder}` | none | a holder's balance |
+//! | `POST /jawn/v1/gateway/oai/v1/chat/completions` | `Helicone-Auth` | the stand-in LLM observability gateway: OpenAI's chat completions, plain or streamed, answering [`CANNED_COMPLETION`] with token usage (prompt tokens: the words of the messages) |
+//! | `POST /jawn/v1/trace/custom/v1/log` | gateway key | the gateway's manual log |
+//!
+//! The two gateway endpoints record every call (headers and body:
+//! [`LocalFacilitator::gateway_calls`]) and take their own faults
+//! ([`LocalFacilitator::inject_gateway`]). A seller configured with this facilitator's
+//! keys sends its LLM calls there
+//! ([`PaymentContext::observability`](crate::PaymentContext::observability)); the
+//! official SDKs do with `HELICONE_URL` set to [`LocalFacilitator::backend_url`].
 //!
 //! It issues API keys `local:<JWT>` (HS256, claims `sub` and `o11y`) that the official
 //! SDKs accept: their unknown prefix selects the `custom` environment, so pointing
@@ -42,6 +51,7 @@
 //! ```
 
 mod faults;
+mod gateway;
 mod keys;
 mod ledger;
 mod server;
@@ -59,6 +69,7 @@ use self::ledger::State;
 use self::server::Running;
 
 pub use self::faults::{Endpoint, Fault, HANG_LIMIT};
+pub use self::gateway::{CANNED_COMPLETION, GatewayCall, GatewayEndpoint};
 
 /// The starting balance of the demo subscriber.
 ///
@@ -96,6 +107,7 @@ pub struct LocalFacilitator {
     info: LocalInfo,
     running: Running,
     faults: Arc<Faults>,
+    gateway: Arc<gateway::Gateway>,
 }
 
 impl fmt::Debug for LocalFacilitator {
@@ -261,7 +273,9 @@ impl LocalFacilitatorBuilder {
         let state = Arc::new(State::new(self.credits));
         let faults = Arc::new(Faults::default());
         faults.set_latency(self.latency);
-        let running = server::spawn(Arc::clone(&state), Arc::clone(&faults), self.port)?;
+        let gateway = Arc::new(gateway::Gateway::default());
+        let running =
+            server::spawn(Arc::clone(&state), Arc::clone(&faults), Arc::clone(&gateway), self.port)?;
         let info = LocalInfo {
             backend_url: format!("http://{}", running.addr),
             builder_api_key: state.builder_api_key.clone(),
@@ -269,7 +283,7 @@ impl LocalFacilitatorBuilder {
             plan_id: state.plan_id.clone(),
             agent_id: state.agent_id.clone(),
         };
-        Ok(LocalFacilitator { state, info, running, faults })
+        Ok(LocalFacilitator { state, info, running, faults, gateway })
     }
 }
 
@@ -859,6 +873,37 @@ impl LocalFacilitator {
     /// ```
     pub fn total_burned(&self) -> u64 {
         self.state.total_burned()
+    }
+
+    /// Every call the stand-in LLM gateway received, in order (headers and body).
+    ///
+    /// ```
+    /// let local = nvm_runtime::local::LocalFacilitator::start()?;
+    /// assert!(local.gateway_calls().is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn gateway_calls(&self) -> Vec<GatewayCall> {
+        self.gateway.calls()
+    }
+
+    /// Makes a stand-in gateway endpoint misbehave until
+    /// [`clear_gateway_faults`](Self::clear_gateway_faults) (a `Fault::SettleFailure`
+    /// answers a 200 JSON refusal). Calls are recorded, faulted or not.
+    ///
+    /// ```
+    /// use nvm_runtime::local::{Fault, GatewayEndpoint, LocalFacilitator};
+    /// let local = LocalFacilitator::start()?;
+    /// local.inject_gateway(GatewayEndpoint::Log, Fault::Status(500));
+    /// local.clear_gateway_faults();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn inject_gateway(&self, endpoint: GatewayEndpoint, fault: Fault) {
+        self.gateway.inject(endpoint, fault);
+    }
+
+    /// Clears the stand-in gateway's faults.
+    pub fn clear_gateway_faults(&self) {
+        self.gateway.clear();
     }
 
     /// Stops the server and waits for its thread (dropping the handle does the same).

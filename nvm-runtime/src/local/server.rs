@@ -13,6 +13,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde::de::DeserializeOwned;
 
 use super::faults::Faults;
+use super::gateway::{self, Gateway, GatewayEndpoint};
 use super::keys;
 use super::ledger::{ApiError, Reply, State, codes};
 use super::wire::{FacilitatorBody, PermissionsBody};
@@ -28,6 +29,7 @@ pub(crate) struct Running {
     thread: Option<JoinHandle<()>>,
     pub(crate) addr: SocketAddr,
     faults: Arc<Faults>,
+    gateway: Arc<Gateway>,
 }
 
 impl Running {
@@ -35,6 +37,7 @@ impl Running {
     pub(crate) fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
             self.faults.release();
+            self.gateway.faults.release();
             // `stop` sends the command at once; its future only waits for completion,
             // which joining the thread does too.
             drop(self.handle.stop(false));
@@ -53,12 +56,18 @@ impl Drop for Running {
 }
 
 /// Binds 127.0.0.1:`port` and serves `state` on a new thread.
-pub(crate) fn spawn(state: Arc<State>, faults: Arc<Faults>, port: u16) -> io::Result<Running> {
+pub(crate) fn spawn(
+    state: Arc<State>,
+    faults: Arc<Faults>,
+    gateway: Arc<Gateway>,
+    port: u16,
+) -> io::Result<Running> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
     let addr = listener.local_addr()?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<ServerHandle>>();
     let server_faults = web::Data::from(Arc::clone(&faults));
     let latency = Arc::clone(&faults);
+    let gateway_data = web::Data::from(Arc::clone(&gateway));
     let thread = std::thread::Builder::new().name("nvm-local-facilitator".into()).spawn(move || {
         let system = actix_web::rt::System::new();
         system.block_on(async move {
@@ -86,6 +95,10 @@ pub(crate) fn spawn(state: Arc<State>, faults: Arc<Faults>, port: u16) -> io::Re
                     .route(Endpoint::Settle.path(), web::post().to(settle))
                     .route(Endpoint::Plans.path(), web::get().to(plan))
                     .route("/api/v1/protocol/plans/{plan_id}/balance/{holder}", web::get().to(plan_balance))
+                    // The stand-in LLM observability gateway.
+                    .app_data(gateway_data.clone())
+                    .route(GatewayEndpoint::ChatCompletions.path(), web::post().to(gateway::chat_completions))
+                    .route(GatewayEndpoint::Log.path(), web::post().to(gateway::log))
                     .default_service(web::to(not_found))
             })
             .workers(2)
@@ -108,7 +121,7 @@ pub(crate) fn spawn(state: Arc<State>, faults: Arc<Faults>, port: u16) -> io::Re
     match ready_rx.recv() {
         Ok(Ok(handle)) => {
             tracing::info!(%addr, "local facilitator listening");
-            Ok(Running { handle, thread: Some(thread), addr, faults })
+            Ok(Running { handle, thread: Some(thread), addr, faults, gateway })
         }
         Ok(Err(error)) => {
             let _ = thread.join();
@@ -222,6 +235,6 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         404,
         codes::NOT_FOUND,
         format!("the local facilitator has no endpoint {} {}", req.method(), req.path()),
-        "it serves POST /api/v1/x402/{permissions,verify,settle} and GET /api/v1/protocol/plans/{id}",
+        "it serves POST /api/v1/x402/{permissions,verify,settle}, GET /api/v1/protocol/plans/{id}, and the stand-in LLM gateway's POST /jawn/v1/gateway/oai/v1/chat/completions and /jawn/v1/trace/custom/v1/log",
     ))
 }
