@@ -81,6 +81,21 @@ impl Tools {
         charged(&p, &payment)
     }
 
+    /// Answers the LLM gateway settings of its paid call (the observability of a tool
+    /// call, as of an HTTP request).
+    #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 1)]
+    #[tool]
+    async fn gateway(&self, payment: PaymentContext) -> String {
+        match payment.observability() {
+            Ok(gateway) => {
+                let headers = gateway.headers();
+                let request = headers.get("helicone-property-agentrequestid").and_then(|v| v.to_str().ok());
+                format!("{} {}", gateway.chat_completions_url(), request.unwrap_or_default())
+            }
+            Err(error) => error.to_string(),
+        }
+    }
+
     /// Fails with an `isError` result: never charged.
     #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 1)]
     #[tool]
@@ -842,4 +857,18 @@ async fn the_configurations_hooks_see_each_step_of_a_tool_call() {
         "unknown /mcp fixed",
     ];
     assert_eq!(seen, expected);
+}
+
+#[actix_web::test]
+async fn a_paid_tool_gets_the_llm_gateway_settings_of_its_call() {
+    let s = seller();
+    let client = s.client().await;
+    let token = mint(&s.local).await;
+    let answer = client.call("gateway", json!({}), Some(paid_meta(&token)), &[]).await;
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap_or_default().to_owned();
+    let (url, request_id) = text.split_once(' ').unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(url, format!("{}/jawn/v1/gateway/oai/v1/chat/completions", s.local.backend_url()), "{answer}");
+    let receipt = &answer["result"]["_meta"]["x402/payment-response"];
+    assert!(!request_id.is_empty(), "the verified agent request's id: {answer}");
+    assert_eq!(s.balance(), 99, "{receipt}");
 }
