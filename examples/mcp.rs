@@ -105,6 +105,9 @@ async fn main() -> std::io::Result<()> {
         let payments = setup.payments.clone();
         move || App::new().app_data(payments.clone()).service(ask).service(mcp.resource("/mcp"))
     })
+    // An MCP answer is an SSE stream written in parts: without this, each part waits for
+    // the client's delayed ACK of the one before (Nagle's algorithm): 40 ms a tool call.
+    .tcp_nodelay(true)
     .bind(("127.0.0.1", port))
     .unwrap_or_else(|error| settings::exit_bind_failed("mcp", port, &error));
     let url = format!("http://{}", server.addrs()[0]);

@@ -21,6 +21,11 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
 /// An rmcp server (its tools paid with `#[paid]` or [`PaidTools`](super::PaidTools))
 /// served by the actix-web app, at the path of [`McpService::resource`].
 ///
+/// Serve it with `HttpServer::tcp_nodelay(true)`: rmcp writes an answer as an SSE
+/// stream, in parts (a priming event, the answer, the end of the chunked body), and with
+/// Nagle's algorithm on (actix-web's default) each part waits for the client's delayed
+/// ACK of the one before: about 40 ms added to every tool call on Linux.
+///
 /// Every call reaches the tools with the app's [`Payments`] (registered once with
 /// `App::app_data`, as for the paid HTTP routes), the HTTP headers of the request that
 /// carried it, and the settings of this service (the server's name in the logical
