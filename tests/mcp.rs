@@ -722,34 +722,45 @@ async fn a_retry_on_another_instance_sharing_redis_is_replayed_and_a_spent_singl
     let (client_a, client_b) = (Client::open(&a.at("/mcp")).await, Client::open(&b.at("/mcp")).await);
     let balance = || local.balance(DEMO_PLAN_ID, local.subscriber_address());
 
-    // The same call (token, arguments, payment-identifier) on A, then retried on B.
-    let token = mint(&local).await;
-    let mut payment = payload(&token);
-    payment["extensions"] = json!({"payment-identifier": {"info": {"id": "call-0001-across-instances"}}});
-    let meta = json!({"x402/payment": payment});
-    let first = client_a.call("fixed", json!({"query": "once"}), Some(meta.clone()), &[]).await;
-    assert_eq!(first["result"]["isError"], false, "{first}");
-    let retry = client_b.call("fixed", json!({"query": "once"}), Some(meta.clone()), &[]).await;
-    assert_eq!(retry["result"]["_meta"]["nevermined/idempotent-replayed"], true, "{retry}");
-    assert_eq!(retry["result"]["content"], first["result"]["content"]);
-    assert_eq!(
-        retry["result"]["_meta"]["x402/payment-response"], first["result"]["_meta"]["x402/payment-response"],
-        "the original receipt"
-    );
-    assert_eq!((runs_a.count(), runs_b.count()), (1, 0));
-    assert_eq!(local.calls().settle, 1);
-    assert_eq!(balance(), 98);
+    // The same call (token, arguments, payment-identifier) on A, then retried on B; the
+    // `Idempotency-Key` header works the same.
+    let mut spent = 0;
+    for (i, form) in FORMS.into_iter().enumerate() {
+        let token = mint(&local).await;
+        let key = format!("call-000{i}-across-instances");
+        let mut payment = payload(&token);
+        payment["extensions"] = json!({"payment-identifier": {"info": {"id": key}}});
+        let (meta, header) = if i == 0 {
+            (json!({"x402/payment": payment}), Vec::new())
+        } else {
+            (json!({"x402/payment": payload(&token)}), vec![("idempotency-key", key.as_str())])
+        };
+        let first = client_a.call(form.paid, json!({"query": "once"}), Some(meta.clone()), &header).await;
+        assert_eq!(first["result"]["isError"], false, "{first}");
+        let retry = client_b.call(form.paid, json!({"query": "once"}), Some(meta.clone()), &header).await;
+        assert_eq!(retry["result"]["_meta"]["nevermined/idempotent-replayed"], true, "{form:?}: {retry}");
+        assert_eq!(retry["result"]["content"], first["result"]["content"]);
+        assert_eq!(
+            retry["result"]["_meta"]["x402/payment-response"],
+            first["result"]["_meta"]["x402/payment-response"],
+            "the original receipt"
+        );
+        spent += form.credits;
+        assert_eq!((runs_a.count(), runs_b.count()), (i + 1, 0), "{form:?}");
+        assert_eq!(local.calls().settle, i as u64 + 1, "{form:?}");
+        assert_eq!(balance(), 100 - spent, "{form:?}");
 
-    // Other arguments under the same key: refused, nothing run or charged.
-    let reused = client_b.call("fixed", json!({"query": "other"}), Some(meta), &[]).await;
-    assert_eq!(reused["result"]["isError"], true, "{reused}");
-    assert_eq!(runs_b.count(), 0);
-    assert_eq!(balance(), 98);
+        // Other arguments under the same key: refused, nothing run or charged.
+        let reused = client_b.call(form.paid, json!({"query": "other"}), Some(meta), &header).await;
+        assert_eq!(reused["result"]["isError"], true, "{reused}");
+        assert_eq!(runs_b.count(), 0);
+        assert_eq!(balance(), 100 - spent);
+    }
 
     // A single-use token spent on A is refused on B before any facilitator call.
     let single = local.mint_token(MintOptions::new().single_use().resource("mcp://mcp-server/tools/fixed"));
-    let spent = client_a.call("fixed", json!({"query": "single"}), Some(paid_meta(&single)), &[]).await;
-    assert_eq!(spent["result"]["isError"], false, "{spent}");
+    let single_paid = client_a.call("fixed", json!({"query": "single"}), Some(paid_meta(&single)), &[]).await;
+    assert_eq!(single_paid["result"]["isError"], false, "{single_paid}");
     let calls = local.calls();
     let again = client_b.call("fixed", json!({"query": "single"}), Some(paid_meta(&single)), &[]).await;
     let required = payment_required(&again);
@@ -760,7 +771,7 @@ async fn a_retry_on_another_instance_sharing_redis_is_replayed_and_a_spent_singl
         (calls.verify, calls.settle),
         "refused before any facilitator call"
     );
-    assert_eq!(balance(), 96);
+    assert_eq!(balance(), 100 - spent - 2);
 }
 
 #[actix_web::test]
