@@ -118,8 +118,8 @@ fn with_price(attr: &Attribute, priced: &Ident, output: &ReturnType) -> syn::Res
     };
     let keys = keys(&existing);
     if keys.iter().any(|key| key == "meta") {
-        return Err(syn::Error::new(
-            attr.span(),
+        return Err(syn::Error::new_spanned(
+            attr,
             "#[paid] writes the tool's `meta` (its price in tools/list): remove `meta = …` from #[tool], or price the tool with a PaidTools table",
         ));
     }

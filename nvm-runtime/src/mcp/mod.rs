@@ -54,6 +54,6 @@ pub use call::PaidCall;
 pub use call::{MAX_PAYMENT_META_LEN, PAYMENT_META, ToolCall};
 pub use render::{CREDITS_META, PAYMENT_RESPONSE_META, REPLAYED_META};
 pub(crate) use tools::terms;
-pub use tools::{ByArguments, Fixed, PRICE_META, PaidTools, PricedTool, ToolConfig, ToolCredits, manifest};
+pub use tools::{ByArguments, PRICE_META, PaidTools, PerCall, PricedTool, ToolConfig, ToolCredits, manifest};
 #[doc(hidden)]
 pub use tools::{PaidTool, ToolAnswer, ToolEntry, by_arguments, resolve_credits, serve};

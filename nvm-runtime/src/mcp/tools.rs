@@ -183,9 +183,9 @@ pub fn by_arguments<F: Fn(&JsonObject) -> u64>(price: F) -> F {
     price
 }
 
-/// Marks the `u64` form of [`ToolCredits`].
+/// Marks the `u64` form of [`ToolCredits`]: the same price per call.
 #[derive(Debug)]
-pub enum Fixed {}
+pub enum PerCall {}
 /// Marks the function form of [`ToolCredits`].
 #[derive(Debug)]
 pub enum ByArguments {}
@@ -214,7 +214,7 @@ pub trait ToolCredits<M> {
     fn credits(&self, arguments: &JsonObject) -> u64;
 }
 
-impl ToolCredits<Fixed> for u64 {
+impl ToolCredits<PerCall> for u64 {
     fn credits(&self, _arguments: &JsonObject) -> u64 {
         *self
     }
