@@ -96,6 +96,32 @@ impl RedisStore {
     fn error(&self, error: redis::RedisError) -> StoreError {
         StoreError::new(&self.name, error)
     }
+
+    /// Runs `op` on the shared connection; once more, on a fresh one, when the first
+    /// attempt failed on a connection that broke before it was sent (Redis went away and
+    /// came back: the manager reconnects when a command fails, so the first command after
+    /// Redis is back would fail with the old connection's error). A timeout is not tried
+    /// again: the command may have been carried out.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match op(self.manager.clone()).await {
+            Err(error) if sent_nothing(&error) => {
+                tracing::debug!(store = %self.name, %error, "redis connection broken; trying once more on a fresh one");
+                op(self.manager.clone()).await.map_err(|e| self.error(e))
+            }
+            done => done.map_err(|e| self.error(e)),
+        }
+    }
+}
+
+/// Whether `error` says the connection was broken or refused (so the command was not
+/// carried out), and not that it timed out.
+fn sent_nothing(error: &redis::RedisError) -> bool {
+    !error.is_timeout()
+        && (error.is_connection_dropped() || error.is_connection_refusal() || error.is_io_error())
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -110,24 +136,23 @@ fn millis(ttl: Duration) -> u64 {
 
 impl Store for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
-        let mut connection = self.manager.clone();
-        Box::pin(async move {
-            redis::cmd("GET").arg(self.key(key)).query_async(&mut connection).await.map_err(|e| self.error(e))
-        })
+        let key = self.key(key);
+        Box::pin(self.run(move |mut connection| {
+            let command = redis::cmd("GET").arg(&key).clone();
+            async move { command.query_async(&mut connection).await }
+        }))
     }
 
     fn insert_new<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Duration) -> StoreFuture<'a, bool> {
-        let mut connection = self.manager.clone();
+        let key = self.key(key);
         Box::pin(async move {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.key(key))
-                .arg(value)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(ttl))
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| self.error(e))?;
+            let set: Option<String> = self
+                .run(|mut connection| {
+                    let command =
+                        redis::cmd("SET").arg(&key).arg(&value).arg("NX").arg("PX").arg(millis(ttl)).clone();
+                    async move { command.query_async(&mut connection).await }
+                })
+                .await?;
             Ok(set.is_some())
         })
     }
@@ -139,31 +164,29 @@ impl Store for RedisStore {
         value: Vec<u8>,
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
-        let mut connection = self.manager.clone();
+        let key = self.key(key);
         Box::pin(async move {
             let done: i64 = self
-                .replace
-                .key(self.key(key))
-                .arg(expected)
-                .arg(value)
-                .arg(millis(ttl))
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|e| self.error(e))?;
+                .run(|mut connection| {
+                    let mut invocation = self.replace.key(&key);
+                    invocation.arg(expected).arg(&value).arg(millis(ttl));
+                    async move { invocation.invoke_async(&mut connection).await }
+                })
+                .await?;
             Ok(done == 1)
         })
     }
 
     fn remove<'a>(&'a self, key: &'a str, expected: &'a [u8]) -> StoreFuture<'a, bool> {
-        let mut connection = self.manager.clone();
+        let key = self.key(key);
         Box::pin(async move {
             let done: i64 = self
-                .remove
-                .key(self.key(key))
-                .arg(expected)
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|e| self.error(e))?;
+                .run(|mut connection| {
+                    let mut invocation = self.remove.key(&key);
+                    invocation.arg(expected);
+                    async move { invocation.invoke_async(&mut connection).await }
+                })
+                .await?;
             Ok(done == 1)
         })
     }
