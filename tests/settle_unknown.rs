@@ -350,3 +350,31 @@ async fn a_second_settle_answering_spent_confirms_the_first_and_a_third_answer_w
         assert_eq!(facilitator.settles.load(Ordering::SeqCst), 1, "{form:?}: settled once");
     }
 }
+
+/// At start-up, the journal's records left open are counted, and a line cut short by a
+/// crash (or damaged) is reported with its file and line, the records around it kept.
+#[actix_web::test]
+async fn the_start_up_report_counts_open_records_and_names_a_cut_line() {
+    use std::io::Write as _;
+    let local = LocalFacilitator::start().unwrap();
+    let path = std::env::temp_dir().join(format!("nvm-startup-journal-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let record = r#"{"event":"pending","id":"p-1","planId":"7","method":"POST","path":"/ask","amount":"2","recordedAt":1,"tokenHash":"0a0b0c0d0e0f"}"#;
+    let mut file = std::fs::File::create(&path).unwrap();
+    write!(file, "{record}\n{}", &record[..40]).unwrap();
+    drop(file);
+    let journal = PendingSettlements::file(&path).unwrap();
+    let payments = payments_for(&local).pending_settlements(journal).build().unwrap();
+
+    let logs = nvm_tests::CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    payments.prepare().await.unwrap();
+    drop(guard);
+    let logs = logs.text();
+    assert!(logs.contains(&format!("{}:2: not a pending-settlement record", path.display())), "{logs}");
+    assert!(logs.contains("1 settlement(s) of unknown outcome to reconcile"), "{logs}");
+    assert_eq!(payments.pending_settlements().list().unwrap().len(), 1);
+    std::fs::remove_file(&path).unwrap();
+}

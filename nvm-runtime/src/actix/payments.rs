@@ -204,6 +204,7 @@ impl Payments {
                 plans.insert(terms.plan_id(&tool)?.into_owned());
             }
         }
+        self.report_pending();
         if !self.pending_settlements().is_durable() {
             tracing::warn!(
                 "no pending-settlement journal configured: settlements whose answer is lost are kept in memory only; set `Payments::builder().pending_settlements(PendingSettlements::file(\"pending-settlements.jsonl\")?)`"
@@ -230,6 +231,30 @@ impl Payments {
             });
         }
         Ok(())
+    }
+
+    /// Logs, before any traffic, the settlements left pending to reconcile, and each
+    /// line of the journal that is not a record (cut short by a crash, or damaged:
+    /// skipped, the records around it kept).
+    fn report_pending(&self) {
+        let journal = self.pending_settlements();
+        match (journal.list(), journal.unreadable_lines()) {
+            (Ok(open), Ok(unreadable)) => {
+                for line in &unreadable {
+                    tracing::warn!("pending-settlement journal: {line}");
+                }
+                if !open.is_empty() {
+                    tracing::warn!(
+                        pending = open.len(),
+                        "{} settlement(s) of unknown outcome to reconcile: payments.pending_settlements().list()",
+                        open.len()
+                    );
+                }
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, "the pending-settlement journal could not be read");
+            }
+        }
     }
 
     /// Records a route a `PaymentMiddleware` table charges, for the start-up report.

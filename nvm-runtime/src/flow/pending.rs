@@ -116,10 +116,17 @@ impl PendingSettlements {
     }
 
     /// A journal appended to `path` as JSON lines (created if missing; existing records
-    /// are kept). Each record is flushed to disk before the buyer is answered.
+    /// are kept). Each record is flushed to disk before the buyer is answered. A last line
+    /// cut short (a crash in the middle of a write) is ended here, so that the next record
+    /// starts a line of its own: the cut line is skipped when the journal is read, and
+    /// reported by [`PendingSettlements::unreadable_lines`].
     pub fn file(path: impl AsRef<Path>) -> std::io::Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
+        if ends_mid_line(&mut file)? {
+            file.write_all(b"\n")?;
+            file.sync_data()?;
+        }
         Ok(PendingSettlements { inner: Arc::new(Journal::File { path, file: Mutex::new(file) }) })
     }
 
@@ -139,32 +146,46 @@ impl PendingSettlements {
         }
     }
 
-    /// The records not closed yet, oldest first.
+    /// The records not closed yet, oldest first. A line of a file journal that is not a
+    /// record (cut short by a crash, or damaged) is skipped, the records around it kept;
+    /// [`PendingSettlements::unreadable_lines`] says which.
     pub fn list(&self) -> std::io::Result<Vec<PendingSettlement>> {
+        Ok(self.read()?.0)
+    }
+
+    /// The lines of a file journal that are not records, as `path:line: why` (what
+    /// `Payments::prepare()` reports at start-up); none for a journal in memory.
+    pub fn unreadable_lines(&self) -> std::io::Result<Vec<String>> {
+        Ok(self.read()?.1)
+    }
+
+    /// The open records, and the unreadable lines.
+    fn read(&self) -> std::io::Result<(Vec<PendingSettlement>, Vec<String>)> {
         match &*self.inner {
-            Journal::Memory(records) => Ok(records.lock().unwrap_or_else(PoisonError::into_inner).clone()),
+            Journal::Memory(records) => {
+                Ok((records.lock().unwrap_or_else(PoisonError::into_inner).clone(), Vec::new()))
+            }
             Journal::File { path, file } => {
                 // Holding the writer's lock: no half-written line is read.
                 let _writer = file.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut open: Vec<PendingSettlement> = Vec::new();
-                for line in BufReader::new(File::open(path)?).lines() {
+                let mut unreadable = Vec::new();
+                for (number, line) in BufReader::new(File::open(path)?).split(b'\n').enumerate() {
                     let line = line?;
-                    match serde_json::from_str::<Line>(&line) {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    match serde_json::from_slice::<Line>(&line) {
                         Ok(Line::Pending(record)) => open.push(record),
                         Ok(Line::Closed { id, .. }) => open.retain(|r| r.id != id),
-                        Err(error) if !line.trim().is_empty() => {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                format!(
-                                    "{}: a line is not a pending-settlement record ({error})",
-                                    path.display()
-                                ),
-                            ));
-                        }
-                        Err(_) => {}
+                        Err(error) => unreadable.push(format!(
+                            "{}:{}: not a pending-settlement record ({error}); skipped",
+                            path.display(),
+                            number + 1
+                        )),
                     }
                 }
-                Ok(open)
+                Ok((open, unreadable))
             }
         }
     }
@@ -193,6 +214,18 @@ impl PendingSettlements {
             }
         }
     }
+}
+
+/// Whether `file` is not empty and does not end with a newline.
+fn ends_mid_line(file: &mut File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 fn append(file: &Mutex<File>, line: &Line) -> std::io::Result<()> {
@@ -247,6 +280,33 @@ mod tests {
         let ids: Vec<String> = reopened.list().expect("lists").into_iter().map(|r| r.id).collect();
         assert_eq!(ids, ["a", "c"]);
         assert!(reopened.is_durable());
+        std::fs::remove_file(&path).expect("removes");
+    }
+
+    #[test]
+    fn a_line_cut_by_a_crash_or_damaged_is_skipped_and_reported_and_the_others_kept() {
+        let path = std::env::temp_dir().join(format!("nvm-pending-cut-{}.jsonl", local_id()));
+        let journal = PendingSettlements::file(&path).expect("opens");
+        journal.record(&record("before")).expect("records");
+        drop(journal);
+        // A crash in the middle of a write: half a line, no newline; then a damaged one.
+        let whole = serde_json::to_string(&Line::Pending(record("cut"))).expect("json");
+        let mut file = OpenOptions::new().append(true).open(&path).expect("opens");
+        file.write_all(&whole.as_bytes()[..whole.len() / 2]).expect("writes");
+        drop(file);
+        let journal = PendingSettlements::file(&path).expect("reopens after the crash");
+        journal.record(&record("after")).expect("records");
+        let mut file = OpenOptions::new().append(true).open(&path).expect("opens");
+        file.write_all(b"\x00\xffnot json\n").expect("writes");
+        drop(file);
+        journal.record(&record("last")).expect("records");
+
+        let ids: Vec<String> = journal.list().expect("lists").into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["before", "after", "last"]);
+        let unreadable = journal.unreadable_lines().expect("reads");
+        assert_eq!(unreadable.len(), 2, "{unreadable:?}");
+        assert!(unreadable[0].contains(&format!("{}:2:", path.display())), "{unreadable:?}");
+        assert!(unreadable[1].contains(&format!("{}:4:", path.display())), "{unreadable:?}");
         std::fs::remove_file(&path).expect("removes");
     }
 
