@@ -498,7 +498,7 @@ async fn every_settle_fault_withholds_the_result_and_never_charges_twice() {
                 "{fault:?}: the content is withheld: {answer}"
             );
             assert_eq!(result["_meta"]["x402/payment-response"]["success"], false, "{fault:?}: {answer}");
-            let pending = payments.pending_settlements().list().expect("journal");
+            let pending = payments.pending_settlements().list().await.expect("journal");
             match kind {
                 "refused" => {
                     assert!(result["structuredContent"]["accepts"].is_array(), "{fault:?}: {answer}");

@@ -124,7 +124,7 @@ async fn run(cause: &str, fault: &Fault, kind: Kind, single_use: bool, form: For
     let settles = local.calls().settle - calls_before.settle;
     let runs = server.runs.count() - runs_before;
     let delivered = status == 200 && body == CONTENT;
-    let records = journal.list().unwrap();
+    let records = journal.list().await.unwrap();
     let recorded = records.len();
 
     // The invariants, whatever the cause.
@@ -232,14 +232,14 @@ async fn a_file_journal_keeps_records_for_the_seller_to_close() {
     drop(server);
 
     let reopened = PendingSettlements::file(&path).unwrap();
-    let open = reopened.list().unwrap();
+    let open = reopened.list().await.unwrap();
     assert_eq!(open.len(), 1);
-    assert_eq!(payments.pending_settlements().list().unwrap(), open);
+    assert_eq!(payments.pending_settlements().list().await.unwrap(), open);
     // The seller looks the request up with the facilitator (the ledger burned it), then
     // closes the record.
     assert_eq!(local.total_burned(), CREDITS);
-    assert!(reopened.close(&open[0].id, "settled: burned by the facilitator").unwrap());
-    assert!(PendingSettlements::file(&path).unwrap().list().unwrap().is_empty());
+    assert!(reopened.close(&open[0].id, "settled: burned by the facilitator").await.unwrap());
+    assert!(PendingSettlements::file(&path).unwrap().list().await.unwrap().is_empty());
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains(&token), "the journal holds the token");
     std::fs::remove_file(&path).unwrap();
@@ -339,8 +339,8 @@ async fn a_second_settle_answering_spent_confirms_the_first_and_a_third_answer_w
             scripted_server(scripted_payments(&facilitator, &local).pending_settlements(journal.clone()));
         let (status, body, _, got_envelope) = send(&server, form, &single_use).await;
         assert_eq!((status, got_envelope), (402, false), "{form:?}: {body}");
-        assert_eq!(journal.list().unwrap().len(), 1, "{form:?}");
-        assert_eq!(journal.list().unwrap()[0].agent_request_id.as_deref(), Some("req-1"));
+        assert_eq!(journal.list().await.unwrap().len(), 1, "{form:?}");
+        assert_eq!(journal.list().await.unwrap()[0].agent_request_id.as_deref(), Some("req-1"));
 
         // A reusable token is never settled twice.
         let facilitator = scripted(vec![(503, "{}"), (200, DECLINED)]);
@@ -375,6 +375,37 @@ async fn the_start_up_report_counts_open_records_and_names_a_cut_line() {
     let logs = logs.text();
     assert!(logs.contains(&format!("{}:2: not a pending-settlement record", path.display())), "{logs}");
     assert!(logs.contains("1 settlement(s) of unknown outcome to reconcile"), "{logs}");
-    assert_eq!(payments.pending_settlements().list().unwrap().len(), 1);
+    assert_eq!(payments.pending_settlements().list().await.unwrap().len(), 1);
     std::fs::remove_file(&path).unwrap();
+}
+
+/// With the idempotency store on Redis and no journal of its own, the instances share
+/// one journal there: a settlement of unknown outcome on one instance is listed, and
+/// closed, from another; a record never holds the token.
+#[actix_web::test]
+async fn two_instances_on_one_redis_share_the_pending_settlements() {
+    use nvm_runtime::Idempotency;
+    use nvm_runtime::store::RedisStore;
+    let redis = nvm_tests::RedisServer::start();
+    let local = LocalFacilitator::start().unwrap();
+    let instance = || {
+        let store = RedisStore::open(&redis.url()).unwrap();
+        payments_for(&local).timeout(TIMEOUT).idempotency(Idempotency::with_store(store)).build().unwrap()
+    };
+    let (a, b) = (instance(), instance());
+    assert!(a.pending_settlements().is_durable());
+    let server = serve(Some(a.clone()), routes(a.clone()));
+    let token = local.mint_token(MintOptions::new());
+    local.inject_times(Endpoint::Settle, Fault::LoseAnswer, 1);
+    let (status, body, _, _) = send(&server, Form::Macro, &token).await;
+    assert_eq!(status, 402, "{body}");
+
+    let seen_from_b = b.pending_settlements().list().await.unwrap();
+    assert_eq!(seen_from_b.len(), 1, "{seen_from_b:?}");
+    assert_eq!(seen_from_b, a.pending_settlements().list().await.unwrap());
+    assert_eq!(seen_from_b[0].amount, CREDITS.to_string());
+    assert!(!format!("{seen_from_b:?}").contains(&token), "a record never holds the token");
+    assert!(b.pending_settlements().close(&seen_from_b[0].id, "settled").await.unwrap());
+    assert!(!a.pending_settlements().close(&seen_from_b[0].id, "settled").await.unwrap(), "closed once");
+    assert!(a.pending_settlements().list().await.unwrap().is_empty());
 }

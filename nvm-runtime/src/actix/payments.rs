@@ -163,8 +163,8 @@ impl Payments {
     /// reconciled (see [`PaymentsBuilder::pending_settlements`]).
     ///
     /// ```
-    /// # fn demo(payments: &nvm_runtime::Payments) -> std::io::Result<()> {
-    /// for record in payments.pending_settlements().list()? {
+    /// # async fn demo(payments: &nvm_runtime::Payments) -> std::io::Result<()> {
+    /// for record in payments.pending_settlements().list().await? {
     ///     println!("reconcile {} ({} credits from {:?})", record.id, record.amount, record.payer);
     /// }
     /// # Ok(()) }
@@ -204,7 +204,7 @@ impl Payments {
                 plans.insert(terms.plan_id(&tool)?.into_owned());
             }
         }
-        self.report_pending();
+        self.report_pending().await;
         if !self.pending_settlements().is_durable() {
             tracing::warn!(
                 "no pending-settlement journal configured: settlements whose answer is lost are kept in memory only; set `Payments::builder().pending_settlements(PendingSettlements::file(\"pending-settlements.jsonl\")?)`"
@@ -236,9 +236,9 @@ impl Payments {
     /// Logs, before any traffic, the settlements left pending to reconcile, and each
     /// line of the journal that is not a record (cut short by a crash, or damaged:
     /// skipped, the records around it kept).
-    fn report_pending(&self) {
+    async fn report_pending(&self) {
         let journal = self.pending_settlements();
-        match (journal.list(), journal.unreadable_lines()) {
+        match (journal.list().await, journal.unreadable_lines().await) {
             (Ok(open), Ok(unreadable)) => {
                 for line in &unreadable {
                     tracing::warn!("pending-settlement journal: {line}");
@@ -573,6 +573,12 @@ impl PaymentsBuilder {
             }
             Some(ttl) => return Err(ConfigError::CacheTtl(ttl)),
         };
+        let idempotency = self.idempotency.unwrap_or_default();
+        // A store shared by every instance keeps their one journal, unless one is set.
+        let journal = self
+            .pending
+            .or_else(|| idempotency.store().and_then(|store| store.pending_journal()))
+            .unwrap_or_default();
         let seller = Seller {
             plans: PlanCatalog::new(environment.default_network()),
             facilitator,
@@ -580,8 +586,8 @@ impl PaymentsBuilder {
             well_formed: WellFormed::default(),
             token_headers: token_headers.iter().map(|h| h.as_str().to_owned()).collect(),
             deliver_on_settle_failure: self.deliver_on_settle_failure,
-            pending: self.pending.unwrap_or_default(),
-            idempotency: self.idempotency.unwrap_or_default(),
+            pending: journal,
+            idempotency,
         };
         Ok(Payments {
             inner: Arc::new(Inner {

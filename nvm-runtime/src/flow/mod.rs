@@ -326,7 +326,9 @@ pub(crate) async fn settle(
             }
             return settled(host, amount, receipt);
         }
-        SettleOutcome::Unknown(error) => return unknown(seller, host, verified, amount, &request, error),
+        SettleOutcome::Unknown(error) => {
+            return unknown(seller, host, verified, amount, &request, error).await;
+        }
         SettleOutcome::Declined(receipt) => {
             let reason = receipt.error_reason.clone().unwrap_or_else(|| "settlement failed".to_owned());
             (completed(receipt, verified, &request), reason, None)
@@ -422,7 +424,7 @@ async fn resolve_unknown(
 
 /// An outcome that could not be resolved: written to the seller's journal (with the
 /// hook told), and answered "outcome unknown, do not pay again" with the record's id.
-fn unknown(
+async fn unknown(
     seller: &Seller,
     host: &impl Host,
     verified: &Verified,
@@ -442,7 +444,7 @@ fn unknown(
         recorded_at: pending::unix_now(),
         token_hash: verified.token.hash().to_string(),
     };
-    match seller.pending.record(&record) {
+    match seller.pending.record(&record).await {
         Ok(()) => tracing::error!(
             pending = %record.id, payer = ?record.payer, plan = %record.plan_id, path = %record.path,
             credits = amount, token = %record.token_hash,

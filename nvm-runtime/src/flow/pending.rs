@@ -64,11 +64,13 @@ pub struct PendingSettlement {
 /// use nvm_runtime::PendingSettlements;
 ///
 /// let path = std::env::temp_dir().join(format!("pending-doc-{}.jsonl", std::process::id()));
+/// # actix_web::rt::System::new().block_on(async {
 /// let journal = PendingSettlements::file(&path).unwrap();
-/// assert!(journal.list().unwrap().is_empty());
+/// assert!(journal.list().await.unwrap().is_empty());
 /// // Payments::builder().pending_settlements(journal.clone()) writes to it; the seller
 /// // reconciles each record with the facilitator, then closes it:
-/// assert!(!journal.close("no-such-id", "settled").unwrap());
+/// assert!(!journal.close("no-such-id", "settled").await.unwrap());
+/// # });
 /// # std::fs::remove_file(&path).unwrap();
 /// ```
 #[derive(Clone)]
@@ -78,7 +80,12 @@ pub struct PendingSettlements {
 
 enum Journal {
     Memory(Mutex<Vec<PendingSettlement>>),
-    File { path: PathBuf, file: Mutex<File> },
+    File {
+        path: PathBuf,
+        file: Mutex<File>,
+    },
+    #[cfg(feature = "redis")]
+    Redis(crate::store::redis::RedisJournal),
 }
 
 /// A line of the journal file: a record, or the closing of one.
@@ -99,6 +106,8 @@ impl std::fmt::Debug for PendingSettlements {
         match &*self.inner {
             Journal::Memory(_) => f.write_str("PendingSettlements(in memory)"),
             Journal::File { path, .. } => write!(f, "PendingSettlements({})", path.display()),
+            #[cfg(feature = "redis")]
+            Journal::Redis(journal) => write!(f, "PendingSettlements({})", journal.name()),
         }
     }
 }
@@ -130,38 +139,80 @@ impl PendingSettlements {
         Ok(PendingSettlements { inner: Arc::new(Journal::File { path, file: Mutex::new(file) }) })
     }
 
-    /// Whether records survive a restart (a file journal).
+    /// A journal on Redis (feature `redis`), shared by every instance using `store`:
+    /// any of them lists and closes the records all of them wrote. A configuration whose
+    /// idempotency store is a `RedisStore` and that sets no journal of its own uses it.
+    ///
+    /// ```no_run
+    /// use nvm_runtime::store::RedisStore;
+    /// use nvm_runtime::{Idempotency, Payments, PendingSettlements};
+    ///
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::open("redis://127.0.0.1:6379")?;
+    /// let payments = Payments::builder_from_env()?
+    ///     .pending_settlements(PendingSettlements::redis(&store))
+    ///     .idempotency(Idempotency::with_store(store))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis(store: &crate::store::RedisStore) -> Self {
+        PendingSettlements { inner: Arc::new(Journal::Redis(store.journal())) }
+    }
+
+    /// Whether records survive a restart (a file or Redis journal).
     pub fn is_durable(&self) -> bool {
-        matches!(&*self.inner, Journal::File { .. })
+        !matches!(&*self.inner, Journal::Memory(_))
     }
 
     /// Writes `record` down.
-    pub(crate) fn record(&self, record: &PendingSettlement) -> std::io::Result<()> {
+    pub(crate) async fn record(&self, record: &PendingSettlement) -> std::io::Result<()> {
         match &*self.inner {
             Journal::Memory(records) => {
                 records.lock().unwrap_or_else(PoisonError::into_inner).push(record.clone());
                 Ok(())
             }
             Journal::File { file, .. } => append(file, &Line::Pending(record.clone())),
+            #[cfg(feature = "redis")]
+            Journal::Redis(journal) => {
+                let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+                journal.record(&record.id, json).await.map_err(std::io::Error::other)
+            }
         }
     }
 
     /// The records not closed yet, oldest first. A line of a file journal that is not a
     /// record (cut short by a crash, or damaged) is skipped, the records around it kept;
     /// [`PendingSettlements::unreadable_lines`] says which.
-    pub fn list(&self) -> std::io::Result<Vec<PendingSettlement>> {
-        Ok(self.read()?.0)
+    pub async fn list(&self) -> std::io::Result<Vec<PendingSettlement>> {
+        Ok(self.read().await?.0)
     }
 
     /// The lines of a file journal that are not records, as `path:line: why` (what
     /// `Payments::prepare()` reports at start-up); none for a journal in memory.
-    pub fn unreadable_lines(&self) -> std::io::Result<Vec<String>> {
-        Ok(self.read()?.1)
+    pub async fn unreadable_lines(&self) -> std::io::Result<Vec<String>> {
+        Ok(self.read().await?.1)
     }
 
     /// The open records, and the unreadable lines.
-    fn read(&self) -> std::io::Result<(Vec<PendingSettlement>, Vec<String>)> {
+    async fn read(&self) -> std::io::Result<(Vec<PendingSettlement>, Vec<String>)> {
         match &*self.inner {
+            #[cfg(feature = "redis")]
+            Journal::Redis(journal) => {
+                let mut open = Vec::new();
+                let mut unreadable = Vec::new();
+                for (id, json) in journal.list().await.map_err(std::io::Error::other)? {
+                    match serde_json::from_slice::<PendingSettlement>(&json) {
+                        Ok(record) => open.push(record),
+                        Err(error) => unreadable.push(format!(
+                            "{} {id}: not a pending-settlement record ({error}); skipped",
+                            journal.name()
+                        )),
+                    }
+                }
+                open.sort_by(|a, b| a.recorded_at.cmp(&b.recorded_at).then_with(|| a.id.cmp(&b.id)));
+                Ok((open, unreadable))
+            }
             Journal::Memory(records) => {
                 Ok((records.lock().unwrap_or_else(PoisonError::into_inner).clone(), Vec::new()))
             }
@@ -192,8 +243,15 @@ impl PendingSettlements {
 
     /// Closes the open record `id` once it is reconciled, noting how (`resolution`, such
     /// as `"settled"` or `"refunded"`). Returns whether such an open record existed.
-    pub fn close(&self, id: &str, resolution: &str) -> std::io::Result<bool> {
+    pub async fn close(&self, id: &str, resolution: &str) -> std::io::Result<bool> {
+        let line =
+            Line::Closed { id: id.to_owned(), resolution: resolution.to_owned(), closed_at: unix_now() };
         match &*self.inner {
+            #[cfg(feature = "redis")]
+            Journal::Redis(journal) => {
+                let json = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
+                journal.close(id, json).await.map_err(std::io::Error::other)
+            }
             Journal::Memory(records) => {
                 let mut records = records.lock().unwrap_or_else(PoisonError::into_inner);
                 let before = records.len();
@@ -201,14 +259,9 @@ impl PendingSettlements {
                 Ok(records.len() < before)
             }
             Journal::File { file, .. } => {
-                if !self.list()?.iter().any(|r| r.id == id) {
+                if !self.list().await?.iter().any(|r| r.id == id) {
                     return Ok(false);
                 }
-                let line = Line::Closed {
-                    id: id.to_owned(),
-                    resolution: resolution.to_owned(),
-                    closed_at: unix_now(),
-                };
                 append(file, &line)?;
                 Ok(true)
             }
@@ -267,27 +320,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_file_journal_lists_what_is_open_across_reopenings() {
+    #[actix_web::test]
+    async fn a_file_journal_lists_what_is_open_across_reopenings() {
         let path = std::env::temp_dir().join(format!("nvm-pending-unit-{}.jsonl", local_id()));
         let journal = PendingSettlements::file(&path).expect("opens");
         for id in ["a", "b", "c"] {
-            journal.record(&record(id)).expect("records");
+            journal.record(&record(id)).await.expect("records");
         }
-        assert!(journal.close("b", "settled").expect("closes"));
-        assert!(!journal.close("b", "settled").expect("closes"), "closed twice");
+        assert!(journal.close("b", "settled").await.expect("closes"));
+        assert!(!journal.close("b", "settled").await.expect("closes"), "closed twice");
         let reopened = PendingSettlements::file(&path).expect("reopens");
-        let ids: Vec<String> = reopened.list().expect("lists").into_iter().map(|r| r.id).collect();
+        let ids: Vec<String> = reopened.list().await.expect("lists").into_iter().map(|r| r.id).collect();
         assert_eq!(ids, ["a", "c"]);
         assert!(reopened.is_durable());
         std::fs::remove_file(&path).expect("removes");
     }
 
-    #[test]
-    fn a_line_cut_by_a_crash_or_damaged_is_skipped_and_reported_and_the_others_kept() {
+    #[actix_web::test]
+    async fn a_line_cut_by_a_crash_or_damaged_is_skipped_and_reported_and_the_others_kept() {
         let path = std::env::temp_dir().join(format!("nvm-pending-cut-{}.jsonl", local_id()));
         let journal = PendingSettlements::file(&path).expect("opens");
-        journal.record(&record("before")).expect("records");
+        journal.record(&record("before")).await.expect("records");
         drop(journal);
         // A crash in the middle of a write: half a line, no newline; then a damaged one.
         let whole = serde_json::to_string(&Line::Pending(record("cut"))).expect("json");
@@ -295,28 +348,28 @@ mod tests {
         file.write_all(&whole.as_bytes()[..whole.len() / 2]).expect("writes");
         drop(file);
         let journal = PendingSettlements::file(&path).expect("reopens after the crash");
-        journal.record(&record("after")).expect("records");
+        journal.record(&record("after")).await.expect("records");
         let mut file = OpenOptions::new().append(true).open(&path).expect("opens");
         file.write_all(b"\x00\xffnot json\n").expect("writes");
         drop(file);
-        journal.record(&record("last")).expect("records");
+        journal.record(&record("last")).await.expect("records");
 
-        let ids: Vec<String> = journal.list().expect("lists").into_iter().map(|r| r.id).collect();
+        let ids: Vec<String> = journal.list().await.expect("lists").into_iter().map(|r| r.id).collect();
         assert_eq!(ids, ["before", "after", "last"]);
-        let unreadable = journal.unreadable_lines().expect("reads");
+        let unreadable = journal.unreadable_lines().await.expect("reads");
         assert_eq!(unreadable.len(), 2, "{unreadable:?}");
         assert!(unreadable[0].contains(&format!("{}:2:", path.display())), "{unreadable:?}");
         assert!(unreadable[1].contains(&format!("{}:4:", path.display())), "{unreadable:?}");
         std::fs::remove_file(&path).expect("removes");
     }
 
-    #[test]
-    fn a_memory_journal_closes_by_id() {
+    #[actix_web::test]
+    async fn a_memory_journal_closes_by_id() {
         let journal = PendingSettlements::in_memory();
-        journal.record(&record("x")).expect("records");
-        assert_eq!(journal.list().expect("lists").len(), 1);
-        assert!(journal.close("x", "refunded").expect("closes"));
-        assert!(journal.list().expect("lists").is_empty());
+        journal.record(&record("x")).await.expect("records");
+        assert_eq!(journal.list().await.expect("lists").len(), 1);
+        assert!(journal.close("x", "refunded").await.expect("closes"));
+        assert!(journal.list().await.expect("lists").is_empty());
         assert!(!journal.is_durable());
     }
 }

@@ -13,6 +13,13 @@ const REPLACE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Closes a pending record: `HDEL open id`, and when it was open, `HSET closed id line`.
+const CLOSE: &str = r"if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  return 1
+end
+return 0";
+
 /// Compare-and-delete: `DEL key` only if `key` holds `expected`.
 const REMOVE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -124,6 +131,67 @@ fn sent_nothing(error: &redis::RedisError) -> bool {
         && (error.is_connection_dropped() || error.is_connection_refusal() || error.is_io_error())
 }
 
+impl RedisStore {
+    /// The pending-settlement journal on this Redis, shared by every instance.
+    pub(crate) fn journal(&self) -> RedisJournal {
+        RedisJournal {
+            manager: self.manager.clone(),
+            open: self.key("pending"),
+            closed: self.key("pending:closed"),
+            name: self.name.clone(),
+            close: redis::Script::new(CLOSE),
+        }
+    }
+}
+
+/// The pending-settlement journal on Redis: the open records in one hash (id → JSON),
+/// the closed ones in another (id → how), so every instance lists and closes the same.
+pub(crate) struct RedisJournal {
+    manager: ConnectionManager,
+    open: String,
+    closed: String,
+    name: String,
+    close: redis::Script,
+}
+
+impl RedisJournal {
+    /// Where it is (`redis at host:port`, key), for reports.
+    pub(crate) fn name(&self) -> String {
+        format!("{} ({})", self.name, self.open)
+    }
+
+    fn error(&self, error: redis::RedisError) -> StoreError {
+        StoreError::new(&self.name, error)
+    }
+
+    /// Writes the open record `id`.
+    pub(crate) async fn record(&self, id: &str, json: Vec<u8>) -> Result<(), StoreError> {
+        let mut connection = self.manager.clone();
+        redis::cmd("HSET")
+            .arg(&self.open)
+            .arg(id)
+            .arg(json)
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// The open records, as written.
+    pub(crate) async fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut connection = self.manager.clone();
+        redis::cmd("HGETALL").arg(&self.open).query_async(&mut connection).await.map_err(|e| self.error(e))
+    }
+
+    /// Closes the open record `id` with `line` (how); `true` when it was open.
+    pub(crate) async fn close(&self, id: &str, line: Vec<u8>) -> Result<bool, StoreError> {
+        let mut connection = self.manager.clone();
+        let mut invocation = self.close.key(&self.open);
+        invocation.key(&self.closed).arg(id).arg(line);
+        let closed: i64 = invocation.invoke_async(&mut connection).await.map_err(|e| self.error(e))?;
+        Ok(closed == 1)
+    }
+}
+
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore").field("at", &self.name).field("prefix", &self.prefix).finish()
@@ -135,6 +203,10 @@ fn millis(ttl: Duration) -> u64 {
 }
 
 impl Store for RedisStore {
+    fn pending_journal(&self) -> Option<crate::flow::PendingSettlements> {
+        Some(crate::flow::PendingSettlements::redis(self))
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
         let key = self.key(key);
         Box::pin(self.run(move |mut connection| {
