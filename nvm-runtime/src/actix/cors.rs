@@ -13,7 +13,7 @@
 //! - `Access-Control-Allow-Headers` (on the preflight) listing [`ALLOWED_REQUEST_HEADERS`]:
 //!   `payment-signature` (the token), `idempotency-key`, `content-type` (a JSON body).
 //!
-//! With [`actix-cors`](actix_cors), [`payment_cors`] adds both lists to a `Cors` you
+//! With `actix-cors`, `payment_cors` adds both lists to a `Cors` you
 //! configure (feature `cors`); with another CORS layer, give it the two constants.
 //!
 //! The CORS middleware must wrap the paid routes from the outside (`App::wrap`, or the

@@ -477,7 +477,7 @@ impl PaymentsBuilder {
     /// settles and is remembered; a retry with the same key gets the same response and
     /// receipt, and is not charged again. Default: [`Idempotency::in_memory`] (one
     /// instance); give several instances one shared store (a
-    /// [`RedisStore`](crate::store::RedisStore) with the `redis` feature).
+    /// `RedisStore` with the `redis` feature).
     ///
     /// ```
     /// use nvm_runtime::{Idempotency, Payments};

@@ -41,7 +41,7 @@ const POLL: Duration = Duration::from_millis(20);
 ///
 /// On by default, in memory ([`Idempotency::in_memory`]); with several instances, give
 /// them one shared store ([`Idempotency::with_store`] of a
-/// [`RedisStore`](crate::store::RedisStore), feature `redis`).
+/// `store::RedisStore`, feature `redis`).
 ///
 /// ```
 /// use std::time::Duration;
@@ -74,7 +74,7 @@ impl Idempotency {
         Self::with_store(MemoryStore::default())
     }
 
-    /// Records kept in `store`: a [`RedisStore`](crate::store::RedisStore) to share them
+    /// Records kept in `store`: a `store::RedisStore` (feature `redis`) to share them
     /// between instances, or a store of your own.
     pub fn with_store(store: impl Store) -> Self {
         Self::kept_in(Some(Arc::new(store)))

@@ -15,7 +15,7 @@
 //! settings for the request being served, as an [`Observability`]: a base URL and a
 //! `reqwest` [`HeaderMap`] for any HTTP client; with the
 //! feature `openai`, a ready `async-openai` configuration
-//! ([`Observability::openai_config`]). Calls that do not go through the gateway (other
+//! (`Observability::openai_config`). Calls that do not go through the gateway (other
 //! providers, local models) are logged with [`Observability::log`], off the response
 //! path.
 //!

@@ -1,11 +1,11 @@
 //! Where paid calls are remembered across requests and instances: the idempotency
 //! records of [`Idempotency`](crate::Idempotency) and the guard that refuses a
 //! single-use token already settled. A [`Store`] is a small key-value store with
-//! expiry and atomic claims; [`MemoryStore`] serves one process, [`RedisStore`] (feature
+//! expiry and atomic claims; [`MemoryStore`] serves one process, `RedisStore` (feature
 //! `redis`) every instance of a seller.
 //!
 //! Sits on nothing but the standard library (and the `redis` crate for
-//! [`RedisStore`]): the flow decides what to keep, a store only keeps it.
+//! `RedisStore`): the flow decides what to keep, a store only keeps it.
 
 mod memory;
 #[cfg(feature = "redis")]
