@@ -511,6 +511,7 @@ async fn every_settle_fault_withholds_the_result_and_never_charges_twice() {
                     assert_eq!(s.local.calls().settle, 1, "{fault:?}: settled once, never retried");
                     assert!(s.balance() >= 100 - form.credits, "{fault:?}: at most one burn");
                     assert_eq!(pending.len(), 1, "{fault:?}: recorded in the journal");
+                    assert_eq!(result["_meta"]["nevermined/credits"]["planId"], DEMO_PLAN_ID, "{answer}");
                     assert_eq!(pending[0].path, format!("mcp://mcp-server/tools/{}", form.paid));
                     assert_eq!(pending[0].amount, form.credits.to_string());
                 }

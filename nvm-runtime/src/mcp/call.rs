@@ -294,7 +294,7 @@ where
     let telemetry = state.telemetry.get();
     let refuse = |refusal: Refusal| {
         let outcome = Outcome::of(&refusal);
-        (outcome, render::refusal(&refusal))
+        (outcome, render::refusal(&refusal, ""))
     };
     let ids = terms.plan_id(&call.name).and_then(|plan| Ok((plan, terms.agent_id(&call.name)?)));
     let credits = credits.and_then(|credits| ids.map(|ids| (ids, credits)));
@@ -395,7 +395,7 @@ where
         Settlement::Settled(receipt) | Settlement::FailedDelivered(receipt) => {
             render::with_receipt(result, &receipt, plan)
         }
-        Settlement::Refused(refusal) => render::refusal(&refusal),
+        Settlement::Refused(refusal) => render::refusal(&refusal, plan),
     };
     if let Some(claim) = state.take_claim() {
         if keep {

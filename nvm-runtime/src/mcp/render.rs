@@ -20,8 +20,9 @@ pub const REPLAYED_META: &str = "nevermined/idempotent-replayed";
 /// `structuredContent` and as the text of `content[0]`, `isError: true`; a failed
 /// settlement's receipt in `_meta`. An unknown settlement outcome carries no
 /// `PaymentRequired` (nothing to pay again with), and a refusal that is not a payment
-/// matter (the facilitator could not be asked) says so in text.
-pub(crate) fn refusal(refusal: &Refusal) -> CallToolResult {
+/// matter (the facilitator could not be asked) says so in text. `plan_id` is the plan
+/// the call was priced on, for the receipt of an unknown outcome.
+pub(crate) fn refusal(refusal: &Refusal, plan_id: &str) -> CallToolResult {
     match refusal {
         Refusal::PaymentRequired { envelope, error, receipt } => {
             let mut envelope = (**envelope).clone();
@@ -45,7 +46,7 @@ pub(crate) fn refusal(refusal: &Refusal) -> CallToolResult {
                 "error": error.to_string(),
                 PAYMENT_RESPONSE_META: receipt,
             });
-            with_receipt(CallToolResult::structured_error(value), receipt, "")
+            with_receipt(CallToolResult::structured_error(value), receipt, plan_id)
         }
         Refusal::Failed(error) => CallToolResult::error(vec![ContentBlock::text(error.to_string())]),
     }
