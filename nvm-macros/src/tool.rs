@@ -209,7 +209,8 @@ fn credits(
         Credits::SyncClosure(closure) => {
             (quote!(#private::by_arguments(#closure)), quote!(::core::option::Option::None))
         }
-        Credits::AsyncClosure(_) => unreachable_async(),
+        // Refused by `check` before any expansion: never written.
+        Credits::AsyncClosure(_) => (quote!(0u64), quote!(::core::option::Option::None)),
         Credits::Expr(expr) => (expr.to_token_stream(), quote!(__nvm::fixed_credits(#expr))),
     };
     let resolve = Ident::new("__credits", Span::mixed_site());
@@ -224,11 +225,6 @@ fn credits(
         }
     });
     quote!(#private::PaidTool::priced(#name, #resolve, #fixed_fn, #terms))
-}
-
-/// Async credits are refused by [`check`] before expansion.
-fn unreachable_async() -> (TokenStream, TokenStream) {
-    (quote!(0u64), quote!(::core::option::Option::None))
 }
 
 /// The checks that apply to a tool and not to an HTTP handler.

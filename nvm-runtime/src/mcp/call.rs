@@ -9,7 +9,7 @@ use base64::Engine as _;
 use rmcp::ErrorData;
 use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::tool::ToolCallContext;
-use rmcp::model::{CallToolResponse, CallToolResult, JsonObject};
+use rmcp::model::{CallToolResponse, JsonObject};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -274,36 +274,15 @@ where
         ));
     };
     let url = format!("mcp://{}/tools/{}", call.settings.server_name, call.name);
-    call.state.telemetry.get_or_init(|| Telemetry::start("POST", url.clone()));
-    admit_and_run(&payments, &call, &url, terms, credits, tool).await
-}
-
-async fn admit_and_run<F>(
-    payments: &Payments,
-    call: &PaidCall,
-    url: &str,
-    terms: &Terms,
-    credits: Result<u64, ConfigError>,
-    tool: F,
-) -> Result<CallToolResponse, ErrorData>
-where
-    F: Future<Output = Result<CallToolResponse, ErrorData>> + Send,
-{
+    let (payments, call, url) = (&payments, &call, url.as_str());
     let seller = payments.seller();
     let state = &call.state;
-    let telemetry = state.telemetry.get();
-    let refuse = |refusal: Refusal| {
-        let outcome = Outcome::of(&refusal);
-        (outcome, render::refusal(&refusal, ""))
-    };
+    let telemetry = state.telemetry.get_or_init(|| Telemetry::start("POST", url.to_owned()));
     let ids = terms.plan_id(&call.name).and_then(|plan| Ok((plan, terms.agent_id(&call.name)?)));
     let credits = credits.and_then(|credits| ids.map(|ids| (ids, credits)));
     let ((plan_id, agent_id), credits) = match credits {
         Ok(priced) => priced,
-        Err(error) => {
-            let (outcome, result) = refuse(flow::misconfigured(url, error));
-            return refused(state, outcome, result);
-        }
+        Err(error) => return refused(state, telemetry, &flow::misconfigured(url, error)),
     };
     let offer = Offer { plan_id: &plan_id, agent_id: agent_id.as_deref(), terms };
     let token = match call.payment.as_ref().map(meta_token) {
@@ -311,8 +290,7 @@ where
         Some(Err(error)) if credits > 0 => {
             let host = ToolHost { url: url.to_owned(), token: None, payments, call };
             let envelope = flow::envelope(seller, &host, &offer).await;
-            let (outcome, result) = refuse(Refusal::payment_required(envelope, error));
-            return refused(state, outcome, result);
+            return refused(state, telemetry, &Refusal::payment_required(envelope, error));
         }
         Some(Err(_)) => None,
         None => call.header_token.clone(),
@@ -321,22 +299,16 @@ where
     let keyed = match keyed(payments, call, url, credits, &host) {
         Ok(keyed) => keyed,
         Err(error) => {
-            let (outcome, result) = refuse(Refusal::Failed(PaymentError::Idempotency(error)));
-            return refused(state, outcome, result);
+            return refused(state, telemetry, &Refusal::Failed(PaymentError::Idempotency(error)));
         }
     };
     match flow::admit(seller, &host, &offer, credits, state, keyed.as_ref()).await {
         Ok(Admission::Run) => {}
         Ok(Admission::Replay(stored)) => {
-            if let Some(telemetry) = telemetry {
-                telemetry.finish(Outcome::Replayed, 0);
-            }
+            telemetry.finish(Outcome::Replayed, 0);
             return Ok(render::replay(&stored).into());
         }
-        Err(refusal) => {
-            let (outcome, result) = refuse(refusal);
-            return refused(state, outcome, result);
-        }
+        Err(refusal) => return refused(state, telemetry, &refusal),
     }
     // Cancelled (`notifications/cancelled`, or the client left): the tool's future is
     // dropped where it waits, nothing is settled, as for an HTTP client that resets.
@@ -351,12 +323,7 @@ where
         })
         .await
     };
-    let telemetry = state.telemetry.get();
-    let finish = |outcome, settled| {
-        if let Some(telemetry) = telemetry {
-            telemetry.finish(outcome, settled);
-        }
-    };
+    let finish = |outcome, settled| telemetry.finish(outcome, settled);
     let result = match ran {
         None => {
             tracing::info!(tool = %call.name, "tool call cancelled: nothing settled");
@@ -414,17 +381,16 @@ where
     Ok(answer.into())
 }
 
-/// A refusal before the tool ran: the claim (if any) released, the outcome reported.
+/// A refusal before the tool ran, as its tool result: the claim (if any) released, the
+/// outcome reported.
 fn refused(
     state: &PaymentState,
-    outcome: Outcome,
-    result: CallToolResult,
+    telemetry: &Telemetry,
+    refusal: &Refusal,
 ) -> Result<CallToolResponse, ErrorData> {
     drop(state.take_claim());
-    if let Some(telemetry) = state.telemetry.get() {
-        telemetry.finish(outcome, 0);
-    }
-    Ok(result.into())
+    telemetry.finish(Outcome::of(refusal), 0);
+    Ok(render::refusal(refusal, "").into())
 }
 
 /// Releases the call's idempotency claim: nothing was charged, a retry runs afresh.
