@@ -26,7 +26,8 @@ use actix_web::{HttpResponse, post, web};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
 use nvm_runtime::store::RedisStore;
-use nvm_runtime::{Idempotency, PaymentContext, Payments, paid};
+use nvm_runtime::wire::SettleResponse;
+use nvm_runtime::{Idempotency, PaymentContext, Payments, Resolution, paid};
 use nvm_tests::{
     CONTENT, CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, RedisServer, Runs, TestServer, http,
     middleware_content, paid_content, payments_for, serve,
@@ -125,6 +126,7 @@ struct Rig {
     server: TestServer,
     failures: Failures,
     token: String,
+    payments: Payments,
     _redis: Option<RedisServer>,
 }
 
@@ -137,9 +139,9 @@ fn rig_with(kept: Kept, idempotency: impl Fn(Idempotency) -> Idempotency) -> Rig
     };
     let payments = payments_for(&local).idempotency(idempotency(config)).build().unwrap();
     let failures = Failures::default();
-    let server = serve(Some(payments.clone()), app(payments, failures.clone()));
+    let server = serve(Some(payments.clone()), app(payments.clone(), failures.clone()));
     let token = local.mint_token(MintOptions::new());
-    Rig { local, server, failures, token, _redis: redis }
+    Rig { local, server, failures, token, payments, _redis: redis }
 }
 
 fn rig(kept: Kept) -> Rig {
@@ -295,7 +297,8 @@ async fn long_streamed_and_unknown_answers_are_never_charged_twice() {
     assert_eq!(retry.body, first.body, "the whole stream, last event included");
     assert_eq!(rig.local.total_burned(), CREDITS + 3, "3 words metered, once");
 
-    // A settlement whose answer was lost: its answer is kept, so no retry pays again.
+    // A settlement whose answer was lost: its answer is held, so no retry pays again;
+    // retries are told to wait until the seller resolves it, then get the answer.
     rig.local.inject(Endpoint::Settle, Fault::LoseAnswer);
     let url = rig.server.at("/paid");
     let first = call(&url, &rig.token, Some("u"), "").await;
@@ -303,9 +306,17 @@ async fn long_streamed_and_unknown_answers_are_never_charged_twice() {
     let burned = rig.local.total_burned();
     rig.local.clear_faults();
     let retry = call(&url, &rig.token, Some("u"), "").await;
-    assert_eq!((retry.status, retry.replayed), (402, true));
-    assert_eq!(retry.body, first.body, "the same pending settlement id");
+    assert_eq!(retry.status, 409, "{}", String::from_utf8_lossy(&retry.body));
+    assert!(String::from_utf8_lossy(&retry.body).contains("still pending"));
     assert_eq!(rig.local.total_burned(), burned, "the retry burned nothing");
+    let pending = rig.payments.pending_settlements().list().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert!(rig.payments.pending_settlements().close(&pending[0].id, Resolution::Burned).await.unwrap());
+    let collected = call(&url, &rig.token, Some("u"), "").await;
+    assert_eq!((collected.status, collected.body.as_slice(), collected.replayed), (200, CONTENT.as_bytes(), true));
+    let receipt = SettleResponse::from_header(collected.receipt.as_deref().unwrap()).unwrap();
+    assert!(receipt.success && receipt.other["confirmedAfterUnknown"] == true, "{receipt:?}");
+    assert_eq!(rig.local.total_burned(), burned, "collected without paying again");
 }
 
 #[actix_web::test]

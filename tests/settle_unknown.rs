@@ -26,7 +26,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
 use nvm_runtime::wire::SettleResponse;
-use nvm_runtime::{Payments, PaymentsBuilder, PendingSettlement, PendingSettlements};
+use nvm_runtime::{Payments, PaymentsBuilder, PendingSettlement, PendingSettlements, Resolution};
 use nvm_tests::{
     CONTENT, CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, TestServer, envelope, http, middleware_content,
     paid_content, payments_for, receipt, serve,
@@ -238,7 +238,7 @@ async fn a_file_journal_keeps_records_for_the_seller_to_close() {
     // The seller looks the request up with the facilitator (the ledger burned it), then
     // closes the record.
     assert_eq!(local.total_burned(), CREDITS);
-    assert!(reopened.close(&open[0].id, "settled: burned by the facilitator").await.unwrap());
+    assert!(reopened.close(&open[0].id, Resolution::Burned).await.unwrap());
     assert!(PendingSettlements::file(&path).unwrap().list().await.unwrap().is_empty());
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains(&token), "the journal holds the token");
@@ -374,7 +374,7 @@ async fn the_start_up_report_counts_open_records_and_names_a_cut_line() {
     drop(guard);
     let logs = logs.text();
     assert!(logs.contains(&format!("{}:2: not a pending-settlement record", path.display())), "{logs}");
-    assert!(logs.contains("1 settlement(s) of unknown outcome to reconcile"), "{logs}");
+    assert!(logs.contains("1 settlement(s) of unknown outcome to resolve"), "{logs}");
     assert_eq!(payments.pending_settlements().list().await.unwrap().len(), 1);
     std::fs::remove_file(&path).unwrap();
 }
@@ -405,7 +405,7 @@ async fn two_instances_on_one_redis_share_the_pending_settlements() {
     assert_eq!(seen_from_b, a.pending_settlements().list().await.unwrap());
     assert_eq!(seen_from_b[0].amount, CREDITS.to_string());
     assert!(!format!("{seen_from_b:?}").contains(&token), "a record never holds the token");
-    assert!(b.pending_settlements().close(&seen_from_b[0].id, "settled").await.unwrap());
-    assert!(!a.pending_settlements().close(&seen_from_b[0].id, "settled").await.unwrap(), "closed once");
+    assert!(b.pending_settlements().close(&seen_from_b[0].id, Resolution::Burned).await.unwrap());
+    assert!(!a.pending_settlements().close(&seen_from_b[0].id, Resolution::Burned).await.unwrap(), "closed once");
     assert!(a.pending_settlements().list().await.unwrap().is_empty());
 }

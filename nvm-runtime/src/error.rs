@@ -279,6 +279,19 @@ pub enum PaymentError {
         #[source]
         source: Box<FacilitatorError>,
     },
+    /// A retry of a call whose settlement's outcome is still unknown (409, with
+    /// `Retry-After`): nothing was charged for this retry and nothing is to be paid; the
+    /// call's answer is delivered to a retry once the seller finds the credits burned
+    /// (or the call runs afresh, paid anew, if they were not).
+    #[error(
+        "this call's settlement is still pending (record {pending_id}): do not pay again; retry with the same Idempotency-Key in {retry_after} s"
+    )]
+    SettlementPending {
+        /// The id of the record in the seller's journal.
+        pending_id: String,
+        /// The seconds to wait before retrying.
+        retry_after: u64,
+    },
     /// The route is misconfigured (500).
     #[error(transparent)]
     Config(ConfigError),
@@ -363,6 +376,7 @@ impl PaymentError {
             PaymentError::Facilitator(FacilitatorError::Unavailable(_)) | PaymentError::Config(_) => 500,
             PaymentError::BodyUnreadable(_) => 400,
             PaymentError::SettlementUnknown { .. } => 402,
+            PaymentError::SettlementPending { .. } => 409,
             PaymentError::BodyTooLarge { .. } => 413,
             PaymentError::Idempotency(error) => error.status(),
             _ => 402,
@@ -394,6 +408,9 @@ pub enum Refusal {
         /// and the record's id as `pendingSettlementId`.
         receipt: Box<SettleResponse>,
     },
+    /// 409 with `Retry-After` and **without** an envelope: a retry of a call whose
+    /// settlement is still pending ([`PaymentError::SettlementPending`]).
+    StillPending(PaymentError),
     /// Not a payment matter: the facilitator could not be asked or the route is
     /// misconfigured (500), or a body-priced request's body is unreadable (400) or too
     /// long (413).
@@ -424,6 +441,7 @@ impl Refusal {
         match self {
             Refusal::PaymentRequired { error, .. }
             | Refusal::OutcomeUnknown { error, .. }
+            | Refusal::StillPending(error)
             | Refusal::Failed(error) => error,
         }
     }
@@ -433,7 +451,7 @@ impl Refusal {
         match self {
             Refusal::PaymentRequired { .. } => 402,
             Refusal::OutcomeUnknown { .. } => 402,
-            Refusal::Failed(error) => error.status(),
+            Refusal::StillPending(error) | Refusal::Failed(error) => error.status(),
         }
     }
 }

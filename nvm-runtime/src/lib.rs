@@ -54,5 +54,9 @@ pub mod __private;
 pub use actix::{ChargeError, PaymentContext, PaymentMiddleware, Payments, PaymentsBuilder, RouteConfig};
 pub use backend::Environment;
 pub use error::{ConfigError, FacilitatorError, PaymentError};
-pub use flow::{Idempotency, Meter, MeterFull, PendingSettlement, PendingSettlements, SettlePoint};
+pub use flow::{
+    Idempotency, Meter, MeterFull, PendingSettlement, PendingSettlements, Recovery, Resolution, ResolveFuture,
+    SettlePoint,
+    SettlementResolver, SettlementStatus,
+};
 pub use nvm_macros::paid;

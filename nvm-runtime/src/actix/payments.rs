@@ -14,7 +14,9 @@ use crate::backend::PlanCatalog;
 use crate::backend::{ApiKey, BackendSettings, Connection, Environment};
 use crate::error::{ConfigError, PaymentError};
 use crate::flow::cache::{VerifyCache, WellFormed};
-use crate::flow::{Idempotency, PendingSettlement, PendingSettlements, Seller, SettlePoint};
+use crate::flow::{
+    Idempotency, PendingSettlement, PendingSettlements, Recovery, Seller, SettlePoint, SettlementResolver,
+};
 use crate::observability::Gateway;
 use crate::wire::PaymentRequired;
 use crate::wire::{SettleResponse, VerifyResponse};
@@ -32,6 +34,9 @@ pub(crate) struct DeclaredRoute {
 
 /// The default token header.
 pub const DEFAULT_TOKEN_HEADER: &str = "payment-signature";
+
+/// What a retry of a call whose settlement is still pending is told to wait, by default.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// The payments configuration shared by every paid route.
 ///
@@ -173,6 +178,21 @@ impl Payments {
         &self.inner.seller.pending
     }
 
+    /// Resolves what it can of the settlements of unknown outcome: a single-use token's by
+    /// settling it once more, the others with the resolver set by
+    /// [`PaymentsBuilder::settlement_resolver`]. Run it on a schedule if you have a
+    /// resolver; [`Payments::prepare`] runs it at start-up.
+    ///
+    /// ```
+    /// # async fn demo(payments: &nvm_runtime::Payments) -> std::io::Result<()> {
+    /// let report = payments.resolve_pending().await?;
+    /// println!("{} resolved, {} still unknown", report.resolved(), report.unknown);
+    /// # Ok(()) }
+    /// ```
+    pub async fn resolve_pending(&self) -> std::io::Result<Recovery> {
+        crate::flow::recovery::resolve(&self.inner.seller).await
+    }
+
     /// The start-up step of a paid server: checks that every `env("VAR")` plan and
     /// agent of every `#[paid]` handler is set, fetches the metadata of every plan that
     /// a `#[paid]` handler or a `PaymentMiddleware` built with this configuration
@@ -238,6 +258,15 @@ impl Payments {
     /// skipped, the records around it kept).
     async fn report_pending(&self) {
         let journal = self.pending_settlements();
+        match crate::flow::recovery::recover(&self.inner.seller).await {
+            Ok(report) if report.orphans > 0 || report.resolved() > 0 => tracing::warn!(
+                orphans = report.orphans, burned = report.burned, not_burned = report.not_burned,
+                "pending-settlement journal {}: {} settlement(s) were in flight when their process stopped; {} resolved as burned, {} as not burned",
+                journal.name(), report.orphans, report.burned, report.not_burned
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "the pending-settlement journal could not be recovered"),
+        }
         match (journal.list().await, journal.unreadable_lines().await) {
             (Ok(open), Ok(unreadable)) => {
                 for line in &unreadable {
@@ -246,7 +275,7 @@ impl Payments {
                 if !open.is_empty() {
                     tracing::warn!(
                         pending = open.len(),
-                        "{} settlement(s) of unknown outcome to reconcile: payments.pending_settlements().list()",
+                        "{} settlement(s) of unknown outcome to resolve: payments.pending_settlements().list(), then close(id, Resolution::Burned | NotBurned)",
                         open.len()
                     );
                 }
@@ -358,6 +387,8 @@ pub struct PaymentsBuilder {
     deliver_on_settle_failure: bool,
     cache_ttl: Option<Duration>,
     pending: Option<PendingSettlements>,
+    resolver: Option<Arc<dyn SettlementResolver>>,
+    retry_after: Option<Duration>,
     idempotency: Option<Idempotency>,
     hooks: Hooks,
 }
@@ -370,6 +401,8 @@ impl std::fmt::Debug for PaymentsBuilder {
             .field("deliver_on_settle_failure", &self.deliver_on_settle_failure)
             .field("cache_ttl", &self.cache_ttl)
             .field("pending", &self.pending)
+            .field("resolver", &self.resolver.is_some())
+            .field("retry_after", &self.retry_after)
             .field("idempotency", &self.idempotency)
             .field("hooks", &self.hooks)
             .finish()
@@ -470,6 +503,44 @@ impl PaymentsBuilder {
     /// ```
     pub fn pending_settlements(mut self, journal: PendingSettlements) -> Self {
         self.pending = Some(journal);
+        self
+    }
+
+    /// What resolves pending settlements for you: given a record, it asks whatever knows
+    /// (the backend, your books) whether its credits were burned. It is consulted at
+    /// [`Payments::prepare`], by [`Payments::resolve_pending`], and when a buyer retries
+    /// a call whose settlement is still unknown; what it resolves is closed in the
+    /// journal. Without one, the seller closes records
+    /// ([`PendingSettlements::close`], or the `nvm-pending` command).
+    ///
+    /// ```
+    /// use nvm_runtime::{Payments, PendingSettlement, Resolution};
+    ///
+    /// let payments = Payments::builder()
+    ///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")
+    ///     .settlement_resolver(|record: PendingSettlement| async move {
+    ///         // Ask your books; `None` leaves the record pending.
+    ///         (record.amount == "0").then_some(Resolution::NotBurned)
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = payments;
+    /// ```
+    pub fn settlement_resolver(mut self, resolver: impl SettlementResolver) -> Self {
+        self.resolver = Some(Arc::new(resolver));
+        self
+    }
+
+    /// How long a buyer retrying a call whose settlement is still pending is told to
+    /// wait (its `Retry-After`, default 30 s).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = nvm_runtime::Payments::builder().pending_retry_after(Duration::from_secs(5));
+    /// # let _ = builder;
+    /// ```
+    pub fn pending_retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
         self
     }
 
@@ -587,6 +658,8 @@ impl PaymentsBuilder {
             token_headers: token_headers.iter().map(|h| h.as_str().to_owned()).collect(),
             deliver_on_settle_failure: self.deliver_on_settle_failure,
             pending: journal,
+            resolver: self.resolver,
+            retry_after: self.retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
             idempotency,
         };
         Ok(Payments {

@@ -21,7 +21,7 @@ use super::respond::{attach_receipt, not_for_caches, render, render_plain};
 use crate::error::{ConfigError, IdempotencyError, PaymentError, Refusal};
 use crate::flow::idempotency::{self, Claim, KeyedRequest, StoredResponse};
 use crate::flow::telemetry::{Outcome, Telemetry};
-use crate::flow::{self, Admission, Host, Offer, PaymentState, PendingSettlement, Settlement, Terms};
+use crate::flow::{self, Admission, Host, Kept, Offer, PaymentState, PendingSettlement, Settlement, Terms};
 use crate::wire::{PAYMENT_RESPONSE, PaymentRequired, SettleResponse, VerifyResponse};
 
 /// A request and its configuration, as the flow sees them.
@@ -263,6 +263,9 @@ fn replay(exchange: &Exchange<'_>, stored: StoredResponse) -> HttpResponse {
                     response.headers_mut().append(name, value);
                 }
             }
+            if let Some(receipt) = stored.receipt.as_deref().and_then(|r| HeaderValue::try_from(r).ok()) {
+                response.headers_mut().insert(HeaderName::from_static(PAYMENT_RESPONSE), receipt);
+            }
             response
         }
         _ => {
@@ -303,7 +306,7 @@ fn capture(response: HttpResponse, max: usize) -> (HttpResponse, StoredResponse)
         Ok(bytes) => (BoxBody::new(bytes), None),
         Err(body) => (body, None),
     };
-    (response.set_body(body), StoredResponse { status, headers, body: kept })
+    (response.set_body(body), StoredResponse { status, headers, body: kept, receipt: None })
 }
 
 /// Completes the request's idempotency claim with `response`, kept for replay when its
@@ -351,25 +354,44 @@ pub(crate) async fn settle(
         not_for_caches(&mut response, cache_control);
         return super::stream::settle_after_body(payments, req, Arc::clone(state), response, claim);
     }
-    let settlement = flow::settle(seller, exchange, state, response.status().as_u16()).await;
-    report(state, response.status(), &settlement);
-    let keep = keeps_answer(&settlement, response.status());
-    let response = match settlement {
-        Settlement::None => response,
-        Settlement::Settled(receipt) | Settlement::FailedDelivered(receipt) => {
-            attach_receipt(&mut response, &receipt);
-            not_for_caches(&mut response, cache_control);
-            response
+    let max = seller.idempotency.max_response_body_len();
+    // Run to its end even if the request is dropped meanwhile (the client reset the
+    // connection): a settle call sent is always followed by its outcome's bookkeeping.
+    let (payments, req, state, cache_control) =
+        (exchange.payments.clone(), exchange.req.clone(), Arc::clone(state), cache_control.map(str::to_owned));
+    let settling = actix_web::rt::spawn(async move {
+        let exchange = Exchange { payments: &payments, req: &req };
+        let seller = payments.seller();
+        let status = response.status();
+        let mut claim = claim;
+        let (mut response, kept) = match &mut claim {
+            Some(claim) if status.is_success() => {
+                let (response, answer) = capture(response, max);
+                (response, Some(Kept { claim, answer }))
+            }
+            _ => (response, None),
+        };
+        let settlement = flow::settle(seller, &exchange, &state, status.as_u16(), kept).await;
+        report(&state, status, &settlement);
+        let keep = keeps_answer(&settlement, status);
+        let response = match settlement {
+            Settlement::None => response,
+            Settlement::Settled(receipt) | Settlement::FailedDelivered(receipt) => {
+                attach_receipt(&mut response, &receipt);
+                not_for_caches(&mut response, cache_control.as_deref());
+                response
+            }
+            Settlement::Refused(refusal) => exchange.refuse(refusal).1,
+        };
+        match claim {
+            Some(claim) => finish_claim(&exchange, claim, response, keep, max).await,
+            None => response,
         }
-        Settlement::Refused(refusal) => exchange.refuse(refusal).1,
-    };
-    match claim {
-        Some(claim) => {
-            let max = seller.idempotency.max_response_body_len();
-            finish_claim(exchange, claim, response, keep, max).await
-        }
-        None => response,
-    }
+    });
+    settling.await.unwrap_or_else(|_| {
+        tracing::error!("the settlement task panicked");
+        HttpResponse::InternalServerError().finish()
+    })
 }
 
 /// Polls `future`, turning a panic into an `Err`.

@@ -94,6 +94,26 @@ fn render_refusal(refusal: &Refusal) -> HttpResponse {
             attach_receipt(&mut response, receipt);
             response
         }
+        Refusal::StillPending(error) => {
+            let receipt = crate::flow::pending_receipt(refusal);
+            let mut body = serde_json::json!({ "error": "Settlement Pending", "message": error.to_string() });
+            for field in ["pendingSettlementId", "retryAfter"] {
+                if let Some(value) = receipt.as_ref().and_then(|r| r.other.get(field)) {
+                    body[field] = value.clone();
+                }
+            }
+            let mut response = HttpResponse::build(StatusCode::CONFLICT)
+                .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+                .insert_header((CACHE_CONTROL, HeaderValue::from_static("no-store")))
+                .body(body.to_string());
+            if let Some(seconds) = body["retryAfter"].as_u64() {
+                insert_header(&mut response, "retry-after", seconds.to_string());
+            }
+            if let Some(receipt) = &receipt {
+                attach_receipt(&mut response, receipt);
+            }
+            response
+        }
         Refusal::Failed(error) => {
             let message = match error {
                 PaymentError::Facilitator(FacilitatorError::Unavailable(why)) => format!(

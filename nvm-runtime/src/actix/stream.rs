@@ -111,7 +111,7 @@ impl Pending {
         actix_web::rt::spawn(async move {
             let exchange = Exchange { payments: &self.payments, req: &self.req };
             let amount = self.state.amount_due();
-            let settlement = flow::settle(self.payments.seller(), &exchange, &self.state, 200).await;
+            let settlement = flow::settle(self.payments.seller(), &exchange, &self.state, 200, None).await;
             super::paywall::report(&self.state, actix_web::http::StatusCode::OK, &settlement);
             let keep = super::paywall::keeps_answer(&settlement, actix_web::http::StatusCode::OK);
             let receipt = receipt_of(&exchange, amount, settlement);

@@ -14,10 +14,13 @@
 //! | a claim, same fingerprint | 409 (or waits for it, opt-in) |
 //! | anything, other fingerprint | 422 |
 //! | a stored response | the response and its receipt, `idempotent-replayed: true` |
+//! | an answer held for a pending settlement | what its resolution says (see `flow::admit`) |
 //!
 //! A handler that fails or a settlement refused stores nothing (the claim is released,
-//! a retry runs afresh); a settlement of unknown outcome stores its answer, so a retry
-//! is never charged twice for it.
+//! a retry runs afresh). A successful answer is held, with the id of its settlement's
+//! journal record, before the settle call is sent: when the outcome is unknown (or the
+//! process dies), it waits there for the settlement's resolution, so a retry is never
+//! charged twice and gets the answer once the credits are known to be burned.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::PendingSettlements;
 use crate::error::IdempotencyError;
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::wire::codec::{hex, unique_id};
@@ -233,6 +237,10 @@ pub(crate) struct StoredResponse {
     /// Base64 of the body; `None` when it was too long (or streamed and cut) to keep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) body: Option<String>,
+    /// A receipt to attach when replaying (header form): that of a pending settlement
+    /// resolved as burned. The other stored answers carry theirs already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) receipt: Option<String>,
 }
 
 /// A record of the store.
@@ -251,6 +259,16 @@ enum Record {
         payer: Option<String>,
         response: StoredResponse,
     },
+    /// It ran, its answer is held, and its settlement (journal record `pending`) is in
+    /// flight or of unknown outcome.
+    #[serde(rename_all = "camelCase")]
+    Held {
+        fingerprint: String,
+        token: String,
+        payer: Option<String>,
+        pending: String,
+        response: StoredResponse,
+    },
 }
 
 /// The running claim of a request on its key, to complete or release. A claim dropped
@@ -259,10 +277,14 @@ enum Record {
 pub(crate) struct Claim {
     store: Option<Arc<dyn Store>>,
     store_key: String,
+    /// What the store holds for this claim now (compared before it is replaced).
     running: Vec<u8>,
     fingerprint: String,
     token: String,
     payer: Option<String>,
+    /// Once its answer is held: the journal record written ahead of the settle call,
+    /// forgotten once the store no longer holds the answer for it.
+    journal: Option<(PendingSettlements, String)>,
 }
 
 impl std::fmt::Debug for Claim {
@@ -271,10 +293,27 @@ impl std::fmt::Debug for Claim {
     }
 }
 
+impl Claim {
+    /// Leaves the held answer in the store, and the journal record, for the
+    /// settlement's resolution (its outcome is unknown): completing or releasing the
+    /// claim then does nothing.
+    pub(crate) fn keep_held(&mut self) {
+        if self.journal.take().is_some() {
+            self.store = None;
+        }
+    }
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
         let Some(store) = self.store.take() else { return };
         let (key, running) = (std::mem::take(&mut self.store_key), std::mem::take(&mut self.running));
+        if let Some((_, pending)) = self.journal.take() {
+            // Dropped while its settle call may be in flight: its answer stays held and
+            // its record open, for the settlement's resolution.
+            tracing::warn!(%key, %pending, "a call was dropped while its settlement was in flight: its answer stays held until the record is resolved");
+            return;
+        }
         tracing::debug!(%key, "idempotency claim abandoned before settlement: released");
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -283,6 +322,15 @@ impl Drop for Claim {
                 }
             });
         }
+    }
+}
+
+/// Forgets the journal record of a claim whose store record is settled for good.
+async fn forget(journal: Option<(PendingSettlements, String)>) {
+    if let Some((journal, id)) = journal
+        && let Err(error) = journal.done(&id).await
+    {
+        tracing::warn!(pending = %id, %error, "a settled call's journal record could not be closed: it is reported as left open at the next start-up");
     }
 }
 
@@ -296,6 +344,30 @@ pub(crate) enum Found {
     /// Done, paid with another token: replay it once this token is verified to be the
     /// same payer's.
     ReplayIfPayer { payer: Option<String>, response: StoredResponse },
+    /// Its answer is held for the settlement recorded as `pending`: what happens depends
+    /// on that settlement's resolution.
+    Held(Held),
+}
+
+/// An answer held in the store for a pending settlement.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) store_key: String,
+    /// The store's value, to forget it by.
+    value: Vec<u8>,
+    /// The journal record of the settlement.
+    pub(crate) pending: String,
+    /// Whether it was paid with the asking token.
+    pub(crate) same_token: bool,
+    pub(crate) payer: Option<String>,
+    pub(crate) response: StoredResponse,
+}
+
+/// Forgets an answer held for a settlement resolved as not burned: the key is free, a
+/// retry runs (and pays) afresh.
+pub(crate) async fn drop_held(store: &dyn Store, held: &Held) -> Result<(), IdempotencyError> {
+    store.remove(&held.store_key, &held.value).await.map_err(unavailable)?;
+    Ok(())
 }
 
 /// The store key of a request: payer, plan, route and client key, hashed (fixed
@@ -364,7 +436,9 @@ async fn look(
         let value = store.get(&store_key).await.map_err(unavailable)?;
         let Some(value) = value else { return Ok(Found::Absent { store_key }) };
         match serde_json::from_slice::<Record>(&value) {
-            Ok(Record::Done { fingerprint, .. }) | Ok(Record::Running { fingerprint, .. })
+            Ok(Record::Done { fingerprint, .. })
+            | Ok(Record::Running { fingerprint, .. })
+            | Ok(Record::Held { fingerprint, .. })
                 if fingerprint != request.fingerprint =>
             {
                 return Err(IdempotencyError::KeyReused);
@@ -375,6 +449,10 @@ async fn look(
                 } else {
                     Found::ReplayIfPayer { payer, response }
                 });
+            }
+            Ok(Record::Held { token: paid_with, payer, pending, response, .. }) => {
+                let same_token = paid_with == caller.digest;
+                return Ok(Found::Held(Held { store_key, value, pending, same_token, payer, response }));
             }
             Ok(Record::Running { .. }) => match deadline {
                 Some(deadline) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
@@ -416,7 +494,8 @@ pub(crate) async fn claim(
     if store.insert_new(&store_key, running.clone(), config.claim_ttl).await.map_err(unavailable)? {
         let (fingerprint, token) = (request.fingerprint.clone(), caller.digest.clone());
         let store = config.store.clone();
-        return Ok(Claimed::Won(Claim { store, store_key, running, fingerprint, token, payer }));
+        let journal = None;
+        return Ok(Claimed::Won(Claim { store, store_key, running, fingerprint, token, payer, journal }));
     }
     match look(config, store, store_key, caller, request).await? {
         Found::Absent { .. } => Err(IdempotencyError::InFlight),
@@ -424,15 +503,57 @@ pub(crate) async fn claim(
     }
 }
 
+/// Holds `response`, the answer of the claim's call, for its settlement (journal record
+/// `pending` of `journal`), before the settle call is sent: kept for the buyer's retry
+/// should the outcome be unknown. `false` when the store could not hold it (the call
+/// goes on; an unknown outcome then keeps the answer that says so).
+pub(crate) async fn hold(
+    config: &Idempotency,
+    claim: &mut Claim,
+    journal: &PendingSettlements,
+    pending: &str,
+    response: StoredResponse,
+) -> bool {
+    let Some(store) = claim.store.clone() else { return false };
+    let held = Record::Held {
+        fingerprint: claim.fingerprint.clone(),
+        token: claim.token.clone(),
+        payer: claim.payer.clone(),
+        pending: pending.to_owned(),
+        response,
+    };
+    let held = serde_json::to_vec(&held).unwrap_or_default();
+    match store.replace(&claim.store_key, &claim.running, held.clone(), config.ttl).await {
+        Ok(true) => {
+            claim.running = held;
+            claim.journal = Some((journal.clone(), pending.to_owned()));
+            true
+        }
+        Ok(false) => {
+            tracing::error!(key = %claim.store_key, "the idempotency claim expired before its call finished (raise Idempotency::claim_ttl): its answer is not held");
+            false
+        }
+        Err(error) => {
+            tracing::error!(key = %claim.store_key, %error, "the answer could not be held for its settlement: an unknown outcome will not deliver it");
+            false
+        }
+    }
+}
+
 /// Remembers `response` as the answer to the claim's key.
 pub(crate) async fn complete(config: &Idempotency, mut claim: Claim, response: StoredResponse) {
+    let journal = claim.journal.take();
     let Some(store) = claim.store.take() else { return };
     let (fingerprint, token, payer) =
         (std::mem::take(&mut claim.fingerprint), std::mem::take(&mut claim.token), claim.payer.take());
     let done = Record::Done { fingerprint, token, payer, response };
     let done = serde_json::to_vec(&done).unwrap_or_default();
     match store.replace(&claim.store_key, &claim.running, done, config.ttl).await {
-        Ok(true) => tracing::debug!(key = %claim.store_key, "idempotent call stored for replay"),
+        Ok(true) => {
+            tracing::debug!(key = %claim.store_key, "idempotent call stored for replay");
+            // The store no longer holds the answer for the settlement: its record goes.
+            forget(journal).await;
+        }
         Ok(false) => tracing::error!(
             key = %claim.store_key,
             "the idempotency claim expired before its call finished (raise Idempotency::claim_ttl): a retry may run again"
@@ -446,12 +567,14 @@ pub(crate) async fn complete(config: &Idempotency, mut claim: Claim, response: S
 
 /// Forgets the claim: nothing was charged, a retry runs afresh.
 pub(crate) async fn release(mut claim: Claim) {
+    let journal = claim.journal.take();
     let Some(store) = claim.store.take() else { return };
-    if let Err(error) = store.remove(&claim.store_key, &claim.running).await {
-        tracing::warn!(
+    match store.remove(&claim.store_key, &claim.running).await {
+        Ok(_) => forget(journal).await,
+        Err(error) => tracing::warn!(
             key = %claim.store_key, %error,
             "an idempotency claim could not be released: retries get 409 until it expires"
-        );
+        ),
     }
 }
 

@@ -6,15 +6,21 @@
 
 pub(crate) mod cache;
 pub(crate) mod idempotency;
-mod pending;
+pub(crate) mod pending;
+pub(crate) mod recovery;
 mod state;
 pub(crate) mod telemetry;
 mod terms;
 
+use std::sync::Arc;
+
 use cache::{CacheKey, VerifyCache, WellFormed};
 pub use idempotency::Idempotency;
-use idempotency::{Caller, Claimed, Found, KeyedRequest, StoredResponse};
-pub use pending::{PendingSettlement, PendingSettlements};
+use idempotency::{Caller, Claim, Claimed, Found, Held, KeyedRequest, StoredResponse};
+pub use recovery::Recovery;
+pub use pending::{
+    PendingSettlement, PendingSettlements, Resolution, ResolveFuture, SettlementResolver, SettlementStatus,
+};
 pub use state::{Meter, MeterFull};
 pub(crate) use state::{PaymentState, Verified};
 pub(crate) use terms::Offer;
@@ -25,7 +31,7 @@ use crate::error::{ConfigError, FacilitatorError, IdempotencyError, PaymentError
 use crate::wire::codec::{JsonShape, MAX_HEADER_LEN, decode_json_header};
 use crate::wire::{
     AccessToken, Amount, CODE_SPENT, NETWORK_STRIPE, PaymentRequired, SCHEME_CARD_DELEGATION,
-    SETTLEMENT_UNKNOWN, SettleResponse, VerifyResponse,
+    SETTLEMENT_PENDING, SETTLEMENT_UNKNOWN, SettleResponse, VerifyResponse,
 };
 
 /// The seller's side of the flow: the facilitator, the plan catalogue, the cache, the
@@ -39,8 +45,13 @@ pub(crate) struct Seller {
     /// Lower-case header names, first non-empty wins.
     pub(crate) token_headers: Vec<String>,
     pub(crate) deliver_on_settle_failure: bool,
-    /// Where settlements of unknown outcome are written down.
+    /// Where settlements in flight (with a durable journal) and of unknown outcome are
+    /// written down.
     pub(crate) pending: PendingSettlements,
+    /// What resolves pending settlements, when the seller plugged one in.
+    pub(crate) resolver: Option<Arc<dyn SettlementResolver>>,
+    /// What a retry of a call whose settlement is still pending is told to wait.
+    pub(crate) retry_after: std::time::Duration,
     /// Where idempotent calls and settled single-use tokens are remembered.
     pub(crate) idempotency: Idempotency,
 }
@@ -138,13 +149,17 @@ pub(crate) async fn admit(
     }
     let found = match (store, keyed, &caller) {
         (Some(store), Some(keyed), Some(caller)) => {
-            match idempotency::find(&seller.idempotency, store, caller, offer.plan_id, keyed).await {
+            let found = match idempotency::find(&seller.idempotency, store, caller, offer.plan_id, keyed).await {
+                Ok(Found::Held(held)) => resolve_held(seller, store, held).await,
+                found => found.map_err(|error| Refusal::Failed(PaymentError::Idempotency(error))),
+            };
+            match found {
                 Ok(Found::Replay(response)) => {
                     tracing::info!(token = %token.hash(), "idempotent retry: replaying the stored response");
                     return Ok(Admission::Replay(response));
                 }
                 Ok(found) => Some((store, keyed, caller, found)),
-                Err(error) => return Err(Refusal::Failed(PaymentError::Idempotency(error))),
+                Err(refusal) => return Err(refusal),
             }
         }
         _ => None,
@@ -186,6 +201,9 @@ fn keyed_next(found: Found, verified: &Verified) -> Result<Next, IdempotencyErro
     match found {
         Found::Absent { store_key } => Ok(Next::Claim(store_key)),
         Found::Replay(response) => Ok(Next::Replay(response)),
+        // Taken between the look-up and the claim by a call now waiting for its
+        // settlement: as for a call still running.
+        Found::Held(_) => Err(IdempotencyError::InFlight),
         Found::ReplayIfPayer { payer, response } => {
             let same = payer
                 .as_deref()
@@ -199,6 +217,104 @@ fn keyed_next(found: Found, verified: &Verified) -> Result<Next, IdempotencyErro
             }
         }
     }
+}
+
+/// What a retry of a call whose answer is held for its settlement gets, by the
+/// settlement's standing: still open (asking the seller's resolver first), a "still
+/// pending, retry after" refusal; burned, the held answer with a confirmed receipt (to
+/// the same payer); not burned, the held answer dropped and the call run afresh.
+async fn resolve_held(seller: &Seller, store: &dyn crate::store::Store, held: Held) -> Result<Found, Refusal> {
+    let standing = standing(seller, &held.pending).await;
+    match standing {
+        Some((record, Resolution::Burned)) => {
+            tracing::info!(pending = %held.pending, "retry of a call whose settlement was resolved as burned: delivering its held answer");
+            let mut response = held.response;
+            response.receipt = Some(confirmed_receipt(&record).to_header());
+            Ok(if held.same_token {
+                Found::Replay(response)
+            } else {
+                Found::ReplayIfPayer { payer: held.payer, response }
+            })
+        }
+        Some((_, Resolution::NotBurned)) => {
+            tracing::info!(pending = %held.pending, "retry of a call whose settlement was resolved as not burned: running it afresh");
+            idempotency::drop_held(store, &held)
+                .await
+                .map_err(|error| Refusal::Failed(PaymentError::Idempotency(error)))?;
+            Ok(Found::Absent { store_key: held.store_key })
+        }
+        None => Err(Refusal::StillPending(PaymentError::SettlementPending {
+            pending_id: held.pending,
+            retry_after: seller.retry_after.as_secs().max(1),
+        })),
+    }
+}
+
+/// The resolution of the journal's record `id`, asking the seller's resolver when it
+/// is still open (and closing it with the answer); `None` while it stays open, or when
+/// the journal has no such record (a journal that lost it: it stays pending).
+pub(crate) async fn standing(seller: &Seller, id: &str) -> Option<(PendingSettlement, Resolution)> {
+    let (record, status) = match seller.pending.get(id).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            tracing::error!(pending = %id, journal = %seller.pending.name(), "an answer is held for a settlement the journal does not hold (a journal in memory restarted?): it stays pending until its idempotency record expires");
+            return None;
+        }
+        Err(error) => {
+            tracing::error!(pending = %id, %error, "the pending-settlement journal could not be read");
+            return None;
+        }
+    };
+    match status {
+        SettlementStatus::Resolved(resolution) => Some((record, resolution)),
+        _ => {
+            let resolution = seller.resolver.as_ref()?.resolve(&record).await?;
+            close(seller, &record, resolution, "the resolver").await;
+            Some((record, resolution))
+        }
+    }
+}
+
+/// Closes `record` with `resolution` (found by `who`), with the log line.
+pub(crate) async fn close(seller: &Seller, record: &PendingSettlement, resolution: Resolution, who: &str) {
+    match seller.pending.close(&record.id, resolution).await {
+        Ok(_) => tracing::info!(pending = %record.id, %resolution, "pending settlement resolved by {who}"),
+        Err(error) => tracing::error!(pending = %record.id, %resolution, %error, "a pending settlement was resolved by {who} but the journal could not be written"),
+    }
+}
+
+/// The receipt answering a retry of a call whose settlement is still pending:
+/// `success: false`, `errorReason: "settlement_pending"`, the record's id and the
+/// seconds to wait; `None` for any other refusal.
+pub(crate) fn pending_receipt(refusal: &Refusal) -> Option<SettleResponse> {
+    let Refusal::StillPending(PaymentError::SettlementPending { pending_id, retry_after }) = refusal else {
+        return None;
+    };
+    let mut receipt = SettleResponse {
+        success: false,
+        error_reason: Some(SETTLEMENT_PENDING.to_owned()),
+        ..SettleResponse::default()
+    };
+    receipt.other.insert("pendingSettlementId".to_owned(), pending_id.clone().into());
+    receipt.other.insert("retryAfter".to_owned(), (*retry_after).into());
+    Some(receipt)
+}
+
+/// The receipt of a pending settlement resolved as burned: the record's request, marked
+/// `confirmedAfterUnknown`.
+fn confirmed_receipt(record: &PendingSettlement) -> SettleResponse {
+    let mut receipt = SettleResponse {
+        success: true,
+        payer: record.payer.clone(),
+        credits_redeemed: record.amount.parse::<u64>().ok().map(Amount::from),
+        ..SettleResponse::default()
+    };
+    receipt.other.insert("pendingSettlementId".to_owned(), record.id.clone().into());
+    if let Some(id) = &record.agent_request_id {
+        receipt.other.insert("agentRequestId".to_owned(), id.clone().into());
+    }
+    receipt.other.insert("confirmedAfterUnknown".to_owned(), true.into());
+    receipt
 }
 
 /// Verifies `token` for `credits` (from the cache when it holds the verification).
@@ -274,13 +390,26 @@ fn keep(state: &PaymentState, verified: Verified) {
     let _ = state.verified.set(verified);
 }
 
+/// The answer of a call with an idempotency key, held in the store with the request's
+/// claim before its settle call is sent (see [`idempotency::hold`]).
+pub(crate) struct Kept<'a> {
+    pub(crate) claim: &'a mut Claim,
+    pub(crate) answer: StoredResponse,
+}
+
 /// Settles the verified payment of `state` when the handler answered `status` (a
 /// success), exactly once.
+///
+/// With a durable journal the settlement is written down before its settle call is
+/// sent (and forgotten once its outcome is known); `kept`, the answer of a call with an
+/// idempotency key, is held in the store for it first. An unknown outcome leaves both
+/// for the settlement's resolution.
 pub(crate) async fn settle(
     seller: &Seller,
     host: &impl Host,
     state: &PaymentState,
     status: u16,
+    mut kept: Option<Kept<'_>>,
 ) -> Settlement {
     let Some(verified) = state.verified.get() else {
         return Settlement::None;
@@ -305,6 +434,23 @@ pub(crate) async fn settle(
         max_amount: Some(&max_amount),
         agent_request_id: if verified.from_cache { None } else { verified.verification.request_id() },
     };
+    let record = record_of(host, verified, amount, &request);
+    // Written ahead, in this order: the journal's record, then the answer held with it
+    // (a held answer always has its record). A record's settle call is sent only once it
+    // is written down.
+    let ahead = seller.pending.is_durable();
+    if ahead && let Err(error) = seller.pending.begin(&record).await {
+        tracing::error!(token = %verified.token.hash(), credits = amount, %error, "the pending-settlement journal could not be written: nothing settled, the answer withheld");
+        let reason = format!("settlement_not_attempted: the seller's settlement journal could not be written ({error}); nothing was charged, retry later");
+        return refuse_settlement(seller, verified, &request, reason, None);
+    }
+    let held = match kept.as_mut() {
+        Some(kept) => {
+            idempotency::hold(&seller.idempotency, kept.claim, &seller.pending, &record.id, kept.answer.clone())
+                .await
+        }
+        None => false,
+    };
     // `token.hash()` (a SHA-256) is written inside the log macros: computed only for
     // the lines that are enabled.
     let started = std::time::Instant::now();
@@ -319,15 +465,26 @@ pub(crate) async fn settle(
         }
         answered => answered,
     };
+    if let SettleOutcome::Unknown(error) = outcome {
+        if let Some(kept) = kept.as_mut().filter(|_| held) {
+            kept.claim.keep_held();
+        }
+        return unknown(seller, host, verified, record, held, error).await;
+    }
+    // Known: the record goes (once the store no longer holds the answer for it, when
+    // it does: the claim's completion or release forgets it).
+    if ahead
+        && !held
+        && let Err(error) = seller.pending.done(&record.id).await
+    {
+        tracing::warn!(pending = %record.id, %error, "a settled call's journal record could not be closed: it is reported as left open at the next start-up");
+    }
     let (receipt, reason, source) = match outcome {
         SettleOutcome::Settled(receipt) => {
             if verified.single_use {
                 idempotency::mark_spent(&seller.idempotency, &verified.token).await;
             }
             return settled(host, amount, receipt);
-        }
-        SettleOutcome::Unknown(error) => {
-            return unknown(seller, host, verified, amount, &request, error).await;
         }
         SettleOutcome::Declined(receipt) => {
             let reason = receipt.error_reason.clone().unwrap_or_else(|| "settlement failed".to_owned());
@@ -338,10 +495,35 @@ pub(crate) async fn settle(
                 FacilitatorError::Refused { error, .. } => format!("{}: {}", error.code, error.message),
                 FacilitatorError::Unavailable(why) => format!("settlement_unavailable: {why}"),
             };
-            (failed_receipt(verified, &request, &reason), reason, Some(Box::new(error)))
+            return refuse_settlement(seller, verified, &request, reason, Some(Box::new(error)));
         }
+        SettleOutcome::Unknown(_) => unreachable!("answered above"),
     };
-    tracing::error!(token = %verified.token.hash(), credits = amount, %reason, "settlement failed");
+    finish_refused(seller, verified, receipt, reason, source)
+}
+
+/// A settlement that failed with nothing burned and no facilitator receipt.
+fn refuse_settlement(
+    seller: &Seller,
+    verified: &Verified,
+    request: &RequestRef<'_>,
+    reason: String,
+    source: Option<Box<FacilitatorError>>,
+) -> Settlement {
+    let receipt = failed_receipt(verified, request, &reason);
+    finish_refused(seller, verified, receipt, reason, source)
+}
+
+/// A failed settlement: logged, its verification forgotten, the answer delivered with
+/// the failed receipt or withheld, as the policy says.
+fn finish_refused(
+    seller: &Seller,
+    verified: &Verified,
+    receipt: SettleResponse,
+    reason: String,
+    source: Option<Box<FacilitatorError>>,
+) -> Settlement {
+    tracing::error!(token = %verified.token.hash(), %reason, "settlement failed");
     if let (Some(cache), Some(key)) = (&seller.cache, &verified.cache_key) {
         cache.remove(key);
     }
@@ -353,6 +535,28 @@ pub(crate) async fn settle(
         PaymentError::SettlementFailed { reason, source },
     );
     Settlement::Refused(refusal.with_receipt(receipt))
+}
+
+/// The journal record of the settlement of `request`: its id is the agent request id
+/// when the verification gave one. A single-use token's record keeps what settling it
+/// once more takes.
+fn record_of(host: &impl Host, verified: &Verified, amount: u64, request: &RequestRef<'_>) -> PendingSettlement {
+    let agent_request_id = request.agent_request_id.map(str::to_owned);
+    PendingSettlement {
+        id: agent_request_id.clone().unwrap_or_else(pending::local_id),
+        agent_request_id,
+        payer: verified.verification.payer.clone(),
+        plan_id: verified.envelope.first().map(|a| a.plan_id.clone()).unwrap_or_default(),
+        method: host.method().to_owned(),
+        path: host.path().to_owned(),
+        amount: amount.to_string(),
+        recorded_at: pending::unix_now(),
+        token_hash: verified.token.hash().to_string(),
+        resume: verified.single_use.then(|| pending::Resume {
+            token: verified.token.as_str().to_owned(),
+            envelope: verified.envelope.to_header(),
+        }),
+    }
 }
 
 fn settled(host: &impl Host, amount: u64, receipt: SettleResponse) -> Settlement {
@@ -423,36 +627,26 @@ async fn resolve_unknown(
 }
 
 /// An outcome that could not be resolved: written to the seller's journal (with the
-/// hook told), and answered "outcome unknown, do not pay again" with the record's id.
+/// hook told), and answered "outcome unknown, do not pay again" with the record's id;
+/// the answer, when `held`, waits in the store for the record's resolution.
 async fn unknown(
     seller: &Seller,
     host: &impl Host,
     verified: &Verified,
-    amount: u64,
-    request: &RequestRef<'_>,
+    record: PendingSettlement,
+    held: bool,
     error: FacilitatorError,
 ) -> Settlement {
-    let agent_request_id = request.agent_request_id.map(str::to_owned);
-    let record = PendingSettlement {
-        id: agent_request_id.clone().unwrap_or_else(pending::local_id),
-        agent_request_id,
-        payer: verified.verification.payer.clone(),
-        plan_id: verified.envelope.first().map(|a| a.plan_id.clone()).unwrap_or_default(),
-        method: host.method().to_owned(),
-        path: host.path().to_owned(),
-        amount: amount.to_string(),
-        recorded_at: pending::unix_now(),
-        token_hash: verified.token.hash().to_string(),
-    };
+    let credits = &record.amount;
     match seller.pending.record(&record).await {
         Ok(()) => tracing::error!(
             pending = %record.id, payer = ?record.payer, plan = %record.plan_id, path = %record.path,
-            credits = amount, token = %record.token_hash,
-            "settlement outcome unknown: recorded as a pending settlement to reconcile"
+            %credits, token = %record.token_hash, held,
+            "settlement outcome unknown: recorded as a pending settlement to resolve"
         ),
         Err(io) => tracing::error!(
             pending = %record.id, payer = ?record.payer, plan = %record.plan_id, path = %record.path,
-            credits = amount, token = %record.token_hash, error = %io,
+            %credits, token = %record.token_hash, error = %io,
             "settlement outcome unknown and the pending-settlement journal could not be written: this log line is the record"
         ),
     }
@@ -460,7 +654,16 @@ async fn unknown(
     if let (Some(cache), Some(key)) = (&seller.cache, &verified.cache_key) {
         cache.remove(key);
     }
-    let mut receipt = failed_receipt(verified, request, SETTLEMENT_UNKNOWN);
+    let mut receipt = SettleResponse {
+        success: false,
+        error_reason: Some(SETTLEMENT_UNKNOWN.to_owned()),
+        payer: record.payer.clone(),
+        network: verified.envelope.first().map(|a| a.network.clone()),
+        ..SettleResponse::default()
+    };
+    if let Some(id) = &record.agent_request_id {
+        receipt.other.insert("agentRequestId".to_owned(), id.clone().into());
+    }
     receipt.other.insert("pendingSettlementId".to_owned(), record.id.clone().into());
     tracing::debug!(pending = %record.id, "answered: settlement outcome unknown");
     if seller.deliver_on_settle_failure {

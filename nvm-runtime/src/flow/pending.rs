@@ -1,20 +1,26 @@
 //! Pending settlements: paid requests whose settlement outcome the seller could not
-//! learn (the facilitator's answer was lost and could not be resolved). Each is written
-//! down, with everything needed to reconcile it and never the token, to a journal the
-//! seller can list and close.
+//! learn (the facilitator's answer was lost and could not be resolved), and, with a
+//! durable journal, every settlement while its settle call is in flight (written ahead,
+//! so that a crash loses none). Each is written down, with everything needed to
+//! reconcile it and never a reusable token, to a journal the seller can list, resolve
+//! and close.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-/// One paid request whose settlement outcome is unknown: the handler succeeded, the
-/// settle call was sent, and its answer never came back (nor could it be resolved).
-/// The credits may have been burned; the buyer was told not to pay again.
+/// One paid request whose settlement is not known to be over: its settle call is in
+/// flight ([`SettlementStatus::Settling`]), or was sent and its answer never came back
+/// ([`SettlementStatus::Unknown`]: the credits may have been burned; the buyer was told
+/// not to pay again), or it was resolved ([`SettlementStatus::Resolved`]).
 ///
 /// ```
 /// use nvm_runtime::PendingSettlement;
@@ -50,18 +56,167 @@ pub struct PendingSettlement {
     pub recorded_at: u64,
     /// A short hash of the access token (never the token itself).
     pub token_hash: String,
+    /// What settling once more takes: kept only for a single-use token, which a second
+    /// settle resolves (the token is spent by the first settle that goes through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) resume: Option<Resume>,
 }
 
-/// The journal of [`PendingSettlement`]s: where unresolved settlements are written, and
-/// where the seller lists and closes them.
-///
-/// [`PendingSettlements::file`] appends JSON lines to a file (durable: the default a
-/// seller should choose); [`PendingSettlements::in_memory`] keeps them in this process
-/// only (what a configuration without a journal uses, with a warning at start-up). Cheap
-/// to clone: clones share the journal.
+/// The settle request of a single-use token, kept to resolve its outcome by settling
+/// once more (after a crash, or once the facilitator answers again).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Resume {
+    /// The single-use access token.
+    pub(crate) token: String,
+    /// The envelope it paid, in its header form (base64 JSON).
+    pub(crate) envelope: String,
+}
+
+impl std::fmt::Debug for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume").finish_non_exhaustive()
+    }
+}
+
+/// How a pending settlement was resolved: whether the credits were burned.
 ///
 /// ```
-/// use nvm_runtime::PendingSettlements;
+/// use nvm_runtime::Resolution;
+///
+/// assert_eq!(serde_json::to_string(&Resolution::NotBurned).unwrap(), r#""notBurned""#);
+/// assert_eq!("burned".parse::<Resolution>().unwrap(), Resolution::Burned);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Resolution {
+    /// The credits were burned: the buyer's retry gets the answer kept for it, with a
+    /// receipt marked confirmed.
+    Burned,
+    /// Nothing was burned: the buyer's retry is an ordinary call, paid afresh.
+    NotBurned,
+}
+
+impl<'de> Deserialize<'de> for Resolution {
+    /// `"burned"` or `"notBurned"`; the free text an earlier journal wrote reads as
+    /// burned unless it says not burned or refunded (the buyer then gets the answer).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(text.parse().unwrap_or_else(|_| {
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("not") || lower.contains("refund") {
+                Resolution::NotBurned
+            } else {
+                Resolution::Burned
+            }
+        }))
+    }
+}
+
+impl std::str::FromStr for Resolution {
+    type Err = String;
+
+    /// `burned`, or `not-burned` (also `notBurned`, `not_burned`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "burned" => Ok(Resolution::Burned),
+            "notburned" => Ok(Resolution::NotBurned),
+            _ => Err(format!("`{text}` is not a resolution: write `burned` or `not-burned`")),
+        }
+    }
+}
+
+impl std::fmt::Display for Resolution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Resolution::Burned => "burned",
+            Resolution::NotBurned => "not-burned",
+        })
+    }
+}
+
+/// Where a settlement of the journal stands.
+///
+/// ```
+/// use nvm_runtime::{Resolution, SettlementStatus};
+///
+/// let status = SettlementStatus::Resolved(Resolution::Burned);
+/// assert!(!status.is_open());
+/// assert!(SettlementStatus::Unknown.is_open());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SettlementStatus {
+    /// Its settle call is in flight (written ahead of it). One left so by a process that
+    /// died is turned into [`SettlementStatus::Unknown`] (or resolved) by
+    /// `Payments::prepare()`.
+    Settling,
+    /// The settle call was sent and its outcome is unknown: to resolve.
+    Unknown,
+    /// Resolved, by the seller or a resolver.
+    Resolved(Resolution),
+}
+
+impl SettlementStatus {
+    /// Whether it still waits for its outcome (settling, or unknown).
+    pub fn is_open(&self) -> bool {
+        !matches!(self, SettlementStatus::Resolved(_))
+    }
+}
+
+/// What a [`SettlementResolver`] returns: the resolution, or `None` when it cannot tell
+/// yet.
+pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = Option<Resolution>> + Send + 'a>>;
+
+/// Resolves pending settlements for the seller: given a record, asks whatever knows
+/// (the backend, the seller's books) whether its credits were burned. Set with
+/// `PaymentsBuilder::settlement_resolver`; consulted at `Payments::prepare()`, by
+/// `Payments::resolve_pending()`, and when a buyer retries a call whose settlement is
+/// still unknown. A closure of the record returning a future works as a resolver.
+///
+/// ```
+/// use nvm_runtime::{PendingSettlement, Resolution, SettlementResolver};
+///
+/// // The seller's books say which agent requests were billed.
+/// let resolver = |record: PendingSettlement| async move {
+///     let billed = ["req-9"];
+///     match record.agent_request_id.as_deref() {
+///         Some(id) if billed.contains(&id) => Some(Resolution::Burned),
+///         Some(_) => Some(Resolution::NotBurned),
+///         None => None, // cannot tell: stays pending
+///     }
+/// };
+/// fn takes(_: impl SettlementResolver) {}
+/// takes(resolver);
+/// ```
+pub trait SettlementResolver: Send + Sync + 'static {
+    /// The resolution of `record`, or `None` when it cannot tell yet.
+    fn resolve<'a>(&'a self, record: &'a PendingSettlement) -> ResolveFuture<'a>;
+}
+
+impl<F, Fut> SettlementResolver for F
+where
+    F: Fn(PendingSettlement) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Resolution>> + Send + 'static,
+{
+    fn resolve<'a>(&'a self, record: &'a PendingSettlement) -> ResolveFuture<'a> {
+        Box::pin(self(record.clone()))
+    }
+}
+
+/// The journal of [`PendingSettlement`]s: where settlements in flight and those of
+/// unknown outcome are written, and where the seller lists, resolves and closes them.
+///
+/// [`PendingSettlements::file`] appends JSON lines to a file (durable: the default a
+/// seller should choose); [`PendingSettlements::redis`] keeps them on Redis, shared by
+/// every instance; [`PendingSettlements::in_memory`] keeps them in this process only
+/// (what a configuration without a journal uses, with a warning at start-up). With a
+/// durable journal every settlement is written down before its settle call is sent, and
+/// closed when its outcome is known, so a process killed in between leaves a record.
+/// Cheap to clone: clones share the journal.
+///
+/// ```
+/// use nvm_runtime::{PendingSettlements, Resolution};
 ///
 /// let path = std::env::temp_dir().join(format!("pending-doc-{}.jsonl", std::process::id()));
 /// # actix_web::rt::System::new().block_on(async {
@@ -69,7 +224,7 @@ pub struct PendingSettlement {
 /// assert!(journal.list().await.unwrap().is_empty());
 /// // Payments::builder().pending_settlements(journal.clone()) writes to it; the seller
 /// // reconciles each record with the facilitator, then closes it:
-/// assert!(!journal.close("no-such-id", "settled").await.unwrap());
+/// assert!(!journal.close("no-such-id", Resolution::Burned).await.unwrap());
 /// # });
 /// # std::fs::remove_file(&path).unwrap();
 /// ```
@@ -79,36 +234,79 @@ pub struct PendingSettlements {
 }
 
 enum Journal {
-    Memory(Mutex<Vec<PendingSettlement>>),
-    File {
-        path: PathBuf,
-        file: Mutex<File>,
-    },
+    Memory(Mutex<Entries>),
+    File(FileJournal),
     #[cfg(feature = "redis")]
     Redis(crate::store::redis::RedisJournal),
 }
 
-/// A line of the journal file: a record, or the closing of one.
+/// A line of the journal file (and a value of the Redis journal).
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
-enum Line {
+pub(crate) enum Line {
+    /// Written ahead of a settle call.
+    Settling(PendingSettlement),
+    /// A settle call of unknown outcome.
     Pending(PendingSettlement),
+    /// A settlement written ahead whose outcome came back: forgotten.
+    Done { id: String },
+    /// A pending settlement resolved.
     #[serde(rename_all = "camelCase")]
-    Closed {
-        id: String,
-        resolution: String,
-        closed_at: u64,
-    },
+    Closed { id: String, resolution: Resolution, closed_at: u64 },
+}
+
+/// The records of a journal, by id, in the order written.
+#[derive(Default)]
+pub(crate) struct Entries {
+    order: Vec<String>,
+    by_id: HashMap<String, (PendingSettlement, SettlementStatus)>,
+}
+
+impl Entries {
+    /// Applies one line; `false` when it closes a record that is not open.
+    fn apply(&mut self, line: Line) -> bool {
+        match line {
+            Line::Settling(record) => self.insert(record, SettlementStatus::Settling),
+            Line::Pending(record) => self.insert(record, SettlementStatus::Unknown),
+            Line::Done { id } => {
+                if self.by_id.remove(&id).is_none() {
+                    return false;
+                }
+                self.order.retain(|known| *known != id);
+            }
+            Line::Closed { id, resolution, .. } => match self.by_id.get_mut(&id) {
+                Some((_, status)) if status.is_open() => *status = SettlementStatus::Resolved(resolution),
+                _ => return false,
+            },
+        }
+        true
+    }
+
+    pub(crate) fn insert(&mut self, record: PendingSettlement, status: SettlementStatus) {
+        if !self.by_id.contains_key(&record.id) {
+            self.order.push(record.id.clone());
+        }
+        self.by_id.insert(record.id.clone(), (record, status));
+    }
+
+    fn get(&self, id: &str) -> Option<(PendingSettlement, SettlementStatus)> {
+        self.by_id.get(id).cloned()
+    }
+
+    /// The records of `status`, in the order written.
+    fn with_status(&self, wanted: SettlementStatus) -> Vec<PendingSettlement> {
+        self.order
+            .iter()
+            .filter_map(|id| self.by_id.get(id))
+            .filter(|(_, status)| *status == wanted)
+            .map(|(record, _)| record.clone())
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for PendingSettlements {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &*self.inner {
-            Journal::Memory(_) => f.write_str("PendingSettlements(in memory)"),
-            Journal::File { path, .. } => write!(f, "PendingSettlements({})", path.display()),
-            #[cfg(feature = "redis")]
-            Journal::Redis(journal) => write!(f, "PendingSettlements({})", journal.name()),
-        }
+        write!(f, "PendingSettlements({})", self.name())
     }
 }
 
@@ -119,29 +317,30 @@ impl Default for PendingSettlements {
 }
 
 impl PendingSettlements {
-    /// A journal kept in this process only: lost when it stops.
+    /// A journal kept in this process only: lost when it stops. Nothing is written ahead
+    /// of a settle call (a crash loses the journal anyway); settlements of unknown
+    /// outcome are kept.
     pub fn in_memory() -> Self {
-        PendingSettlements { inner: Arc::new(Journal::Memory(Mutex::new(Vec::new()))) }
+        PendingSettlements { inner: Arc::new(Journal::Memory(Mutex::new(Entries::default()))) }
     }
 
-    /// A journal appended to `path` as JSON lines (created if missing; existing records
-    /// are kept). Each record is flushed to disk before the buyer is answered. A last line
-    /// cut short (a crash in the middle of a write) is ended here, so that the next record
+    /// A journal appended to `path` as JSON lines (created if missing, readable by its
+    /// owner only; existing records are kept). Every line is on disk before the call
+    /// that wrote it goes on: concurrent writes share one `fdatasync`. A last line cut
+    /// short (a crash in the middle of a write) is ended here, so that the next record
     /// starts a line of its own: the cut line is skipped when the journal is read, and
     /// reported by [`PendingSettlements::unreadable_lines`].
+    ///
+    /// One process writes a file journal; an operator's command (such as `nvm-pending`)
+    /// may close its records meanwhile.
     pub fn file(path: impl AsRef<Path>) -> std::io::Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
-        if ends_mid_line(&mut file)? {
-            file.write_all(b"\n")?;
-            file.sync_data()?;
-        }
-        Ok(PendingSettlements { inner: Arc::new(Journal::File { path, file: Mutex::new(file) }) })
+        Ok(PendingSettlements { inner: Arc::new(Journal::File(FileJournal::open(path.as_ref())?)) })
     }
 
     /// A journal on Redis (feature `redis`), shared by every instance using `store`:
-    /// any of them lists and closes the records all of them wrote. A configuration whose
-    /// idempotency store is a `RedisStore` and that sets no journal of its own uses it.
+    /// any of them lists, resolves and closes the records all of them wrote. A
+    /// configuration whose idempotency store is a `RedisStore` and that sets no journal
+    /// of its own uses it.
     ///
     /// ```no_run
     /// use nvm_runtime::store::RedisStore;
@@ -160,110 +359,283 @@ impl PendingSettlements {
         PendingSettlements { inner: Arc::new(Journal::Redis(store.journal())) }
     }
 
-    /// Whether records survive a restart (a file or Redis journal).
+    /// Whether records survive a restart (a file or Redis journal): then every
+    /// settlement is written down before its settle call.
     pub fn is_durable(&self) -> bool {
         !matches!(&*self.inner, Journal::Memory(_))
     }
 
-    /// Writes `record` down.
-    pub(crate) async fn record(&self, record: &PendingSettlement) -> std::io::Result<()> {
+    /// Whether several processes write it (Redis): a record in flight may be another
+    /// live instance's.
+    pub(crate) fn is_shared(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if matches!(&*self.inner, Journal::Redis(_)) {
+            return true;
+        }
+        false
+    }
+
+    /// Where it is: `in memory`, the file's path, or the Redis server and key.
+    pub fn name(&self) -> String {
         match &*self.inner {
-            Journal::Memory(records) => {
-                records.lock().unwrap_or_else(PoisonError::into_inner).push(record.clone());
-                Ok(())
-            }
-            Journal::File { file, .. } => append(file, &Line::Pending(record.clone())),
+            Journal::Memory(_) => "in memory".to_owned(),
+            Journal::File(file) => file.path.display().to_string(),
             #[cfg(feature = "redis")]
-            Journal::Redis(journal) => {
-                let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-                journal.record(&record.id, json).await.map_err(std::io::Error::other)
-            }
+            Journal::Redis(journal) => journal.name(),
         }
     }
 
-    /// The records not closed yet, oldest first. A line of a file journal that is not a
-    /// record (cut short by a crash, or damaged) is skipped, the records around it kept;
-    /// [`PendingSettlements::unreadable_lines`] says which.
-    pub async fn list(&self) -> std::io::Result<Vec<PendingSettlement>> {
-        Ok(self.read().await?.0)
+    /// Writes `line` down (on disk, or on Redis, before it returns).
+    async fn write(&self, line: Line) -> std::io::Result<()> {
+        match &*self.inner {
+            Journal::Memory(entries) => {
+                entries.lock().unwrap_or_else(PoisonError::into_inner).apply(line);
+                Ok(())
+            }
+            Journal::File(file) => file.append(&line).await,
+            #[cfg(feature = "redis")]
+            Journal::Redis(journal) => journal.write(line).await.map_err(std::io::Error::other),
+        }
     }
 
-    /// The lines of a file journal that are not records, as `path:line: why` (what
+    /// Writes `record` down ahead of its settle call (durable journals only).
+    pub(crate) async fn begin(&self, record: &PendingSettlement) -> std::io::Result<()> {
+        self.write(Line::Settling(record.clone())).await
+    }
+
+    /// Forgets the record `id` written ahead: its settle call was answered.
+    pub(crate) async fn done(&self, id: &str) -> std::io::Result<()> {
+        self.write(Line::Done { id: id.to_owned() }).await
+    }
+
+    /// Writes `record` down as a settlement of unknown outcome.
+    pub(crate) async fn record(&self, record: &PendingSettlement) -> std::io::Result<()> {
+        self.write(Line::Pending(record.clone())).await
+    }
+
+    /// Everything the journal holds, and its unreadable lines.
+    async fn read(&self) -> std::io::Result<(Entries, Vec<String>)> {
+        match &*self.inner {
+            Journal::Memory(entries) => {
+                let entries = entries.lock().unwrap_or_else(PoisonError::into_inner);
+                let copy = Entries { order: entries.order.clone(), by_id: entries.by_id.clone() };
+                Ok((copy, Vec::new()))
+            }
+            Journal::File(file) => file.read(),
+            #[cfg(feature = "redis")]
+            Journal::Redis(journal) => journal.read().await.map_err(std::io::Error::other),
+        }
+    }
+
+    /// The settlements of unknown outcome not resolved yet, oldest first: the ones to
+    /// reconcile. A line of a file journal that is not a record (cut short by a crash,
+    /// or damaged) is skipped, the records around it kept;
+    /// [`PendingSettlements::unreadable_lines`] says which.
+    pub async fn list(&self) -> std::io::Result<Vec<PendingSettlement>> {
+        Ok(self.read().await?.0.with_status(SettlementStatus::Unknown))
+    }
+
+    /// The settlements whose settle call is in flight (written ahead), oldest first:
+    /// none once their calls are answered, and those of a process that died until
+    /// `Payments::prepare()` turns them into unknown outcomes.
+    pub async fn settling(&self) -> std::io::Result<Vec<PendingSettlement>> {
+        Ok(self.read().await?.0.with_status(SettlementStatus::Settling))
+    }
+
+    /// The record `id` and where it stands; `None` when the journal holds no such record
+    /// (never written, or settled normally and forgotten).
+    pub async fn get(&self, id: &str) -> std::io::Result<Option<(PendingSettlement, SettlementStatus)>> {
+        match &*self.inner {
+            #[cfg(feature = "redis")]
+            Journal::Redis(journal) => journal.get(id).await.map_err(std::io::Error::other),
+            _ => Ok(self.read().await?.0.get(id)),
+        }
+    }
+
+    /// The lines of the journal that are not records, as `path:line: why` (what
     /// `Payments::prepare()` reports at start-up); none for a journal in memory.
     pub async fn unreadable_lines(&self) -> std::io::Result<Vec<String>> {
         Ok(self.read().await?.1)
     }
 
-    /// The open records, and the unreadable lines.
-    async fn read(&self) -> std::io::Result<(Vec<PendingSettlement>, Vec<String>)> {
+    /// Resolves the open record `id` (settling or unknown) once it is reconciled:
+    /// [`Resolution::Burned`] when the facilitator burned its credits (the buyer's retry
+    /// then gets the answer kept for it), [`Resolution::NotBurned`] when it did not (the
+    /// buyer's retry pays afresh). Returns whether such an open record existed: a record
+    /// is closed once.
+    pub async fn close(&self, id: &str, resolution: Resolution) -> std::io::Result<bool> {
+        let line = Line::Closed { id: id.to_owned(), resolution, closed_at: unix_now() };
         match &*self.inner {
             #[cfg(feature = "redis")]
-            Journal::Redis(journal) => {
-                let mut open = Vec::new();
-                let mut unreadable = Vec::new();
-                for (id, json) in journal.list().await.map_err(std::io::Error::other)? {
-                    match serde_json::from_slice::<PendingSettlement>(&json) {
-                        Ok(record) => open.push(record),
-                        Err(error) => unreadable.push(format!(
-                            "{} {id}: not a pending-settlement record ({error}); skipped",
-                            journal.name()
-                        )),
-                    }
-                }
-                open.sort_by(|a, b| a.recorded_at.cmp(&b.recorded_at).then_with(|| a.id.cmp(&b.id)));
-                Ok((open, unreadable))
-            }
-            Journal::Memory(records) => {
-                Ok((records.lock().unwrap_or_else(PoisonError::into_inner).clone(), Vec::new()))
-            }
-            Journal::File { path, file } => {
-                // Holding the writer's lock: no half-written line is read.
-                let _writer = file.lock().unwrap_or_else(PoisonError::into_inner);
-                let mut open: Vec<PendingSettlement> = Vec::new();
-                let mut unreadable = Vec::new();
-                for (number, line) in BufReader::new(File::open(path)?).split(b'\n').enumerate() {
-                    let line = line?;
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    match serde_json::from_slice::<Line>(&line) {
-                        Ok(Line::Pending(record)) => open.push(record),
-                        Ok(Line::Closed { id, .. }) => open.retain(|r| r.id != id),
-                        Err(error) => unreadable.push(format!(
-                            "{}:{}: not a pending-settlement record ({error}); skipped",
-                            path.display(),
-                            number + 1
-                        )),
-                    }
-                }
-                Ok((open, unreadable))
-            }
+            Journal::Redis(journal) => journal.close(id, line).await.map_err(std::io::Error::other),
+            Journal::Memory(entries) => Ok(entries.lock().unwrap_or_else(PoisonError::into_inner).apply(line)),
+            Journal::File(file) => file.close(id, line).await,
         }
     }
+}
 
-    /// Closes the open record `id` once it is reconciled, noting how (`resolution`, such
-    /// as `"settled"` or `"refunded"`). Returns whether such an open record existed.
-    pub async fn close(&self, id: &str, resolution: &str) -> std::io::Result<bool> {
-        let line =
-            Line::Closed { id: id.to_owned(), resolution: resolution.to_owned(), closed_at: unix_now() };
-        match &*self.inner {
-            #[cfg(feature = "redis")]
-            Journal::Redis(journal) => {
-                let json = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
-                journal.close(id, json).await.map_err(std::io::Error::other)
+/// A journal file: one writer thread appends the lines sent to it, several per
+/// `fdatasync` when they come together (group commit), and tells each sender once its
+/// line is on disk.
+struct FileJournal {
+    path: PathBuf,
+    lines: Mutex<mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>)>>,
+    /// Serializes closings, so that a record is closed once.
+    closing: tokio::sync::Mutex<()>,
+}
+
+impl FileJournal {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let mut options = OpenOptions::new();
+        options.create(true).read(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path)?;
+        if ends_mid_line(&mut file)? {
+            file.write_all(b"\n")?;
+            file.sync_data()?;
+        }
+        if file.metadata()?.len() > COMPACT_AT {
+            drop(file);
+            compact(path)?;
+            file = options.open(path)?;
+        }
+        let (sender, receiver) = mpsc::channel();
+        let at = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("nvm-journal".to_owned())
+            .spawn(move || write_lines(file, &receiver, &at, options))?;
+        Ok(FileJournal { path: path.to_path_buf(), lines: Mutex::new(sender), closing: tokio::sync::Mutex::new(()) })
+    }
+
+    async fn append(&self, line: &Line) -> std::io::Result<()> {
+        let mut text = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        let (done, on_disk) = tokio::sync::oneshot::channel();
+        let sent = self.lines.lock().unwrap_or_else(PoisonError::into_inner).send((text, done));
+        if sent.is_err() {
+            return Err(std::io::Error::other("the journal's writer stopped"));
+        }
+        on_disk.await.map_err(|_| std::io::Error::other("the journal's writer stopped"))?
+    }
+
+    fn read(&self) -> std::io::Result<(Entries, Vec<String>)> {
+        read_file(&self.path)
+    }
+
+    async fn close(&self, id: &str, line: Line) -> std::io::Result<bool> {
+        let _one_at_a_time = self.closing.lock().await;
+        let open = self.read()?.0.get(id).is_some_and(|(_, status)| status.is_open());
+        if open {
+            self.append(&line).await?;
+        }
+        Ok(open)
+    }
+}
+
+/// A journal file longer than this is rewritten with only what it still holds (the
+/// records open or resolved; not those settled normally), at opening and as it grows.
+const COMPACT_AT: u64 = 32 << 20;
+
+/// Rewrites the journal at `path` with its records only, through a file renamed over it.
+/// Its unreadable lines are reported before they go.
+fn compact(path: &Path) -> std::io::Result<()> {
+    let (entries, unreadable) = read_file(path)?;
+    for line in &unreadable {
+        tracing::warn!("pending-settlement journal, compacted: {line}");
+    }
+    let mut text = Vec::new();
+    for id in &entries.order {
+        let Some((record, status)) = entries.by_id.get(id) else { continue };
+        let first = match status {
+            SettlementStatus::Settling => Line::Settling(record.clone()),
+            _ => Line::Pending(record.clone()),
+        };
+        for line in std::iter::once(first).chain(match status {
+            SettlementStatus::Resolved(resolution) => {
+                Some(Line::Closed { id: id.clone(), resolution: *resolution, closed_at: unix_now() })
             }
-            Journal::Memory(records) => {
-                let mut records = records.lock().unwrap_or_else(PoisonError::into_inner);
-                let before = records.len();
-                records.retain(|r| r.id != id);
-                Ok(records.len() < before)
+            _ => None,
+        }) {
+            serde_json::to_writer(&mut text, &line).map_err(std::io::Error::other)?;
+            text.push(b'\n');
+        }
+    }
+    let fresh = path.with_extension("compacting");
+    let mut options = OpenOptions::new();
+    options.create(true).write(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&fresh)?;
+    file.write_all(&text)?;
+    file.sync_all()?;
+    std::fs::rename(&fresh, path)?;
+    if let Some(directory) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        File::open(directory)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads a journal file. A last line without its newline is being written (or was cut
+/// by a crash, and is ended and reported at the next opening): not read.
+fn read_file(path: &Path) -> std::io::Result<(Entries, Vec<String>)> {
+        let mut entries = Entries::default();
+        let mut unreadable = Vec::new();
+        let mut reader = BufReader::new(File::open(path)?);
+        let mut line = Vec::new();
+        let mut number = 0;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
+                break;
             }
-            Journal::File { file, .. } => {
-                if !self.list().await?.iter().any(|r| r.id == id) {
-                    return Ok(false);
+            number += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<Line>(&line) {
+                Ok(line) => {
+                    entries.apply(line);
                 }
-                append(file, &line)?;
-                Ok(true)
+                Err(error) => unreadable.push(format!(
+                    "{}:{number}: not a pending-settlement record ({error}); skipped",
+                    path.display(),
+                )),
+            }
+        }
+        Ok((entries, unreadable))
+}
+
+/// The writer thread of a journal file: until every sender is gone, takes the lines
+/// waiting, writes them, syncs once, and answers each.
+fn write_lines(
+    mut file: File,
+    lines: &mpsc::Receiver<(Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>)>,
+    path: &Path,
+    reopen: OpenOptions,
+) {
+    while let Ok(first) = lines.recv() {
+        let mut batch = vec![first];
+        batch.extend(lines.try_iter());
+        let bytes: Vec<u8> = batch.iter().flat_map(|(line, _)| line.iter().copied()).collect();
+        let result = file.write_all(&bytes).and_then(|()| file.sync_data());
+        if let Err(error) = &result {
+            tracing::error!(journal = %path.display(), %error, "the pending-settlement journal could not be written");
+            // What was written of the batch ends with a newline, so the next batch starts
+            // a line of its own; readers skip the cut one.
+            if ends_mid_line(&mut file).unwrap_or(false) {
+                let _ = file.write_all(b"\n");
+            }
+        }
+        for (_, done) in batch {
+            let _ = done.send(result.as_ref().map(|()| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
+        }
+        if file.metadata().is_ok_and(|m| m.len() > COMPACT_AT) {
+            match compact(path).and_then(|()| reopen.open(path)) {
+                Ok(fresh) => file = fresh,
+                Err(error) => {
+                    tracing::warn!(journal = %path.display(), %error, "the pending-settlement journal could not be compacted");
+                }
             }
         }
     }
@@ -271,7 +643,6 @@ impl PendingSettlements {
 
 /// Whether `file` is not empty and does not end with a newline.
 fn ends_mid_line(file: &mut File) -> std::io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
     if file.metadata()?.len() == 0 {
         return Ok(false);
     }
@@ -279,14 +650,6 @@ fn ends_mid_line(file: &mut File) -> std::io::Result<bool> {
     let mut last = [0u8; 1];
     file.read_exact(&mut last)?;
     Ok(last[0] != b'\n')
-}
-
-fn append(file: &Mutex<File>, line: &Line) -> std::io::Result<()> {
-    let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
-    text.push('\n');
-    let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
-    file.write_all(text.as_bytes())?;
-    file.sync_data()
 }
 
 /// Seconds since the Unix epoch.
@@ -317,7 +680,12 @@ mod tests {
             amount: "2".into(),
             recorded_at: 1,
             token_hash: "0a0b0c0d0e0f".into(),
+            resume: None,
         }
+    }
+
+    fn ids(records: Vec<PendingSettlement>) -> Vec<String> {
+        records.into_iter().map(|r| r.id).collect()
     }
 
     #[actix_web::test]
@@ -327,12 +695,35 @@ mod tests {
         for id in ["a", "b", "c"] {
             journal.record(&record(id)).await.expect("records");
         }
-        assert!(journal.close("b", "settled").await.expect("closes"));
-        assert!(!journal.close("b", "settled").await.expect("closes"), "closed twice");
+        journal.begin(&record("in-flight")).await.expect("writes ahead");
+        journal.begin(&record("answered")).await.expect("writes ahead");
+        journal.done("answered").await.expect("forgets");
+        assert!(journal.close("b", Resolution::Burned).await.expect("closes"));
+        assert!(!journal.close("b", Resolution::NotBurned).await.expect("closes"), "closed twice");
         let reopened = PendingSettlements::file(&path).expect("reopens");
-        let ids: Vec<String> = reopened.list().await.expect("lists").into_iter().map(|r| r.id).collect();
-        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(ids(reopened.list().await.expect("lists")), ["a", "c"]);
+        assert_eq!(ids(reopened.settling().await.expect("lists")), ["in-flight"]);
+        let (_, status) = reopened.get("b").await.expect("reads").expect("kept");
+        assert_eq!(status, SettlementStatus::Resolved(Resolution::Burned));
+        assert!(reopened.get("answered").await.expect("reads").is_none());
         assert!(reopened.is_durable());
+        std::fs::remove_file(&path).expect("removes");
+    }
+
+    #[actix_web::test]
+    async fn concurrent_writes_share_syncs_and_all_land() {
+        let path = std::env::temp_dir().join(format!("nvm-pending-group-{}.jsonl", local_id()));
+        let journal = PendingSettlements::file(&path).expect("opens");
+        let writes: Vec<_> = (0..200)
+            .map(|n| {
+                let journal = journal.clone();
+                actix_web::rt::spawn(async move { journal.record(&record(&format!("r{n}"))).await })
+            })
+            .collect();
+        for write in writes {
+            write.await.expect("joins").expect("written");
+        }
+        assert_eq!(journal.list().await.expect("lists").len(), 200);
         std::fs::remove_file(&path).expect("removes");
     }
 
@@ -349,13 +740,14 @@ mod tests {
         drop(file);
         let journal = PendingSettlements::file(&path).expect("reopens after the crash");
         journal.record(&record("after")).await.expect("records");
+        drop(journal);
         let mut file = OpenOptions::new().append(true).open(&path).expect("opens");
         file.write_all(b"\x00\xffnot json\n").expect("writes");
         drop(file);
+        let journal = PendingSettlements::file(&path).expect("reopens");
         journal.record(&record("last")).await.expect("records");
 
-        let ids: Vec<String> = journal.list().await.expect("lists").into_iter().map(|r| r.id).collect();
-        assert_eq!(ids, ["before", "after", "last"]);
+        assert_eq!(ids(journal.list().await.expect("lists")), ["before", "after", "last"]);
         let unreadable = journal.unreadable_lines().await.expect("reads");
         assert_eq!(unreadable.len(), 2, "{unreadable:?}");
         assert!(unreadable[0].contains(&format!("{}:2:", path.display())), "{unreadable:?}");
@@ -368,8 +760,35 @@ mod tests {
         let journal = PendingSettlements::in_memory();
         journal.record(&record("x")).await.expect("records");
         assert_eq!(journal.list().await.expect("lists").len(), 1);
-        assert!(journal.close("x", "refunded").await.expect("closes"));
+        assert!(journal.close("x", Resolution::NotBurned).await.expect("closes"));
         assert!(journal.list().await.expect("lists").is_empty());
+        let (_, status) = journal.get("x").await.expect("reads").expect("kept");
+        assert_eq!(status, SettlementStatus::Resolved(Resolution::NotBurned));
         assert!(!journal.is_durable());
+    }
+
+    #[test]
+    fn resolutions_read_from_their_names_and_from_an_earlier_journal_free_text() {
+        for (text, resolution) in [
+            ("burned", Resolution::Burned),
+            ("not-burned", Resolution::NotBurned),
+            ("notBurned", Resolution::NotBurned),
+            ("NOT_BURNED", Resolution::NotBurned),
+        ] {
+            assert_eq!(text.parse::<Resolution>(), Ok(resolution));
+        }
+        assert!("maybe".parse::<Resolution>().unwrap_err().contains("not-burned"));
+        let read = |text: &str| serde_json::from_value::<Resolution>(text.into()).expect("reads");
+        assert_eq!(read("settled: burned by the facilitator"), Resolution::Burned);
+        assert_eq!(read("refunded"), Resolution::NotBurned);
+    }
+
+    #[test]
+    fn a_single_use_resume_never_shows_its_token() {
+        let resume = Resume { token: "secret-token".into(), envelope: "e30".into() };
+        assert!(!format!("{resume:?}").contains("secret"));
+        let mut with = record("s");
+        with.resume = Some(resume);
+        assert!(!format!("{with:?}").contains("secret"));
     }
 }

@@ -55,6 +55,8 @@ pub(crate) enum Outcome {
     Unknown,
     /// The request was dropped (the client left) before it was answered.
     Abandoned,
+    /// A retry of a call whose settlement is still pending: told to retry later.
+    Pending,
 }
 
 impl Outcome {
@@ -72,6 +74,7 @@ impl Outcome {
             Outcome::SettleFailed => "settle_failed",
             Outcome::Unknown => "outcome_unknown",
             Outcome::Abandoned => "abandoned",
+            Outcome::Pending => "settlement_pending",
         }
     }
 
@@ -84,6 +87,7 @@ impl Outcome {
             }
             Refusal::PaymentRequired { .. } => Outcome::Invalid,
             Refusal::OutcomeUnknown { .. } => Outcome::Unknown,
+            Refusal::StillPending(_) => Outcome::Pending,
             Refusal::Failed(PaymentError::Facilitator(_)) => Outcome::FacilitatorError,
             Refusal::Failed(_) => Outcome::Refused,
         }
@@ -234,6 +238,7 @@ mod tests {
             Outcome::SettleFailed,
             Outcome::Unknown,
             Outcome::Abandoned,
+            Outcome::Pending,
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(|o| o.as_str()).collect();
         assert_eq!(labels.len(), all.len());

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use rmcp::ErrorData;
 use rmcp::handler::server::common::FromContextPart;
 use rmcp::handler::server::tool::ToolCallContext;
-use rmcp::model::{CallToolResponse, JsonObject};
+use rmcp::model::{CallToolResponse, CallToolResult, JsonObject};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +19,7 @@ use crate::actix::paywall::catch_unwind;
 use crate::error::{ConfigError, IdempotencyError, PaymentError, Refusal};
 use crate::flow::idempotency::{self, KeyedRequest, StoredResponse};
 use crate::flow::telemetry::{Outcome, Telemetry};
-use crate::flow::{self, Admission, Host, Offer, PaymentState, PendingSettlement, Settlement, Terms};
+use crate::flow::{self, Admission, Host, Kept, Offer, PaymentState, PendingSettlement, Settlement, Terms};
 use crate::wire::{IDEMPOTENCY_KEY, PaymentRequired, SettleResponse, VerifyResponse};
 
 /// The `_meta` key of the buyer's payment: the decoded x402 `PaymentPayload`.
@@ -306,7 +306,7 @@ where
         Ok(Admission::Run) => {}
         Ok(Admission::Replay(stored)) => {
             telemetry.finish(Outcome::Replayed, 0);
-            return Ok(render::replay(&stored).into());
+            return Ok(render::replay(&stored, offer.plan_id).into());
         }
         Err(refusal) => return refused(state, telemetry, &refusal),
     }
@@ -347,7 +347,10 @@ where
             return other;
         }
     };
-    let settlement = flow::settle(seller, &host, state, 200).await;
+    let max = seller.idempotency.max_response_body_len();
+    let mut claim = state.take_claim();
+    let kept = claim.as_mut().map(|claim| Kept { claim, answer: stored(&result, max) });
+    let settlement = flow::settle(seller, &host, state, 200, kept).await;
     let (outcome, settled) = match &settlement {
         Settlement::None => (if state.verified.get().is_some() { Outcome::Paid } else { Outcome::Free }, 0),
         Settlement::Settled(receipt) => (Outcome::Paid, receipt.credits_redeemed_u64()),
@@ -364,21 +367,25 @@ where
         }
         Settlement::Refused(refusal) => render::refusal(&refusal, plan),
     };
-    if let Some(claim) = state.take_claim() {
+    if let Some(claim) = claim {
         if keep {
-            let body = serde_json::to_vec(&answer).unwrap_or_default();
-            let stored = StoredResponse {
-                status: 200,
-                headers: Vec::new(),
-                body: (body.len() <= seller.idempotency.max_response_body_len())
-                    .then(|| base64::engine::general_purpose::STANDARD.encode(&body)),
-            };
-            idempotency::complete(&seller.idempotency, claim, stored).await;
+            idempotency::complete(&seller.idempotency, claim, stored(&answer, max)).await;
         } else {
             idempotency::release(claim).await;
         }
     }
     Ok(answer.into())
+}
+
+/// A tool result as kept for replay: its JSON, when at most `max` bytes long.
+fn stored(result: &CallToolResult, max: usize) -> StoredResponse {
+    let body = serde_json::to_vec(result).unwrap_or_default();
+    StoredResponse {
+        status: 200,
+        headers: Vec::new(),
+        body: (body.len() <= max).then(|| base64::engine::general_purpose::STANDARD.encode(&body)),
+        receipt: None,
+    }
 }
 
 /// A refusal before the tool ran, as its tool result: the claim (if any) released, the

@@ -48,6 +48,14 @@ pub(crate) fn refusal(refusal: &Refusal, plan_id: &str) -> CallToolResult {
             });
             with_receipt(CallToolResult::structured_error(value), receipt, plan_id)
         }
+        Refusal::StillPending(error) => {
+            let receipt = crate::flow::pending_receipt(refusal).unwrap_or_default();
+            let value = json!({
+                "error": error.to_string(),
+                PAYMENT_RESPONSE_META: receipt,
+            });
+            with_receipt(CallToolResult::structured_error(value), &receipt, plan_id)
+        }
         Refusal::Failed(error) => CallToolResult::error(vec![ContentBlock::text(error.to_string())]),
     }
 }
@@ -76,9 +84,10 @@ pub(crate) fn with_receipt(
     result
 }
 
-/// The stored result of an idempotent call, marked replayed; one too long to keep is
+/// The stored result of an idempotent call, marked replayed (with the confirmed
+/// receipt of a settlement resolved as burned, when it is one); one too long to keep is
 /// an error result that says so (it was charged: do not pay again).
-pub(crate) fn replay(stored: &StoredResponse) -> CallToolResult {
+pub(crate) fn replay(stored: &StoredResponse, plan_id: &str) -> CallToolResult {
     let body = stored.body.as_deref().and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
     let mut result = match body.and_then(|body| serde_json::from_slice::<CallToolResult>(&body).ok()) {
         Some(result) => result,
@@ -86,6 +95,9 @@ pub(crate) fn replay(stored: &StoredResponse) -> CallToolResult {
             "this call was served and charged already, but its result was too long to keep for replay: do not pay again",
         )]),
     };
+    if let Some(receipt) = stored.receipt.as_deref().and_then(|r| SettleResponse::from_header(r).ok()) {
+        result = with_receipt(result, &receipt, plan_id);
+    }
     result.meta.get_or_insert_with(MetaObject::default).insert(REPLAYED_META.to_owned(), Value::Bool(true));
     result
 }

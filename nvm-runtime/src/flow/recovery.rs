@@ -1,0 +1,134 @@
+//! Recovery of the journal at start-up and on demand: settlements left in flight by a
+//! process that died become unknown outcomes (a single-use token's is settled once more,
+//! which tells), and unknown outcomes are put to the seller's resolver.
+
+use std::time::Duration;
+
+use super::pending::{PendingSettlement, Resolution, unix_now};
+use super::{Seller, close};
+use crate::backend::{RequestRef, SettleOutcome};
+use crate::wire::{AccessToken, Amount, CODE_SPENT, PaymentRequired};
+
+/// How long a record of a shared journal may stay in flight before it is taken for one
+/// whose process died, beyond the facilitator's timeout (a live instance is answered, or
+/// gives up, within that timeout; twice it, for a single-use token's second settle).
+const SHARED_GRACE: Duration = Duration::from_secs(60);
+
+/// What a recovery or a resolution pass did, for the start-up report and the seller.
+///
+/// ```
+/// let report = nvm_runtime::Recovery::default();
+/// assert_eq!(report.resolved(), 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recovery {
+    /// Settlements found in flight, left by a process that died.
+    pub orphans: usize,
+    /// Records resolved as burned.
+    pub burned: usize,
+    /// Records resolved as not burned.
+    pub not_burned: usize,
+    /// Records still of unknown outcome after the pass.
+    pub unknown: usize,
+}
+
+impl Recovery {
+    /// The records resolved, burned or not.
+    pub fn resolved(&self) -> usize {
+        self.burned + self.not_burned
+    }
+
+    fn count(&mut self, resolution: Resolution) {
+        match resolution {
+            Resolution::Burned => self.burned += 1,
+            Resolution::NotBurned => self.not_burned += 1,
+        }
+    }
+}
+
+/// Turns the settlements left in flight by a process that died into unknown outcomes
+/// (every one in a file journal, read before this process settles anything; those in
+/// flight for longer than the facilitator's timeout can explain in a shared one), then
+/// resolves what it can: a single-use token by settling it once more, the others with
+/// the seller's resolver.
+pub(crate) async fn recover(seller: &Seller) -> std::io::Result<Recovery> {
+    let mut report = Recovery::default();
+    let journal = &seller.pending;
+    let now = unix_now();
+    let grace = if journal.is_shared() { seller.facilitator.timeout() * 2 + SHARED_GRACE } else { Duration::ZERO };
+    for record in journal.settling().await? {
+        if now.saturating_sub(record.recorded_at) < grace.as_secs() {
+            continue;
+        }
+        report.orphans += 1;
+        tracing::warn!(pending = %record.id, payer = ?record.payer, credits = %record.amount, "a settlement was in flight when its process stopped");
+        match settle_again(seller, &record).await {
+            Some(resolution) => {
+                // Recorded unknown first, so that the closing applies to an open record.
+                journal.record(&record).await?;
+                close(seller, &record, resolution, "settling its single-use token once more").await;
+                report.count(resolution);
+            }
+            None => journal.record(&record).await?,
+        }
+    }
+    let resolved = resolve(seller).await?;
+    report.burned += resolved.burned;
+    report.not_burned += resolved.not_burned;
+    report.unknown = resolved.unknown;
+    Ok(report)
+}
+
+/// Puts every settlement of unknown outcome to the seller's resolver (a single-use
+/// token's is settled once more first), closing those it resolves.
+pub(crate) async fn resolve(seller: &Seller) -> std::io::Result<Recovery> {
+    let mut report = Recovery::default();
+    for record in seller.pending.list().await? {
+        let mut resolution = settle_again(seller, &record).await;
+        let mut who = "settling its single-use token once more";
+        if resolution.is_none()
+            && let Some(resolver) = &seller.resolver
+        {
+            resolution = resolver.resolve(&record).await;
+            who = "the resolver";
+        }
+        match resolution {
+            Some(resolution) => {
+                close(seller, &record, resolution, who).await;
+                report.count(resolution);
+            }
+            None => report.unknown += 1,
+        }
+    }
+    Ok(report)
+}
+
+/// Settles a single-use token's record once more: the token is spent by the first
+/// settle that goes through, so the answer tells whether the credits are burned (now or
+/// before). `None` for a reusable token (never settled twice), or when the answer is
+/// lost again.
+async fn settle_again(seller: &Seller, record: &PendingSettlement) -> Option<Resolution> {
+    let resume = record.resume.as_ref()?;
+    let envelope = PaymentRequired::from_header(&resume.envelope).ok()?;
+    let amount = Amount::from(record.amount.parse::<u64>().ok()?);
+    let request = RequestRef {
+        payment_required: &envelope,
+        x402_access_token: &resume.token,
+        max_amount: Some(&amount),
+        agent_request_id: record.agent_request_id.as_deref(),
+    };
+    let token = AccessToken::new(&resume.token);
+    let resolution = match seller.facilitator.settle_outcome_ref(&request).await {
+        SettleOutcome::Settled(_) => Resolution::Burned,
+        SettleOutcome::Refused(error) if error.code() == Some(CODE_SPENT) => Resolution::Burned,
+        SettleOutcome::Refused(crate::error::FacilitatorError::Unavailable(_)) | SettleOutcome::Unknown(_) => {
+            return None;
+        }
+        SettleOutcome::Declined(_) | SettleOutcome::Refused(_) => Resolution::NotBurned,
+    };
+    if resolution == Resolution::Burned {
+        super::idempotency::mark_spent(&seller.idempotency, &token).await;
+    }
+    Some(resolution)
+}
