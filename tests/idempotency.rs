@@ -313,7 +313,10 @@ async fn long_streamed_and_unknown_answers_are_never_charged_twice() {
     assert_eq!(pending.len(), 1);
     assert!(rig.payments.pending_settlements().close(&pending[0].id, Resolution::Burned).await.unwrap());
     let collected = call(&url, &rig.token, Some("u"), "").await;
-    assert_eq!((collected.status, collected.body.as_slice(), collected.replayed), (200, CONTENT.as_bytes(), true));
+    assert_eq!(
+        (collected.status, collected.body.as_slice(), collected.replayed),
+        (200, CONTENT.as_bytes(), true)
+    );
     let receipt = SettleResponse::from_header(collected.receipt.as_deref().unwrap()).unwrap();
     assert!(receipt.success && receipt.other["confirmedAfterUnknown"] == true, "{receipt:?}");
     assert_eq!(rig.local.total_burned(), burned, "collected without paying again");

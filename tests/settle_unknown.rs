@@ -406,6 +406,260 @@ async fn two_instances_on_one_redis_share_the_pending_settlements() {
     assert_eq!(seen_from_b[0].amount, CREDITS.to_string());
     assert!(!format!("{seen_from_b:?}").contains(&token), "a record never holds the token");
     assert!(b.pending_settlements().close(&seen_from_b[0].id, Resolution::Burned).await.unwrap());
-    assert!(!a.pending_settlements().close(&seen_from_b[0].id, Resolution::Burned).await.unwrap(), "closed once");
+    assert!(
+        !a.pending_settlements().close(&seen_from_b[0].id, Resolution::Burned).await.unwrap(),
+        "closed once"
+    );
     assert!(a.pending_settlements().list().await.unwrap().is_empty());
+}
+
+/// Where the journal (and the idempotency records) of a resolution case live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Journal {
+    Memory,
+    File,
+    Redis,
+}
+
+/// A paid call with an `Idempotency-Key`, as the buyer's client sends it.
+async fn keyed(
+    server: &TestServer,
+    form: Form,
+    token: &str,
+    key: &str,
+) -> (u16, String, Option<SettleResponse>, bool, bool) {
+    let response = http()
+        .post(server.at(form.path()))
+        .header("payment-signature", token)
+        .header("idempotency-key", key)
+        .send()
+        .await
+        .unwrap();
+    let replayed = response.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
+    let retry_after = response.headers().get("retry-after").is_some();
+    let (status, got_receipt, got_envelope) =
+        (response.status().as_u16(), receipt(&response), envelope(&response).is_some());
+    assert!(!(got_envelope && status != 402), "an envelope on a {status}");
+    (status, response.text().await.unwrap(), got_receipt, replayed, retry_after && !got_envelope)
+}
+
+/// The seller of one resolution case: its configuration on `journal`.
+fn resolution_seller(
+    local: &LocalFacilitator,
+    journal: Journal,
+    redis: Option<&nvm_tests::RedisServer>,
+    prefix: &str,
+    path: &std::path::Path,
+) -> Payments {
+    let builder = payments_for(local).timeout(TIMEOUT).pending_retry_after(Duration::from_secs(7));
+    match journal {
+        Journal::Memory => builder.pending_settlements(PendingSettlements::in_memory()),
+        Journal::File => builder.pending_settlements(PendingSettlements::file(path).unwrap()),
+        Journal::Redis => {
+            let store = nvm_runtime::store::RedisStore::open(&redis.unwrap().url()).unwrap().prefix(prefix);
+            builder.idempotency(nvm_runtime::Idempotency::with_store(store))
+        }
+    }
+    .build()
+    .unwrap()
+}
+
+/// One case: a reusable token's settle answer lost (or late) on a keyed call; the buyer
+/// retries, is told to wait, the seller resolves the record from the ledger, and the
+/// buyer's next retry ends with the answer, the price burned once.
+async fn resolve_case(
+    journal: Journal,
+    form: Form,
+    cause: &'static str,
+    fault: Fault,
+    kind: Kind,
+    redis: Option<Arc<nvm_tests::RedisServer>>,
+) {
+    let label = format!("{journal:?} | {form:?} | {cause}");
+    let local = LocalFacilitator::start().unwrap();
+    let prefix = format!("case-{}:", nvm_runtime_id());
+    let path = std::env::temp_dir().join(format!("nvm-resolve-{}.jsonl", nvm_runtime_id()));
+    let payments = resolution_seller(&local, journal, redis.as_deref(), &prefix, &path);
+    let server = serve(Some(payments.clone()), routes(payments.clone()));
+    let address = local.subscriber_address().to_owned();
+    let balance = || local.balance(DEMO_PLAN_ID, &address);
+    let token = local.mint_token(MintOptions::new());
+    let start = balance();
+
+    local.inject_times(Endpoint::Settle, fault.clone(), 1);
+    let (status, body, first_receipt, _, _) = keyed(&server, form, &token, "call-1").await;
+    assert_eq!(status, 402, "{label}: {body}");
+    let first_receipt = first_receipt.expect("a receipt");
+    let id = first_receipt.other["pendingSettlementId"].as_str().unwrap().to_owned();
+    if matches!(fault, Fault::Delay(_)) {
+        tokio::time::sleep(LATE + Duration::from_millis(300)).await;
+    }
+    let burned = start - balance();
+    assert_eq!(burned, if kind == Kind::UnknownBurned { CREDITS } else { 0 }, "{label}");
+
+    // Retried while open: told to wait, with the record's id; nothing runs, nothing burns.
+    let runs = server.runs.count();
+    let (status, body, pending, replayed, retry_after) = keyed(&server, form, &token, "call-1").await;
+    assert_eq!((status, replayed, retry_after), (409, false, true), "{label}: {body}");
+    let pending = pending.expect("a receipt");
+    assert_eq!(pending.error_reason.as_deref(), Some("settlement_pending"), "{label}");
+    assert_eq!(
+        (pending.other["pendingSettlementId"].as_str(), pending.other["retryAfter"].as_u64()),
+        (Some(id.as_str()), Some(7))
+    );
+    assert!(body.contains(&id) && !body.contains(CONTENT), "{label}: {body}");
+    assert_eq!((server.runs.count(), start - balance()), (runs, burned), "{label}");
+
+    // The seller resolves it from the ledger; with Redis, from another instance.
+    let other = match journal {
+        Journal::Redis => resolution_seller(&local, journal, redis.as_deref(), &prefix, &path),
+        _ => payments.clone(),
+    };
+    let (record, status) = other.pending_settlements().get(&id).await.unwrap().expect("the record");
+    assert_eq!(status, nvm_runtime::SettlementStatus::Unknown, "{label}: visible to the seller");
+    let agent_request = record.agent_request_id.clone().expect("an agent request id");
+    let resolution = match local.burned_for(&agent_request) {
+        Some(_) => Resolution::Burned,
+        None => Resolution::NotBurned,
+    };
+    assert_eq!(resolution == Resolution::Burned, burned > 0, "{label}: the ledger's word");
+    assert!(other.pending_settlements().close(&id, resolution).await.unwrap(), "{label}");
+    assert!(!other.pending_settlements().close(&id, resolution).await.unwrap(), "{label}: closed once");
+
+    // The buyer's next retry: the answer, burned exactly once in all.
+    let (status, body, got, replayed, _) = keyed(&server, form, &token, "call-1").await;
+    assert_eq!((status, body.as_str()), (200, CONTENT), "{label}");
+    let got = got.expect("a receipt");
+    assert!(got.success, "{label}: {got:?}");
+    assert_eq!(start - balance(), CREDITS, "{label}: the price, burned once");
+    if resolution == Resolution::Burned {
+        assert!(
+            replayed && got.other["confirmedAfterUnknown"] == true,
+            "{label}: the held answer, confirmed"
+        );
+        assert_eq!(server.runs.count(), runs, "{label}: the handler did not run again");
+    } else {
+        assert!(!replayed, "{label}: ran afresh, paid afresh");
+        assert_eq!(server.runs.count(), runs + 1, "{label}");
+    }
+    // And again: the same answer, nothing more burned.
+    let (status, body, _, replayed, _) = keyed(&server, form, &token, "call-1").await;
+    assert_eq!((status, body.as_str(), replayed), (200, CONTENT, true), "{label}");
+    assert_eq!(start - balance(), CREDITS, "{label}");
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A unique id for file names and key prefixes in this process.
+fn nvm_runtime_id() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[actix_web::test]
+async fn unknown_outcomes_end_with_the_answer_exactly_when_the_ledger_burned_it() {
+    let redis = Arc::new(nvm_tests::RedisServer::start());
+    let causes = [
+        ("answer lost after the burn", Fault::LoseAnswer, Kind::UnknownBurned),
+        ("answer after the timeout", Fault::Delay(LATE), Kind::UnknownBurned),
+        ("503", Fault::Status(503), Kind::UnknownNotBurned),
+        ("connection closed", Fault::Disconnect, Kind::UnknownNotBurned),
+    ];
+    let mut cases = Vec::new();
+    for journal in [Journal::Memory, Journal::File, Journal::Redis] {
+        for form in Form::BOTH {
+            for (cause, fault, kind) in causes.clone() {
+                let redis = (journal == Journal::Redis).then(|| Arc::clone(&redis));
+                cases.push(actix_web::rt::spawn(resolve_case(journal, form, cause, fault, kind, redis)));
+            }
+        }
+    }
+    for case in cases {
+        case.await.unwrap();
+    }
+}
+
+/// With a resolver, the buyer's retry is resolved on the spot: no waiting.
+#[actix_web::test]
+async fn a_resolver_resolves_a_retry_on_the_spot() {
+    for form in Form::BOTH {
+        for (fault, kind) in
+            [(Fault::LoseAnswer, Kind::UnknownBurned), (Fault::Status(503), Kind::UnknownNotBurned)]
+        {
+            let local = Arc::new(LocalFacilitator::start().unwrap());
+            let ledger = Arc::clone(&local);
+            let payments = payments_for(&local)
+                .timeout(TIMEOUT)
+                .settlement_resolver(move |record: PendingSettlement| {
+                    let ledger = Arc::clone(&ledger);
+                    async move {
+                        let id = record.agent_request_id?;
+                        Some(if ledger.burned_for(&id).is_some() {
+                            Resolution::Burned
+                        } else {
+                            Resolution::NotBurned
+                        })
+                    }
+                })
+                .build()
+                .unwrap();
+            let server = serve(Some(payments.clone()), routes(payments.clone()));
+            let token = local.mint_token(MintOptions::new());
+            local.inject_times(Endpoint::Settle, fault, 1);
+            assert_eq!(keyed(&server, form, &token, "k").await.0, 402);
+            let (status, body, got, replayed, _) = keyed(&server, form, &token, "k").await;
+            assert_eq!((status, body.as_str()), (200, CONTENT), "{form:?} {kind:?}");
+            assert!(got.unwrap().success);
+            assert_eq!(replayed, kind == Kind::UnknownBurned, "{form:?} {kind:?}");
+            assert_eq!(local.total_burned(), CREDITS, "{form:?} {kind:?}: burned once");
+            assert!(
+                payments.pending_settlements().list().await.unwrap().is_empty(),
+                "closed by the resolver"
+            );
+        }
+    }
+}
+
+/// A durable journal holds every settlement while its settle call is in flight, and
+/// forgets it once answered; a journal that cannot be written stops the settlement
+/// before any settle call (nothing burned, the answer withheld).
+#[actix_web::test]
+async fn settlements_are_written_ahead_and_an_unwritable_journal_settles_nothing() {
+    for form in Form::BOTH {
+        let local = LocalFacilitator::start().unwrap();
+        let path = std::env::temp_dir().join(format!("nvm-ahead-{}.jsonl", nvm_runtime_id()));
+        let journal = PendingSettlements::file(&path).unwrap();
+        let payments =
+            payments_for(&local).timeout(TIMEOUT).pending_settlements(journal.clone()).build().unwrap();
+        let server = serve(Some(payments.clone()), routes(payments));
+        let token = local.mint_token(MintOptions::new());
+        local.inject_times(Endpoint::Settle, Fault::Delay(Duration::from_millis(200)), 1);
+        let call = send(&server, form, &token);
+        let watch = async {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            journal.settling().await.unwrap()
+        };
+        let ((status, ..), in_flight) = tokio::join!(call, watch);
+        assert_eq!(status, 200, "{form:?}");
+        assert_eq!(in_flight.len(), 1, "{form:?}: written ahead of the settle call");
+        assert_eq!((in_flight[0].amount.as_str(), in_flight[0].path.as_str()), ("2", form.path()));
+        assert!(journal.settling().await.unwrap().is_empty(), "{form:?}: forgotten once answered");
+        assert!(journal.list().await.unwrap().is_empty());
+        let _ = std::fs::remove_file(&path);
+
+        // /dev/full: every write fails (ENOSPC).
+        let full = PendingSettlements::file("/dev/full").unwrap();
+        let payments = payments_for(&local).pending_settlements(full).build().unwrap();
+        let server = serve(Some(payments.clone()), routes(payments));
+        let (before, settles) = (local.total_burned(), local.calls().settle);
+        let (status, body, got, got_envelope) = send(&server, form, &token).await;
+        assert_eq!((status, got_envelope), (402, true), "{form:?}: {body}");
+        assert!(!body.contains(CONTENT));
+        let reason = got.unwrap().error_reason.unwrap();
+        assert!(reason.starts_with("settlement_not_attempted"), "{reason}");
+        assert_eq!(
+            (local.total_burned(), local.calls().settle),
+            (before, settles),
+            "{form:?}: no settle call"
+        );
+    }
 }

@@ -118,6 +118,18 @@ pub enum ConfigError {
         /// The backend URL.
         backend: String,
     },
+    /// The pending-settlement journal named by `NVM_PENDING_SETTLEMENTS` could not be
+    /// opened.
+    #[error(
+        "the pending-settlement journal {path} (NVM_PENDING_SETTLEMENTS) could not be opened: {source}; set it to a writable file path"
+    )]
+    PendingJournal {
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     /// The HTTP client could not be built (no TLS backend, for instance). The source is
     /// a [`reqwest::Error`] of the re-exported
     /// [`nvm_runtime::client::reqwest`](crate::client::reqwest).

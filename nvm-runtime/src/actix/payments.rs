@@ -78,7 +78,8 @@ struct Inner {
 
 impl Payments {
     /// Reads `NVM_API_KEY` (required), `NVM_ENVIRONMENT` and `NVM_BACKEND_URL` (used by
-    /// the `custom` environment).
+    /// the `custom` environment), and `NVM_PENDING_SETTLEMENTS`: the path of the
+    /// pending-settlement journal file (see [`PendingSettlements::file`]), when set.
     ///
     /// ```
     /// match nvm_runtime::Payments::from_env() {
@@ -94,7 +95,17 @@ impl Payments {
     /// A builder seeded from the environment, as [`Payments::from_env`] reads it, to
     /// add hooks or settings before building.
     pub fn builder_from_env() -> Result<PaymentsBuilder, ConfigError> {
-        Ok(PaymentsBuilder { backend: BackendSettings::from_env()?, ..PaymentsBuilder::default() })
+        let backend = BackendSettings::from_env()?;
+        let pending = match std::env::var("NVM_PENDING_SETTLEMENTS") {
+            Ok(path) if !path.trim().is_empty() => {
+                let journal = PendingSettlements::file(path.trim()).map_err(|source| {
+                    ConfigError::PendingJournal { path: path.trim().to_owned(), source: Arc::new(source) }
+                })?;
+                Some(journal)
+            }
+            _ => None,
+        };
+        Ok(PaymentsBuilder { backend, pending, ..PaymentsBuilder::default() })
     }
 
     /// Starts a configuration.
@@ -260,9 +271,14 @@ impl Payments {
         let journal = self.pending_settlements();
         match crate::flow::recovery::recover(&self.inner.seller).await {
             Ok(report) if report.orphans > 0 || report.resolved() > 0 => tracing::warn!(
-                orphans = report.orphans, burned = report.burned, not_burned = report.not_burned,
+                orphans = report.orphans,
+                burned = report.burned,
+                not_burned = report.not_burned,
                 "pending-settlement journal {}: {} settlement(s) were in flight when their process stopped; {} resolved as burned, {} as not burned",
-                journal.name(), report.orphans, report.burned, report.not_burned
+                journal.name(),
+                report.orphans,
+                report.burned,
+                report.not_burned
             ),
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "the pending-settlement journal could not be recovered"),

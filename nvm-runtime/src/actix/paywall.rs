@@ -357,8 +357,12 @@ pub(crate) async fn settle(
     let max = seller.idempotency.max_response_body_len();
     // Run to its end even if the request is dropped meanwhile (the client reset the
     // connection): a settle call sent is always followed by its outcome's bookkeeping.
-    let (payments, req, state, cache_control) =
-        (exchange.payments.clone(), exchange.req.clone(), Arc::clone(state), cache_control.map(str::to_owned));
+    let (payments, req, state, cache_control) = (
+        exchange.payments.clone(),
+        exchange.req.clone(),
+        Arc::clone(state),
+        cache_control.map(str::to_owned),
+    );
     let settling = actix_web::rt::spawn(async move {
         let exchange = Exchange { payments: &payments, req: &req };
         let seller = payments.seller();

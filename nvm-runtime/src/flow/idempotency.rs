@@ -503,18 +503,9 @@ pub(crate) async fn claim(
     }
 }
 
-/// Holds `response`, the answer of the claim's call, for its settlement (journal record
-/// `pending` of `journal`), before the settle call is sent: kept for the buyer's retry
-/// should the outcome be unknown. `false` when the store could not hold it (the call
-/// goes on; an unknown outcome then keeps the answer that says so).
-pub(crate) async fn hold(
-    config: &Idempotency,
-    claim: &mut Claim,
-    journal: &PendingSettlements,
-    pending: &str,
-    response: StoredResponse,
-) -> bool {
-    let Some(store) = claim.store.clone() else { return false };
+/// The store record that holds `response`, the answer of the claim's call, for its
+/// settlement (journal record `pending`): its key and value.
+pub(crate) fn held(claim: &Claim, pending: &str, response: StoredResponse) -> (String, Vec<u8>) {
     let held = Record::Held {
         fingerprint: claim.fingerprint.clone(),
         token: claim.token.clone(),
@@ -522,7 +513,21 @@ pub(crate) async fn hold(
         pending: pending.to_owned(),
         response,
     };
-    let held = serde_json::to_vec(&held).unwrap_or_default();
+    (claim.store_key.clone(), serde_json::to_vec(&held).unwrap_or_default())
+}
+
+/// Holds the claim's answer (`held`, from [`held`]) for its settlement (journal
+/// record `pending` of `journal`), before the settle call is sent: kept for the buyer's
+/// retry should the outcome be unknown. `false` when the store could not hold it (the
+/// call goes on; an unknown outcome then keeps the answer that says so).
+pub(crate) async fn hold(
+    config: &Idempotency,
+    claim: &mut Claim,
+    journal: &PendingSettlements,
+    pending: &str,
+    held: Vec<u8>,
+) -> bool {
+    let Some(store) = claim.store.clone() else { return false };
     match store.replace(&claim.store_key, &claim.running, held.clone(), config.ttl).await {
         Ok(true) => {
             claim.running = held;
@@ -538,6 +543,20 @@ pub(crate) async fn hold(
             false
         }
     }
+}
+
+/// Puts back a held answer copied into a journal record (a store in memory lost it in a
+/// crash); nothing when the store still has the key.
+pub(crate) async fn restore(config: &Idempotency, key: &str, value: Vec<u8>) -> Result<bool, StoreError> {
+    match config.store() {
+        Some(store) => store.insert_new(key, value, config.ttl).await,
+        None => Ok(false),
+    }
+}
+
+/// How long a held answer is kept.
+pub(crate) fn ttl(config: &Idempotency) -> Duration {
+    config.ttl
 }
 
 /// Remembers `response` as the answer to the claim's key.

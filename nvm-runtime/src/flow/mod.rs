@@ -17,10 +17,10 @@ use std::sync::Arc;
 use cache::{CacheKey, VerifyCache, WellFormed};
 pub use idempotency::Idempotency;
 use idempotency::{Caller, Claim, Claimed, Found, Held, KeyedRequest, StoredResponse};
-pub use recovery::Recovery;
 pub use pending::{
     PendingSettlement, PendingSettlements, Resolution, ResolveFuture, SettlementResolver, SettlementStatus,
 };
+pub use recovery::Recovery;
 pub use state::{Meter, MeterFull};
 pub(crate) use state::{PaymentState, Verified};
 pub(crate) use terms::Offer;
@@ -149,10 +149,11 @@ pub(crate) async fn admit(
     }
     let found = match (store, keyed, &caller) {
         (Some(store), Some(keyed), Some(caller)) => {
-            let found = match idempotency::find(&seller.idempotency, store, caller, offer.plan_id, keyed).await {
-                Ok(Found::Held(held)) => resolve_held(seller, store, held).await,
-                found => found.map_err(|error| Refusal::Failed(PaymentError::Idempotency(error))),
-            };
+            let found =
+                match idempotency::find(&seller.idempotency, store, caller, offer.plan_id, keyed).await {
+                    Ok(Found::Held(held)) => resolve_held(seller, store, held).await,
+                    found => found.map_err(|error| Refusal::Failed(PaymentError::Idempotency(error))),
+                };
             match found {
                 Ok(Found::Replay(response)) => {
                     tracing::info!(token = %token.hash(), "idempotent retry: replaying the stored response");
@@ -223,7 +224,11 @@ fn keyed_next(found: Found, verified: &Verified) -> Result<Next, IdempotencyErro
 /// settlement's standing: still open (asking the seller's resolver first), a "still
 /// pending, retry after" refusal; burned, the held answer with a confirmed receipt (to
 /// the same payer); not burned, the held answer dropped and the call run afresh.
-async fn resolve_held(seller: &Seller, store: &dyn crate::store::Store, held: Held) -> Result<Found, Refusal> {
+async fn resolve_held(
+    seller: &Seller,
+    store: &dyn crate::store::Store,
+    held: Held,
+) -> Result<Found, Refusal> {
     let standing = standing(seller, &held.pending).await;
     match standing {
         Some((record, Resolution::Burned)) => {
@@ -279,7 +284,9 @@ pub(crate) async fn standing(seller: &Seller, id: &str) -> Option<(PendingSettle
 pub(crate) async fn close(seller: &Seller, record: &PendingSettlement, resolution: Resolution, who: &str) {
     match seller.pending.close(&record.id, resolution).await {
         Ok(_) => tracing::info!(pending = %record.id, %resolution, "pending settlement resolved by {who}"),
-        Err(error) => tracing::error!(pending = %record.id, %resolution, %error, "a pending settlement was resolved by {who} but the journal could not be written"),
+        Err(error) => {
+            tracing::error!(pending = %record.id, %resolution, %error, "a pending settlement was resolved by {who} but the journal could not be written")
+        }
     }
 }
 
@@ -434,22 +441,30 @@ pub(crate) async fn settle(
         max_amount: Some(&max_amount),
         agent_request_id: if verified.from_cache { None } else { verified.verification.request_id() },
     };
-    let record = record_of(host, verified, amount, &request);
+    let mut record = record_of(host, verified, amount, &request);
+    let held_answer =
+        kept.as_ref().map(|kept| idempotency::held(kept.claim, &record.id, kept.answer.clone()));
+    if let Some((key, value)) = held_answer.as_ref().filter(|_| seller.pending.copies_held_answers()) {
+        use base64::Engine as _;
+        let value = base64::engine::general_purpose::STANDARD.encode(value);
+        record.held = Some(pending::HeldAnswer { key: key.clone(), value });
+    }
     // Written ahead, in this order: the journal's record, then the answer held with it
     // (a held answer always has its record). A record's settle call is sent only once it
     // is written down.
     let ahead = seller.pending.is_durable();
     if ahead && let Err(error) = seller.pending.begin(&record).await {
         tracing::error!(token = %verified.token.hash(), credits = amount, %error, "the pending-settlement journal could not be written: nothing settled, the answer withheld");
-        let reason = format!("settlement_not_attempted: the seller's settlement journal could not be written ({error}); nothing was charged, retry later");
+        let reason = format!(
+            "settlement_not_attempted: the seller's settlement journal could not be written ({error}); nothing was charged, retry later"
+        );
         return refuse_settlement(seller, verified, &request, reason, None);
     }
-    let held = match kept.as_mut() {
-        Some(kept) => {
-            idempotency::hold(&seller.idempotency, kept.claim, &seller.pending, &record.id, kept.answer.clone())
-                .await
+    let held = match (kept.as_mut(), held_answer) {
+        (Some(kept), Some((_, value))) => {
+            idempotency::hold(&seller.idempotency, kept.claim, &seller.pending, &record.id, value).await
         }
-        None => false,
+        _ => false,
     };
     // `token.hash()` (a SHA-256) is written inside the log macros: computed only for
     // the lines that are enabled.
@@ -540,7 +555,12 @@ fn finish_refused(
 /// The journal record of the settlement of `request`: its id is the agent request id
 /// when the verification gave one. A single-use token's record keeps what settling it
 /// once more takes.
-fn record_of(host: &impl Host, verified: &Verified, amount: u64, request: &RequestRef<'_>) -> PendingSettlement {
+fn record_of(
+    host: &impl Host,
+    verified: &Verified,
+    amount: u64,
+    request: &RequestRef<'_>,
+) -> PendingSettlement {
     let agent_request_id = request.agent_request_id.map(str::to_owned);
     PendingSettlement {
         id: agent_request_id.clone().unwrap_or_else(pending::local_id),
@@ -556,6 +576,7 @@ fn record_of(host: &impl Host, verified: &Verified, amount: u64, request: &Reque
             token: verified.token.as_str().to_owned(),
             envelope: verified.envelope.to_header(),
         }),
+        held: None,
     }
 }
 

@@ -60,6 +60,24 @@ pub struct PendingSettlement {
     /// settle resolves (the token is spent by the first settle that goes through).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) resume: Option<Resume>,
+    /// The idempotency record holding the call's answer, copied here by a file journal
+    /// so that a store kept in memory gets it back after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) held: Option<HeldAnswer>,
+}
+
+/// An idempotency store's record holding a call's answer: its key, and its value in
+/// base64.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HeldAnswer {
+    pub(crate) key: String,
+    pub(crate) value: String,
+}
+
+impl std::fmt::Debug for HeldAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldAnswer").field("key", &self.key).finish_non_exhaustive()
+    }
 }
 
 /// The settle request of a single-use token, kept to resolve its outcome by settling
@@ -435,6 +453,26 @@ impl PendingSettlements {
         Ok(self.read().await?.0.with_status(SettlementStatus::Unknown))
     }
 
+    /// Every record (open or resolved) that copies a held answer.
+    pub(crate) async fn with_held_answers(
+        &self,
+    ) -> std::io::Result<Vec<(PendingSettlement, SettlementStatus)>> {
+        let entries = self.read().await?.0;
+        Ok(entries
+            .order
+            .iter()
+            .filter_map(|id| entries.by_id.get(id))
+            .filter(|(record, _)| record.held.is_some())
+            .cloned()
+            .collect())
+    }
+
+    /// Whether a held answer is copied into its record (a file journal: the idempotency
+    /// store may be in memory, and lose it in a crash).
+    pub(crate) fn copies_held_answers(&self) -> bool {
+        matches!(&*self.inner, Journal::File(_))
+    }
+
     /// The settlements whose settle call is in flight (written ahead), oldest first:
     /// none once their calls are answered, and those of a process that died until
     /// `Payments::prepare()` turns them into unknown outcomes.
@@ -468,7 +506,9 @@ impl PendingSettlements {
         match &*self.inner {
             #[cfg(feature = "redis")]
             Journal::Redis(journal) => journal.close(id, line).await.map_err(std::io::Error::other),
-            Journal::Memory(entries) => Ok(entries.lock().unwrap_or_else(PoisonError::into_inner).apply(line)),
+            Journal::Memory(entries) => {
+                Ok(entries.lock().unwrap_or_else(PoisonError::into_inner).apply(line))
+            }
             Journal::File(file) => file.close(id, line).await,
         }
     }
@@ -505,7 +545,11 @@ impl FileJournal {
         std::thread::Builder::new()
             .name("nvm-journal".to_owned())
             .spawn(move || write_lines(file, &receiver, &at, options))?;
-        Ok(FileJournal { path: path.to_path_buf(), lines: Mutex::new(sender), closing: tokio::sync::Mutex::new(()) })
+        Ok(FileJournal {
+            path: path.to_path_buf(),
+            lines: Mutex::new(sender),
+            closing: tokio::sync::Mutex::new(()),
+        })
     }
 
     async fn append(&self, line: &Line) -> std::io::Result<()> {
@@ -579,31 +623,31 @@ fn compact(path: &Path) -> std::io::Result<()> {
 /// Reads a journal file. A last line without its newline is being written (or was cut
 /// by a crash, and is ended and reported at the next opening): not read.
 fn read_file(path: &Path) -> std::io::Result<(Entries, Vec<String>)> {
-        let mut entries = Entries::default();
-        let mut unreadable = Vec::new();
-        let mut reader = BufReader::new(File::open(path)?);
-        let mut line = Vec::new();
-        let mut number = 0;
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
-                break;
-            }
-            number += 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<Line>(&line) {
-                Ok(line) => {
-                    entries.apply(line);
-                }
-                Err(error) => unreadable.push(format!(
-                    "{}:{number}: not a pending-settlement record ({error}); skipped",
-                    path.display(),
-                )),
-            }
+    let mut entries = Entries::default();
+    let mut unreadable = Vec::new();
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
+            break;
         }
-        Ok((entries, unreadable))
+        number += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Line>(&line) {
+            Ok(line) => {
+                entries.apply(line);
+            }
+            Err(error) => unreadable.push(format!(
+                "{}:{number}: not a pending-settlement record ({error}); skipped",
+                path.display(),
+            )),
+        }
+    }
+    Ok((entries, unreadable))
 }
 
 /// The writer thread of a journal file: until every sender is gone, takes the lines
@@ -628,7 +672,8 @@ fn write_lines(
             }
         }
         for (_, done) in batch {
-            let _ = done.send(result.as_ref().map(|()| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
+            let _ = done
+                .send(result.as_ref().map(|()| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
         }
         if file.metadata().is_ok_and(|m| m.len() > COMPACT_AT) {
             match compact(path).and_then(|()| reopen.open(path)) {
@@ -681,6 +726,7 @@ mod tests {
             recorded_at: 1,
             token_hash: "0a0b0c0d0e0f".into(),
             resume: None,
+            held: None,
         }
     }
 

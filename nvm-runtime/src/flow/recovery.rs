@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use super::pending::{PendingSettlement, Resolution, unix_now};
-use super::{Seller, close};
+use super::pending::{PendingSettlement, Resolution, SettlementStatus, unix_now};
+use super::{Seller, close, idempotency};
 use crate::backend::{RequestRef, SettleOutcome};
 use crate::wire::{AccessToken, Amount, CODE_SPENT, PaymentRequired};
 
@@ -55,8 +55,10 @@ impl Recovery {
 pub(crate) async fn recover(seller: &Seller) -> std::io::Result<Recovery> {
     let mut report = Recovery::default();
     let journal = &seller.pending;
+    restore_held_answers(seller).await?;
     let now = unix_now();
-    let grace = if journal.is_shared() { seller.facilitator.timeout() * 2 + SHARED_GRACE } else { Duration::ZERO };
+    let grace =
+        if journal.is_shared() { seller.facilitator.timeout() * 2 + SHARED_GRACE } else { Duration::ZERO };
     for record in journal.settling().await? {
         if now.saturating_sub(record.recorded_at) < grace.as_secs() {
             continue;
@@ -78,6 +80,33 @@ pub(crate) async fn recover(seller: &Seller) -> std::io::Result<Recovery> {
     report.not_burned += resolved.not_burned;
     report.unknown = resolved.unknown;
     Ok(report)
+}
+
+/// Puts back into the idempotency store the answers held for settlements a file
+/// journal still names (open, or resolved as burned and still within the store's
+/// time-to-live): a store in memory lost them with the process.
+async fn restore_held_answers(seller: &Seller) -> std::io::Result<()> {
+    use base64::Engine as _;
+    let ttl = idempotency::ttl(&seller.idempotency).as_secs();
+    let now = unix_now();
+    for (record, status) in seller.pending.with_held_answers().await? {
+        let wanted = status.is_open() || status == SettlementStatus::Resolved(Resolution::Burned);
+        let Some(held) = record.held.filter(|_| wanted && now.saturating_sub(record.recorded_at) < ttl)
+        else {
+            continue;
+        };
+        let Ok(value) = base64::engine::general_purpose::STANDARD.decode(&held.value) else { continue };
+        match idempotency::restore(&seller.idempotency, &held.key, value).await {
+            Ok(true) => {
+                tracing::info!(pending = %record.id, "an answer held for a pending settlement was put back in the idempotency store")
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(pending = %record.id, %error, "an answer held for a pending settlement could not be put back in the idempotency store")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Puts every settlement of unknown outcome to the seller's resolver (a single-use
@@ -122,7 +151,8 @@ async fn settle_again(seller: &Seller, record: &PendingSettlement) -> Option<Res
     let resolution = match seller.facilitator.settle_outcome_ref(&request).await {
         SettleOutcome::Settled(_) => Resolution::Burned,
         SettleOutcome::Refused(error) if error.code() == Some(CODE_SPENT) => Resolution::Burned,
-        SettleOutcome::Refused(crate::error::FacilitatorError::Unavailable(_)) | SettleOutcome::Unknown(_) => {
+        SettleOutcome::Refused(crate::error::FacilitatorError::Unavailable(_))
+        | SettleOutcome::Unknown(_) => {
             return None;
         }
         SettleOutcome::Declined(_) | SettleOutcome::Refused(_) => Resolution::NotBurned,

@@ -312,6 +312,12 @@ impl State {
         self.lock().total_burned
     }
 
+    pub(crate) fn burned_for(&self, agent_request_id: &str) -> Option<u64> {
+        let ledger = self.lock();
+        let settled = ledger.requests.get(agent_request_id)?.settled.as_ref()?;
+        settled["creditsRedeemed"].as_str()?.parse().ok()
+    }
+
     pub(crate) fn balance(&self, plan_id: &str, address: &str) -> u64 {
         self.lock().balance(plan_id, address)
     }

@@ -875,6 +875,20 @@ impl LocalFacilitator {
         self.state.total_burned()
     }
 
+    /// The credits a settlement of the verification `agent_request_id` burned, or `None`
+    /// when none went through (or the verification is unknown, or forgotten after
+    /// 50,000 newer ones): what a seller's resolver asks the backend about a pending
+    /// settlement.
+    ///
+    /// ```
+    /// let local = nvm_runtime::local::LocalFacilitator::start()?;
+    /// assert_eq!(local.burned_for("no-such-request"), None);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn burned_for(&self, agent_request_id: &str) -> Option<u64> {
+        self.state.burned_for(agent_request_id)
+    }
+
     /// Every call the stand-in LLM gateway received, in order (headers and body).
     ///
     /// ```

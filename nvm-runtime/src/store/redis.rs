@@ -200,10 +200,16 @@ impl RedisJournal {
     /// Every record (open and resolved), and the values that are not records.
     pub(crate) async fn read(&self) -> Result<(Entries, Vec<String>), StoreError> {
         let mut connection = self.manager.clone();
-        let open: Vec<(String, Vec<u8>)> =
-            redis::cmd("HGETALL").arg(&self.open).query_async(&mut connection).await.map_err(|e| self.error(e))?;
-        let closed: Vec<(String, Vec<u8>)> =
-            redis::cmd("HGETALL").arg(&self.closed).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        let open: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(&self.open)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        let closed: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(&self.closed)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
         let mut entries = Entries::default();
         let mut unreadable = Vec::new();
         let mut found = Vec::new();
@@ -226,11 +232,18 @@ impl RedisJournal {
     }
 
     /// The record `id` and where it stands.
-    pub(crate) async fn get(&self, id: &str) -> Result<Option<(PendingSettlement, SettlementStatus)>, StoreError> {
+    pub(crate) async fn get(
+        &self,
+        id: &str,
+    ) -> Result<Option<(PendingSettlement, SettlementStatus)>, StoreError> {
         let mut connection = self.manager.clone();
         for (hash, closed) in [(&self.open, false), (&self.closed, true)] {
-            let value: Option<Vec<u8>> =
-                redis::cmd("HGET").arg(hash).arg(id).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+            let value: Option<Vec<u8>> = redis::cmd("HGET")
+                .arg(hash)
+                .arg(id)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
             if let Some(value) = value {
                 return entry(&value, closed).map(Some).map_err(|e| StoreError::new(&self.name, e));
             }

@@ -159,7 +159,6 @@ pub use headers::{
 pub use messages::{
     AgentRequest, Amount, BackendError, Balance, CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE,
     DelegationConfig, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SETTLEMENT_PENDING,
-    SETTLEMENT_UNKNOWN,
-    SettleResponse, VerifyResponse,
+    SETTLEMENT_UNKNOWN, SettleResponse, VerifyResponse,
 };
 pub use token::{AccessToken, Authorization, PaymentPayload, ResourceBinding, SignedPayload, TokenHash};
