@@ -663,3 +663,189 @@ async fn settlements_are_written_ahead_and_an_unwritable_journal_settles_nothing
         );
     }
 }
+
+/// The seller of the crash test, as a child process, killed when dropped.
+struct Seller {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Seller {
+    /// Starts `nvm-test-seller` on `local` and the journal at `path`, and waits for it to
+    /// listen (it recovers the journal first).
+    fn start(local: &LocalFacilitator, path: &std::path::Path) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nvm-test-seller"))
+            .env("NVM_API_KEY", local.builder_api_key())
+            .env("NVM_ENVIRONMENT", "custom")
+            .env("NVM_BACKEND_URL", local.backend_url())
+            .env("NVM_PENDING_SETTLEMENTS", path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("nvm-test-seller starts");
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("the seller did not start: {line:?}"))
+            .to_owned();
+        Seller { child, url }
+    }
+
+    /// `SIGKILL`, and waits for it to be gone.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Seller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One paid call of the crash test, and whether its buyer holds the answer.
+struct CrashCall {
+    key: String,
+    form: Form,
+    token: String,
+    answered: bool,
+}
+
+/// What one attempt of a call got: `Some(true)` the answer, `Some(false)` a refusal that
+/// is not a request to pay (outcome unknown, still pending, in flight), `None` no answer.
+async fn attempt(url: &str, call: &CrashCall) -> Option<bool> {
+    let response = http()
+        .post(format!("{url}{}", call.form.path()))
+        .header("payment-signature", &call.token)
+        .header("idempotency-key", &call.key)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    let asks_payment = envelope(&response).is_some();
+    let body = response.text().await.ok()?;
+    match status {
+        200 => {
+            assert_eq!(body, CONTENT, "{}", call.key);
+            Some(true)
+        }
+        402 | 409 if !asks_payment => Some(false),
+        _ => panic!("{}: {status} {body} (a buyer of a paid call is never asked to pay again)", call.key),
+    }
+}
+
+/// The seller killed (`SIGKILL`) at random moments, 100 times, while several buyers'
+/// calls (reusable and single-use tokens, both forms) are verified, run and settled
+/// (settle calls slowed so that kills land while they are in flight), and restarted on
+/// the same journal each time. At the end, the operator resolves what the journal holds
+/// from the ledger, the buyers retry what they did not get, and: every call is answered,
+/// the ledger burned each call's price exactly once, and no record is left open.
+#[actix_web::test]
+async fn a_seller_killed_at_random_moments_loses_no_record_and_every_burn_is_delivered() {
+    const ROUNDS: usize = 100;
+    let local = LocalFacilitator::start().unwrap();
+    local.inject(Endpoint::Settle, Fault::Delay(Duration::from_millis(120)));
+    let path = std::env::temp_dir().join(format!("nvm-crash-{}.jsonl", nvm_runtime_id()));
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut random = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    let buyers: Vec<String> = (0..4).map(|_| local.add_subscriber(DEMO_PLAN_ID, 1_000_000).1).collect();
+    let reusable: Vec<String> =
+        buyers[..3].iter().map(|address| local.mint_token(MintOptions::new().subscriber(address))).collect();
+    let mut calls: Vec<CrashCall> = Vec::new();
+    let mut kills_in_settle = 0;
+    for round in 0..ROUNDS {
+        let seller = Seller::start(&local, &path);
+        // Three new calls, and up to three the buyers did not get yet.
+        for n in 0..3 {
+            let form = Form::BOTH[(round + n) % 2];
+            let buyer = random(4) as usize;
+            let token = match reusable.get(buyer) {
+                Some(token) => token.clone(),
+                None => local.mint_token(
+                    MintOptions::new()
+                        .subscriber(&buyers[buyer])
+                        .single_use()
+                        .resource(form.path())
+                        .http_verb("POST"),
+                ),
+            };
+            calls.push(CrashCall { key: format!("call-{round}-{n}"), form, token, answered: false });
+        }
+        let mut waiting: Vec<usize> = (calls.len() - 3..calls.len()).collect();
+        let older: Vec<usize> = (0..calls.len() - 3).filter(|&i| !calls[i].answered).collect();
+        for _ in 0..3.min(older.len()) {
+            let pick = older[random(older.len() as u64) as usize];
+            if !waiting.contains(&pick) {
+                waiting.push(pick);
+            }
+        }
+        let attempts: Vec<_> = waiting
+            .iter()
+            .map(|&i| {
+                let (url, call) = (seller.url.clone(), CrashCall { ..clone_call(&calls[i]) });
+                actix_web::rt::spawn(async move { attempt(&url, &call).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(random(250))).await;
+        seller.kill();
+        // Settlements written ahead and not answered: the kill landed while they were in flight.
+        let in_settle = !PendingSettlements::file(&path).unwrap().settling().await.unwrap().is_empty();
+        for (&i, attempt) in waiting.iter().zip(attempts) {
+            if attempt.await.unwrap() == Some(true) {
+                calls[i].answered = true;
+            }
+        }
+        kills_in_settle += usize::from(in_settle);
+        if round % 10 == 9 {
+            resolve_from_ledger(&local, &path).await;
+        }
+    }
+    eprintln!(
+        "crash test: {ROUNDS} kills, {kills_in_settle} while settle calls were in flight, {} calls",
+        calls.len()
+    );
+    assert!(kills_in_settle >= 20, "only {kills_in_settle} kills landed while settle calls were in flight");
+
+    // Restarted on the same journal: what was in flight is now of unknown outcome (or
+    // resolved, for a single-use token); the operator resolves the rest from the ledger.
+    let seller = Seller::start(&local, &path);
+    let journal = PendingSettlements::file(&path).unwrap();
+    assert!(journal.settling().await.unwrap().is_empty(), "recovered at start-up");
+    assert!(journal.unreadable_lines().await.unwrap().is_empty());
+    resolve_from_ledger(&local, &path).await;
+    for call in calls.iter_mut().filter(|call| !call.answered) {
+        call.answered = attempt(&seller.url, call).await == Some(true);
+        assert!(call.answered, "{}: resolved, so answered on retry", call.key);
+    }
+    assert_eq!(local.total_burned(), CREDITS * calls.len() as u64, "each call's price, burned exactly once");
+    assert!(journal.list().await.unwrap().is_empty() && journal.settling().await.unwrap().is_empty());
+    drop(seller);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The operator's resolution of every record of unknown outcome, from the ledger.
+async fn resolve_from_ledger(local: &LocalFacilitator, path: &std::path::Path) {
+    let journal = PendingSettlements::file(path).unwrap();
+    for record in journal.list().await.unwrap() {
+        let id = record.agent_request_id.as_deref().expect("an agent request id names the settlement");
+        let resolution =
+            if local.burned_for(id).is_some() { Resolution::Burned } else { Resolution::NotBurned };
+        assert!(journal.close(&record.id, resolution).await.unwrap());
+    }
+}
+
+fn clone_call(call: &CrashCall) -> CrashCall {
+    CrashCall { key: call.key.clone(), form: call.form, token: call.token.clone(), answered: call.answered }
+}

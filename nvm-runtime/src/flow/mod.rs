@@ -135,18 +135,6 @@ pub(crate) async fn admit(
     let single_use = payload.as_ref().is_some_and(|payload| payload.is_single_use());
     let caller =
         (store.is_some() && (single_use || keyed.is_some())).then(|| Caller::of(&token, payload.as_ref()));
-    if let (Some(store), Some(caller), true) = (store, &caller, single_use) {
-        match idempotency::is_spent(store, caller).await {
-            Ok(false) => {}
-            Ok(true) => {
-                tracing::info!(token = %token.hash(), "single-use token already settled (seen in the store); refused");
-                let reason =
-                    format!("{CODE_SPENT}: this single-use token was already settled; mint a new one");
-                return Err(Refusal::payment_required(envelope, PaymentError::Rejected { reason }));
-            }
-            Err(error) => return Err(Refusal::Failed(PaymentError::Idempotency(error))),
-        }
-    }
     let found = match (store, keyed, &caller) {
         (Some(store), Some(keyed), Some(caller)) => {
             let found =
@@ -165,6 +153,20 @@ pub(crate) async fn admit(
         }
         _ => None,
     };
+    // After the look-up: a retry of a call paid with a single-use token gets its answer,
+    // though the token is spent.
+    if let (Some(store), Some(caller), true) = (store, &caller, single_use) {
+        match idempotency::is_spent(store, caller).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(token = %token.hash(), "single-use token already settled (seen in the store); refused");
+                let reason =
+                    format!("{CODE_SPENT}: this single-use token was already settled; mint a new one");
+                return Err(Refusal::payment_required(envelope, PaymentError::Rejected { reason }));
+            }
+            Err(error) => return Err(Refusal::Failed(PaymentError::Idempotency(error))),
+        }
+    }
     let started = std::time::Instant::now();
     let verified = verify(seller, host, offer, credits, envelope, token, single_use).await?;
     if let (Some(telemetry), false) = (telemetry, verified.from_cache) {

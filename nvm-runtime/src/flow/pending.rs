@@ -426,6 +426,18 @@ impl PendingSettlements {
         self.write(Line::Done { id: id.to_owned() }).await
     }
 
+    /// Notes that the record `id` written ahead was settled: forgotten, or, in a journal
+    /// that copies held answers, kept as resolved (burned) with its answer, so that the
+    /// buyer's retry gets it even after a crash took a store in memory.
+    pub(crate) async fn settled(&self, id: &str) -> std::io::Result<()> {
+        if self.copies_held_answers() {
+            let line =
+                Line::Closed { id: id.to_owned(), resolution: Resolution::Burned, closed_at: unix_now() };
+            return self.write(line).await;
+        }
+        self.done(id).await
+    }
+
     /// Writes `record` down as a settlement of unknown outcome.
     pub(crate) async fn record(&self, record: &PendingSettlement) -> std::io::Result<()> {
         self.write(Line::Pending(record.clone())).await
@@ -535,16 +547,17 @@ impl FileJournal {
             file.write_all(b"\n")?;
             file.sync_data()?;
         }
+        let mut compacted = 0;
         if file.metadata()?.len() > COMPACT_AT {
             drop(file);
-            compact(path)?;
+            compacted = compact(path)?;
             file = options.open(path)?;
         }
         let (sender, receiver) = mpsc::channel();
         let at = path.to_path_buf();
         std::thread::Builder::new()
             .name("nvm-journal".to_owned())
-            .spawn(move || write_lines(file, &receiver, &at, options))?;
+            .spawn(move || write_lines(file, &receiver, &at, options, compacted))?;
         Ok(FileJournal {
             path: path.to_path_buf(),
             lines: Mutex::new(sender),
@@ -577,20 +590,29 @@ impl FileJournal {
     }
 }
 
-/// A journal file longer than this is rewritten with only what it still holds (the
-/// records open or resolved; not those settled normally), at opening and as it grows.
+/// A journal file longer than this (and than twice what its last compaction left) is
+/// rewritten with only what it still holds, at opening and as it grows.
 const COMPACT_AT: u64 = 32 << 20;
 
-/// Rewrites the journal at `path` with its records only, through a file renamed over it.
-/// Its unreadable lines are reported before they go.
-fn compact(path: &Path) -> std::io::Result<()> {
+/// How long a resolved record is kept: as long as the idempotency records whose held
+/// answers it resolves (24 hours by default).
+const KEEP_RESOLVED: u64 = 24 * 3600;
+
+/// Rewrites the journal at `path` with what it still holds (the open records, and those
+/// resolved within [`KEEP_RESOLVED`]), through a file renamed over it; returns its new
+/// length. Its unreadable lines are reported before they go.
+fn compact(path: &Path) -> std::io::Result<u64> {
     let (entries, unreadable) = read_file(path)?;
     for line in &unreadable {
         tracing::warn!("pending-settlement journal, compacted: {line}");
     }
+    let now = unix_now();
     let mut text = Vec::new();
     for id in &entries.order {
         let Some((record, status)) = entries.by_id.get(id) else { continue };
+        if !status.is_open() && now.saturating_sub(record.recorded_at) > KEEP_RESOLVED {
+            continue;
+        }
         let first = match status {
             SettlementStatus::Settling => Line::Settling(record.clone()),
             _ => Line::Pending(record.clone()),
@@ -617,7 +639,7 @@ fn compact(path: &Path) -> std::io::Result<()> {
     if let Some(directory) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         File::open(directory)?.sync_all()?;
     }
-    Ok(())
+    Ok(text.len() as u64)
 }
 
 /// Reads a journal file. A last line without its newline is being written (or was cut
@@ -657,6 +679,7 @@ fn write_lines(
     lines: &mpsc::Receiver<(Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>)>,
     path: &Path,
     reopen: OpenOptions,
+    mut compacted: u64,
 ) {
     while let Ok(first) = lines.recv() {
         let mut batch = vec![first];
@@ -675,9 +698,9 @@ fn write_lines(
             let _ = done
                 .send(result.as_ref().map(|()| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
         }
-        if file.metadata().is_ok_and(|m| m.len() > COMPACT_AT) {
-            match compact(path).and_then(|()| reopen.open(path)) {
-                Ok(fresh) => file = fresh,
+        if file.metadata().is_ok_and(|m| m.len() > COMPACT_AT.max(2 * compacted)) {
+            match compact(path).and_then(|length| Ok((length, reopen.open(path)?))) {
+                Ok((length, fresh)) => (compacted, file) = (length, fresh),
                 Err(error) => {
                     tracing::warn!(journal = %path.display(), %error, "the pending-settlement journal could not be compacted");
                 }
