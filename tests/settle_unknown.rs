@@ -849,3 +849,58 @@ async fn resolve_from_ledger(local: &LocalFacilitator, path: &std::path::Path) {
 fn clone_call(call: &CrashCall) -> CrashCall {
     CrashCall { key: call.key.clone(), form: call.form, token: call.token.clone(), answered: call.answered }
 }
+
+/// The buyer's side: `PayingClient` reports an unknown outcome, then collects the
+/// answer with the call's key, waiting as told while the settlement is pending, once
+/// the seller resolves it; paid once in all, for both forms.
+#[actix_web::test]
+async fn the_paying_client_collects_the_answer_once_the_seller_resolves() {
+    use nvm_runtime::client::{PayingClient, PaymentOutcome, Subscriber};
+    for form in Form::BOTH {
+        let local = LocalFacilitator::start().unwrap();
+        let payments = payments_for(&local)
+            .timeout(TIMEOUT)
+            .pending_retry_after(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let server = serve(Some(payments.clone()), routes(payments.clone()));
+        let subscriber = Subscriber::builder()
+            .api_key(local.subscriber_api_key())
+            .backend_url(local.backend_url())
+            .build()
+            .unwrap();
+        let client = PayingClient::new(subscriber);
+        let url = server.at(form.path());
+        local.inject_times(Endpoint::Settle, Fault::LoseAnswer, 1);
+        let paid = client.send(client.http().post(&url)).await.unwrap();
+        let PaymentOutcome::OutcomeUnknown { pending_id, .. } = &paid.outcome else {
+            panic!("{form:?}: {:?}", paid.outcome)
+        };
+        assert!(paid.outcome.must_not_pay_again());
+        // Pending while the seller has not resolved it.
+        let still =
+            client.collect(client.http().post(&url), &paid.idempotency_key, Duration::ZERO).await.unwrap();
+        assert!(
+            matches!(&still.outcome, PaymentOutcome::Pending { pending_id: id, retry_after, .. }
+                if id == pending_id && *retry_after == Duration::from_secs(1)),
+            "{form:?}: {:?}",
+            still.outcome
+        );
+        let (journal, id) = (payments.pending_settlements().clone(), pending_id.clone());
+        actix_web::rt::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            journal.close(&id, Resolution::Burned).await.unwrap();
+        });
+        let collected = client
+            .collect(client.http().post(&url), &paid.idempotency_key, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(collected.replayed(), "{form:?}");
+        let PaymentOutcome::Settled(receipt) = &collected.outcome else {
+            panic!("{form:?}: {:?}", collected.outcome)
+        };
+        assert_eq!(receipt.other["confirmedAfterUnknown"], true);
+        assert_eq!(collected.response.text().await.unwrap(), CONTENT);
+        assert_eq!(local.total_burned(), CREDITS, "{form:?}: paid once");
+    }
+}

@@ -16,7 +16,8 @@ use crate::error::FacilitatorError;
 use crate::wire::AccessToken;
 use crate::wire::{Accepted, PaymentRequired};
 use crate::wire::{
-    CODE_SPENT, DelegationConfig, PermissionsRequest, ResourceBinding, SETTLEMENT_UNKNOWN, SettleResponse,
+    CODE_SPENT, DelegationConfig, PermissionsRequest, ResourceBinding, SETTLEMENT_PENDING,
+    SETTLEMENT_UNKNOWN, SettleResponse,
 };
 use crate::wire::{
     IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
@@ -295,15 +296,34 @@ pub enum PaymentOutcome {
         /// The seller's receipt (`errorReason: "settlement_outcome_unknown"`).
         receipt: SettleResponse,
     },
+    /// A retry of a call whose settlement is still pending: the seller has not resolved
+    /// it yet (a 409 with `Retry-After`, no envelope). **Do not pay again**: retry with
+    /// the same `Idempotency-Key` after `retry_after` ([`PayingClient::collect`] does),
+    /// to get the answer once the seller finds the credits burned, or to run the call
+    /// afresh if they were not.
+    Pending {
+        /// The seller's record id (`pendingSettlementId`).
+        pending_id: String,
+        /// How long the seller asks to wait before the next retry.
+        retry_after: Duration,
+        /// The seller's receipt (`errorReason: "settlement_pending"`).
+        receipt: SettleResponse,
+    },
 }
 
 impl PaymentOutcome {
     /// Whether the seller may have charged for this request although it did not
     /// deliver a settled answer: true for [`SettlementFailed`](Self::SettlementFailed)
-    /// and [`OutcomeUnknown`](Self::OutcomeUnknown).
-    /// Sending the same request again could then charge twice.
+    /// [`OutcomeUnknown`](Self::OutcomeUnknown) and [`Pending`](Self::Pending).
+    /// Sending the same request again without its `Idempotency-Key` could then charge
+    /// twice.
     pub fn must_not_pay_again(&self) -> bool {
-        matches!(self, PaymentOutcome::SettlementFailed(_) | PaymentOutcome::OutcomeUnknown { .. })
+        matches!(
+            self,
+            PaymentOutcome::SettlementFailed(_)
+                | PaymentOutcome::OutcomeUnknown { .. }
+                | PaymentOutcome::Pending { .. }
+        )
     }
 }
 
@@ -416,6 +436,52 @@ impl PayingClient {
         self.send_keyed(request, key).await
     }
 
+    /// Collects the answer of a call whose settlement's outcome was unknown
+    /// ([`PaymentOutcome::OutcomeUnknown`]) or still pending: sends `request` again with
+    /// the call's `key` ([`PaidResponse::idempotency_key`]), waiting as the seller asks
+    /// between tries while the settlement stays pending, for at most `max_wait`. The
+    /// seller answers with the call's answer once it finds the credits burned (a
+    /// [`PaymentOutcome::Settled`] receipt marked `confirmedAfterUnknown`, not charged
+    /// again), or runs the call afresh, paid anew, if they were not; still
+    /// [`PaymentOutcome::Pending`] when `max_wait` ran out.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nvm_runtime::client::PayingClient) -> Result<(), nvm_runtime::client::ClientError> {
+    /// use std::time::Duration;
+    /// use nvm_runtime::client::PaymentOutcome;
+    ///
+    /// let ask = || client.http().post("http://127.0.0.1:3000/ask").body(r#"{"query":"hi"}"#);
+    /// let paid = client.send(ask()).await?;
+    /// if let PaymentOutcome::OutcomeUnknown { .. } = paid.outcome {
+    ///     let collected = client.collect(ask(), &paid.idempotency_key, Duration::from_secs(120)).await?;
+    ///     println!("{:?}", collected.outcome);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn collect(
+        &self,
+        request: reqwest::RequestBuilder,
+        key: &str,
+        max_wait: Duration,
+    ) -> Result<PaidResponse, ClientError> {
+        let mut request = request.build().map_err(Box::new)?;
+        let value =
+            reqwest::header::HeaderValue::try_from(key).map_err(|_| ClientError::InvalidIdempotencyKey)?;
+        request.headers_mut().insert(IDEMPOTENCY_KEY, value);
+        let deadline = std::time::Instant::now() + max_wait;
+        loop {
+            let attempt = request.try_clone().ok_or(ClientError::NotRetryable)?;
+            let paid = self.send_keyed(attempt, key.to_owned()).await?;
+            let PaymentOutcome::Pending { retry_after, .. } = &paid.outcome else { return Ok(paid) };
+            let now = std::time::Instant::now();
+            if now + *retry_after > deadline {
+                return Ok(paid);
+            }
+            tracing::info!(key, wait = ?retry_after, "the call's settlement is still pending; retrying");
+            tokio::time::sleep(*retry_after).await;
+        }
+    }
+
     async fn send_keyed(&self, request: reqwest::Request, key: String) -> Result<PaidResponse, ClientError> {
         let first = request.try_clone().ok_or(ClientError::NotRetryable)?;
         let sent_token = first.headers().contains_key(PAYMENT_SIGNATURE);
@@ -489,6 +555,16 @@ fn finish(response: reqwest::Response, paid: bool, idempotency_key: String) -> P
                 .unwrap_or_default()
                 .to_owned();
             PaymentOutcome::OutcomeUnknown { pending_id, receipt: receipt.clone() }
+        }
+        Some(Ok(receipt)) if receipt.error_reason.as_deref() == Some(SETTLEMENT_PENDING) => {
+            let pending_id =
+                receipt.other.get("pendingSettlementId").and_then(|v| v.as_str()).unwrap_or_default();
+            let seconds = receipt.other.get("retryAfter").and_then(serde_json::Value::as_u64).unwrap_or(30);
+            PaymentOutcome::Pending {
+                pending_id: pending_id.to_owned(),
+                retry_after: Duration::from_secs(seconds),
+                receipt: receipt.clone(),
+            }
         }
         Some(Ok(receipt)) => PaymentOutcome::SettlementFailed(receipt.clone()),
         Some(Err(why)) => PaymentOutcome::SettlementFailed(SettleResponse {
