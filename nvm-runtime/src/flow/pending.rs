@@ -526,12 +526,15 @@ impl PendingSettlements {
     }
 }
 
+/// A line to append, and who to tell once it is on disk.
+type Append = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
+
 /// A journal file: one writer thread appends the lines sent to it, several per
 /// `fdatasync` when they come together (group commit), and tells each sender once its
 /// line is on disk.
 struct FileJournal {
     path: PathBuf,
-    lines: Mutex<mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>)>>,
+    lines: Mutex<mpsc::Sender<Append>>,
     /// Serializes closings, so that a record is closed once.
     closing: tokio::sync::Mutex<()>,
 }
@@ -676,7 +679,7 @@ fn read_file(path: &Path) -> std::io::Result<(Entries, Vec<String>)> {
 /// waiting, writes them, syncs once, and answers each.
 fn write_lines(
     mut file: File,
-    lines: &mpsc::Receiver<(Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>)>,
+    lines: &mpsc::Receiver<Append>,
     path: &Path,
     reopen: OpenOptions,
     mut compacted: u64,
@@ -696,7 +699,7 @@ fn write_lines(
         }
         for (_, done) in batch {
             let _ = done
-                .send(result.as_ref().map(|()| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
+                .send(result.as_ref().copied().map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
         }
         if file.metadata().is_ok_and(|m| m.len() > COMPACT_AT.max(2 * compacted)) {
             match compact(path).and_then(|length| Ok((length, reopen.open(path)?))) {
