@@ -884,3 +884,57 @@ async fn a_paid_tool_gets_the_llm_gateway_settings_of_its_call() {
     assert!(!request_id.is_empty(), "the verified agent request's id: {answer}");
     assert_eq!(s.balance(), 99, "{receipt}");
 }
+
+/// A tool call whose settle answer was lost, retried with its `payment-identifier`:
+/// told to wait while the settlement is pending (never the result, never `accepts`),
+/// then, once the seller resolves it as burned, the held result with a confirmed
+/// receipt; the tool ran once and the price was burned once. Both forms.
+#[actix_web::test]
+async fn a_pending_tool_call_is_collected_once_the_seller_resolves_it() {
+    for form in FORMS {
+        let local = LocalFacilitator::start().expect("local facilitator");
+        let payments = payments_for(&local).timeout(Duration::from_secs(1)).build().expect("payments");
+        let s = seller_with(local, payments.clone());
+        let client = s.client().await;
+        let token = mint(&s.local).await;
+        let mut payment = payload(&token);
+        payment["extensions"] =
+            json!({"payment-identifier": {"info": {"id": format!("pending-{}", form.paid)}}});
+        let meta = json!({"x402/payment": payment});
+        s.local.inject_times(Endpoint::Settle, Fault::LoseAnswer, 1);
+        let first = client.call(form.paid, json!({"query": "held"}), Some(meta.clone()), &[]).await;
+        assert_eq!(
+            first["result"]["_meta"]["x402/payment-response"]["errorReason"],
+            "settlement_outcome_unknown"
+        );
+        let burned = 100 - s.balance();
+        assert_eq!(burned, form.credits, "{form:?}: the lost answer's burn");
+
+        let waiting = client.call(form.paid, json!({"query": "held"}), Some(meta.clone()), &[]).await;
+        let result = &waiting["result"];
+        assert_eq!(result["isError"], true, "{waiting}");
+        assert_eq!(
+            result["_meta"]["x402/payment-response"]["errorReason"], "settlement_pending",
+            "{waiting}"
+        );
+        assert!(result["structuredContent"].get("accepts").is_none(), "{waiting}");
+        assert!(!waiting.to_string().contains("held for"), "{waiting}");
+
+        let pending = payments.pending_settlements().list().await.expect("journal");
+        assert_eq!(pending.len(), 1);
+        assert!(
+            payments
+                .pending_settlements()
+                .close(&pending[0].id, nvm_runtime::Resolution::Burned)
+                .await
+                .unwrap()
+        );
+        let collected = client.call(form.paid, json!({"query": "held"}), Some(meta), &[]).await;
+        let result = &collected["result"];
+        assert_eq!(result["isError"], false, "{collected}");
+        assert!(collected.to_string().contains("held for"), "{collected}");
+        assert_eq!(result["_meta"]["x402/payment-response"]["success"], true, "{collected}");
+        assert_eq!(result["_meta"]["x402/payment-response"]["confirmedAfterUnknown"], true, "{collected}");
+        assert_eq!((s.runs.count(), 100 - s.balance()), (1, form.credits), "{form:?}: ran once, burned once");
+    }
+}

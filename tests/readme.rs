@@ -293,8 +293,14 @@ fn the_docs_and_examples_tell_one_story() {
         "#[routes]",
         "#[options(",
     ];
-    const VARS: [&str; 5] =
-        ["NVM_API_KEY", "NVM_ENVIRONMENT", "NVM_PLAN_ID", "NVM_AGENT_ID", "NVM_BACKEND_URL"];
+    const VARS: [&str; 6] = [
+        "NVM_API_KEY",
+        "NVM_ENVIRONMENT",
+        "NVM_PLAN_ID",
+        "NVM_AGENT_ID",
+        "NVM_BACKEND_URL",
+        "NVM_PENDING_SETTLEMENTS",
+    ];
     let mut wrong = Vec::new();
     for (path, text) in docs_and_examples() {
         let lines: Vec<&str> = text.lines().collect();

@@ -698,8 +698,8 @@ fn write_lines(
             }
         }
         for (_, done) in batch {
-            let _ = done
-                .send(result.as_ref().copied().map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
+            let _ =
+                done.send(result.as_ref().copied().map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
         }
         if file.metadata().is_ok_and(|m| m.len() > COMPACT_AT.max(2 * compacted)) {
             match compact(path).and_then(|length| Ok((length, reopen.open(path)?))) {
