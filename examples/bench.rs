@@ -1,7 +1,7 @@
 //! What `#[paid]` costs, measured side by side on loopback.
 //!
 //! ```text
-//! cargo run --release -p nvm-examples --example bench            # ~85 seconds
+//! cargo run --release -p nvm-examples --example bench            # ~3 minutes
 //! cargo run --release -p nvm-examples --example bench -- --quick # a few seconds (CI smoke)
 //! cargo run --release -p nvm-examples --example bench -- --latency-ms 100
 //! cargo run --release -p nvm-examples --example bench -- --help
@@ -82,10 +82,32 @@
 //! loopback (10 rounds of 0.5 s; quick: 1 of 0.3 s), then with the facilitator's answers
 //! delayed `--latency-ms` (the second section's rounds, limit and fraction of it);
 //! `--only tool-paid,tool-unpaid,route-paid` runs this section alone.
+//!
+//! A fifth section measures the pending-settlement journal ([`PendingSettlements`];
+//! `--no-journal` skips it). A durable journal writes every settlement down ahead of its
+//! settle call and forgets it once answered: two writes on the path of every paid call.
+//! Three more servers of the same `#[paid]` handler, each with 1 worker and
+//! [`Idempotency::disabled`], so that only the journal differs:
+//!
+//! - `journal-memory`: [`PendingSettlements::in_memory`], which writes nothing ahead: the
+//!   baseline;
+//! - `journal-file`: [`PendingSettlements::file`] in a temporary directory (removed after
+//!   the run): JSON lines, one writer thread, the lines of concurrent calls sharing one
+//!   `fdatasync`;
+//! - `journal-redis`: [`PendingSettlements::redis`], a [`RedisStore`] on the `redis-server`
+//!   the bench starts (the third section's).
+//!
+//! It runs on loopback (10 rounds of 0.5 s; quick: 1 of 0.3 s), then with the facilitator's
+//! answers delayed `--latency-ms` (the second section's rounds, limit and fraction of it),
+//! and reports journal-file and journal-redis as ratios to journal-memory (side by side in
+//! the same rounds) at both. Then it asserts that the journals were written and emptied:
+//! every `settling` line of the file has its `done` line, and the Redis journal holds no
+//! record. `--only journal-memory,journal-file,journal-redis` runs this section alone.
 
 use std::fmt::Write as _;
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -100,7 +122,7 @@ use nvm_runtime::mcp::McpService;
 use nvm_runtime::store::RedisStore;
 use nvm_runtime::wire::PaymentRequired;
 use nvm_runtime::wire::{Amount, FacilitatorRequest, SettleResponse};
-use nvm_runtime::{Idempotency, Payments, paid};
+use nvm_runtime::{Idempotency, Payments, PendingSettlements, paid};
 use rmcp::handler::server::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
@@ -115,6 +137,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The subscriber's balance: enough for any run.
 const BALANCE: u64 = 1 << 60;
+/// The key prefix of the fifth section's Redis journal (its records: `bench-journal:pending`),
+/// apart from the keys of the third section's store (`nvm:`).
+const JOURNAL_PREFIX: &str = "bench-journal:";
 
 // ---------------------------------------------------------------------------------------
 // The handlers: the same body for every server.
@@ -254,6 +279,13 @@ struct Settings {
     mcp_rounds: usize,
     mcp_duration: Duration,
     mcp_warmup: Duration,
+    /// The fifth section (the pending-settlement journal), unless `--no-journal`: its
+    /// rounds, window and warm-up per server on loopback (with the latency, the second
+    /// section's).
+    journal: bool,
+    journal_rounds: usize,
+    journal_duration: Duration,
+    journal_warmup: Duration,
     /// `--metrics-recorder`: a Prometheus recorder installed for the whole run, to
     /// measure what the payment metrics cost when something records them.
     metrics_recorder: bool,
@@ -280,6 +312,10 @@ impl Settings {
             mcp_rounds: 10,
             mcp_duration: Duration::from_millis(500),
             mcp_warmup: Duration::from_millis(500),
+            journal: true,
+            journal_rounds: 10,
+            journal_duration: Duration::from_millis(500),
+            journal_warmup: Duration::from_millis(500),
             metrics_recorder: false,
         }
     }
@@ -304,6 +340,10 @@ impl Settings {
             mcp_rounds: 1,
             mcp_duration: Duration::from_millis(300),
             mcp_warmup: Duration::from_millis(200),
+            journal: true,
+            journal_rounds: 1,
+            journal_duration: Duration::from_millis(300),
+            journal_warmup: Duration::from_millis(200),
             metrics_recorder: false,
         }
     }
@@ -334,6 +374,8 @@ impl Settings {
                 "--idempotency-rounds" => settings.idempotency_rounds = count(&value()?, 1, 100)?,
                 "--no-mcp" => settings.mcp = false,
                 "--mcp-rounds" => settings.mcp_rounds = count(&value()?, 1, 100)?,
+                "--no-journal" => settings.journal = false,
+                "--journal-rounds" => settings.journal_rounds = count(&value()?, 1, 100)?,
                 "--only" => {
                     settings.only = value()?
                         .split(',')
@@ -358,7 +400,8 @@ impl Settings {
 
 const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [--connections N] [--rounds N]\n\
   \x20            [--latency-ms N] [--latency-rounds N] [--no-idempotency] [--idempotency-rounds N]\n\
-  \x20            [--no-mcp] [--mcp-rounds N] [--only SERVERS] [--metrics-recorder]\n\
+  \x20            [--no-mcp] [--mcp-rounds N] [--no-journal] [--journal-rounds N] [--only SERVERS]\n\
+  \x20            [--metrics-recorder]\n\
   --duration        seconds each server is driven per round (default 0.5; quick 0.4)\n\
   --warmup          seconds of unmeasured load per server before the rounds (default 1; quick 0.2)\n\
   --connections     concurrent keep-alive connections (default 16; quick 8)\n\
@@ -375,13 +418,19 @@ const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [-
   \x20                 on loopback, then with --latency-ms\n\
   --mcp-rounds      rounds of the fourth section on loopback, 0.5 s each (default 10; quick 1 of\n\
   \x20                 0.3 s); with the latency, --latency-rounds\n\
+  --no-journal      skip the fifth section: the pending-settlement journal written ahead of every\n\
+  \x20                 settle call, in a file and on Redis (a redis-server it starts), against one in\n\
+  \x20                 memory, on loopback, then with --latency-ms\n\
+  --journal-rounds  rounds of the fifth section on loopback, 0.5 s each (default 10; quick 1 of\n\
+  \x20                 0.3 s); with the latency, --latency-rounds\n\
   --metrics-recorder  install a Prometheus metrics recorder (the payment metrics are recorded;\n\
   \x20                 without it they go nowhere): run twice to see what telemetry costs\n\
   --quick           a smoke run of a few seconds\n\
   --only            drive only these servers, e.g. `--only paid,handwritten` (for profiling); of\n\
   \x20                 plain, handwritten, paid, paid+cache (the first two sections) and\n\
   \x20                 paid+nostore, paid+memory, paid+redis, replay (the third) and\n\
-  \x20                 tool-paid, tool-unpaid, route-paid (the fourth)";
+  \x20                 tool-paid, tool-unpaid, route-paid (the fourth) and\n\
+  \x20                 journal-memory, journal-file, journal-redis (the fifth)";
 
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
@@ -414,12 +463,15 @@ enum Kind {
     ToolPaid,
     ToolUnpaid,
     RoutePaid,
+    JournalMemory,
+    JournalFile,
+    JournalRedis,
 }
 
 /// The `idempotency-key` of a server's requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keys {
-    /// No key (the servers of the first two sections, and `paid+nostore`).
+    /// No key (the servers of the first two sections and of the fifth, and `paid+nostore`).
     None,
     /// A distinct one on every request, added by the connection
     /// ([`drive_connection`]): every request is a new paid call.
@@ -435,7 +487,9 @@ impl Kind {
     const IDEMPOTENCY: [Kind; 4] = [Kind::PaidNoStore, Kind::PaidMemory, Kind::PaidRedis, Kind::Replay];
     /// The scenarios of the fourth section: one server, the MCP app.
     const MCP: [Kind; 3] = [Kind::ToolPaid, Kind::ToolUnpaid, Kind::RoutePaid];
-    const ALL: [Kind; 11] = [
+    /// The servers of the fifth section.
+    const JOURNAL: [Kind; 3] = [Kind::JournalMemory, Kind::JournalFile, Kind::JournalRedis];
+    const ALL: [Kind; 14] = [
         Kind::Plain,
         Kind::Handwritten,
         Kind::Paid,
@@ -447,6 +501,9 @@ impl Kind {
         Kind::ToolPaid,
         Kind::ToolUnpaid,
         Kind::RoutePaid,
+        Kind::JournalMemory,
+        Kind::JournalFile,
+        Kind::JournalRedis,
     ];
 
     fn name(self) -> &'static str {
@@ -462,6 +519,9 @@ impl Kind {
             Kind::ToolPaid => "tool-paid",
             Kind::ToolUnpaid => "tool-unpaid",
             Kind::RoutePaid => "route-paid",
+            Kind::JournalMemory => "journal-memory",
+            Kind::JournalFile => "journal-file",
+            Kind::JournalRedis => "journal-redis",
         }
     }
 
@@ -1366,13 +1426,20 @@ fn run(settings: &Settings) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     // The servers of the sections that run (in the order of Kind::ALL), and Redis when
     // one of them needs it: dropped (killed) when `run` returns.
-    let (third, fourth) = (settings.idempotency, settings.mcp);
+    let (third, fourth, fifth) = (settings.idempotency, settings.mcp, settings.journal);
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| settings.only.contains(k))
         .filter(|k| (third || !Kind::IDEMPOTENCY.contains(k)) && (fourth || !Kind::MCP.contains(k)))
+        .filter(|k| fifth || !Kind::JOURNAL.contains(k))
         .collect();
-    let redis = if kinds.contains(&Kind::PaidRedis) { Some(RedisServer::start()?) } else { None };
+    let redis = if kinds.contains(&Kind::PaidRedis) || kinds.contains(&Kind::JournalRedis) {
+        Some(RedisServer::start()?)
+    } else {
+        None
+    };
+    // The file journal's directory: removed, with the journal, when `run` returns.
+    let scratch = if kinds.contains(&Kind::JournalFile) { Some(Scratch::create()?) } else { None };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1390,6 +1457,29 @@ fn run(settings: &Settings) -> Result<bool, String> {
                 let _entered = runtime.enter();
                 let store = RedisStore::open(&url).map_err(|e| format!("the Redis store at {url}: {e}"))?;
                 builder.idempotency(Idempotency::with_store(store))
+            }
+            // The fifth section: no idempotency store, so that only the journal differs.
+            Kind::JournalMemory => builder
+                .idempotency(Idempotency::disabled())
+                .pending_settlements(PendingSettlements::in_memory()),
+            Kind::JournalFile => {
+                let path =
+                    scratch.as_ref().map(Scratch::journal).ok_or("journal-file without its directory")?;
+                let journal = PendingSettlements::file(&path)
+                    .map_err(|e| format!("the file journal at {}: {e}", path.display()))?;
+                builder.idempotency(Idempotency::disabled()).pending_settlements(journal)
+            }
+            Kind::JournalRedis => {
+                let url =
+                    redis.as_ref().map(RedisServer::url).ok_or("journal-redis without a redis-server")?;
+                // As paid+redis's store; its keys apart from those of paid+redis.
+                let _entered = runtime.enter();
+                let store = RedisStore::open(&url)
+                    .map_err(|e| format!("the Redis journal at {url}: {e}"))?
+                    .prefix(JOURNAL_PREFIX);
+                builder
+                    .idempotency(Idempotency::disabled())
+                    .pending_settlements(PendingSettlements::redis(&store))
             }
             // `paid` and the MCP app: the defaults (an in-memory store, which their requests,
             // with no key, leave alone).
@@ -1419,8 +1509,9 @@ fn run(settings: &Settings) -> Result<bool, String> {
     let group =
         |section: &[Kind]| -> Vec<_> { all.iter().filter(|r| section.contains(&r.0)).cloned().collect() };
     let (requests, idempotent, tools) = (group(&Kind::FIRST), group(&Kind::IDEMPOTENCY), group(&Kind::MCP));
+    let journals = group(&Kind::JOURNAL);
 
-    let counts = [requests.len(), idempotent.len(), tools.len()];
+    let counts = [requests.len(), idempotent.len(), tools.len(), journals.len()];
     println!("{}", header(settings, &local, load_before, counts));
 
     let worker_of = |kind: Kind| {
@@ -1520,9 +1611,50 @@ fn run(settings: &Settings) -> Result<bool, String> {
             ok &= rig.delayed(settings, &tools, "mcp +latency ", &intro);
         }
     }
+
+    // The fifth section: the pending-settlement journal in memory, in a file and on Redis,
+    // on loopback and then with the facilitator's latency; then what the journals hold.
+    if !journals.is_empty() {
+        println!(
+            "\njournal: a durable pending-settlement journal writes every settlement down ahead of its settle\n\
+             \x20 call and forgets it once answered (two writes on the path of each paid call); one in memory\n\
+             \x20 writes nothing ahead. The #[paid] handler with Idempotency::disabled() (no key) and\n\
+             \x20 journal-memory: PendingSettlements::in_memory(), the baseline;\n\
+             \x20 journal-file: PendingSettlements::file, {file}\n\
+             \x20   (JSON lines, one writer thread, the lines of concurrent calls sharing one fdatasync);\n\
+             \x20 journal-redis: PendingSettlements::redis, {redis};\n\
+             \x20 {} rounds x {} servers x {:.1} s, {:.1} s warm-up per server",
+            settings.journal_rounds,
+            journals.len(),
+            settings.journal_duration.as_secs_f64(),
+            settings.journal_warmup.as_secs_f64(),
+            file = scratch.as_ref().map_or("not driven".to_owned(), Scratch::describe),
+            redis = redis.as_ref().map_or("not driven".to_owned(), RedisServer::describe),
+        );
+        // redis-server's counts of the Redis journal's writes before the section (only this
+        // section's server writes to Redis meanwhile).
+        let on_redis = redis.as_ref().filter(|_| journals.iter().any(|r| r.0 == Kind::JournalRedis));
+        let before = on_redis.map(RedisServer::journal_writes);
+        let phase = Phase {
+            rounds: settings.journal_rounds,
+            duration: settings.journal_duration,
+            warmup: settings.journal_warmup,
+        };
+        ok &= rig.section(&journals, &phase, "journal ", |outcome| journal_summary(settings, outcome));
+        if !settings.latency.is_zero() {
+            let intro = format!("\njournal, +{} ms facilitator latency: ", settings.latency.as_millis());
+            ok &= rig.delayed(settings, &journals, "journal +latency ", &intro);
+        }
+        if scratch.is_some() || on_redis.is_some() {
+            let (report, emptied) = journals_emptied(scratch.as_ref(), on_redis.zip(before));
+            println!("{report}");
+            ok &= emptied;
+        }
+    }
     servers.stop();
     drop(runtime);
     drop(redis);
+    drop(scratch);
 
     if let (Some(before), Some(after)) = (load_before, cpu::load_average()) {
         println!("load average (1 min) before the run {before:.2}, after {after:.2}");
@@ -1557,8 +1689,9 @@ struct RedisServer {
 impl RedisServer {
     /// Starts it and waits (at most 10 s) until it answers `PING`.
     fn start() -> Result<RedisServer, String> {
-        const INSTALL: &str = "the idempotency section needs it: install it with \
-                               `apt-get install -y redis-server`, or skip the section with --no-idempotency";
+        const INSTALL: &str = "the idempotency and journal sections need it: install it with \
+                               `apt-get install -y redis-server`, or skip them with --no-idempotency and \
+                               --no-journal";
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .map_err(|e| format!("no free port for redis-server: {e}"))?
@@ -1603,6 +1736,56 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Sends `command` (inline: words separated by spaces) and reads its answer: an
+    /// integer's digits, or a bulk string.
+    fn query(&self, command: &str) -> Result<String, String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let answer = || -> io::Result<String> {
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            stream.write_all(format!("{command}\r\n").as_bytes())?;
+            let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+            loop {
+                if let Some(end) = find(&buf, b"\r\n") {
+                    let head = String::from_utf8_lossy(&buf[1..end]).into_owned();
+                    match buf[0] {
+                        b':' => return Ok(head),
+                        b'$' => {
+                            let len: usize = head.parse().map_err(|_| invalid("bad bulk string length"))?;
+                            if let Some(bulk) = buf.get(end + 2..end + 2 + len) {
+                                return Ok(String::from_utf8_lossy(bulk).into_owned());
+                            }
+                        }
+                        _ => {
+                            let answer = String::from_utf8_lossy(&buf[..end]);
+                            return Err(io::Error::other(format!("answered {answer}")));
+                        }
+                    }
+                }
+                let n = stream.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-answer"));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        answer().map_err(|e| format!("`{command}` on port {}: {e}", self.port))
+    }
+
+    /// The calls of `HSET` and `HDEL` it has served (`INFO commandstats`): the Redis
+    /// journal's writes ahead of a settle call, and its forgettings.
+    fn journal_writes(&self) -> Result<JournalWrites, String> {
+        let info = self.query("INFO commandstats")?;
+        let calls = |command: &str| {
+            let prefix = format!("cmdstat_{command}:calls=");
+            info.lines()
+                .find_map(|line| line.strip_prefix(&prefix))
+                .and_then(|rest| rest.split(',').next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(JournalWrites { set: calls("hset"), del: calls("hdel") })
+    }
+
     /// Its version and address, for the report.
     fn describe(&self) -> String {
         let version = Command::new("redis-server")
@@ -1621,6 +1804,126 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// redis-server's counts of the Redis journal's writes: `HSET` (a record written ahead of
+/// its settle call) and `HDEL` (forgotten once answered).
+#[derive(Debug, Clone, Copy)]
+struct JournalWrites {
+    set: u64,
+    del: u64,
+}
+
+/// The directory of this run's file journal, in the temporary directory, removed (with
+/// the journal) when dropped.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn create() -> Result<Scratch, String> {
+        let dir = std::env::temp_dir().join(format!("nvm-bench-journal-{}", std::process::id()));
+        // A directory left by an earlier run of the same id: its journal would be read.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir)
+            .map_err(|e| format!("the file journal's directory {}: {e}", dir.display()))?;
+        Ok(Scratch { dir })
+    }
+
+    /// The journal's path.
+    fn journal(&self) -> PathBuf {
+        self.dir.join("pending-settlements.jsonl")
+    }
+
+    /// The journal's path and file system, for the report.
+    fn describe(&self) -> String {
+        let path = self.journal();
+        // The longest mount point above the journal (/proc/self/mounts).
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let filesystem = mounts
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let (device, at, kind) = (fields.next()?, fields.next()?, fields.next()?);
+                path.starts_with(at).then(|| (at.len(), format!("{kind} ({device})")))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map_or_else(|| "an unknown file system".to_owned(), |(_, what)| what);
+        format!("{} on {filesystem}", path.display())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What the fifth section's journals hold after its rounds (and warm-ups), against what
+/// was written to them: the file's lines (`settling` ahead of each settle call, `done`
+/// once it is answered), and the Redis journal's writes (redis-server's `HSET` and `HDEL`
+/// calls since `redis`'s reading) and the records left in it; `false` when nothing was
+/// written ahead, or a record was not forgotten.
+fn journals_emptied(
+    file: Option<&Scratch>,
+    redis: Option<(&RedisServer, Result<JournalWrites, String>)>,
+) -> (String, bool) {
+    let mut out = "\njournals after the rounds and warm-ups: every settlement written ahead, then forgotten \
+                   once answered:"
+        .to_owned();
+    let mut ok = true;
+    if let Some(scratch) = file {
+        let path = scratch.journal();
+        let line = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let (mut settling, mut done, mut other) = (0u64, 0u64, 0u64);
+                for line in text.lines() {
+                    let event = serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|line| line.get("event")?.as_str().map(str::to_owned));
+                    match event.as_deref() {
+                        Some("settling") => settling += 1,
+                        Some("done") => done += 1,
+                        _ => other += 1,
+                    }
+                }
+                let pass = settling > 0 && done == settling && other == 0;
+                ok &= pass;
+                format!(
+                    "{settling} written ahead (`settling` lines), {done} forgotten (`done` lines), {other} \
+                     other lines, {:.1} MB (asserted as many, none other: {})",
+                    text.len() as f64 / 1e6,
+                    if pass { "ok" } else { "FAILED" }
+                )
+            }
+            Err(error) => {
+                ok = false;
+                format!("{} unreadable: {error} (FAILED)", path.display())
+            }
+        };
+        let _ = write!(out, "\n  {:<14} {line}", Kind::JournalFile.name());
+    }
+    if let Some((server, before)) = redis {
+        let key = format!("{JOURNAL_PREFIX}pending");
+        let line = match (before, server.journal_writes(), server.query(&format!("HLEN {key}"))) {
+            (Ok(before), Ok(after), Ok(left)) => {
+                let (set, del) = (after.set.saturating_sub(before.set), after.del.saturating_sub(before.del));
+                let pass = set > 0 && del == set && left == "0";
+                ok &= pass;
+                format!(
+                    "{set} written ahead (HSET), {del} forgotten (HDEL), {left} records left in {key} \
+                     (asserted as many, 0 left: {})",
+                    if pass { "ok" } else { "FAILED" }
+                )
+            }
+            (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
+                ok = false;
+                format!("redis-server: {error} (FAILED)")
+            }
+        };
+        let _ = write!(out, "\n  {:<14} {line}", Kind::JournalRedis.name());
+    }
+    (out, ok)
 }
 
 /// One section of the run: its rounds, the window of each server per round, and the
@@ -1767,12 +2070,12 @@ struct Outcome<'a> {
 }
 
 /// The run's header: `first` servers in the first two sections, `third` in the third,
-/// `fourth` scenarios in the fourth.
+/// `fourth` scenarios in the fourth, `fifth` servers in the fifth.
 fn header(
     settings: &Settings,
     local: &LocalFacilitator,
     load: Option<f64>,
-    [first, third, fourth]: [usize; 3],
+    [first, third, fourth, fifth]: [usize; 4],
 ) -> String {
     let mut out = format!(
         "nvm-paid bench: what #[paid] costs, side by side\n\
@@ -1780,7 +2083,7 @@ fn header(
          run: {mode}{rounds} rounds x {servers} servers x {duration:.1} s, {conns} keep-alive HTTP/1.1 connections, \
          {warmup:.1} s warm-up per server;\n\
          \x20 GET /work answering `ok`, credits = 1, one reusable token, subscriber balance 2^60\n\
-         facilitator: local, {backend} (in-memory ledger, real HTTP on loopback){second}{third}{fourth}\n\
+         facilitator: local, {backend} (in-memory ledger, real HTTP on loopback){second}{third}{fourth}{fifth}\n\
          threads: the facilitator runs on its own thread with its own actix System (2 workers); each server\n\
          \x20 has 1 worker thread (plus an idle accept thread); the load generator is 1 thread (a current-thread\n\
          \x20 tokio runtime, one task per connection, a minimal HTTP/1.1 client). Only one server is driven at a\n\
@@ -1822,6 +2125,15 @@ fn header(
             format!(
                 ";\n  then a fourth section: paid MCP tools, {fourth} scenarios on one app, on loopback{}\n\
                  \x20 (--no-mcp skips it)",
+                if settings.latency.is_zero() { "" } else { " and delayed" }
+            )
+        },
+        fifth = if fifth == 0 {
+            String::new()
+        } else {
+            format!(
+                ";\n  then a fifth section: the pending-settlement journal, {fifth} servers of the same handler,\n\
+                 \x20 on loopback{} (--no-journal skips it)",
                 if settings.latency.is_zero() { "" } else { " and delayed" }
             )
         },
@@ -1891,9 +2203,10 @@ fn table(out: &mut String, kinds: &[Kind], results: &[Vec<Measure>]) -> bool {
         }
         Some(median(&mut values))
     };
+    let width = name_width(kinds);
     let _ = writeln!(
         out,
-        "{:<12} {:>8} {:>9} {:>9} {:>12} {:>29} {:>9} {:>6}",
+        "{:<width$} {:>8} {:>9} {:>9} {:>12} {:>29} {:>9} {:>6}",
         "server", "req/s", "p50", "p99", "facilit./req", "CPU us/req: server+fac.+load", "requests", "errors"
     );
     for (kind, rounds) in kinds.iter().zip(results) {
@@ -1907,7 +2220,7 @@ fn table(out: &mut String, kinds: &[Kind], results: &[Vec<Measure>]) -> bool {
         };
         let _ = writeln!(
             out,
-            "{:<12} {:>8.0} {:>9} {:>9} {:>12.3} {:>29} {:>9} {:>6}",
+            "{:<width$} {:>8.0} {:>9} {:>9} {:>12.3} {:>29} {:>9} {:>6}",
             kind.name(),
             median_rps(rounds),
             ms(pooled(rounds, 0.50)),
@@ -1919,6 +2232,11 @@ fn table(out: &mut String, kinds: &[Kind], results: &[Vec<Measure>]) -> bool {
         );
     }
     samples(out, kinds, results)
+}
+
+/// The width of the servers' column: their longest name, at least 12.
+fn name_width(kinds: &[Kind]) -> usize {
+    kinds.iter().map(|k| k.name().len()).max().unwrap_or(0).max(12)
 }
 
 /// The errors' samples of each server; `false` when there are any.
@@ -2029,9 +2347,13 @@ fn latency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool)
     let latency = settings.latency.as_secs_f64();
     let conns = settings.connections;
     let mcp = kinds.iter().any(|k| Kind::MCP.contains(k));
+    let journal = kinds.iter().any(|k| Kind::JOURNAL.contains(k));
     let trips = if mcp {
         "2 round trips for tool-paid and\n\
          \x20 route-paid (verify, settle), none for tool-unpaid (no limit)"
+    } else if journal {
+        "2 round trips for each server\n\
+         \x20 (verify, settle; the journal's writes come on top of them)"
     } else {
         "2 round trips for handwritten and\n\
          \x20 paid (verify, settle), 1 for paid+cache (the cached verification skips verify)"
@@ -2044,9 +2366,10 @@ fn latency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool)
          \x20 median req/s of the rounds / limit; p50 and p99 of all requests, ideal = round trips x latency:",
         settings.latency.as_millis()
     );
+    let width = name_width(kinds);
     let _ = writeln!(
         out,
-        "{:<12} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9} {:>6}",
+        "{:<width$} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9} {:>6}",
         "server", "req/s", "limit", "fraction", "ideal", "p50", "p99", "facilit./req", "requests", "errors"
     );
     let mut verdicts = Vec::new();
@@ -2058,7 +2381,7 @@ fn latency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool)
         let bounded = |text: String| if trips == 0 { "-".to_owned() } else { text };
         let _ = writeln!(
             out,
-            "{:<12} {:>8.0} {:>8} {:>9} {:>9} {:>9} {:>9} {:>12.3} {:>9} {:>6}",
+            "{:<width$} {:>8.0} {:>8} {:>9} {:>9} {:>9} {:>9} {:>12.3} {:>9} {:>6}",
             kind.name(),
             median_rps(rounds),
             bounded(format!("{limit:.0}")),
@@ -2070,7 +2393,7 @@ fn latency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool)
             rounds.iter().map(|m| m.requests).sum::<u64>(),
             rounds.iter().map(|m| m.errors).sum::<u64>()
         );
-        if matches!(kind, Kind::Paid | Kind::PaidCache | Kind::ToolPaid | Kind::RoutePaid) {
+        if matches!(kind, Kind::Paid | Kind::PaidCache | Kind::ToolPaid | Kind::RoutePaid) || journal {
             verdicts.push(format!(
                 "{} {fraction:.3} of {limit:.0} req/s (target >= 0.9: {})",
                 kind.name(),
@@ -2082,7 +2405,10 @@ fn latency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool)
     if !verdicts.is_empty() {
         let _ = writeln!(out, "fraction of the limit: {}", verdicts.join(", "));
     }
-    if mcp {
+    if journal {
+        journal_ratios(&mut out, kinds, results);
+    }
+    if mcp || journal {
         ok &= facilitator_calls(&mut out, kinds, results);
     }
     let ok = footer(&mut out, results, ok);
@@ -2140,12 +2466,13 @@ fn ratio_line(out: &mut String, label: &str, a: &[Measure], b: &[Measure]) {
     );
 }
 
-/// The facilitator's verify and settle calls per call of each MCP-section scenario, from
-/// the local facilitator's counters over the rounds, asserted: exactly 1 and 1 for a paid
-/// call (tool-paid, route-paid), 0 and 0 for tool-unpaid; `false` when one is off.
+/// The facilitator's verify and settle calls per call of each scenario of the MCP and
+/// journal sections, from the local facilitator's counters over the rounds, asserted:
+/// exactly 1 and 1 for a paid call (tool-paid, route-paid, journal-*), 0 and 0 for
+/// tool-unpaid; `false` when one is off.
 fn facilitator_calls(out: &mut String, kinds: &[Kind], results: &[Vec<Measure>]) -> bool {
     let _ = writeln!(out, "facilitator calls per call (LocalFacilitator::calls, over the rounds):");
-    let mut ok = true;
+    let (mut ok, width) = (true, name_width(kinds));
     for (kind, rounds) in kinds.iter().zip(results) {
         let sum = |field: fn(&Measure) -> u64| rounds.iter().map(field).sum::<u64>();
         let (calls, verifies, settles, all) =
@@ -2157,7 +2484,7 @@ fn facilitator_calls(out: &mut String, kinds: &[Kind], results: &[Vec<Measure>])
         let per_call = |n: u64| n as f64 / calls.max(1) as f64;
         let _ = writeln!(
             out,
-            "  {:<12} {verifies} verify + {settles} settle for {calls} calls: {:.3} + {:.3} per call \
+            "  {:<width$} {verifies} verify + {settles} settle for {calls} calls: {:.3} + {:.3} per call \
              (asserted {n} + {n}: {})",
             kind.name(),
             per_call(verifies),
@@ -2225,4 +2552,55 @@ fn idempotency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, b
     }
     let ok = footer(&mut out, results, ok);
     (out, ok)
+}
+
+/// The fifth section on loopback: the file and Redis journals against the one in memory,
+/// side by side; `false` when a check failed (a wrong response, a facilitator call more or
+/// less than one verify and one settle per call).
+fn journal_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool) {
+    let Outcome { kinds, results, warmup_errors } = *outcome;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\njournal, over {} rounds: req/s and CPU are medians of the rounds, p50 and p99 are of all\n\
+         \x20 requests (the file journal's writer thread is in fac.; the CPU of redis-server, another\n\
+         \x20 process, is not counted):",
+        settings.journal_rounds
+    );
+    let mut ok = table(&mut out, kinds, results) && !warmup_errors;
+    journal_ratios(&mut out, kinds, results);
+    ok &= facilitator_calls(&mut out, kinds, results);
+    let ok = footer(&mut out, results, ok);
+    (out, ok)
+}
+
+/// The file and Redis journals as ratios to the one in memory (driven in the same rounds),
+/// and what writing ahead adds to a paid call.
+fn journal_ratios(out: &mut String, kinds: &[Kind], results: &[Vec<Measure>]) {
+    let index = |kind: Kind| kinds.iter().position(|k| *k == kind).map(|i| &results[i][..]);
+    let Some(memory) = index(Kind::JournalMemory) else { return };
+    let durable: Vec<_> =
+        [Kind::JournalFile, Kind::JournalRedis].into_iter().filter_map(|k| Some((k, index(k)?))).collect();
+    if durable.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nratios to journal-memory (throughput and CPU: medians of per-round ratios; p50, p99: of all requests):"
+    );
+    for (kind, rounds) in &durable {
+        ratio_line(out, &format!("{:<28}", format!("{}/journal-memory", kind.name())), rounds, memory);
+    }
+    let _ = writeln!(out, "what writing ahead adds to a paid call (against journal-memory):");
+    let cpu = |rounds: &[Measure]| median(&mut rounds.iter().map(all_cpu).collect::<Vec<_>>());
+    for (kind, rounds) in &durable {
+        let _ = writeln!(
+            out,
+            "  {:<14} p50 {:+.3} ms, p99 {:+.3} ms, CPU of the whole process {:+.1} us",
+            kind.name(),
+            (pooled(rounds, 0.50) - pooled(memory, 0.50)) / 1000.0,
+            (pooled(rounds, 0.99) - pooled(memory, 0.99)) / 1000.0,
+            (cpu(rounds) - cpu(memory)) / 1000.0
+        );
+    }
 }

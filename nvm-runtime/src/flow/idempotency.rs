@@ -327,12 +327,9 @@ impl Drop for Claim {
 
 /// Forgets the journal record of a claim whose store record is settled for good
 /// (`burned`: its answer stored; or released, nothing burned).
-async fn forget(journal: Option<(PendingSettlements, String)>, burned: bool) {
+fn forget(journal: Option<(PendingSettlements, String)>, burned: bool) {
     let Some((journal, id)) = journal else { return };
-    let written = if burned { journal.settled(&id).await } else { journal.done(&id).await };
-    if let Err(error) = written {
-        tracing::warn!(pending = %id, %error, "a settled call's journal record could not be closed: it is reported as left open at the next start-up");
-    }
+    if burned { journal.settled(&id) } else { journal.done(&id) }
 }
 
 /// What the store says of a request with a key, before it is verified.
@@ -572,7 +569,7 @@ pub(crate) async fn complete(config: &Idempotency, mut claim: Claim, response: S
         Ok(true) => {
             tracing::debug!(key = %claim.store_key, "idempotent call stored for replay");
             // The store no longer holds the answer for the settlement: its record goes.
-            forget(journal, true).await;
+            forget(journal, true);
         }
         Ok(false) => tracing::error!(
             key = %claim.store_key,
@@ -590,7 +587,7 @@ pub(crate) async fn release(mut claim: Claim) {
     let journal = claim.journal.take();
     let Some(store) = claim.store.take() else { return };
     match store.remove(&claim.store_key, &claim.running).await {
-        Ok(_) => forget(journal, false).await,
+        Ok(_) => forget(journal, false),
         Err(error) => tracing::warn!(
             key = %claim.store_key, %error,
             "an idempotency claim could not be released: retries get 409 until it expires"

@@ -490,11 +490,8 @@ pub(crate) async fn settle(
     }
     // Known: the record goes (once the store no longer holds the answer for it, when
     // it does: the claim's completion or release forgets it).
-    if ahead
-        && !held
-        && let Err(error) = seller.pending.done(&record.id).await
-    {
-        tracing::warn!(pending = %record.id, %error, "a settled call's journal record could not be closed: it is reported as left open at the next start-up");
+    if ahead && !held {
+        seller.pending.done(&record.id);
     }
     let (receipt, reason, source) = match outcome {
         SettleOutcome::Settled(receipt) => {

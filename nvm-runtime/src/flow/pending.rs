@@ -421,21 +421,53 @@ impl PendingSettlements {
         self.write(Line::Settling(record.clone())).await
     }
 
-    /// Forgets the record `id` written ahead: its settle call was answered.
-    pub(crate) async fn done(&self, id: &str) -> std::io::Result<()> {
-        self.write(Line::Done { id: id.to_owned() }).await
+    /// Forgets the record `id` written ahead: its settle call was answered. Not waited
+    /// for (the call goes on at once): a line lost in a crash leaves the record open,
+    /// and the next start-up takes it for a settlement of unknown outcome to resolve,
+    /// never for a lost one.
+    pub(crate) fn done(&self, id: &str) {
+        self.detach(Line::Done { id: id.to_owned() });
     }
 
     /// Notes that the record `id` written ahead was settled: forgotten, or, in a journal
     /// that copies held answers, kept as resolved (burned) with its answer, so that the
-    /// buyer's retry gets it even after a crash took a store in memory.
-    pub(crate) async fn settled(&self, id: &str) -> std::io::Result<()> {
+    /// buyer's retry gets it even after a crash took a store in memory. Not waited for,
+    /// as [`PendingSettlements::done`].
+    pub(crate) fn settled(&self, id: &str) {
         if self.copies_held_answers() {
-            let line =
-                Line::Closed { id: id.to_owned(), resolution: Resolution::Burned, closed_at: unix_now() };
-            return self.write(line).await;
+            self.detach(Line::Closed {
+                id: id.to_owned(),
+                resolution: Resolution::Burned,
+                closed_at: unix_now(),
+            });
+        } else {
+            self.done(id);
         }
-        self.done(id).await
+    }
+
+    /// Writes `line` down without waiting for it.
+    fn detach(&self, line: Line) {
+        match &*self.inner {
+            Journal::Memory(entries) => {
+                entries.lock().unwrap_or_else(PoisonError::into_inner).apply(line);
+            }
+            Journal::File(file) => {
+                if file.send(&line).is_none() {
+                    tracing::warn!(journal = %file.path.display(), "a settled call's journal record could not be closed: the journal's writer stopped");
+                }
+            }
+            #[cfg(feature = "redis")]
+            Journal::Redis(journal) => {
+                let journal = journal.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        if let Err(error) = journal.write(line).await {
+                            tracing::warn!(%error, "a settled call's journal record could not be closed: it is taken for an unknown outcome at the next start-up");
+                        }
+                    });
+                }
+            }
+        }
     }
 
     /// Writes `record` down as a settlement of unknown outcome.
@@ -569,14 +601,18 @@ impl FileJournal {
     }
 
     async fn append(&self, line: &Line) -> std::io::Result<()> {
-        let mut text = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        let on_disk = self.send(line).ok_or_else(|| std::io::Error::other("the journal's writer stopped"))?;
+        on_disk.await.map_err(|_| std::io::Error::other("the journal's writer stopped"))?
+    }
+
+    /// Hands `line` to the writer thread; what tells once it is on disk (`None` when
+    /// the writer stopped).
+    fn send(&self, line: &Line) -> Option<tokio::sync::oneshot::Receiver<std::io::Result<()>>> {
+        let mut text = serde_json::to_vec(line).ok()?;
         text.push(b'\n');
         let (done, on_disk) = tokio::sync::oneshot::channel();
-        let sent = self.lines.lock().unwrap_or_else(PoisonError::into_inner).send((text, done));
-        if sent.is_err() {
-            return Err(std::io::Error::other("the journal's writer stopped"));
-        }
-        on_disk.await.map_err(|_| std::io::Error::other("the journal's writer stopped"))?
+        self.lines.lock().unwrap_or_else(PoisonError::into_inner).send((text, done)).ok()?;
+        Some(on_disk)
     }
 
     fn read(&self) -> std::io::Result<(Entries, Vec<String>)> {
@@ -769,7 +805,7 @@ mod tests {
         }
         journal.begin(&record("in-flight")).await.expect("writes ahead");
         journal.begin(&record("answered")).await.expect("writes ahead");
-        journal.done("answered").await.expect("forgets");
+        journal.done("answered");
         assert!(journal.close("b", Resolution::Burned).await.expect("closes"));
         assert!(!journal.close("b", Resolution::NotBurned).await.expect("closes"), "closed twice");
         let reopened = PendingSettlements::file(&path).expect("reopens");

@@ -152,6 +152,7 @@ impl RedisStore {
 
 /// The pending-settlement journal on Redis: the open records in one hash (id → JSON),
 /// the closed ones in another (id → how), so every instance lists and closes the same.
+#[derive(Clone)]
 pub(crate) struct RedisJournal {
     manager: ConnectionManager,
     open: String,
