@@ -1,5 +1,5 @@
 //! The local facilitator over real HTTP on 127.0.0.1, driven by the crate's own
-//! facilitator client.
+//! facilitator client; and the `nvm-pending` operator command (built with it).
 #![cfg(feature = "local")]
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -785,4 +785,55 @@ fn the_handle_can_be_shared_across_threads() {
     let tokens: std::collections::HashSet<String> =
         threads.into_iter().map(|t| t.join().expect("the thread ran")).collect();
     assert_eq!(tokens.len(), 4, "single-use tokens are all distinct");
+}
+
+/// Runs `nvm-pending` with `args` on the journal at `path` (given by
+/// `NVM_PENDING_SETTLEMENTS`): exit code, stdout, stderr.
+fn nvm_pending(path: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_nvm-pending"))
+        .args(args)
+        .env("NVM_PENDING_SETTLEMENTS", path)
+        .output()
+        .expect("nvm-pending runs");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8");
+    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+}
+
+#[test]
+fn the_operator_command_lists_shows_and_resolves_a_journal_once() {
+    let path = std::env::temp_dir().join(format!("nvm-pending-cli-{}.jsonl", std::process::id()));
+    let record = |event: &str, id: &str| {
+        format!(
+            r#"{{"event":"{event}","id":"{id}","agentRequestId":"req-{id}","payer":"0xabc","planId":"7","method":"POST","path":"/ask","amount":"3","recordedAt":1764750000,"tokenHash":"0a1b2c3d4e5f"}}"#
+        )
+    };
+    std::fs::write(&path, format!("{}\n{}\n", record("pending", "p-1"), record("settling", "s-1"))).unwrap();
+
+    let (code, out, err) = nvm_pending(&path, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("p-1\tunknown\t3 credit(s)") && out.contains("req-p-1"), "{out}");
+    assert!(!out.contains("s-1"), "in flight is listed with --all only: {out}");
+    assert!(err.contains("1 record(s)"), "{err}");
+    let (_, out, _) = nvm_pending(&path, &["list", "--all"]);
+    assert!(out.contains("s-1\tsettling"), "{out}");
+
+    let (code, out, err) = nvm_pending(&path, &["close", "p-1", "burned"]);
+    assert_eq!((code, out.trim()), (0, "p-1: resolved as burned"), "{err}");
+    let (code, _, err) = nvm_pending(&path, &["close", "p-1", "not-burned"]);
+    assert_eq!(code, 1, "resolved once");
+    assert!(err.contains("no open record p-1"), "{err}");
+    let (code, out, _) = nvm_pending(&path, &["--json", "show", "p-1"]);
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(out.trim()).expect("a JSON line");
+    assert_eq!((shown["status"].as_str(), shown["amount"].as_str()), (Some("resolved: burned"), Some("3")));
+    let (_, out, _) = nvm_pending(&path, &["--json", "list"]);
+    assert!(out.trim().is_empty(), "{out}");
+
+    let (code, _, err) = nvm_pending(&path, &["close", "s-1", "maybe"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not-burned"), "the error says what to write: {err}");
+    let (code, _, err) = nvm_pending(std::path::Path::new("/nonexistent/journal.jsonl"), &["list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no such journal file"), "{err}");
+    std::fs::remove_file(&path).unwrap();
 }

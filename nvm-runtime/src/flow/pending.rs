@@ -226,7 +226,7 @@ where
 /// unknown outcome are written, and where the seller lists, resolves and closes them.
 ///
 /// [`PendingSettlements::file`] appends JSON lines to a file (durable: the default a
-/// seller should choose); [`PendingSettlements::redis`] keeps them on Redis, shared by
+/// seller should choose); `PendingSettlements::redis` (feature `redis`) keeps them on Redis, shared by
 /// every instance; [`PendingSettlements::in_memory`] keeps them in this process only
 /// (what a configuration without a journal uses, with a warning at start-up). With a
 /// durable journal every settlement is written down before its settle call is sent, and
