@@ -146,27 +146,20 @@ fn every_readme_snippet_runs_as_written_in_a_crate_of_its_own() {
     for dir in ["src/bin", "tests", ".cargo"] {
         std::fs::create_dir_all(scratch.join(dir)).expect("scratch dirs");
     }
-    // A user's crate: nvm-runtime (by path, with `local`) and what the snippets use,
-    // under the versions of the workspace's lock file, so nothing is downloaded.
+    // A user's crate, whose dependencies are the README's `Cargo.toml` block as written,
+    // nvm-runtime taken by path instead of from git, under the versions of the
+    // workspace's lock file, so nothing is downloaded.
+    let dependencies = readme_blocks()
+        .into_iter()
+        .find(|b| b.info == "toml" && b.code.starts_with("# Cargo.toml"))
+        .expect("the README's Cargo.toml block")
+        .code;
+    let git = r#"git = "https://github.com/nvm-paid/nvm-paid""#;
+    assert!(dependencies.contains(git), "the README's dependencies take nvm-runtime from git: {dependencies}");
+    let runtime = format!("path = \"{}\"", workspace.join("nvm-runtime").display());
     let manifest = format!(
-        r#"[package]
-name = "my-agent"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-[workspace]
-
-[dependencies]
-nvm-runtime = {{ path = "{runtime}" }}
-actix-web = {{ version = "4.11", default-features = false, features = ["macros"] }}
-serde = {{ version = "1", features = ["derive"] }}
-serde_json = "1"
-
-[dev-dependencies]
-nvm-runtime = {{ path = "{runtime}", features = ["local"] }}
-"#,
-        runtime = workspace.join("nvm-runtime").display()
+        "[package]\nname = \"my-agent\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[workspace]\n\n{}",
+        dependencies.replace(git, &runtime)
     );
     std::fs::write(scratch.join("Cargo.toml"), manifest).expect("Cargo.toml");
     std::fs::copy(workspace.join("Cargo.lock"), scratch.join("Cargo.lock")).expect("Cargo.lock");
