@@ -43,6 +43,9 @@ async fn health() -> impl Responder {
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
+    // The logs, to the terminal: the start-up report first (one line per paid route:
+    // what it charges, on which plan), then what goes wrong, if anything does.
+    tracing_subscriber::fmt().with_target(false).init();
     let setup = settings::from_env_or_exit("quickstart");
     let port = settings::port();
     settings::prepare_or_exit("quickstart", &setup.payments).await;

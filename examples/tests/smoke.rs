@@ -117,6 +117,12 @@ fn receipt_in(headers_and_body: &str) -> SettleResponse {
 async fn quickstart_is_paid_by_the_client_by_plain_http_and_by_its_curl_lines() {
     let example = Example::start("quickstart");
     let url = example.url();
+    // The start-up report reaches the terminal before the banner.
+    assert!(
+        example.banner.iter().any(|l| l.contains("1 paid route(s) on 1 plan(s)")),
+        "no start-up report: {:#?}",
+        example.banner
+    );
 
     // The free routes.
     let http = reqwest::Client::new();
