@@ -155,7 +155,10 @@ fn every_readme_snippet_runs_as_written_in_a_crate_of_its_own() {
         .expect("the README's Cargo.toml block")
         .code;
     let git = r#"git = "https://github.com/nvm-paid/nvm-paid""#;
-    assert!(dependencies.contains(git), "the README's dependencies take nvm-runtime from git: {dependencies}");
+    assert!(
+        dependencies.contains(git),
+        "the README's dependencies take nvm-runtime from git: {dependencies}"
+    );
     let runtime = format!("path = \"{}\"", workspace.join("nvm-runtime").display());
     let manifest = format!(
         "[package]\nname = \"my-agent\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[workspace]\n\n{}",

@@ -151,6 +151,15 @@ impl Stream for Octets {
     }
 }
 
+/// `words` words through `Meter::stream`, 1 credit each, capped at the price.
+#[post("/metered")]
+#[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 10, settle = "after_body")]
+async fn metered_stream(plan: web::Query<Plan>, payment: PaymentContext) -> HttpResponse {
+    let words = (0..plan.words).map(|i| Ok::<_, std::io::Error>(Bytes::from(format!("data: word{i}\n\n"))));
+    let body = payment.meter().stream(futures_util::stream::iter(words), |_word| 1);
+    HttpResponse::Ok().content_type("text/event-stream").streaming(body)
+}
+
 /// A large download, not SSE: its receipt reaches the seller's hooks.
 #[post("/big")]
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 1)]
@@ -228,6 +237,7 @@ fn routes(payments: Payments, last: LastMeter) -> impl Fn(&mut web::ServiceConfi
             .service(paid_stream)
             .service(held_stream)
             .service(big)
+            .service(metered_stream)
             .service(web::scope("/mw").wrap(table).route("/stream", web::post().to(middleware_stream)));
     }
 }
@@ -283,6 +293,21 @@ async fn an_unmetered_stream_settles_the_price_and_a_capped_meter_stops_the_stre
         assert_eq!(text.matches("data: word").count(), 10, "{form:?}");
         assert_eq!(receipt.unwrap().credits_redeemed_u64(), PRICE, "{form:?}");
         assert_eq!(before - rig.balance(), PRICE, "{form:?}");
+    }
+}
+
+/// `Meter::stream`: each word metered as it passes; at the cap the stream ends cleanly,
+/// and what was sent is what is settled.
+#[actix_web::test]
+async fn a_metered_stream_adapter_bills_what_it_passed_and_ends_at_the_cap() {
+    let rig = Rig::new();
+    for (asked, sent) in [(4, 4), (25, PRICE)] {
+        let before = rig.balance();
+        let (status, text, receipt) = call(&rig, "/metered", &format!("words={asked}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(text.matches("data: word").count() as u64, sent, "{text}");
+        assert_eq!(receipt.expect("the receipt event").credits_redeemed_u64(), sent);
+        assert_eq!(before - rig.balance(), sent, "{asked} words asked");
     }
 }
 

@@ -21,7 +21,7 @@ pub use pending::{
     PendingSettlement, PendingSettlements, Resolution, ResolveFuture, SettlementResolver, SettlementStatus,
 };
 pub use recovery::Recovery;
-pub use state::{Meter, MeterFull};
+pub use state::{Meter, MeterFull, MeteredStream};
 pub(crate) use state::{PaymentState, Verified};
 pub(crate) use terms::Offer;
 pub use terms::{Id, SettlePoint, Terms, cache_control_problem};

@@ -177,4 +177,71 @@ impl Meter {
     pub fn cap(&self) -> u64 {
         self.shared.cap
     }
+
+    /// `inner`, metered: each item is added at the price `cost` gives it before it is
+    /// passed on, and the stream ends cleanly (settling what was metered) at the first
+    /// item that would pass the verified cap. The right way to bill a streamed answer
+    /// (`cost` sees an `Err` item too: price it 0; a body that fails settles nothing).
+    ///
+    /// ```
+    /// # async fn demo(payment: nvm_runtime::PaymentContext) {
+    /// use actix_web::{HttpResponse, web::Bytes};
+    ///
+    /// let words = ["a ", "streamed ", "answer"].map(|w| Ok::<_, std::io::Error>(Bytes::from(w)));
+    /// // 1 credit per word: the buyer pays for what was sent, at most what was verified.
+    /// let body = payment.meter().stream(futures_util::stream::iter(words), |_word| 1);
+    /// let response = HttpResponse::Ok().content_type("text/event-stream").streaming(body);
+    /// # let _ = response;
+    /// # }
+    /// ```
+    pub fn stream<S, F>(self, inner: S, cost: F) -> MeteredStream<S, F>
+    where
+        S: futures_core::Stream,
+        F: FnMut(&S::Item) -> u64,
+    {
+        MeteredStream { inner: Box::pin(inner), cost, meter: self, full: false }
+    }
+}
+
+/// A stream whose items are metered as they pass ([`Meter::stream`]).
+pub struct MeteredStream<S, F> {
+    inner: std::pin::Pin<Box<S>>,
+    cost: F,
+    meter: Meter,
+    full: bool,
+}
+
+impl<S, F> std::fmt::Debug for MeteredStream<S, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeteredStream").field("meter", &self.meter).field("full", &self.full).finish()
+    }
+}
+
+impl<S, F> futures_core::Stream for MeteredStream<S, F>
+where
+    S: futures_core::Stream,
+    F: FnMut(&S::Item) -> u64 + Unpin,
+{
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        let this = &mut *self;
+        if this.full {
+            return std::task::Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            std::task::Poll::Ready(Some(item)) => {
+                let price = (this.cost)(&item);
+                if this.meter.add(price).is_err() {
+                    this.full = true;
+                    return std::task::Poll::Ready(None);
+                }
+                std::task::Poll::Ready(Some(item))
+            }
+            other => other,
+        }
+    }
 }
