@@ -70,8 +70,14 @@ impl Drop for Running {
 }
 
 fn cargo(scratch: &Path, args: &[&str]) -> Output {
+    cargo_with(scratch, args, &[])
+}
+
+/// [`cargo`] with `vars` set.
+fn cargo_with(scratch: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    Command::new(cargo)
+    let mut command = Command::new(cargo);
+    command
         .args(args)
         .arg("--offline")
         .current_dir(scratch)
@@ -80,8 +86,8 @@ fn cargo(scratch: &Path, args: &[&str]) -> Output {
         .env_remove("NVM_AGENT_ID")
         .env_remove("NVM_API_KEY")
         .env_remove("RUSTFLAGS")
-        .output()
-        .expect("run cargo")
+        .envs(vars.iter().copied());
+    command.output().expect("run cargo")
 }
 
 fn assert_ok(what: &str, output: &Output) {
@@ -243,6 +249,15 @@ fn every_readme_snippet_runs_as_written_in_a_crate_of_its_own() {
     assert_ok("cargo test of the README's tests/paid.rs", &tested);
     let stdout = String::from_utf8_lossy(&tested.stdout);
     assert!(stdout.contains("test result: ok. 2 passed"), "{stdout}");
+    // The same test with the plan's variable forgotten: it fails, and says why.
+    let forgot = cargo_with(&scratch, &["test", "--quiet"], &[("NVM_PLAN_ID", "")]);
+    let output =
+        format!("{}{}", String::from_utf8_lossy(&forgot.stdout), String::from_utf8_lossy(&forgot.stderr));
+    assert!(!forgot.status.success(), "a test without its plan passed: {output}");
+    assert!(
+        output.contains("TestPayments: POST /ask answered 500") && output.contains("NVM_PLAN_ID"),
+        "the failure does not say why: {output}"
+    );
     eprintln!("the README's snippets, built and run in a crate of their own, in {:.1?}", started.elapsed());
 }
 

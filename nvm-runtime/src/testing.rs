@@ -106,6 +106,19 @@ impl TestPayments {
         let payments = Payments::builder()
             .api_key(local.builder_api_key())
             .backend_url(local.backend_url())
+            // A test that gets a 5xx says why, in its output (shown when it fails): the
+            // message of a misconfigured route is otherwise only in the body.
+            .on_payment_error(|req, error| {
+                if error.status() >= 500 {
+                    eprintln!(
+                        "TestPayments: {} {} answered {}: {error}",
+                        req.method(),
+                        req.path(),
+                        error.status()
+                    );
+                }
+                None
+            })
             .build()
             .unwrap_or_else(|error| panic!("TestPayments: the seller's configuration was refused: {error}"));
         TestPayments { servers: std::sync::Mutex::new(Vec::new()), payments, plan_id, agent_id, local }
