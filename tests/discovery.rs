@@ -50,7 +50,8 @@ async fn generate() -> &'static str {
     "generated"
 }
 
-/// No routing attribute: registered by hand, learned from its first request.
+/// No routing attribute: registered by hand (at two paths), learned from the requests
+/// it serves.
 #[utoipa::path(post, path = "/tools/{tool}/run")]
 #[paid(plan = DEMO_PLAN_ID, credits = 4)]
 async fn by_hand() -> &'static str {
@@ -92,6 +93,7 @@ fn paid_routes() -> BTreeSet<(String, String, String)> {
         ("GET", "/v1/orgs/{org}/models/{id:[0-9]+}", "model"),
         ("POST", "/v1/generate", "generate"),
         ("POST", "/tools/{tool}/run", "by_hand"),
+        ("PUT", "/jobs/{job}", "by_hand"),
         ("GET", "/items", "items"),
         ("PUT", "/archive/items", "items"),
     ]
@@ -115,6 +117,7 @@ fn start() -> (Arc<LocalFacilitator>, TestServer) {
             )
             .service(web::scope("/v2").service(models))
             .route("/tools/{tool}/run", web::post().to(by_hand))
+            .route("/jobs/{job}", web::put().to(by_hand))
             .service(web::scope("/meta").route("/pricing", web::get().to(manifest_handler)));
     });
     (local, server)
@@ -143,9 +146,12 @@ async fn fetch_manifest(server: &TestServer) -> serde_json::Value {
 #[actix_web::test]
 async fn the_manifest_lists_every_paid_route_at_its_full_path_and_each_answers_402() {
     let (_local, server) = start();
-    // The handler registered by hand is known once it has served a request.
+    // The handler registered by hand is known once it has served a request, at each
+    // path it is mounted at.
     let first = http().post(server.at("/tools/search/run")).send().await.unwrap();
     assert_eq!(first.status(), 402);
+    let second = http().put(server.at("/jobs/7")).send().await.unwrap();
+    assert_eq!(second.status(), 402);
 
     let body = fetch_manifest(&server).await;
     let routes = body["routes"].as_array().expect("routes");
@@ -223,13 +229,14 @@ fn marked(doc: &serde_json::Value) -> Vec<(String, String, serde_json::Value)> {
 #[actix_web::test]
 async fn the_openapi_document_marks_exactly_the_paid_operations() {
     let (_local, server) = start();
-    // `by_hand` is matched on the method and path of its first request.
+    // `by_hand` is matched on the methods and paths of the requests it served.
     let first = http().post(server.at("/tools/search/run")).send().await.unwrap();
     assert_eq!(first.status(), 402);
+    assert_eq!(http().put(server.at("/jobs/7")).send().await.unwrap().status(), 402);
     let manifest = fetch_manifest(&server).await;
 
     let mut doc: OpenApi = ApiDoc::openapi();
-    // The second mount of `models`, the second route of `items`, and an operation no
+    // The second mount of `models`, the second routes of `items` and `by_hand`, and an operation no
     // handler serves, as utoipa-actix-web or a hand-written document would add them.
     doc.paths.add_path_operation(
         "/v2/models",
@@ -240,6 +247,11 @@ async fn the_openapi_document_marks_exactly_the_paid_operations() {
         "/archive/items",
         vec![HttpMethod::Put],
         OperationBuilder::new().operation_id(Some("items")),
+    );
+    doc.paths.add_path_operation(
+        "/jobs/{job}",
+        vec![HttpMethod::Put],
+        OperationBuilder::new().operation_id(Some("by_hand")),
     );
     doc.paths.add_path_operation(
         "/v1/stats",

@@ -78,7 +78,7 @@ impl Paid {
         let Some(payments) = Payments::from_request(req).cloned() else {
             return Err(Rejection::new(None, unconfigured(req, spec.handler)));
         };
-        route.observe(req);
+        route.observe(req.method().as_str(), &paywall::route_of(req, &self.state));
         let exchange = Exchange { payments: &payments, req };
         let refused = |(refusal, response)| Rejection::new(Some(refusal), response);
         let ids =

@@ -180,7 +180,7 @@ pub(crate) fn telemetry_span(req: &HttpRequest, state: &PaymentState) -> tracing
 
 /// The route of `req`: the resource pattern it matched (its path when none), as its
 /// telemetry already holds it, so the router's map is walked once per request.
-fn route_of<'a>(req: &HttpRequest, state: &'a PaymentState) -> std::borrow::Cow<'a, str> {
+pub(crate) fn route_of<'a>(req: &HttpRequest, state: &'a PaymentState) -> std::borrow::Cow<'a, str> {
     match state.telemetry.get() {
         Some(telemetry) => std::borrow::Cow::Borrowed(telemetry.route()),
         None => std::borrow::Cow::Owned(req.match_pattern().unwrap_or_else(|| req.path().to_owned())),

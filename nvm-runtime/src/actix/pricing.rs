@@ -228,8 +228,12 @@ pub fn manifest() -> Vec<PricedRoute> {
         }
         if entries.len() == before {
             let served = route.served();
-            let method = served.map(|s| s.method.as_str());
-            entries.push(PricedRoute::of(route, method, served.map(|s| s.pattern.as_str())));
+            if served.is_empty() {
+                entries.push(PricedRoute::of(route, None, None));
+            }
+            for served in &served {
+                entries.push(PricedRoute::of(route, Some(served.method), Some(&served.pattern)));
+            }
         }
     }
     entries
@@ -249,7 +253,8 @@ pub fn manifest() -> Vec<PricedRoute> {
 ///   resources of that name are listed, with the method of the first request served
 ///   (no method until then);
 /// - a handler registered by hand (`web::post().to(handler)`) names no resource: it is
-///   listed at the method and pattern of the first request it served, once served.
+///   listed at the method and pattern of each request it served (each of its mounts,
+///   once that mount has served).
 ///
 /// Two `#[paid]` handlers of the same name and path in different modules cannot be
 /// told apart this way: a resource they could both be is listed when their terms are
@@ -276,6 +281,7 @@ pub fn app_manifest(req: &HttpRequest) -> Vec<PricedRoute> {
     let mut entries: Vec<(PricedRoute, bool)> = Vec::new();
     for route in routes() {
         let served = route.served();
+        let first = served.first();
         let mut found: Vec<(Option<&'static str>, String)> = Vec::new();
         let mut add = |method: Option<&'static str>, path: String| {
             if let Some(known) = found.iter_mut().find(|(m, p)| *p == path && (m.is_none() || *m == method)) {
@@ -310,22 +316,23 @@ pub fn app_manifest(req: &HttpRequest) -> Vec<PricedRoute> {
             let handler = route.spec().handler;
             for name in [handler.to_owned(), format!("r#{handler}")] {
                 for path in full_patterns(req, resources.as_deref(), &name, "") {
-                    let method = served.filter(|s| s.pattern == path).map(|s| s.method.as_str());
+                    let method = first.filter(|s| s.pattern == path).map(|s| s.method);
                     add(method, path);
                 }
             }
         }
-        // What the handler served: the only trace of a handler registered by hand, and
-        // a second mount when the router could not be read.
-        if let Some(served) = served
-            && (mounts.is_empty() || resources.is_none())
-            && route_table::is_served(rmap, resources.as_deref(), &served.pattern)
-        {
-            add(Some(&served.method), served.pattern.clone());
+        // What the handler served: the only trace of a handler registered by hand (at
+        // each path it is mounted at), and a second mount when the router could not be
+        // read.
+        if mounts.is_empty() || resources.is_none() {
+            for served in &served {
+                if route_table::is_served(rmap, resources.as_deref(), &served.pattern) {
+                    add(Some(served.method), served.pattern.clone());
+                }
+            }
         }
         for (method, path) in found {
-            let was_served =
-                served.is_some_and(|s| s.pattern == path && method.is_none_or(|m| m == s.method));
+            let was_served = served.iter().any(|s| s.pattern == path && method.is_none_or(|m| m == s.method));
             entries.push((PricedRoute::of(route, method, Some(&path)), was_served));
         }
     }
@@ -501,8 +508,8 @@ mod openapi_doc {
     /// (`#[utoipa::path]`'s default: the function's name) and, when the handler has a
     /// routing attribute below `#[paid]`, its method is the attribute's and its path
     /// ends with the attribute's path (a scope prefix before it; parameter names and
-    /// `{id:regex}` patterns ignored). For a handler without one: its first request's
-    /// method and path, once served, else the `operationId` alone.
+    /// `{id:regex}` patterns ignored). For a handler without one: the methods and paths
+    /// of the requests it served, once served, else the `operationId` alone.
     ///
     /// `x-payment-info` is `{"plan": …, "agent"?: …, "credits": n | "dynamic",
     /// "settle": "before_body" | "after_body" | "default", "scheme"?: …, "network"?: …}`
@@ -632,10 +639,9 @@ mod openapi_doc {
                 mount.methods().any(|m| m == method) && path.ends_with(&suffix)
             });
         }
-        match route.served() {
-            Some(served) => served.method == method && template(&served.pattern) == template(path),
-            None => true,
-        }
+        let served = route.served();
+        served.is_empty()
+            || served.iter().any(|s| s.method == method && template(&s.pattern) == template(path))
     }
 
     /// A path with its parameters erased, actix-web's and OpenAPI's alike:

@@ -6,7 +6,7 @@
 //! is compiled in, never stored as text (so it is neither in the manifest nor among the
 //! binary's strings).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use actix_web::HttpRequest;
 
@@ -70,7 +70,7 @@ impl Mount {
 /// The method and full route pattern of a request a handler served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Served {
-    pub(crate) method: String,
+    pub(crate) method: &'static str,
     pub(crate) pattern: String,
 }
 
@@ -78,11 +78,25 @@ pub(crate) struct Served {
 #[derive(Debug)]
 pub struct Route {
     spec: RouteSpec,
-    /// Method and full route pattern of the first request served: what the pricing
-    /// table knows of a handler registered by hand (`web::post().to(handler)`), or whose
-    /// routing attribute sits above `#[paid]` (expanded first, so the macro never sees it).
-    served: OnceLock<Served>,
+    /// Method and full route pattern of each request served, the first first (up to
+    /// [`MAX_SERVED`] of them): what the pricing table knows of a handler registered by
+    /// hand (`web::post().to(handler)`, at one path or several), or whose routing
+    /// attribute sits above `#[paid]` (expanded first, so the macro never sees it).
+    served: Mutex<Vec<Served>>,
 }
+
+/// `method` as a `'static` name: one of HTTP's, or, for an extension method, a copy kept
+/// for the process (at most [`MAX_SERVED`] per handler).
+fn static_method(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE"];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or_else(|| Box::leak(method.to_owned().into_boxed_str()))
+}
+
+/// The most mounts (method and pattern) remembered of one handler.
+const MAX_SERVED: usize = 64;
 
 impl Route {
     /// A handler's route, from what `#[paid]` read; `const` so it can live in a
@@ -94,7 +108,7 @@ impl Route {
         credits: Credits,
         terms: Terms,
     ) -> Self {
-        Route { spec: RouteSpec { handler, module, mounts, credits, terms }, served: OnceLock::new() }
+        Route { spec: RouteSpec { handler, module, mounts, credits, terms }, served: Mutex::new(Vec::new()) }
     }
 
     /// The compile-time description.
@@ -107,18 +121,17 @@ impl Route {
         self.spec.mounts.iter().map(|&(methods, path, name)| Mount { methods, path, name })
     }
 
-    /// Records the method and full route pattern of a request, once (after the first
-    /// request, one atomic load).
-    pub(crate) fn observe(&self, req: &HttpRequest) {
-        if self.served.get().is_none() {
-            let pattern = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
-            let _ = self.served.set(Served { method: req.method().as_str().to_owned(), pattern });
+    /// Records the method and full route `pattern` of a request, once per pair.
+    pub(crate) fn observe(&self, method: &str, pattern: &str) {
+        let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        if served.len() < MAX_SERVED && !served.iter().any(|s| s.method == method && s.pattern == pattern) {
+            served.push(Served { method: static_method(method), pattern: pattern.to_owned() });
         }
     }
 
-    /// The method and full pattern of the first request served, if any.
-    pub(crate) fn served(&self) -> Option<&Served> {
-        self.served.get()
+    /// The method and full pattern of each request served, the first first.
+    pub(crate) fn served(&self) -> Vec<Served> {
+        self.served.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The credits of this request.
