@@ -20,7 +20,10 @@ async fn main() {
     let subscriber = match Subscriber::from_env() {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("client: {error}\n(run the quick start: it prints the line to run this client with)");
+            eprintln!(
+                "client: {}\n(run the quick start: it prints the line to run this client with)",
+                nvm_runtime::error::Report(&error)
+            );
             std::process::exit(2);
         }
     };
@@ -52,7 +55,7 @@ async fn main() {
             }
         }
         Err(error) => {
-            eprintln!("client: {error}");
+            eprintln!("client: {}", nvm_runtime::error::Report(&error));
             std::process::exit(1);
         }
     }

@@ -70,7 +70,7 @@ pub mod settings {
     /// and exit code 2 naming the example.
     pub async fn prepare_or_exit(example: &str, payments: &Payments) {
         if let Err(error) = payments.prepare().await {
-            eprintln!("{example}: {error}");
+            eprintln!("{example}: {}", nvm_runtime::error::Report(&error));
             std::process::exit(2);
         }
     }
@@ -80,7 +80,7 @@ pub mod settings {
     pub fn from_env() -> Result<Setup, String> {
         let has_key = std::env::var("NVM_API_KEY").is_ok_and(|k| !k.trim().is_empty());
         if has_key {
-            let payments = Payments::from_env().map_err(|e| e.to_string())?;
+            let payments = Payments::from_env().map_err(|e| nvm_runtime::error::Report(&e).to_string())?;
             let plan = std::env::var("NVM_PLAN_ID")
                 .ok()
                 .filter(|p| !p.trim().is_empty())
@@ -94,7 +94,7 @@ pub mod settings {
             .api_key(local.builder_api_key())
             .backend_url(local.backend_url())
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| nvm_runtime::error::Report(&e).to_string())?;
         let _ = PLAN_ID.set(local.plan_id().to_owned());
         let _ = AGENT_ID.set(local.agent_id().to_owned());
         Ok(Setup { payments, local: Some(local) })

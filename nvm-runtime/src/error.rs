@@ -107,7 +107,7 @@ pub enum ConfigError {
     },
     /// A plan's metadata could not be fetched at start-up (`Payments::prepare`).
     #[error(
-        "plan {plan_id} could not be prepared: {source}; check the plan id and that the backend ({backend}) is reachable, or skip `prepare()` to fetch plans on the first request"
+        "plan {plan_id} could not be prepared (check the plan id and that the backend ({backend}) is reachable, or skip `prepare()` to fetch plans on the first request)"
     )]
     PlanUnavailable {
         /// The plan.
@@ -121,7 +121,7 @@ pub enum ConfigError {
     /// The pending-settlement journal named by `NVM_PENDING_SETTLEMENTS` could not be
     /// opened.
     #[error(
-        "the pending-settlement journal {path} (NVM_PENDING_SETTLEMENTS) could not be opened: {source}; set it to a writable file path"
+        "the pending-settlement journal {path} (NVM_PENDING_SETTLEMENTS) could not be opened (set it to a writable file path)"
     )]
     PendingJournal {
         /// The path.
@@ -133,7 +133,7 @@ pub enum ConfigError {
     /// The HTTP client could not be built (no TLS backend, for instance). The source is
     /// a [`reqwest::Error`] of the re-exported
     /// [`nvm_runtime::client::reqwest`](crate::client::reqwest).
-    #[error("the HTTP client could not be built: {}", chain(.0))]
+    #[error("the HTTP client could not be built")]
     HttpClient(#[source] Arc<reqwest::Error>),
 }
 
@@ -151,7 +151,7 @@ pub enum FacilitatorError {
         error: BackendError,
     },
     /// The facilitator is unreachable, slow, broken or answered garbage: answer 500.
-    #[error("the facilitator is unavailable: {0}")]
+    #[error("the facilitator is unavailable")]
     Unavailable(#[source] Unavailable),
 }
 
@@ -208,12 +208,12 @@ pub enum Unavailable {
     /// The request could not be sent: no connection, or it broke while sending. The
     /// source is a [`reqwest::Error`] of the re-exported
     /// [`nvm_runtime::client::reqwest`](crate::client::reqwest).
-    #[error("connection failed: {}", chain(.0))]
+    #[error("connection failed")]
     Connect(#[source] Arc<reqwest::Error>),
     /// The request was sent but its answer could not be read to the end. The source is
     /// a [`reqwest::Error`] of the re-exported
     /// [`nvm_runtime::client::reqwest`](crate::client::reqwest).
-    #[error("the answer was interrupted: {}", chain(.0))]
+    #[error("the answer was interrupted")]
     Interrupted(#[source] Arc<reqwest::Error>),
     /// The answer was a server error.
     #[error("it answered HTTP {status}: {snippet}")]
@@ -267,7 +267,7 @@ pub enum PaymentError {
     Facilitator(FacilitatorError),
     /// The handler succeeded but the settlement failed (402 unless configured to
     /// deliver anyway).
-    #[error("settlement failed: {reason}")]
+    #[error("settlement failed{}", own_reason(.reason, .source.is_some()))]
     SettlementFailed {
         /// `errorReason`, the backend's error code, or why the call failed.
         reason: String,
@@ -281,7 +281,7 @@ pub enum PaymentError {
     /// recorded as a pending settlement for the seller to reconcile; the buyer must not
     /// pay again.
     #[error(
-        "the settlement's outcome is unknown (its answer was lost: {source}); it is recorded as pending settlement {pending_id}: do not pay again, the seller reconciles it"
+        "the settlement's outcome is unknown, recorded as pending settlement {pending_id}: do not pay again, the seller reconciles it; its answer was lost"
     )]
     SettlementUnknown {
         /// The id of the record written to the seller's journal
@@ -364,7 +364,7 @@ pub enum IdempotencyError {
     },
     /// The store of idempotency records could not be reached (503): nothing ran, nothing
     /// was charged; retry later.
-    #[error("paid requests are paused: {0}; nothing was charged, retry later")]
+    #[error("paid requests are paused (nothing was charged, retry later): the idempotency store failed")]
     StoreUnavailable(#[source] Arc<StoreError>),
 }
 
@@ -433,7 +433,7 @@ impl Refusal {
     /// The 402 of `error` for `envelope`.
     pub(crate) fn payment_required(mut envelope: PaymentRequired, error: PaymentError) -> Self {
         if !matches!(error, PaymentError::MissingToken { .. }) {
-            envelope.error = Some(error.to_string());
+            envelope.error = Some(chain(&error));
         }
         Refusal::PaymentRequired { envelope: Box::new(envelope), error, receipt: None }
     }
@@ -468,8 +468,31 @@ impl Refusal {
     }
 }
 
+/// `": reason"`, unless the cause (the error's source, printed after it) already says it.
+fn own_reason(reason: &str, has_source: bool) -> String {
+    if has_source { String::new() } else { format!(": {reason}") }
+}
+
+/// An error and its causes, `"a: b: c"`: how the crate's messages (answers and log
+/// lines) show an error, each level's `Display` saying its own part once.
+///
+/// ```
+/// use nvm_runtime::error::Report;
+///
+/// let error = nvm_runtime::store::StoreError::new("redis", std::io::Error::other("connection refused"));
+/// assert_eq!(Report(&error).to_string(), "the store (redis) is unavailable: connection refused");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&chain(self.0))
+    }
+}
+
 /// An error and its causes, `"a: b: c"`, for messages that name the root cause.
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -478,4 +501,139 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::client::ClientError;
+    use crate::store::StoreError;
+    use crate::wire::codec::DecodeError;
+
+    /// The texts of `error`'s chain, outermost first.
+    fn levels(error: &dyn std::error::Error) -> Vec<String> {
+        let mut levels = vec![error.to_string()];
+        let mut source = error.source();
+        while let Some(cause) = source {
+            levels.push(cause.to_string());
+            source = cause.source();
+        }
+        levels
+    }
+
+    /// Fails when a level's text repeats a deeper level's: each `Display` says its own part.
+    fn says_each_cause_once(error: &dyn std::error::Error) -> Result<(), TestCaseError> {
+        let levels = levels(error);
+        for (i, outer) in levels.iter().enumerate() {
+            for inner in &levels[i + 1..] {
+                prop_assert!(
+                    inner.trim().is_empty() || !outer.contains(inner.as_str()),
+                    "`{outer}` repeats its cause `{inner}` (chain: {levels:?})"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A reqwest error of each kind a facilitator call gives: refused connection.
+    fn reqwest_error() -> Arc<reqwest::Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let sent = runtime.block_on(reqwest::Client::new().get("http://127.0.0.1:9/").send());
+        Arc::new(sent.expect_err("nothing listens on port 9"))
+    }
+
+    /// Every facilitator failure, with `text` in its free fields.
+    fn facilitator_errors(text: &str, reqwest: &Arc<reqwest::Error>) -> Vec<FacilitatorError> {
+        let backend = BackendError {
+            code: "BCK.X402.0059".to_owned(),
+            message: text.to_owned(),
+            http_status: Some(400),
+            hint: None,
+            details: None,
+        };
+        let unavailable = [
+            Unavailable::Timeout(Duration::from_millis(300)),
+            Unavailable::Connect(Arc::clone(reqwest)),
+            Unavailable::Interrupted(Arc::clone(reqwest)),
+            Unavailable::Status { status: 502, snippet: text.to_owned() },
+            Unavailable::Garbage {
+                status: 200,
+                reason: "missing field".to_owned(),
+                snippet: text.to_owned(),
+            },
+            Unavailable::Unauthorized { status: 401, message: text.to_owned() },
+        ];
+        std::iter::once(FacilitatorError::Refused { status: 400, error: backend })
+            .chain(unavailable.into_iter().map(FacilitatorError::Unavailable))
+            .collect()
+    }
+
+    /// Every error of the crate that carries a cause, wrapped every way it is.
+    fn errors(text: &str) -> Vec<Box<dyn std::error::Error>> {
+        let reqwest = reqwest_error();
+        let mut all: Vec<Box<dyn std::error::Error>> = Vec::new();
+        let store = || StoreError::new("redis at 127.0.0.1:6379", std::io::Error::other(text.to_owned()));
+        for facilitator in facilitator_errors(text, &reqwest) {
+            let boxed = Box::new(facilitator.clone());
+            let plan = ConfigError::PlanUnavailable {
+                plan_id: "7".to_owned(),
+                source: boxed.clone(),
+                backend: "http://127.0.0.1:1".to_owned(),
+            };
+            all.push(Box::new(PaymentError::Config(plan.clone())));
+            all.push(Box::new(plan));
+            all.push(Box::new(PaymentError::Facilitator(facilitator.clone())));
+            all.push(Box::new(PaymentError::SettlementFailed {
+                reason: format!("settlement_unavailable: {}", chain(&facilitator)),
+                source: Some(boxed.clone()),
+            }));
+            all.push(Box::new(PaymentError::SettlementUnknown {
+                pending_id: "p-1".to_owned(),
+                source: boxed.clone(),
+            }));
+            all.push(Box::new(ClientError::Mint { plan_id: "7".to_owned(), error: boxed }));
+            all.push(Box::new(facilitator));
+        }
+        all.push(Box::new(PaymentError::SettlementFailed { reason: text.to_owned(), source: None }));
+        all.push(Box::new(ConfigError::HttpClient(Arc::clone(&reqwest))));
+        all.push(Box::new(ConfigError::PendingJournal {
+            path: "/var/lib/seller/pending.jsonl".to_owned(),
+            source: Arc::new(std::io::Error::other(text.to_owned())),
+        }));
+        all.push(Box::new(PaymentError::Idempotency(IdempotencyError::StoreUnavailable(Arc::new(store())))));
+        all.push(Box::new(store()));
+        all.push(Box::new(ClientError::Envelope(DecodeError::NotJson(text.to_owned()))));
+        all
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Rendered as `{:#}` renders a chain (each level, then its causes), no cause's
+        /// text appears twice, whatever the texts the facilitator and the store give.
+        #[test]
+        fn every_error_says_each_cause_once(text in "[a-z]{3,12}( [a-z]{2,8}){0,3}") {
+            for error in errors(&text) {
+                says_each_cause_once(error.as_ref())?;
+                let report = Report(error.as_ref()).to_string();
+                prop_assert!(report.contains(&error.to_string()), "{report}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_report_names_the_root_cause_once() {
+        let error = PaymentError::Idempotency(IdempotencyError::StoreUnavailable(Arc::new(StoreError::new(
+            "redis",
+            std::io::Error::other("connection refused"),
+        ))));
+        let report = Report(&error).to_string();
+        assert_eq!(report.matches("connection refused").count(), 1, "{report}");
+        assert!(report.starts_with("paid requests are paused"), "{report}");
+        assert!(error.source().is_some());
+    }
 }

@@ -111,16 +111,22 @@ impl TestPayments {
             .on_payment_error(|req, error| {
                 if error.status() >= 500 {
                     eprintln!(
-                        "TestPayments: {} {} answered {}: {error}",
+                        "TestPayments: {} {} answered {}: {}",
                         req.method(),
                         req.path(),
-                        error.status()
+                        error.status(),
+                        crate::error::Report(error)
                     );
                 }
                 None
             })
             .build()
-            .unwrap_or_else(|error| panic!("TestPayments: the seller's configuration was refused: {error}"));
+            .unwrap_or_else(|error| {
+                panic!(
+                    "TestPayments: the seller's configuration was refused: {}",
+                    crate::error::Report(&error)
+                )
+            });
         TestPayments { servers: std::sync::Mutex::new(Vec::new()), payments, plan_id, agent_id, local }
     }
 
@@ -194,7 +200,12 @@ impl TestPayments {
             .api_key(self.local.subscriber_api_key())
             .backend_url(self.local.backend_url())
             .build()
-            .unwrap_or_else(|error| panic!("TestPayments: the buyer's configuration was refused: {error}"));
+            .unwrap_or_else(|error| {
+                panic!(
+                    "TestPayments: the buyer's configuration was refused: {}",
+                    crate::error::Report(&error)
+                )
+            });
         PayingClient::new(subscriber)
     }
 

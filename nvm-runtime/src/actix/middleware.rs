@@ -219,7 +219,7 @@ impl PaymentMiddleware {
         match self.clone().try_route(key, config) {
             Ok(middleware) => middleware,
             Err(error) => {
-                tracing::error!(%error, "PaymentMiddleware route refused");
+                tracing::error!(error = %crate::error::Report(&error), "PaymentMiddleware route refused");
                 PaymentMiddleware { error: self.error.or(Some(error)), ..self }
             }
         }
@@ -268,7 +268,7 @@ where
 
     fn new_transform(&self, service: S) -> Self::Future {
         if let Err(error) = self.check() {
-            tracing::error!(%error, "PaymentMiddleware not started");
+            tracing::error!(error = %crate::error::Report(&error), "PaymentMiddleware not started");
             return ready(Err(()));
         }
         ready(Ok(PaymentService {
@@ -294,7 +294,7 @@ impl<S> PaymentService<S> {
         let keys = &self.middleware.keys;
         let anchors = self.anchors.get_or_init(|| {
             Anchors::learn(keys, req.resource_map()).inspect_err(|error| {
-                tracing::error!(%error, "PaymentMiddleware routes do not fit the app; refusing every request");
+                tracing::error!(error = %crate::error::Report(&error), "PaymentMiddleware routes do not fit the app; refusing every request");
             })
         });
         let anchors = anchors.as_ref().map_err(Clone::clone)?;

@@ -281,7 +281,9 @@ impl Payments {
                 report.not_burned
             ),
             Ok(_) => {}
-            Err(error) => tracing::error!(%error, "the pending-settlement journal could not be recovered"),
+            Err(error) => {
+                tracing::error!(error = %crate::error::Report(&error), "the pending-settlement journal could not be recovered")
+            }
         }
         match (journal.list().await, journal.unreadable_lines().await) {
             (Ok(open), Ok(unreadable)) => {
@@ -297,7 +299,7 @@ impl Payments {
                 }
             }
             (Err(error), _) | (_, Err(error)) => {
-                tracing::error!(%error, "the pending-settlement journal could not be read");
+                tracing::error!(error = %crate::error::Report(&error), "the pending-settlement journal could not be read");
             }
         }
     }

@@ -71,7 +71,7 @@ fn render_refusal(refusal: &Refusal) -> HttpResponse {
     match refusal {
         Refusal::PaymentRequired { envelope, error, receipt } => {
             let mut response =
-                json_error(StatusCode::PAYMENT_REQUIRED, "Payment Required", &error.to_string());
+                json_error(StatusCode::PAYMENT_REQUIRED, "Payment Required", &crate::error::chain(error));
             insert_header(&mut response, PAYMENT_REQUIRED, envelope.to_header());
             if let Some(receipt) = receipt {
                 attach_receipt(&mut response, receipt);
@@ -81,7 +81,7 @@ fn render_refusal(refusal: &Refusal) -> HttpResponse {
         Refusal::OutcomeUnknown { error, receipt } => {
             let mut body = serde_json::json!({
                 "error": "Payment Outcome Unknown",
-                "message": error.to_string(),
+                "message": crate::error::chain(error),
             });
             for field in ["pendingSettlementId", "agentRequestId"] {
                 if let Some(value) = receipt.other.get(field) {
@@ -96,7 +96,8 @@ fn render_refusal(refusal: &Refusal) -> HttpResponse {
         }
         Refusal::StillPending(error) => {
             let receipt = crate::flow::pending_receipt(refusal);
-            let mut body = serde_json::json!({ "error": "Settlement Pending", "message": error.to_string() });
+            let mut body =
+                serde_json::json!({ "error": "Settlement Pending", "message": crate::error::chain(error) });
             for field in ["pendingSettlementId", "retryAfter"] {
                 if let Some(value) = receipt.as_ref().and_then(|r| r.other.get(field)) {
                     body[field] = value.clone();
@@ -117,9 +118,10 @@ fn render_refusal(refusal: &Refusal) -> HttpResponse {
         Refusal::Failed(error) => {
             let message = match error {
                 PaymentError::Facilitator(FacilitatorError::Unavailable(why)) => format!(
-                    "the payment could not be verified: the facilitator is unavailable ({why}); try again later"
+                    "the payment could not be verified: the facilitator is unavailable ({}); try again later",
+                    crate::error::chain(why)
                 ),
-                other => other.to_string(),
+                other => crate::error::chain(other),
             };
             let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let title = if status == StatusCode::INTERNAL_SERVER_ERROR {

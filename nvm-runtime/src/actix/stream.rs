@@ -203,7 +203,7 @@ impl MessageBody for SettledBody {
                     Poll::Ready(Some(Err(error))) => {
                         if let Some(pending) = pending.take() {
                             // Dropped: its idempotency claim releases itself.
-                            tracing::warn!(path = pending.req.path(), %error, "the paid stream failed: nothing settled");
+                            tracing::warn!(path = pending.req.path(), error = %crate::error::Report(&*error), "the paid stream failed: nothing settled");
                             if let Some(telemetry) = pending.state.telemetry.get() {
                                 telemetry.finish(Outcome::HandlerFailed, 0);
                             }

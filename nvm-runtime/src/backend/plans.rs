@@ -128,7 +128,7 @@ impl PlanCatalog {
     pub(crate) async fn refresh(&self, facilitator: &Facilitator) {
         for plan_id in self.kept() {
             if let Err(error) = self.fetch_and_keep(facilitator, &plan_id).await {
-                tracing::warn!(plan_id, %error, "plan metadata refresh failed; keeping the last answer");
+                tracing::warn!(plan_id, error = %crate::error::Report(&error), "plan metadata refresh failed; keeping the last answer");
             }
         }
     }
@@ -141,7 +141,7 @@ impl PlanCatalog {
         let (scheme, ttl) = match facilitator.plan_metadata(plan_id).await {
             Ok(metadata) => (PlanScheme::from_metadata(&metadata, &self.default_network), PLAN_TTL),
             Err(error) => {
-                tracing::warn!(plan_id, %error, "plan metadata unavailable; advertising nvm:erc4337");
+                tracing::warn!(plan_id, error = %crate::error::Report(&error), "plan metadata unavailable; advertising nvm:erc4337");
                 (PlanScheme::default_for(&self.default_network), PLAN_FAILURE_TTL)
             }
         };

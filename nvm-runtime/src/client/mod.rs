@@ -61,7 +61,7 @@ pub enum ClientError {
     /// The request could not be sent or its answer read. The error is a
     /// [`reqwest::Error`] of the re-exported
     /// [`reqwest`].
-    #[error("sending the request failed: {0}")]
+    #[error("sending the request failed")]
     Send(#[from] Box<reqwest::Error>),
     /// The request has a streaming body and cannot be sent twice.
     #[error("the request cannot be retried with a token: its body is a stream; use a buffered body")]
@@ -73,7 +73,7 @@ pub enum ClientError {
     #[error("the 402 carried no readable payment-required header; the seller is not speaking x402")]
     NoEnvelope,
     /// The 402's `payment-required` header is not a base64 JSON envelope.
-    #[error("the 402's payment-required envelope is unreadable: {0}")]
+    #[error("the 402's payment-required envelope is unreadable")]
     Envelope(#[source] DecodeError),
     /// The envelope accepts no payment: its `accepts` list is empty.
     #[error("the 402's payment-required envelope accepts no payment (its `accepts` list is empty)")]
@@ -83,7 +83,7 @@ pub enum ClientError {
     TokenNotSendable,
     /// An MCP tool call could not be sent or its answer read (feature `mcp`).
     #[cfg(feature = "mcp")]
-    #[error("the MCP call failed: {0}")]
+    #[error("the MCP call failed")]
     Mcp(#[source] Box<rmcp::ServiceError>),
     /// Minting the access token failed.
     #[error("minting an access token for plan {plan_id} failed: {error}")]

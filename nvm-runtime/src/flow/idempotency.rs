@@ -318,7 +318,7 @@ impl Drop for Claim {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 if let Err(error) = store.remove(&key, &running).await {
-                    tracing::warn!(%key, %error, "an abandoned idempotency claim could not be released: retries get 409 until it expires");
+                    tracing::warn!(%key, error = %crate::error::Report(&error), "an abandoned idempotency claim could not be released: retries get 409 until it expires");
                 }
             });
         }
@@ -406,7 +406,7 @@ fn token_digest(token: &AccessToken) -> String {
 }
 
 fn unavailable(error: StoreError) -> IdempotencyError {
-    tracing::error!(%error, "the idempotency store is unavailable: paid requests with a key fail closed");
+    tracing::error!(error = %crate::error::Report(&error), "the idempotency store is unavailable: paid requests with a key fail closed");
     IdempotencyError::StoreUnavailable(Arc::new(error))
 }
 
@@ -457,7 +457,7 @@ async fn look(
                 _ => return Err(IdempotencyError::InFlight),
             },
             Err(error) => {
-                tracing::error!(key = %store_key, %error, "an idempotency record could not be read; refusing the request");
+                tracing::error!(key = %store_key, error = %crate::error::Report(&error), "an idempotency record could not be read; refusing the request");
                 return Err(IdempotencyError::StoreUnavailable(Arc::new(StoreError::new(
                     "idempotency record",
                     error,
@@ -537,7 +537,7 @@ pub(crate) async fn hold(
             false
         }
         Err(error) => {
-            tracing::error!(key = %claim.store_key, %error, "the answer could not be held for its settlement: an unknown outcome will not deliver it");
+            tracing::error!(key = %claim.store_key, error = %crate::error::Report(&error), "the answer could not be held for its settlement: an unknown outcome will not deliver it");
             false
         }
     }
@@ -576,7 +576,7 @@ pub(crate) async fn complete(config: &Idempotency, mut claim: Claim, response: S
             "the idempotency claim expired before its call finished (raise Idempotency::claim_ttl): a retry may run again"
         ),
         Err(error) => tracing::error!(
-            key = %claim.store_key, %error,
+            key = %claim.store_key, error = %crate::error::Report(&error),
             "the settled call could not be stored for replay: a retry after the claim expires runs again"
         ),
     }
@@ -589,7 +589,7 @@ pub(crate) async fn release(mut claim: Claim) {
     match store.remove(&claim.store_key, &claim.running).await {
         Ok(_) => forget(journal, false),
         Err(error) => tracing::warn!(
-            key = %claim.store_key, %error,
+            key = %claim.store_key, error = %crate::error::Report(&error),
             "an idempotency claim could not be released: retries get 409 until it expires"
         ),
     }
@@ -610,7 +610,7 @@ pub(crate) async fn is_spent(store: &dyn Store, caller: &Caller) -> Result<bool,
 pub(crate) async fn mark_spent(config: &Idempotency, token: &AccessToken) {
     let Some(store) = config.store() else { return };
     if let Err(error) = store.insert_new(&spent_key(&token_digest(token)), b"1".to_vec(), config.ttl).await {
-        tracing::warn!(token = %token.hash(), %error, "a settled single-use token could not be marked spent in the store");
+        tracing::warn!(token = %token.hash(), error = %crate::error::Report(&error), "a settled single-use token could not be marked spent in the store");
     }
 }
 

@@ -268,7 +268,7 @@ pub(crate) async fn standing(seller: &Seller, id: &str) -> Option<(PendingSettle
             return None;
         }
         Err(error) => {
-            tracing::error!(pending = %id, %error, "the pending-settlement journal could not be read");
+            tracing::error!(pending = %id, error = %crate::error::Report(&error), "the pending-settlement journal could not be read");
             return None;
         }
     };
@@ -287,7 +287,7 @@ pub(crate) async fn close(seller: &Seller, record: &PendingSettlement, resolutio
     match seller.pending.close(&record.id, resolution).await {
         Ok(_) => tracing::info!(pending = %record.id, %resolution, "pending settlement resolved by {who}"),
         Err(error) => {
-            tracing::error!(pending = %record.id, %resolution, %error, "a pending settlement was resolved by {who} but the journal could not be written")
+            tracing::error!(pending = %record.id, %resolution, error = %crate::error::Report(&error), "a pending settlement was resolved by {who} but the journal could not be written")
         }
     }
 }
@@ -382,7 +382,7 @@ async fn verify(
             return Err(Refusal::payment_required(envelope, PaymentError::Rejected { reason }));
         }
         Err(error) => {
-            tracing::error!(token = %token.hash(), %error, "verification failed; the handler does not run");
+            tracing::error!(token = %token.hash(), error = %crate::error::Report(&error), "verification failed; the handler does not run");
             return Err(Refusal::Failed(PaymentError::Facilitator(error)));
         }
     };
@@ -456,7 +456,7 @@ pub(crate) async fn settle(
     // is written down.
     let ahead = seller.pending.is_durable();
     if ahead && let Err(error) = seller.pending.begin(&record).await {
-        tracing::error!(token = %verified.token.hash(), credits = amount, %error, "the pending-settlement journal could not be written: nothing settled, the answer withheld");
+        tracing::error!(token = %verified.token.hash(), credits = amount, error = %crate::error::Report(&error), "the pending-settlement journal could not be written: nothing settled, the answer withheld");
         let reason = format!(
             "settlement_not_attempted: the seller's settlement journal could not be written ({error}); nothing was charged, retry later"
         );
@@ -477,7 +477,7 @@ pub(crate) async fn settle(
     }
     let outcome = match first {
         SettleOutcome::Unknown(error) => {
-            tracing::warn!(token = %verified.token.hash(), credits = amount, %error, "settlement outcome unknown: its answer was lost");
+            tracing::warn!(token = %verified.token.hash(), credits = amount, error = %crate::error::Report(&error), "settlement outcome unknown: its answer was lost");
             resolve_unknown(seller, verified, &request, error).await
         }
         answered => answered,
@@ -507,7 +507,9 @@ pub(crate) async fn settle(
         SettleOutcome::Refused(error) => {
             let reason = match &error {
                 FacilitatorError::Refused { error, .. } => format!("{}: {}", error.code, error.message),
-                FacilitatorError::Unavailable(why) => format!("settlement_unavailable: {why}"),
+                FacilitatorError::Unavailable(why) => {
+                    format!("settlement_unavailable: {}", crate::error::chain(why))
+                }
             };
             return refuse_settlement(seller, verified, &request, reason, Some(Box::new(error)));
         }
@@ -787,6 +789,6 @@ pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<(AccessTok
 /// Refuses a misconfigured route (an unset `env("VAR")`, a credits function that
 /// panicked), with the log line.
 pub(crate) fn misconfigured(path: &str, error: ConfigError) -> Refusal {
-    tracing::error!(path, %error, "paid route misconfigured");
+    tracing::error!(path, error = %crate::error::Report(&error), "paid route misconfigured");
     Refusal::Failed(PaymentError::Config(error))
 }

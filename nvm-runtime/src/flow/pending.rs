@@ -462,7 +462,7 @@ impl PendingSettlements {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
                         if let Err(error) = journal.write(line).await {
-                            tracing::warn!(%error, "a settled call's journal record could not be closed: it is taken for an unknown outcome at the next start-up");
+                            tracing::warn!(error = %crate::error::Report(&error), "a settled call's journal record could not be closed: it is taken for an unknown outcome at the next start-up");
                         }
                     });
                 }
@@ -726,7 +726,7 @@ fn write_lines(
         let bytes: Vec<u8> = batch.iter().flat_map(|(line, _)| line.iter().copied()).collect();
         let result = file.write_all(&bytes).and_then(|()| file.sync_data());
         if let Err(error) = &result {
-            tracing::error!(journal = %path.display(), %error, "the pending-settlement journal could not be written");
+            tracing::error!(journal = %path.display(), error = %crate::error::Report(&error), "the pending-settlement journal could not be written");
             // What was written of the batch ends with a newline, so the next batch starts
             // a line of its own; readers skip the cut one.
             if ends_mid_line(&mut file).unwrap_or(false) {
@@ -741,7 +741,7 @@ fn write_lines(
             match compact(path).and_then(|length| Ok((length, reopen.open(path)?))) {
                 Ok((length, fresh)) => (compacted, file) = (length, fresh),
                 Err(error) => {
-                    tracing::warn!(journal = %path.display(), %error, "the pending-settlement journal could not be compacted");
+                    tracing::warn!(journal = %path.display(), error = %crate::error::Report(&error), "the pending-settlement journal could not be compacted");
                 }
             }
         }

@@ -102,7 +102,7 @@ async fn restore_held_answers(seller: &Seller) -> std::io::Result<()> {
             }
             Ok(false) => {}
             Err(error) => {
-                tracing::error!(pending = %record.id, %error, "an answer held for a pending settlement could not be put back in the idempotency store")
+                tracing::error!(pending = %record.id, error = %crate::error::Report(&error), "an answer held for a pending settlement could not be put back in the idempotency store")
             }
         }
     }

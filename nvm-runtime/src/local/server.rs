@@ -114,7 +114,7 @@ pub(crate) fn spawn(
             };
             let _ = ready_tx.send(Ok(server.handle()));
             if let Err(error) = server.await {
-                tracing::error!(%error, "the local facilitator's server failed");
+                tracing::error!(error = %crate::error::Report(&error), "the local facilitator's server failed");
             }
         });
     })?;

@@ -29,7 +29,7 @@ pub(crate) fn refusal(refusal: &Refusal, plan_id: &str) -> CallToolResult {
             if envelope.error.is_none() {
                 envelope.error = Some(match error {
                     crate::error::PaymentError::MissingToken { .. } => "payment required".to_owned(),
-                    other => other.to_string(),
+                    other => crate::error::chain(other),
                 });
             }
             let value = serde_json::to_value(&envelope).unwrap_or(Value::Null);
@@ -43,7 +43,7 @@ pub(crate) fn refusal(refusal: &Refusal, plan_id: &str) -> CallToolResult {
         }
         Refusal::OutcomeUnknown { error, receipt } => {
             let value = json!({
-                "error": error.to_string(),
+                "error": crate::error::chain(error),
                 PAYMENT_RESPONSE_META: receipt,
             });
             with_receipt(CallToolResult::structured_error(value), receipt, plan_id)
@@ -51,12 +51,12 @@ pub(crate) fn refusal(refusal: &Refusal, plan_id: &str) -> CallToolResult {
         Refusal::StillPending(error) => {
             let receipt = crate::flow::pending_receipt(refusal).unwrap_or_default();
             let value = json!({
-                "error": error.to_string(),
+                "error": crate::error::chain(error),
                 PAYMENT_RESPONSE_META: receipt,
             });
             with_receipt(CallToolResult::structured_error(value), &receipt, plan_id)
         }
-        Refusal::Failed(error) => CallToolResult::error(vec![ContentBlock::text(error.to_string())]),
+        Refusal::Failed(error) => CallToolResult::error(vec![ContentBlock::text(crate::error::chain(error))]),
     }
 }
 

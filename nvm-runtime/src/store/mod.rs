@@ -115,7 +115,7 @@ pub trait Store: Send + Sync + 'static {
 /// assert!(std::error::Error::source(&error).is_some());
 /// ```
 #[derive(Debug, thiserror::Error)]
-#[error("the store ({store}) is unavailable: {source}")]
+#[error("the store ({store}) is unavailable")]
 pub struct StoreError {
     store: String,
     #[source]

@@ -122,7 +122,7 @@ impl RedisStore {
     {
         match op(self.manager.clone()).await {
             Err(error) if sent_nothing(&error) => {
-                tracing::debug!(store = %self.name, %error, "redis connection broken; trying once more on a fresh one");
+                tracing::debug!(store = %self.name, error = %crate::error::Report(&error), "redis connection broken; trying once more on a fresh one");
                 op(self.manager.clone()).await.map_err(|e| self.error(e))
             }
             done => done.map_err(|e| self.error(e)),
