@@ -20,8 +20,12 @@
 //! A built-in load generator drives each server in turn (ABCD ABCD …) with the same number
 //! of keep-alive HTTP/1.1 connections, and the medians over rounds are printed with the
 //! ratios. Every paid response must be a 200 with a `payment-response` receipt; anything
-//! else is counted as an error, and the run exits with 1 when there is any, or when a plan
-//! metadata fetch happens after warm-up.
+//! else is counted as an error, and the run exits with 1 when there is any, when a plan
+//! metadata fetch happens after warm-up, when the cache does not save its verify calls
+//! (more than 1.05 facilitator calls per request with `paid+cache`), or when a paid
+//! server reaches less than 0.9 of its latency limit (below; not in a `--quick` run,
+//! whose debug figures mean nothing). The throughput ratios are reported, not judged:
+//! on a shared machine they move from run to run.
 //!
 //! A second section follows with the facilitator's answers delayed by `--latency-ms`
 //! (default 40 ms, 0 skips it; [`LocalFacilitator::set_latency`]), as the round trip to
@@ -2290,12 +2294,7 @@ fn summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool) {
     let (t, l) = (ratio(paid, hand, rps), p99(paid, hand));
     let _ =
         writeln!(out, "\nratios (throughput and CPU: medians of per-round ratios; p99: of all requests):");
-    let _ = writeln!(
-        out,
-        "  paid/handwritten   throughput {t:.3} (target >= 0.97: {})  p99 {l:.3} (target <= 1.05: {})",
-        mark(t >= 0.97),
-        mark(l <= 1.05)
-    );
+    let _ = writeln!(out, "  paid/handwritten   throughput {t:.3}  p99 {l:.3}");
     let _ = writeln!(
         out,
         "                     CPU/request: server {:.3}, whole process {:.3}",
@@ -2318,13 +2317,13 @@ fn summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool) {
     let cache_calls = calls_per_request(cache);
     let _ = writeln!(
         out,
-        "  paid+cache/paid    throughput {c:.3} (target >= 1.5: {})  p99 {:.3}\n\
+        "  paid+cache/paid    throughput {c:.3}  p99 {:.3}\n\
          \x20                    facilitator calls/request {cache_calls:.3} (target <= 1.05: {})",
-        mark(c >= 1.5),
         p99(cache, paid),
         mark(cache_calls <= 1.05)
     );
-    let ok = footer(&mut out, results, ok);
+    // The cache's one job: a verification reused, not asked again; failing the bench.
+    let ok = footer(&mut out, results, ok && cache_calls <= 1.05);
     (out, ok)
 }
 
@@ -2373,6 +2372,7 @@ fn latency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool)
         "server", "req/s", "limit", "fraction", "ideal", "p50", "p99", "facilit./req", "requests", "errors"
     );
     let mut verdicts = Vec::new();
+    let mut missed = false;
     for (kind, rounds) in kinds.iter().zip(results) {
         let trips = round_trips(*kind);
         let limit = conns as f64 / (f64::from(trips) * latency);
@@ -2394,14 +2394,18 @@ fn latency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool)
             rounds.iter().map(|m| m.errors).sum::<u64>()
         );
         if matches!(kind, Kind::Paid | Kind::PaidCache | Kind::ToolPaid | Kind::RoutePaid) || journal {
+            // Latency, not CPU, bounds a server here: a paid server below 0.9 of the
+            // limit fails the bench (not in a quick debug run, whose figures mean nothing).
+            let pass = fraction >= 0.9;
             verdicts.push(format!(
                 "{} {fraction:.3} of {limit:.0} req/s (target >= 0.9: {})",
                 kind.name(),
-                if fraction >= 0.9 { "ok" } else { "MISSED" }
+                if settings.quick { "not judged in a quick run" } else { mark(pass) }
             ));
+            missed |= !pass;
         }
     }
-    let mut ok = samples(&mut out, kinds, results) && !warmup_errors;
+    let mut ok = samples(&mut out, kinds, results) && !warmup_errors && (settings.quick || !missed);
     if !verdicts.is_empty() {
         let _ = writeln!(out, "fraction of the limit: {}", verdicts.join(", "));
     }
@@ -2537,9 +2541,8 @@ fn idempotency_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, b
             let speedup = ratio(replay, base, Measure::rps);
             let _ = writeln!(
                 out,
-                "  a paid call (paid+nostore)  {}\n  replay/paid throughput {speedup:.2}x (expected > 1.5: {})",
-                cost(base),
-                mark(speedup > 1.5)
+                "  a paid call (paid+nostore)  {}\n  replay/paid throughput {speedup:.2}x",
+                cost(base)
             );
         }
         let calls: u64 = replay.iter().map(|m| m.calls).sum();
