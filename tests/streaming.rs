@@ -363,7 +363,11 @@ async fn a_client_that_hangs_up_pays_for_what_was_delivered() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let metered = rig.metered();
-        assert!((cut as u64..10).contains(&metered), "{label}: metered {metered}");
+        // Words are 60 ms apart: when the client leaves, the words written into the
+        // socket before its reset comes back are metered (one or two; three for a slow
+        // machine's margin), never the rest of the answer.
+        let cut = cut as u64;
+        assert!((cut..=cut + 3).contains(&metered), "{label}: metered {metered}");
         assert_eq!(before - rig.balance(), metered, "{label}: what was delivered, no more");
     }
 }
