@@ -563,6 +563,13 @@ async fn run_load(requests: u64, rounds: u64) {
     let allowed = (32 + 8 * rounds) << 20;
     assert!(growth < allowed, "RSS grew by {} MiB after the warm-up", growth >> 20);
     assert!(seen.iter().any(|s| s.status.is_none()), "some clients hung up");
+    // The race the mix is built for happened: poor subscribers' concurrent requests
+    // were verified for their last credits and lost at settle (402 with a failed
+    // receipt), besides those refused at verify.
+    let lost_at_settle = seen.iter().filter(|s| s.status == Some(402) && s.failed_receipt).count();
+    let refused_at_verify = seen.iter().filter(|s| s.status == Some(402) && !s.failed_receipt).count();
+    assert!(lost_at_settle > 0, "no request lost the race for the last credits at settle: {}", summary(&seen));
+    assert!(refused_at_verify > 0, "no request was refused at verify: {}", summary(&seen));
 
     // Everything stops by itself and gives back its file descriptors.
     server.handle.stop(false).await;
