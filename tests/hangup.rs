@@ -16,6 +16,8 @@
 //! - **`Expect: 100-continue` without a token**: actix-http's default expect handler
 //!   answers `HTTP/1.1 100 Continue` before the app sees the request; the 402 follows
 //!   without the body being sent.
+//! - **Gone in the middle of the body**: the body's extractor fails, the handler never
+//!   runs, nothing is settled.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -189,6 +191,37 @@ async fn reset_while_the_handler_runs_drops_the_handler_mid_await_nothing_burned
         // Entered once, never finished; no settle.
         let dropped = Outcome { runs: 1, verify: 1, settle: 0, burned: 0 };
         assert_eq!(hang_up(form, Moment::DuringHandler, Close::Abortive).await, dropped, "{form:?}");
+    }
+}
+
+/// Gone in the middle of its body (an orderly close after 10 of 1000 declared bytes): the
+/// body's extractor fails and the handler never runs; nothing is settled. Waited on the
+/// server's answer to the broken request (it ends its handling), not on a fixed pause.
+#[actix_web::test]
+async fn gone_in_the_middle_of_the_body_nothing_is_settled() {
+    for form in FORMS {
+        let local = Arc::new(LocalFacilitator::start().unwrap());
+        let server = server(&local, form);
+        let token = mint(&local).await;
+        let start = balance(&local);
+        let addr = server.url.trim_start_matches("http://").to_owned();
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /work HTTP/1.1\r\nHost: {addr}\r\npayment-signature: {token}\r\nContent-Length: 1000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&[b'x'; 10]).await.unwrap();
+        stream.shutdown().await.unwrap();
+        // The server is done with the request once it answers or closes the connection.
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server ends the broken request")
+            .ok();
+        let calls = local.calls();
+        assert_eq!(server.runs.count(), 0, "{form:?}: the handler never ran");
+        assert_eq!((calls.settle, start - balance(&local)), (0, 0), "{form:?}: nothing settled");
+        assert!(calls.verify <= 1, "{form:?}");
     }
 }
 

@@ -568,7 +568,11 @@ async fn run_load(requests: u64, rounds: u64) {
     // receipt), besides those refused at verify.
     let lost_at_settle = seen.iter().filter(|s| s.status == Some(402) && s.failed_receipt).count();
     let refused_at_verify = seen.iter().filter(|s| s.status == Some(402) && !s.failed_receipt).count();
-    assert!(lost_at_settle > 0, "no request lost the race for the last credits at settle: {}", summary(&seen));
+    assert!(
+        lost_at_settle > 0,
+        "no request lost the race for the last credits at settle: {}",
+        summary(&seen)
+    );
     assert!(refused_at_verify > 0, "no request was refused at verify: {}", summary(&seen));
 
     // Everything stops by itself and gives back its file descriptors.
