@@ -448,60 +448,139 @@ mod property {
         form: usize,
         key: Option<u8>,
         body: u8,
+        /// The handler fails (500) when it runs.
         fail: bool,
+        /// Sent to every instance at once (a retry racing its first attempt).
+        together: bool,
     }
 
     fn step() -> impl Strategy<Value = Step> {
-        (0..2usize, 0..2usize, prop::option::of(0..3u8), 0..2u8, prop::bool::weighted(0.25))
-            .prop_map(|(instance, form, key, body, fail)| Step { instance, form, key, body, fail })
+        (
+            0..2usize,
+            0..2usize,
+            prop::option::of(0..3u8),
+            0..2u8,
+            prop::bool::weighted(0.25),
+            prop::bool::weighted(0.3),
+        )
+            .prop_map(|(instance, form, key, body, fail, together)| Step {
+                instance,
+                form,
+                key,
+                body,
+                // A failure is switched on one instance: not for a step sent to all.
+                fail: fail && !together,
+                together: together && key.is_some(),
+            })
+    }
+
+    /// What the model says a keyed request gets.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Want {
+        /// Run and charged: a fresh 200.
+        Fresh,
+        /// The handler fails: 500, nothing charged or kept.
+        Failed,
+        /// The first answer again: a replayed 200, nothing charged.
+        Replayed,
+        /// Another request under a used key: 422.
+        Reused,
     }
 
     /// Sends `steps` to `instances` (each server with its handlers' failure switch) and
-    /// checks every answer and, at the end, the ledger: burns == distinct keys that
-    /// succeeded (per route) + calls without a key that succeeded, and a key once used
-    /// for one request is refused for another, whichever instance is asked.
+    /// checks every answer against a model of the store written from the rules alone
+    /// (never from what was observed): a key runs once, its successful answer is kept
+    /// and replayed to the same request, refused (422) to another; a failed run keeps
+    /// nothing. Requests sent together to every instance: one runs, the others get 409
+    /// or the replay. At the end the ledger burned exactly what the model charged.
     async fn run(
         instances: &[(&TestServer, &Failures)],
         local: &LocalFacilitator,
         token: &str,
         steps: Vec<Step>,
     ) {
-        let mut succeeded: HashSet<(usize, u8)> = HashSet::new();
-        let mut first_body: std::collections::HashMap<(usize, u8), u8> = Default::default();
-        let mut unkeyed = 0u64;
+        let mut kept: std::collections::HashMap<(usize, u8), u8> = Default::default();
+        let mut charged = 0u64;
         for step in steps {
-            let (server, failures) = instances[step.instance % instances.len()];
             let path = ["/flaky", "/mw/flaky"][step.form];
-            if step.fail {
-                failures.fail_next(1);
-            }
             let key = step.key.map(|k| format!("key{k}"));
-            let answer = call(&server.at(path), token, key.as_deref(), &step.body.to_string()).await;
-            failures.fail_next(0);
-            match step.key {
-                None => {
-                    if answer.status == 200 {
-                        unkeyed += 1;
+            let body = step.body.to_string();
+            let want = match step.key.map(|k| kept.get(&(step.form, k))) {
+                None | Some(None) if step.fail => Want::Failed,
+                None | Some(None) => Want::Fresh,
+                Some(Some(first)) if *first == step.body => Want::Replayed,
+                Some(Some(_)) => Want::Reused,
+            };
+            if step.together {
+                let calls = instances
+                    .iter()
+                    .map(|(server, _)| call_owned(server.at(path), token, key.clone(), &body));
+                let answers = join_all(calls).await;
+                let fresh = answers.iter().filter(|a| a.status == 200 && !a.replayed).count();
+                let others_ok = answers
+                    .iter()
+                    .all(|a| (a.status == 200 && a.body == CONTENT.as_bytes()) || a.status == 409);
+                match want {
+                    Want::Fresh => {
+                        assert_eq!(fresh, 1, "{step:?}: exactly one runs: {answers:?}");
+                        assert!(others_ok, "{step:?}: the others wait or replay: {answers:?}");
                     }
+                    Want::Replayed => {
+                        assert!(
+                            answers.iter().all(|a| a.status == 200 && a.replayed),
+                            "{step:?}: {answers:?}"
+                        )
+                    }
+                    Want::Reused => assert!(answers.iter().all(|a| a.status == 422), "{step:?}: {answers:?}"),
+                    Want::Failed => unreachable!("no failure is switched on for a step sent to all"),
                 }
-                Some(k) => {
-                    let id = (step.form, k);
-                    let reused = first_body.get(&id).is_some_and(|b| *b != step.body);
-                    if reused {
-                        assert_eq!(answer.status, 422, "{id:?}");
-                    } else if succeeded.contains(&id) {
-                        assert!(answer.replayed && answer.status == 200, "{id:?}: {answer:?}");
-                    } else if answer.status == 200 {
-                        succeeded.insert(id);
-                    }
-                    if answer.status == 200 {
-                        first_body.entry(id).or_insert(step.body);
-                    }
+            } else {
+                let (server, failures) = instances[step.instance % instances.len()];
+                failures.fail_next(usize::from(step.fail));
+                let answer = call(&server.at(path), token, key.as_deref(), &body).await;
+                failures.fail_next(0);
+                let got = match (answer.status, answer.replayed) {
+                    (200, false) => Want::Fresh,
+                    (200, true) => Want::Replayed,
+                    (500, false) => Want::Failed,
+                    (422, false) => Want::Reused,
+                    _ => panic!("{step:?}: {answer:?}"),
+                };
+                assert_eq!(got, want, "{step:?}: {answer:?}");
+            }
+            if want == Want::Fresh {
+                charged += CREDITS;
+                if let Some(k) = step.key {
+                    kept.insert((step.form, k), step.body);
                 }
             }
         }
-        let expected = (succeeded.len() as u64 + unkeyed) * CREDITS;
-        assert_eq!(local.total_burned(), expected);
+        assert_eq!(local.total_burned(), charged, "the ledger burned what the model charged");
+    }
+
+    /// [`call`] with owned arguments, to send several at once.
+    async fn call_owned(url: String, token: &str, key: Option<String>, body: &str) -> Answer {
+        call(&url, token, key.as_deref(), body).await
+    }
+
+    /// Awaits every future, concurrently.
+    async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut pending: Vec<_> = futures.map(Box::pin).collect();
+        let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut done = true;
+            for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+                if output.is_none() {
+                    match future.as_mut().poll(cx) {
+                        std::task::Poll::Ready(value) => *output = Some(value),
+                        std::task::Poll::Pending => done = false,
+                    }
+                }
+            }
+            if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        })
+        .await;
+        outputs.into_iter().map(|o| o.expect("every future finished")).collect()
     }
 
     proptest! {
