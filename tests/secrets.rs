@@ -62,6 +62,19 @@ fn captured() -> String {
     String::from_utf8_lossy(&CAPTURED.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
 }
 
+/// The capture once `landed` holds of it (the lines the checks wait for are written),
+/// or after 5 s (the checks then say what is missing).
+async fn captured_once(landed: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = captured();
+        if landed(&log) || std::time::Instant::now() > deadline {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The forms a secret may leak in: whole, and the parts that identify it.
 fn forms_of(secret: &str) -> Vec<String> {
     let mut forms = vec![secret.to_owned()];
@@ -206,9 +219,13 @@ async fn a_full_paid_flow_logs_no_secret_even_at_trace() {
     assert_eq!(refused.response.status(), 402);
     answers.push(format!("{paid:?}\n{refused:?}"));
 
-    // Let the servers' last log lines land, then look.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = captured();
+    // Look once the last request's own line has landed (the refusal at verify): every
+    // line before it is in the capture.
+    let log = captured_once(|log| {
+        log.contains("inside the paid handler")
+            && (log.contains("payment refused by the facilitator") || log.contains("verify refused"))
+    })
+    .await;
     assert!(log.contains("TRACE") && log.contains("DEBUG"), "the capture sees every level");
     assert!(log.contains("tok:"), "tokens are logged as hashes");
     assert!(log.contains("inside the paid handler"), "the handler's own event is captured");
@@ -342,8 +359,10 @@ async fn llm_gateway_calls_and_logs_show_no_key() {
     assert_eq!(calls.len(), 4, "two chats, two logs reached the stand-in");
     answers.push(format!("{calls:?}"));
 
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = captured();
+    let log = captured_once(|log| {
+        log.contains("calling the LLM through the gateway") && log.contains("could not be logged")
+    })
+    .await;
     assert!(log.contains("calling the LLM through the gateway"), "the handler's event is captured");
     assert!(log.contains("could not be logged"), "the failed logs are reported");
     let secrets = [

@@ -324,9 +324,22 @@ async fn a_stream_that_fails_settles_nothing() {
             let body = response.text().await;
             assert!(body.is_err() || !body.unwrap_or_default().contains("payment-response"), "{form:?}");
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!((rig.balance(), rig.local.calls().settle), (before, 0), "{form:?}: nothing settled");
+        assert_nothing_settled_before_a_sentinel(&rig, form, before).await;
     }
+}
+
+/// Proves a negative without a fixed pause: a paid call sent after the request under
+/// test is settled (its receipt event is the last of its body); a settlement of the
+/// earlier request, decided before that call was even sent, would be in the ledger by
+/// then. Only the sentinel's 1 credit is burned, in one settle call.
+async fn assert_nothing_settled_before_a_sentinel(rig: &Rig, form: Form, before: u64) {
+    let (status, _, receipt) = call(rig, form.path(), "words=1&meter=true").await;
+    assert_eq!((status, receipt.map(|r| r.credits_redeemed_u64())), (200, Some(1)), "{form:?}: the sentinel");
+    assert_eq!(
+        (before - rig.balance(), rig.local.calls().settle),
+        (1, 1),
+        "{form:?}: nothing settled before it"
+    );
 }
 
 #[actix_web::test]
@@ -336,8 +349,7 @@ async fn a_metered_zero_makes_no_settle_call() {
         let before = rig.balance();
         let (status, _, receipt) = call(&rig, form.path(), "words=0&meter=true").await;
         assert_eq!((status, receipt), (200, None), "{form:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!((rig.balance(), rig.local.calls().settle), (before, 0), "{form:?}");
+        assert_nothing_settled_before_a_sentinel(&rig, form, before).await;
     }
 }
 
