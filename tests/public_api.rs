@@ -2083,3 +2083,131 @@ fn the_diff_marks_added_and_removed_lines() {
     assert!(diff.contains("@@ -8,1 +8,2 @@\n h\n+i\n"), "{diff}");
     assert!(diff.contains("(2 lines added, 1 removed)"), "{diff}");
 }
+
+/// The runtime's files import in one direction: no file reaches (by a `crate::…` or
+/// `super::…` path, tests aside) a file that reaches it back, through any chain. A
+/// circle is reported with the files in it.
+#[test]
+fn the_runtime_has_no_import_circles() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../nvm-runtime/src");
+    let mut files = Vec::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("the runtime's sources").map_while(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    // A file's module path (`flow/pending.rs` → [flow, pending]; `flow/mod.rs` → [flow]),
+    // and whether it is a module root (`mod.rs`, `lib.rs`), which `super` leaves once.
+    let module = |path: &std::path::Path| -> (Vec<String>, bool) {
+        let relative = path.strip_prefix(&src).expect("under src").with_extension("");
+        let mut parts: Vec<String> = relative.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        let root = matches!(parts.last().map(String::as_str), Some("mod" | "lib"));
+        if root {
+            parts.pop();
+        }
+        (parts, root)
+    };
+    let by_module: BTreeMap<Vec<String>, String> =
+        files.iter().map(|f| (module(f).0, f.strip_prefix(&src).unwrap().display().to_string())).collect();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let name = file.strip_prefix(&src).unwrap().display().to_string();
+        let (here, root) = module(file);
+        let text = std::fs::read_to_string(file).expect("a source file");
+        let code: String = text
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .map(|line| line.split("//").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find(['c', 's']) {
+            let tail = &rest[at..];
+            let boundary = at == 0 || !rest[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_');
+            let path: Vec<&str> = tail
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .next()
+                .unwrap_or_default()
+                .split("::")
+                .collect();
+            rest = &tail[1..];
+            if !boundary || path.len() < 2 || !matches!(path[0], "crate" | "super") {
+                continue;
+            }
+            let (mut base, segments) = if path[0] == "crate" {
+                (Vec::new(), &path[1..])
+            } else {
+                let mut base = here.clone();
+                if !root {
+                    base.pop();
+                }
+                let mut segments = &path[1..];
+                while segments.first() == Some(&"super") {
+                    base.pop();
+                    segments = &segments[1..];
+                }
+                (base, segments)
+            };
+            base.extend(segments.iter().map(|s| (*s).to_owned()));
+            // The longest prefix that is a file of its own (not a module root).
+            while !base.is_empty() {
+                if let Some(target) = by_module.get(&base)
+                    && target != &name
+                    && !target.ends_with("mod.rs")
+                    && target != "lib.rs"
+                {
+                    edges.entry(name.clone()).or_default().insert(target.clone());
+                    break;
+                }
+                base.pop();
+            }
+        }
+    }
+    // Every file reached from each file; a file that reaches itself is in a circle.
+    let mut circles = BTreeSet::new();
+    for start in edges.keys() {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<&String> = edges[start].iter().collect();
+        while let Some(file) = stack.pop() {
+            if file == start {
+                let through: Vec<&String> =
+                    edges[start].iter().filter(|f| reaches(&edges, f, start)).collect();
+                circles.insert(format!("{start} <-> {through:?}"));
+                break;
+            }
+            if seen.insert(file.clone()) {
+                stack.extend(edges.get(file).into_iter().flatten());
+            }
+        }
+    }
+    assert!(circles.is_empty(), "import circles in nvm-runtime: {circles:#?}");
+    assert!(edges.len() > 20, "the scan found the imports: {edges:#?}");
+}
+
+/// Whether `from` reaches `to` through `edges`.
+fn reaches(
+    edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    from: &str,
+    to: &str,
+) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stack = vec![from.to_owned()];
+    while let Some(file) = stack.pop() {
+        if file == to {
+            return true;
+        }
+        if seen.insert(file.clone()) {
+            stack.extend(edges.get(&file).into_iter().flatten().cloned());
+        }
+    }
+    false
+}

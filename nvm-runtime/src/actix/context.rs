@@ -4,25 +4,14 @@ use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
-use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError};
 
 use super::respond::json_error;
+use super::state::attached;
 use crate::flow::Meter;
 use crate::flow::{PaymentState, Verified};
 use crate::observability::{Gateway, Observability, ObservabilityError};
 use crate::wire::{AccessToken, AgentRequest, PaymentRequired, VerifyResponse};
-
-/// Creates the payment state of `req` and stores it in the request's extensions.
-pub(crate) fn attach(req: &HttpRequest) -> Arc<PaymentState> {
-    let state = Arc::new(PaymentState::default());
-    req.extensions_mut().insert(Arc::clone(&state));
-    state
-}
-
-/// The state already attached to `req` (by a `PaymentMiddleware` route), if any.
-pub(crate) fn attached(req: &HttpRequest) -> Option<Arc<PaymentState>> {
-    req.extensions().get::<Arc<PaymentState>>().cloned()
-}
 
 /// The payment of the current request, as a handler argument.
 ///

@@ -14,12 +14,13 @@ use actix_web::error::InternalError;
 use actix_web::{Error, HttpMessage, HttpRequest};
 use tracing::Instrument as _;
 
-use super::context::attach;
 use super::credits::{CreditsFuture, CreditsSource};
+use super::exchange::Exchange;
 use super::payments::{DeclaredRoute, Payments};
-use super::paywall::{self, Exchange, catch_unwind};
+use super::paywall::{self, catch_unwind};
 use super::respond::handler_panicked;
 use super::route_table::{Anchors, Lookup, RouteKey};
+use super::state::attach;
 use crate::error::ConfigError;
 use crate::flow::{Id, Offer, SettlePoint, Terms, cache_control_problem};
 

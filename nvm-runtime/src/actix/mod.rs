@@ -5,15 +5,19 @@
 mod context;
 pub mod cors;
 pub mod credits;
+mod exchange;
 mod hooks;
 mod middleware;
 pub(crate) mod paid;
 mod payments;
 pub(crate) mod paywall;
 pub mod pricing;
+mod resource_map;
 mod respond;
 pub(crate) mod route;
 mod route_table;
+pub(crate) mod settlement;
+mod state;
 mod stream;
 
 pub use context::{ChargeError, NotPaid, PaymentContext};

@@ -12,11 +12,12 @@ use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, Responder, ResponseError};
 use tracing::Instrument as _;
 
-use super::context::{attach, attached};
+use super::exchange::Exchange;
 use super::payments::Payments;
-use super::paywall::{self, Exchange, catch_unwind};
+use super::paywall::{self, catch_unwind};
 use super::respond::{Rejection, handler_panicked, unconfigured};
 use super::route::Route;
+use super::state::{attach, attached};
 use crate::error::ConfigError;
 use crate::flow::{Offer, PaymentState, Terms};
 

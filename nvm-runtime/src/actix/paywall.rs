@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::BoxBody;
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -16,66 +16,14 @@ use base64::Engine as _;
 use futures_core::Stream;
 
 use super::credits::CreditsFuture;
-use super::payments::Payments;
-use super::respond::{attach_receipt, not_for_caches, render, render_plain};
+use super::exchange::{Exchange, Refused};
+use super::respond::{attach_receipt, not_for_caches, render_plain};
+use super::settlement::{capture, finish_claim, keeps_answer, report};
 use crate::error::{ConfigError, IdempotencyError, PaymentError, Refusal};
-use crate::flow::idempotency::{self, Claim, KeyedRequest, StoredResponse};
+use crate::flow::idempotency::{self, KeyedRequest, StoredResponse};
 use crate::flow::telemetry::{Outcome, Telemetry};
-use crate::flow::{self, Admission, Host, Kept, Offer, PaymentState, PendingSettlement, Settlement, Terms};
-use crate::wire::{PAYMENT_RESPONSE, PaymentRequired, SettleResponse, VerifyResponse};
-
-/// A request and its configuration, as the flow sees them.
-pub(crate) struct Exchange<'a> {
-    pub(crate) payments: &'a Payments,
-    pub(crate) req: &'a HttpRequest,
-}
-
-impl Host for Exchange<'_> {
-    fn method(&self) -> &str {
-        self.req.method().as_str()
-    }
-
-    fn path(&self) -> &str {
-        self.req.path()
-    }
-
-    fn token_header(&self, index: usize) -> impl Iterator<Item = &[u8]> {
-        let names = self.payments.token_headers();
-        names.get(index).into_iter().flat_map(|name| self.req.headers().get_all(name)).map(|v| v.as_bytes())
-    }
-
-    fn before_verify(&self, envelope: &PaymentRequired) {
-        self.payments.hooks().before_verify(self.req, envelope);
-    }
-
-    fn after_verify(&self, verification: &VerifyResponse) {
-        self.payments.hooks().after_verify(self.req, verification);
-    }
-
-    fn after_settle(&self, credits: u64, receipt: &SettleResponse) {
-        self.payments.hooks().after_settle(self.req, credits, receipt);
-    }
-
-    fn settlement_unknown(&self, record: &PendingSettlement) {
-        self.payments.hooks().settlement_unknown(self.req, record);
-    }
-}
-
-impl Exchange<'_> {
-    /// `refusal` as the response to send.
-    pub(crate) fn refuse(&self, refusal: Refusal) -> (Refusal, HttpResponse) {
-        let response = render(self.payments, self.req, &refusal);
-        (refusal, response)
-    }
-
-    /// The refusal of a misconfigured route.
-    pub(crate) fn misconfigured(&self, error: ConfigError) -> (Refusal, HttpResponse) {
-        self.refuse(flow::misconfigured(self.req.path(), error))
-    }
-}
-
-/// Refused: the flow's reason and the response that says it.
-pub(crate) type Refused = (Refusal, HttpResponse);
+use crate::flow::{self, Admission, Kept, Offer, PaymentState, Settlement, Terms};
+use crate::wire::PAYMENT_RESPONSE;
 
 /// The credits of this request from its route's source. A body-priced source reads
 /// the body here, and only once the request carries a well-formed token (an unpaid
@@ -187,32 +135,6 @@ pub(crate) fn route_of<'a>(req: &HttpRequest, state: &'a PaymentState) -> std::b
     }
 }
 
-/// Reports how a request that ran its handler ended: `settlement` for `status`.
-pub(crate) fn report(state: &PaymentState, status: StatusCode, settlement: &Settlement) {
-    let Some(telemetry) = state.telemetry.get() else { return };
-    let (outcome, settled) = match settlement {
-        Settlement::None if !status.is_success() => (Outcome::HandlerFailed, 0),
-        Settlement::None => (Outcome::Paid, 0),
-        Settlement::Settled(receipt) => (Outcome::Paid, receipt.credits_redeemed_u64()),
-        Settlement::FailedDelivered(_) => (Outcome::SettleFailed, 0),
-        Settlement::Refused(refusal) => (Outcome::of(refusal), 0),
-    };
-    telemetry.finish(outcome, settled);
-}
-
-/// Whether the answer of a request that ended in `settlement` (its handler answered
-/// `status`) is kept for its idempotent retries: a delivered answer (settled, charged
-/// nothing, or delivered on settle failure), and an outcome unknown (it may have been
-/// charged: its retries must not be charged again); not a failed handler nor a refused
-/// settlement (nothing was charged: a retry runs afresh).
-pub(crate) fn keeps_answer(settlement: &Settlement, status: StatusCode) -> bool {
-    match settlement {
-        Settlement::None => status.is_success(),
-        Settlement::Settled(_) | Settlement::FailedDelivered(_) => true,
-        Settlement::Refused(refusal) => matches!(refusal, Refusal::OutcomeUnknown { .. }),
-    }
-}
-
 /// The request's `Idempotency-Key` and fingerprint, when it has a key, the
 /// configuration remembers keys, the request is paid and carries a well-formed token
 /// (an unpaid request gets its 402 before any body byte is read).
@@ -283,49 +205,6 @@ fn replay(exchange: &Exchange<'_>, stored: StoredResponse) -> HttpResponse {
         .headers_mut()
         .insert(HeaderName::from_static(idempotency::REPLAYED_HEADER), HeaderValue::from_static("true"));
     not_for_caches(&mut response, None);
-    response
-}
-
-/// `response` as it is kept for replay: its status, headers and body when the body is
-/// in memory and at most `max` bytes long (a streamed or longer one is not kept).
-fn capture(response: HttpResponse, max: usize) -> (HttpResponse, StoredResponse) {
-    const NOT_KEPT: [&str; 4] = ["content-length", "transfer-encoding", "connection", "date"];
-    let headers = response
-        .headers()
-        .iter()
-        .filter(|(name, _)| !NOT_KEPT.contains(&name.as_str()))
-        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
-        .collect();
-    let status = response.status().as_u16();
-    let (response, body) = response.into_parts();
-    let (body, kept) = match body.try_into_bytes() {
-        Ok(bytes) if bytes.len() <= max => {
-            let kept = base64::engine::general_purpose::STANDARD.encode(&bytes);
-            (BoxBody::new(bytes), Some(kept))
-        }
-        Ok(bytes) => (BoxBody::new(bytes), None),
-        Err(body) => (body, None),
-    };
-    (response.set_body(body), StoredResponse { status, headers, body: kept, receipt: None })
-}
-
-/// Completes the request's idempotency claim with `response`, kept for replay when its
-/// body is at most `max` bytes (`keep`), or releases it (nothing was charged: a retry
-/// runs afresh).
-pub(crate) async fn finish_claim(
-    exchange: &Exchange<'_>,
-    claim: Claim,
-    response: HttpResponse,
-    keep: bool,
-    max: usize,
-) -> HttpResponse {
-    let config = &exchange.payments.seller().idempotency;
-    if !keep {
-        idempotency::release(claim).await;
-        return response;
-    }
-    let (response, stored) = capture(response, max);
-    idempotency::complete(config, claim, stored).await;
     response
 }
 

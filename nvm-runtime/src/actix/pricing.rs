@@ -16,8 +16,8 @@
 use actix_web::{HttpRequest, HttpResponse};
 use serde::{Serialize, Serializer};
 
+use crate::actix::resource_map::{self, Registered};
 use crate::actix::route::{Mount, Route};
-use crate::actix::route_table::{self, Resource};
 use crate::error::ConfigError;
 use crate::flow::{Id, SettlePoint, Terms};
 
@@ -277,7 +277,7 @@ pub fn manifest() -> Vec<PricedRoute> {
 /// ```
 pub fn app_manifest(req: &HttpRequest) -> Vec<PricedRoute> {
     let rmap = req.resource_map();
-    let resources = route_table::resources(rmap);
+    let resources = resource_map::resources(rmap);
     let mut entries: Vec<(PricedRoute, bool)> = Vec::new();
     for route in routes() {
         let served = route.served();
@@ -326,7 +326,7 @@ pub fn app_manifest(req: &HttpRequest) -> Vec<PricedRoute> {
         // read.
         if mounts.is_empty() || resources.is_none() {
             for served in &served {
-                if route_table::is_served(rmap, resources.as_deref(), &served.pattern) {
+                if resource_map::is_served(rmap, resources.as_deref(), &served.pattern) {
                     add(Some(served.method), served.pattern.clone());
                 }
             }
@@ -348,14 +348,19 @@ fn leading_slash(path: &str) -> String {
 
 /// The full patterns of the app's resources named `name` whose pattern ends with
 /// `suffix`, each once.
-fn full_patterns(req: &HttpRequest, resources: Option<&[Resource]>, name: &str, suffix: &str) -> Vec<String> {
+fn full_patterns(
+    req: &HttpRequest,
+    resources: Option<&[Registered]>,
+    name: &str,
+    suffix: &str,
+) -> Vec<String> {
     let found: Vec<String> = match resources {
         Some(resources) => resources
             .iter()
             .filter(|r| r.name.as_deref() == Some(name) && r.pattern.ends_with(suffix))
             .map(|r| r.pattern.clone())
             .collect(),
-        None => route_table::named_pattern(req, name).filter(|p| p.ends_with(suffix)).into_iter().collect(),
+        None => resource_map::named_pattern(req, name).filter(|p| p.ends_with(suffix)).into_iter().collect(),
     };
     let mut patterns = Vec::with_capacity(found.len());
     for pattern in found {

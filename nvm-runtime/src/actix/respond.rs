@@ -303,7 +303,7 @@ fn escape_html(text: &str) -> Cow<'_, str> {
 /// The credits the request was asked (known once its route priced it; a route priced
 /// by its body knows no price before reading it).
 fn asked(req: &HttpRequest) -> Option<u64> {
-    super::context::attached(req).and_then(|state| state.asked())
+    super::state::attached(req).and_then(|state| state.asked())
 }
 
 const PAGE_STYLE: &str = "body{margin:0;font:16px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;\

@@ -25,8 +25,8 @@ use actix_web::rt::task::JoinHandle;
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 
+use super::exchange::Exchange;
 use super::payments::Payments;
-use super::paywall::Exchange;
 use crate::error::Refusal;
 use crate::flow::idempotency::Claim;
 use crate::flow::telemetry::Outcome;
@@ -112,8 +112,8 @@ impl Pending {
             let exchange = Exchange { payments: &self.payments, req: &self.req };
             let amount = self.state.amount_due();
             let settlement = flow::settle(self.payments.seller(), &exchange, &self.state, 200, None).await;
-            super::paywall::report(&self.state, actix_web::http::StatusCode::OK, &settlement);
-            let keep = super::paywall::keeps_answer(&settlement, actix_web::http::StatusCode::OK);
+            super::settlement::report(&self.state, actix_web::http::StatusCode::OK, &settlement);
+            let keep = super::settlement::keeps_answer(&settlement, actix_web::http::StatusCode::OK);
             let receipt = receipt_of(&exchange, amount, settlement);
             let last = match (&receipt, self.sse) {
                 (Some(receipt), true) => {
@@ -133,7 +133,7 @@ impl Pending {
                 let body = kept.body.filter(|_| whole).map(BytesMut::freeze).unwrap_or_default();
                 let head = kept.head.set_body(BoxBody::new(body));
                 let max = if whole { kept.max } else { 0 };
-                let _ = super::paywall::finish_claim(&exchange, kept.claim, head, keep, max).await;
+                let _ = super::settlement::finish_claim(&exchange, kept.claim, head, keep, max).await;
             }
             last
         })

@@ -261,7 +261,7 @@ enum Journal {
 /// A line of the journal file (and a value of the Redis journal).
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
-pub(crate) enum Line {
+enum Line {
     /// Written ahead of a settle call.
     Settling(PendingSettlement),
     /// A settle call of unknown outcome.
@@ -275,7 +275,7 @@ pub(crate) enum Line {
 
 /// The records of a journal, by id, in the order written.
 #[derive(Default)]
-pub(crate) struct Entries {
+struct Entries {
     order: Vec<String>,
     by_id: HashMap<String, (PendingSettlement, SettlementStatus)>,
 }
@@ -300,7 +300,7 @@ impl Entries {
         true
     }
 
-    pub(crate) fn insert(&mut self, record: PendingSettlement, status: SettlementStatus) {
+    fn insert(&mut self, record: PendingSettlement, status: SettlementStatus) {
         if !self.by_id.contains_key(&record.id) {
             self.order.push(record.id.clone());
         }
@@ -412,7 +412,7 @@ impl PendingSettlements {
             }
             Journal::File(file) => file.append(&line).await,
             #[cfg(feature = "redis")]
-            Journal::Redis(journal) => journal.write(line).await.map_err(std::io::Error::other),
+            Journal::Redis(journal) => redis_write(journal, line).await,
         }
     }
 
@@ -461,7 +461,7 @@ impl PendingSettlements {
                 let journal = journal.clone();
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
-                        if let Err(error) = journal.write(line).await {
+                        if let Err(error) = redis_write(&journal, line).await {
                             tracing::warn!(error = %crate::error::Report(&error), "a settled call's journal record could not be closed: it is taken for an unknown outcome at the next start-up");
                         }
                     });
@@ -485,7 +485,7 @@ impl PendingSettlements {
             }
             Journal::File(file) => file.read(),
             #[cfg(feature = "redis")]
-            Journal::Redis(journal) => journal.read().await.map_err(std::io::Error::other),
+            Journal::Redis(journal) => redis_read(journal).await,
         }
     }
 
@@ -529,7 +529,10 @@ impl PendingSettlements {
     pub async fn get(&self, id: &str) -> std::io::Result<Option<(PendingSettlement, SettlementStatus)>> {
         match &*self.inner {
             #[cfg(feature = "redis")]
-            Journal::Redis(journal) => journal.get(id).await.map_err(std::io::Error::other),
+            Journal::Redis(journal) => match journal.get(id).await.map_err(std::io::Error::other)? {
+                Some((value, closed)) => redis_entry(&value, closed).map(Some).map_err(std::io::Error::other),
+                None => Ok(None),
+            },
             _ => Ok(self.read().await?.0.get(id)),
         }
     }
@@ -549,7 +552,7 @@ impl PendingSettlements {
         let line = Line::Closed { id: id.to_owned(), resolution, closed_at: unix_now() };
         match &*self.inner {
             #[cfg(feature = "redis")]
-            Journal::Redis(journal) => journal.close(id, line).await.map_err(std::io::Error::other),
+            Journal::Redis(journal) => redis_close(journal, id, &line).await,
             Journal::Memory(entries) => {
                 Ok(entries.lock().unwrap_or_else(PoisonError::into_inner).apply(line))
             }
@@ -560,6 +563,80 @@ impl PendingSettlements {
 
 /// A line to append, and who to tell once it is on disk.
 type Append = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
+
+/// Writes `line` to a Redis journal: a record (settling or unknown) is set in the open
+/// hash; `Done` removes one from it; a closing resolves one.
+#[cfg(feature = "redis")]
+async fn redis_write(journal: &crate::store::redis::RedisJournal, line: Line) -> std::io::Result<()> {
+    match &line {
+        Line::Settling(record) | Line::Pending(record) => {
+            let value = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
+            journal.set(&record.id, value).await.map_err(std::io::Error::other)
+        }
+        Line::Done { id } => journal.remove(id).await.map_err(std::io::Error::other),
+        Line::Closed { id, .. } => redis_close(journal, id, &line).await.map(drop),
+    }
+}
+
+/// Resolves the open record `id` of a Redis journal with `line` (a closing).
+#[cfg(feature = "redis")]
+async fn redis_close(
+    journal: &crate::store::redis::RedisJournal,
+    id: &str,
+    line: &Line,
+) -> std::io::Result<bool> {
+    let mut closing = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+    if closing.pop() != Some(b'}') {
+        return Err(std::io::Error::other("a closing is a JSON object"));
+    }
+    journal.close(id, closing).await.map_err(std::io::Error::other)
+}
+
+/// Every record of a Redis journal, oldest first, and the values that are not records.
+#[cfg(feature = "redis")]
+async fn redis_read(journal: &crate::store::redis::RedisJournal) -> std::io::Result<(Entries, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut unreadable = Vec::new();
+    for (id, value, closed) in journal.all().await.map_err(std::io::Error::other)? {
+        match redis_entry(&value, closed) {
+            Ok(read) => found.push(read),
+            Err(error) => unreadable
+                .push(format!("{} {id}: not a pending-settlement record ({error}); skipped", journal.name())),
+        }
+    }
+    found.sort_by(|(a, _), (b, _)| a.recorded_at.cmp(&b.recorded_at).then_with(|| a.id.cmp(&b.id)));
+    let mut entries = Entries::default();
+    for (record, status) in found {
+        entries.insert(record, status);
+    }
+    Ok((entries, unreadable))
+}
+
+/// A value of a Redis journal: an open record (a line, or a bare record as an earlier
+/// version wrote it: unknown), or a closing with its record.
+#[cfg(feature = "redis")]
+fn redis_entry(
+    value: &[u8],
+    closed: bool,
+) -> Result<(PendingSettlement, SettlementStatus), serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Closing {
+        resolution: Resolution,
+        record: serde_json::Value,
+    }
+    let (record, resolution) = if closed {
+        let closing: Closing = serde_json::from_slice(value)?;
+        (closing.record, Some(closing.resolution))
+    } else {
+        (serde_json::from_slice(value)?, None)
+    };
+    let (record, status) = match serde_json::from_value::<Line>(record.clone()) {
+        Ok(Line::Settling(record)) => (record, SettlementStatus::Settling),
+        Ok(Line::Pending(record)) => (record, SettlementStatus::Unknown),
+        _ => (serde_json::from_value(record)?, SettlementStatus::Unknown),
+    };
+    Ok((record, resolution.map_or(status, SettlementStatus::Resolved)))
+}
 
 /// A journal file: one writer thread appends the lines sent to it, several per
 /// `fdatasync` when they come together (group commit), and tells each sender once its

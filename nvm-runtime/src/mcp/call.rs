@@ -358,7 +358,7 @@ where
         Settlement::Refused(refusal) => (Outcome::of(refusal), 0),
     };
     finish(outcome, settled);
-    let keep = crate::actix::paywall::keeps_answer(&settlement, actix_web::http::StatusCode::OK);
+    let keep = crate::actix::settlement::keeps_answer(&settlement, actix_web::http::StatusCode::OK);
     let plan = offer.plan_id;
     let answer = match settlement {
         Settlement::None => result,

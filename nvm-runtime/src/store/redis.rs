@@ -5,8 +5,6 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{Store, StoreError, StoreFuture};
-use crate::flow::pending::{Entries, Line};
-use crate::flow::{PendingSettlement, Resolution, SettlementStatus};
 
 /// Compare-and-set: `SET key new PX ttl` only if `key` holds `expected`.
 const REPLACE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -171,72 +169,46 @@ impl RedisJournal {
         StoreError::new(&self.name, error)
     }
 
-    fn json<T: serde::Serialize>(&self, value: &T) -> Result<Vec<u8>, StoreError> {
-        serde_json::to_vec(value).map_err(|e| StoreError::new(&self.name, e))
-    }
-
-    /// Writes `line`: a record (settling or unknown) is set in the open hash; `Done`
-    /// removes one from it; a closing is [`RedisJournal::close`].
-    pub(crate) async fn write(&self, line: Line) -> Result<(), StoreError> {
+    /// Sets the open record `id` to `value`.
+    pub(crate) async fn set(&self, id: &str, value: Vec<u8>) -> Result<(), StoreError> {
         let mut connection = self.manager.clone();
-        let command = match &line {
-            Line::Settling(record) | Line::Pending(record) => {
-                let mut command = redis::cmd("HSET");
-                command.arg(&self.open).arg(&record.id).arg(self.json(&line)?);
-                command
-            }
-            Line::Done { id } => {
-                let mut command = redis::cmd("HDEL");
-                command.arg(&self.open).arg(id);
-                command
-            }
-            Line::Closed { id, .. } => {
-                let id = id.clone();
-                return self.close(&id, line).await.map(drop);
-            }
-        };
-        command.query_async::<()>(&mut connection).await.map_err(|e| self.error(e))
-    }
-
-    /// Every record (open and resolved), and the values that are not records.
-    pub(crate) async fn read(&self) -> Result<(Entries, Vec<String>), StoreError> {
-        let mut connection = self.manager.clone();
-        let open: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        redis::cmd("HSET")
             .arg(&self.open)
-            .query_async(&mut connection)
+            .arg(id)
+            .arg(value)
+            .query_async::<()>(&mut connection)
             .await
-            .map_err(|e| self.error(e))?;
-        let closed: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
-            .arg(&self.closed)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
-        let mut entries = Entries::default();
-        let mut unreadable = Vec::new();
-        let mut found = Vec::new();
-        for (hash, values, closed) in [(&self.open, open, false), (&self.closed, closed, true)] {
-            for (id, value) in values {
-                match entry(&value, closed) {
-                    Ok(read) => found.push(read),
-                    Err(error) => unreadable.push(format!(
-                        "{} {hash} {id}: not a pending-settlement record ({error}); skipped",
-                        self.name
-                    )),
-                }
-            }
-        }
-        found.sort_by(|(a, _), (b, _)| a.recorded_at.cmp(&b.recorded_at).then_with(|| a.id.cmp(&b.id)));
-        for (record, status) in found {
-            entries.insert(record, status);
-        }
-        Ok((entries, unreadable))
+            .map_err(|e| self.error(e))
     }
 
-    /// The record `id` and where it stands.
-    pub(crate) async fn get(
-        &self,
-        id: &str,
-    ) -> Result<Option<(PendingSettlement, SettlementStatus)>, StoreError> {
+    /// Forgets the open record `id`.
+    pub(crate) async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let mut connection = self.manager.clone();
+        redis::cmd("HDEL")
+            .arg(&self.open)
+            .arg(id)
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Every record: its id, value, and whether it is closed (open ones first).
+    pub(crate) async fn all(&self) -> Result<Vec<(String, Vec<u8>, bool)>, StoreError> {
+        let mut connection = self.manager.clone();
+        let mut all = Vec::new();
+        for (hash, closed) in [(&self.open, false), (&self.closed, true)] {
+            let values: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+                .arg(hash)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+            all.extend(values.into_iter().map(|(id, value)| (id, value, closed)));
+        }
+        Ok(all)
+    }
+
+    /// The record `id`: its value, and whether it is closed.
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
         let mut connection = self.manager.clone();
         for (hash, closed) in [(&self.open, false), (&self.closed, true)] {
             let value: Option<Vec<u8>> = redis::cmd("HGET")
@@ -246,46 +218,21 @@ impl RedisJournal {
                 .await
                 .map_err(|e| self.error(e))?;
             if let Some(value) = value {
-                return entry(&value, closed).map(Some).map_err(|e| StoreError::new(&self.name, e));
+                return Ok(Some((value, closed)));
             }
         }
         Ok(None)
     }
 
-    /// Resolves the open record `id` with `line` (a closing); `true` when it was open.
-    pub(crate) async fn close(&self, id: &str, line: Line) -> Result<bool, StoreError> {
-        let mut closing = self.json(&line)?;
-        if closing.pop() != Some(b'}') {
-            return Err(StoreError::new(&self.name, std::io::Error::other("a closing is a JSON object")));
-        }
+    /// Closes the open record `id`, once: `closing` (a JSON object without its last `}`)
+    /// is stored with the record added as `"record"`. `true` when it was open.
+    pub(crate) async fn close(&self, id: &str, closing: Vec<u8>) -> Result<bool, StoreError> {
         let mut connection = self.manager.clone();
         let mut invocation = self.close.key(&self.open);
         invocation.key(&self.closed).arg(id).arg(closing);
         let closed: i64 = invocation.invoke_async(&mut connection).await.map_err(|e| self.error(e))?;
         Ok(closed == 1)
     }
-}
-
-/// A value of the journal's hashes: an open record (a line, or a bare record as an
-/// earlier version wrote it: unknown), or a closing with its record.
-fn entry(value: &[u8], closed: bool) -> Result<(PendingSettlement, SettlementStatus), serde_json::Error> {
-    #[derive(serde::Deserialize)]
-    struct Closing {
-        resolution: Resolution,
-        record: serde_json::Value,
-    }
-    let (record, resolution) = if closed {
-        let closing: Closing = serde_json::from_slice(value)?;
-        (closing.record, Some(closing.resolution))
-    } else {
-        (serde_json::from_slice(value)?, None)
-    };
-    let (record, status) = match serde_json::from_value::<Line>(record.clone()) {
-        Ok(Line::Settling(record)) => (record, SettlementStatus::Settling),
-        Ok(Line::Pending(record)) => (record, SettlementStatus::Unknown),
-        _ => (serde_json::from_value(record)?, SettlementStatus::Unknown),
-    };
-    Ok((record, resolution.map_or(status, SettlementStatus::Resolved)))
 }
 
 impl std::fmt::Debug for RedisStore {
