@@ -21,7 +21,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use nvm_runtime::Environment;
 use nvm_runtime::actix::cors::actix_cors::Cors;
 use nvm_runtime::actix::cors::payment_cors;
-use nvm_runtime::client::{MintOptions, Subscriber};
+use nvm_runtime::client::{Subscriber, TokenOptions};
 use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::wire::Accepted;
 use nvm_runtime::{Payments, paid};
@@ -108,7 +108,7 @@ fn buyer_site(local: &LocalFacilitator) -> Server {
 }
 
 async fn mint(subscriber: web::Data<Subscriber>, accepted: web::Json<Accepted>) -> HttpResponse {
-    match subscriber.mint(&accepted, &MintOptions::default()).await {
+    match subscriber.mint(&accepted, &TokenOptions::default()).await {
         Ok(token) => HttpResponse::Ok().content_type("text/plain").body(token.as_str().to_owned()),
         Err(error) => HttpResponse::BadGateway().body(error.to_string()),
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::web::ServiceConfig;
 use actix_web::{App, HttpServer, web};
-use nvm_runtime::client::{MintOptions, Subscriber};
+use nvm_runtime::client::{Subscriber, TokenOptions};
 use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::wire::SettleResponse;
 use nvm_runtime::{Payments, PaymentsBuilder};
@@ -112,7 +112,8 @@ pub async fn mint_with(
     if let Some(agent) = agent_id {
         envelope = envelope.agent_id(agent);
     }
-    let options = MintOptions { token_version: version, ..MintOptions::default() };
+    let mut options = TokenOptions::default();
+    options.token_version = version;
     let token = subscriber.mint(&envelope.build().accepts[0], &options).await.expect("mint");
     token.as_str().to_owned()
 }

@@ -43,9 +43,18 @@ use crate::wire::{
 /// ```
 pub use reqwest;
 
-/// Options of a minted token.
+/// Options of a token the [`Subscriber`] mints (not to be confused with the local
+/// facilitator's `local::MintOptions`, which mints in-process for tests).
+///
+/// ```
+/// let mut options = nvm_runtime::client::TokenOptions::default();
+/// options.token_version = Some(3);
+/// options.resource = Some("/ask".to_owned());
+/// # let _ = options;
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MintOptions {
+#[non_exhaustive]
+pub struct TokenOptions {
     /// `2` (reusable, the default) or `3` (single-use, bound to `resource`).
     pub token_version: Option<u8>,
     /// The card delegation to pay with (`nvm:card-delegation` plans).
@@ -181,7 +190,11 @@ impl Subscriber {
     }
 
     /// Mints a new access token for `accepted` (`POST /api/v1/x402/permissions`).
-    pub async fn mint(&self, accepted: &Accepted, options: &MintOptions) -> Result<AccessToken, ClientError> {
+    pub async fn mint(
+        &self,
+        accepted: &Accepted,
+        options: &TokenOptions,
+    ) -> Result<AccessToken, ClientError> {
         let request = PermissionsRequest {
             accepted: accepted.clone(),
             delegation_config: options
@@ -212,7 +225,7 @@ impl Subscriber {
         if let Some(token) = self.tokens.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
             return Ok((token.clone(), true));
         }
-        let token = self.mint(accepted, &MintOptions::default()).await?;
+        let token = self.mint(accepted, &TokenOptions::default()).await?;
         self.tokens.lock().unwrap_or_else(PoisonError::into_inner).insert(key, token.clone());
         Ok((token, false))
     }

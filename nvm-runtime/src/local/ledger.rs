@@ -9,8 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::bodies::{FacilitatorBody, PermissionsBody};
 use super::keys::{self, Secret};
-use super::wire::{FacilitatorBody, PermissionsBody};
 use super::{Calls, LocalPlan, MintOptions, PlanSpec};
 use crate::wire::{Accepted, Endpoint, Extra, SCHEME_CARD_DELEGATION, SCHEME_ERC4337, X402_VERSION};
 use crate::wire::{AccessToken, Authorization, PaymentPayload, SignedPayload, TokenHash};
@@ -177,13 +177,13 @@ enum Kind {
 }
 
 #[derive(Debug)]
-struct Rejection {
+struct Denial {
     kind: Kind,
     message: String,
 }
 
-fn reject(kind: Kind, message: impl Into<String>) -> Rejection {
-    Rejection { kind, message: message.into() }
+fn reject(kind: Kind, message: impl Into<String>) -> Denial {
+    Denial { kind, message: message.into() }
 }
 
 impl Kind {
@@ -493,7 +493,7 @@ impl State {
         Reply::Ok(json!({ "accessToken": token }))
     }
 
-    fn decode(&self, raw: &str) -> Result<Token, Rejection> {
+    fn decode(&self, raw: &str) -> Result<Token, Denial> {
         let payload = AccessToken::new(raw).decode().map_err(|e| {
             reject(Kind::Token, format!("the access token is not a base64 JSON x402 payment payload: {e}"))
         })?;
@@ -515,7 +515,7 @@ impl State {
         body: &FacilitatorBody,
         token: &Token,
         now: u64,
-    ) -> Result<Checked, Rejection> {
+    ) -> Result<Checked, Denial> {
         let payload = &token.payload;
         let authorization = &payload.payload.authorization;
         let nonce = authorization.nonce.as_deref().map(str::trim).filter(|n| !n.is_empty());
@@ -664,19 +664,19 @@ impl State {
         });
         let (checked, token) = match checked {
             Ok(ok) => ok,
-            Err(rejection) if rejection.kind == Kind::Amount => {
+            Err(denial) if denial.kind == Kind::Amount => {
                 return Reply::Error(ApiError::new(
                     400,
                     codes::BAD_REQUEST,
-                    rejection.message,
+                    denial.message,
                     "send maxAmount as a decimal string such as \"1\"",
                 ));
             }
-            Err(rejection) => {
-                let reason = rejection.kind.verify_reason();
-                tracing::debug!(token = %hash, reason, why = %rejection.message, "verify: invalid");
+            Err(denial) => {
+                let reason = denial.kind.verify_reason();
+                tracing::debug!(token = %hash, reason, why = %denial.message, "verify: invalid");
                 let mut answer =
-                    json!({ "isValid": false, "invalidReason": reason, "invalidMessage": rejection.message });
+                    json!({ "isValid": false, "invalidReason": reason, "invalidMessage": denial.message });
                 if let Ok(token) = AccessToken::new(body.x402_access_token.as_str()).decode() {
                     answer["payer"] = json!(token.payload.authorization.from.to_ascii_lowercase());
                     answer["network"] = json!(token.accepted.network);
@@ -725,12 +725,12 @@ impl State {
         let mut ledger = self.lock();
         let token = match self.decode(&body.x402_access_token) {
             Ok(token) => token,
-            Err(rejection) => {
-                tracing::debug!(token = %hash, why = %rejection.message, "settle: refused");
+            Err(denial) => {
+                tracing::debug!(token = %hash, why = %denial.message, "settle: refused");
                 return Reply::Error(ApiError::new(
                     400,
                     CODE_FORGED,
-                    rejection.message,
+                    denial.message,
                     "send the access token exactly as the subscriber minted it",
                 ));
             }
@@ -763,9 +763,9 @@ impl State {
         }
         let checked = match self.check(&ledger, caller, body, &token, keys::unix_now()) {
             Ok(checked) => checked,
-            Err(rejection) => {
-                tracing::debug!(token = %hash, why = %rejection.message, "settle: refused");
-                let (status, code, hint) = match rejection.kind {
+            Err(denial) => {
+                tracing::debug!(token = %hash, why = %denial.message, "settle: refused");
+                let (status, code, hint) = match denial.kind {
                     Kind::Token | Kind::Mismatch(_) => (
                         400,
                         CODE_FORGED,
@@ -784,8 +784,8 @@ impl State {
                         let balance = ledger.balance(&payload.accepted.plan_id, &payer);
                         return Reply::Ok(json!({
                             "success": false,
-                            "errorReason": rejection.kind.verify_reason(),
-                            "errorMessage": rejection.message,
+                            "errorReason": denial.kind.verify_reason(),
+                            "errorMessage": denial.message,
                             "payer": payer,
                             "transaction": "",
                             "network": payload.accepted.network,
@@ -795,7 +795,7 @@ impl State {
                         }));
                     }
                 };
-                return Reply::Error(ApiError::new(status, code, rejection.message, hint));
+                return Reply::Error(ApiError::new(status, code, denial.message, hint));
             }
         };
         let key = (checked.plan_id.clone(), checked.payer.clone());

@@ -50,12 +50,12 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod bodies;
 mod faults;
 mod gateway;
 mod keys;
 mod ledger;
 mod server;
-mod wire;
 
 use std::fmt;
 use std::io;

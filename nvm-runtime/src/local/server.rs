@@ -12,11 +12,11 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde::de::DeserializeOwned;
 
+use super::bodies::{FacilitatorBody, PermissionsBody};
 use super::faults::Faults;
 use super::gateway::{self, Gateway, GatewayEndpoint};
 use super::keys;
 use super::ledger::{ApiError, Reply, State, codes};
-use super::wire::{FacilitatorBody, PermissionsBody};
 use crate::wire::Endpoint;
 
 /// Request bodies larger than this are refused (tokens are at most 16 KiB).

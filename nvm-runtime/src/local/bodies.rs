@@ -45,7 +45,7 @@ pub(crate) struct FacilitatorBody {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Envelope {
     #[serde(default)]
-    pub(crate) resource: Option<Resource>,
+    pub(crate) resource: Option<ResourceBody>,
     #[serde(default)]
     pub(crate) accepts: Option<Vec<Accepted>>,
 }
@@ -62,7 +62,7 @@ impl Envelope {
 
 /// `resource` of an envelope or of a mint request.
 #[derive(Debug, Default, Deserialize)]
-pub(crate) struct Resource {
+pub(crate) struct ResourceBody {
     #[serde(default)]
     pub(crate) url: Text,
 }
@@ -109,7 +109,7 @@ pub(crate) struct PermissionsBody {
     #[serde(default)]
     pub(crate) token_version: Option<serde_json::Value>,
     #[serde(default)]
-    pub(crate) resource: Option<Resource>,
+    pub(crate) resource: Option<ResourceBody>,
 }
 
 #[cfg(test)]
