@@ -1,0 +1,79 @@
+//! [`Rejection`]: the `#[paid]` extractor's error, the response a refused request gets.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::HeaderMap;
+use actix_web::web::Bytes;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::error::Refusal;
+
+/// Why a `#[paid]` handler did not run, as its extractor's error: the typed
+/// [`Refusal`] (when the flow refused the payment) and the response it renders to, which
+/// [`ResponseError::error_response`] rebuilds on every call.
+///
+/// ```
+/// use actix_web::ResponseError;
+/// use nvm_runtime::actix::Rejection;
+///
+/// fn log(rejection: &Rejection) {
+///     match rejection.refusal() {
+///         Some(refusal) => eprintln!("refused ({}): {}", refusal.status(), refusal.error()),
+///         None => eprintln!("not served: {}", rejection.status_code()),
+///     }
+///     // As often as needed: each call builds the same response.
+///     assert_eq!(rejection.error_response().status(), rejection.error_response().status());
+/// }
+/// ```
+pub struct Rejection {
+    refusal: Option<Refusal>,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Rejection {
+    /// A rejection answered by `response`; its body is kept as bytes (a hook's
+    /// replacement response must have a buffered body).
+    pub(crate) fn new(refusal: Option<Refusal>, response: HttpResponse) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = actix_web::body::MessageBody::try_into_bytes(response.into_body()).unwrap_or_else(|_| {
+            tracing::warn!("a payment error response with a streaming body is sent without its body");
+            Bytes::new()
+        });
+        Rejection { refusal, status, headers, body }
+    }
+
+    /// The flow's refusal, or `None` when the request never reached it (no `Payments`
+    /// registered with the app).
+    pub fn refusal(&self) -> Option<&Refusal> {
+        self.refusal.as_ref()
+    }
+}
+
+impl std::fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejection").field("status", &self.status).field("refusal", &self.refusal).finish()
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.refusal {
+            Some(refusal) => write!(f, "payment not accepted ({}): {}", self.status, refusal.error()),
+            None => write!(f, "payment not accepted ({})", self.status),
+        }
+    }
+}
+
+impl ResponseError for Rejection {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::with_body(self.status, self.body.clone());
+        *response.headers_mut() = self.headers.clone();
+        response.map_into_boxed_body()
+    }
+}
