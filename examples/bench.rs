@@ -120,12 +120,13 @@ use std::time::{Duration, Instant};
 use actix_web::dev::ServerHandle;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use nvm_runtime::backend::Facilitator;
+use nvm_runtime::__private::backend::Facilitator;
+use nvm_runtime::__private::wire::FacilitatorRequest;
 use nvm_runtime::local::{Calls, DEMO_PLAN_ID, LocalFacilitator, MintOptions};
 use nvm_runtime::mcp::McpService;
 use nvm_runtime::store::RedisStore;
 use nvm_runtime::wire::PaymentRequired;
-use nvm_runtime::wire::{Amount, FacilitatorRequest, SettleResponse};
+use nvm_runtime::wire::{Amount, SettleResponse};
 use nvm_runtime::{Idempotency, Payments, PendingSettlements, paid};
 use rmcp::handler::server::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -1156,7 +1157,8 @@ async fn close_session(addr: SocketAddr, session: &Session) -> Result<(), String
 
 /// A token as `_meta["x402/payment"]` carries it: its decoded payment payload (JSON).
 fn payment_json(token: &str) -> Result<String, String> {
-    let bytes = nvm_runtime::wire::codec::decode_base64(token).map_err(|e| format!("minted token: {e}"))?;
+    let bytes = nvm_runtime::__private::wire::codec::decode_base64(token)
+        .map_err(|e| format!("minted token: {e}"))?;
     let payload: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("minted token is not JSON: {e}"))?;
     Ok(payload.to_string())
@@ -1426,8 +1428,9 @@ fn run(settings: &Settings) -> Result<bool, String> {
     let token = local.mint_token(MintOptions::new());
 
     let key = local.builder_api_key().parse().map_err(|e| format!("builder key: {e}"))?;
-    let facilitator = Facilitator::new(local.backend_url(), &key, nvm_runtime::backend::DEFAULT_TIMEOUT)
-        .map_err(|e| e.to_string())?;
+    let facilitator =
+        Facilitator::new(local.backend_url(), &key, nvm_runtime::__private::backend::DEFAULT_TIMEOUT)
+            .map_err(|e| e.to_string())?;
     // The servers of the sections that run (in the order of Kind::ALL), and Redis when
     // one of them needs it: dropped (killed) when `run` returns.
     let (third, fourth, fifth) = (settings.idempotency, settings.mcp, settings.journal);

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{HttpResponse, post, web};
+use nvm_runtime::__private::wire::CODE_SPENT;
 use nvm_runtime::client::{ClientError, PaidResponse, PayingClient, PaymentOutcome, Subscriber};
 use nvm_runtime::local::{Calls, Endpoint, Fault, LocalFacilitator};
-use nvm_runtime::wire::CODE_SPENT;
 use nvm_runtime::{PaymentsBuilder, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, payments_for, serve};
 

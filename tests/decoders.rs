@@ -23,13 +23,15 @@ use std::time::Duration;
 use actix_web::{HttpResponse, post, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use nvm_runtime::__private::backend::ApiKey;
+use nvm_runtime::__private::wire::codec::{self, DecodeError, MAX_HEADER_LEN};
+use nvm_runtime::__private::wire::{
+    Authorization, CODE_SPENT, PaymentPayload, ResourceBinding, SignedPayload,
+};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::backend::ApiKey;
 use nvm_runtime::local::{LocalFacilitator, MintOptions, PlanSpec};
-use nvm_runtime::wire::codec::{self, DecodeError, MAX_HEADER_LEN};
 use nvm_runtime::wire::{Accepted, Extra, PaymentRequired, Resource};
-use nvm_runtime::wire::{AccessToken, Authorization, PaymentPayload, SignedPayload};
-use nvm_runtime::wire::{Amount, CODE_SPENT, ResourceBinding, SettleResponse};
+use nvm_runtime::wire::{AccessToken, Amount, SettleResponse};
 use nvm_runtime::{Environment, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, payments_for, serve};
 use proptest::prelude::*;
@@ -680,7 +682,14 @@ proptest! {
         prop_assert_eq!(key.prefix(), Some(prefix));
         // `"o11y": null` counts as absent, as the Python SDK reads it.
         prop_assert_eq!(key.has_o11y(), o11y.is_some_and(|v| !v.is_null()));
-        prop_assert_eq!(key.environment(), Environment::from_key_prefix(prefix));
+        let expected = match prefix.to_ascii_lowercase().as_str() {
+            "sandbox" => Some(Environment::Sandbox),
+            "live" => Some(Environment::Live),
+            "sandbox-staging" => Some(Environment::StagingSandbox),
+            "live-staging" => Some(Environment::StagingLive),
+            _ => None,
+        };
+        prop_assert_eq!(key.environment(), expected);
         prop_assert_eq!(key.expose(), raw.as_str());
         let debug = format!("{key:?}");
         prop_assert!(!debug.contains(&payload) && !debug.contains(&raw), "{}", debug);

@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, get};
-use nvm_runtime::backend::ApiKey;
-use nvm_runtime::backend::Facilitator;
+use nvm_runtime::__private::backend::ApiKey;
+use nvm_runtime::__private::backend::Facilitator;
+use nvm_runtime::__private::wire::FacilitatorRequest;
 use nvm_runtime::local::{Calls, Endpoint, Fault, LocalFacilitator, MintOptions};
 use nvm_runtime::paid;
-use nvm_runtime::wire::FacilitatorRequest;
 use nvm_runtime::wire::PaymentRequired;
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, http, mint, payments_for, receipt, serve};
 

@@ -303,7 +303,7 @@ fn answer_of(text: &str, id: u64) -> Value {
 
 /// The decoded payment payload of a token, for `_meta["x402/payment"]`.
 fn payload(token: &str) -> Value {
-    let bytes = nvm_runtime::wire::codec::decode_base64(token).expect("base64 token");
+    let bytes = nvm_runtime::__private::wire::codec::decode_base64(token).expect("base64 token");
     serde_json::from_slice(&bytes).expect("JSON payload")
 }
 
@@ -599,7 +599,7 @@ fn bad_payment() -> impl Strategy<Value = (Option<Value>, Option<String>)> {
         // A header token that is not base64 JSON.
         "[!-~]{1,60}"
             .prop_filter("not base64 JSON", |s| {
-                nvm_runtime::wire::codec::decode_json_header::<Value>(s).is_err()
+                nvm_runtime::__private::wire::codec::decode_json_header::<Value>(s).is_err()
             })
             .prop_map(|s| (None, Some(s))),
         // Base64 of a JSON array.

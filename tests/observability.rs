@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, post, web};
-use nvm_runtime::backend::ApiKey;
+use nvm_runtime::__private::backend::ApiKey;
 use nvm_runtime::local::{CANNED_COMPLETION, Fault, GatewayCall, GatewayEndpoint, LocalFacilitator};
 use nvm_runtime::observability::async_openai::Client as OpenAiClient;
 use nvm_runtime::observability::async_openai::types::chat::{

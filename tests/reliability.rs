@@ -520,7 +520,7 @@ async fn permissions_faults_fail_the_paying_client_within_its_timeout() {
 fn a_disconnect_closes_the_connection_without_a_byte() {
     use std::io::{Read, Write};
     let local = LocalFacilitator::start().expect("local facilitator");
-    for endpoint in Endpoint::ALL {
+    for endpoint in [Endpoint::Verify, Endpoint::Settle, Endpoint::Permissions, Endpoint::Plans] {
         local.inject(endpoint, Fault::Disconnect);
     }
     let addr = local.backend_url().trim_start_matches("http://").to_owned();

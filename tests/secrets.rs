@@ -17,14 +17,14 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use actix_web::{HttpResponse, post, web};
+use nvm_runtime::__private::backend::ApiKey;
+use nvm_runtime::__private::backend::Facilitator;
+use nvm_runtime::__private::wire::{FacilitatorRequest, PermissionsResponse};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::backend::ApiKey;
-use nvm_runtime::backend::Facilitator;
 use nvm_runtime::client::{PayingClient, Subscriber};
 use nvm_runtime::local::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator, MintOptions};
 use nvm_runtime::observability::{LlmCall, Usage};
 use nvm_runtime::wire::AccessToken;
-use nvm_runtime::wire::{FacilitatorRequest, PermissionsResponse};
 use nvm_runtime::{PaymentContext, Payments, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, TestServer, http, payments_for, serve};
 
@@ -87,7 +87,7 @@ fn forms_of(secret: &str) -> Vec<String> {
     // A token: its signature, as hex and as the base64 characters that carry it.
     if let Ok(payload) = AccessToken::new(secret).decode() {
         let signature = payload.payload.signature.clone();
-        let json = nvm_runtime::wire::codec::decode_base64(secret).unwrap_or_default();
+        let json = nvm_runtime::__private::wire::codec::decode_base64(secret).unwrap_or_default();
         let start = json.windows(signature.len()).position(|w| w == signature.as_bytes());
         if let Some(start) = start.filter(|_| signature.len() >= 16) {
             let (from, to) = (start.div_ceil(3) * 4, (start + signature.len()) / 3 * 4);

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvm_runtime::wire::codec::{self, DecodeError, MAX_HEADER_LEN};
+use nvm_runtime::__private::wire::codec::{self, DecodeError, MAX_HEADER_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let input = String::from_utf8_lossy(data);

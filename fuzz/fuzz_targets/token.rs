@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvm_runtime::backend::ApiKey;
+use nvm_runtime::__private::backend::ApiKey;
 use nvm_runtime::wire::AccessToken;
 
 fuzz_target!(|data: &[u8]| {

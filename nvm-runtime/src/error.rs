@@ -399,7 +399,7 @@ impl PaymentError {
 /// Why a request is not served as paid, as a value the web layer renders.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// 402: the payment is missing or at fault; the envelope says what to pay, and a
     /// failed settlement's receipt goes with it.
     PaymentRequired {
@@ -449,21 +449,12 @@ impl Refusal {
     }
 
     /// The error behind the refusal.
-    pub fn error(&self) -> &PaymentError {
+    pub(crate) fn error(&self) -> &PaymentError {
         match self {
             Refusal::PaymentRequired { error, .. }
             | Refusal::OutcomeUnknown { error, .. }
             | Refusal::StillPending(error)
             | Refusal::Failed(error) => error,
-        }
-    }
-
-    /// The HTTP status it answers with: 402, or the error's (500, 400, 413).
-    pub fn status(&self) -> u16 {
-        match self {
-            Refusal::PaymentRequired { .. } => 402,
-            Refusal::OutcomeUnknown { .. } => 402,
-            Refusal::StillPending(error) | Refusal::Failed(error) => error.status(),
         }
     }
 }

@@ -30,7 +30,7 @@
 
 // The layers, lowest first: each module imports only from those above it.
 pub mod actix;
-pub mod backend;
+mod backend;
 pub mod error;
 mod flow;
 pub mod observability;

@@ -6,9 +6,9 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use nvm_runtime::backend::Facilitator;
+use nvm_runtime::__private::backend::Facilitator;
+use nvm_runtime::__private::wire::FacilitatorRequest;
 use nvm_runtime::error::{FacilitatorError, Unavailable};
-use nvm_runtime::wire::FacilitatorRequest;
 use nvm_runtime::wire::PaymentRequired;
 
 const TIMEOUT: Duration = Duration::from_millis(400);
@@ -154,7 +154,7 @@ async fn a_500_is_unavailable_but_a_refusal_is_the_payments_fault() {
 /// been carried out; its answer did not come back whole).
 #[actix_web::test]
 async fn settle_outcomes_tell_refused_from_unknown() {
-    use nvm_runtime::backend::SettleOutcome;
+    use nvm_runtime::__private::backend::SettleOutcome;
 
     let dead = {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

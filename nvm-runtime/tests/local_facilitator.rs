@@ -6,17 +6,16 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nvm_runtime::backend::ApiKey;
-use nvm_runtime::backend::Facilitator;
+use nvm_runtime::__private::backend::{ApiKey, Facilitator};
+use nvm_runtime::__private::wire::codec;
+use nvm_runtime::__private::wire::{
+    CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, FacilitatorRequest, PermissionsRequest, ResourceBinding,
+};
 use nvm_runtime::error::{FacilitatorError, Unavailable};
 use nvm_runtime::local::{Calls, LocalFacilitator, LocalInfo, MintOptions, PlanSpec};
 use nvm_runtime::wire::AccessToken;
 use nvm_runtime::wire::PaymentRequired;
-use nvm_runtime::wire::codec;
-use nvm_runtime::wire::{
-    CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, FacilitatorRequest, PermissionsRequest, ResourceBinding,
-    SettleResponse, VerifyResponse,
-};
+use nvm_runtime::wire::{SettleResponse, VerifyResponse};
 
 const NETWORK: &str = "eip155:84532";
 
@@ -123,9 +122,10 @@ async fn mints_verifies_and_settles_over_http() {
     let agent_request = verified.agent_request.as_ref().expect("agentRequest");
     assert_eq!(agent_request.agent_id.as_deref(), Some(local.agent_id()));
     assert!(agent_request.agent_name.is_some());
-    assert_eq!(agent_request.batch, Some(serde_json::json!(false)));
-    assert_eq!(agent_request.url_matching, Some(serde_json::json!("/ask")));
-    assert_eq!(agent_request.verb_matching, Some(serde_json::json!("POST")));
+    let json = serde_json::to_value(agent_request).expect("serialises");
+    assert_eq!(json["batch"], serde_json::json!(false));
+    assert_eq!(json["urlMatching"], serde_json::json!("/ask"));
+    assert_eq!(json["verbMatching"], serde_json::json!("POST"));
     let balance = agent_request.balance.as_ref().expect("balance");
     assert_eq!(balance.plan_id.as_deref(), Some(local.plan_id()));
     assert_eq!(balance.plan_type.as_deref(), Some("credits"));

@@ -89,10 +89,6 @@ impl<F> ByBody<F> {
     }
 }
 
-/// Marks the body-priced form of [`CreditsSource`].
-#[derive(Debug)]
-pub enum BodyFn {}
-
 impl<F> CreditsSource<BodyFn> for ByBody<F>
 where
     F: Fn(&HttpRequest, &[u8]) -> u64,
@@ -106,18 +102,36 @@ where
     }
 }
 
-/// Marks the `u64` form of [`CreditsSource`].
-#[derive(Debug)]
-pub enum Fixed {}
-/// Marks the synchronous-function form of [`CreditsSource`].
-#[derive(Debug)]
-pub enum SyncFn {}
-/// Marks the async-function form of [`CreditsSource`].
-#[derive(Debug)]
-pub enum AsyncFn {}
+use self::sealed::{AsyncFn, BodyFn, Fixed, Sealed, SyncFn};
 
-/// What `credits = …` accepts. The marker `M` keeps the three forms apart; it is
-/// inferred.
+/// The forms `credits = …` takes, closed to this crate: a new form is a new release, never
+/// an impl elsewhere.
+mod sealed {
+    /// Implemented exactly where [`CreditsSource`](super::CreditsSource) is.
+    pub trait Sealed<M> {}
+
+    /// Marks the `u64` form.
+    #[derive(Debug)]
+    pub enum Fixed {}
+    /// Marks the synchronous-function form.
+    #[derive(Debug)]
+    pub enum SyncFn {}
+    /// Marks the async-function form.
+    #[derive(Debug)]
+    pub enum AsyncFn {}
+    /// Marks the body-priced form.
+    #[derive(Debug)]
+    pub enum BodyFn {}
+
+    impl Sealed<Fixed> for u64 {}
+    impl<F: Fn(&actix_web::HttpRequest) -> u64> Sealed<SyncFn> for F {}
+    impl<F: std::ops::AsyncFn(&actix_web::HttpRequest) -> u64> Sealed<AsyncFn> for F {}
+    impl<F: Fn(&actix_web::HttpRequest, &[u8]) -> u64> Sealed<BodyFn> for super::ByBody<F> {}
+}
+
+/// What `credits = …` accepts: a `u64`, a function of the request (sync or async), or
+/// [`by_body`]. The marker `M` keeps the forms apart; it is inferred. Sealed: the forms
+/// are this crate's.
 ///
 /// ```
 /// use actix_web::HttpRequest;
@@ -136,7 +150,7 @@ pub enum AsyncFn {}
     label = "expected a `u64`, or a function of `&HttpRequest` returning `u64`",
     note = "write `credits = 3`, `credits = PRICE` (a `const PRICE: u64`), `credits = |req: &HttpRequest| -> u64 {{ … }}`, `credits = async |req: &HttpRequest| -> u64 {{ … }}`, or the name of a `fn`/`async fn` taking `&HttpRequest` and returning `u64`"
 )]
-pub trait CreditsSource<M> {
+pub trait CreditsSource<M>: Sealed<M> {
     /// The credits for this request (called by the flow; not part of the public API).
     #[doc(hidden)]
     fn resolve<'a>(self, req: &'a HttpRequest) -> CreditsFuture<'a>

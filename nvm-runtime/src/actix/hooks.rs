@@ -21,7 +21,7 @@ type OnPaymentError = dyn Fn(&HttpRequest, &PaymentError) -> Option<HttpResponse
 /// The hooks of a [`Payments`](crate::Payments) configuration; set them through its
 /// builder.
 #[derive(Clone, Default)]
-pub struct Hooks {
+pub(crate) struct Hooks {
     pub(crate) before_verify: Option<Arc<BeforeVerify>>,
     pub(crate) after_verify: Option<Arc<AfterVerify>>,
     pub(crate) after_settle: Option<Arc<AfterSettle>>,

@@ -22,7 +22,8 @@ mod state;
 mod stream;
 
 pub use context::{ChargeError, NotPaid, PaymentContext};
-pub use hooks::Hooks;
+#[cfg(feature = "mcp")]
+pub(crate) use hooks::Hooks;
 pub use middleware::{PaymentMiddleware, PaymentService, RouteConfig};
-pub use payments::{DEFAULT_TOKEN_HEADER, Payments, PaymentsBuilder};
+pub use payments::{Payments, PaymentsBuilder};
 pub use rejection::Rejection;

@@ -33,7 +33,7 @@ pub(crate) struct DeclaredRoute {
 }
 
 /// The default token header.
-pub const DEFAULT_TOKEN_HEADER: &str = "payment-signature";
+pub(crate) const DEFAULT_TOKEN_HEADER: &str = "payment-signature";
 
 /// What a retry of a call whose settlement is still pending is told to wait, by default.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -147,8 +147,7 @@ impl Payments {
         self.inner.api_key.account()
     }
 
-    /// The facilitator client.
-    pub fn facilitator(&self) -> &Facilitator {
+    pub(crate) fn facilitator(&self) -> &Facilitator {
         &self.inner.seller.facilitator
     }
 
@@ -156,19 +155,8 @@ impl Payments {
         &self.inner.seller
     }
 
-    /// The headers an access token is read from, first non-empty wins.
-    pub fn token_headers(&self) -> &[HeaderName] {
+    pub(crate) fn token_headers(&self) -> &[HeaderName] {
         &self.inner.token_headers
-    }
-
-    /// Whether a response is delivered even when its settlement failed.
-    pub fn delivers_on_settle_failure(&self) -> bool {
-        self.inner.seller.deliver_on_settle_failure
-    }
-
-    /// How idempotent calls are remembered (see [`PaymentsBuilder::idempotency`]).
-    pub fn idempotency(&self) -> &Idempotency {
-        &self.inner.seller.idempotency
     }
 
     pub(crate) fn hooks(&self) -> &Hooks {
@@ -576,7 +564,6 @@ impl PaymentsBuilder {
     ///     .idempotency(Idempotency::disabled())
     ///     .build()
     ///     .unwrap();
-    /// assert!(!payments.idempotency().is_enabled());
     /// ```
     pub fn idempotency(mut self, idempotency: Idempotency) -> Self {
         self.idempotency = Some(idempotency);

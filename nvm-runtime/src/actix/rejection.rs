@@ -5,19 +5,19 @@ use actix_web::http::header::HeaderMap;
 use actix_web::web::Bytes;
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::error::Refusal;
+use crate::error::{PaymentError, Refusal};
 
 /// Why a `#[paid]` handler did not run, as its extractor's error: the typed
-/// [`Refusal`] (when the flow refused the payment) and the response it renders to, which
-/// [`ResponseError::error_response`] rebuilds on every call.
+/// [`PaymentError`] (when the flow refused the payment) and the response it renders to,
+/// which [`ResponseError::error_response`] rebuilds on every call.
 ///
 /// ```
 /// use actix_web::ResponseError;
 /// use nvm_runtime::actix::Rejection;
 ///
 /// fn log(rejection: &Rejection) {
-///     match rejection.refusal() {
-///         Some(refusal) => eprintln!("refused ({}): {}", refusal.status(), refusal.error()),
+///     match rejection.payment_error() {
+///         Some(error) => eprintln!("refused ({}): {error}", error.status()),
 ///         None => eprintln!("not served: {}", rejection.status_code()),
 ///     }
 ///     // As often as needed: each call builds the same response.
@@ -44,10 +44,10 @@ impl Rejection {
         Rejection { refusal, status, headers, body }
     }
 
-    /// The flow's refusal, or `None` when the request never reached it (no `Payments`
-    /// registered with the app).
-    pub fn refusal(&self) -> Option<&Refusal> {
-        self.refusal.as_ref()
+    /// Why the flow refused the payment, or `None` when the request never reached it (no
+    /// `Payments` registered with the app).
+    pub fn payment_error(&self) -> Option<&PaymentError> {
+        self.refusal.as_ref().map(Refusal::error)
     }
 }
 

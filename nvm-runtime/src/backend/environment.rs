@@ -25,7 +25,7 @@ pub enum Environment {
 
 impl Environment {
     /// The backend base URL (for [`Environment::Custom`], the default one).
-    pub fn backend_url(self) -> &'static str {
+    pub(crate) fn backend_url(self) -> &'static str {
         match self {
             Environment::Sandbox => "https://api.sandbox.nevermined.app",
             Environment::Live => "https://api.live.nevermined.app",
@@ -39,13 +39,7 @@ impl Environment {
     /// official SDKs name it: `https://helicone.nevermined.dev` for the hosted
     /// environments, `http://localhost:8585` for [`Environment::Custom`] (where
     /// `HELICONE_URL` overrides it).
-    ///
-    /// ```
-    /// use nvm_runtime::Environment;
-    /// assert_eq!(Environment::Live.helicone_url(), "https://helicone.nevermined.dev");
-    /// assert_eq!(Environment::Custom.helicone_url(), "http://localhost:8585");
-    /// ```
-    pub fn helicone_url(self) -> &'static str {
+    pub(crate) fn helicone_url(self) -> &'static str {
         match self {
             Environment::Custom => "http://localhost:8585",
             _ => "https://helicone.nevermined.dev",
@@ -53,7 +47,7 @@ impl Environment {
     }
 
     /// The default network of the `nvm:erc4337` scheme.
-    pub fn default_network(self) -> &'static str {
+    pub(crate) fn default_network(self) -> &'static str {
         match self {
             Environment::Live | Environment::StagingLive => "eip155:8453",
             _ => "eip155:84532",
@@ -62,14 +56,7 @@ impl Environment {
 
     /// The environment an API key prefix selects (`sandbox`, `live`, `sandbox-staging`,
     /// `live-staging`, any case).
-    ///
-    /// ```
-    /// use nvm_runtime::Environment;
-    /// assert_eq!(Environment::from_key_prefix("Sandbox"), Some(Environment::Sandbox));
-    /// assert_eq!(Environment::from_key_prefix("live-staging"), Some(Environment::StagingLive));
-    /// assert_eq!(Environment::from_key_prefix("local"), None);
-    /// ```
-    pub fn from_key_prefix(prefix: &str) -> Option<Self> {
+    pub(crate) fn from_key_prefix(prefix: &str) -> Option<Self> {
         match prefix.to_ascii_lowercase().as_str() {
             "sandbox" => Some(Environment::Sandbox),
             "live" => Some(Environment::Live),
@@ -119,7 +106,7 @@ impl FromStr for Environment {
 /// `Debug` shows only the account, never the key.
 ///
 /// ```
-/// use nvm_runtime::backend::ApiKey;
+/// use nvm_runtime::__private::backend::ApiKey;
 /// // header {"alg":"none"}, payload {"sub":"0xabc","o11y":"k"}
 /// let key: ApiKey = "sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.".parse().unwrap();
 /// assert_eq!(key.account(), "0xabc");
@@ -165,7 +152,7 @@ impl ApiKey {
     /// (`Helicone-Auth: Bearer <it>`). A secret, like the key: never log it.
     ///
     /// ```
-    /// use nvm_runtime::backend::ApiKey;
+    /// use nvm_runtime::__private::backend::ApiKey;
     /// // payload {"sub":"0xabc","o11y":"k"}
     /// let key: ApiKey = "sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.".parse().unwrap();
     /// assert_eq!(key.observability_key(), Some("k"));

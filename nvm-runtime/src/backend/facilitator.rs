@@ -33,7 +33,7 @@ const VERIFY_ATTEMPTS: u32 = 2;
 ///
 /// ```
 /// use std::time::Duration;
-/// use nvm_runtime::backend::Facilitator;
+/// use nvm_runtime::__private::backend::Facilitator;
 ///
 /// let key = "local:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.".parse().unwrap();
 /// let facilitator = Facilitator::new("http://127.0.0.1:3001", &key, Duration::from_secs(5)).unwrap();
@@ -246,7 +246,7 @@ impl Facilitator {
 /// What a settle call tells the seller: the three cases it must treat apart.
 ///
 /// ```
-/// use nvm_runtime::backend::SettleOutcome;
+/// use nvm_runtime::__private::backend::SettleOutcome;
 /// use nvm_runtime::wire::SettleResponse;
 ///
 /// let mut answered = SettleResponse::default();

@@ -33,7 +33,7 @@ impl PlanScheme {
     /// anything else is `nvm:erc4337` on `default_network`.
     ///
     /// ```
-    /// use nvm_runtime::backend::PlanScheme;
+    /// use nvm_runtime::__private::backend::PlanScheme;
     /// let fiat = serde_json::json!({"registry":{"price":{"isCrypto":false}},"metadata":{"plan":{"fiatPaymentProvider":"braintree"}}});
     /// assert_eq!(&*PlanScheme::from_metadata(&fiat, "eip155:84532").network, "braintree");
     /// let crypto = serde_json::json!({"registry":{"price":{"isCrypto":true}}});

@@ -60,7 +60,6 @@ const POLL: Duration = Duration::from_millis(20);
 ///     .idempotency(idempotency)
 ///     .build()
 ///     .unwrap();
-/// assert!(payments.idempotency().is_enabled());
 /// ```
 #[derive(Clone)]
 pub struct Idempotency {

@@ -44,18 +44,18 @@ use super::LocalFacilitator;
 
 /// The longest a [`Fault::Hang`] holds a call before giving up (so a forgotten fault
 /// cannot keep a server thread busy forever).
-pub const HANG_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const HANG_LIMIT: Duration = Duration::from_secs(30);
 
 /// How often a hanging call looks whether its fault was cleared.
 const HANG_POLL: Duration = Duration::from_millis(10);
 
-pub use crate::wire::Endpoint;
+pub use crate::wire::endpoints::Endpoint;
 
 /// How a faulted endpoint misbehaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Never answers: the call is held until the fault is cleared, the server stops, or
-    /// [`HANG_LIMIT`] passes (then it answers 504), whichever comes first.
+    /// 30 s pass (then it answers 504), whichever comes first.
     Hang,
     /// Answers normally, after this delay (the call is carried out after the delay).
     Delay(Duration),

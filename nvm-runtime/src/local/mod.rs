@@ -68,7 +68,7 @@ use self::faults::Faults;
 use self::ledger::State;
 use self::server::Running;
 
-pub use self::faults::{Endpoint, Fault, HANG_LIMIT};
+pub use self::faults::{Endpoint, Fault};
 pub use self::gateway::{CANNED_COMPLETION, GatewayCall, GatewayEndpoint};
 
 /// The starting balance of the demo subscriber.
@@ -80,6 +80,7 @@ pub use self::gateway::{CANNED_COMPLETION, GatewayCall, GatewayEndpoint};
 /// assert_eq!(local.balance(local.plan_id(), local.subscriber_address()), DEFAULT_CREDITS);
 /// # Ok::<(), std::io::Error>(())
 /// ```
+#[doc(hidden)]
 pub const DEFAULT_CREDITS: u64 = 100;
 
 /// The id of the default plan of every local facilitator: fixed, so code and tests can
@@ -138,6 +139,7 @@ impl fmt::Debug for LocalFacilitator {
 /// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[doc(hidden)]
 pub struct LocalInfo {
     /// `http://127.0.0.1:<port>`, for `NVM_BACKEND_URL`.
     pub backend_url: String,
@@ -194,6 +196,7 @@ impl Calls {
     /// assert_eq!(calls.of(Endpoint::Settle), 2);
     /// assert_eq!(calls.of(Endpoint::Verify), 0);
     /// ```
+    #[doc(hidden)]
     pub fn of(&self, endpoint: Endpoint) -> u64 {
         match endpoint {
             Endpoint::Verify => self.verify,
@@ -298,6 +301,7 @@ impl LocalFacilitatorBuilder {
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
+#[doc(hidden)]
 pub struct PlanSpec {
     id: Option<String>,
     name: String,
@@ -396,6 +400,7 @@ impl PlanSpec {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[doc(hidden)]
 pub struct LocalPlan {
     /// The plan id (a 256-bit decimal number).
     pub plan_id: String,
@@ -416,6 +421,7 @@ pub struct LocalPlan {
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
+#[doc(hidden)]
 pub struct MintOptions {
     plan_id: Option<String>,
     agent_id: Option<Option<String>>,
@@ -687,7 +693,7 @@ impl LocalFacilitator {
     ///
     /// ```
     /// let local = nvm_runtime::local::LocalFacilitator::start()?;
-    /// let key: nvm_runtime::backend::ApiKey = local.builder_api_key().parse().unwrap();
+    /// let key: nvm_runtime::__private::backend::ApiKey = local.builder_api_key().parse().unwrap();
     /// assert_eq!(key.account(), local.builder_address());
     /// assert!(key.has_o11y());
     /// # Ok::<(), std::io::Error>(())
@@ -700,7 +706,7 @@ impl LocalFacilitator {
     ///
     /// ```
     /// let local = nvm_runtime::local::LocalFacilitator::start()?;
-    /// let key: nvm_runtime::backend::ApiKey = local.subscriber_api_key().parse().unwrap();
+    /// let key: nvm_runtime::__private::backend::ApiKey = local.subscriber_api_key().parse().unwrap();
     /// assert_eq!(key.account(), local.subscriber_address());
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -737,6 +743,7 @@ impl LocalFacilitator {
     /// assert_eq!(local.info().backend_url, local.backend_url());
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[doc(hidden)]
     pub fn info(&self) -> &LocalInfo {
         &self.info
     }
@@ -748,6 +755,7 @@ impl LocalFacilitator {
     /// assert_eq!(local.builder_address().len(), 42);
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[doc(hidden)]
     pub fn builder_address(&self) -> &str {
         &self.state.builder_address
     }
@@ -759,6 +767,7 @@ impl LocalFacilitator {
     /// assert!(local.subscriber_address().starts_with("0x"));
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[doc(hidden)]
     pub fn subscriber_address(&self) -> &str {
         &self.state.subscriber_address
     }
@@ -815,6 +824,7 @@ impl LocalFacilitator {
     /// # let _ = theirs;
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[doc(hidden)]
     pub fn add_account(&self) -> (String, String) {
         self.state.new_account()
     }
@@ -830,6 +840,7 @@ impl LocalFacilitator {
     /// assert_ne!(card.plan_id, local.plan_id());
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[doc(hidden)]
     pub fn add_plan(&self, spec: PlanSpec) -> LocalPlan {
         self.state.add_plan(spec)
     }
@@ -849,6 +860,7 @@ impl LocalFacilitator {
     /// assert!(payload.is_single_use());
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[doc(hidden)]
     pub fn mint_token(&self, options: MintOptions) -> String {
         self.state.mint(&options)
     }
@@ -911,11 +923,13 @@ impl LocalFacilitator {
     /// local.clear_gateway_faults();
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[doc(hidden)]
     pub fn inject_gateway(&self, endpoint: GatewayEndpoint, fault: Fault) {
         self.gateway.inject(endpoint, fault);
     }
 
     /// Clears the stand-in gateway's faults.
+    #[doc(hidden)]
     pub fn clear_gateway_faults(&self) {
         self.gateway.clear();
     }

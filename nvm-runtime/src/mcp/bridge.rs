@@ -16,7 +16,7 @@ use super::call::Settings;
 use crate::actix::Payments;
 
 /// The most bytes of one MCP request read by default: 4 MiB.
-pub const DEFAULT_MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
 
 /// An rmcp server (its tools paid with `#[paid]` or [`PaidTools`](super::PaidTools))
 /// served by the actix-web app, at the path of [`McpService::resource`].

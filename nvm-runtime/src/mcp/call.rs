@@ -23,9 +23,9 @@ use crate::flow::{self, Admission, Host, Kept, Offer, PaymentState, PendingSettl
 use crate::wire::{IDEMPOTENCY_KEY, PaymentRequired, SettleResponse, VerifyResponse};
 
 /// The `_meta` key of the buyer's payment: the decoded x402 `PaymentPayload`.
-pub const PAYMENT_META: &str = "x402/payment";
+pub(crate) const PAYMENT_META: &str = "x402/payment";
 /// The most bytes of a `_meta["x402/payment"]` value, as compact JSON: 64 KiB.
-pub const MAX_PAYMENT_META_LEN: usize = 64 * 1024;
+pub(crate) const MAX_PAYMENT_META_LEN: usize = 64 * 1024;
 /// The x402 extension whose `info.id` is an idempotency key.
 const PAYMENT_IDENTIFIER: &str = "payment-identifier";
 

@@ -48,12 +48,11 @@ mod call;
 mod render;
 mod tools;
 
-pub use bridge::{DEFAULT_MAX_REQUEST_BODY, McpService};
+pub use bridge::McpService;
 #[doc(hidden)]
 pub use call::PaidCall;
-pub use call::{MAX_PAYMENT_META_LEN, PAYMENT_META, ToolCall};
-pub use render::{CREDITS_META, PAYMENT_RESPONSE_META, REPLAYED_META};
+pub use call::ToolCall;
 pub(crate) use tools::terms;
-pub use tools::{ByArguments, PRICE_META, PaidTools, PerCall, PricedTool, ToolConfig, ToolCredits, manifest};
 #[doc(hidden)]
-pub use tools::{PaidTool, ToolAnswer, ToolEntry, by_arguments, resolve_credits, serve};
+pub use tools::{PaidTool, ToolAnswer, ToolCredits, ToolEntry, by_arguments, resolve_credits, serve};
+pub use tools::{PaidTools, PricedTool, ToolConfig, manifest};

@@ -10,11 +10,11 @@ use crate::flow::idempotency::StoredResponse;
 use crate::wire::SettleResponse;
 
 /// The `_meta` key of the settlement's receipt (x402's MCP transport).
-pub const PAYMENT_RESPONSE_META: &str = "x402/payment-response";
+pub(crate) const PAYMENT_RESPONSE_META: &str = "x402/payment-response";
 /// The `_meta` key of Nevermined's credits receipt (what Nevermined's MCP buyers read).
-pub const CREDITS_META: &str = "nevermined/credits";
+pub(crate) const CREDITS_META: &str = "nevermined/credits";
 /// The `_meta` key marking a result replayed for an idempotent retry.
-pub const REPLAYED_META: &str = "nevermined/idempotent-replayed";
+pub(crate) const REPLAYED_META: &str = "nevermined/idempotent-replayed";
 
 /// The tool result of a refusal: the `PaymentRequired` object (its `error` says why) in
 /// `structuredContent` and as the text of `content[0]`, `isError: true`; a failed

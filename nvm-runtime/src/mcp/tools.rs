@@ -16,7 +16,7 @@ use crate::error::ConfigError;
 use crate::flow::{Id, Terms};
 
 /// The `_meta` key under which `tools/list` shows a paid tool's price.
-pub const PRICE_META: &str = "nevermined/price";
+pub(crate) const PRICE_META: &str = "nevermined/price";
 
 /// What a tool call costs.
 #[derive(Clone)]

@@ -3,8 +3,8 @@
 //! `observability-api`).
 //!
 //! Nevermined runs a Helicone gateway per environment
-//! ([`Environment::helicone_url`](crate::Environment::helicone_url); `HELICONE_URL` for a
-//! `custom` backend; a local facilitator serves a stand-in). A handler sends its LLM calls
+//! (`https://helicone.nevermined.dev`, [`Payments::helicone_url`](crate::Payments::helicone_url);
+//! `HELICONE_URL` for a `custom` backend; a local facilitator serves a stand-in). A handler sends its LLM calls
 //! through the gateway's OpenAI-compatible API, `{helicone}/jawn/v1/gateway/oai/v1`, with
 //! `Helicone-Auth: Bearer <the o11y claim of the seller's API key>` and one
 //! `Helicone-Property-*` header per fact of the paid request (seller, payer, agent, plan,
@@ -72,10 +72,10 @@ pub use self::log::{LlmCall, LogOutcome, LogTask, Usage};
 pub use async_openai;
 
 /// The path of the gateway's OpenAI-compatible API, under the Helicone URL.
-pub const GATEWAY_PATH: &str = "jawn/v1/gateway/oai/v1";
+pub(crate) const GATEWAY_PATH: &str = "jawn/v1/gateway/oai/v1";
 
 /// The path of the manual logging endpoint, under the Helicone URL.
-pub const LOG_PATH: &str = "jawn/v1/trace/custom/v1/log";
+pub(crate) const LOG_PATH: &str = "jawn/v1/trace/custom/v1/log";
 
 /// The bound on one manual log call.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -307,6 +307,7 @@ impl fmt::Debug for Observability {
 /// assert_eq!(headers["helicone-property-environmentname"], "sandbox");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[doc(hidden)]
 pub fn helicone_headers(
     gateway_key: &str,
     account: &str,

@@ -42,7 +42,7 @@ pub enum DecodeError {
 /// `payment-required` and `payment-response` headers.
 ///
 /// ```
-/// let header = nvm_runtime::wire::codec::encode_json_header(&serde_json::json!({"a": 1}));
+/// let header = nvm_runtime::__private::wire::codec::encode_json_header(&serde_json::json!({"a": 1}));
 /// assert_eq!(header, "eyJhIjoxfQ==");
 /// ```
 pub fn encode_json_header<T: Serialize + ?Sized>(value: &T) -> String {
@@ -55,7 +55,7 @@ pub fn encode_json_header<T: Serialize + ?Sized>(value: &T) -> String {
 /// Decodes base64 in either alphabet, padded or not.
 ///
 /// ```
-/// use nvm_runtime::wire::codec::decode_base64;
+/// use nvm_runtime::__private::wire::codec::decode_base64;
 /// assert_eq!(decode_base64("eyJhIjoxfQ").unwrap(), br#"{"a":1}"#);
 /// assert_eq!(decode_base64("-_8=").unwrap(), vec![0xfb, 0xff]);
 /// ```
@@ -76,7 +76,7 @@ pub fn decode_base64(value: &str) -> Result<Vec<u8>, DecodeError> {
 /// Decodes a base64 JSON header value (either alphabet, padded or not) into `T`.
 ///
 /// ```
-/// let v: serde_json::Value = nvm_runtime::wire::codec::decode_json_header("eyJhIjoxfQ").unwrap();
+/// let v: serde_json::Value = nvm_runtime::__private::wire::codec::decode_json_header("eyJhIjoxfQ").unwrap();
 /// assert_eq!(v["a"], 1);
 /// ```
 pub fn decode_json_header<T: DeserializeOwned>(value: &str) -> Result<T, DecodeError> {
@@ -173,7 +173,7 @@ impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
 /// Encodes bytes as URL-safe base64 without padding (JWT segments).
 ///
 /// ```
-/// assert_eq!(nvm_runtime::wire::codec::encode_url_safe(&[0xfb, 0xff]), "-_8");
+/// assert_eq!(nvm_runtime::__private::wire::codec::encode_url_safe(&[0xfb, 0xff]), "-_8");
 /// ```
 pub fn encode_url_safe(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -203,7 +203,7 @@ pub(crate) fn unique_id() -> String {
 /// Lower-case hex of `bytes` (addresses, hashes).
 ///
 /// ```
-/// assert_eq!(nvm_runtime::wire::codec::hex(&[0x0a, 0xff]), "0aff");
+/// assert_eq!(nvm_runtime::__private::wire::codec::hex(&[0x0a, 0xff]), "0aff");
 /// ```
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -3,15 +3,20 @@
 
 /// An endpoint of the Nevermined backend that this crate calls.
 ///
-/// ```
-/// use nvm_runtime::wire::Endpoint;
+/// The local facilitator's fault injection names them (feature `local`):
 ///
-/// assert_eq!(Endpoint::Settle.path(), "/api/v1/x402/settle");
-/// assert_eq!(Endpoint::Plans.path(), "/api/v1/protocol/plans/{plan_id}");
-/// assert_eq!(Endpoint::ALL.len(), 4);
+/// ```
+/// # #[cfg(feature = "local")] {
+/// use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
+///
+/// let local = LocalFacilitator::start()?;
+/// local.inject(Endpoint::Settle, Fault::Status(503));
+/// # }
+/// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
+#[cfg_attr(not(feature = "local"), allow(unreachable_pub))]
 pub enum Endpoint {
     /// `POST /api/v1/x402/verify`.
     Verify,
@@ -24,12 +29,8 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Every endpoint.
-    pub const ALL: [Endpoint; 4] =
-        [Endpoint::Verify, Endpoint::Settle, Endpoint::Permissions, Endpoint::Plans];
-
     /// The path, as a route pattern (`{plan_id}` stands for the plan's id).
-    pub const fn path(self) -> &'static str {
+    pub(crate) const fn path(self) -> &'static str {
         match self {
             Endpoint::Verify => "/api/v1/x402/verify",
             Endpoint::Settle => "/api/v1/x402/settle",
@@ -38,8 +39,9 @@ impl Endpoint {
         }
     }
 
-    /// Its place in [`Endpoint::ALL`], for tables indexed by endpoint.
-    pub const fn index(self) -> usize {
+    /// Its place in tables indexed by endpoint (0 to 3).
+    #[cfg(feature = "local")]
+    pub(crate) const fn index(self) -> usize {
         match self {
             Endpoint::Verify => 0,
             Endpoint::Settle => 1,

@@ -117,6 +117,7 @@ impl Default for Extra {
 
 impl PaymentRequired {
     /// Starts an envelope for one plan on the `nvm:erc4337` scheme and the given network.
+    #[doc(hidden)]
     pub fn builder(plan_id: impl Into<String>, network: impl Into<String>) -> EnvelopeBuilder {
         EnvelopeBuilder {
             envelope: PaymentRequired {

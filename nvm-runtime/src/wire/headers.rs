@@ -13,4 +13,4 @@ pub const PAYMENT_RESPONSE: &str = "payment-response";
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Server → client: `true` on an answer replayed for a retried `Idempotency-Key` (not
 /// run, not charged again).
-pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";

@@ -113,7 +113,7 @@ pub struct VerifyResponse {
     pub agent_request_id: Option<String>,
     /// Whether the URL matched the token's binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_matching: Option<serde_json::Value>,
+    pub(crate) url_matching: Option<serde_json::Value>,
     /// The backend's view of the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_request: Option<AgentRequest>,
@@ -148,13 +148,13 @@ pub struct AgentRequest {
     pub balance: Option<Balance>,
     /// Whether the URL matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_matching: Option<serde_json::Value>,
+    pub(crate) url_matching: Option<serde_json::Value>,
     /// Whether the HTTP verb matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verb_matching: Option<serde_json::Value>,
+    pub(crate) verb_matching: Option<serde_json::Value>,
     /// Whether this is a batch request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch: Option<serde_json::Value>,
+    pub(crate) batch: Option<serde_json::Value>,
 }
 
 /// The subscriber's balance on a plan, as verify reports it.

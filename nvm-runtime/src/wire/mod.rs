@@ -16,7 +16,7 @@
 //! | `staging_live` | `https://api.live.nevermined.dev` | `eip155:8453` |
 //! | `custom` | `NVM_BACKEND_URL` (default `http://localhost:3001`) | `eip155:84532` |
 //!
-//! An NVM API key is `<prefix>:<JWT>` ([`ApiKey`](crate::backend::ApiKey)). The prefix,
+//! An NVM API key is `<prefix>:<JWT>` . The prefix,
 //! lower-cased, picks the environment and always wins: `sandbox`, `live`,
 //! `sandbox-staging` (staging_sandbox), `live-staging` (staging_live); an unknown prefix
 //! falls back to the environment configured, else `custom`. The JWT is decoded without
@@ -35,8 +35,8 @@
 //!
 //! Header names are case-insensitive. The seller may read the token from a list of
 //! headers, the first non-empty one winning (default: `payment-signature` only). The
-//! codecs ([`codec`]) write standard padded base64 and read standard or URL-safe, padded
-//! or not, and refuse a value longer than [`codec::MAX_HEADER_LEN`] before decoding it.
+//! codecs (`codec`) write standard padded base64 and read standard or URL-safe, padded
+//! or not, and refuse a value longer than 16 KiB (`MAX_HEADER_LEN`) before decoding it.
 //!
 //! # §3 The `PaymentRequired` envelope: what a 402 advertises
 //!
@@ -48,15 +48,15 @@
 //!  "extensions":{}}
 //! ```
 //!
-//! - `x402Version`: always [`X402_VERSION`] (2). `error`: an optional string, the
+//! - `x402Version`: always `X402_VERSION` (2). `error`: an optional string, the
 //!   reason of the refusal. `extensions`: always `{}`.
 //! - `resource` ([`Resource`]): `url` is the request's path without its query string,
 //!   overridable per route; `description` and `mimeType` only when the route sets them.
 //! - `accepts` ([`Accepted`]): one entry per plan, usually one. `planId` is a decimal
 //!   string of a 256-bit id: never parsed as a number. `extra` ([`Extra`]): `version` is
 //!   always `"1"`; `agentId` and `httpVerb` only when known.
-//! - Schemes: [`SCHEME_ERC4337`] (networks `eip155:84532`, `eip155:8453`) and
-//!   [`SCHEME_CARD_DELEGATION`] (networks [`NETWORK_STRIPE`], the default, `braintree`,
+//! - Schemes: `SCHEME_ERC4337` (networks `eip155:84532`, `eip155:8453`) and
+//!   `SCHEME_CARD_DELEGATION` (networks `NETWORK_STRIPE`, the default, `braintree`,
 //!   `visa`). A route that forces no scheme has it detected from the plan's public
 //!   metadata, `GET {backend}/api/v1/protocol/plans/{planId}` (no `Authorization`):
 //!   only `registry.price.isCrypto == false` selects `nvm:card-delegation`, with
@@ -72,7 +72,7 @@
 //! `POST {backend}/api/v1/x402/verify` and `POST {backend}/api/v1/x402/settle`, with
 //! `Accept: application/json`, `Content-Type: application/json`,
 //! `Authorization: Bearer <the seller's whole API key, prefix included>` and
-//! `Nevermined-Version: 1.1`. The body ([`FacilitatorRequest`]):
+//! `Nevermined-Version: 1.1`. The body (`FacilitatorRequest`):
 //!
 //! | field | verify | settle | meaning |
 //! |---|---|---|---|
@@ -99,28 +99,28 @@
 //! this crate does not know pass through to the `payment-response` receipt untouched.
 //!
 //! A refused call answers non-2xx with [`BackendError`]: `{code, message, httpStatus,
-//! hint, details}`. Codes seen: [`CODE_FORGED`] (`BCK.X402.0005`: a forged token, or an
-//! envelope that does not match it), [`CODE_SPENT`] (`BCK.X402.0059`: a single-use token
-//! already spent; mint a new one, never retry), [`CODE_WRONG_RESOURCE`]
+//! hint, details}`. Codes seen: `CODE_FORGED` (`BCK.X402.0005`: a forged token, or an
+//! envelope that does not match it), `CODE_SPENT` (`BCK.X402.0059`: a single-use token
+//! already spent; mint a new one, never retry), `CODE_WRONG_RESOURCE`
 //! (`BCK.X402.0013`: a token bound to another resource). A gateway's error body may be
 //! HTML: every answer is parsed defensively.
 //!
 //! # §5 Access tokens (buyer side)
 //!
 //! Minting: `POST {backend}/api/v1/x402/permissions` with the subscriber's key as
-//! bearer and the body [`PermissionsRequest`]: `accepted` (scheme, network, `planId`,
-//! `extra.agentId`), optionally `delegationConfig` ([`DelegationConfig`]:
+//! bearer and the body `PermissionsRequest`: `accepted` (scheme, network, `planId`,
+//! `extra.agentId`), optionally `delegationConfig` (`DelegationConfig`:
 //! `delegationId`, to pay with a card delegation), `tokenVersion` (2 or 3) and
-//! `resource` ([`ResourceBinding`]: `url`). The answer ([`PermissionsResponse`]) is
+//! `resource` (`ResourceBinding`: `url`). The answer (`PermissionsResponse`) is
 //! `{"accessToken": "…"}`.
 //!
 //! The token ([`AccessToken`]) is base64 (standard or URL-safe, padded or not) of a JSON
-//! x402 [`PaymentPayload`]: `{"x402Version":2, "accepted":{…as minted…},
+//! x402 `PaymentPayload`: `{"x402Version":2, "accepted":{…as minted…},
 //! "payload":{"signature":"0x…", "authorization":{"from":"0x<subscriber>",
 //! "sessionKeysProvider":"…", "sessionKeys":[…]}}, "extensions":{}}`
-//! ([`SignedPayload`], [`Authorization`]). A seller never needs to decode it (the
+//! (`SignedPayload`, `Authorization`). A seller never needs to decode it (the
 //! backend checks everything); this crate checks only that it is base64 of a JSON
-//! object before calling the facilitator, and logs it only as a [`TokenHash`].
+//! object before calling the facilitator, and logs it only as a `TokenHash`.
 //! Version 2 tokens are reusable bearer credentials; version 3 tokens (a non-empty
 //! `payload.authorization.nonce`) are single-use and bound to `resource.url` and
 //! `httpVerb`.
@@ -141,24 +141,29 @@
 //! | 402 | a missing or invalid token, too few credits, a failed settlement |
 //! | 500 | the payment could not be checked: the facilitator unreachable, slow or answering garbage, or the route misconfigured |
 
-pub mod codec;
-mod endpoints;
-mod envelope;
+pub(crate) mod codec;
+pub(crate) mod endpoints;
+pub(crate) mod envelope;
 mod headers;
-mod messages;
-mod token;
+pub(crate) mod messages;
+pub(crate) mod token;
 
-pub use endpoints::Endpoint;
-pub use envelope::{
-    Accepted, EnvelopeBuilder, Extra, NETWORK_STRIPE, PaymentRequired, Resource, SCHEME_CARD_DELEGATION,
-    SCHEME_ERC4337, X402_VERSION,
+pub use codec::DecodeError;
+pub use envelope::{Accepted, Extra, PaymentRequired, Resource};
+pub use headers::{IDEMPOTENCY_KEY, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE};
+pub use messages::{AgentRequest, Amount, BackendError, Balance, SettleResponse, VerifyResponse};
+pub use token::AccessToken;
+
+// The protocol's inner parts: the crate's own (the `__private` module lends a few to the
+// repository's tests, fuzzers and benchmarks). Some only the local facilitator names.
+pub(crate) use endpoints::Endpoint;
+#[cfg_attr(not(feature = "local"), allow(unused_imports))]
+pub(crate) use envelope::{NETWORK_STRIPE, SCHEME_CARD_DELEGATION, SCHEME_ERC4337, X402_VERSION};
+pub(crate) use headers::IDEMPOTENT_REPLAYED;
+#[cfg_attr(not(feature = "local"), allow(unused_imports))]
+pub(crate) use messages::{
+    CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, DelegationConfig, FacilitatorRequest, PermissionsRequest,
+    PermissionsResponse, SETTLEMENT_PENDING, SETTLEMENT_UNKNOWN,
 };
-pub use headers::{
-    IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
-};
-pub use messages::{
-    AgentRequest, Amount, BackendError, Balance, CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE,
-    DelegationConfig, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SETTLEMENT_PENDING,
-    SETTLEMENT_UNKNOWN, SettleResponse, VerifyResponse,
-};
-pub use token::{AccessToken, Authorization, PaymentPayload, ResourceBinding, SignedPayload, TokenHash};
+#[cfg_attr(not(feature = "local"), allow(unused_imports))]
+pub(crate) use token::{Authorization, PaymentPayload, ResourceBinding, SignedPayload, TokenHash};

@@ -34,6 +34,7 @@ impl AccessToken {
     }
 
     /// The short hash that stands for the token in logs and cache keys.
+    #[doc(hidden)]
     pub fn hash(&self) -> TokenHash {
         TokenHash::of(&self.0)
     }
@@ -49,6 +50,7 @@ impl AccessToken {
     }
 
     /// Decodes the x402 payment payload inside the token.
+    #[doc(hidden)]
     pub fn decode(&self) -> Result<PaymentPayload, DecodeError> {
         codec::decode_json_header(&self.0)
     }
@@ -95,7 +97,7 @@ impl fmt::Display for AccessToken {
 /// to an attacker.
 ///
 /// ```
-/// use nvm_runtime::wire::TokenHash;
+/// use nvm_runtime::__private::wire::TokenHash;
 /// assert_eq!(TokenHash::of("abc").to_string(), "tok:ba7816bf8f01");
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
