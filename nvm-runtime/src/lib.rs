@@ -1,31 +1,7 @@
-// The README is the front page when every feature is on (as on docs.rs): its snippets
-// are doctests that use them all.
-#![cfg_attr(
-    all(
-        feature = "local",
-        feature = "redis",
-        feature = "metrics",
-        feature = "cors",
-        feature = "utoipa",
-        feature = "mcp",
-        feature = "openai"
-    ),
-    doc = include_str!("../README.md")
-)]
-#![cfg_attr(
-    not(all(
-        feature = "local",
-        feature = "redis",
-        feature = "metrics",
-        feature = "cors",
-        feature = "utoipa",
-        feature = "mcp",
-        feature = "openai"
-    )),
-    doc = "Charge for actix-web endpoints with Nevermined x402 payments: `#[paid]`, `PaymentContext`, \
-           the facilitator client and the local facilitator. The guide (the README) is this page when \
-           every feature is on, as on docs.rs: `cargo doc --all-features`."
-)]
+// The front page is the README, the same guide with any feature set (build.rs writes it:
+// the repository-only parts left out, a snippet that needs a feature that is off shown
+// but not compiled). Its snippets are doctests.
+#![doc = include_str!(concat!(env!("OUT_DIR"), "/front_page.md"))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The layers, lowest first: each module imports only from those above it.
