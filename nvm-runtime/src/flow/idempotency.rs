@@ -38,7 +38,7 @@ pub(crate) use crate::wire::{IDEMPOTENCY_KEY as KEY_HEADER, IDEMPOTENT_REPLAYED 
 /// The longest key accepted.
 const MAX_KEY_LEN: usize = 255;
 /// How often a waiting duplicate looks at the store.
-const POLL: Duration = Duration::from_millis(20);
+pub(crate) const POLL: Duration = Duration::from_millis(20);
 
 /// How paid calls with an `Idempotency-Key` header are made safe to retry, and where
 /// they are remembered.
@@ -143,6 +143,11 @@ impl Idempotency {
     pub fn wait_for_first(mut self, wait: Duration) -> Self {
         self.wait = Some(wait);
         self
+    }
+
+    /// When a duplicate stops waiting for the first call, if it waits at all.
+    pub(crate) fn wait_deadline(&self) -> Option<Instant> {
+        self.wait.map(|wait| Instant::now() + wait)
     }
 
     /// Whether requests with a key are remembered.

@@ -137,12 +137,7 @@ pub(crate) async fn admit(
         (store.is_some() && (single_use || keyed.is_some())).then(|| Caller::of(&token, payload.as_ref()));
     let found = match (store, keyed, &caller) {
         (Some(store), Some(keyed), Some(caller)) => {
-            let found =
-                match idempotency::find(&seller.idempotency, store, caller, offer.plan_id, keyed).await {
-                    Ok(Found::Held(held)) => resolve_held(seller, store, held).await,
-                    found => found.map_err(|error| Refusal::Failed(PaymentError::Idempotency(error))),
-                };
-            match found {
+            match find_keyed(seller, store, caller, offer.plan_id, keyed).await {
                 Ok(Found::Replay(response)) => {
                     tracing::info!(token = %token.hash(), "idempotent retry: replaying the stored response");
                     return Ok(Admission::Replay(response));
@@ -226,6 +221,39 @@ fn keyed_next(found: Found, verified: &Verified) -> Result<Next, IdempotencyErro
 /// settlement's standing: still open (asking the seller's resolver first), a "still
 /// pending, retry after" refusal; burned, the held answer with a confirmed receipt (to
 /// the same payer); not burned, the held answer dropped and the call run afresh.
+/// Looks a keyed request up. A call whose answer is held while its settle call is in
+/// flight is waited for as a running one is (when the seller waits for first calls):
+/// its settlement is not pending, only not over.
+async fn find_keyed(
+    seller: &Seller,
+    store: &dyn crate::store::Store,
+    caller: &Caller,
+    plan_id: &str,
+    keyed: &KeyedRequest,
+) -> Result<Found, Refusal> {
+    let deadline = seller.idempotency.wait_deadline();
+    loop {
+        match idempotency::find(&seller.idempotency, store, caller, plan_id, keyed).await {
+            Ok(Found::Held(held)) => {
+                let waiting = deadline.is_some_and(|deadline| std::time::Instant::now() < deadline);
+                if waiting && settling(seller, &held.pending).await {
+                    tokio::time::sleep(idempotency::POLL).await;
+                    continue;
+                }
+                return resolve_held(seller, store, held).await;
+            }
+            found => return found.map_err(|error| Refusal::Failed(PaymentError::Idempotency(error))),
+        }
+    }
+}
+
+/// Whether the journal's record `id` may be a settle call still in flight: marked so, or
+/// not in the journal at all (a journal in memory keeps only unknown outcomes, so a
+/// held answer without a record is most likely one whose settle call is under way).
+async fn settling(seller: &Seller, id: &str) -> bool {
+    matches!(seller.pending.get(id).await, Ok(Some((_, SettlementStatus::Settling))) | Ok(None))
+}
+
 async fn resolve_held(
     seller: &Seller,
     store: &dyn crate::store::Store,

@@ -238,6 +238,48 @@ async fn the_same_key_for_another_request_is_422_and_a_failed_handler_stores_not
     }
 }
 
+/// A duplicate that comes while the first call's settle call is in flight (the answer
+/// held for it, on Redis, written ahead): its settlement is not pending, only not over.
+/// A seller who waits for first calls makes it wait, then replays; one who does not
+/// answers 409; never a second run or charge, never a 2xx before the first is settled.
+#[actix_web::test]
+async fn a_duplicate_while_the_first_settles_waits_for_it_or_gets_409() {
+    for kept in KEPT {
+        for wait in [true, false] {
+            let rig =
+                if wait { rig_with(kept, |i| i.wait_for_first(Duration::from_secs(5))) } else { rig(kept) };
+            rig.local.inject(Endpoint::Settle, Fault::Delay(Duration::from_millis(600)));
+            let url = rig.server.at("/flaky");
+            let (a, b) = tokio::join!(call(&url, &rig.token, Some("s"), ""), async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                call(&url, &rig.token, Some("s"), "").await
+            });
+            assert_eq!(a.status, 200, "{kept:?} wait={wait}");
+            if wait {
+                assert_eq!(
+                    (b.status, b.replayed),
+                    (200, true),
+                    "{kept:?}: the duplicate waited for the settlement: {}",
+                    String::from_utf8_lossy(&b.body)
+                );
+                assert_eq!(a.receipt, b.receipt, "{kept:?}");
+            } else {
+                assert_eq!(b.status, 409, "{kept:?}: {}", String::from_utf8_lossy(&b.body));
+                assert_ne!(b.receipt, a.receipt, "{kept:?}: a 409 carries no settled receipt");
+            }
+            assert_eq!(
+                (rig.server.runs.count(), rig.local.total_burned()),
+                (1, CREDITS),
+                "{kept:?} wait={wait}"
+            );
+            rig.local.clear_faults();
+            let again = call(&url, &rig.token, Some("s"), "").await;
+            assert_eq!((again.status, again.replayed), (200, true), "{kept:?} wait={wait}: after it ended");
+            assert_eq!(rig.local.total_burned(), CREDITS);
+        }
+    }
+}
+
 #[actix_web::test]
 async fn a_duplicate_while_the_first_runs_gets_409_or_waits_for_it() {
     for kept in KEPT {

@@ -92,7 +92,7 @@ async fn routes_match_exact_first_then_patterns_by_method_and_segment_count() {
     // Query string ignored.
     assert_eq!(paid("/items/42?x=1&y=2", reqwest::Method::POST).await, (200, Some(2)));
     // A trailing slash is its own resource here (`/items/{id}/`), not in the table: free,
-    // as the router serves it (tests/middleware_paths.rs covers `NormalizePath`).
+    // as the router serves it (behaviour/middleware_paths.rs covers `NormalizePath`).
     assert_eq!(paid("/items/42/", reqwest::Method::POST).await, (200, None));
     // Two params.
     assert_eq!(paid("/users/ann/reports/9", reqwest::Method::GET).await, (200, Some(3)));
