@@ -10,7 +10,7 @@ use actix_web::{HttpResponse, get};
 use nvm_runtime::__private::backend::ApiKey;
 use nvm_runtime::__private::backend::Facilitator;
 use nvm_runtime::__private::wire::FacilitatorRequest;
-use nvm_runtime::local::{Calls, Endpoint, Fault, LocalFacilitator, MintOptions};
+use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
 use nvm_runtime::paid;
 use nvm_runtime::wire::PaymentRequired;
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, http, mint, payments_for, receipt, serve};
@@ -70,7 +70,8 @@ async fn every_endpoint_answers_after_the_latency() {
     assert!(!token.is_empty());
     assert!(started.elapsed() >= LATENCY, "permissions took {:?}", started.elapsed());
 
-    assert_eq!(local.calls(), Calls { verify: 1, settle: 1, permissions: 1, plans: 1 });
+    let calls = local.calls();
+    assert_eq!((calls.verify, calls.settle, calls.permissions, calls.plans), (1, 1, 1, 1));
 }
 
 #[actix_web::test]

@@ -12,7 +12,7 @@ use nvm_runtime::__private::wire::{
     CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, FacilitatorRequest, PermissionsRequest, ResourceBinding,
 };
 use nvm_runtime::error::{FacilitatorError, Unavailable};
-use nvm_runtime::local::{Calls, LocalFacilitator, LocalInfo, MintOptions, PlanSpec};
+use nvm_runtime::local::{LocalFacilitator, LocalInfo, MintOptions, PlanSpec};
 use nvm_runtime::wire::AccessToken;
 use nvm_runtime::wire::PaymentRequired;
 use nvm_runtime::wire::{SettleResponse, VerifyResponse};
@@ -150,7 +150,8 @@ async fn mints_verifies_and_settles_over_http() {
 
     assert_eq!(local.balance(local.plan_id(), local.subscriber_address()), 99);
     assert_eq!(local.total_burned(), 1);
-    assert_eq!(local.calls(), Calls { verify: 1, settle: 1, permissions: 1, plans: 0 });
+    let calls = local.calls();
+    assert_eq!((calls.verify, calls.settle, calls.permissions, calls.plans), (1, 1, 1, 0));
 }
 
 #[actix_web::test]

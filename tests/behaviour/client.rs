@@ -256,12 +256,12 @@ fn balance(local: &LocalFacilitator) -> u64 {
 }
 
 fn delta(before: Calls, after: Calls) -> Calls {
-    Calls {
-        verify: after.verify - before.verify,
-        settle: after.settle - before.settle,
-        permissions: after.permissions - before.permissions,
-        plans: after.plans - before.plans,
-    }
+    let mut delta = after;
+    delta.verify -= before.verify;
+    delta.settle -= before.settle;
+    delta.permissions -= before.permissions;
+    delta.plans -= before.plans;
+    delta
 }
 
 fn outcome_name(paid: &PaidResponse) -> &'static str {

@@ -30,7 +30,7 @@ use nvm_runtime::__private::wire::{
 };
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::{LocalFacilitator, MintOptions, PlanSpec};
-use nvm_runtime::wire::{Accepted, Extra, PaymentRequired, Resource};
+use nvm_runtime::wire::{Accepted, PaymentRequired};
 use nvm_runtime::wire::{AccessToken, Amount, SettleResponse};
 use nvm_runtime::{Environment, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, payments_for, serve};
@@ -438,11 +438,14 @@ fn amount() -> impl Strategy<Value = Amount> {
 
 fn accepted() -> impl Strategy<Value = Accepted> {
     (text(), text(), decimal_id(), text(), prop::option::of(decimal_id()), prop::option::of(text())).prop_map(
-        |(scheme, network, plan_id, version, agent_id, http_verb)| Accepted {
-            scheme,
-            network,
-            plan_id,
-            extra: Extra { version, agent_id, http_verb },
+        |(scheme, network, plan_id, version, agent_id, http_verb)| {
+            // Non-exhaustive: built as a seller's envelope is, then every field set.
+            let mut accepted = PaymentRequired::builder(plan_id, network).build().accepts.remove(0);
+            accepted.scheme = scheme;
+            accepted.extra.version = version;
+            accepted.extra.agent_id = agent_id;
+            accepted.extra.http_verb = http_verb;
+            accepted
         },
     )
 }
@@ -456,13 +459,15 @@ fn envelope_value() -> impl Strategy<Value = PaymentRequired> {
         extension_map(),
     )
         .prop_map(|(x402_version, error, (url, description, mime_type), accepts, extensions)| {
-            PaymentRequired {
-                x402_version,
-                error,
-                resource: Resource { url, description, mime_type },
-                accepts,
-                extensions,
-            }
+            let mut envelope = PaymentRequired::builder("0", "network").build();
+            envelope.x402_version = x402_version;
+            envelope.error = error;
+            envelope.resource.url = url;
+            envelope.resource.description = description;
+            envelope.resource.mime_type = mime_type;
+            envelope.accepts = accepts;
+            envelope.extensions = extensions;
+            envelope
         })
 }
 

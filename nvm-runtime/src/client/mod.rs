@@ -342,6 +342,7 @@ impl PaymentOutcome {
 
 /// A response that may have been paid for.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct PaidResponse {
     /// The server's final response, a [`reqwest::Response`]
     /// of the re-exported [`reqwest`] (not of the `reqwest` your

@@ -57,6 +57,7 @@ impl GatewayEndpoint {
 ///
 /// `Debug` redacts `Authorization` and `Helicone-Auth`.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct GatewayCall {
     /// The endpoint called.
     pub endpoint: GatewayEndpoint,
@@ -70,13 +71,13 @@ impl GatewayCall {
     /// The value of header `name` (any case), when it was sent once or more (the first).
     ///
     /// ```
-    /// use nvm_runtime::local::{GatewayCall, GatewayEndpoint};
-    /// let call = GatewayCall {
-    ///     endpoint: GatewayEndpoint::Log,
-    ///     headers: vec![("helicone-property-planid".into(), "7".into())],
-    ///     body: serde_json::Value::Null,
-    /// };
-    /// assert_eq!(call.header("Helicone-Property-planId"), Some("7"));
+    /// use nvm_runtime::local::{GatewayEndpoint, LocalFacilitator};
+    ///
+    /// fn plans_logged(local: &LocalFacilitator) -> Vec<String> {
+    ///     let calls = local.gateway_calls();
+    ///     let logs = calls.iter().filter(|call| call.endpoint == GatewayEndpoint::Log);
+    ///     logs.filter_map(|call| call.header("Helicone-Property-planId").map(str::to_owned)).collect()
+    /// }
     /// ```
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())

@@ -175,6 +175,7 @@ impl fmt::Debug for LocalInfo {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Calls {
     /// `POST /api/v1/x402/verify`.
     pub verify: u64,
@@ -192,7 +193,8 @@ impl Calls {
     /// ```
     /// use nvm_runtime::local::{Calls, Endpoint};
     ///
-    /// let calls = Calls { settle: 2, ..Calls::default() };
+    /// let mut calls = Calls::default();
+    /// calls.settle = 2;
     /// assert_eq!(calls.of(Endpoint::Settle), 2);
     /// assert_eq!(calls.of(Endpoint::Verify), 0);
     /// ```

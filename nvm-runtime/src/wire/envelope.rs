@@ -34,6 +34,7 @@ pub const NETWORK_STRIPE: &str = "stripe";
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct PaymentRequired {
     /// Always 2.
     pub x402_version: u32,
@@ -52,6 +53,7 @@ pub struct PaymentRequired {
 /// The protected resource of a [`PaymentRequired`] envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Resource {
     /// The request path, without the query string.
     pub url: String,
@@ -66,6 +68,7 @@ pub struct Resource {
 /// One accepted way to pay: a plan on a scheme and network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Accepted {
     /// `nvm:erc4337` or `nvm:card-delegation`.
     pub scheme: String,
@@ -81,6 +84,7 @@ pub struct Accepted {
 /// The `extra` object of an [`Accepted`] entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Extra {
     /// Always `"1"` (read as `"1"` when missing or `null`, as some SDKs mint it).
     #[serde(default = "version_one", deserialize_with = "null_as_version_one")]
