@@ -762,14 +762,14 @@ impl LocalFacilitator {
         &self.state.builder_address
     }
 
-    /// The demo subscriber's address.
+    /// The demo subscriber's address: whose balance [`LocalFacilitator::balance`] reads.
     ///
     /// ```
     /// let local = nvm_runtime::local::LocalFacilitator::start()?;
     /// assert!(local.subscriber_address().starts_with("0x"));
+    /// assert_eq!(local.balance(local.plan_id(), local.subscriber_address()), 100);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    #[doc(hidden)]
     pub fn subscriber_address(&self) -> &str {
         &self.state.subscriber_address
     }
