@@ -97,12 +97,9 @@ pub fn plan_value<P: PlanId>(p: P) -> String {
 /// The protocol's inner parts, for this repository's own tests, fuzzers and benchmarks
 /// (which build tokens and facilitator calls by hand). Not a public API.
 pub mod wire {
-    pub use crate::wire::envelope::{
-        EnvelopeBuilder, NETWORK_STRIPE, SCHEME_CARD_DELEGATION, SCHEME_ERC4337, X402_VERSION,
-    };
     pub use crate::wire::messages::{
-        CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, DelegationConfig, FacilitatorRequest,
-        PermissionsRequest, PermissionsResponse, SETTLEMENT_PENDING, SETTLEMENT_UNKNOWN,
+        CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, FacilitatorRequest, PermissionsRequest,
+        PermissionsResponse,
     };
     pub use crate::wire::token::{Authorization, PaymentPayload, ResourceBinding, SignedPayload, TokenHash};
 
@@ -118,8 +115,5 @@ pub mod wire {
 /// The facilitator client and the backend's settings, for this repository's own tests and
 /// benchmarks (which call the facilitator directly). Not a public API.
 pub mod backend {
-    pub use crate::backend::{
-        ApiKey, DEFAULT_TIMEOUT, Facilitator, NEVERMINED_VERSION, PLAN_FAILURE_TTL, PLAN_REFRESH, PLAN_TTL,
-        PlanScheme, SettleOutcome,
-    };
+    pub use crate::backend::{ApiKey, DEFAULT_TIMEOUT, Facilitator, PlanScheme, SettleOutcome};
 }

@@ -20,7 +20,7 @@ use crate::wire::{
 use crate::wire::{Endpoint, PaymentRequired};
 
 /// The `Nevermined-Version` header value the backend expects.
-pub const NEVERMINED_VERSION: &str = "1.1";
+pub(crate) const NEVERMINED_VERSION: &str = "1.1";
 
 /// How many times `verify` is tried on a transient failure (it burns nothing, so a
 /// retry is safe). `settle` is tried exactly once.

@@ -8,8 +8,9 @@ mod settings;
 
 pub use environment::{ApiKey, Environment};
 pub(crate) use facilitator::RequestRef;
-pub use facilitator::{Facilitator, NEVERMINED_VERSION, SettleOutcome};
+pub use facilitator::{Facilitator, SettleOutcome};
+pub(crate) use plans::PLAN_REFRESH;
 pub(crate) use plans::PlanCatalog;
-pub use plans::{PLAN_FAILURE_TTL, PLAN_REFRESH, PLAN_TTL, PlanScheme};
+pub use plans::PlanScheme;
 pub use settings::DEFAULT_TIMEOUT;
 pub(crate) use settings::{BackendSettings, Connection};

@@ -10,12 +10,12 @@ use crate::backend::Facilitator;
 use crate::wire::{NETWORK_STRIPE, SCHEME_CARD_DELEGATION, SCHEME_ERC4337};
 
 /// How long a plan's scheme is trusted.
-pub const PLAN_TTL: Duration = Duration::from_secs(300);
+pub(crate) const PLAN_TTL: Duration = Duration::from_secs(300);
 /// How long a failed metadata fetch keeps the default before it is tried again.
-pub const PLAN_FAILURE_TTL: Duration = Duration::from_secs(30);
+pub(crate) const PLAN_FAILURE_TTL: Duration = Duration::from_secs(30);
 /// How often a prepared server refreshes its plans in the background: well before
 /// [`PLAN_TTL`] runs out, so no request waits on a fetch.
-pub const PLAN_REFRESH: Duration = Duration::from_secs(240);
+pub(crate) const PLAN_REFRESH: Duration = Duration::from_secs(240);
 
 /// The scheme and network a plan is paid on.
 #[derive(Debug, Clone, PartialEq, Eq)]

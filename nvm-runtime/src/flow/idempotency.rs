@@ -414,26 +414,26 @@ fn unavailable(error: StoreError) -> IdempotencyError {
     IdempotencyError::StoreUnavailable(Arc::new(error))
 }
 
-/// Looks the request up: replay, refuse (409, 422, 503), or go on.
+/// Looks the request up: replay, refuse (409, 422, 503), or go on. A call still running
+/// is waited for until `deadline` ([`Idempotency::wait_deadline`]), if any.
 pub(crate) async fn find(
-    config: &Idempotency,
     store: &dyn Store,
     caller: &Caller,
     plan_id: &str,
     request: &KeyedRequest,
+    deadline: Option<Instant>,
 ) -> Result<Found, IdempotencyError> {
-    look(config, store, store_key(&caller.payer, plan_id, request), caller, request).await
+    look(store, store_key(&caller.payer, plan_id, request), caller, request, deadline).await
 }
 
 /// [`find`] at a known store key.
 async fn look(
-    config: &Idempotency,
     store: &dyn Store,
     store_key: String,
     caller: &Caller,
     request: &KeyedRequest,
+    deadline: Option<Instant>,
 ) -> Result<Found, IdempotencyError> {
-    let deadline = config.wait.map(|wait| Instant::now() + wait);
     loop {
         let value = store.get(&store_key).await.map_err(unavailable)?;
         let Some(value) = value else { return Ok(Found::Absent { store_key }) };
@@ -499,7 +499,7 @@ pub(crate) async fn claim(
         let journal = None;
         return Ok(Claimed::Won(Claim { store, store_key, running, fingerprint, token, payer, journal }));
     }
-    match look(config, store, store_key, caller, request).await? {
+    match look(store, store_key, caller, request, config.wait_deadline()).await? {
         Found::Absent { .. } => Err(IdempotencyError::InFlight),
         found => Ok(Claimed::Lost(found)),
     }

@@ -217,10 +217,6 @@ fn keyed_next(found: Found, verified: &Verified) -> Result<Next, IdempotencyErro
     }
 }
 
-/// What a retry of a call whose answer is held for its settlement gets, by the
-/// settlement's standing: still open (asking the seller's resolver first), a "still
-/// pending, retry after" refusal; burned, the held answer with a confirmed receipt (to
-/// the same payer); not burned, the held answer dropped and the call run afresh.
 /// Looks a keyed request up. A call whose answer is held while its settle call is in
 /// flight is waited for as a running one is (when the seller waits for first calls):
 /// its settlement is not pending, only not over.
@@ -231,9 +227,10 @@ async fn find_keyed(
     plan_id: &str,
     keyed: &KeyedRequest,
 ) -> Result<Found, Refusal> {
+    // One deadline for both waits: a running call, then its settle call.
     let deadline = seller.idempotency.wait_deadline();
     loop {
-        match idempotency::find(&seller.idempotency, store, caller, plan_id, keyed).await {
+        match idempotency::find(store, caller, plan_id, keyed, deadline).await {
             Ok(Found::Held(held)) => {
                 let waiting = deadline.is_some_and(|deadline| std::time::Instant::now() < deadline);
                 if waiting && settling(seller, &held.pending).await {
@@ -254,6 +251,10 @@ async fn settling(seller: &Seller, id: &str) -> bool {
     matches!(seller.pending.get(id).await, Ok(Some((_, SettlementStatus::Settling))) | Ok(None))
 }
 
+/// What a retry of a call whose answer is held for its settlement gets, by the
+/// settlement's standing: still open (asking the seller's resolver first), a "still
+/// pending, retry after" refusal; burned, the held answer with a confirmed receipt (to
+/// the same payer); not burned, the held answer dropped and the call run afresh.
 async fn resolve_held(
     seller: &Seller,
     store: &dyn crate::store::Store,

@@ -5,14 +5,14 @@ use serde::{Deserialize, Serialize};
 use crate::wire::codec::{self, DecodeError};
 
 /// The x402 protocol version this crate speaks; always 2.
-pub const X402_VERSION: u32 = 2;
+pub(crate) const X402_VERSION: u32 = 2;
 
 /// The crypto scheme: ERC-4337 smart accounts.
-pub const SCHEME_ERC4337: &str = "nvm:erc4337";
+pub(crate) const SCHEME_ERC4337: &str = "nvm:erc4337";
 /// The fiat scheme: card delegation.
-pub const SCHEME_CARD_DELEGATION: &str = "nvm:card-delegation";
+pub(crate) const SCHEME_CARD_DELEGATION: &str = "nvm:card-delegation";
 /// The default network of [`SCHEME_CARD_DELEGATION`].
-pub const NETWORK_STRIPE: &str = "stripe";
+pub(crate) const NETWORK_STRIPE: &str = "stripe";
 
 /// What a 402 advertises: which plans are accepted for which resource.
 ///

@@ -287,14 +287,14 @@ pub const CODE_SPENT: &str = "BCK.X402.0059";
 /// settle call was sent and its answer lost. The seller recorded it as a pending
 /// settlement (its id in the receipt's `pendingSettlementId`) and answered 402 with no `payment-required` envelope, the
 /// content withheld; the buyer must not pay again for this call.
-pub const SETTLEMENT_UNKNOWN: &str = "settlement_outcome_unknown";
+pub(crate) const SETTLEMENT_UNKNOWN: &str = "settlement_outcome_unknown";
 
 /// The `errorReason` of the receipt answering a retry of a call whose settlement is
 /// still pending (409 with `Retry-After`, no `payment-required` envelope): the outcome
 /// is not known yet, the buyer must not pay again, and retries with the same
 /// `Idempotency-Key` after `retryAfter` seconds (the receipt's `pendingSettlementId`
 /// names the record). Named after x402's non-terminal `settlement_pending` status.
-pub const SETTLEMENT_PENDING: &str = "settlement_pending";
+pub(crate) const SETTLEMENT_PENDING: &str = "settlement_pending";
 
 /// The body of `POST /api/v1/x402/permissions` (minting an access token).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

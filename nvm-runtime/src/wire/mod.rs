@@ -16,7 +16,7 @@
 //! | `staging_live` | `https://api.live.nevermined.dev` | `eip155:8453` |
 //! | `custom` | `NVM_BACKEND_URL` (default `http://localhost:3001`) | `eip155:84532` |
 //!
-//! An NVM API key is `<prefix>:<JWT>` . The prefix,
+//! An NVM API key is `<prefix>:<JWT>`. The prefix,
 //! lower-cased, picks the environment and always wins: `sandbox`, `live`,
 //! `sandbox-staging` (staging_sandbox), `live-staging` (staging_live); an unknown prefix
 //! falls back to the environment configured, else `custom`. The JWT is decoded without
