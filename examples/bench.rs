@@ -121,11 +121,12 @@ use actix_web::dev::ServerHandle;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use nvm_runtime::__private::backend::Facilitator;
+use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
+use nvm_runtime::__private::wire::EnvelopeBuilder;
 use nvm_runtime::__private::wire::FacilitatorRequest;
-use nvm_runtime::local::{Calls, DEMO_PLAN_ID, LocalFacilitator, MintOptions};
+use nvm_runtime::local::{Calls, DEMO_PLAN_ID, LocalFacilitator};
 use nvm_runtime::mcp::McpService;
 use nvm_runtime::store::RedisStore;
-use nvm_runtime::wire::PaymentRequired;
 use nvm_runtime::wire::{Amount, SettleResponse};
 use nvm_runtime::{Idempotency, Payments, PendingSettlements, paid};
 use rmcp::handler::server::tool::ToolRouter;
@@ -169,10 +170,8 @@ async fn paid_work() -> &'static str {
 /// with the crate's facilitator client.
 async fn handwritten(req: HttpRequest, facilitator: web::Data<Facilitator>) -> HttpResponse {
     // 1. The envelope of this resource.
-    let envelope = PaymentRequired::builder(DEMO_PLAN_ID, NETWORK)
-        .url(req.path())
-        .http_verb(req.method().as_str())
-        .build();
+    let envelope =
+        EnvelopeBuilder::new(DEMO_PLAN_ID, NETWORK).url(req.path()).http_verb(req.method().as_str()).build();
     // 2. The token, or a 402 advertising the envelope.
     let token = match req.headers().get("payment-signature").and_then(|v| v.to_str().ok()) {
         Some(token) if !token.is_empty() => token.to_owned(),

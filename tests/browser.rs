@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpResponse, HttpServer, web};
+use nvm_runtime::__private::local::LocalFacilitatorExt as _;
 use nvm_runtime::Environment;
 use nvm_runtime::actix::cors::actix_cors::Cors;
 use nvm_runtime::actix::cors::payment_cors;
@@ -245,7 +246,7 @@ async fn the_html_402_is_the_json_402_for_a_person() {
     assert_eq!(header(&response, "content-type").as_deref(), Some("application/json"));
 
     // Paid, a browser's Accept gets the content.
-    let token = local.mint_token(nvm_runtime::local::MintOptions::new());
+    let token = local.mint_token(nvm_runtime::__private::local::MintOptions::new());
     let paid = http()
         .get(&url)
         .header("accept", BROWSER_ACCEPT)

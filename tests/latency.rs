@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpResponse, get};
 use nvm_runtime::__private::backend::ApiKey;
 use nvm_runtime::__private::backend::Facilitator;
+use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
+use nvm_runtime::__private::wire::EnvelopeBuilder;
 use nvm_runtime::__private::wire::FacilitatorRequest;
-use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
+use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::paid;
-use nvm_runtime::wire::PaymentRequired;
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, http, mint, payments_for, receipt, serve};
 
 const LATENCY: Duration = Duration::from_millis(50);
@@ -26,7 +27,7 @@ fn builder_client(local: &LocalFacilitator) -> Facilitator {
 }
 
 fn verify_request(local: &LocalFacilitator) -> FacilitatorRequest {
-    let envelope = PaymentRequired::builder(DEMO_PLAN_ID, "eip155:84532")
+    let envelope = EnvelopeBuilder::new(DEMO_PLAN_ID, "eip155:84532")
         .url("/ask")
         .agent_id(DEMO_AGENT_ID)
         .http_verb("GET")

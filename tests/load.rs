@@ -44,8 +44,9 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::Extensions;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, get, post, web};
+use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::local::{LocalFacilitator, MintOptions};
+use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::{PaymentContext, Payments, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, payments_for, receipt};
 use tokio::sync::Semaphore;

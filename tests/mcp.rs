@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
+use nvm_runtime::__private::local::LocalFacilitatorExt as _;
 use nvm_runtime::client::PaymentOutcome;
 use nvm_runtime::client::mcp::{McpHttpClient, PayingTools};
 use nvm_runtime::local::{DEMO_AGENT_ID, DEMO_PLAN_ID, Endpoint, Fault, LocalFacilitator};
@@ -710,8 +711,8 @@ async fn the_buyer_pays_a_tool_by_itself_and_never_pays_twice_for_one_call() {
 
 #[actix_web::test]
 async fn a_retry_on_another_instance_sharing_redis_is_replayed_and_a_spent_single_use_token_refused() {
+    use nvm_runtime::__private::local::MintOptions;
     use nvm_runtime::Idempotency;
-    use nvm_runtime::local::MintOptions;
     use nvm_runtime::store::RedisStore;
     let redis = nvm_tests::RedisServer::start();
     let local = LocalFacilitator::start().expect("local facilitator");

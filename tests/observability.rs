@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, post, web};
 use nvm_runtime::__private::backend::ApiKey;
-use nvm_runtime::local::{CANNED_COMPLETION, Fault, GatewayCall, GatewayEndpoint, LocalFacilitator};
+use nvm_runtime::__private::local::{CANNED_COMPLETION, LocalFacilitatorExt as _};
+use nvm_runtime::__private::observability::helicone_headers;
+use nvm_runtime::local::{Fault, GatewayCall, GatewayEndpoint, LocalFacilitator};
 use nvm_runtime::observability::async_openai::Client as OpenAiClient;
 use nvm_runtime::observability::async_openai::types::chat::{
     ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions, CreateChatCompletionRequestArgs,
 };
-use nvm_runtime::observability::{LlmCall, Usage, helicone_headers};
+use nvm_runtime::observability::{LlmCall, Usage};
 use nvm_runtime::{Environment, PaymentContext, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, http, mint, payments_for, receipt, serve};
 

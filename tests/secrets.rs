@@ -19,10 +19,12 @@ use std::time::Duration;
 use actix_web::{HttpResponse, post, web};
 use nvm_runtime::__private::backend::ApiKey;
 use nvm_runtime::__private::backend::Facilitator;
+use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
+use nvm_runtime::__private::wire::AccessTokenExt as _;
 use nvm_runtime::__private::wire::{FacilitatorRequest, PermissionsResponse};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::client::{PayingClient, Subscriber};
-use nvm_runtime::local::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator, MintOptions};
+use nvm_runtime::local::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator};
 use nvm_runtime::observability::{LlmCall, Usage};
 use nvm_runtime::wire::AccessToken;
 use nvm_runtime::{PaymentContext, Payments, paid};
@@ -209,7 +211,8 @@ async fn a_full_paid_flow_logs_no_secret_even_at_trace() {
     let minted = client
         .subscriber()
         .token_for(
-            &nvm_runtime::wire::PaymentRequired::builder(DEMO_PLAN_ID, "eip155:84532").build().accepts[0],
+            &nvm_runtime::__private::wire::EnvelopeBuilder::new(DEMO_PLAN_ID, "eip155:84532").build().accepts
+                [0],
         )
         .await
         .expect("a token");
@@ -265,7 +268,8 @@ async fn debug_of_every_type_holding_a_secret_redacts_it() {
     let facilitator = Facilitator::new(local.backend_url(), &key, Duration::from_secs(1)).expect("client");
     let payload = AccessToken::new(token.as_str()).decode().expect("decodes");
     let request = FacilitatorRequest {
-        payment_required: nvm_runtime::wire::PaymentRequired::builder(DEMO_PLAN_ID, "eip155:84532").build(),
+        payment_required: nvm_runtime::__private::wire::EnvelopeBuilder::new(DEMO_PLAN_ID, "eip155:84532")
+            .build(),
         x402_access_token: token.clone(),
         max_amount: None,
         agent_request_id: None,

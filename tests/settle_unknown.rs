@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
+use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
+use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::wire::SettleResponse;
 use nvm_runtime::{Payments, PaymentsBuilder, PendingSettlement, PendingSettlements, Resolution};
 use nvm_tests::{

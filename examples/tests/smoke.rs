@@ -144,7 +144,7 @@ async fn quickstart_is_paid_by_the_client_by_plain_http_and_by_its_curl_lines() 
     let token = client
         .subscriber()
         .token_for(
-            &nvm_runtime::wire::PaymentRequired::builder(
+            &nvm_runtime::__private::wire::EnvelopeBuilder::new(
                 pricing["routes"][0]["plan"].as_str().unwrap(),
                 "eip155:84532",
             )
@@ -302,7 +302,7 @@ async fn observability_answers_from_the_gateway_and_charges_by_tokens() {
         expected_balance -= credits;
         assert_eq!(receipt.remaining_balance.as_ref().and_then(|a| a.as_u64()), Some(expected_balance));
         let body: serde_json::Value = paid.response.json().await.expect("JSON");
-        assert_eq!(body["answer"], nvm_runtime::local::CANNED_COMPLETION, "{body}");
+        assert_eq!(body["answer"], nvm_runtime::__private::local::CANNED_COMPLETION, "{body}");
         assert_eq!(body["tokens"], words as u64 + 6, "{body}");
         assert_eq!(body["creditsCharged"], credits, "{body}");
     }

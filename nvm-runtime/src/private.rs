@@ -6,10 +6,9 @@ pub use core::option::Option::{self, None, Some};
 pub use actix_web::{HttpRequest, HttpResponse};
 pub use inventory;
 
-pub use crate::actix::credits::CreditsFuture;
+pub use crate::actix::credits::future::CreditsFuture;
 pub use crate::actix::paid::{Paid, serve};
-pub use crate::actix::pricing::RouteEntry;
-pub use crate::actix::route::{Credits, Route, RouteSpec};
+pub use crate::actix::route::{Credits, Route, RouteEntry, RouteSpec};
 pub use crate::flow::{Id, SettlePoint, Terms, cache_control_problem};
 
 pub use crate::__nvm_paid_body as body;
@@ -19,7 +18,10 @@ pub use crate::__nvm_paid_body as body;
 pub mod mcp {
     pub use rmcp::model::JsonObject;
 
-    pub use crate::mcp::{PaidCall, PaidTool, ToolAnswer, ToolEntry, by_arguments, resolve_credits, serve};
+    pub use crate::mcp::call::PaidCall;
+    pub use crate::mcp::tools::{
+        PaidTool, ToolAnswer, ToolCredits, ToolEntry, by_arguments, resolve_credits, serve,
+    };
 }
 
 /// The body of a `#[paid]` outer function, written back as is, in a block: a routing
@@ -97,11 +99,14 @@ pub fn plan_value<P: PlanId>(p: P) -> String {
 /// The protocol's inner parts, for this repository's own tests, fuzzers and benchmarks
 /// (which build tokens and facilitator calls by hand). Not a public API.
 pub mod wire {
+    pub use crate::wire::envelope::EnvelopeBuilder;
     pub use crate::wire::messages::{
         CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, FacilitatorRequest, PermissionsRequest,
         PermissionsResponse,
     };
-    pub use crate::wire::token::{Authorization, PaymentPayload, ResourceBinding, SignedPayload, TokenHash};
+    pub use crate::wire::token::{
+        AccessTokenExt, Authorization, PaymentPayload, ResourceBinding, SignedPayload, TokenHash,
+    };
 
     /// The base64 JSON header codec.
     pub mod codec {
@@ -116,4 +121,21 @@ pub mod wire {
 /// benchmarks (which call the facilitator directly). Not a public API.
 pub mod backend {
     pub use crate::backend::{ApiKey, DEFAULT_TIMEOUT, Facilitator, PlanScheme, SettleOutcome};
+}
+
+/// The local facilitator's controls beyond a user's test, for this repository's own
+/// tests, benchmarks and the `nvm-local-facilitator` binary (more plans and accounts,
+/// tokens minted in-process, the stand-in gateway's faults). Not a public API.
+#[cfg(feature = "local")]
+pub mod local {
+    pub use crate::local::gateway::CANNED_COMPLETION;
+    pub use crate::local::kit::{
+        DEFAULT_CREDITS, LocalFacilitatorExt, LocalInfo, LocalPlan, MintOptions, PlanSpec,
+    };
+}
+
+/// The observability gateway's headers, for this repository's tests (which compare them
+/// with payments-py's). Not a public API.
+pub mod observability {
+    pub use crate::observability::helicone::helicone_headers;
 }

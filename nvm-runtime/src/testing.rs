@@ -37,16 +37,17 @@ use actix_web::{App, HttpServer};
 
 use crate::actix::Payments;
 use crate::client::{PayingClient, Subscriber};
-use crate::local::{DEFAULT_CREDITS, LocalFacilitator, PlanSpec};
+use crate::local::LocalFacilitator;
+use crate::local::kit::{DEFAULT_CREDITS, LocalFacilitatorExt as _, PlanSpec};
 
-/// A local facilitator, a seller [`Payments`] on it and a buyer holding
-/// [`DEFAULT_CREDITS`] on the plan; the apps it [`serve`](Self::serve)s and the
+/// A local facilitator, a seller [`Payments`] on it and a buyer holding 100 credits
+/// on the plan; the apps it [`serve`](Self::serve)s and the
 /// facilitator stop when it is dropped. See the [module docs](self).
 ///
 /// ```
 /// # actix_web::rt::System::new().block_on(async {
 /// let t = nvm_runtime::testing::TestPayments::start().await;
-/// assert_eq!(t.balance(), nvm_runtime::local::DEFAULT_CREDITS);
+/// assert_eq!(t.balance(), 100);
 /// # });
 /// ```
 pub struct TestPayments {
@@ -182,7 +183,7 @@ impl TestPayments {
     }
 
     /// A buyer paying with the facilitator's demo subscriber, who holds
-    /// [`DEFAULT_CREDITS`] on [`plan_id`](Self::plan_id) at start. Each call gives a new
+    /// 100 credits on [`plan_id`](Self::plan_id) at start. Each call gives a new
     /// client for the same subscriber.
     ///
     /// # Panics

@@ -7,9 +7,9 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use nvm_runtime::__private::backend::Facilitator;
+use nvm_runtime::__private::wire::EnvelopeBuilder;
 use nvm_runtime::__private::wire::FacilitatorRequest;
 use nvm_runtime::error::{FacilitatorError, Unavailable};
-use nvm_runtime::wire::PaymentRequired;
 
 const TIMEOUT: Duration = Duration::from_millis(400);
 // header {"alg":"none"}, payload {"sub":"0xabc","o11y":"k"}
@@ -58,7 +58,7 @@ fn client(url: &str) -> Facilitator {
 
 fn request() -> FacilitatorRequest {
     FacilitatorRequest {
-        payment_required: PaymentRequired::builder("1", "eip155:84532").url("/ask").build(),
+        payment_required: EnvelopeBuilder::new("1", "eip155:84532").url("/ask").build(),
         x402_access_token: "token".into(),
         max_amount: Some(1.into()),
         agent_request_id: None,

@@ -7,12 +7,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nvm_runtime::__private::backend::{ApiKey, Facilitator};
+use nvm_runtime::__private::local::{LocalFacilitatorExt as _, LocalInfo, MintOptions, PlanSpec};
 use nvm_runtime::__private::wire::codec;
+use nvm_runtime::__private::wire::{AccessTokenExt as _, EnvelopeBuilder};
 use nvm_runtime::__private::wire::{
     CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, FacilitatorRequest, PermissionsRequest, ResourceBinding,
 };
 use nvm_runtime::error::{FacilitatorError, Unavailable};
-use nvm_runtime::local::{LocalFacilitator, LocalInfo, MintOptions, PlanSpec};
+use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::wire::AccessToken;
 use nvm_runtime::wire::PaymentRequired;
 use nvm_runtime::wire::{SettleResponse, VerifyResponse};
@@ -29,7 +31,7 @@ fn builder(local: &LocalFacilitator) -> Facilitator {
 }
 
 fn envelope(plan_id: &str, agent_id: &str, url: &str) -> PaymentRequired {
-    PaymentRequired::builder(plan_id, NETWORK).url(url).agent_id(agent_id).http_verb("POST").build()
+    EnvelopeBuilder::new(plan_id, NETWORK).url(url).agent_id(agent_id).http_verb("POST").build()
 }
 
 fn default_envelope(local: &LocalFacilitator) -> PaymentRequired {
@@ -308,7 +310,7 @@ async fn verify_reports_invalid_agent() {
     assert_eq!(invalid_reason(&local, &request).await, "invalid_agent");
     // The token's agent is not one of the plan's.
     let token = local.mint_token(MintOptions::new().agent("777"));
-    let no_agent = PaymentRequired::builder(local.plan_id(), NETWORK).url("/ask").build();
+    let no_agent = EnvelopeBuilder::new(local.plan_id(), NETWORK).url("/ask").build();
     assert_eq!(invalid_reason(&local, &self::request(&no_agent, &token)).await, "invalid_agent");
     // The token's agent differs from the envelope's.
     assert_eq!(invalid_reason(&local, &request_for(&local, &token)).await, "invalid_agent");

@@ -7,8 +7,9 @@
 #![allow(clippy::unwrap_used)]
 
 use actix_web::{HttpResponse, web};
+use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::local::{LocalFacilitator, MintOptions};
+use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::{Payments, paid};
 use nvm_tests::{CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, TestServer, http, payments_for, serve};
 

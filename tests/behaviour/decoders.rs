@@ -24,12 +24,14 @@ use actix_web::{HttpResponse, post, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use nvm_runtime::__private::backend::ApiKey;
+use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions, PlanSpec};
 use nvm_runtime::__private::wire::codec::{self, DecodeError, MAX_HEADER_LEN};
+use nvm_runtime::__private::wire::{AccessTokenExt as _, EnvelopeBuilder};
 use nvm_runtime::__private::wire::{
     Authorization, CODE_SPENT, PaymentPayload, ResourceBinding, SignedPayload,
 };
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::local::{LocalFacilitator, MintOptions, PlanSpec};
+use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::wire::{Accepted, PaymentRequired};
 use nvm_runtime::wire::{AccessToken, Amount, SettleResponse};
 use nvm_runtime::{Environment, paid};
@@ -440,7 +442,7 @@ fn accepted() -> impl Strategy<Value = Accepted> {
     (text(), text(), decimal_id(), text(), prop::option::of(decimal_id()), prop::option::of(text())).prop_map(
         |(scheme, network, plan_id, version, agent_id, http_verb)| {
             // Non-exhaustive: built as a seller's envelope is, then every field set.
-            let mut accepted = PaymentRequired::builder(plan_id, network).build().accepts.remove(0);
+            let mut accepted = EnvelopeBuilder::new(plan_id, network).build().accepts.remove(0);
             accepted.scheme = scheme;
             accepted.extra.version = version;
             accepted.extra.agent_id = agent_id;
@@ -459,7 +461,7 @@ fn envelope_value() -> impl Strategy<Value = PaymentRequired> {
         extension_map(),
     )
         .prop_map(|(x402_version, error, (url, description, mime_type), accepts, extensions)| {
-            let mut envelope = PaymentRequired::builder("0", "network").build();
+            let mut envelope = EnvelopeBuilder::new("0", "network").build();
             envelope.x402_version = x402_version;
             envelope.error = error;
             envelope.resource.url = url;

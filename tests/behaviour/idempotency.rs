@@ -22,8 +22,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_web::{HttpResponse, post, web};
+use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
-use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator, MintOptions};
+use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::store::RedisStore;
 use nvm_runtime::wire::SettleResponse;
 use nvm_runtime::{Idempotency, PaymentContext, Payments, Resolution, paid};

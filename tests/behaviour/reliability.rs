@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
+use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::client::{ClientError, PayingClient, Subscriber};
-use nvm_runtime::local::{Calls, Endpoint, Fault, LocalFacilitator, MintOptions};
+use nvm_runtime::local::{Calls, Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::{Payments, PaymentsBuilder};
 use nvm_tests::{
     CONTENT, CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, Runs, TestServer, envelope, http,
@@ -227,7 +228,7 @@ fn cases() -> Vec<Case> {
 /// Waits (at most 2 s) until `endpoint` received a call.
 async fn until_called(local: &LocalFacilitator, endpoint: Endpoint) {
     let deadline = Instant::now() + Duration::from_secs(2);
-    while local.calls().of(endpoint) == 0 && Instant::now() < deadline {
+    while local.calls_to(endpoint) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

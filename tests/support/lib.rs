@@ -108,7 +108,7 @@ pub async fn mint_with(
         .timeout(Duration::from_secs(3))
         .build()
         .expect("subscriber config");
-    let mut envelope = nvm_runtime::wire::PaymentRequired::builder(plan_id, "eip155:84532");
+    let mut envelope = nvm_runtime::__private::wire::EnvelopeBuilder::new(plan_id, "eip155:84532");
     if let Some(agent) = agent_id {
         envelope = envelope.agent_id(agent);
     }

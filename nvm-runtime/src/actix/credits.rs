@@ -9,41 +9,11 @@
 //! Price by the body with [`by_body`], never by `Content-Length`: a chunked upload has
 //! none, so a price read from it is wrong for the same text sent another way.
 
-use std::future::Future;
-use std::pin::Pin;
+pub(crate) mod future;
 
 use actix_web::HttpRequest;
 
-/// The credits of one request: ready now, after an `await`, or once the body is read.
-/// What expansions and the flow exchange; not part of the public API.
-#[doc(hidden)]
-pub enum CreditsFuture<'a> {
-    /// Known already.
-    Ready(u64),
-    /// Computed by an async function of the request.
-    Pending(Pin<Box<dyn Future<Output = u64> + 'a>>),
-    /// Computed from the request's body, read first (at most `limit` bytes).
-    Body {
-        /// The most bytes read; a longer body is refused with 413.
-        limit: usize,
-        /// Prices the body.
-        price: BodyPrice<'a>,
-    },
-}
-
-/// Prices a body that was read in full.
-#[doc(hidden)]
-pub type BodyPrice<'a> = Box<dyn FnOnce(&[u8]) -> u64 + 'a>;
-
-impl std::fmt::Debug for CreditsFuture<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CreditsFuture::Ready(n) => write!(f, "CreditsFuture::Ready({n})"),
-            CreditsFuture::Pending(_) => f.write_str("CreditsFuture::Pending"),
-            CreditsFuture::Body { limit, .. } => write!(f, "CreditsFuture::Body {{ limit: {limit} }}"),
-        }
-    }
-}
+pub(crate) use self::future::CreditsFuture;
 
 /// How many body bytes [`by_body`] reads by default: 256 KiB.
 pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;

@@ -17,16 +17,9 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::{Serialize, Serializer};
 
 use crate::actix::resource_map::{self, Registered};
-use crate::actix::route::{Mount, Route};
+use crate::actix::route::{Mount, Route, RouteEntry};
 use crate::error::ConfigError;
 use crate::flow::{Id, SettlePoint, Terms};
-
-/// One `#[paid]` handler in the table; the macro submits one per handler.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct RouteEntry(pub &'static Route);
-
-inventory::collect!(RouteEntry);
 
 /// Every `#[paid]` handler linked into this program, sorted by module and name.
 pub(crate) fn routes() -> Vec<&'static Route> {

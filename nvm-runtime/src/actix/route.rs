@@ -13,6 +13,13 @@ use actix_web::HttpRequest;
 use super::credits::CreditsFuture;
 use crate::flow::Terms;
 
+/// One `#[paid]` handler in the table of the program's paid routes; the macro submits
+/// one per handler (lent by `__private`; not a public API).
+#[derive(Debug)]
+pub struct RouteEntry(pub &'static Route);
+
+inventory::collect!(RouteEntry);
+
 /// How a route prices a request.
 #[derive(Debug, Clone, Copy)]
 pub enum Credits {

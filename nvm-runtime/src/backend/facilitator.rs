@@ -375,10 +375,11 @@ fn encode_path_segment(segment: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::envelope::EnvelopeBuilder;
 
     #[test]
     fn borrowed_bodies_serialize_exactly_as_facilitator_requests() {
-        let envelope = PaymentRequired::builder("7", "eip155:84532").url("/ask").http_verb("POST").build();
+        let envelope = EnvelopeBuilder::new("7", "eip155:84532").url("/ask").http_verb("POST").build();
         for (amount, request_id) in
             [(None, None), (Some(3), None), (Some(1), Some("r-1")), (None, Some("r-2"))]
         {

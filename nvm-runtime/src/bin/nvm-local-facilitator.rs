@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue};
 use clap::{CommandFactory as _, Parser};
-use nvm_runtime::local::{DEFAULT_CREDITS, LocalFacilitator};
+use nvm_runtime::__private::local::{DEFAULT_CREDITS, LocalFacilitatorExt as _};
+use nvm_runtime::local::LocalFacilitator;
 
 /// The command line.
 #[derive(Debug, PartialEq, Eq, Parser)]

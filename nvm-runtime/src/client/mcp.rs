@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use sse_stream::{Sse, SseStream};
 
 use super::{ClientError, PaymentOutcome, Subscriber};
+use crate::wire::AccessTokenExt as _;
 use crate::wire::{CODE_SPENT, PaymentRequired, SETTLEMENT_UNKNOWN, SettleResponse};
 
 /// The `_meta` key of the buyer's payment.

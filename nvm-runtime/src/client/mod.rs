@@ -7,6 +7,7 @@ pub mod mcp;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
+use crate::wire::AccessTokenExt as _;
 use crate::wire::codec::DecodeError;
 use std::time::Duration;
 
@@ -43,8 +44,7 @@ use crate::wire::{
 /// ```
 pub use reqwest;
 
-/// Options of a token the [`Subscriber`] mints (not to be confused with the local
-/// facilitator's `local::MintOptions`, which mints in-process for tests).
+/// Options of a token the [`Subscriber`] mints.
 ///
 /// ```
 /// let mut options = nvm_runtime::client::TokenOptions::default();

@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use super::PendingSettlements;
 use crate::error::IdempotencyError;
 use crate::store::{MemoryStore, Store, StoreError};
+use crate::wire::AccessTokenExt as _;
 use crate::wire::codec::{hex, unique_id};
 use crate::wire::{AccessToken, PaymentPayload};
 pub(crate) use crate::wire::{IDEMPOTENCY_KEY as KEY_HEADER, IDEMPOTENT_REPLAYED as REPLAYED_HEADER};

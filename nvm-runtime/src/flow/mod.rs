@@ -28,7 +28,9 @@ pub use terms::{Id, SettlePoint, Terms, cache_control_problem};
 
 use crate::backend::{Facilitator, PlanCatalog, RequestRef, SettleOutcome};
 use crate::error::{ConfigError, FacilitatorError, IdempotencyError, PaymentError, Refusal};
+use crate::wire::AccessTokenExt as _;
 use crate::wire::codec::{JsonShape, MAX_HEADER_LEN, decode_json_header};
+use crate::wire::envelope::EnvelopeBuilder;
 use crate::wire::{
     AccessToken, Amount, CODE_SPENT, NETWORK_STRIPE, PaymentRequired, SCHEME_CARD_DELEGATION,
     SETTLEMENT_PENDING, SETTLEMENT_UNKNOWN, SettleResponse, VerifyResponse,
@@ -746,7 +748,7 @@ pub(crate) async fn envelope(seller: &Seller, host: &impl Host, offer: &Offer<'_
             (resolved.scheme.to_string(), network)
         }
     };
-    let mut builder = PaymentRequired::builder(offer.plan_id, network)
+    let mut builder = EnvelopeBuilder::new(offer.plan_id, network)
         .scheme(scheme)
         .url(terms.resource.as_deref().unwrap_or(host.path()))
         .http_verb(host.method());

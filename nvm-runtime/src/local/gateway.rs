@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use super::faults::{Endpoint as Slot, Fault, Faults};
 
 /// The answer of the stand-in's `chat/completions`, whatever was asked.
-#[doc(hidden)]
 pub const CANNED_COMPLETION: &str = "This is the local gateway's answer.";
 
 /// An endpoint of the stand-in gateway.
@@ -31,13 +30,7 @@ pub enum GatewayEndpoint {
 
 impl GatewayEndpoint {
     /// The path.
-    ///
-    /// ```
-    /// use nvm_runtime::local::GatewayEndpoint;
-    /// assert_eq!(GatewayEndpoint::Log.path(), "/jawn/v1/trace/custom/v1/log");
-    /// ```
-    #[doc(hidden)]
-    pub const fn path(self) -> &'static str {
+    pub(crate) const fn path(self) -> &'static str {
         match self {
             GatewayEndpoint::ChatCompletions => "/jawn/v1/gateway/oai/v1/chat/completions",
             GatewayEndpoint::Log => "/jawn/v1/trace/custom/v1/log",

@@ -9,9 +9,11 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::Calls;
 use super::bodies::{FacilitatorBody, PermissionsBody};
 use super::keys::{self, Secret};
-use super::{Calls, LocalPlan, MintOptions, PlanSpec};
+use super::kit::{LocalPlan, MintOptions, PlanSpec};
+use crate::wire::AccessTokenExt as _;
 use crate::wire::{Accepted, Endpoint, Extra, SCHEME_CARD_DELEGATION, SCHEME_ERC4337, X402_VERSION};
 use crate::wire::{AccessToken, Authorization, PaymentPayload, SignedPayload, TokenHash};
 use crate::wire::{CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, ResourceBinding};

@@ -46,7 +46,6 @@ impl Default for Settings {
 
 /// The payment side of one tool call, taken from rmcp's call context before the tool's
 /// own arguments are parsed: the hidden argument of a `#[paid]` tool. Not a public API.
-#[doc(hidden)]
 pub struct PaidCall {
     payments: Option<Payments>,
     settings: Arc<Settings>,

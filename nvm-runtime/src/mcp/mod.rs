@@ -44,15 +44,11 @@
 //!   `planId`, `agentId` when set, and `credits` (a decimal string, or `"dynamic"`).
 
 mod bridge;
-mod call;
+pub(crate) mod call;
 mod render;
-mod tools;
+pub(crate) mod tools;
 
 pub use bridge::McpService;
-#[doc(hidden)]
-pub use call::PaidCall;
 pub use call::ToolCall;
 pub(crate) use tools::terms;
-#[doc(hidden)]
-pub use tools::{PaidTool, ToolAnswer, ToolCredits, ToolEntry, by_arguments, resolve_credits, serve};
 pub use tools::{PaidTools, PricedTool, ToolConfig, manifest};

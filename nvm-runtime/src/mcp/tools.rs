@@ -52,7 +52,6 @@ impl Price {
 }
 
 /// The price of a `#[paid]` tool, in a `static` of its expansion. Not a public API.
-#[doc(hidden)]
 pub struct PaidTool {
     /// The tool's name (its `#[tool(name = …)]`, else the method's).
     name: &'static str,
@@ -85,7 +84,6 @@ impl PaidTool {
 
 /// A `#[paid]` tool linked into the program (its expansion submits it). Not a public
 /// API.
-#[doc(hidden)]
 pub struct ToolEntry(pub &'static PaidTool);
 
 inventory::collect!(ToolEntry);
@@ -174,11 +172,9 @@ fn price_meta(terms: &Terms, price: &Price, name: &str) -> MetaObject {
 }
 
 /// What a `#[paid]` tool method answers. Not a public API.
-#[doc(hidden)]
 pub type ToolAnswer = Result<CallToolResponse, ErrorData>;
 
 /// Gives a credits closure of a tool its argument type. Not a public API.
-#[doc(hidden)]
 pub fn by_arguments<F: Fn(&JsonObject) -> u64>(price: F) -> F {
     price
 }
@@ -194,7 +190,7 @@ pub enum ByArguments {}
 /// arguments. The marker `M` keeps the forms apart; it is inferred.
 ///
 /// ```
-/// use nvm_runtime::mcp::ToolCredits;
+/// use nvm_runtime::__private::mcp::ToolCredits;
 /// use rmcp::model::JsonObject;
 ///
 /// fn by_pages(args: &JsonObject) -> u64 { args.get("pages").and_then(|p| p.as_u64()).unwrap_or(1) }
@@ -210,7 +206,6 @@ pub enum ByArguments {}
 )]
 pub trait ToolCredits<M> {
     /// The credits of a call with `arguments` (called by the flow; not a public API).
-    #[doc(hidden)]
     fn credits(&self, arguments: &JsonObject) -> u64;
 }
 
@@ -227,14 +222,12 @@ impl<F: Fn(&JsonObject) -> u64> ToolCredits<ByArguments> for F {
 }
 
 /// The credits of a call from any [`ToolCredits`]. Not a public API.
-#[doc(hidden)]
 pub fn resolve_credits<M, C: ToolCredits<M>>(credits: C, arguments: &JsonObject) -> u64 {
     credits.credits(arguments)
 }
 
 /// Serves a call of a `#[paid]` tool: verified before the tool's body (`run`, not
 /// polled until then), settled when it completes without `isError`.
-#[doc(hidden)]
 pub async fn serve<F, R>(call: PaidCall, tool: &'static PaidTool, run: F) -> ToolAnswer
 where
     F: Future<Output = R> + Send,

@@ -21,16 +21,10 @@ pub(crate) const NETWORK_STRIPE: &str = "stripe";
 /// ```
 /// use nvm_runtime::wire::PaymentRequired;
 ///
-/// let envelope = PaymentRequired::builder("123", "eip155:84532")
-///     .url("/ask")
-///     .agent_id("456")
-///     .http_verb("POST")
-///     .build();
-/// let json = serde_json::to_string(&envelope).unwrap();
-/// assert_eq!(
-///     json,
-///     r#"{"x402Version":2,"resource":{"url":"/ask"},"accepts":[{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"123","extra":{"version":"1","agentId":"456","httpVerb":"POST"}}],"extensions":{}}"#
-/// );
+/// let json = r#"{"x402Version":2,"resource":{"url":"/ask"},"accepts":[{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"123","extra":{"version":"1","agentId":"456","httpVerb":"POST"}}],"extensions":{}}"#;
+/// let envelope: PaymentRequired = serde_json::from_str(json).unwrap();
+/// assert_eq!(envelope.first().map(|accepted| accepted.plan_id.as_str()), Some("123"));
+/// assert_eq!(serde_json::to_string(&envelope).unwrap(), json);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -120,9 +114,52 @@ impl Default for Extra {
 }
 
 impl PaymentRequired {
+    /// The value of the `payment-required` header: standard padded base64 of compact JSON.
+    pub fn to_header(&self) -> String {
+        codec::encode_json_header(self)
+    }
+
+    /// Reads a `payment-required` header value (either base64 alphabet, padded or not).
+    ///
+    /// ```
+    /// use nvm_runtime::wire::PaymentRequired;
+    /// let json = r#"{"x402Version":2,"resource":{"url":"/x"},"accepts":[{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"1","extra":{"version":"1"}}]}"#;
+    /// let envelope: PaymentRequired = serde_json::from_str(json).unwrap();
+    /// assert_eq!(PaymentRequired::from_header(&envelope.to_header()).unwrap(), envelope);
+    /// ```
+    pub fn from_header(value: &str) -> Result<Self, DecodeError> {
+        codec::decode_json_header(value)
+    }
+
+    /// The first accepted plan, the one clients pay with.
+    pub fn first(&self) -> Option<&Accepted> {
+        self.accepts.first()
+    }
+}
+
+/// Builds a [`PaymentRequired`] envelope for one plan: what the flow advertises, and
+/// what this repository's tests, fuzzers and benchmarks build by hand (lent by
+/// `__private::wire`; not a public API).
+///
+/// ```
+/// use nvm_runtime::__private::wire::EnvelopeBuilder;
+///
+/// let envelope = EnvelopeBuilder::new("123", "eip155:84532").url("/ask").agent_id("456").http_verb("POST").build();
+/// let json = serde_json::to_string(&envelope).unwrap();
+/// assert_eq!(
+///     json,
+///     r#"{"x402Version":2,"resource":{"url":"/ask"},"accepts":[{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"123","extra":{"version":"1","agentId":"456","httpVerb":"POST"}}],"extensions":{}}"#
+/// );
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct EnvelopeBuilder {
+    envelope: PaymentRequired,
+}
+
+impl EnvelopeBuilder {
     /// Starts an envelope for one plan on the `nvm:erc4337` scheme and the given network.
-    #[doc(hidden)]
-    pub fn builder(plan_id: impl Into<String>, network: impl Into<String>) -> EnvelopeBuilder {
+    pub fn new(plan_id: impl Into<String>, network: impl Into<String>) -> Self {
         EnvelopeBuilder {
             envelope: PaymentRequired {
                 x402_version: X402_VERSION,
@@ -139,36 +176,6 @@ impl PaymentRequired {
         }
     }
 
-    /// The value of the `payment-required` header: standard padded base64 of compact JSON.
-    pub fn to_header(&self) -> String {
-        codec::encode_json_header(self)
-    }
-
-    /// Reads a `payment-required` header value (either base64 alphabet, padded or not).
-    ///
-    /// ```
-    /// use nvm_runtime::wire::PaymentRequired;
-    /// let envelope = PaymentRequired::builder("1", "eip155:84532").url("/x").build();
-    /// assert_eq!(PaymentRequired::from_header(&envelope.to_header()).unwrap(), envelope);
-    /// ```
-    pub fn from_header(value: &str) -> Result<Self, DecodeError> {
-        codec::decode_json_header(value)
-    }
-
-    /// The first accepted plan, the one clients pay with.
-    pub fn first(&self) -> Option<&Accepted> {
-        self.accepts.first()
-    }
-}
-
-/// Builds a [`PaymentRequired`] envelope; see [`PaymentRequired::builder`].
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct EnvelopeBuilder {
-    envelope: PaymentRequired,
-}
-
-impl EnvelopeBuilder {
     fn accepted(&mut self) -> &mut Accepted {
         // The builder always holds exactly one entry.
         &mut self.envelope.accepts[0]
@@ -222,7 +229,7 @@ mod tests {
 
     #[test]
     fn omits_unset_optionals_and_keeps_extensions() {
-        let envelope = PaymentRequired::builder("9", "stripe")
+        let envelope = EnvelopeBuilder::new("9", "stripe")
             .scheme(SCHEME_CARD_DELEGATION)
             .url("/a")
             .description("d")

@@ -166,4 +166,6 @@ pub(crate) use messages::{
     PermissionsResponse, SETTLEMENT_PENDING, SETTLEMENT_UNKNOWN,
 };
 #[cfg_attr(not(feature = "local"), allow(unused_imports))]
-pub(crate) use token::{Authorization, PaymentPayload, ResourceBinding, SignedPayload, TokenHash};
+pub(crate) use token::{
+    AccessTokenExt, Authorization, PaymentPayload, ResourceBinding, SignedPayload, TokenHash,
+};

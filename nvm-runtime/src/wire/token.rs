@@ -33,25 +33,46 @@ impl AccessToken {
         &self.0
     }
 
-    /// The short hash that stands for the token in logs and cache keys.
-    #[doc(hidden)]
-    pub fn hash(&self) -> TokenHash {
-        TokenHash::of(&self.0)
-    }
-
     /// Whether the token may be a single-use one: a check of its base64 text for the
     /// JSON key `"nonce"` at each of the three byte alignments, in either alphabet,
     /// without decoding it. `false` is certain; `true` is confirmed by
-    /// [`decode`](Self::decode).
+    /// [`AccessTokenExt::decode`].
     pub(crate) fn may_be_single_use(&self) -> bool {
         static PATTERNS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
         let patterns = PATTERNS.get_or_init(|| base64_fragments(b"\"nonce\""));
         patterns.iter().any(|pattern| self.0.contains(pattern.as_str()))
     }
+}
+
+/// What the crate (and this repository's tests and fuzzers, through
+/// `__private::wire`) does with a token besides sending it: its short hash for logs, its
+/// decoded payload. Not a public API: a seller never needs to decode a token.
+pub trait AccessTokenExt {
+    /// The short hash that stands for the token in logs and cache keys.
+    ///
+    /// ```
+    /// use nvm_runtime::__private::wire::{AccessTokenExt as _, TokenHash};
+    /// use nvm_runtime::wire::AccessToken;
+    /// assert_eq!(AccessToken::new("abc").hash(), TokenHash::of("abc"));
+    /// ```
+    fn hash(&self) -> TokenHash;
 
     /// Decodes the x402 payment payload inside the token.
-    #[doc(hidden)]
-    pub fn decode(&self) -> Result<PaymentPayload, DecodeError> {
+    ///
+    /// ```
+    /// use nvm_runtime::__private::wire::AccessTokenExt as _;
+    /// use nvm_runtime::wire::AccessToken;
+    /// assert!(AccessToken::new("not base64 JSON").decode().is_err());
+    /// ```
+    fn decode(&self) -> Result<PaymentPayload, DecodeError>;
+}
+
+impl AccessTokenExt for AccessToken {
+    fn hash(&self) -> TokenHash {
+        TokenHash::of(&self.0)
+    }
+
+    fn decode(&self) -> Result<PaymentPayload, DecodeError> {
         codec::decode_json_header(&self.0)
     }
 }

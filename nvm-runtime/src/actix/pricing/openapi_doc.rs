@@ -329,7 +329,7 @@ fn error_schema() -> Schema {
 mod tests {
     use std::collections::BTreeSet;
 
-    use crate::wire::PaymentRequired;
+    use crate::wire::envelope::EnvelopeBuilder;
 
     /// The property names of an object schema, nested ones as `a.b`.
     fn names(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn the_envelope_schema_names_the_wire_fields() {
-        let envelope = PaymentRequired::builder("1", "eip155:84532")
+        let envelope = EnvelopeBuilder::new("1", "eip155:84532")
             .url("/ask")
             .description("d")
             .mime_type("application/json")

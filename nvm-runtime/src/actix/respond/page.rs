@@ -215,6 +215,7 @@ mod tests {
     use actix_web::http::header::HeaderValue;
 
     use super::*;
+    use crate::wire::envelope::EnvelopeBuilder;
 
     fn accept(values: &[&str]) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -337,7 +338,7 @@ mod tests {
 
     #[test]
     fn the_page_escapes_every_value_and_links_to_checkout() {
-        let envelope = PaymentRequired::builder("42", "eip155:84532")
+        let envelope = EnvelopeBuilder::new("42", "eip155:84532")
             .url("/ask")
             .http_verb("POST")
             .agent_id("7")
