@@ -10,7 +10,7 @@ async fn work(payment: PaymentContext) -> Result<HttpResponse, actix_web::Error>
     let _: Option<&str> = payment.agent_request_id();
     let _ = payment.agent_request();
     let _ = payment.envelope();
-    let _ = payment.token().map(|t| t.hash());
+    let _: Option<String> = payment.token().map(|t| t.to_string());
     let used: u64 = 3;
     match payment.charge(used) {
         Ok(()) => {}

@@ -1,4 +1,3 @@
-use nvm_runtime::mcp::ToolCredits;
 use nvm_runtime::{paid, PaymentContext};
 use rmcp::handler::server::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
@@ -52,10 +51,7 @@ impl Agent {
     }
 }
 
-fn accepts<M>(_: impl ToolCredits<M>) {}
-
 fn main() {
-    accepts(by_words);
     let router = Agent { tool_router: Agent::tool_router() }.tool_router;
     let tool = router.get("count_words").expect("renamed");
     assert!(tool.output_schema.is_some());
