@@ -23,8 +23,7 @@ use actix_web::web::Bytes;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use futures_core::Stream;
 use nvm_examples::settings;
-use nvm_runtime::PaymentContext;
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
+use nvm_runtime::{PaymentContext, PaymentMiddleware, RouteConfig};
 
 async fn ask(payment: PaymentContext) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"answer": 42, "payer": payment.payer()}))

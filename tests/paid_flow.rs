@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, Responder, get, post, web};
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
+use nvm_runtime::error::PaymentError;
 use nvm_runtime::local::LocalFacilitator;
-use nvm_runtime::{PaymentContext, PaymentError, Payments, PaymentsBuilder, paid};
+use nvm_runtime::{PaymentContext, PaymentMiddleware, Payments, PaymentsBuilder, RouteConfig, paid};
 use nvm_tests::{
     DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, mint, payments_for, receipt, serve,
 };

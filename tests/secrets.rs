@@ -22,12 +22,11 @@ use nvm_runtime::__private::backend::Facilitator;
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::__private::wire::AccessTokenExt as _;
 use nvm_runtime::__private::wire::{FacilitatorRequest, PermissionsResponse};
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::client::{PayingClient, Subscriber};
 use nvm_runtime::local::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator};
 use nvm_runtime::observability::{LlmCall, Usage};
 use nvm_runtime::wire::AccessToken;
-use nvm_runtime::{PaymentContext, Payments, paid};
+use nvm_runtime::{PaymentContext, PaymentMiddleware, Payments, RouteConfig, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, TestServer, http, payments_for, serve};
 
 /// Everything written by the global subscriber.

@@ -24,10 +24,12 @@ use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::wire::SettleResponse;
-use nvm_runtime::{Payments, PaymentsBuilder, PendingSettlement, PendingSettlements, Resolution};
+use nvm_runtime::{
+    PaymentMiddleware, Payments, PaymentsBuilder, PendingSettlement, PendingSettlements, Resolution,
+    RouteConfig,
+};
 use nvm_tests::{
     CONTENT, CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, TestServer, envelope, http, middleware_content,
     paid_content, payments_for, receipt, serve,

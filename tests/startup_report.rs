@@ -6,9 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use actix_web::{HttpRequest, HttpResponse, get, post};
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::LocalFacilitator;
-use nvm_runtime::paid;
+use nvm_runtime::{PaymentMiddleware, RouteConfig, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, payments_for};
 
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 3, description = "Ask")]

@@ -12,10 +12,9 @@ use std::collections::BTreeMap;
 use actix_web::{HttpResponse, get, post, web};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator};
 use nvm_runtime::observability::{LlmCall, Usage};
-use nvm_runtime::paid;
+use nvm_runtime::{PaymentMiddleware, RouteConfig, paid};
 use nvm_tests::{
     CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, http, middleware_content, paid_content, payments_for, serve,
 };

@@ -176,7 +176,7 @@ impl FacilitatorError {
     /// refused).
     ///
     /// ```
-    /// use nvm_runtime::FacilitatorError;
+    /// use nvm_runtime::error::FacilitatorError;
     /// use nvm_runtime::error::Unavailable;
     ///
     /// let lost = FacilitatorError::Unavailable(Unavailable::Status { status: 504, snippet: String::new() });
@@ -325,8 +325,7 @@ pub enum PaymentError {
 /// Why a paid request with an `Idempotency-Key` was neither run nor replayed.
 ///
 /// ```
-/// use nvm_runtime::PaymentError;
-/// use nvm_runtime::error::IdempotencyError;
+/// use nvm_runtime::error::{IdempotencyError, PaymentError};
 ///
 /// let error = PaymentError::Idempotency(IdempotencyError::InFlight);
 /// assert_eq!(error.status(), 409);

@@ -27,9 +27,10 @@ pub mod testing;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use actix::{ChargeError, PaymentContext, PaymentMiddleware, Payments, PaymentsBuilder, RouteConfig};
+pub use actix::context::{ChargeError, PaymentContext};
+pub use actix::middleware::{PaymentMiddleware, RouteConfig};
+pub use actix::payments::{Payments, PaymentsBuilder};
 pub use backend::Environment;
-pub use error::{ConfigError, FacilitatorError, PaymentError};
 pub use flow::{
     Idempotency, Meter, MeterFull, MeteredStream, PendingSettlement, PendingSettlements, Recovery,
     Resolution, ResolveFuture, SettlePoint, SettlementResolver, SettlementStatus,

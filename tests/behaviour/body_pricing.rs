@@ -10,9 +10,8 @@ use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, post, web};
 use nvm_runtime::actix::credits::by_body;
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::LocalFacilitator;
-use nvm_runtime::{PaymentContext, paid};
+use nvm_runtime::{PaymentContext, PaymentMiddleware, RouteConfig, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, RawAnswer, Runs, TestServer, mint, payments_for, serve};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;

@@ -8,9 +8,8 @@
 
 use actix_web::{HttpResponse, web};
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::LocalFacilitator;
-use nvm_runtime::{Payments, paid};
+use nvm_runtime::{PaymentMiddleware, Payments, RouteConfig, paid};
 use nvm_tests::{CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, TestServer, http, payments_for, serve};
 
 /// A paid answer that asks shared caches to keep it for an hour.

@@ -30,11 +30,10 @@ use nvm_runtime::__private::wire::{AccessTokenExt as _, EnvelopeBuilder};
 use nvm_runtime::__private::wire::{
     Authorization, CODE_SPENT, PaymentPayload, ResourceBinding, SignedPayload,
 };
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::wire::{Accepted, PaymentRequired};
 use nvm_runtime::wire::{AccessToken, Amount, SettleResponse};
-use nvm_runtime::{Environment, paid};
+use nvm_runtime::{Environment, PaymentMiddleware, RouteConfig, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, payments_for, serve};
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -26,9 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{HttpResponse, post, web};
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
-use nvm_runtime::paid;
+use nvm_runtime::{PaymentMiddleware, RouteConfig, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, mint, payments_for, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -23,11 +23,10 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, post, web};
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::store::RedisStore;
 use nvm_runtime::wire::SettleResponse;
-use nvm_runtime::{Idempotency, PaymentContext, Payments, Resolution, paid};
+use nvm_runtime::{Idempotency, PaymentContext, PaymentMiddleware, Payments, Resolution, RouteConfig, paid};
 use nvm_tests::{
     CONTENT, CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, RedisServer, Runs, TestServer, http,
     middleware_content, paid_content, payments_for, serve,

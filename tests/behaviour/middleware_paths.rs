@@ -12,9 +12,8 @@ use std::sync::Arc;
 
 use actix_web::middleware::{Condition, NormalizePath};
 use actix_web::{App, HttpResponse, HttpServer, web};
-use nvm_runtime::Payments;
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::LocalFacilitator;
+use nvm_runtime::{PaymentMiddleware, Payments, RouteConfig};
 use nvm_tests::{DEMO_PLAN_ID, RawAnswer, payments_for};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use actix_web::{HttpResponse, web};
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::local::LocalFacilitator;
+use nvm_runtime::{PaymentMiddleware, RouteConfig};
 use nvm_tests::{DEMO_PLAN_ID, Runs, http, mint, payments_for, receipt, serve};
 
 async fn echo(runs: web::Data<Runs>, req: actix_web::HttpRequest) -> HttpResponse {

@@ -20,10 +20,9 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::client::{ClientError, PayingClient, Subscriber};
 use nvm_runtime::local::{Calls, Endpoint, Fault, LocalFacilitator};
-use nvm_runtime::{Payments, PaymentsBuilder};
+use nvm_runtime::{PaymentMiddleware, Payments, PaymentsBuilder, RouteConfig};
 use nvm_tests::{
     CONTENT, CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, Runs, TestServer, envelope, http,
     middleware_content, paid_content, payments_for, receipt, serve,

@@ -22,11 +22,10 @@ use actix_web::web::Bytes;
 use actix_web::{HttpResponse, post, web};
 use futures_core::Stream;
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
 use nvm_runtime::client::PaymentOutcome;
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::wire::SettleResponse;
-use nvm_runtime::{Meter, PaymentContext, Payments, SettlePoint, paid};
+use nvm_runtime::{Meter, PaymentContext, PaymentMiddleware, Payments, RouteConfig, SettlePoint, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, TestServer, http, payments_for, serve};
 
 /// The routes' price, and the meter's cap.

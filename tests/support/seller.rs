@@ -5,8 +5,7 @@
 //! predecessor left in flight), then prints `listening on http://127.0.0.1:PORT`.
 
 use actix_web::{App, HttpServer, web};
-use nvm_runtime::Payments;
-use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
+use nvm_runtime::{PaymentMiddleware, Payments, RouteConfig};
 use nvm_tests::{CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, middleware_content, paid_content};
 
 #[actix_web::main]

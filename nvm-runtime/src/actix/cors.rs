@@ -18,7 +18,7 @@
 //!
 //! The CORS middleware must wrap the paid routes from the outside (`App::wrap`, or the
 //! `wrap` of a scope around them), never sit inside them: the 402 is answered before a
-//! `#[paid]` handler runs (and by a [`PaymentMiddleware`](super::PaymentMiddleware) before
+//! `#[paid]` handler runs (and by a [`PaymentMiddleware`](crate::PaymentMiddleware) before
 //! anything it wraps), so only a layer outside sees it and gives it the CORS headers; a
 //! 402 without them reaches the page as an opaque network error.
 

@@ -27,7 +27,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 /// ```
 /// use actix_web::HttpRequest;
 /// use nvm_runtime::actix::credits::by_body;
-/// use nvm_runtime::actix::RouteConfig;
+/// use nvm_runtime::RouteConfig;
 ///
 /// // 1 credit per 100 words, at least 1; chunked or not, the same text costs the same.
 /// let per_words = by_body(|_req: &HttpRequest, body: &[u8]| {

@@ -30,7 +30,7 @@ type CreditsFn = dyn for<'a> Fn(&'a HttpRequest) -> CreditsFuture<'a> + Send + S
 ///
 /// ```
 /// use actix_web::HttpRequest;
-/// use nvm_runtime::actix::RouteConfig;
+/// use nvm_runtime::RouteConfig;
 ///
 /// let fixed = RouteConfig::new("1234").credits(2).agent("77");
 /// let dynamic = RouteConfig::new("1234").credits(|req: &HttpRequest| req.path().len() as u64);
@@ -123,7 +123,7 @@ impl RouteConfig {
     /// ([`PaymentMiddleware::try_route`] refuses the route otherwise).
     ///
     /// ```
-    /// use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
+    /// use nvm_runtime::{PaymentMiddleware, RouteConfig};
     /// # let payments = nvm_runtime::Payments::builder()
     /// #     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.").build().unwrap();
     ///
@@ -169,8 +169,7 @@ impl RouteConfig {
 ///
 /// ```
 /// use actix_web::{web, App, HttpResponse};
-/// use nvm_runtime::Payments;
-/// use nvm_runtime::actix::{PaymentMiddleware, RouteConfig};
+/// use nvm_runtime::{PaymentMiddleware, Payments, RouteConfig};
 ///
 /// let payments = Payments::builder()
 ///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")

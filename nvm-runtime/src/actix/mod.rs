@@ -1,15 +1,16 @@
 //! The actix-web side: the configuration registered with the `App`, the `#[paid]`
-//! extractor, [`PaymentContext`], [`PaymentMiddleware`], the responses. The only room
+//! extractor, [`PaymentContext`](crate::PaymentContext),
+//! [`PaymentMiddleware`](crate::PaymentMiddleware), the responses. The only room
 //! that knows actix-web.
 
-mod context;
+pub(crate) mod context;
 pub mod cors;
 pub mod credits;
 mod exchange;
 mod hooks;
-mod middleware;
+pub(crate) mod middleware;
 pub(crate) mod paid;
-mod payments;
+pub(crate) mod payments;
 pub(crate) mod paywall;
 pub mod pricing;
 mod rejection;
@@ -21,9 +22,11 @@ pub(crate) mod settlement;
 mod state;
 mod stream;
 
-pub use context::{ChargeError, NotPaid, PaymentContext};
+// The configuration, the middleware and the extractor are named at the crate root
+// (`nvm_runtime::Payments`, …), not here.
+pub use context::NotPaid;
 #[cfg(feature = "mcp")]
 pub(crate) use hooks::Hooks;
-pub use middleware::{PaymentMiddleware, PaymentService, RouteConfig};
-pub use payments::{Payments, PaymentsBuilder};
+pub use middleware::PaymentService;
+pub(crate) use payments::Payments;
 pub use rejection::Rejection;

@@ -132,7 +132,7 @@ impl Payments {
     ///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")
     ///     .build()?;
     /// assert_eq!(payments.helicone_url(), "https://helicone.nevermined.dev");
-    /// # Ok::<(), nvm_runtime::ConfigError>(())
+    /// # Ok::<(), nvm_runtime::error::ConfigError>(())
     /// ```
     pub fn helicone_url(&self) -> &str {
         self.inner.gateway.helicone_url()
@@ -202,7 +202,7 @@ impl Payments {
     /// skips it fetches each plan on its first request instead.
     ///
     /// ```no_run
-    /// # async fn start() -> Result<(), nvm_runtime::ConfigError> {
+    /// # async fn start() -> Result<(), nvm_runtime::error::ConfigError> {
     /// let payments = nvm_runtime::Payments::from_env()?;
     /// payments.prepare().await?; // e.g. "plan 1234 could not be prepared: …"
     /// # Ok(()) }
@@ -444,7 +444,7 @@ impl PaymentsBuilder {
     ///     .helicone_url("http://127.0.0.1:8585")
     ///     .build()?;
     /// assert_eq!(payments.helicone_url(), "http://127.0.0.1:8585");
-    /// # Ok::<(), nvm_runtime::ConfigError>(())
+    /// # Ok::<(), nvm_runtime::error::ConfigError>(())
     /// ```
     pub fn helicone_url(mut self, url: impl Into<String>) -> Self {
         self.backend.helicone_url = Some(url.into());

@@ -29,7 +29,7 @@ impl Id {
 /// When a route settles its payment.
 ///
 /// ```
-/// use nvm_runtime::actix::RouteConfig;
+/// use nvm_runtime::RouteConfig;
 /// use nvm_runtime::SettlePoint;
 ///
 /// // A streamed answer: the head and the chunks go out at once, settled when it ends.

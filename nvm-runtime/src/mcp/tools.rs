@@ -304,7 +304,7 @@ impl ToolConfig {
 /// use nvm_runtime::mcp::{PaidTools, ToolConfig};
 /// use rmcp::handler::server::tool::ToolRouter;
 ///
-/// # fn demo<S: Send + Sync + 'static>(router: ToolRouter<S>) -> Result<(), nvm_runtime::ConfigError> {
+/// # fn demo<S: Send + Sync + 'static>(router: ToolRouter<S>) -> Result<(), nvm_runtime::error::ConfigError> {
 /// let router = PaidTools::new()
 ///     .tool("search", ToolConfig::new("1234").credits(2))
 ///     .wrap(router)?; // an entry naming no tool of the router is an error
