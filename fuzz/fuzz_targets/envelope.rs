@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvm_runtime::wire::PaymentRequired;
-use nvm_runtime::wire::{BackendError, SettleResponse, VerifyResponse};
+use nvm_runtime::__private::wire::BackendError;
+use nvm_runtime::wire::{PaymentRequired, SettleResponse, VerifyResponse};
 
 fuzz_target!(|data: &[u8]| {
     let input = String::from_utf8_lossy(data);

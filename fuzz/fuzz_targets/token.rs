@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvm_runtime::__private::wire::AccessTokenExt as _;
 use nvm_runtime::__private::backend::ApiKey;
+use nvm_runtime::__private::wire::AccessTokenExt as _;
 use nvm_runtime::wire::AccessToken;
 
 fuzz_target!(|data: &[u8]| {

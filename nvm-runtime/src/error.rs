@@ -2,6 +2,7 @@
 //! (split into "the facilitator said no", which is 402 material, and "the facilitator
 //! is unavailable", which is 500 material).
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,10 +138,34 @@ pub enum ConfigError {
     HttpClient(#[source] Arc<reqwest::Error>),
 }
 
-/// A facilitator call that did not give an answer to act on.
+/// A facilitator call that did not give an answer to act on: the facilitator refused
+/// it (the payment is at fault: a 402), or it is unavailable (unreachable, slow, broken
+/// or answering garbage: a 500). Ask which with [`is_unavailable`](Self::is_unavailable);
+/// the backend's [`code`](Self::code), [`status`](Self::status) and
+/// [`message`](Self::message) say more, and the error's `source()` chain says why it is
+/// unavailable.
+///
+/// ```
+/// # async fn demo(subscriber: nvm_runtime::client::Subscriber, accepted: nvm_runtime::wire::Accepted) {
+/// use nvm_runtime::client::{ClientError, TokenOptions};
+///
+/// match subscriber.mint(&accepted, &TokenOptions::default()).await {
+///     Ok(token) => println!("minted {token}"),
+///     Err(ClientError::Mint { error, .. }) if error.is_unavailable() => println!("try again later: {error}"),
+///     Err(ClientError::Mint { error, .. }) => {
+///         println!("refused ({:?}, HTTP {:?}): {:?}", error.code(), error.status(), error.message())
+///     }
+///     Err(other) => println!("{other}"),
+/// }
+/// # }
+/// ```
+#[derive(Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct FacilitatorError(pub(crate) Failure);
+
+/// What a [`FacilitatorError`] is.
 #[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum FacilitatorError {
+pub(crate) enum Failure {
     /// The facilitator refused the call (4xx with its error envelope): the payment is at
     /// fault, answer 402.
     #[error("the facilitator refused the call (HTTP {status}, {}): {}", .error.code, .error.message)]
@@ -155,18 +180,91 @@ pub enum FacilitatorError {
     Unavailable(#[source] Unavailable),
 }
 
+impl fmt::Debug for FacilitatorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
 impl FacilitatorError {
+    /// The facilitator refused the call with its error envelope.
+    pub(crate) fn refused(status: u16, error: BackendError) -> Self {
+        FacilitatorError(Failure::Refused { status, error })
+    }
+
+    /// The facilitator is unavailable.
+    pub(crate) fn unavailable(why: Unavailable) -> Self {
+        FacilitatorError(Failure::Unavailable(why))
+    }
+
+    /// Why the facilitator is unavailable, when it is.
+    pub(crate) fn why_unavailable(&self) -> Option<&Unavailable> {
+        match &self.0 {
+            Failure::Unavailable(why) => Some(why),
+            Failure::Refused { .. } => None,
+        }
+    }
+
     /// The backend error code, when the facilitator refused the call.
+    ///
+    /// ```
+    /// # fn demo(error: &nvm_runtime::error::FacilitatorError) {
+    /// if error.code() == Some("BCK.X402.0059") {
+    ///     println!("the single-use token was spent: mint a new one");
+    /// }
+    /// # }
+    /// ```
     pub fn code(&self) -> Option<&str> {
-        match self {
-            FacilitatorError::Refused { error, .. } => Some(&error.code),
-            FacilitatorError::Unavailable(_) => None,
+        match &self.0 {
+            Failure::Refused { error, .. } => Some(&error.code),
+            Failure::Unavailable(_) => None,
         }
     }
 
     /// Whether this failure is the facilitator's (or the network's), not the payment's.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, FacilitatorError::Unavailable(_))
+        matches!(self.0, Failure::Unavailable(_))
+    }
+
+    /// The HTTP status the backend answered, if it answered: the refusal's 4xx, a 401 or
+    /// 403 for a refused API key, a 5xx, or the status of an answer that was not the
+    /// expected JSON. `None` when no answer came (a timeout, a failed or broken
+    /// connection).
+    ///
+    /// ```
+    /// # fn demo(error: &nvm_runtime::error::FacilitatorError) {
+    /// if let Some(status @ (401 | 403)) = error.status() {
+    ///     println!("HTTP {status}: check NVM_API_KEY and NVM_ENVIRONMENT");
+    /// }
+    /// # }
+    /// ```
+    pub fn status(&self) -> Option<u16> {
+        match &self.0 {
+            Failure::Refused { status, .. } => Some(*status),
+            Failure::Unavailable(why) => match why {
+                Unavailable::Status { status, .. }
+                | Unavailable::Garbage { status, .. }
+                | Unavailable::Unauthorized { status, .. } => Some(*status),
+                Unavailable::Timeout(_) | Unavailable::Connect(_) | Unavailable::Interrupted(_) => None,
+            },
+        }
+    }
+
+    /// The backend's message when it refused the call (the payment, or the API key).
+    ///
+    /// ```
+    /// # fn demo(error: &nvm_runtime::error::FacilitatorError) {
+    /// if let Some(message) = error.message() {
+    ///     println!("the backend said: {message}");
+    /// }
+    /// # }
+    /// ```
+    pub fn message(&self) -> Option<&str> {
+        match &self.0 {
+            Failure::Refused { error, .. } => Some(&error.message),
+            Failure::Unavailable(Unavailable::Unauthorized { message, .. }) => Some(message),
+            Failure::Unavailable(_) => None,
+        }
     }
 
     /// Whether the call may have been carried out although it failed: the request may
@@ -176,16 +274,16 @@ impl FacilitatorError {
     /// refused).
     ///
     /// ```
-    /// use nvm_runtime::error::FacilitatorError;
-    /// use nvm_runtime::error::Unavailable;
-    ///
-    /// let lost = FacilitatorError::Unavailable(Unavailable::Status { status: 504, snippet: String::new() });
-    /// assert!(lost.may_have_been_carried_out());
+    /// # fn demo(error: &nvm_runtime::error::FacilitatorError) {
+    /// if error.may_have_been_carried_out() {
+    ///     println!("the outcome is unknown: do not pay again before checking");
+    /// }
+    /// # }
     /// ```
     pub fn may_have_been_carried_out(&self) -> bool {
-        match self {
-            FacilitatorError::Refused { .. } => false,
-            FacilitatorError::Unavailable(why) => match why {
+        match &self.0 {
+            Failure::Refused { .. } => false,
+            Failure::Unavailable(why) => match why {
                 Unavailable::Unauthorized { .. } => false,
                 // Refused before anything was sent: nothing can have happened.
                 Unavailable::Connect(error) => !error.is_connect(),
@@ -200,8 +298,7 @@ impl FacilitatorError {
 
 /// Why the facilitator is unavailable.
 #[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum Unavailable {
+pub(crate) enum Unavailable {
     /// No answer within the configured bound.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -384,7 +481,8 @@ impl PaymentError {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> u16 {
         match self {
-            PaymentError::Facilitator(FacilitatorError::Unavailable(_)) | PaymentError::Config(_) => 500,
+            PaymentError::Facilitator(error) if error.is_unavailable() => 500,
+            PaymentError::Config(_) => 500,
             PaymentError::BodyUnreadable(_) => 400,
             PaymentError::SettlementUnknown { .. } => 402,
             PaymentError::SettlementPending { .. } => 409,
@@ -557,8 +655,8 @@ mod tests {
             },
             Unavailable::Unauthorized { status: 401, message: text.to_owned() },
         ];
-        std::iter::once(FacilitatorError::Refused { status: 400, error: backend })
-            .chain(unavailable.into_iter().map(FacilitatorError::Unavailable))
+        std::iter::once(FacilitatorError::refused(400, backend))
+            .chain(unavailable.into_iter().map(FacilitatorError::unavailable))
             .collect()
     }
 

@@ -101,7 +101,7 @@ pub fn plan_value<P: PlanId>(p: P) -> String {
 pub mod wire {
     pub use crate::wire::envelope::EnvelopeBuilder;
     pub use crate::wire::messages::{
-        CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, FacilitatorRequest, PermissionsRequest,
+        BackendError, CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, FacilitatorRequest, PermissionsRequest,
         PermissionsResponse,
     };
     pub use crate::wire::token::{

@@ -13,7 +13,7 @@ use nvm_runtime::__private::wire::{AccessTokenExt as _, EnvelopeBuilder};
 use nvm_runtime::__private::wire::{
     CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, FacilitatorRequest, PermissionsRequest, ResourceBinding,
 };
-use nvm_runtime::error::{FacilitatorError, Unavailable};
+use nvm_runtime::error::FacilitatorError;
 use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::wire::AccessToken;
 use nvm_runtime::wire::PaymentRequired;
@@ -73,10 +73,11 @@ async fn settle(local: &LocalFacilitator, request: &FacilitatorRequest) -> Settl
 
 fn refused_code(result: Result<SettleResponse, FacilitatorError>) -> String {
     match result {
-        Err(FacilitatorError::Refused { status, error }) => {
+        Err(error) if !error.is_unavailable() => {
+            let status = error.status().unwrap_or_default();
             assert!((400..500).contains(&status), "a refusal is a 4xx, got {status}");
-            assert!(!error.message.is_empty(), "a refusal explains itself");
-            error.code
+            assert!(error.message().is_some_and(|m| !m.is_empty()), "a refusal explains itself");
+            error.code().unwrap_or_default().to_owned()
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -447,7 +448,9 @@ async fn single_use_tokens_minted_over_http_are_bound_to_their_resource() {
         token_version: None,
         resource: None,
     };
-    assert!(matches!(subscriber.mint(&request).await, Err(FacilitatorError::Refused { status: 404, .. })));
+    assert!(
+        matches!(subscriber.mint(&request).await, Err(e) if !e.is_unavailable() && e.status() == Some(404))
+    );
     let mut foreign = envelope.accepts[0].clone();
     foreign.extra.agent_id = Some("999".into());
     let request = PermissionsRequest {
@@ -456,7 +459,9 @@ async fn single_use_tokens_minted_over_http_are_bound_to_their_resource() {
         token_version: None,
         resource: None,
     };
-    assert!(matches!(subscriber.mint(&request).await, Err(FacilitatorError::Refused { status: 400, .. })));
+    assert!(
+        matches!(subscriber.mint(&request).await, Err(e) if !e.is_unavailable() && e.status() == Some(400))
+    );
     assert_eq!(local.calls().permissions, 3);
 }
 
@@ -544,7 +549,9 @@ async fn malformed_bodies_get_clear_errors() {
     let mut bad_amount = request_for(&local, &token);
     bad_amount.max_amount = Some(serde_json::from_str("\"lots\"").expect("an amount"));
     match builder(&local).verify(&bad_amount).await {
-        Err(FacilitatorError::Refused { status: 400, error }) => assert!(error.message.contains("maxAmount")),
+        Err(error) if !error.is_unavailable() && error.status() == Some(400) => {
+            assert!(error.message().is_some_and(|m| m.contains("maxAmount")), "{error}");
+        }
         other => panic!("expected a 400, got {other:?}"),
     }
     let (status, json) = post_raw(&local, "/api/v1/nowhere", "{}").await;
@@ -602,8 +609,8 @@ async fn unknown_keys_are_unauthorized() {
     let stranger = client(&local, other.builder_api_key());
     for result in [stranger.verify(&request).await.map(|_| ()), stranger.settle(&request).await.map(|_| ())] {
         match result {
-            Err(FacilitatorError::Unavailable(Unavailable::Unauthorized { status: 401, message })) => {
-                assert!(message.contains("unknown API key"), "{message}");
+            Err(error) if error.is_unavailable() && error.status() == Some(401) => {
+                assert!(error.message().is_some_and(|m| m.contains("unknown API key")), "{error}");
             }
             other => panic!("expected Unauthorized, got {other:?}"),
         }
@@ -615,7 +622,7 @@ async fn unknown_keys_are_unauthorized() {
     let tampered = client(&local, &format!("{}{flipped}{}", &key[..at], &key[at + 1..]));
     assert!(matches!(
         tampered.verify(&request).await,
-        Err(FacilitatorError::Unavailable(Unavailable::Unauthorized { status: 401, .. }))
+        Err(e) if e.is_unavailable() && e.status() == Some(401) && e.message().is_some()
     ));
     // No key at all.
     let response = reqwest::Client::new()
@@ -654,7 +661,7 @@ async fn plan_metadata_reports_is_crypto() {
 
     assert!(matches!(
         facilitator.plan_metadata("404").await,
-        Err(FacilitatorError::Refused { status: 404, .. })
+        Err(e) if !e.is_unavailable() && e.status() == Some(404)
     ));
     assert_eq!(local.calls().plans, 3);
 }

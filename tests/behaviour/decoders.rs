@@ -577,7 +577,7 @@ fn decode_everything(input: &str) {
     let _ = input.parse::<Environment>();
     let _ = serde_json::from_str::<nvm_runtime::wire::VerifyResponse>(input);
     let _ = serde_json::from_str::<SettleResponse>(input);
-    let _ = serde_json::from_str::<nvm_runtime::wire::BackendError>(input);
+    let _ = serde_json::from_str::<nvm_runtime::__private::wire::BackendError>(input);
 }
 
 proptest! {

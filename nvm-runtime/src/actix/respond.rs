@@ -16,7 +16,7 @@ use actix_web::{HttpRequest, HttpResponse};
 mod page;
 
 use super::payments::Payments;
-use crate::error::{FacilitatorError, PaymentError, Refusal};
+use crate::error::{FacilitatorError, Failure, PaymentError, Refusal};
 use crate::wire::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, SettleResponse};
 use page::{asked, payment_page, prefers_html};
 
@@ -112,7 +112,7 @@ fn render_refusal(refusal: &Refusal) -> HttpResponse {
         }
         Refusal::Failed(error) => {
             let message = match error {
-                PaymentError::Facilitator(FacilitatorError::Unavailable(why)) => format!(
+                PaymentError::Facilitator(FacilitatorError(Failure::Unavailable(why))) => format!(
                     "the payment could not be verified: the facilitator is unavailable ({}); try again later",
                     crate::error::chain(why)
                 ),

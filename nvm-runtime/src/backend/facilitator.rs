@@ -12,7 +12,7 @@ use bytes::Bytes;
 use reqwest::Url;
 
 use crate::backend::ApiKey;
-use crate::error::{ConfigError, FacilitatorError, Unavailable};
+use crate::error::{ConfigError, FacilitatorError, Failure, Unavailable};
 use crate::wire::{
     Amount, BackendError, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SettleResponse,
     VerifyResponse,
@@ -143,8 +143,8 @@ impl Facilitator {
                 // `Bytes`: a retry shares the body, it does not copy it.
                 let result = self.post_once(Endpoint::Verify.path(), url, body.clone()).await;
                 match result {
-                    Err(FacilitatorError::Unavailable(ref why))
-                        if attempt < VERIFY_ATTEMPTS && is_transient(why) =>
+                    Err(ref error)
+                        if attempt < VERIFY_ATTEMPTS && error.why_unavailable().is_some_and(is_transient) =>
                     {
                         attempt += 1;
                         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -235,8 +235,8 @@ impl Facilitator {
     ) -> Result<T, FacilitatorError> {
         match tokio::time::timeout(self.timeout, call).await {
             // reqwest's own bound (the same duration) may fire first.
-            Ok(Err(FacilitatorError::Unavailable(Unavailable::Timeout(_)))) | Err(_) => {
-                Err(FacilitatorError::Unavailable(Unavailable::Timeout(self.timeout)))
+            Ok(Err(FacilitatorError(Failure::Unavailable(Unavailable::Timeout(_))))) | Err(_) => {
+                Err(FacilitatorError::unavailable(Unavailable::Timeout(self.timeout)))
             }
             Ok(result) => result,
         }
@@ -304,7 +304,7 @@ fn snippet(body: &[u8]) -> String {
 impl Facilitator {
     /// A request that could not be sent.
     fn unsent(&self, error: reqwest::Error) -> FacilitatorError {
-        FacilitatorError::Unavailable(if error.is_timeout() {
+        FacilitatorError::unavailable(if error.is_timeout() {
             // reqwest's own bound is ours: report it as ours.
             Unavailable::Timeout(self.timeout)
         } else {
@@ -314,7 +314,7 @@ impl Facilitator {
 
     /// An answer whose body could not be read.
     fn interrupted(&self, error: reqwest::Error) -> FacilitatorError {
-        FacilitatorError::Unavailable(if error.is_timeout() {
+        FacilitatorError::unavailable(if error.is_timeout() {
             Unavailable::Timeout(self.timeout)
         } else {
             Unavailable::Interrupted(Arc::new(error))
@@ -332,7 +332,7 @@ impl Facilitator {
 fn read_json<T: DeserializeOwned>(status: u16, body: Bytes) -> Result<T, FacilitatorError> {
     match status {
         200..=299 => serde_json::from_slice(&body).map_err(|e| {
-            FacilitatorError::Unavailable(Unavailable::Garbage {
+            FacilitatorError::unavailable(Unavailable::Garbage {
                 status,
                 reason: e.to_string(),
                 snippet: snippet(&body),
@@ -342,19 +342,19 @@ fn read_json<T: DeserializeOwned>(status: u16, body: Bytes) -> Result<T, Facilit
             let message = serde_json::from_slice::<BackendError>(&body)
                 .map(|e| e.message)
                 .unwrap_or_else(|_| snippet(&body));
-            Err(FacilitatorError::Unavailable(Unavailable::Unauthorized { status, message }))
+            Err(FacilitatorError::unavailable(Unavailable::Unauthorized { status, message }))
         }
         400..=499 => match serde_json::from_slice::<BackendError>(&body) {
             Ok(error) if !error.code.is_empty() || !error.message.is_empty() => {
-                Err(FacilitatorError::Refused { status, error })
+                Err(FacilitatorError::refused(status, error))
             }
-            _ => Err(FacilitatorError::Unavailable(Unavailable::Garbage {
+            _ => Err(FacilitatorError::unavailable(Unavailable::Garbage {
                 status,
                 reason: "not the backend's error envelope".into(),
                 snippet: snippet(&body),
             })),
         },
-        _ => Err(FacilitatorError::Unavailable(Unavailable::Status { status, snippet: snippet(&body) })),
+        _ => Err(FacilitatorError::unavailable(Unavailable::Status { status, snippet: snippet(&body) })),
     }
 }
 

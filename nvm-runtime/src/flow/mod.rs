@@ -27,7 +27,7 @@ pub(crate) use terms::Offer;
 pub use terms::{Id, SettlePoint, Terms, cache_control_problem};
 
 use crate::backend::{Facilitator, PlanCatalog, RequestRef, SettleOutcome};
-use crate::error::{ConfigError, FacilitatorError, IdempotencyError, PaymentError, Refusal};
+use crate::error::{ConfigError, FacilitatorError, Failure, IdempotencyError, PaymentError, Refusal};
 use crate::wire::AccessTokenExt as _;
 use crate::wire::codec::{JsonShape, MAX_HEADER_LEN, decode_json_header};
 use crate::wire::envelope::EnvelopeBuilder;
@@ -403,7 +403,7 @@ async fn verify(
             tracing::info!(token = %token.hash(), %reason, "payment refused by the facilitator");
             return Err(Refusal::payment_required(envelope, PaymentError::Rejected { reason }));
         }
-        Err(FacilitatorError::Refused { error, .. }) => {
+        Err(FacilitatorError(Failure::Refused { error, .. })) => {
             let reason = if error.code.is_empty() {
                 error.message
             } else {
@@ -536,11 +536,9 @@ pub(crate) async fn settle(
             (completed(receipt, verified, &request), reason, None)
         }
         SettleOutcome::Refused(error) => {
-            let reason = match &error {
-                FacilitatorError::Refused { error, .. } => format!("{}: {}", error.code, error.message),
-                FacilitatorError::Unavailable(why) => {
-                    format!("settlement_unavailable: {}", crate::error::chain(why))
-                }
+            let reason = match &error.0 {
+                Failure::Refused { error, .. } => format!("{}: {}", error.code, error.message),
+                Failure::Unavailable(why) => format!("settlement_unavailable: {}", crate::error::chain(why)),
             };
             return refuse_settlement(seller, verified, &request, reason, Some(Box::new(error)));
         }

@@ -151,10 +151,8 @@ async fn settle_again(seller: &Seller, record: &PendingSettlement) -> Option<Res
     let resolution = match seller.facilitator.settle_outcome_ref(&request).await {
         SettleOutcome::Settled(_) => Resolution::Burned,
         SettleOutcome::Refused(error) if error.code() == Some(CODE_SPENT) => Resolution::Burned,
-        SettleOutcome::Refused(crate::error::FacilitatorError::Unavailable(_))
-        | SettleOutcome::Unknown(_) => {
-            return None;
-        }
+        SettleOutcome::Refused(error) if error.is_unavailable() => return None,
+        SettleOutcome::Unknown(_) => return None,
         SettleOutcome::Declined(_) | SettleOutcome::Refused(_) => Resolution::NotBurned,
     };
     if resolution == Resolution::Burned {

@@ -254,7 +254,10 @@ impl SettleResponse {
     }
 }
 
-/// The backend's error envelope on a refused call.
+/// The backend's error envelope on a refused call: what
+/// [`FacilitatorError::code`](crate::error::FacilitatorError::code) and
+/// [`message`](crate::error::FacilitatorError::message) read (lent by `__private::wire` to
+/// this repository's fuzzers and tests; not a public API).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]

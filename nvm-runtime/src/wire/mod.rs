@@ -98,7 +98,7 @@
 //! `"pay-as-you-go"`, whose successful settle reports `creditsRedeemed: "0"`). Fields
 //! this crate does not know pass through to the `payment-response` receipt untouched.
 //!
-//! A refused call answers non-2xx with [`BackendError`]: `{code, message, httpStatus,
+//! A refused call answers non-2xx with the backend's error envelope, `BackendError`: `{code, message, httpStatus,
 //! hint, details}`. Codes seen: `CODE_FORGED` (`BCK.X402.0005`: a forged token, or an
 //! envelope that does not match it), `CODE_SPENT` (`BCK.X402.0059`: a single-use token
 //! already spent; mint a new one, never retry), `CODE_WRONG_RESOURCE`
@@ -151,7 +151,7 @@ pub(crate) mod token;
 pub use codec::DecodeError;
 pub use envelope::{Accepted, Extra, PaymentRequired, Resource};
 pub use headers::{IDEMPOTENCY_KEY, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE};
-pub use messages::{AgentRequest, Amount, BackendError, Balance, SettleResponse, VerifyResponse};
+pub use messages::{AgentRequest, Amount, Balance, SettleResponse, VerifyResponse};
 pub use token::AccessToken;
 
 // The protocol's inner parts: the crate's own (the `__private` module lends a few to the
@@ -162,8 +162,8 @@ pub(crate) use envelope::{NETWORK_STRIPE, SCHEME_CARD_DELEGATION, SCHEME_ERC4337
 pub(crate) use headers::IDEMPOTENT_REPLAYED;
 #[cfg_attr(not(feature = "local"), allow(unused_imports))]
 pub(crate) use messages::{
-    CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, DelegationConfig, FacilitatorRequest, PermissionsRequest,
-    PermissionsResponse, SETTLEMENT_PENDING, SETTLEMENT_UNKNOWN,
+    BackendError, CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, DelegationConfig, FacilitatorRequest,
+    PermissionsRequest, PermissionsResponse, SETTLEMENT_PENDING, SETTLEMENT_UNKNOWN,
 };
 #[cfg_attr(not(feature = "local"), allow(unused_imports))]
 pub(crate) use token::{
