@@ -23,10 +23,10 @@ mod state;
 mod stream;
 
 // The configuration, the middleware and the extractor are named at the crate root
-// (`nvm_runtime::Payments`, …), not here.
-pub use context::NotPaid;
+// (`nvm_runtime::Payments`, …), not here; the extractor's error (`context::NotPaid`) and
+// the middleware's service (`middleware::PaymentService`) are named by no user: they
+// have no public path.
 #[cfg(feature = "mcp")]
 pub(crate) use hooks::Hooks;
-pub use middleware::PaymentService;
 pub(crate) use payments::Payments;
 pub use rejection::Rejection;
