@@ -15,6 +15,8 @@ mod caching;
 mod client;
 #[path = "behaviour/decoders.rs"]
 mod decoders;
+#[path = "behaviour/deferred.rs"]
+mod deferred;
 #[path = "behaviour/hangup.rs"]
 mod hangup;
 #[path = "behaviour/idempotency.rs"]

@@ -15,7 +15,7 @@ use syn::{Expr, ExprClosure, Lit, LitStr, Path, Token, UnOp};
 const SCHEMES: [&str; 2] = ["nvm:erc4337", "nvm:card-delegation"];
 
 /// The settlement points the runtime knows: `settle = …` must be one of them.
-const SETTLE_POINTS: [&str; 2] = ["before_body", "after_body"];
+const SETTLE_POINTS: [&str; 3] = ["before_body", "after_body", "deferred"];
 
 /// One of the arguments `#[paid]` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ enum Key {
     MimeType,
     /// `resource = "…"`
     Resource,
-    /// `settle = "before_body" | "after_body"`
+    /// `settle = "before_body" | "after_body" | "deferred"`
     Settle,
     /// `cache_control = "private, max-age=60"`
     CacheControl,
@@ -88,7 +88,7 @@ impl Key {
             Key::Description => "`description = \"What the caller pays for\"`",
             Key::MimeType => "`mime_type = \"application/json\"`",
             Key::Resource => "`resource = \"https://api.example.com/ask\"`",
-            Key::Settle => "`settle = \"after_body\"` or `settle = \"before_body\"`",
+            Key::Settle => "`settle = \"after_body\"`, `settle = \"before_body\"` or `settle = \"deferred\"`",
             Key::CacheControl => "`cache_control = \"private, max-age=60\"`",
             Key::Crate => "`crate = my_nvm`",
         }
@@ -147,7 +147,7 @@ pub(crate) struct Args {
     pub(crate) mime_type: Option<LitStr>,
     /// `resource = "…"`.
     pub(crate) resource: Option<LitStr>,
-    /// `settle = "…"`: `after_body` or `before_body`.
+    /// `settle = "…"`: `after_body`, `before_body` or `deferred`.
     pub(crate) settle: Option<LitStr>,
     /// `cache_control = "…"`: a paid answer's `Cache-Control` (checked by the runtime
     /// when the route's `static` is built, at compile time).
@@ -850,7 +850,7 @@ mod tests {
         assert!(error(r#"plan = "p", scheme = "evm""#).starts_with("unknown scheme `evm`"));
         assert_eq!(
             error(r#"plan = "p", settle = "later""#),
-            "unknown settlement point `later`: write `settle = \"after_body\"` or `settle = \"before_body\"`"
+            "unknown settlement point `later`: write `settle = \"after_body\"`, `settle = \"before_body\"` or `settle = \"deferred\"`"
         );
         assert!(error(r#"plan = "p", settle = after_body"#).starts_with("`settle` takes a string literal"));
         assert!(error(r#"plan = "p", network = """#).starts_with("`network` cannot be empty"));

@@ -136,6 +136,7 @@ pub(crate) fn terms(args: &Args, private: &TokenStream, helpers: &mut TokenStrea
     let terms = match args.settle.as_ref().map(LitStr::value).as_deref() {
         Some("after_body") => quote!(#terms.settle(#private::SettlePoint::AfterBody)),
         Some("before_body") => quote!(#terms.settle(#private::SettlePoint::BeforeBody)),
+        Some("deferred") => quote!(#terms.settle(#private::SettlePoint::Deferred)),
         _ => terms,
     };
     match &args.cache_control {

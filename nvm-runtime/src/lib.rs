@@ -31,7 +31,7 @@ pub use actix::{ChargeError, PaymentContext, PaymentMiddleware, Payments, Paymen
 pub use backend::Environment;
 pub use error::{ConfigError, FacilitatorError, PaymentError};
 pub use flow::{
-    Idempotency, Meter, MeterFull, MeteredStream, PendingSettlement, PendingSettlements, Recovery,
-    Resolution, ResolveFuture, SettlePoint, SettlementResolver, SettlementStatus,
+    DeferredSettlement, Idempotency, Meter, MeterFull, MeteredStream, PendingSettlement, PendingSettlements,
+    Recovery, Resolution, ResolveFuture, SettlePoint, SettlementResolver, SettlementStatus,
 };
 pub use nvm_macros::paid;

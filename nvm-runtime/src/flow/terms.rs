@@ -46,6 +46,13 @@ pub enum SettlePoint {
     /// the body ends, for the metered amount (see `PaymentContext::meter`). The default
     /// for streamed bodies.
     AfterBody,
+    /// The answer goes out at once with a receipt saying its settlement is pending; the
+    /// settlement runs in the background, written ahead in the journal, within the
+    /// payer's exposure bound (see `DeferredSettlement`, which the configuration must
+    /// set: `PaymentsBuilder::deferred_settlement`). A call past the bound, or from a
+    /// payer suspended after a failed deferred settlement, settles before its body; a
+    /// streamed body settles when it ends.
+    Deferred,
 }
 
 /// The terms of a route: what its `payment-required` envelope advertises, besides the
