@@ -349,7 +349,13 @@ async fn settle(work: &Ctx<'_>, job: &Job) -> Option<Resolution> {
     };
     match outcome {
         SettleOutcome::Settled(receipt) => {
-            work.journal.done(&record.id);
+            // A record holding a copy of its answer stays, resolved, for a retry after a
+            // crash; the others are forgotten.
+            if record.held.is_some() {
+                work.journal.settled(&record.id);
+            } else {
+                work.journal.done(&record.id);
+            }
             if job.single_use {
                 super::idempotency::mark_spent(work.idempotency, &job.token).await;
             }

@@ -311,6 +311,11 @@ pub(crate) async fn standing(seller: &Seller, id: &str) -> Option<(PendingSettle
         SettlementStatus::Resolved(resolution) => Some((record, resolution)),
         _ => {
             let resolution = seller.resolver.as_ref()?.resolve(&record).await?;
+            if resolution == Resolution::NotBurned && record.deferred {
+                // Delivered and not burned: the seller is owed, and settles it now.
+                let resolution = deferred::recover(seller, record.clone()).await?;
+                return Some((record, resolution));
+            }
             close(seller, &record, resolution, "the resolver").await;
             Some((record, resolution))
         }
@@ -483,7 +488,8 @@ pub(crate) async fn settle(
     let mut record = record_of(host, verified, amount, &request);
     if defer
         && let Some(deferrer) = &seller.deferred
-        && let Some(receipt) = defer_settlement(seller, deferrer, verified, &record, amount).await
+        && let Some(receipt) =
+            defer_settlement(seller, deferrer, verified, &record, amount, kept.as_ref()).await
     {
         return Settlement::Deferred(receipt);
     }
@@ -565,12 +571,19 @@ pub(crate) async fn settle(
 /// written down as deferred (durably, before the answer goes out), then handed to the
 /// background; returns the answer's pending receipt. `None` settles synchronously: no
 /// payer, a payer past the bound or suspended, the store or the journal unavailable.
+///
+/// The answer of a call with an idempotency key (`kept`) is copied into a file
+/// journal's record, with its receipt: a crash that takes a store in memory before the
+/// buyer got it leaves it for the buyer's retry, once the next start-up settled it. A
+/// single-use token is marked spent now: it cannot pay a second call while its
+/// settlement waits.
 async fn defer_settlement(
     seller: &Seller,
     deferrer: &deferred::Deferrer,
     verified: &Verified,
     record: &PendingSettlement,
     amount: u64,
+    kept: Option<&Kept<'_>>,
 ) -> Option<SettleResponse> {
     let payer = verified.verification.payer.as_deref()?;
     match deferrer.reserve(payer, amount).await {
@@ -589,17 +602,29 @@ async fn defer_settlement(
         }
     }
     let mut record = record.clone();
+    record.deferred = true;
     record.resume = Some(pending::Resume {
         token: verified.token.as_str().to_owned(),
         envelope: verified.envelope.to_header(),
         reusable: !verified.single_use,
     });
+    let receipt = deferred::receipt(&record, verified.envelope.first().map(|a| a.network.clone()));
+    if let Some(kept) = kept.filter(|_| seller.pending.copies_held_answers()) {
+        use base64::Engine as _;
+        let mut answer = kept.answer.clone();
+        answer.receipt = Some(receipt.to_header());
+        let (key, value) = idempotency::held(kept.claim, &record.id, answer);
+        let value = base64::engine::general_purpose::STANDARD.encode(value);
+        record.held = Some(pending::HeldAnswer { key, value });
+    }
     if let Err(error) = seller.pending.defer(&record).await {
         tracing::error!(pending = %record.id, error = %crate::error::Report(&error), "a deferred settlement could not be written down: settling now");
         deferrer.release(payer, amount).await;
         return None;
     }
-    let receipt = deferred::receipt(&record, verified.envelope.first().map(|a| a.network.clone()));
+    if verified.single_use {
+        idempotency::mark_spent(&seller.idempotency, &verified.token).await;
+    }
     let job = deferred::Job::new(
         record,
         verified.token.clone(),
@@ -666,6 +691,7 @@ fn record_of(
         amount: amount.to_string(),
         recorded_at: pending::unix_now(),
         token_hash: verified.token.hash().to_string(),
+        deferred: false,
         resume: verified.single_use.then(|| pending::Resume {
             token: verified.token.as_str().to_owned(),
             envelope: verified.envelope.to_header(),

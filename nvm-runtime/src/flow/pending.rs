@@ -56,8 +56,16 @@ pub struct PendingSettlement {
     pub recorded_at: u64,
     /// A short hash of the access token (never the token itself).
     pub token_hash: String,
-    /// What settling once more takes: kept only for a single-use token, which a second
-    /// settle resolves (the token is spent by the first settle that goes through).
+    /// Whether its answer went out before its settlement (deferred settlement): the
+    /// buyer has it. Resolved as not burned by the seller's resolver (or
+    /// `Payments::resolve_pending`), it is settled once more: the first settle burned
+    /// nothing, and the seller is owed. Closed as not burned through the journal alone
+    /// (`PendingSettlements::close`, `nvm-pending close`), it is written off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
+    /// What settling once more takes: kept for a single-use token, which a second
+    /// settle resolves (the token is spent by the first settle that goes through), and
+    /// for a deferred settlement, sent after a crash when it was never sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) resume: Option<Resume>,
     /// The idempotency record holding the call's answer, copied here by a file journal
@@ -889,6 +897,7 @@ mod tests {
             amount: "2".into(),
             recorded_at: 1,
             token_hash: "0a0b0c0d0e0f".into(),
+            deferred: false,
             resume: None,
             held: None,
         }

@@ -135,6 +135,17 @@ pub(crate) async fn resolve(seller: &Seller) -> std::io::Result<Recovery> {
             resolution = resolver.resolve(&record).await;
             who = "the resolver";
         }
+        if resolution == Some(Resolution::NotBurned) && record.deferred {
+            // Delivered and not burned: the seller is owed, and settles it now (its
+            // outcome written down by the settlement).
+            tracing::info!(pending = %record.id, "a deferred settlement resolved as not burned by {who}: settling it now");
+            resolution = super::deferred::recover(seller, record).await;
+            match resolution {
+                Some(resolution) => report.count(resolution),
+                None => report.unknown += 1,
+            }
+            continue;
+        }
         match resolution {
             Some(resolution) => {
                 close(seller, &record, resolution, who).await;
