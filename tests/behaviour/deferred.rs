@@ -469,3 +469,38 @@ proptest! {
         });
     }
 }
+
+/// With the verification cache and deferred settlement together, a returning buyer's
+/// call makes no facilitator call before its answer: with the facilitator 300 ms away,
+/// the first call waits for one round trip (verify), the next ones for none, and each is
+/// settled afterwards, once.
+#[actix_web::test]
+async fn a_returning_buyer_waits_for_no_facilitator_call_with_the_cache_and_deferred_settlement() {
+    const LATENCY: Duration = Duration::from_millis(300);
+    let local = LocalFacilitator::builder().latency(LATENCY).start().unwrap();
+    let journal = Journal::new("returning");
+    let payments = payments_for(&local)
+        .pending_settlements(journal.open())
+        .verification_cache(Duration::from_secs(30))
+        .deferred_settlement(DeferredSettlement::new().max_exposure(100))
+        .build()
+        .unwrap();
+    let server = serve(Some(payments.clone()), routes(payments.clone()));
+    let buyer = buyer(&local, 100).await;
+    for form in Form::BOTH {
+        // The first call verifies (the plan's metadata is fetched once, too).
+        let first = call(&server, form, &buyer.token, 2).await;
+        assert!(first.deferred(), "{form:?}");
+        for n in 0..3 {
+            let verifies = local.calls().verify;
+            let started = std::time::Instant::now();
+            let answer = call(&server, form, &buyer.token, 2).await;
+            let took = started.elapsed();
+            assert!(answer.deferred(), "{form:?} #{n}: {}", answer.body);
+            assert_eq!(local.calls().verify, verifies, "{form:?} #{n}: served from the cache");
+            assert!(took < LATENCY, "{form:?} #{n}: {took:?}: the answer waited for a facilitator round trip");
+        }
+    }
+    assert_eq!(payments.drain(Duration::from_secs(10)).await, 0);
+    assert_eq!(local.balance(DEMO_PLAN_ID, &buyer.address), 100 - 2 * 8, "every call settled once");
+}

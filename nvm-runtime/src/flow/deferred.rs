@@ -67,6 +67,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct DeferredSettlement {
     max_exposure: u64,
+    max_in_flight: usize,
     store: Option<Arc<dyn Store>>,
     everywhere: bool,
 }
@@ -74,6 +75,8 @@ pub struct DeferredSettlement {
 impl DeferredSettlement {
     /// The credits a payer may have delivered and not yet settled, unless set.
     pub const DEFAULT_MAX_EXPOSURE: u64 = 10;
+    /// The settle calls in flight at once, unless set.
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 
     /// Deferred settlement for the routes that opt in, with a bound of
     /// [`DeferredSettlement::DEFAULT_MAX_EXPOSURE`] credits per payer, kept in memory.
@@ -83,7 +86,12 @@ impl DeferredSettlement {
     /// # let _ = deferred;
     /// ```
     pub fn new() -> Self {
-        DeferredSettlement { max_exposure: Self::DEFAULT_MAX_EXPOSURE, store: None, everywhere: false }
+        DeferredSettlement {
+            max_exposure: Self::DEFAULT_MAX_EXPOSURE,
+            max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
+            store: None,
+            everywhere: false,
+        }
     }
 
     /// The credits a payer may have delivered and not yet settled; a call that would pass
@@ -95,6 +103,20 @@ impl DeferredSettlement {
     /// ```
     pub fn max_exposure(mut self, credits: u64) -> Self {
         self.max_exposure = credits;
+        self
+    }
+
+    /// How many deferred settle calls may be in flight at once (default
+    /// [`DeferredSettlement::DEFAULT_MAX_IN_FLIGHT`]); the others wait their turn in the
+    /// background, their payers' exposure still counted. At a sustained rate R with the
+    /// facilitator L away, R x L are in flight: raise it (and the bound) to defer more.
+    ///
+    /// ```
+    /// let deferred = nvm_runtime::DeferredSettlement::new().max_in_flight(1024);
+    /// # let _ = deferred;
+    /// ```
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.max_in_flight = calls.max(1);
         self
     }
 
@@ -135,6 +157,7 @@ impl std::fmt::Debug for DeferredSettlement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeferredSettlement")
             .field("max_exposure", &self.max_exposure)
+            .field("max_in_flight", &self.max_in_flight)
             .field("shared", &self.store.is_some())
             .field("everywhere", &self.everywhere)
             .finish()
@@ -159,8 +182,11 @@ struct Work {
     journal: PendingSettlements,
     idempotency: super::Idempotency,
     on_failure: Option<FailureHook>,
+    /// Deferred settlements handed over and not over yet (queued or in flight).
     in_flight: AtomicUsize,
     idle: tokio::sync::Notify,
+    /// Permits for the settle calls in flight at once.
+    calls: tokio::sync::Semaphore,
 }
 
 /// A deferred settlement handed to the background: its record (with the token and the
@@ -196,6 +222,7 @@ impl Deferrer {
             on_failure,
             in_flight: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
+            calls: tokio::sync::Semaphore::new(config.max_in_flight),
         };
         Ok(Deferrer { everywhere: config.everywhere, work: Arc::new(work), worker: Worker::start()? })
     }
@@ -286,9 +313,14 @@ impl Work {
     }
 }
 
-/// Settles `job` in the background, then releases its payer's exposure.
+/// Settles `job` in the background (once a settle call may start), then releases its
+/// payer's exposure.
 async fn run(work: &Work, job: Job) {
-    settle(&work.ctx(), &job).await;
+    {
+        // The semaphore is never closed: a permit always comes.
+        let _permit = work.calls.acquire().await.ok();
+        settle(&work.ctx(), &job).await;
+    }
     if let Some(payer) = &job.payer {
         work.exposure.release(payer, job.credits).await;
     }
