@@ -27,5 +27,7 @@ mod middleware_paths;
 mod middleware_routes;
 #[path = "behaviour/reliability.rs"]
 mod reliability;
+#[path = "behaviour/speculative.rs"]
+mod speculative;
 #[path = "behaviour/streaming.rs"]
 mod streaming;

@@ -130,6 +130,12 @@ pub enum ConfigError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// A `speculative = true` route whose credits turned out to be priced by the body
+    /// (the handler's extractors take the body while the payment is verified).
+    #[error(
+        "the #[paid] handler `{0}` is speculative and priced by its body: remove `speculative = true`, or price it without the body"
+    )]
+    SpeculativeBodyPrice(String),
     /// Deferred settlement was turned on with a journal in memory: a crash would lose
     /// the settlements not sent yet.
     #[error(
@@ -601,6 +607,7 @@ mod tests {
         all.push(Box::new(PaymentError::SettlementFailed { reason: text.to_owned(), source: None }));
         all.push(Box::new(ConfigError::HttpClient(Arc::clone(&reqwest))));
         all.push(Box::new(ConfigError::DeferredNeedsJournal));
+        all.push(Box::new(ConfigError::SpeculativeBodyPrice(text.to_owned())));
         all.push(Box::new(ConfigError::DeferredWorker(Arc::new(std::io::Error::other(text.to_owned())))));
         all.push(Box::new(ConfigError::PendingJournal {
             path: "/var/lib/seller/pending.jsonl".to_owned(),

@@ -71,6 +71,9 @@ pub struct Terms {
     /// The `Cache-Control` of a paid answer, when the route allows private caching
     /// (checked by [`cache_control_problem`]); `None`: `private, no-store`.
     pub(crate) cache_control: Option<Cow<'static, str>>,
+    /// Whether the handler runs while the payment is verified (`#[paid(speculative =
+    /// true)]`).
+    pub(crate) speculative: bool,
     /// `env("VAR")` ids, read once.
     read: [OnceLock<Result<String, ConfigError>>; 2],
 }
@@ -87,6 +90,7 @@ impl Clone for Terms {
             resource: self.resource.clone(),
             settle: self.settle,
             cache_control: self.cache_control.clone(),
+            speculative: self.speculative,
             read: Default::default(),
         }
     }
@@ -114,6 +118,7 @@ impl Terms {
             resource: None,
             settle: None,
             cache_control: None,
+            speculative: false,
             read: [OnceLock::new(), OnceLock::new()],
         }
     }
@@ -121,6 +126,13 @@ impl Terms {
     /// The same terms, settled at `point`; `const`, for `#[paid(settle = "…")]`.
     pub const fn settle(mut self, point: SettlePoint) -> Self {
         self.settle = Some(point);
+        self
+    }
+
+    /// The same terms, the handler run while the payment is verified; `const`, for
+    /// `#[paid(speculative = true)]`.
+    pub const fn speculative(mut self) -> Self {
+        self.speculative = true;
         self
     }
 
@@ -158,6 +170,7 @@ impl Terms {
             resource: borrowed(resource),
             settle: None,
             cache_control: None,
+            speculative: false,
             read: [OnceLock::new(), OnceLock::new()],
         }
     }
