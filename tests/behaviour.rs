@@ -15,6 +15,8 @@ mod caching;
 mod client;
 #[path = "behaviour/decoders.rs"]
 mod decoders;
+#[path = "behaviour/deferred.rs"]
+mod deferred;
 #[path = "behaviour/hangup.rs"]
 mod hangup;
 #[path = "behaviour/idempotency.rs"]
@@ -25,5 +27,7 @@ mod middleware_paths;
 mod middleware_routes;
 #[path = "behaviour/reliability.rs"]
 mod reliability;
+#[path = "behaviour/speculative.rs"]
+mod speculative;
 #[path = "behaviour/streaming.rs"]
 mod streaming;

@@ -684,10 +684,14 @@ struct Seller {
 
 impl Seller {
     /// Starts `nvm-test-seller` on `local` and the journal at `path`, and waits for it to
-    /// listen (it recovers the journal first).
-    fn start(local: &LocalFacilitator, path: &std::path::Path) -> Self {
+    /// listen (it recovers the journal first); `deferred`: every settlement deferred.
+    fn start(local: &LocalFacilitator, path: &std::path::Path, deferred: bool) -> Self {
         use std::io::BufRead as _;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nvm-test-seller"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_nvm-test-seller"));
+        if deferred {
+            command.env("NVM_TEST_SELLER_DEFERRED", "1");
+        }
+        let mut child = command
             .env("NVM_API_KEY", local.builder_api_key())
             .env("NVM_ENVIRONMENT", "custom")
             .env("NVM_BACKEND_URL", local.backend_url())
@@ -761,7 +765,19 @@ async fn attempt(url: &str, call: &CrashCall) -> Option<bool> {
 /// the ledger burned each call's price exactly once, and no record is left open.
 #[actix_web::test]
 async fn a_seller_killed_at_random_moments_loses_no_record_and_every_burn_is_delivered() {
-    const ROUNDS: usize = 100;
+    crash_test(100, false).await;
+}
+
+/// The same with every settlement deferred: the answers go out at once and the kills
+/// land while settlements wait in the background or are in flight. The restarted seller
+/// sends what was never sent, what was in flight is resolved as any unknown outcome, and
+/// each call's price is burned exactly once, every call answered.
+#[actix_web::test]
+async fn a_deferring_seller_killed_at_random_moments_settles_or_records_every_deferred_call() {
+    crash_test(60, true).await;
+}
+
+async fn crash_test(rounds: usize, deferred: bool) {
     let local = LocalFacilitator::start().unwrap();
     local.inject(Endpoint::Settle, Fault::Delay(Duration::from_millis(120)));
     let path = std::env::temp_dir().join(format!("nvm-crash-{}.jsonl", nvm_runtime_id()));
@@ -777,8 +793,8 @@ async fn a_seller_killed_at_random_moments_loses_no_record_and_every_burn_is_del
         buyers[..3].iter().map(|address| local.mint_token(MintOptions::new().subscriber(address))).collect();
     let mut calls: Vec<CrashCall> = Vec::new();
     let mut kills_in_settle = 0;
-    for round in 0..ROUNDS {
-        let seller = Seller::start(&local, &path);
+    for round in 0..rounds {
+        let seller = Seller::start(&local, &path, deferred);
         // Three new calls, and up to three the buyers did not get yet.
         for n in 0..3 {
             let form = Form::BOTH[(round + n) % 2];
@@ -821,34 +837,75 @@ async fn a_seller_killed_at_random_moments_loses_no_record_and_every_burn_is_del
         }
         kills_in_settle += usize::from(in_settle);
         if round % 10 == 9 {
-            resolve_from_ledger(&local, &path).await;
+            resolve_from_ledger(&local, &path, deferred).await;
         }
     }
     eprintln!(
-        "crash test: {ROUNDS} kills, {kills_in_settle} while settle calls were in flight, {} calls",
+        "crash test (deferred: {deferred}): {rounds} kills, {kills_in_settle} while settle calls were in flight, {} calls",
         calls.len()
     );
-    assert!(kills_in_settle >= 20, "only {kills_in_settle} kills landed while settle calls were in flight");
+    assert!(
+        kills_in_settle >= rounds / 5,
+        "only {kills_in_settle} kills landed while settle calls were in flight"
+    );
 
     // Restarted on the same journal: what was in flight is now of unknown outcome (or
     // resolved, for a single-use token); the operator resolves the rest from the ledger.
-    let seller = Seller::start(&local, &path);
+    let seller = Seller::start(&local, &path, deferred);
     let journal = PendingSettlements::file(&path).unwrap();
     assert!(journal.settling().await.unwrap().is_empty(), "recovered at start-up");
     assert!(journal.unreadable_lines().await.unwrap().is_empty());
-    resolve_from_ledger(&local, &path).await;
+    resolve_from_ledger(&local, &path, deferred).await;
     for call in calls.iter_mut().filter(|call| !call.answered) {
         call.answered = attempt(&seller.url, call).await == Some(true);
         assert!(call.answered, "{}: resolved, so answered on retry", call.key);
     }
-    assert_eq!(local.total_burned(), CREDITS * calls.len() as u64, "each call's price, burned exactly once");
+    let expected = CREDITS * calls.len() as u64;
+    // Deferred settlements of the retried calls run after their answers: wait for them.
+    let waited = std::time::Instant::now();
+    while deferred && local.total_burned() < expected && waited.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(local.total_burned(), expected, "each call's price, burned exactly once");
     assert!(journal.list().await.unwrap().is_empty() && journal.settling().await.unwrap().is_empty());
     drop(seller);
     let _ = std::fs::remove_file(&path);
 }
 
-/// The operator's resolution of every record of unknown outcome, from the ledger.
-async fn resolve_from_ledger(local: &LocalFacilitator, path: &std::path::Path) {
+/// The operator's resolution of every record of unknown outcome, from the ledger: closed
+/// in the journal; for a deferring seller, through a resolver (a deferred call found not
+/// burned was delivered: it is settled once more, not written off).
+async fn resolve_from_ledger(local: &LocalFacilitator, path: &std::path::Path, deferred: bool) {
+    if deferred {
+        // What the ledger says of each open record, looked up now.
+        let burned: std::collections::HashMap<String, bool> = PendingSettlements::file(path)
+            .unwrap()
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| {
+                let id = record.agent_request_id.expect("an agent request id names the settlement");
+                let burned = local.burned_for(&id).is_some();
+                (record.id, burned)
+            })
+            .collect();
+        let payments = payments_for(local)
+            .pending_settlements(PendingSettlements::file(path).unwrap())
+            .settlement_resolver(move |record: nvm_runtime::PendingSettlement| {
+                let resolution = burned.get(&record.id).map(|&burned| match burned {
+                    true => Resolution::Burned,
+                    false => Resolution::NotBurned,
+                });
+                async move { resolution }
+            })
+            .build()
+            .unwrap();
+        let report = payments.resolve_pending().await.unwrap();
+        assert_eq!(report.unknown, 0, "every record resolved: {report:?}");
+        return;
+    }
     let journal = PendingSettlements::file(path).unwrap();
     for record in journal.list().await.unwrap() {
         let id = record.agent_request_id.as_deref().expect("an agent request id names the settlement");

@@ -14,7 +14,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::local::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator};
 use nvm_runtime::observability::{LlmCall, Usage};
-use nvm_runtime::{PaymentMiddleware, RouteConfig, paid};
+use nvm_runtime::{DeferredSettlement, PaymentMiddleware, PendingSettlements, RouteConfig, paid};
 use nvm_tests::{
     CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, http, middleware_content, paid_content, payments_for, serve,
 };
@@ -121,6 +121,28 @@ fn counters_and_spans_tell_what_happened() {
         // Their outcomes are counted as soon as the gateway's answers arrive.
         actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
         drop(server);
+
+        // Deferred settlement (every route of another server): one settled, one failed.
+        let journal = std::env::temp_dir().join(format!("nvm-telemetry-{}.jsonl", std::process::id()));
+        let deferring = payments_for(&local)
+            .pending_settlements(PendingSettlements::file(&journal).unwrap())
+            .deferred_settlement(DeferredSettlement::new().everywhere())
+            .build()
+            .unwrap();
+        let server = serve(Some(deferring.clone()), |cfg| {
+            cfg.service(paid_content);
+        });
+        let post = |token: &str| {
+            let request = http().post(server.at("/paid")).header("payment-signature", token);
+            async move { request.send().await.unwrap().status().as_u16() }
+        };
+        assert_eq!(post(&token).await, 200);
+        assert_eq!(deferring.drain(std::time::Duration::from_secs(10)).await, 0);
+        local.inject_times(Endpoint::Settle, Fault::SettleFailure("insufficient_balance".into()), 1);
+        assert_eq!(post(&token).await, 200, "delivered before its settlement failed");
+        assert_eq!(deferring.drain(std::time::Duration::from_secs(10)).await, 0);
+        drop(server);
+        let _ = std::fs::remove_file(&journal);
     });
 
     let metrics: Metrics = snapshotter
@@ -156,7 +178,11 @@ fn counters_and_spans_tell_what_happened() {
     assert_eq!(requests("/paid", "facilitator_error"), 1);
     let settled =
         |route: &str| counter("nvm_paid_credits_settled_total", &[("plan", DEMO_PLAN_ID), ("route", route)]);
-    assert_eq!((settled("/paid"), settled("/mw/content")), (3 * CREDITS, CREDITS));
+    // /paid: 3 settled before their answers, 1 deferred.
+    assert_eq!((settled("/paid"), settled("/mw/content")), (4 * CREDITS, CREDITS));
+    assert_eq!(requests("/paid", "deferred"), 2, "{table:#?}");
+    let deferred = |outcome: &str| counter("nvm_deferred_settlements_total", &[("outcome", outcome)]);
+    assert_eq!((deferred("settled"), deferred("failed"), deferred("unknown")), (1, 1, 0), "{table:#?}");
     let samples = |name: &str, route: &str| match metrics
         .get(&(name.to_owned(), vec![("route".into(), route.into())]))
     {

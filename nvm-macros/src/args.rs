@@ -9,13 +9,13 @@ use proc_macro2::{Ident, Span};
 use syn::ext::IdentExt;
 use syn::parse::discouraged::Speculative;
 use syn::parse::{Parse, ParseStream};
-use syn::{Expr, ExprClosure, Lit, LitStr, Path, Token, UnOp};
+use syn::{Expr, ExprClosure, Lit, LitBool, LitStr, Path, Token, UnOp};
 
 /// The schemes the runtime knows (its `wire` module docs, §3): `scheme = …` must be one of them.
 const SCHEMES: [&str; 2] = ["nvm:erc4337", "nvm:card-delegation"];
 
 /// The settlement points the runtime knows: `settle = …` must be one of them.
-const SETTLE_POINTS: [&str; 2] = ["before_body", "after_body"];
+const SETTLE_POINTS: [&str; 3] = ["before_body", "after_body", "deferred"];
 
 /// One of the arguments `#[paid]` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,17 +36,19 @@ enum Key {
     MimeType,
     /// `resource = "…"`
     Resource,
-    /// `settle = "before_body" | "after_body"`
+    /// `settle = "before_body" | "after_body" | "deferred"`
     Settle,
     /// `cache_control = "private, max-age=60"`
     CacheControl,
+    /// `speculative = true`
+    Speculative,
     /// `crate = path`
     Crate,
 }
 
 impl Key {
     /// Every key, in the order the documentation lists them.
-    const ALL: [Key; 11] = [
+    const ALL: [Key; 12] = [
         Key::Plan,
         Key::Agent,
         Key::Credits,
@@ -57,6 +59,7 @@ impl Key {
         Key::Resource,
         Key::Settle,
         Key::CacheControl,
+        Key::Speculative,
         Key::Crate,
     ];
 
@@ -73,6 +76,7 @@ impl Key {
             Key::Resource => "resource",
             Key::Settle => "settle",
             Key::CacheControl => "cache_control",
+            Key::Speculative => "speculative",
             Key::Crate => "crate",
         }
     }
@@ -88,8 +92,9 @@ impl Key {
             Key::Description => "`description = \"What the caller pays for\"`",
             Key::MimeType => "`mime_type = \"application/json\"`",
             Key::Resource => "`resource = \"https://api.example.com/ask\"`",
-            Key::Settle => "`settle = \"after_body\"` or `settle = \"before_body\"`",
+            Key::Settle => "`settle = \"after_body\"`, `settle = \"before_body\"` or `settle = \"deferred\"`",
             Key::CacheControl => "`cache_control = \"private, max-age=60\"`",
+            Key::Speculative => "`speculative = true`",
             Key::Crate => "`crate = my_nvm`",
         }
     }
@@ -147,11 +152,13 @@ pub(crate) struct Args {
     pub(crate) mime_type: Option<LitStr>,
     /// `resource = "…"`.
     pub(crate) resource: Option<LitStr>,
-    /// `settle = "…"`: `after_body` or `before_body`.
+    /// `settle = "…"`: `after_body`, `before_body` or `deferred`.
     pub(crate) settle: Option<LitStr>,
     /// `cache_control = "…"`: a paid answer's `Cache-Control` (checked by the runtime
     /// when the route's `static` is built, at compile time).
     pub(crate) cache_control: Option<LitStr>,
+    /// `speculative = true`: the handler runs while the payment is verified.
+    pub(crate) speculative: Option<LitBool>,
     /// `crate = path`, default `::nvm_runtime`.
     pub(crate) krate: Path,
 }
@@ -196,6 +203,7 @@ struct Slots {
     resource: Option<LitStr>,
     settle: Option<LitStr>,
     cache_control: Option<LitStr>,
+    speculative: Option<LitBool>,
     krate: Option<Path>,
     /// The keys seen, to report duplicates.
     seen: Vec<Key>,
@@ -223,6 +231,7 @@ impl Slots {
             Key::Resource => self.resource = errors.check(parse_string(key, value, false)),
             Key::Settle => self.settle = errors.check(parse_settle(value)),
             Key::CacheControl => self.cache_control = errors.check(parse_string(key, value, false)),
+            Key::Speculative => self.speculative = errors.check(parse_bool(key, value)),
             Key::Crate => self.krate = errors.check(parse_crate(value)),
         }
     }
@@ -282,6 +291,7 @@ impl Parse for Args {
             resource,
             settle,
             cache_control,
+            speculative,
             krate,
             ..
         } = slots;
@@ -297,6 +307,7 @@ impl Parse for Args {
                 resource,
                 settle,
                 cache_control,
+                speculative,
                 krate: krate.unwrap_or_else(default_crate),
             }),
             // `plan` was given but invalid, or missing: both are in `errors` already.
@@ -666,6 +677,17 @@ fn parse_string(key: Key, value: Expr, may_be_empty: bool) -> syn::Result<LitStr
     }
 }
 
+/// A `bool` literal.
+fn parse_bool(key: Key, value: Expr) -> syn::Result<LitBool> {
+    match value {
+        Expr::Lit(syn::ExprLit { lit: Lit::Bool(lit), .. }) => Ok(lit),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("`{}` takes `true` or `false`: write {}", key.name(), key.example()),
+        )),
+    }
+}
+
 /// `crate`: a plain path such as `my_nvm` or `::my_nvm` or `crate::reexports::nvm`.
 fn parse_crate(value: Expr) -> syn::Result<Path> {
     match value {
@@ -850,13 +872,14 @@ mod tests {
         assert!(error(r#"plan = "p", scheme = "evm""#).starts_with("unknown scheme `evm`"));
         assert_eq!(
             error(r#"plan = "p", settle = "later""#),
-            "unknown settlement point `later`: write `settle = \"after_body\"` or `settle = \"before_body\"`"
+            "unknown settlement point `later`: write `settle = \"after_body\"`, `settle = \"before_body\"` or `settle = \"deferred\"`"
         );
         assert!(error(r#"plan = "p", settle = after_body"#).starts_with("`settle` takes a string literal"));
         assert!(error(r#"plan = "p", network = """#).starts_with("`network` cannot be empty"));
         assert!(error(r#"plan = "p", mime_type = JSON"#).starts_with("`mime_type` takes a string literal"));
         assert!(error(r#"plan = "p", resource = 1"#).starts_with("`resource` takes a string literal"));
         assert!(error(r#"plan = "p", description = d"#).starts_with("`description` takes a string literal"));
+        assert!(error(r#"plan = "p", speculative = 1"#).starts_with("`speculative` takes `true` or `false`"));
     }
 
     #[test]
@@ -864,7 +887,8 @@ mod tests {
         assert_eq!(
             error(r#"plan = "p", price = 2"#),
             "unknown argument `price`: did you mean `credits`? #[paid] accepts `plan`, `agent`, `credits`, \
-             `scheme`, `network`, `description`, `mime_type`, `resource`, `settle`, `cache_control` and `crate`"
+             `scheme`, `network`, `description`, `mime_type`, `resource`, `settle`, `cache_control`, \
+             `speculative` and `crate`"
         );
         assert!(error(r#"plna = "p""#).contains("unknown argument `plna`: did you mean `plan`?"));
         assert!(error(r#"plan = "p", mimeType = "x""#).contains("did you mean `mime_type`?"));

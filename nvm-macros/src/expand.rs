@@ -75,6 +75,57 @@ pub(crate) fn expand(args: &Args, handler: &Handler) -> TokenStream {
     }
 }
 
+/// The checks of `speculative = true`: the handler runs before its payment is verified,
+/// so it cannot take a `PaymentContext` (there is none yet), and its route cannot be
+/// priced by its body (the handler's extractors take the body).
+pub(crate) fn check_speculative(args: &Args, handler: &Handler) -> syn::Result<()> {
+    if !args.speculative.as_ref().is_some_and(|flag| flag.value) {
+        return Ok(());
+    }
+    let mut errors: Option<syn::Error> = None;
+    let mut push = |error: syn::Error| match &mut errors {
+        Some(first) => first.combine(error),
+        None => errors = Some(error),
+    };
+    for ty in &handler.arg_types {
+        let named = match ty {
+            syn::Type::Path(path) => path.path.segments.last().is_some_and(|s| s.ident == "PaymentContext"),
+            _ => false,
+        };
+        if named {
+            push(syn::Error::new_spanned(
+                ty,
+                "a `speculative = true` handler runs while its payment is verified: it cannot take a `PaymentContext`; remove the argument, or `speculative = true`",
+            ));
+        }
+    }
+    if let Credits::Expr(expr) = &args.credits
+        && prices_by_body(expr)
+    {
+        push(syn::Error::new_spanned(
+            expr,
+            "a `speculative = true` route cannot be priced by its body (its handler's extractors take the body while the payment is verified); remove `speculative = true`",
+        ));
+    }
+    match errors {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Whether `expr` is `by_body(…)`, a path ending in it, or a method called on one.
+fn prices_by_body(expr: &syn::Expr) -> bool {
+    match expr {
+        syn::Expr::Call(call) => match &*call.func {
+            syn::Expr::Path(path) => path.path.segments.last().is_some_and(|s| s.ident == "by_body"),
+            _ => false,
+        },
+        syn::Expr::MethodCall(call) => prices_by_body(&call.receiver),
+        syn::Expr::Paren(inner) => prices_by_body(&inner.expr),
+        _ => false,
+    }
+}
+
 /// `tokens` shown at `location`: each token keeps its hygiene, only its place changes.
 fn located_at(tokens: TokenStream, location: Span) -> TokenStream {
     tokens
@@ -133,9 +184,14 @@ pub(crate) fn terms(args: &Args, private: &TokenStream, helpers: &mut TokenStrea
         });
         quote!(#private::Terms::from_parts(#plan, #agent, [#(#fields),*]))
     };
+    let terms = match &args.speculative {
+        Some(flag) if flag.value => quote!(#terms.speculative()),
+        _ => terms,
+    };
     let terms = match args.settle.as_ref().map(LitStr::value).as_deref() {
         Some("after_body") => quote!(#terms.settle(#private::SettlePoint::AfterBody)),
         Some("before_body") => quote!(#terms.settle(#private::SettlePoint::BeforeBody)),
+        Some("deferred") => quote!(#terms.settle(#private::SettlePoint::Deferred)),
         _ => terms,
     };
     match &args.cache_control {

@@ -55,8 +55,15 @@ use proc_macro2::TokenStream as TokenStream2;
 /// - `network`: a string literal (`"eip155:84532"`, `"stripe"`…); by default detected.
 /// - `description`, `mime_type`, `resource`: string literals for the `resource` fields of
 ///   the payment-required envelope (`resource` defaults to the request's URL).
-/// - `settle`: `"before_body"` or `"after_body"`: when the payment is settled; by
-///   default after the body for a streamed answer and before it otherwise.
+/// - `settle`: `"before_body"`, `"after_body"` or `"deferred"`: when the payment is
+///   settled; by default after the body for a streamed answer and before it otherwise;
+///   `"deferred"` answers at once and settles in the background (the configuration's
+///   `DeferredSettlement` sets the bound per payer).
+/// - `speculative = true`: the handler runs while the payment is verified, and its answer
+///   is released only once verified (a refused payment gets its 402, the answer dropped):
+///   for a handler without side effects. Such a handler takes no `PaymentContext`, and its
+///   route is not priced by its body (both checked at compile time); a request without a
+///   token, or with an `Idempotency-Key`, is verified first as usual.
 /// - `cache_control`: a string literal, the `Cache-Control` of paid answers instead of
 ///   `private, no-store` (`cache_control = "private, max-age=60"`); it must keep them out
 ///   of shared caches (`private`, never `public` or `s-maxage`), checked at compile time.
@@ -148,7 +155,10 @@ fn try_expand(
     }
     let handler = handler::Handler::parse(item, context);
     match (args, handler) {
-        (Ok(args), Ok(handler)) => Ok(expand::expand(&args, &handler)),
+        (Ok(args), Ok(handler)) => {
+            expand::check_speculative(&args, &handler)?;
+            Ok(expand::expand(&args, &handler))
+        }
         (Err(mut error), Err(more)) => {
             error.combine(more);
             Err(error)

@@ -246,6 +246,12 @@ fn check(args: &Args, function: &Function) -> syn::Result<()> {
             "`settle` applies to HTTP routes: an MCP tool's result is settled before it is sent; remove `settle = …`",
         ));
     }
+    if let Some(flag) = &args.speculative {
+        push(syn::Error::new(
+            flag.span(),
+            "`speculative` applies to HTTP routes: an MCP tool runs once its payment is verified; remove it",
+        ));
+    }
     if let Some(cache) = &args.cache_control {
         push(syn::Error::new(
             cache.span(),

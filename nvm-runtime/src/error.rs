@@ -131,6 +131,21 @@ pub enum ConfigError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// A `speculative = true` route whose credits turned out to be priced by the body
+    /// (the handler's extractors take the body while the payment is verified).
+    #[error(
+        "the #[paid] handler `{0}` is speculative and priced by its body: remove `speculative = true`, or price it without the body"
+    )]
+    SpeculativeBodyPrice(String),
+    /// Deferred settlement was turned on with a journal in memory: a crash would lose
+    /// the settlements not sent yet.
+    #[error(
+        "deferred settlement needs a durable journal: add `.pending_settlements(PendingSettlements::file(\"pending-settlements.jsonl\")?)`, or use a `RedisStore` as the idempotency store"
+    )]
+    DeferredNeedsJournal,
+    /// The deferred-settlement thread could not be started.
+    #[error("the deferred-settlement thread could not be started")]
+    DeferredWorker(#[source] Arc<std::io::Error>),
     /// The HTTP client could not be built (no TLS backend, for instance). The source is
     /// a [`reqwest::Error`] of the re-exported
     /// [`nvm_runtime::client::reqwest`](crate::client::reqwest).
@@ -688,6 +703,9 @@ mod tests {
         }
         all.push(Box::new(PaymentError::SettlementFailed { reason: text.to_owned(), source: None }));
         all.push(Box::new(ConfigError::HttpClient(Arc::clone(&reqwest))));
+        all.push(Box::new(ConfigError::DeferredNeedsJournal));
+        all.push(Box::new(ConfigError::SpeculativeBodyPrice(text.to_owned())));
+        all.push(Box::new(ConfigError::DeferredWorker(Arc::new(std::io::Error::other(text.to_owned())))));
         all.push(Box::new(ConfigError::PendingJournal {
             path: "/var/lib/seller/pending.jsonl".to_owned(),
             source: Arc::new(std::io::Error::other(text.to_owned())),

@@ -32,7 +32,7 @@ pub use actix::middleware::{PaymentMiddleware, RouteConfig};
 pub use actix::payments::{Payments, PaymentsBuilder};
 pub use backend::Environment;
 pub use flow::{
-    Idempotency, Meter, MeterFull, MeteredStream, PendingSettlement, PendingSettlements, Recovery,
-    Resolution, ResolveFuture, SettlePoint, SettlementResolver, SettlementStatus,
+    DeferredSettlement, Idempotency, Meter, MeterFull, MeteredStream, PendingSettlement, PendingSettlements,
+    Recovery, Resolution, ResolveFuture, SettlePoint, SettlementResolver, SettlementStatus,
 };
 pub use nvm_macros::paid;

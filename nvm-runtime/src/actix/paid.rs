@@ -12,6 +12,7 @@ use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, Responder, ResponseError};
 use tracing::Instrument as _;
 
+use super::credits::CreditsFuture;
 use super::exchange::Exchange;
 use super::payments::Payments;
 use super::paywall::{self, catch_unwind};
@@ -20,6 +21,7 @@ use super::respond::{handler_panicked, unconfigured};
 use super::route::Route;
 use super::state::{attach, attached};
 use crate::error::ConfigError;
+use crate::flow::idempotency::KEY_HEADER;
 use crate::flow::{Offer, PaymentState, Terms};
 
 /// The hidden argument of a `#[paid]` handler.
@@ -37,6 +39,9 @@ pub struct Paid {
     payload: Payload,
     /// When the route settles (set when admitted).
     terms: Option<&'static Terms>,
+    /// Whether the handler runs while the payment is verified (its extractors took the
+    /// body already).
+    speculating: bool,
 }
 
 impl std::fmt::Debug for Paid {
@@ -57,7 +62,15 @@ impl FromRequest for Paid {
             // finds it.
             None => (attach(req), false),
         };
-        ready(Ok(Paid { req: req.clone(), settle_with: None, under_middleware, state, payload, terms: None }))
+        ready(Ok(Paid {
+            req: req.clone(),
+            settle_with: None,
+            under_middleware,
+            state,
+            payload,
+            terms: None,
+            speculating: false,
+        }))
     }
 }
 
@@ -96,6 +109,10 @@ impl Paid {
         };
         let offer = Offer { plan_id: &plan_id, agent_id: agent_id.as_deref(), terms: &spec.terms };
         let priced = match std::panic::catch_unwind(AssertUnwindSafe(|| route.credits(req))) {
+            // The handler's extractors took the body: it cannot be priced.
+            Ok(CreditsFuture::Body { .. }) if self.speculating => {
+                Err(exchange.misconfigured(ConfigError::SpeculativeBodyPrice(spec.handler.to_owned())))
+            }
             Ok(source) => paywall::price(&exchange, &offer, source, &mut self.payload, spec.handler).await,
             Err(_) => Err(exchange.misconfigured(ConfigError::CreditsPanicked(spec.handler.to_owned()))),
         };
@@ -106,6 +123,22 @@ impl Paid {
         self.settle_with = Some(payments);
         self.terms = Some(&spec.terms);
         Ok(None)
+    }
+
+    /// Whether the handler runs while the payment is verified: the route says so
+    /// (`speculative = true`), and the request carries a well-formed token and no
+    /// `Idempotency-Key` (an unpaid request is refused before its body is read, and a keyed
+    /// one is looked up before it runs).
+    fn speculates(&self, route: &Route) -> bool {
+        if !route.spec().terms.speculative
+            || self.under_middleware
+            || self.req.headers().contains_key(KEY_HEADER)
+        {
+            return false;
+        }
+        let Some(payments) = Payments::from_request(&self.req) else { return false };
+        let exchange = Exchange { payments, req: &self.req };
+        crate::flow::read_token(payments.seller(), &exchange).is_ok()
     }
 
     /// Runs the handler's own extractors (a tuple of them) on the request and its
@@ -129,6 +162,9 @@ where
 {
     let span = paywall::telemetry_span(&paid.req, &paid.state);
     let served = async move {
+        if paid.speculates(route) {
+            return speculate(paid, route, handler).await;
+        }
         match paid.admit(route).await {
             Ok(None) => {}
             Ok(Some(replayed)) => return replayed,
@@ -144,6 +180,64 @@ where
     if span.is_disabled() { served.await } else { served.instrument(span).await }
 }
 
+/// Serves a `#[paid(speculative = true)]` request: its extractors, then its handler
+/// while its payment is priced and verified; the answer is released only once verified
+/// (a refused payment gets its refusal, the handler's answer dropped), then settled.
+async fn speculate<T, H, F>(mut paid: Paid, route: &'static Route, handler: H) -> HttpResponse
+where
+    T: FromRequest,
+    H: FnOnce(T) -> F,
+    F: Future,
+    F::Output: Responder,
+{
+    paid.speculating = true;
+    let args = match paid.extract::<T>().await {
+        Ok(args) => args,
+        Err(response) => return response,
+    };
+    let running = catch_unwind(handler(args));
+    let (admitted, output) = both(paid.admit(route), running).await;
+    match admitted {
+        Ok(None) => finish(paid, output).await,
+        Ok(Some(replayed)) => replayed,
+        Err(rejection) => {
+            tracing::debug!(
+                path = paid.req.path(),
+                "speculative handler's answer dropped: the payment was refused"
+            );
+            rejection.error_response()
+        }
+    }
+}
+
+/// Polls `a` and `b` together until both are done.
+async fn both<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    let (mut first, mut second) = (None, None);
+    std::future::poll_fn(|cx| {
+        if first.is_none()
+            && let std::task::Poll::Ready(done) = a.as_mut().poll(cx)
+        {
+            first = Some(done);
+        }
+        if second.is_none()
+            && let std::task::Poll::Ready(done) = b.as_mut().poll(cx)
+        {
+            second = Some(done);
+        }
+        if first.is_some() && second.is_some() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    match (first, second) {
+        (Some(first), Some(second)) => (first, second),
+        _ => unreachable!("both futures are done"),
+    }
+}
+
 /// Runs a `#[paid]` handler's body after its payment was admitted, then settles on
 /// success.
 async fn run<F>(paid: Paid, handler: F) -> HttpResponse
@@ -151,7 +245,12 @@ where
     F: Future,
     F::Output: Responder,
 {
-    let response = match catch_unwind(handler).await {
+    finish(paid, catch_unwind(handler).await).await
+}
+
+/// The handler's `output` (or its panic) as a response, settled on success.
+async fn finish<O: Responder>(paid: Paid, output: Result<O, Box<dyn std::any::Any + Send>>) -> HttpResponse {
+    let response = match output {
         Ok(output) => output.respond_to(&paid.req).map_into_boxed_body(),
         Err(_) => handler_panicked(paid.req.path()),
     };

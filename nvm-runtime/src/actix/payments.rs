@@ -14,10 +14,13 @@ use crate::backend::PlanCatalog;
 use crate::backend::{ApiKey, BackendSettings, Connection, Environment};
 use crate::error::{ConfigError, PaymentError};
 use crate::flow::cache::{VerifyCache, WellFormed};
+use crate::flow::deferred::{Deferrer, FailureHook};
 use crate::flow::{
-    Idempotency, PendingSettlement, PendingSettlements, Recovery, Seller, SettlePoint, SettlementResolver,
+    DeferredSettlement, Idempotency, PendingSettlement, PendingSettlements, Recovery, Seller, SettlePoint,
+    SettlementResolver,
 };
 use crate::observability::Gateway;
+use crate::store::StoreError;
 use crate::wire::PaymentRequired;
 use crate::wire::{SettleResponse, VerifyResponse};
 
@@ -192,6 +195,63 @@ impl Payments {
         crate::flow::recovery::resolve(&self.inner.seller).await
     }
 
+    /// Waits, for at most `limit`, until every deferred settlement in flight is over
+    /// (see [`DeferredSettlement`]); returns how many still are. Call it at shutdown,
+    /// after the server stopped: what it leaves is written down, and the next start-up
+    /// ([`Payments::prepare`]) settles or records it. `0` at once without deferred
+    /// settlement.
+    ///
+    /// ```
+    /// # async fn demo(payments: nvm_runtime::Payments) -> std::io::Result<()> {
+    /// // HttpServer::new(…).run().await?;
+    /// let left = payments.drain(std::time::Duration::from_secs(10)).await;
+    /// if left > 0 {
+    ///     eprintln!("{left} deferred settlement(s) left to the next start-up");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn drain(&self, limit: Duration) -> usize {
+        match &self.inner.seller.deferred {
+            Some(deferrer) => deferrer.drain(limit).await,
+            None => 0,
+        }
+    }
+
+    /// Serves `payer` with deferred settlement again, after one of its deferred
+    /// settlements failed (see [`PaymentsBuilder::on_deferred_failure`]); returns whether
+    /// it was suspended.
+    ///
+    /// ```
+    /// # async fn demo(payments: nvm_runtime::Payments) -> Result<(), nvm_runtime::store::StoreError> {
+    /// if payments.resume_deferred("0x5dd8…").await? {
+    ///     println!("deferred settlement resumed");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn resume_deferred(&self, payer: &str) -> Result<bool, StoreError> {
+        match &self.inner.seller.deferred {
+            Some(deferrer) => deferrer.resume(payer).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Why `payer` is served with synchronous settlement after a failed deferred one (the
+    /// record's id and the reason, as JSON), or `None` when it is not suspended.
+    ///
+    /// ```
+    /// # async fn demo(payments: nvm_runtime::Payments) -> Result<(), nvm_runtime::store::StoreError> {
+    /// if let Some(why) = payments.deferred_suspension("0x5dd8…").await? {
+    ///     println!("suspended: {why}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn deferred_suspension(&self, payer: &str) -> Result<Option<String>, StoreError> {
+        match &self.inner.seller.deferred {
+            Some(deferrer) => deferrer.suspension(payer).await,
+            None => Ok(None),
+        }
+    }
+
     /// The start-up step of a paid server: checks that every `env("VAR")` plan and
     /// agent of every `#[paid]` handler is set, fetches the metadata of every plan that
     /// a `#[paid]` handler or a `PaymentMiddleware` built with this configuration
@@ -258,16 +318,20 @@ impl Payments {
     async fn report_pending(&self) {
         let journal = self.pending_settlements();
         match crate::flow::recovery::recover(&self.inner.seller).await {
-            Ok(report) if report.orphans > 0 || report.resolved() > 0 => tracing::warn!(
-                orphans = report.orphans,
-                burned = report.burned,
-                not_burned = report.not_burned,
-                "pending-settlement journal {}: {} settlement(s) were in flight when their process stopped; {} resolved as burned, {} as not burned",
-                journal.name(),
-                report.orphans,
-                report.burned,
-                report.not_burned
-            ),
+            Ok(report) if report.orphans > 0 || report.deferred > 0 || report.resolved() > 0 => {
+                tracing::warn!(
+                    orphans = report.orphans,
+                    deferred = report.deferred,
+                    burned = report.burned,
+                    not_burned = report.not_burned,
+                    "pending-settlement journal {}: {} settlement(s) were in flight and {} deferred one(s) not sent when their process stopped; {} resolved as burned, {} as not burned",
+                    journal.name(),
+                    report.orphans,
+                    report.deferred,
+                    report.burned,
+                    report.not_burned
+                )
+            }
             Ok(_) => {}
             Err(error) => {
                 tracing::error!(error = %crate::error::Report(&error), "the pending-settlement journal could not be recovered")
@@ -396,6 +460,8 @@ pub struct PaymentsBuilder {
     resolver: Option<Arc<dyn SettlementResolver>>,
     retry_after: Option<Duration>,
     idempotency: Option<Idempotency>,
+    deferred: Option<DeferredSettlement>,
+    on_deferred_failure: Option<FailureHook>,
     hooks: Hooks,
 }
 
@@ -410,6 +476,8 @@ impl std::fmt::Debug for PaymentsBuilder {
             .field("resolver", &self.resolver.is_some())
             .field("retry_after", &self.retry_after)
             .field("idempotency", &self.idempotency)
+            .field("deferred", &self.deferred)
+            .field("on_deferred_failure", &self.on_deferred_failure.is_some())
             .field("hooks", &self.hooks)
             .finish()
     }
@@ -537,6 +605,51 @@ impl PaymentsBuilder {
         self
     }
 
+    /// Turns on deferred settlement (see [`DeferredSettlement`]) for the routes that opt
+    /// in (`settle = "deferred"`, [`SettlePoint::Deferred`]), or for every route that
+    /// names no settlement point ([`DeferredSettlement::everywhere`]). It needs a durable
+    /// journal ([`PaymentsBuilder::pending_settlements`] with a file, or a `RedisStore`
+    /// as the idempotency store): [`PaymentsBuilder::build`] refuses one in memory.
+    /// Call [`Payments::drain`] at shutdown.
+    ///
+    /// ```
+    /// use nvm_runtime::{DeferredSettlement, Payments, PendingSettlements};
+    ///
+    /// # let path = std::env::temp_dir().join(format!("nvm-doc-defer-{}.jsonl", std::process::id()));
+    /// let payments = Payments::builder()
+    ///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")
+    ///     .pending_settlements(PendingSettlements::file(&path).unwrap())
+    ///     .deferred_settlement(DeferredSettlement::new().max_exposure(20))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(payments);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    pub fn deferred_settlement(mut self, deferred: DeferredSettlement) -> Self {
+        self.deferred = Some(deferred);
+        self
+    }
+
+    /// Called when a deferred settlement burned nothing (declined, refused, or the
+    /// facilitator unreachable after three tries): its answer was delivered unpaid, its
+    /// record is closed as not burned, and its payer is served with synchronous settlement
+    /// until [`Payments::resume_deferred`]. Given the record and the reason. Runs on the
+    /// deferred-settlement thread: keep it short.
+    ///
+    /// ```
+    /// let builder = nvm_runtime::Payments::builder().on_deferred_failure(|record, reason| {
+    ///     eprintln!("unpaid: {} credits from {:?} ({reason})", record.amount, record.payer);
+    /// });
+    /// # let _ = builder;
+    /// ```
+    pub fn on_deferred_failure(
+        mut self,
+        hook: impl Fn(&PendingSettlement, &str) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_deferred_failure = Some(Arc::new(hook));
+        self
+    }
+
     /// How long a buyer retrying a call whose settlement is still pending is told to
     /// wait (its `Retry-After`, default 30 s).
     ///
@@ -655,6 +768,20 @@ impl PaymentsBuilder {
             .pending
             .or_else(|| idempotency.store().and_then(|store| store.pending_journal()))
             .unwrap_or_default();
+        let deferred = match self.deferred {
+            None => None,
+            Some(_) if !journal.is_durable() => return Err(ConfigError::DeferredNeedsJournal),
+            Some(config) => Some(
+                Deferrer::start(
+                    config,
+                    facilitator.clone(),
+                    journal.clone(),
+                    idempotency.clone(),
+                    self.on_deferred_failure,
+                )
+                .map_err(|error| ConfigError::DeferredWorker(Arc::new(error)))?,
+            ),
+        };
         let seller = Seller {
             plans: PlanCatalog::new(environment.default_network()),
             facilitator,
@@ -666,6 +793,7 @@ impl PaymentsBuilder {
             resolver: self.resolver,
             retry_after: self.retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
             idempotency,
+            deferred,
         };
         Ok(Payments {
             inner: Arc::new(Inner {

@@ -234,6 +234,7 @@ pub(crate) async fn settle(
         return super::stream::settle_after_body(payments, req, Arc::clone(state), response, claim);
     }
     let max = seller.idempotency.max_response_body_len();
+    let defer = crate::flow::deferred::applies(seller, point);
     // Run to its end even if the request is dropped meanwhile (the client reset the
     // connection): a settle call sent is always followed by its outcome's bookkeeping.
     let (payments, req, state, cache_control) = (
@@ -254,12 +255,14 @@ pub(crate) async fn settle(
             }
             _ => (response, None),
         };
-        let settlement = flow::settle(seller, &exchange, &state, status.as_u16(), kept).await;
+        let settlement = flow::settle(seller, &exchange, &state, status.as_u16(), kept, defer).await;
         report(&state, status, &settlement);
         let keep = keeps_answer(&settlement, status);
         let response = match settlement {
             Settlement::None => response,
-            Settlement::Settled(receipt) | Settlement::FailedDelivered(receipt) => {
+            Settlement::Settled(receipt)
+            | Settlement::Deferred(receipt)
+            | Settlement::FailedDelivered(receipt) => {
                 attach_receipt(&mut response, &receipt);
                 not_for_caches(&mut response, cache_control.as_deref());
                 response

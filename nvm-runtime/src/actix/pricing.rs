@@ -147,11 +147,12 @@ pub struct PricedRoute {
     pub description: Option<String>,
 }
 
-/// `"before_body"`, `"after_body"` or `"default"`.
+/// `"before_body"`, `"after_body"`, `"deferred"` or `"default"`.
 pub(crate) fn settle_label(settle: Option<SettlePoint>) -> &'static str {
     match settle {
         Some(SettlePoint::BeforeBody) => "before_body",
         Some(SettlePoint::AfterBody) => "after_body",
+        Some(SettlePoint::Deferred) => "deferred",
         None => "default",
     }
 }

@@ -21,6 +21,7 @@ pub(crate) fn report(state: &PaymentState, status: StatusCode, settlement: &Sett
         Settlement::None if !status.is_success() => (Outcome::HandlerFailed, 0),
         Settlement::None => (Outcome::Paid, 0),
         Settlement::Settled(receipt) => (Outcome::Paid, receipt.credits_redeemed_u64()),
+        Settlement::Deferred(_) => (Outcome::Deferred, 0),
         Settlement::FailedDelivered(_) => (Outcome::SettleFailed, 0),
         Settlement::Refused(refusal) => (Outcome::of(refusal), 0),
     };
@@ -28,14 +29,14 @@ pub(crate) fn report(state: &PaymentState, status: StatusCode, settlement: &Sett
 }
 
 /// Whether the answer of a request that ended in `settlement` (its handler answered
-/// `status`) is kept for its idempotent retries: a delivered answer (settled, charged
-/// nothing, or delivered on settle failure), and an outcome unknown (it may have been
+/// `status`) is kept for its idempotent retries: a delivered answer (settled, deferred,
+/// charged nothing, or delivered on settle failure), and an outcome unknown (it may have been
 /// charged: its retries must not be charged again); not a failed handler nor a refused
 /// settlement (nothing was charged: a retry runs afresh).
 pub(crate) fn keeps_answer(settlement: &Settlement, status: StatusCode) -> bool {
     match settlement {
         Settlement::None => status.is_success(),
-        Settlement::Settled(_) | Settlement::FailedDelivered(_) => true,
+        Settlement::Settled(_) | Settlement::Deferred(_) | Settlement::FailedDelivered(_) => true,
         Settlement::Refused(refusal) => matches!(refusal, Refusal::OutcomeUnknown { .. }),
     }
 }

@@ -34,12 +34,14 @@ use crate::flow::{self, PaymentState, SettlePoint, Settlement};
 use crate::wire::{PAYMENT_RESPONSE, SettleResponse};
 
 /// Whether `response` is settled after its body: the route says so, or says nothing
-/// and the body streams.
+/// (or defers) and the body streams.
 pub(crate) fn after_body(point: Option<SettlePoint>, response: &HttpResponse) -> bool {
     match point {
         Some(SettlePoint::AfterBody) => true,
         Some(SettlePoint::BeforeBody) => false,
-        None => matches!(response.body().size(), BodySize::Stream),
+        // A deferred route's streamed body is settled when it ends (its amount is
+        // known then, and the answer is not waiting for it anyway).
+        None | Some(SettlePoint::Deferred) => matches!(response.body().size(), BodySize::Stream),
     }
 }
 
@@ -111,7 +113,8 @@ impl Pending {
         actix_web::rt::spawn(async move {
             let exchange = Exchange { payments: &self.payments, req: &self.req };
             let amount = self.state.amount_due();
-            let settlement = flow::settle(self.payments.seller(), &exchange, &self.state, 200, None).await;
+            let settlement =
+                flow::settle(self.payments.seller(), &exchange, &self.state, 200, None, false).await;
             super::settlement::report(&self.state, actix_web::http::StatusCode::OK, &settlement);
             let keep = super::settlement::keeps_answer(&settlement, actix_web::http::StatusCode::OK);
             let receipt = receipt_of(&exchange, amount, settlement);
@@ -145,7 +148,7 @@ impl Pending {
 fn receipt_of(exchange: &Exchange<'_>, amount: u64, settlement: Settlement) -> Option<SettleResponse> {
     let failed = match settlement {
         Settlement::None => return None,
-        Settlement::Settled(receipt) => return Some(receipt),
+        Settlement::Settled(receipt) | Settlement::Deferred(receipt) => return Some(receipt),
         Settlement::FailedDelivered(receipt) => receipt,
         Settlement::Refused(Refusal::PaymentRequired { receipt: Some(receipt), .. })
         | Settlement::Refused(Refusal::OutcomeUnknown { receipt, .. }) => *receipt,

@@ -156,6 +156,7 @@ async fn list(journal: &PendingSettlements, all: bool, json: bool) -> Result<Exi
 fn print(record: &PendingSettlement, status: SettlementStatus, json: bool) {
     let status = match status {
         SettlementStatus::Settling => "settling".to_owned(),
+        SettlementStatus::Deferred => "deferred".to_owned(),
         SettlementStatus::Unknown => "unknown".to_owned(),
         SettlementStatus::Resolved(resolution) => format!("resolved: {resolution}"),
         _ => "other".to_owned(),

@@ -322,6 +322,16 @@ pub enum PaymentOutcome {
         /// The seller's receipt (`errorReason: "settlement_pending"`).
         receipt: SettleResponse,
     },
+    /// The handler ran and the answer was delivered; the seller settles it in the
+    /// background (deferred settlement): the receipt says `settlement: "deferred"`,
+    /// `errorReason: "settlement_pending"`, the `amount` to be burned and the ids to
+    /// reconcile with. **Do not pay again**: this call is paid for.
+    Deferred {
+        /// The seller's record id (`pendingSettlementId`).
+        pending_id: String,
+        /// The seller's receipt.
+        receipt: SettleResponse,
+    },
 }
 
 impl PaymentOutcome {
@@ -569,6 +579,14 @@ fn finish(response: reqwest::Response, paid: bool, idempotency_key: String) -> P
                 .unwrap_or_default()
                 .to_owned();
             PaymentOutcome::OutcomeUnknown { pending_id, receipt: receipt.clone() }
+        }
+        Some(Ok(receipt))
+            if status.is_success()
+                && receipt.other.get("settlement").and_then(|v| v.as_str()) == Some("deferred") =>
+        {
+            let pending_id =
+                receipt.other.get("pendingSettlementId").and_then(|v| v.as_str()).unwrap_or_default();
+            PaymentOutcome::Deferred { pending_id: pending_id.to_owned(), receipt: receipt.clone() }
         }
         Some(Ok(receipt)) if receipt.error_reason.as_deref() == Some(SETTLEMENT_PENDING) => {
             let pending_id =

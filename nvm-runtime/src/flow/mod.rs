@@ -5,6 +5,7 @@
 //! typed values ([`Refusal`], [`Settlement`]) that the web layer renders.
 
 pub(crate) mod cache;
+pub(crate) mod deferred;
 pub(crate) mod idempotency;
 pub(crate) mod pending;
 pub(crate) mod recovery;
@@ -15,6 +16,7 @@ mod terms;
 use std::sync::Arc;
 
 use cache::{CacheKey, VerifyCache, WellFormed};
+pub use deferred::DeferredSettlement;
 pub use idempotency::Idempotency;
 use idempotency::{Caller, Claim, Claimed, Found, Held, KeyedRequest, StoredResponse};
 pub use pending::{
@@ -56,6 +58,8 @@ pub(crate) struct Seller {
     pub(crate) retry_after: std::time::Duration,
     /// Where idempotent calls and settled single-use tokens are remembered.
     pub(crate) idempotency: Idempotency,
+    /// Deferred settlement, when the seller turned it on.
+    pub(crate) deferred: Option<deferred::Deferrer>,
 }
 
 /// What the flow reads of a request and tells about it: the web layer implements it
@@ -85,6 +89,8 @@ pub(crate) enum Settlement {
     None,
     /// Settled: attach the receipt.
     Settled(SettleResponse),
+    /// Deferred: the settlement runs in the background; attach its pending receipt.
+    Deferred(SettleResponse),
     /// The settlement failed but the policy delivers: attach the failed receipt.
     FailedDelivered(SettleResponse),
     /// The settlement failed: withhold the response.
@@ -307,6 +313,11 @@ pub(crate) async fn standing(seller: &Seller, id: &str) -> Option<(PendingSettle
         SettlementStatus::Resolved(resolution) => Some((record, resolution)),
         _ => {
             let resolution = seller.resolver.as_ref()?.resolve(&record).await?;
+            if resolution == Resolution::NotBurned && record.deferred {
+                // Delivered and not burned: the seller is owed, and settles it now.
+                let resolution = deferred::recover(seller, record.clone()).await?;
+                return Some((record, resolution));
+            }
             close(seller, &record, resolution, "the resolver").await;
             Some((record, resolution))
         }
@@ -443,13 +454,15 @@ pub(crate) struct Kept<'a> {
 /// With a durable journal the settlement is written down before its settle call is
 /// sent (and forgotten once its outcome is known); `kept`, the answer of a call with an
 /// idempotency key, is held in the store for it first. An unknown outcome leaves both
-/// for the settlement's resolution.
+/// for the settlement's resolution. `defer`: the route's settlement is deferred (see
+/// [`deferred`]) when the payer's exposure allows it.
 pub(crate) async fn settle(
     seller: &Seller,
     host: &impl Host,
     state: &PaymentState,
     status: u16,
     mut kept: Option<Kept<'_>>,
+    defer: bool,
 ) -> Settlement {
     let Some(verified) = state.verified.get() else {
         return Settlement::None;
@@ -475,6 +488,13 @@ pub(crate) async fn settle(
         agent_request_id: if verified.from_cache { None } else { verified.verification.request_id() },
     };
     let mut record = record_of(host, verified, amount, &request);
+    if defer
+        && let Some(deferrer) = &seller.deferred
+        && let Some(receipt) =
+            defer_settlement(seller, deferrer, verified, &record, amount, kept.as_ref()).await
+    {
+        return Settlement::Deferred(receipt);
+    }
     let held_answer =
         kept.as_ref().map(|kept| idempotency::held(kept.claim, &record.id, kept.answer.clone()));
     if let Some((key, value)) = held_answer.as_ref().filter(|_| seller.pending.copies_held_answers()) {
@@ -547,6 +567,75 @@ pub(crate) async fn settle(
     finish_refused(seller, verified, receipt, reason, source)
 }
 
+/// Defers the settlement of `record` when its payer's exposure allows it: reserved,
+/// written down as deferred (durably, before the answer goes out), then handed to the
+/// background; returns the answer's pending receipt. `None` settles synchronously: no
+/// payer, a payer past the bound or suspended, the store or the journal unavailable.
+///
+/// The answer of a call with an idempotency key (`kept`) is copied into a file
+/// journal's record, with its receipt: a crash that takes a store in memory before the
+/// buyer got it leaves it for the buyer's retry, once the next start-up settled it. A
+/// single-use token is marked spent now: it cannot pay a second call while its
+/// settlement waits.
+async fn defer_settlement(
+    seller: &Seller,
+    deferrer: &deferred::Deferrer,
+    verified: &Verified,
+    record: &PendingSettlement,
+    amount: u64,
+    kept: Option<&Kept<'_>>,
+) -> Option<SettleResponse> {
+    let payer = verified.verification.payer.as_deref()?;
+    match deferrer.reserve(payer, amount).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(
+                payer,
+                credits = amount,
+                "deferred settlement not granted (exposure bound reached, or payer suspended): settling now"
+            );
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!(payer, error = %crate::error::Report(&error), "the deferred-settlement store is unavailable: settling now");
+            return None;
+        }
+    }
+    let mut record = record.clone();
+    record.deferred = true;
+    record.resume = Some(pending::Resume {
+        token: verified.token.as_str().to_owned(),
+        envelope: verified.envelope.to_header(),
+        reusable: !verified.single_use,
+    });
+    let receipt = deferred::receipt(&record, verified.envelope.first().map(|a| a.network.clone()));
+    if let Some(kept) = kept.filter(|_| seller.pending.copies_held_answers()) {
+        use base64::Engine as _;
+        let mut answer = kept.answer.clone();
+        answer.receipt = Some(receipt.to_header());
+        let (key, value) = idempotency::held(kept.claim, &record.id, answer);
+        let value = base64::engine::general_purpose::STANDARD.encode(value);
+        record.held = Some(pending::HeldAnswer { key, value });
+    }
+    if let Err(error) = seller.pending.defer(&record).await {
+        tracing::error!(pending = %record.id, error = %crate::error::Report(&error), "a deferred settlement could not be written down: settling now");
+        deferrer.release(payer, amount).await;
+        return None;
+    }
+    if verified.single_use {
+        idempotency::mark_spent(&seller.idempotency, &verified.token).await;
+    }
+    let job = deferred::Job::new(
+        record,
+        verified.token.clone(),
+        verified.envelope.clone(),
+        amount,
+        verified.single_use,
+    );
+    deferrer.spawn(job, Some(payer.to_owned()));
+    Some(receipt)
+}
+
 /// A settlement that failed with nothing burned and no facilitator receipt.
 fn refuse_settlement(
     seller: &Seller,
@@ -602,9 +691,11 @@ fn record_of(
         amount: amount.to_string(),
         recorded_at: pending::unix_now(),
         token_hash: verified.token.hash().to_string(),
+        deferred: false,
         resume: verified.single_use.then(|| pending::Resume {
             token: verified.token.as_str().to_owned(),
             envelope: verified.envelope.to_header(),
+            reusable: false,
         }),
         held: None,
     }

@@ -56,8 +56,16 @@ pub struct PendingSettlement {
     pub recorded_at: u64,
     /// A short hash of the access token (never the token itself).
     pub token_hash: String,
-    /// What settling once more takes: kept only for a single-use token, which a second
-    /// settle resolves (the token is spent by the first settle that goes through).
+    /// Whether its answer went out before its settlement (deferred settlement): the
+    /// buyer has it. Resolved as not burned by the seller's resolver (or
+    /// `Payments::resolve_pending`), it is settled once more: the first settle burned
+    /// nothing, and the seller is owed. Closed as not burned through the journal alone
+    /// (`PendingSettlements::close`, `nvm-pending close`), it is written off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
+    /// What settling once more takes: kept for a single-use token, which a second
+    /// settle resolves (the token is spent by the first settle that goes through), and
+    /// for a deferred settlement, sent after a crash when it was never sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) resume: Option<Resume>,
     /// The idempotency record holding the call's answer, copied here by a file journal
@@ -89,6 +97,11 @@ pub(crate) struct Resume {
     pub(crate) token: String,
     /// The envelope it paid, in its header form (base64 JSON).
     pub(crate) envelope: String,
+    /// Set for a reusable token's deferred settlement: sent once after a crash when it
+    /// was never sent, never settled twice. Unset (the default, as earlier versions
+    /// wrote it): a single-use token, settled once more to resolve an unknown outcome.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) reusable: bool,
 }
 
 impl std::fmt::Debug for Resume {
@@ -169,6 +182,9 @@ pub enum SettlementStatus {
     /// died is turned into [`SettlementStatus::Unknown`] (or resolved) by
     /// `Payments::prepare()`.
     Settling,
+    /// A deferred settlement: the answer went out, the settle call is not sent yet. One
+    /// left so by a process that died is settled by `Payments::prepare()`.
+    Deferred,
     /// The settle call was sent and its outcome is unknown: to resolve.
     Unknown,
     /// Resolved, by the seller or a resolver.
@@ -264,6 +280,8 @@ enum Journal {
 enum Line {
     /// Written ahead of a settle call.
     Settling(PendingSettlement),
+    /// Written ahead of a deferred settlement's answer.
+    Deferred(PendingSettlement),
     /// A settle call of unknown outcome.
     Pending(PendingSettlement),
     /// A settlement written ahead whose outcome came back: forgotten.
@@ -285,6 +303,7 @@ impl Entries {
     fn apply(&mut self, line: Line) -> bool {
         match line {
             Line::Settling(record) => self.insert(record, SettlementStatus::Settling),
+            Line::Deferred(record) => self.insert(record, SettlementStatus::Deferred),
             Line::Pending(record) => self.insert(record, SettlementStatus::Unknown),
             Line::Done { id } => {
                 if self.by_id.remove(&id).is_none() {
@@ -421,6 +440,12 @@ impl PendingSettlements {
         self.write(Line::Settling(record.clone())).await
     }
 
+    /// Writes `record` down as a deferred settlement, before its answer goes out
+    /// (durable journals only).
+    pub(crate) async fn defer(&self, record: &PendingSettlement) -> std::io::Result<()> {
+        self.write(Line::Deferred(record.clone())).await
+    }
+
     /// Forgets the record `id` written ahead: its settle call was answered. Not waited
     /// for (the call goes on at once): a line lost in a crash leaves the record open,
     /// and the next start-up takes it for a settlement of unknown outcome to resolve,
@@ -524,6 +549,12 @@ impl PendingSettlements {
         Ok(self.read().await?.0.with_status(SettlementStatus::Settling))
     }
 
+    /// The deferred settlements not sent yet, oldest first: none once sent, and those of
+    /// a process that died until `Payments::prepare()` settles them.
+    pub(crate) async fn deferred(&self) -> std::io::Result<Vec<PendingSettlement>> {
+        Ok(self.read().await?.0.with_status(SettlementStatus::Deferred))
+    }
+
     /// The record `id` and where it stands; `None` when the journal holds no such record
     /// (never written, or settled normally and forgotten).
     pub async fn get(&self, id: &str) -> std::io::Result<Option<(PendingSettlement, SettlementStatus)>> {
@@ -569,7 +600,7 @@ type Append = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
 #[cfg(feature = "redis")]
 async fn redis_write(journal: &crate::store::redis::RedisJournal, line: Line) -> std::io::Result<()> {
     match &line {
-        Line::Settling(record) | Line::Pending(record) => {
+        Line::Settling(record) | Line::Deferred(record) | Line::Pending(record) => {
             let value = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
             journal.set(&record.id, value).await.map_err(std::io::Error::other)
         }
@@ -632,6 +663,7 @@ fn redis_entry(
     };
     let (record, status) = match serde_json::from_value::<Line>(record.clone()) {
         Ok(Line::Settling(record)) => (record, SettlementStatus::Settling),
+        Ok(Line::Deferred(record)) => (record, SettlementStatus::Deferred),
         Ok(Line::Pending(record)) => (record, SettlementStatus::Unknown),
         _ => (serde_json::from_value(record)?, SettlementStatus::Unknown),
     };
@@ -731,6 +763,7 @@ fn compact(path: &Path) -> std::io::Result<u64> {
         }
         let first = match status {
             SettlementStatus::Settling => Line::Settling(record.clone()),
+            SettlementStatus::Deferred => Line::Deferred(record.clone()),
             _ => Line::Pending(record.clone()),
         };
         for line in std::iter::once(first).chain(match status {
@@ -864,6 +897,7 @@ mod tests {
             amount: "2".into(),
             recorded_at: 1,
             token_hash: "0a0b0c0d0e0f".into(),
+            deferred: false,
             resume: None,
             held: None,
         }
@@ -970,7 +1004,7 @@ mod tests {
 
     #[test]
     fn a_single_use_resume_never_shows_its_token() {
-        let resume = Resume { token: "secret-token".into(), envelope: "e30".into() };
+        let resume = Resume { token: "secret-token".into(), envelope: "e30".into(), reusable: false };
         assert!(!format!("{resume:?}").contains("secret"));
         let mut with = record("s");
         with.resume = Some(resume);

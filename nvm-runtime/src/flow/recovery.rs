@@ -31,6 +31,9 @@ pub struct Recovery {
     pub not_burned: usize,
     /// Records still of unknown outcome after the pass.
     pub unknown: usize,
+    /// Deferred settlements found not sent, left by a process that died: sent now (their
+    /// outcomes counted as burned, not burned or unknown).
+    pub deferred: usize,
 }
 
 impl Recovery {
@@ -73,6 +76,16 @@ pub(crate) async fn recover(seller: &Seller) -> std::io::Result<Recovery> {
                 report.count(resolution);
             }
             None => journal.record(&record).await?,
+        }
+    }
+    for record in journal.deferred().await? {
+        if now.saturating_sub(record.recorded_at) < grace.as_secs() {
+            continue;
+        }
+        report.deferred += 1;
+        tracing::warn!(pending = %record.id, payer = ?record.payer, credits = %record.amount, "a deferred settlement was not sent when its process stopped: sending it");
+        if let Some(resolution) = super::deferred::recover(seller, record).await {
+            report.count(resolution);
         }
     }
     let resolved = resolve(seller).await?;
@@ -122,6 +135,17 @@ pub(crate) async fn resolve(seller: &Seller) -> std::io::Result<Recovery> {
             resolution = resolver.resolve(&record).await;
             who = "the resolver";
         }
+        if resolution == Some(Resolution::NotBurned) && record.deferred {
+            // Delivered and not burned: the seller is owed, and settles it now (its
+            // outcome written down by the settlement).
+            tracing::info!(pending = %record.id, "a deferred settlement resolved as not burned by {who}: settling it now");
+            resolution = super::deferred::recover(seller, record).await;
+            match resolution {
+                Some(resolution) => report.count(resolution),
+                None => report.unknown += 1,
+            }
+            continue;
+        }
         match resolution {
             Some(resolution) => {
                 close(seller, &record, resolution, who).await;
@@ -138,7 +162,7 @@ pub(crate) async fn resolve(seller: &Seller) -> std::io::Result<Recovery> {
 /// before). `None` for a reusable token (never settled twice), or when the answer is
 /// lost again.
 async fn settle_again(seller: &Seller, record: &PendingSettlement) -> Option<Resolution> {
-    let resume = record.resume.as_ref()?;
+    let resume = record.resume.as_ref().filter(|resume| !resume.reusable)?;
     let envelope = PaymentRequired::from_header(&resume.envelope).ok()?;
     let amount = Amount::from(record.amount.parse::<u64>().ok()?);
     let request = RequestRef {

@@ -57,6 +57,8 @@ pub(crate) enum Outcome {
     Abandoned,
     /// A retry of a call whose settlement is still pending: told to retry later.
     Pending,
+    /// Served, its settlement deferred to the background.
+    Deferred,
 }
 
 impl Outcome {
@@ -75,6 +77,7 @@ impl Outcome {
             Outcome::Unknown => "outcome_unknown",
             Outcome::Abandoned => "abandoned",
             Outcome::Pending => "settlement_pending",
+            Outcome::Deferred => "deferred",
         }
     }
 
@@ -239,6 +242,7 @@ mod tests {
             Outcome::Unknown,
             Outcome::Abandoned,
             Outcome::Pending,
+            Outcome::Deferred,
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(|o| o.as_str()).collect();
         assert_eq!(labels.len(), all.len());

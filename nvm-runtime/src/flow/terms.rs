@@ -46,6 +46,13 @@ pub enum SettlePoint {
     /// the body ends, for the metered amount (see `PaymentContext::meter`). The default
     /// for streamed bodies.
     AfterBody,
+    /// The answer goes out at once with a receipt saying its settlement is pending; the
+    /// settlement runs in the background, written ahead in the journal, within the
+    /// payer's exposure bound (see `DeferredSettlement`, which the configuration must
+    /// set: `PaymentsBuilder::deferred_settlement`). A call past the bound, or from a
+    /// payer suspended after a failed deferred settlement, settles before its body; a
+    /// streamed body settles when it ends.
+    Deferred,
 }
 
 /// The terms of a route: what its `payment-required` envelope advertises, besides the
@@ -64,6 +71,9 @@ pub struct Terms {
     /// The `Cache-Control` of a paid answer, when the route allows private caching
     /// (checked by [`cache_control_problem`]); `None`: `private, no-store`.
     pub(crate) cache_control: Option<Cow<'static, str>>,
+    /// Whether the handler runs while the payment is verified (`#[paid(speculative =
+    /// true)]`).
+    pub(crate) speculative: bool,
     /// `env("VAR")` ids, read once.
     read: [OnceLock<Result<String, ConfigError>>; 2],
 }
@@ -80,6 +90,7 @@ impl Clone for Terms {
             resource: self.resource.clone(),
             settle: self.settle,
             cache_control: self.cache_control.clone(),
+            speculative: self.speculative,
             read: Default::default(),
         }
     }
@@ -107,6 +118,7 @@ impl Terms {
             resource: None,
             settle: None,
             cache_control: None,
+            speculative: false,
             read: [OnceLock::new(), OnceLock::new()],
         }
     }
@@ -114,6 +126,13 @@ impl Terms {
     /// The same terms, settled at `point`; `const`, for `#[paid(settle = "…")]`.
     pub const fn settle(mut self, point: SettlePoint) -> Self {
         self.settle = Some(point);
+        self
+    }
+
+    /// The same terms, the handler run while the payment is verified; `const`, for
+    /// `#[paid(speculative = true)]`.
+    pub const fn speculative(mut self) -> Self {
+        self.speculative = true;
         self
     }
 
@@ -151,6 +170,7 @@ impl Terms {
             resource: borrowed(resource),
             settle: None,
             cache_control: None,
+            speculative: false,
             read: [OnceLock::new(), OnceLock::new()],
         }
     }

@@ -349,10 +349,11 @@ where
     let max = seller.idempotency.max_response_body_len();
     let mut claim = state.take_claim();
     let kept = claim.as_mut().map(|claim| Kept { claim, answer: stored(&result, max) });
-    let settlement = flow::settle(seller, &host, state, 200, kept).await;
+    let settlement = flow::settle(seller, &host, state, 200, kept, false).await;
     let (outcome, settled) = match &settlement {
         Settlement::None => (if state.verified.get().is_some() { Outcome::Paid } else { Outcome::Free }, 0),
         Settlement::Settled(receipt) => (Outcome::Paid, receipt.credits_redeemed_u64()),
+        Settlement::Deferred(_) => (Outcome::Deferred, 0),
         Settlement::FailedDelivered(_) => (Outcome::SettleFailed, 0),
         Settlement::Refused(refusal) => (Outcome::of(refusal), 0),
     };
@@ -361,9 +362,9 @@ where
     let plan = offer.plan_id;
     let answer = match settlement {
         Settlement::None => result,
-        Settlement::Settled(receipt) | Settlement::FailedDelivered(receipt) => {
-            render::with_receipt(result, &receipt, plan)
-        }
+        Settlement::Settled(receipt)
+        | Settlement::Deferred(receipt)
+        | Settlement::FailedDelivered(receipt) => render::with_receipt(result, &receipt, plan),
         Settlement::Refused(refusal) => render::refusal(&refusal, plan),
     };
     if let Some(claim) = claim {

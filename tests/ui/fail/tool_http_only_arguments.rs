@@ -9,8 +9,9 @@ struct Agent {
 
 #[tool_router]
 impl Agent {
-    /// Settled after the body, cached, priced asynchronously: none of it fits a tool.
-    #[paid(plan = "1", settle = "after_body", cache_control = "private, max-age=60", credits = async |_: &rmcp::model::JsonObject| 1)]
+    /// Settled after the body, cached, speculative, priced asynchronously: none of it fits a
+    /// tool.
+    #[paid(plan = "1", settle = "after_body", cache_control = "private, max-age=60", speculative = true, credits = async |_: &rmcp::model::JsonObject| 1)]
     #[tool]
     async fn ask(&self, payment: PaymentContext) -> String {
         format!("{:?}", payment.payer())
