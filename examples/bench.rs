@@ -1,7 +1,7 @@
 //! What `#[paid]` costs, measured side by side on loopback.
 //!
 //! ```text
-//! cargo run --release -p nvm-examples --example bench            # ~3 minutes
+//! cargo run --release -p nvm-examples --example bench            # ~4 minutes
 //! cargo run --release -p nvm-examples --example bench -- --quick # a few seconds (CI smoke)
 //! cargo run --release -p nvm-examples --example bench -- --latency-ms 100
 //! cargo run --release -p nvm-examples --example bench -- --help
@@ -107,11 +107,43 @@
 //! the same rounds) at both. Then it asserts that the journals were written and emptied:
 //! every `settling` line of the file has its `done` line, and the Redis journal holds no
 //! record. `--only journal-memory,journal-file,journal-redis` runs this section alone.
+//!
+//! A sixth section measures deferred settlement ([`DeferredSettlement`]; `--no-deferred`
+//! skips it): the answer goes out at once with a pending receipt (`success: false`,
+//! `errorReason: "settlement_pending"`, `settlement: "deferred"`) and the settle call runs in
+//! the background. Two more servers of the same `#[paid]` handler, each with 1 worker and a
+//! file journal of its own in the fifth section's directory (a deferred settlement is
+//! written down ahead of its answer), with `DeferredSettlement::new().everywhere()`:
+//!
+//! - `deferred`: a verify per call, its settle call in the background;
+//! - `deferred+cache`: the same with a 30 s verification cache: a returning buyer waits for
+//!   no facilitator call.
+//!
+//! Their bounds (`max_exposure` 1,000,000 credits, `max_in_flight` 8,192 settle calls) are
+//! above what a run reaches (at R req/s with the facilitator L away, R x L credits and
+//! settle calls are in flight), so that every call is deferred: a settled receipt there is
+//! an error. They are driven side by side with `plain`, `paid` and `paid+cache` (the first
+//! section's servers) with the facilitator's answers delayed by each of
+//! `--deferred-latencies-ms` in turn (default 40 and 400 ms), 6 rounds of 1 s at each (quick:
+//! 1 of 0.4 s), after a warm-up per server. `deferred+cache` is driven before `deferred`: the
+//! settle calls its window leaves in flight land in `deferred`'s window (which waits its
+//! verify: the latency bounds it, not CPU), not in plain's. The report gives each server's
+//! median req/s as a multiple of synchronous `paid`'s limit (C / (2 x latency)), its p50 and
+//! p99, its p50 minus plain's, its facilitator calls per request (a deferred window's last
+//! settle calls land in the next window: reported, not asserted) and the cores the whole
+//! process kept busy. The goal: with `deferred+cache`, p50 within 1 ms of plain's, and the
+//! throughput bound by CPU, not latency (the cores kept at least 0.9 as busy as `plain`
+//! keeps them in the same rounds), at every latency; a full run missing it fails (not a
+//! `--quick` one). Then each deferring server is drained (at most 30 s, none left asserted),
+//! its journal holds no settlement of unknown outcome, and its file as many `done` lines as
+//! deferred settlements written down, none open and none settled synchronously.
+//! `--only plain,paid,paid+cache,deferred,deferred+cache --no-idempotency --no-mcp
+//! --no-journal` runs the first two sections and this one.
 
 use std::fmt::Write as _;
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -128,7 +160,7 @@ use nvm_runtime::local::{Calls, DEMO_PLAN_ID, LocalFacilitator};
 use nvm_runtime::mcp::McpService;
 use nvm_runtime::store::RedisStore;
 use nvm_runtime::wire::{Amount, SettleResponse};
-use nvm_runtime::{Idempotency, Payments, PendingSettlements, paid};
+use nvm_runtime::{DeferredSettlement, Idempotency, Payments, PendingSettlements, paid};
 use rmcp::handler::server::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
@@ -146,6 +178,20 @@ const BALANCE: u64 = 1 << 60;
 /// The key prefix of the fifth section's Redis journal (its records: `bench-journal:pending`),
 /// apart from the keys of the third section's store (`nvm:`).
 const JOURNAL_PREFIX: &str = "bench-journal:";
+/// The sixth section's bound on the credits a payer may have delivered and not yet settled:
+/// above what any run leaves unsettled (R x L, at R req/s with the facilitator L away), so
+/// that every call is deferred.
+const DEFERRED_EXPOSURE: u64 = 1_000_000;
+/// The sixth section's bound on the deferred settle calls in flight at once: above R x L
+/// too.
+const DEFERRED_IN_FLIGHT: usize = 8_192;
+/// How long the sixth section waits for the deferred settlements still in flight after it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// The sixth section's goal: `deferred+cache`'s p50 at most this far above plain's (ms).
+const DEFERRED_P50_GAP_MS: f64 = 1.0;
+/// The sixth section's goal: `deferred+cache` keeps at least this fraction of the cores as
+/// busy as `plain` does in the same rounds (its throughput bound by CPU, not latency).
+const DEFERRED_BUSY: f64 = 0.9;
 
 // ---------------------------------------------------------------------------------------
 // The handlers: the same body for every server.
@@ -290,6 +336,14 @@ struct Settings {
     journal_rounds: usize,
     journal_duration: Duration,
     journal_warmup: Duration,
+    /// The sixth section (deferred settlement), unless `--no-deferred`: the facilitator's
+    /// latencies it runs with, one after the other, and its rounds, window and warm-up per
+    /// server at each.
+    deferred: bool,
+    deferred_latencies: Vec<Duration>,
+    deferred_rounds: usize,
+    deferred_duration: Duration,
+    deferred_warmup: Duration,
     /// `--metrics-recorder`: a Prometheus recorder installed for the whole run, to
     /// measure what the payment metrics cost when something records them.
     metrics_recorder: bool,
@@ -320,6 +374,11 @@ impl Settings {
             journal_rounds: 10,
             journal_duration: Duration::from_millis(500),
             journal_warmup: Duration::from_millis(500),
+            deferred: true,
+            deferred_latencies: vec![Duration::from_millis(40), Duration::from_millis(400)],
+            deferred_rounds: 6,
+            deferred_duration: Duration::from_secs(1),
+            deferred_warmup: Duration::from_millis(500),
             metrics_recorder: false,
         }
     }
@@ -348,6 +407,11 @@ impl Settings {
             journal_rounds: 1,
             journal_duration: Duration::from_millis(300),
             journal_warmup: Duration::from_millis(200),
+            deferred: true,
+            deferred_latencies: vec![Duration::from_millis(40), Duration::from_millis(400)],
+            deferred_rounds: 1,
+            deferred_duration: Duration::from_millis(400),
+            deferred_warmup: Duration::from_millis(200),
             metrics_recorder: false,
         }
     }
@@ -380,6 +444,17 @@ impl Settings {
                 "--mcp-rounds" => settings.mcp_rounds = count(&value()?, 1, 100)?,
                 "--no-journal" => settings.journal = false,
                 "--journal-rounds" => settings.journal_rounds = count(&value()?, 1, 100)?,
+                "--no-deferred" => settings.deferred = false,
+                "--deferred-rounds" => settings.deferred_rounds = count(&value()?, 1, 100)?,
+                "--deferred-latencies-ms" => {
+                    settings.deferred_latencies = value()?
+                        .split(',')
+                        .map(|ms| Ok(Duration::from_millis(count(ms.trim(), 1, 10_000)? as u64)))
+                        .collect::<Result<_, String>>()?;
+                    if settings.deferred_latencies.len() > 4 {
+                        return Err("--deferred-latencies-ms: at most 4 latencies".into());
+                    }
+                }
                 "--only" => {
                     settings.only = value()?
                         .split(',')
@@ -404,7 +479,8 @@ impl Settings {
 
 const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [--connections N] [--rounds N]\n\
   \x20            [--latency-ms N] [--latency-rounds N] [--no-idempotency] [--idempotency-rounds N]\n\
-  \x20            [--no-mcp] [--mcp-rounds N] [--no-journal] [--journal-rounds N] [--only SERVERS]\n\
+  \x20            [--no-mcp] [--mcp-rounds N] [--no-journal] [--journal-rounds N] [--no-deferred]\n\
+  \x20            [--deferred-rounds N] [--deferred-latencies-ms MS,MS] [--only SERVERS]\n\
   \x20            [--metrics-recorder]\n\
   --duration        seconds each server is driven per round (default 0.5; quick 0.4)\n\
   --warmup          seconds of unmeasured load per server before the rounds (default 1; quick 0.2)\n\
@@ -427,6 +503,13 @@ const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [-
   \x20                 memory, on loopback, then with --latency-ms\n\
   --journal-rounds  rounds of the fifth section on loopback, 0.5 s each (default 10; quick 1 of\n\
   \x20                 0.3 s); with the latency, --latency-rounds\n\
+  --no-deferred     skip the sixth section: deferred settlement (the answer before the settle call,\n\
+  \x20                 settled in the background) against plain, paid and paid+cache, with the\n\
+  \x20                 facilitator's answers delayed by each of --deferred-latencies-ms\n\
+  --deferred-rounds  rounds of the sixth section at each latency, 1 s each (default 6; quick 1 of\n\
+  \x20                 0.4 s)\n\
+  --deferred-latencies-ms  the facilitator's latencies of the sixth section, one after the other\n\
+  \x20                 (default 40,400; each from 1 to 10000, at most 4)\n\
   --metrics-recorder  install a Prometheus metrics recorder (the payment metrics are recorded;\n\
   \x20                 without it they go nowhere): run twice to see what telemetry costs\n\
   --quick           a smoke run of a few seconds\n\
@@ -434,7 +517,9 @@ const USAGE: &str = "usage: bench [--quick] [--duration SECS] [--warmup SECS] [-
   \x20                 plain, handwritten, paid, paid+cache (the first two sections) and\n\
   \x20                 paid+nostore, paid+memory, paid+redis, replay (the third) and\n\
   \x20                 tool-paid, tool-unpaid, route-paid (the fourth) and\n\
-  \x20                 journal-memory, journal-file, journal-redis (the fifth)";
+  \x20                 journal-memory, journal-file, journal-redis (the fifth) and\n\
+  \x20                 deferred, deferred+cache (the sixth, driven with those of plain, paid and\n\
+  \x20                 paid+cache that are named)";
 
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
@@ -470,12 +555,15 @@ enum Kind {
     JournalMemory,
     JournalFile,
     JournalRedis,
+    Deferred,
+    DeferredCache,
 }
 
 /// The `idempotency-key` of a server's requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keys {
-    /// No key (the servers of the first two sections and of the fifth, and `paid+nostore`).
+    /// No key (the servers of the first two sections, of the fifth and of the sixth, and
+    /// `paid+nostore`).
     None,
     /// A distinct one on every request, added by the connection
     /// ([`drive_connection`]): every request is a new paid call.
@@ -493,7 +581,14 @@ impl Kind {
     const MCP: [Kind; 3] = [Kind::ToolPaid, Kind::ToolUnpaid, Kind::RoutePaid];
     /// The servers of the fifth section.
     const JOURNAL: [Kind; 3] = [Kind::JournalMemory, Kind::JournalFile, Kind::JournalRedis];
-    const ALL: [Kind; 14] = [
+    /// The servers of the sixth section (driven with `plain`, `paid` and `paid+cache`).
+    const DEFERRED: [Kind; 2] = [Kind::Deferred, Kind::DeferredCache];
+    /// The sixth section's servers in the order it drives them: `deferred+cache` before
+    /// `deferred`, so that the settle calls its window leaves in flight land in a window
+    /// that the facilitator's latency bounds (`deferred`'s, which waits its verify), not in
+    /// plain's.
+    const SIXTH: [Kind; 5] = [Kind::Plain, Kind::Paid, Kind::PaidCache, Kind::DeferredCache, Kind::Deferred];
+    const ALL: [Kind; 16] = [
         Kind::Plain,
         Kind::Handwritten,
         Kind::Paid,
@@ -508,6 +603,8 @@ impl Kind {
         Kind::JournalMemory,
         Kind::JournalFile,
         Kind::JournalRedis,
+        Kind::Deferred,
+        Kind::DeferredCache,
     ];
 
     fn name(self) -> &'static str {
@@ -526,11 +623,19 @@ impl Kind {
             Kind::JournalMemory => "journal-memory",
             Kind::JournalFile => "journal-file",
             Kind::JournalRedis => "journal-redis",
+            Kind::Deferred => "deferred",
+            Kind::DeferredCache => "deferred+cache",
         }
     }
 
     fn charges(self) -> bool {
         !matches!(self, Kind::Plain | Kind::ToolUnpaid)
+    }
+
+    /// Answered before its settlement, which runs in the background
+    /// ([`DeferredSettlement`]).
+    fn defers(self) -> bool {
+        Kind::DEFERRED.contains(&self)
     }
 
     /// Driven by MCP tool calls in sessions, not by HTTP requests.
@@ -882,8 +987,8 @@ static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
 /// Sends requests of server `kind` on `stream` until `deadline`, reconnecting (at most
 /// 10 times) after an error. The first receipt of the connection is decoded and checked
-/// in full; later ones only for presence. A paying server's answers must be replays
-/// exactly when its requests repeat a key ([`Keys::Same`]).
+/// in full ([`receipt_problem`]); later ones only for presence. A paying server's answers
+/// must be replays exactly when its requests repeat a key ([`Keys::Same`]).
 async fn drive_connection(
     mut stream: TcpStream,
     addr: SocketAddr,
@@ -938,16 +1043,36 @@ async fn drive_connection(
             None => stats.error("200 without a payment-response receipt".into()),
             Some(header) if !checked_receipt => {
                 checked_receipt = true;
-                match SettleResponse::from_header(&header) {
-                    Ok(receipt) if receipt.success && receipt.credits_redeemed_u64() == 1 => {}
-                    Ok(receipt) => stats.error(format!("unexpected receipt {receipt:?}")),
-                    Err(error) => stats.error(format!("undecodable receipt: {error}")),
+                if let Some(problem) = receipt_problem(kind, &header) {
+                    stats.error(problem);
                 }
             }
             Some(_) => {}
         }
     }
     stats
+}
+
+/// What is wrong with the receipt `header` of a paid call to `kind`, if anything: it must
+/// be settled, 1 credit redeemed; for a deferring server, the pending receipt of a
+/// deferred call instead (`success: false`, `errorReason: "settlement_pending"`,
+/// `settlement: "deferred"`, amount 1). A settled receipt there is wrong too: the call was
+/// settled synchronously, past the bound on what a payer may owe, and the figures would
+/// not measure deferred settlement.
+fn receipt_problem(kind: Kind, header: &str) -> Option<String> {
+    let receipt = match SettleResponse::from_header(header) {
+        Ok(receipt) => receipt,
+        Err(error) => return Some(format!("undecodable receipt: {error}")),
+    };
+    let fine = if kind.defers() {
+        !receipt.success
+            && receipt.error_reason.as_deref() == Some("settlement_pending")
+            && receipt.other.get("settlement").and_then(serde_json::Value::as_str) == Some("deferred")
+            && receipt.other.get("amount").and_then(serde_json::Value::as_str) == Some("1")
+    } else {
+        receipt.success && receipt.credits_redeemed_u64() == 1
+    };
+    (!fine).then(|| format!("unexpected receipt {receipt:?}"))
 }
 
 /// Counts `what` as an error and reconnects: a fresh connection, or `None` after 10.
@@ -1433,19 +1558,24 @@ fn run(settings: &Settings) -> Result<bool, String> {
     // The servers of the sections that run (in the order of Kind::ALL), and Redis when
     // one of them needs it: dropped (killed) when `run` returns.
     let (third, fourth, fifth) = (settings.idempotency, settings.mcp, settings.journal);
+    let sixth = settings.deferred;
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| settings.only.contains(k))
         .filter(|k| (third || !Kind::IDEMPOTENCY.contains(k)) && (fourth || !Kind::MCP.contains(k)))
-        .filter(|k| fifth || !Kind::JOURNAL.contains(k))
+        .filter(|k| (fifth || !Kind::JOURNAL.contains(k)) && (sixth || !k.defers()))
         .collect();
     let redis = if kinds.contains(&Kind::PaidRedis) || kinds.contains(&Kind::JournalRedis) {
         Some(RedisServer::start()?)
     } else {
         None
     };
-    // The file journal's directory: removed, with the journal, when `run` returns.
-    let scratch = if kinds.contains(&Kind::JournalFile) { Some(Scratch::create()?) } else { None };
+    // The file journals' directory: removed, with the journals, when `run` returns.
+    let scratch = if kinds.iter().any(|k| *k == Kind::JournalFile || k.defers()) {
+        Some(Scratch::create()?)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1487,6 +1617,26 @@ fn run(settings: &Settings) -> Result<bool, String> {
                     .idempotency(Idempotency::disabled())
                     .pending_settlements(PendingSettlements::redis(&store))
             }
+            // The sixth section: `paid`'s defaults (and `paid+cache`'s cache), every route
+            // deferred, a durable journal of its own, and bounds no call of the run reaches.
+            Kind::Deferred | Kind::DeferredCache => {
+                let path = scratch
+                    .as_ref()
+                    .map(|scratch| scratch.deferred_journal(kind))
+                    .ok_or("a deferring server without its directory")?;
+                let journal = PendingSettlements::file(&path)
+                    .map_err(|e| format!("the file journal at {}: {e}", path.display()))?;
+                let deferred = DeferredSettlement::new()
+                    .everywhere()
+                    .max_exposure(DEFERRED_EXPOSURE)
+                    .max_in_flight(DEFERRED_IN_FLIGHT);
+                let builder = builder.pending_settlements(journal).deferred_settlement(deferred);
+                if kind == Kind::DeferredCache {
+                    builder.verification_cache(Duration::from_secs(30))
+                } else {
+                    builder
+                }
+            }
             // `paid` and the MCP app: the defaults (an in-memory store, which their requests,
             // with no key, leave alone).
             _ => builder,
@@ -1507,6 +1657,17 @@ fn run(settings: &Settings) -> Result<bool, String> {
         mcp: McpService::new(|| Ok(BenchTools { tool_router: BenchTools::tool_router() })),
         workers: Arc::clone(&workers),
     };
+    // The deferring servers' configurations, to drain them after their section, and the
+    // identity of their journal files as created (a compaction renames a fresh file over).
+    let deferring: Vec<(Kind, Payments, Option<FileId>)> = configs
+        .payments
+        .iter()
+        .filter(|(kind, _)| kind.defers())
+        .map(|(kind, payments)| {
+            let file = scratch.as_ref().and_then(|scratch| file_id(&scratch.deferred_journal(*kind)));
+            (*kind, payments.clone(), file)
+        })
+        .collect();
     let servers = Servers::start(configs, kinds).map_err(|e| format!("starting the servers: {e}"))?;
 
     let loadgen = cpu::current_tid();
@@ -1516,8 +1677,14 @@ fn run(settings: &Settings) -> Result<bool, String> {
         |section: &[Kind]| -> Vec<_> { all.iter().filter(|r| section.contains(&r.0)).cloned().collect() };
     let (requests, idempotent, tools) = (group(&Kind::FIRST), group(&Kind::IDEMPOTENCY), group(&Kind::MCP));
     let journals = group(&Kind::JOURNAL);
+    // The sixth section's servers in its order, when one of them defers.
+    let sixth: Vec<_> = if all.iter().any(|r| r.0.defers()) {
+        Kind::SIXTH.iter().filter_map(|kind| all.iter().find(|r| r.0 == *kind).cloned()).collect()
+    } else {
+        Vec::new()
+    };
 
-    let counts = [requests.len(), idempotent.len(), tools.len(), journals.len()];
+    let counts = [requests.len(), idempotent.len(), tools.len(), journals.len(), sixth.len()];
     println!("{}", header(settings, &local, load_before, counts));
 
     let worker_of = |kind: Kind| {
@@ -1634,7 +1801,10 @@ fn run(settings: &Settings) -> Result<bool, String> {
             journals.len(),
             settings.journal_duration.as_secs_f64(),
             settings.journal_warmup.as_secs_f64(),
-            file = scratch.as_ref().map_or("not driven".to_owned(), Scratch::describe),
+            file = scratch
+                .as_ref()
+                .filter(|_| journals.iter().any(|r| r.0 == Kind::JournalFile))
+                .map_or("not driven".to_owned(), |scratch| scratch.describe(&scratch.journal())),
             redis = redis.as_ref().map_or("not driven".to_owned(), RedisServer::describe),
         );
         // redis-server's counts of the Redis journal's writes before the section (only this
@@ -1656,6 +1826,66 @@ fn run(settings: &Settings) -> Result<bool, String> {
             println!("{report}");
             ok &= emptied;
         }
+    }
+
+    // The sixth section: deferred settlement against synchronous settlement, side by side,
+    // with the facilitator's answers delayed; then the settlements drained and the journals
+    // read.
+    if !sixth.is_empty() {
+        println!(
+            "\ndeferred settlement: the answer goes out at once with a pending receipt and the settle call\n\
+             \x20 runs in the background (DeferredSettlement::new().everywhere(), the #[paid] handler; every\n\
+             \x20 deferred settlement written down ahead of its answer in a file journal of its own, as\n\
+             \x20 {file});\n\
+             \x20 max_exposure({DEFERRED_EXPOSURE}) credits and max_in_flight({DEFERRED_IN_FLIGHT}) settle calls, above the R x L in\n\
+             \x20 flight at R req/s with the facilitator L away, so that every call of the run is deferred (a\n\
+             \x20 settled receipt is an error). deferred: a verify per call; deferred+cache: with a 30 s\n\
+             \x20 verification cache; against plain, paid (synchronous) and paid+cache in the same rounds\n\
+             \x20 (deferred+cache before deferred: the settle calls its window leaves in flight land in\n\
+             \x20 deferred's window, which waits its verify, not in plain's); at +{latencies} ms facilitator\n\
+             \x20 latency, one after the other",
+            file = scratch.as_ref().map_or("not driven".to_owned(), |scratch| {
+                scratch.describe(&scratch.deferred_journal(Kind::DeferredCache))
+            }),
+            latencies = settings
+                .deferred_latencies
+                .iter()
+                .map(|l| l.as_millis().to_string())
+                .collect::<Vec<_>>()
+                .join(" and +"),
+        );
+        let phase = Phase {
+            rounds: settings.deferred_rounds,
+            duration: settings.deferred_duration,
+            warmup: settings.deferred_warmup,
+        };
+        let mut goals = Vec::new();
+        for &latency in &settings.deferred_latencies {
+            local.set_latency(latency);
+            println!(
+                "\ndeferred, +{} ms facilitator latency: {} rounds x {} servers x {:.1} s, {:.1} s warm-up per server",
+                latency.as_millis(),
+                phase.rounds,
+                sixth.len(),
+                phase.duration.as_secs_f64(),
+                phase.warmup.as_secs_f64(),
+            );
+            let label = format!("deferred +{} ms ", latency.as_millis());
+            let goal = std::cell::Cell::new(None);
+            ok &= rig.section(&sixth, &phase, &label, |outcome| {
+                let (report, fine, met) = deferred_summary(settings, latency, outcome);
+                goal.set(met);
+                (report, fine)
+            });
+            goals.push((latency, goal.get()));
+        }
+        local.set_latency(Duration::ZERO);
+        let (report, met) = deferred_goal(settings, &goals);
+        println!("{report}");
+        ok &= met;
+        let (report, settled) = deferred_settled(&runtime, scratch.as_ref(), &deferring);
+        println!("{report}");
+        ok &= settled;
     }
     servers.stop();
     drop(runtime);
@@ -1836,14 +2066,22 @@ impl Scratch {
         Ok(Scratch { dir })
     }
 
-    /// The journal's path.
+    /// The fifth section's journal's path.
     fn journal(&self) -> PathBuf {
         self.dir.join("pending-settlements.jsonl")
     }
 
-    /// The journal's path and file system, for the report.
-    fn describe(&self) -> String {
-        let path = self.journal();
+    /// The journal's path of a deferring server of the sixth section (one each).
+    fn deferred_journal(&self, kind: Kind) -> PathBuf {
+        self.dir.join(if kind == Kind::DeferredCache {
+            "deferred-settlements-cache.jsonl"
+        } else {
+            "deferred-settlements.jsonl"
+        })
+    }
+
+    /// The path of a journal in it, and its file system, for the report.
+    fn describe(&self, path: &Path) -> String {
         // The longest mount point above the journal (/proc/self/mounts).
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let filesystem = mounts
@@ -2076,12 +2314,12 @@ struct Outcome<'a> {
 }
 
 /// The run's header: `first` servers in the first two sections, `third` in the third,
-/// `fourth` scenarios in the fourth, `fifth` servers in the fifth.
+/// `fourth` scenarios in the fourth, `fifth` servers in the fifth, `sixth` in the sixth.
 fn header(
     settings: &Settings,
     local: &LocalFacilitator,
     load: Option<f64>,
-    [first, third, fourth, fifth]: [usize; 4],
+    [first, third, fourth, fifth, sixth]: [usize; 5],
 ) -> String {
     let mut out = format!(
         "nvm-paid bench: what #[paid] costs, side by side\n\
@@ -2089,7 +2327,7 @@ fn header(
          run: {mode}{rounds} rounds x {servers} servers x {duration:.1} s, {conns} keep-alive HTTP/1.1 connections, \
          {warmup:.1} s warm-up per server;\n\
          \x20 GET /work answering `ok`, credits = 1, one reusable token, subscriber balance 2^60\n\
-         facilitator: local, {backend} (in-memory ledger, real HTTP on loopback){second}{third}{fourth}{fifth}\n\
+         facilitator: local, {backend} (in-memory ledger, real HTTP on loopback){second}{third}{fourth}{fifth}{sixth}\n\
          threads: the facilitator runs on its own thread with its own actix System (2 workers); each server\n\
          \x20 has 1 worker thread (plus an idle accept thread); the load generator is 1 thread (a current-thread\n\
          \x20 tokio runtime, one task per connection, a minimal HTTP/1.1 client). Only one server is driven at a\n\
@@ -2141,6 +2379,20 @@ fn header(
                 ";\n  then a fifth section: the pending-settlement journal, {fifth} servers of the same handler,\n\
                  \x20 on loopback{} (--no-journal skips it)",
                 if settings.latency.is_zero() { "" } else { " and delayed" }
+            )
+        },
+        sixth = if sixth == 0 {
+            String::new()
+        } else {
+            format!(
+                ";\n  then a sixth section: deferred settlement, {sixth} servers side by side, with the facilitator\n\
+                 \x20 {} ms away (--no-deferred skips it)",
+                settings
+                    .deferred_latencies
+                    .iter()
+                    .map(|l| l.as_millis().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and then ")
             )
         },
     );
@@ -2334,8 +2586,11 @@ fn summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool) {
 fn round_trips(kind: Kind) -> u32 {
     match kind {
         Kind::Plain | Kind::Replay | Kind::ToolUnpaid => 0,
-        // The cached verification skips verify; settle is never cached.
-        Kind::PaidCache => 1,
+        // Nothing waited: the verification cached, the settle call in the background.
+        Kind::DeferredCache => 0,
+        // The cached verification skips verify; settle is never cached. Deferred: verify
+        // only, the settle call in the background.
+        Kind::PaidCache | Kind::Deferred => 1,
         // verify, then settle.
         _ => 2,
     }
@@ -2608,4 +2863,369 @@ fn journal_ratios(out: &mut String, kinds: &[Kind], results: &[Vec<Measure>]) {
             (cpu(rounds) - cpu(memory)) / 1000.0
         );
     }
+}
+
+/// The cores the whole process kept busy in a window: its CPU time over the window's.
+fn cores(m: &Measure) -> Option<f64> {
+    let ns = m.cpu_server? + m.cpu_rest? + m.cpu_loadgen?;
+    Some(ns as f64 / 1e9 / m.elapsed.as_secs_f64().max(1e-9))
+}
+
+/// What the sixth section's goal looks at, at one latency: `deferred+cache` against
+/// `plain`, driven in the same rounds.
+#[derive(Debug, Clone, Copy)]
+struct Goal {
+    /// Its p50 minus plain's (ms).
+    p50_gap_ms: f64,
+    /// The cores it kept busy as a fraction of plain's (the median of the per-round
+    /// ratios), when the platform tells.
+    busy: Option<f64>,
+    /// Its median req/s as a multiple of synchronous `paid`'s limit.
+    multiple: f64,
+}
+
+impl Goal {
+    fn p50_met(&self) -> bool {
+        self.p50_gap_ms <= DEFERRED_P50_GAP_MS
+    }
+
+    fn busy_met(&self) -> bool {
+        self.busy.is_some_and(|busy| busy >= DEFERRED_BUSY)
+    }
+}
+
+/// The sixth section at one latency: each server's req/s against the limit of synchronous
+/// `paid`, its latency against plain's, its facilitator calls and the cores it kept busy;
+/// `false` when a check failed (a wrong answer, a plan fetch), and what the goal looks at,
+/// when `plain` and `deferred+cache` were both driven.
+fn deferred_summary(
+    settings: &Settings,
+    latency: Duration,
+    outcome: &Outcome<'_>,
+) -> (String, bool, Option<Goal>) {
+    let Outcome { kinds, results, warmup_errors } = *outcome;
+    let conns = settings.connections;
+    let limit = conns as f64 / (2.0 * latency.as_secs_f64());
+    let index = |kind: Kind| kinds.iter().position(|k| *k == kind).map(|i| &results[i][..]);
+    let plain = index(Kind::Plain);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\ndeferred, +{ms} ms, over {rounds} rounds: limit = the bound of synchronous paid today, {conns}\n\
+         \x20 connections / (2 round trips x {ms} ms) = {limit:.0} req/s; x limit = the median req/s of the\n\
+         \x20 rounds / limit; p50 and p99 of all requests, p50-plain = minus plain's; verify and settle:\n\
+         \x20 the facilitator's calls per request in the server's windows (a deferred window's last settle\n\
+         \x20 calls land in the next window: reported, not asserted); cores: the whole process's CPU time\n\
+         \x20 over the window (median of the rounds; the settle calls of a deferred window run partly\n\
+         \x20 after it):",
+        ms = latency.as_millis(),
+        rounds = settings.deferred_rounds,
+    );
+    let width = name_width(kinds);
+    let _ = writeln!(
+        out,
+        "{:<width$} {:>8} {:>8} {:>9} {:>9} {:>11} {:>7} {:>7} {:>6} {:>9} {:>6}",
+        "server",
+        "req/s",
+        "x limit",
+        "p50",
+        "p99",
+        "p50-plain",
+        "verify",
+        "settle",
+        "cores",
+        "requests",
+        "errors"
+    );
+    for (kind, rounds) in kinds.iter().zip(results) {
+        let requests: u64 = rounds.iter().map(|m| m.requests).sum();
+        let per_request = |field: fn(&Measure) -> u64| {
+            rounds.iter().map(field).sum::<u64>() as f64 / requests.max(1) as f64
+        };
+        let busy: Option<Vec<f64>> = rounds.iter().map(cores).collect();
+        let _ = writeln!(
+            out,
+            "{:<width$} {:>8.0} {:>8.2} {:>9} {:>9} {:>11} {:>7.3} {:>7.3} {:>6} {:>9} {:>6}",
+            kind.name(),
+            median_rps(rounds),
+            median_rps(rounds) / limit,
+            ms(pooled(rounds, 0.50)),
+            ms(pooled(rounds, 0.99)),
+            plain.map_or("-".to_owned(), |plain| {
+                format!("{:+.3} ms", (pooled(rounds, 0.50) - pooled(plain, 0.50)) / 1000.0)
+            }),
+            per_request(|m| m.verifies),
+            per_request(|m| m.settles),
+            busy.map_or("n/a".to_owned(), |mut busy| format!("{:.2}", median(&mut busy))),
+            requests,
+            rounds.iter().map(|m| m.errors).sum::<u64>()
+        );
+    }
+    let ok = samples(&mut out, kinds, results) && !warmup_errors;
+    let goal = match (plain, index(Kind::DeferredCache)) {
+        (Some(plain), Some(cache)) => {
+            let busy =
+                plain.first().and_then(cores).map(|_| ratio(cache, plain, |m| cores(m).unwrap_or(0.0)));
+            let goal = Goal {
+                p50_gap_ms: (pooled(cache, 0.50) - pooled(plain, 0.50)) / 1000.0,
+                busy,
+                multiple: median_rps(cache) / limit,
+            };
+            let _ = writeln!(
+                out,
+                "deferred+cache: p50 {:+.3} ms over plain's (target <= {DEFERRED_P50_GAP_MS} ms: {});\n\
+                 \x20 the cores kept busy {} of plain's in the same rounds (target >= {DEFERRED_BUSY}, bound by CPU, not\n\
+                 \x20 latency: {}); {:.1} x paid's limit",
+                goal.p50_gap_ms,
+                verdict(settings, goal.p50_met()),
+                goal.busy.map_or("n/a".to_owned(), |busy| format!("{busy:.3}")),
+                verdict(settings, goal.busy_met()),
+                goal.multiple,
+            );
+            Some(goal)
+        }
+        _ => None,
+    };
+    let ok = footer(&mut out, results, ok);
+    (out, ok, goal)
+}
+
+/// A target's verdict: not judged in a quick run, whose debug figures mean nothing.
+fn verdict(settings: &Settings, pass: bool) -> &'static str {
+    if settings.quick { "not judged in a quick run" } else { mark(pass) }
+}
+
+/// The sixth section's goal over its latencies: with `deferred+cache`, p50 within
+/// [`DEFERRED_P50_GAP_MS`] of plain's and the throughput bound by CPU, not latency, at each;
+/// `false` when it is missed in a full run.
+fn deferred_goal(settings: &Settings, goals: &[(Duration, Option<Goal>)]) -> (String, bool) {
+    let mut out = format!(
+        "\ngoal: with deferred+cache, p50 within {DEFERRED_P50_GAP_MS} ms of plain's and the throughput bound by CPU, \
+         not latency\n\x20 (the cores kept at least {DEFERRED_BUSY} as busy as plain keeps them), at every latency:"
+    );
+    let mut met = true;
+    for (latency, goal) in goals {
+        let line = match goal {
+            Some(goal) => {
+                met &= goal.p50_met() && goal.busy_met();
+                format!(
+                    "p50 {:+.3} ms ({}), cores {} of plain's ({}), {:.1} x paid's limit",
+                    goal.p50_gap_ms,
+                    verdict(settings, goal.p50_met()),
+                    goal.busy.map_or("n/a".to_owned(), |busy| format!("{busy:.3}")),
+                    verdict(settings, goal.busy_met()),
+                    goal.multiple
+                )
+            }
+            None => {
+                met = false;
+                "plain and deferred+cache were not both driven".to_owned()
+            }
+        };
+        let _ = write!(out, "\n  +{:<7} {line}", format!("{} ms", latency.as_millis()));
+    }
+    let ok = if settings.quick {
+        out.push_str("\ngoal: not judged in a quick run (debug figures)");
+        true
+    } else if goals.iter().all(|(_, goal)| goal.is_some()) {
+        out.push_str(if met { "\ngoal: passed" } else { "\ngoal: FAILED (missed, see above)" });
+        met
+    } else {
+        // A partial run (`--only`): nothing to judge against.
+        out.push_str("\ngoal: not judged (drive plain and deferred+cache to judge it)");
+        true
+    };
+    (out, ok)
+}
+
+/// A file's identity (device and inode, on Unix): another one once the journal compacted
+/// itself (a fresh file renamed over it).
+type FileId = (u64, u64);
+
+/// The identity of the file at `path`, where the platform tells.
+fn file_id(path: &Path) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let metadata = std::fs::metadata(path).ok()?;
+        Some((metadata.dev(), metadata.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// What a deferring server's journal file holds: its lines by event, and its records.
+#[derive(Debug, Default)]
+struct DeferredLines {
+    /// `deferred` lines: a settlement written down ahead of its answer.
+    deferred: u64,
+    /// `settling` lines: written ahead of the settle call.
+    settling: u64,
+    /// `done` lines: a settlement forgotten once settled.
+    done: u64,
+    /// Deferred settlements (records marked `deferred`), by id.
+    records: u64,
+    /// Of them, those whose first line is their `settling` one: copied so by a compaction.
+    copied: u64,
+    /// Records not marked `deferred`: calls settled synchronously.
+    synchronous: u64,
+    /// Records written down and not forgotten.
+    open: u64,
+    /// `done` lines of no record written down before, and other lines.
+    other: u64,
+    bytes: usize,
+}
+
+impl DeferredLines {
+    /// Reads the journal at `path`.
+    fn read(path: &Path) -> io::Result<DeferredLines> {
+        let text = std::fs::read_to_string(path)?;
+        let mut lines = DeferredLines { bytes: text.len(), ..DeferredLines::default() };
+        let mut open = std::collections::HashSet::new();
+        for line in text.lines() {
+            let line = serde_json::from_str::<serde_json::Value>(line).unwrap_or_default();
+            let id = line.get("id").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+            let deferred = line.get("deferred").and_then(serde_json::Value::as_bool) == Some(true);
+            match line.get("event").and_then(serde_json::Value::as_str) {
+                Some(event @ ("deferred" | "settling")) if !id.is_empty() => {
+                    if event == "deferred" {
+                        lines.deferred += 1;
+                    } else {
+                        lines.settling += 1;
+                    }
+                    if open.insert(id) {
+                        match (deferred, event) {
+                            (true, "deferred") => lines.records += 1,
+                            (true, _) => {
+                                lines.records += 1;
+                                lines.copied += 1;
+                            }
+                            (false, _) => lines.synchronous += 1,
+                        }
+                    }
+                }
+                Some("done") => {
+                    lines.done += 1;
+                    if !open.remove(&id) {
+                        lines.other += 1;
+                    }
+                }
+                _ => lines.other += 1,
+            }
+        }
+        lines.open = open.len() as u64;
+        Ok(lines)
+    }
+
+    /// Every deferred settlement written down was forgotten once settled, and nothing
+    /// else is there.
+    fn settled(&self) -> bool {
+        self.records > 0
+            && self.done == self.records
+            && self.open == 0
+            && self.synchronous == 0
+            && self.other == 0
+    }
+}
+
+/// After the sixth section: each deferring server drained (within [`DRAIN_LIMIT`]: none
+/// left in flight), no settlement of unknown outcome in its journal, and its journal file
+/// read: as many `done` lines as deferred settlements written down, none open, none settled
+/// synchronously; `false` when one of them is not so.
+fn deferred_settled(
+    runtime: &tokio::runtime::Runtime,
+    scratch: Option<&Scratch>,
+    deferring: &[(Kind, Payments, Option<FileId>)],
+) -> (String, bool) {
+    let mut out = "\nafter the section: every deferred settlement settled in the background, then forgotten:"
+        .to_owned();
+    let mut ok = true;
+    for (kind, payments, created) in deferring {
+        let started = Instant::now();
+        let left = runtime.block_on(payments.drain(DRAIN_LIMIT));
+        let drained = started.elapsed();
+        let unknown = match runtime.block_on(payments.pending_settlements().list()) {
+            Ok(records) => {
+                let pass = records.is_empty();
+                ok &= pass;
+                format!(
+                    "{} of unknown outcome in the journal (asserted none: {})",
+                    records.len(),
+                    ok_or_failed(pass)
+                )
+            }
+            Err(error) => {
+                ok = false;
+                format!("the journal unreadable: {error} (FAILED)")
+            }
+        };
+        ok &= left == 0;
+        let _ = write!(
+            out,
+            "\n  {:<14} drained in {:.2} s: {left} in flight left (asserted 0: {}); {unknown}",
+            kind.name(),
+            drained.as_secs_f64(),
+            ok_or_failed(left == 0)
+        );
+        let Some(path) = scratch.map(|scratch| scratch.deferred_journal(*kind)) else {
+            ok = false;
+            out.push_str("\n  the journal file: none (FAILED)");
+            continue;
+        };
+        // A `done` line is written after its settle call returns, not waited for: read
+        // again, for a moment, until they are all there.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let lines = loop {
+            match DeferredLines::read(&path) {
+                Ok(lines) if !lines.settled() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                read => break read,
+            }
+        };
+        let line = match lines {
+            Ok(lines) => {
+                let pass = lines.settled();
+                ok &= pass;
+                let now = file_id(&path);
+                let compacted = if lines.copied > 0 || created.zip(now).is_some_and(|(a, b)| a != b) {
+                    "compacted during the run (past 32 MiB, rewritten with its open records): the lines since"
+                } else if created.is_some() && now.is_some() {
+                    "every line of the run"
+                } else {
+                    "its lines"
+                };
+                format!(
+                    "journal, {compacted}, {:.1} MB: {} `deferred` lines, {} `settling`, {} `done`; {} deferred \
+                     settlements written down ({} of them copied by the compaction), {} forgotten once settled, {} \
+                     open, {} settled synchronously, {} other lines (asserted as many `done` as deferred \
+                     settlements, none open, none synchronous, none other: {})",
+                    lines.bytes as f64 / 1e6,
+                    lines.deferred,
+                    lines.settling,
+                    lines.done,
+                    lines.records,
+                    lines.copied,
+                    lines.done,
+                    lines.open,
+                    lines.synchronous,
+                    lines.other,
+                    ok_or_failed(pass)
+                )
+            }
+            Err(error) => {
+                ok = false;
+                format!("{} unreadable: {error} (FAILED)", path.display())
+            }
+        };
+        let _ = write!(out, "\n  {:<14} {line}", "");
+    }
+    (out, ok)
+}
+
+fn ok_or_failed(pass: bool) -> &'static str {
+    if pass { "ok" } else { "FAILED" }
 }
