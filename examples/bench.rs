@@ -131,10 +131,13 @@
 //! median req/s as a multiple of synchronous `paid`'s limit (C / (2 x latency)), its p50 and
 //! p99, its p50 minus plain's, its facilitator calls per request (a deferred window's last
 //! settle calls land in the next window: reported, not asserted) and the cores the whole
-//! process kept busy. The goal: with `deferred+cache`, p50 within 1 ms of plain's, and the
-//! throughput bound by CPU, not latency (the cores kept at least 0.9 as busy as `plain`
-//! keeps them in the same rounds), at every latency; a full run missing it fails (not a
-//! `--quick` one). Then each deferring server is drained (at most 30 s, none left asserted),
+//! process kept busy. Under that load every server is saturated, and its p50 is mostly its
+//! queue (C connections / its req/s): the time a call spends on the response path is then
+//! measured apart, `plain` and `deferred+cache` side by side again with one connection (no
+//! queue), the same rounds. The goal: with `deferred+cache`, p50 within 1 ms of plain's on
+//! one connection, and the throughput bound by CPU, not latency (the cores kept at least 0.9
+//! as busy as `plain` keeps them in the same rounds, with C connections), at every latency;
+//! a full run missing it fails (not a `--quick` one). Then each deferring server is drained (at most 30 s, none left asserted),
 //! its journal holds no settlement of unknown outcome, and its file as many `done` lines as
 //! deferred settlements written down, none open and none settled synchronously.
 //! `--only plain,paid,paid+cache,deferred,deferred+cache --no-idempotency --no-mcp
@@ -1877,7 +1880,28 @@ fn run(settings: &Settings) -> Result<bool, String> {
                 goal.set(met);
                 (report, fine)
             });
-            goals.push((latency, goal.get()));
+            // The response path alone: one connection, no queue, plain and deferred+cache.
+            let pair: Vec<_> =
+                sixth.iter().filter(|r| matches!(r.0, Kind::Plain | Kind::DeferredCache)).cloned().collect();
+            let single = Rig { connections: 1, ..rig };
+            let gap = std::cell::Cell::new(None);
+            if pair.len() == 2 {
+                println!(
+                    "
+deferred, +{} ms, one connection: plain and deferred+cache, {} rounds x 2 servers x {:.1} s",
+                    latency.as_millis(),
+                    phase.rounds,
+                    phase.duration.as_secs_f64(),
+                );
+                let label = format!("deferred +{} ms, 1 connection ", latency.as_millis());
+                ok &= single.section(&pair, &phase, &label, |outcome| {
+                    let (report, fine, measured) = response_path_summary(settings, outcome);
+                    gap.set(measured);
+                    (report, fine)
+                });
+            }
+            let goal = goal.get().zip(gap.get()).map(|(goal, gap)| Goal { p50_gap_ms: gap, ..goal });
+            goals.push((latency, goal));
         }
         local.set_latency(Duration::ZERO);
         let (report, met) = deferred_goal(settings, &goals);
@@ -2875,7 +2899,7 @@ fn cores(m: &Measure) -> Option<f64> {
 /// `plain`, driven in the same rounds.
 #[derive(Debug, Clone, Copy)]
 struct Goal {
-    /// Its p50 minus plain's (ms).
+    /// Its p50 minus plain's (ms), on one connection (the response path, no queue).
     p50_gap_ms: f64,
     /// The cores it kept busy as a fraction of plain's (the median of the per-round
     /// ratios), when the platform tells.
@@ -2973,11 +2997,10 @@ fn deferred_summary(
             };
             let _ = writeln!(
                 out,
-                "deferred+cache: p50 {:+.3} ms over plain's (target <= {DEFERRED_P50_GAP_MS} ms: {});\n\
-                 \x20 the cores kept busy {} of plain's in the same rounds (target >= {DEFERRED_BUSY}, bound by CPU, not\n\
-                 \x20 latency: {}); {:.1} x paid's limit",
+                "deferred+cache: p50 {:+.3} ms over plain's under this load (both saturated: mostly queue;\n\
+                 \x20 the target is judged on one connection, below); the cores kept busy {} of plain's in the\n\
+                 \x20 same rounds (target >= {DEFERRED_BUSY}, bound by CPU, not latency: {}); {:.1} x paid's limit",
                 goal.p50_gap_ms,
-                verdict(settings, goal.p50_met()),
                 goal.busy.map_or("n/a".to_owned(), |busy| format!("{busy:.3}")),
                 verdict(settings, goal.busy_met()),
                 goal.multiple,
@@ -2990,6 +3013,54 @@ fn deferred_summary(
     (out, ok, goal)
 }
 
+/// The sixth section's response-path pass (one connection, `plain` and `deferred+cache`):
+/// its table, `false` when a check failed, and deferred+cache's p50 minus plain's (ms).
+fn response_path_summary(settings: &Settings, outcome: &Outcome<'_>) -> (String, bool, Option<f64>) {
+    let Outcome { kinds, results, warmup_errors } = *outcome;
+    let index = |kind: Kind| kinds.iter().position(|k| *k == kind).map(|i| &results[i][..]);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "
+one connection: each call waits for no other; p50 and p99 of all requests, p50-plain = minus plain's:"
+    );
+    let width = name_width(kinds);
+    let _ = writeln!(
+        out,
+        "{:<width$} {:>8} {:>9} {:>9} {:>11} {:>9} {:>6}",
+        "server", "req/s", "p50", "p99", "p50-plain", "requests", "errors"
+    );
+    let plain = index(Kind::Plain);
+    for (kind, rounds) in kinds.iter().zip(results) {
+        let _ = writeln!(
+            out,
+            "{:<width$} {:>8.0} {:>9} {:>9} {:>11} {:>9} {:>6}",
+            kind.name(),
+            median_rps(rounds),
+            ms(pooled(rounds, 0.50)),
+            ms(pooled(rounds, 0.99)),
+            plain.map_or("-".to_owned(), |plain| {
+                format!("{:+.3} ms", (pooled(rounds, 0.50) - pooled(plain, 0.50)) / 1000.0)
+            }),
+            rounds.iter().map(|m| m.requests).sum::<u64>(),
+            rounds.iter().map(|m| m.errors).sum::<u64>()
+        );
+    }
+    let gap = plain
+        .zip(index(Kind::DeferredCache))
+        .map(|(plain, cache)| (pooled(cache, 0.50) - pooled(plain, 0.50)) / 1000.0);
+    if let Some(gap) = gap {
+        let _ = writeln!(
+            out,
+            "deferred+cache: p50 {gap:+.3} ms over plain's on one connection (target <= {DEFERRED_P50_GAP_MS} ms: {})",
+            verdict(settings, gap <= DEFERRED_P50_GAP_MS)
+        );
+    }
+    let ok = samples(&mut out, kinds, results) && !warmup_errors;
+    let ok = footer(&mut out, results, ok);
+    (out, ok, gap)
+}
+
 /// A target's verdict: not judged in a quick run, whose debug figures mean nothing.
 fn verdict(settings: &Settings, pass: bool) -> &'static str {
     if settings.quick { "not judged in a quick run" } else { mark(pass) }
@@ -3000,8 +3071,8 @@ fn verdict(settings: &Settings, pass: bool) -> &'static str {
 /// `false` when it is missed in a full run.
 fn deferred_goal(settings: &Settings, goals: &[(Duration, Option<Goal>)]) -> (String, bool) {
     let mut out = format!(
-        "\ngoal: with deferred+cache, p50 within {DEFERRED_P50_GAP_MS} ms of plain's and the throughput bound by CPU, \
-         not latency\n\x20 (the cores kept at least {DEFERRED_BUSY} as busy as plain keeps them), at every latency:"
+        "\ngoal: with deferred+cache, p50 within {DEFERRED_P50_GAP_MS} ms of plain's (one connection) and the throughput\n\
+         \x20 bound by CPU, not latency (the cores kept at least {DEFERRED_BUSY} as busy as plain keeps them), at every latency:"
     );
     let mut met = true;
     for (latency, goal) in goals {

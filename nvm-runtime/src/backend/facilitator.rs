@@ -26,6 +26,9 @@ pub(crate) const NEVERMINED_VERSION: &str = "1.1";
 /// retry is safe). `settle` is tried exactly once.
 const VERIFY_ATTEMPTS: u32 = 2;
 
+/// How long an idle pooled connection to the facilitator is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// A client of the Nevermined backend's x402 endpoints.
 ///
 /// Cheap to clone: clones share one connection pool. Every call is bounded by the
@@ -103,7 +106,11 @@ impl Facilitator {
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the 5 s keep-alive of Node's and actix-web's servers: a pooled
+            // connection is dropped before its server closes it, never reused as it does
+            // (a request sent on it would fail as "connection closed before message
+            // completed", an unknown outcome for a settle call).
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| ConfigError::HttpClient(Arc::new(e)))?;
         let url = |path: &str| Url::parse(&format!("{base}{path}")).ok();
