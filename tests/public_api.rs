@@ -26,10 +26,10 @@
 //! - items declared `pub` (not `pub(crate)`, `pub(super)`, `pub(in …)`) in modules that
 //!   are `pub` all the way up, at their path (`pub struct nvm_runtime::client::PayingClient`);
 //! - `pub use` re-exports. An item is listed once, at the longest of its public paths
-//!   (its home module: `nvm_runtime::actix::Payments`, not the root re-export), and
-//!   each other public path is a line `pub use ALIAS = THAT_PATH`. An item of a private
-//!   module (`pub use hooks::Hooks`) is listed at the path users name it by, as rustdoc
-//!   inlines it. Which path is shown depends on the public paths alone, so moving
+//!   (its home module, not a root re-export), and each other public path is a line
+//!   `pub use ALIAS = THAT_PATH`. An item of a private module (`pub use
+//!   actix::payments::Payments` at the root) is listed at the path users name it by
+//!   (`nvm_runtime::Payments`), as rustdoc inlines it. Which path is shown depends on the public paths alone, so moving
 //!   definitions between private modules or files changes no line;
 //! - the `pub` fields of public structs (and `(has private fields)` when some are not),
 //!   enum variants and their fields, the items of public traits, the `pub fn`/`pub const`
