@@ -817,15 +817,16 @@ fn the_operator_command_lists_shows_and_resolves_a_journal_once() {
             r#"{{"event":"{event}","id":"{id}","agentRequestId":"req-{id}","payer":"0xabc","planId":"7","method":"POST","path":"/ask","amount":"3","recordedAt":1764750000,"tokenHash":"0a1b2c3d4e5f"}}"#
         )
     };
-    std::fs::write(&path, format!("{}\n{}\n", record("pending", "p-1"), record("settling", "s-1"))).unwrap();
+    let lines = [record("pending", "p-1"), record("settling", "s-1"), record("deferred", "d-1")];
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
 
     let (code, out, err) = nvm_pending(&path, &["list"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("p-1\tunknown\t3 credit(s)") && out.contains("req-p-1"), "{out}");
-    assert!(!out.contains("s-1"), "in flight is listed with --all only: {out}");
+    assert!(!out.contains("s-1") && !out.contains("d-1"), "in flight and deferred with --all only: {out}");
     assert!(err.contains("1 record(s)"), "{err}");
     let (_, out, _) = nvm_pending(&path, &["list", "--all"]);
-    assert!(out.contains("s-1\tsettling"), "{out}");
+    assert!(out.contains("s-1\tsettling") && out.contains("d-1\tdeferred"), "{out}");
 
     let (code, out, err) = nvm_pending(&path, &["close", "p-1", "burned"]);
     assert_eq!((code, out.trim()), (0, "p-1: resolved as burned"), "{err}");

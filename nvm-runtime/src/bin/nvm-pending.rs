@@ -42,7 +42,8 @@ struct Options {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The settlements of unknown outcome (with --all, those in flight too)
+    /// The settlements of unknown outcome (with --all, those in flight and those deferred,
+    /// not sent yet, too)
     List {
         /// Also the settlements in flight
         #[arg(long)]
@@ -140,6 +141,8 @@ async fn list(journal: &PendingSettlements, all: bool, json: bool) -> Result<Exi
     if all {
         let settling = journal.settling().await.map_err(failed)?;
         records.extend(settling.into_iter().map(|r| (r, SettlementStatus::Settling)));
+        let deferred = journal.deferred().await.map_err(failed)?;
+        records.extend(deferred.into_iter().map(|r| (r, SettlementStatus::Deferred)));
     }
     for line in journal.unreadable_lines().await.map_err(failed)? {
         eprintln!("nvm-pending: {line}");

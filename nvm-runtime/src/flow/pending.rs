@@ -549,9 +549,16 @@ impl PendingSettlements {
         Ok(self.read().await?.0.with_status(SettlementStatus::Settling))
     }
 
-    /// The deferred settlements not sent yet, oldest first: none once sent, and those of
-    /// a process that died until `Payments::prepare()` settles them.
-    pub(crate) async fn deferred(&self) -> std::io::Result<Vec<PendingSettlement>> {
+    /// The deferred settlements not sent yet (their answers delivered), oldest first: none
+    /// once sent, and those of a process that died until `Payments::prepare()` sends them.
+    ///
+    /// ```
+    /// # actix_web::rt::System::new().block_on(async {
+    /// let journal = nvm_runtime::PendingSettlements::in_memory();
+    /// assert!(journal.deferred().await.unwrap().is_empty());
+    /// # });
+    /// ```
+    pub async fn deferred(&self) -> std::io::Result<Vec<PendingSettlement>> {
         Ok(self.read().await?.0.with_status(SettlementStatus::Deferred))
     }
 
