@@ -19,8 +19,8 @@ use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::store::RedisStore;
 use nvm_runtime::wire::SettleResponse;
 use nvm_runtime::{
-    DeferredSettlement, PaymentMiddleware, Payments, PendingSettlement, PendingSettlements, Resolution,
-    RouteConfig, SettlePoint, SettlementStatus,
+    DeferredSettlement, PaymentMiddleware, Payments, PaymentsBuilder, PendingSettlement, PendingSettlements,
+    Resolution, RouteConfig, SettlePoint, SettlementStatus,
 };
 use nvm_tests::{
     CONTENT, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, RedisServer, TestServer, http, payments_for, serve,
@@ -52,6 +52,19 @@ fn routes(payments: Payments) -> impl Fn(&mut web::ServiceConfig) + Send + Clone
             .route("/deferred", web::post().to(|| async { HttpResponse::Ok().body(CONTENT) }));
         cfg.service(deferred_content).service(scope);
     }
+}
+
+/// A deferring seller on `local` with both forms' routes: its journal at `journal`,
+/// `deferred` on, and whatever else `configure` sets.
+fn seller(
+    local: &LocalFacilitator,
+    journal: &Journal,
+    deferred: DeferredSettlement,
+    configure: impl FnOnce(PaymentsBuilder) -> PaymentsBuilder,
+) -> (TestServer, Payments) {
+    let builder = payments_for(local).pending_settlements(journal.open()).deferred_settlement(deferred);
+    let payments = configure(builder).build().expect("a deferring seller's configuration");
+    (serve(Some(payments.clone()), routes(payments.clone())), payments)
 }
 
 fn path(form: Form) -> &'static str {
@@ -137,12 +150,8 @@ async fn call(server: &TestServer, form: Form, token: &str, credits: u64) -> Ans
 async fn deferred_calls_are_settled_exactly_once_over_thousands_of_calls_both_forms() {
     let local = LocalFacilitator::start().unwrap();
     let journal = Journal::new("exactly-once");
-    let payments = payments_for(&local)
-        .pending_settlements(journal.open())
-        .deferred_settlement(DeferredSettlement::new().max_exposure(u64::MAX))
-        .build()
-        .unwrap();
-    let server = serve(Some(payments.clone()), routes(payments.clone()));
+    let (server, payments) =
+        seller(&local, &journal, DeferredSettlement::new().max_exposure(u64::MAX), |builder| builder);
     const BUYERS: usize = 20;
     const CALLS: usize = 50;
     let mut buyers = Vec::new();
@@ -197,12 +206,7 @@ async fn deferred_calls_are_settled_exactly_once_over_thousands_of_calls_both_fo
 async fn a_deferred_call_retried_with_its_key_is_replayed_not_settled_again() {
     let local = LocalFacilitator::start().unwrap();
     let journal = Journal::new("replay");
-    let payments = payments_for(&local)
-        .pending_settlements(journal.open())
-        .deferred_settlement(DeferredSettlement::new())
-        .build()
-        .unwrap();
-    let server = serve(Some(payments.clone()), routes(payments.clone()));
+    let (server, payments) = seller(&local, &journal, DeferredSettlement::new(), |builder| builder);
     let buyer = buyer(&local, 100).await;
     let send = || {
         http()
@@ -228,12 +232,7 @@ async fn a_deferred_call_retried_with_its_key_is_replayed_not_settled_again() {
 async fn the_paying_client_reports_a_deferred_settlement() {
     let local = LocalFacilitator::start().unwrap();
     let journal = Journal::new("client");
-    let payments = payments_for(&local)
-        .pending_settlements(journal.open())
-        .deferred_settlement(DeferredSettlement::new())
-        .build()
-        .unwrap();
-    let server = serve(Some(payments.clone()), routes(payments.clone()));
+    let (server, payments) = seller(&local, &journal, DeferredSettlement::new(), |builder| builder);
     let client = nvm_tests::paying_client(&local);
     let paid = client.send(client.http().post(server.at("/deferred"))).await.unwrap();
     let PaymentOutcome::Deferred { pending_id, receipt } = &paid.outcome else {
@@ -253,15 +252,11 @@ async fn a_failed_deferred_settlement_suspends_its_payer_until_resumed_both_form
         let journal = Journal::new("failed");
         let failures: Arc<Mutex<Vec<(PendingSettlement, String)>>> = Arc::default();
         let told = Arc::clone(&failures);
-        let payments = payments_for(&local)
-            .pending_settlements(journal.open())
-            .deferred_settlement(DeferredSettlement::new())
-            .on_deferred_failure(move |record, reason| {
+        let (server, payments) = seller(&local, &journal, DeferredSettlement::new(), |builder| {
+            builder.on_deferred_failure(move |record, reason| {
                 told.lock().unwrap().push((record.clone(), reason.to_owned()));
             })
-            .build()
-            .unwrap();
-        let server = serve(Some(payments.clone()), routes(payments.clone()));
+        });
         let buyer = buyer(&local, 100).await;
         let other = buyer_for_other(&local).await;
         local.inject_times(Endpoint::Settle, Fault::SettleFailure("insufficient_balance".into()), 1);
@@ -310,12 +305,8 @@ async fn buyer_for_other(local: &LocalFacilitator) -> Buyer {
 async fn drain_waits_for_settlements_in_flight_and_says_what_it_left() {
     let local = LocalFacilitator::start().unwrap();
     let journal = Journal::new("drain");
-    let payments = payments_for(&local)
-        .pending_settlements(journal.open())
-        .deferred_settlement(DeferredSettlement::new().max_exposure(100))
-        .build()
-        .unwrap();
-    let server = serve(Some(payments.clone()), routes(payments.clone()));
+    let (server, payments) =
+        seller(&local, &journal, DeferredSettlement::new().max_exposure(100), |builder| builder);
     let buyer = buyer(&local, 100).await;
     local.inject(Endpoint::Settle, Fault::Delay(Duration::from_millis(400)));
     let started = std::time::Instant::now();
@@ -441,13 +432,8 @@ proptest! {
         actix_web::rt::System::new().block_on(async move {
             let local = LocalFacilitator::start().unwrap();
             let journal = Journal::new("bound-memory");
-            let payments = payments_for(&local)
-                .pending_settlements(journal.open())
-                .deferred_settlement(DeferredSettlement::new().max_exposure(BOUND))
-                .build()
-                .unwrap();
-            let server = serve(Some(payments.clone()), routes(payments.clone()));
-            exposure_schedule(&local, &[(server, payments)], schedule).await;
+            let instance = seller(&local, &journal, DeferredSettlement::new().max_exposure(BOUND), |builder| builder);
+            exposure_schedule(&local, &[instance], schedule).await;
         });
     }
 
@@ -462,12 +448,8 @@ proptest! {
                 .iter()
                 .map(|journal| {
                     let shared = RedisStore::open(&redis.url()).unwrap();
-                    let payments = payments_for(&local)
-                        .pending_settlements(journal.open())
-                        .deferred_settlement(DeferredSettlement::new().max_exposure(BOUND).shared(shared))
-                        .build()
-                        .unwrap();
-                    (serve(Some(payments.clone()), routes(payments.clone())), payments)
+                    let deferred = DeferredSettlement::new().max_exposure(BOUND).shared(shared);
+                    seller(&local, journal, deferred, |builder| builder)
                 })
                 .collect::<Vec<_>>();
             exposure_schedule(&local, &instances, schedule).await;
@@ -484,13 +466,10 @@ async fn a_returning_buyer_waits_for_no_facilitator_call_with_the_cache_and_defe
     const LATENCY: Duration = Duration::from_millis(300);
     let local = LocalFacilitator::builder().latency(LATENCY).start().unwrap();
     let journal = Journal::new("returning");
-    let payments = payments_for(&local)
-        .pending_settlements(journal.open())
-        .verification_cache(Duration::from_secs(30))
-        .deferred_settlement(DeferredSettlement::new().max_exposure(100))
-        .build()
-        .unwrap();
-    let server = serve(Some(payments.clone()), routes(payments.clone()));
+    let (server, payments) =
+        seller(&local, &journal, DeferredSettlement::new().max_exposure(100), |builder| {
+            builder.verification_cache(Duration::from_secs(30))
+        });
     let buyer = buyer(&local, 100).await;
     for form in Form::BOTH {
         // The first call verifies (the plan's metadata is fetched once, too).

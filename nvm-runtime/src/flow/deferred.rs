@@ -189,17 +189,14 @@ struct Work {
     calls: tokio::sync::Semaphore,
 }
 
-/// A deferred settlement handed to the background: its record (with the token and the
-/// envelope to settle), the reserved exposure to release, and whether its token is
-/// single-use.
+/// A deferred settlement: its record, the token and the envelope to settle, its credits,
+/// and whether its token is single-use.
 pub(crate) struct Job {
     pub(crate) record: PendingSettlement,
     pub(crate) token: AccessToken,
     pub(crate) envelope: PaymentRequired,
     pub(crate) credits: u64,
     pub(crate) single_use: bool,
-    /// Whose exposure was reserved (`None` for a record recovered after a crash).
-    payer: Option<String>,
 }
 
 impl Deferrer {
@@ -238,13 +235,12 @@ impl Deferrer {
         self.work.exposure.release(payer, credits).await;
     }
 
-    /// Hands `job` to the background (its exposure reserved for `payer`).
-    pub(crate) fn spawn(&self, mut job: Job, payer: Option<String>) {
-        job.payer = payer;
+    /// Hands `job` to the background, `payer`'s exposure reserved for it.
+    pub(crate) fn spawn(&self, job: Job, payer: String) {
         self.work.in_flight.fetch_add(1, Ordering::AcqRel);
         let work = Arc::clone(&self.work);
         self.worker.spawn(async move {
-            run(&work, job).await;
+            run(&work, job, &payer).await;
             if work.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
                 work.idle.notify_waiters();
             }
@@ -287,7 +283,7 @@ impl Job {
         credits: u64,
         single_use: bool,
     ) -> Self {
-        Job { record, token, envelope, credits, single_use, payer: None }
+        Job { record, token, envelope, credits, single_use }
     }
 }
 
@@ -315,15 +311,13 @@ impl Work {
 
 /// Settles `job` in the background (once a settle call may start), then releases its
 /// payer's exposure.
-async fn run(work: &Work, job: Job) {
+async fn run(work: &Work, job: Job, payer: &str) {
     {
         // The semaphore is never closed: a permit always comes.
         let _permit = work.calls.acquire().await.ok();
         settle(&work.ctx(), &job).await;
     }
-    if let Some(payer) = &job.payer {
-        work.exposure.release(payer, job.credits).await;
-    }
+    work.exposure.release(payer, job.credits).await;
 }
 
 /// Settles a record found deferred in the journal at start-up (its process died before
@@ -458,19 +452,9 @@ fn count(outcome: &'static str, record: &PendingSettlement, settled: u64) {
 /// `errorReason: "settlement_pending"`, `settlement: "deferred"`), with the amount, the
 /// payer and the ids to reconcile with.
 pub(crate) fn receipt(record: &PendingSettlement, network: Option<String>) -> SettleResponse {
-    let mut receipt = SettleResponse {
-        success: false,
-        error_reason: Some(SETTLEMENT_PENDING.to_owned()),
-        payer: record.payer.clone(),
-        network,
-        ..SettleResponse::default()
-    };
+    let mut receipt = super::record_receipt(record, network, SETTLEMENT_PENDING);
     receipt.other.insert("settlement".to_owned(), "deferred".into());
     receipt.other.insert("amount".to_owned(), record.amount.clone().into());
-    receipt.other.insert("pendingSettlementId".to_owned(), record.id.clone().into());
-    if let Some(id) = &record.agent_request_id {
-        receipt.other.insert("agentRequestId".to_owned(), id.clone().into());
-    }
     receipt
 }
 

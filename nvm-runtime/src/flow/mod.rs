@@ -313,25 +313,33 @@ pub(crate) async fn standing(seller: &Seller, id: &str) -> Option<(PendingSettle
         SettlementStatus::Resolved(resolution) => Some((record, resolution)),
         _ => {
             let resolution = seller.resolver.as_ref()?.resolve(&record).await?;
-            if resolution == Resolution::NotBurned && record.deferred {
-                // Delivered and not burned: the seller is owed, and settles it now.
-                let resolution = deferred::recover(seller, record.clone()).await?;
-                return Some((record, resolution));
-            }
-            close(seller, &record, resolution, "the resolver").await;
+            let resolution = close(seller, &record, resolution, "the resolver").await?;
             Some((record, resolution))
         }
     }
 }
 
-/// Closes `record` with `resolution` (found by `who`), with the log line.
-pub(crate) async fn close(seller: &Seller, record: &PendingSettlement, resolution: Resolution, who: &str) {
+/// Closes `record` with `resolution` (found by `who`), with the log line, and returns
+/// where it ends. A deferred record found not burned is not closed but settled now: its
+/// buyer has the answer, the first settle burned nothing, and the seller is owed; it ends
+/// as that settlement does (`None` while its outcome is unknown again).
+pub(crate) async fn close(
+    seller: &Seller,
+    record: &PendingSettlement,
+    resolution: Resolution,
+    who: &str,
+) -> Option<Resolution> {
+    if resolution == Resolution::NotBurned && record.deferred {
+        tracing::info!(pending = %record.id, "a deferred settlement resolved as not burned by {who}: settling it now");
+        return deferred::recover(seller, record.clone()).await;
+    }
     match seller.pending.close(&record.id, resolution).await {
         Ok(_) => tracing::info!(pending = %record.id, %resolution, "pending settlement resolved by {who}"),
         Err(error) => {
             tracing::error!(pending = %record.id, %resolution, error = %crate::error::Report(&error), "a pending settlement was resolved by {who} but the journal could not be written")
         }
     }
+    Some(resolution)
 }
 
 /// The receipt answering a retry of a call whose settlement is still pending:
@@ -632,7 +640,7 @@ async fn defer_settlement(
         amount,
         verified.single_use,
     );
-    deferrer.spawn(job, Some(payer.to_owned()));
+    deferrer.spawn(job, payer.to_owned());
     Some(receipt)
 }
 
@@ -796,23 +804,36 @@ async fn unknown(
     if let (Some(cache), Some(key)) = (&seller.cache, &verified.cache_key) {
         cache.remove(key);
     }
-    let mut receipt = SettleResponse {
-        success: false,
-        error_reason: Some(SETTLEMENT_UNKNOWN.to_owned()),
-        payer: record.payer.clone(),
-        network: verified.envelope.first().map(|a| a.network.clone()),
-        ..SettleResponse::default()
-    };
-    if let Some(id) = &record.agent_request_id {
-        receipt.other.insert("agentRequestId".to_owned(), id.clone().into());
-    }
-    receipt.other.insert("pendingSettlementId".to_owned(), record.id.clone().into());
+    let network = verified.envelope.first().map(|a| a.network.clone());
+    let receipt = record_receipt(&record, network, SETTLEMENT_UNKNOWN);
     tracing::debug!(pending = %record.id, "answered: settlement outcome unknown");
     if seller.deliver_on_settle_failure {
         return Settlement::FailedDelivered(receipt);
     }
     let error = PaymentError::SettlementUnknown { pending_id: record.id, source: Box::new(error) };
     Settlement::Refused(Refusal::OutcomeUnknown { error, receipt: Box::new(receipt) })
+}
+
+/// The receipt of a settlement the journal holds (`record`), not settled (yet): `success:
+/// false`, `reason`, the payer and network, and the ids to reconcile with
+/// (`pendingSettlementId`, `agentRequestId`).
+pub(crate) fn record_receipt(
+    record: &PendingSettlement,
+    network: Option<String>,
+    reason: &str,
+) -> SettleResponse {
+    let mut receipt = SettleResponse {
+        success: false,
+        error_reason: Some(reason.to_owned()),
+        payer: record.payer.clone(),
+        network,
+        ..SettleResponse::default()
+    };
+    if let Some(id) = &record.agent_request_id {
+        receipt.other.insert("agentRequestId".to_owned(), id.clone().into());
+    }
+    receipt.other.insert("pendingSettlementId".to_owned(), record.id.clone().into());
+    receipt
 }
 
 /// The envelope of this request: the route's terms, the plan's scheme (forced or

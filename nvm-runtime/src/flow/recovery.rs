@@ -48,6 +48,14 @@ impl Recovery {
             Resolution::NotBurned => self.not_burned += 1,
         }
     }
+
+    /// Counts where a record ended: resolved, or still of unknown outcome.
+    fn tally(&mut self, ended: Option<Resolution>) {
+        match ended {
+            Some(resolution) => self.count(resolution),
+            None => self.unknown += 1,
+        }
+    }
 }
 
 /// Turns the settlements left in flight by a process that died into unknown outcomes
@@ -72,8 +80,9 @@ pub(crate) async fn recover(seller: &Seller) -> std::io::Result<Recovery> {
             Some(resolution) => {
                 // Recorded unknown first, so that the closing applies to an open record.
                 journal.record(&record).await?;
-                close(seller, &record, resolution, "settling its single-use token once more").await;
-                report.count(resolution);
+                report.tally(
+                    close(seller, &record, resolution, "settling its single-use token once more").await,
+                );
             }
             None => journal.record(&record).await?,
         }
@@ -135,22 +144,8 @@ pub(crate) async fn resolve(seller: &Seller) -> std::io::Result<Recovery> {
             resolution = resolver.resolve(&record).await;
             who = "the resolver";
         }
-        if resolution == Some(Resolution::NotBurned) && record.deferred {
-            // Delivered and not burned: the seller is owed, and settles it now (its
-            // outcome written down by the settlement).
-            tracing::info!(pending = %record.id, "a deferred settlement resolved as not burned by {who}: settling it now");
-            resolution = super::deferred::recover(seller, record).await;
-            match resolution {
-                Some(resolution) => report.count(resolution),
-                None => report.unknown += 1,
-            }
-            continue;
-        }
         match resolution {
-            Some(resolution) => {
-                close(seller, &record, resolution, who).await;
-                report.count(resolution);
-            }
+            Some(resolution) => report.tally(close(seller, &record, resolution, who).await),
             None => report.unknown += 1,
         }
     }
