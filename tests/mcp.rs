@@ -781,14 +781,15 @@ async fn the_manifest_and_the_start_up_report_list_the_paid_tools() {
     let s = seller();
     let tools = nvm_runtime::mcp::manifest();
     let find =
-        |name: &str| tools.iter().find(|t| t.tool == name).unwrap_or_else(|| panic!("{name}: {tools:?}"));
-    assert_eq!((find("fixed").credits.clone(), find("fixed").form), (json!(2), "attribute"));
-    assert_eq!(find("priced").credits, json!("dynamic"));
-    assert_eq!((find("tabled").credits.clone(), find("tabled").form), (json!(3), "table"));
-    let listed = serde_json::to_value(find("fixed")).expect("JSON");
+        |name: &str| tools.iter().find(|t| t["tool"] == name).unwrap_or_else(|| panic!("{name}: {tools:?}"));
     assert_eq!(
-        listed,
-        json!({"tool": "fixed", "plan": DEMO_PLAN_ID, "agent": DEMO_AGENT_ID, "credits": 2, "form": "attribute"})
+        (&find("priced")["credits"], &find("priced")["form"]),
+        (&json!("dynamic"), &json!("attribute"))
+    );
+    assert_eq!((&find("tabled")["credits"], &find("tabled")["form"]), (&json!(3), &json!("table")));
+    assert_eq!(
+        find("fixed"),
+        &json!({"tool": "fixed", "plan": DEMO_PLAN_ID, "agent": DEMO_AGENT_ID, "credits": 2, "form": "attribute"})
     );
 
     // The pricing handler of an app lists them next to its routes.

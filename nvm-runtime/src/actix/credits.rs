@@ -16,7 +16,7 @@ use actix_web::HttpRequest;
 pub(crate) use self::future::CreditsFuture;
 
 /// How many body bytes [`by_body`] reads by default: 256 KiB.
-pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
+pub(crate) const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 
 /// Prices a request by its body: `price` gets the request and the body's bytes, read
 /// in full (up to [`ByBody::limit`], 256 KiB by default; longer is a 413) after the
@@ -59,7 +59,7 @@ impl<F> ByBody<F> {
     }
 }
 
-impl<F> CreditsSource<BodyFn> for ByBody<F>
+impl<F> Sealed<BodyFn> for ByBody<F>
 where
     F: Fn(&HttpRequest, &[u8]) -> u64,
 {
@@ -72,13 +72,21 @@ where
     }
 }
 
-use self::sealed::{AsyncFn, BodyFn, Fixed, Sealed, SyncFn};
+pub(crate) use self::sealed::Sealed;
+use self::sealed::{AsyncFn, BodyFn, Fixed, SyncFn};
 
 /// The forms `credits = …` takes, closed to this crate: a new form is a new release, never
 /// an impl elsewhere.
-mod sealed {
+pub(crate) mod sealed {
+    use super::CreditsFuture;
+
     /// Implemented exactly where [`CreditsSource`](super::CreditsSource) is.
-    pub trait Sealed<M> {}
+    pub trait Sealed<M> {
+        /// The credits for this request (called by the flow).
+        fn resolve<'a>(self, req: &'a actix_web::HttpRequest) -> CreditsFuture<'a>
+        where
+            Self: 'a;
+    }
 
     /// Marks the `u64` form.
     #[derive(Debug)]
@@ -92,11 +100,6 @@ mod sealed {
     /// Marks the body-priced form.
     #[derive(Debug)]
     pub enum BodyFn {}
-
-    impl Sealed<Fixed> for u64 {}
-    impl<F: Fn(&actix_web::HttpRequest) -> u64> Sealed<SyncFn> for F {}
-    impl<F: std::ops::AsyncFn(&actix_web::HttpRequest) -> u64> Sealed<AsyncFn> for F {}
-    impl<F: Fn(&actix_web::HttpRequest, &[u8]) -> u64> Sealed<BodyFn> for super::ByBody<F> {}
 }
 
 /// What `credits = …` accepts: a `u64`, a function of the request (sync or async), or
@@ -120,15 +123,14 @@ mod sealed {
     label = "expected a `u64`, or a function of `&HttpRequest` returning `u64`",
     note = "write `credits = 3`, `credits = PRICE` (a `const PRICE: u64`), `credits = |req: &HttpRequest| -> u64 {{ … }}`, `credits = async |req: &HttpRequest| -> u64 {{ … }}`, or the name of a `fn`/`async fn` taking `&HttpRequest` and returning `u64`"
 )]
-pub trait CreditsSource<M>: Sealed<M> {
-    /// The credits for this request (called by the flow; not part of the public API).
-    #[doc(hidden)]
-    fn resolve<'a>(self, req: &'a HttpRequest) -> CreditsFuture<'a>
-    where
-        Self: 'a;
-}
+pub trait CreditsSource<M>: Sealed<M> {}
 
-impl CreditsSource<Fixed> for u64 {
+impl CreditsSource<Fixed> for u64 {}
+impl<F: Fn(&HttpRequest) -> u64> CreditsSource<SyncFn> for F {}
+impl<F: std::ops::AsyncFn(&HttpRequest) -> u64> CreditsSource<AsyncFn> for F {}
+impl<F: Fn(&HttpRequest, &[u8]) -> u64> CreditsSource<BodyFn> for ByBody<F> {}
+
+impl Sealed<Fixed> for u64 {
     fn resolve<'a>(self, _req: &'a HttpRequest) -> CreditsFuture<'a>
     where
         Self: 'a,
@@ -137,7 +139,7 @@ impl CreditsSource<Fixed> for u64 {
     }
 }
 
-impl<F> CreditsSource<SyncFn> for F
+impl<F> Sealed<SyncFn> for F
 where
     F: Fn(&HttpRequest) -> u64,
 {
@@ -149,7 +151,7 @@ where
     }
 }
 
-impl<F> CreditsSource<AsyncFn> for F
+impl<F> Sealed<AsyncFn> for F
 where
     F: std::ops::AsyncFn(&HttpRequest) -> u64,
 {

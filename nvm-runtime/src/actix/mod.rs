@@ -29,4 +29,3 @@ mod stream;
 #[cfg(feature = "mcp")]
 pub(crate) use hooks::Hooks;
 pub(crate) use payments::Payments;
-pub use rejection::Rejection;

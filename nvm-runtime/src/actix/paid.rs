@@ -79,7 +79,7 @@ impl Paid {
     /// `Ok(Some(response))` answers an idempotent retry with its stored response; `Err`
     /// is the answer to send instead (402, 409, 413, 422, 500, 503): the handler never
     /// runs.
-    pub async fn admit(&mut self, route: &'static Route) -> Result<Option<HttpResponse>, Rejection> {
+    pub(crate) async fn admit(&mut self, route: &'static Route) -> Result<Option<HttpResponse>, Rejection> {
         let spec = route.spec();
         if self.under_middleware {
             tracing::warn!(

@@ -366,7 +366,7 @@ impl Payments {
     fn report_routes(&self) {
         let mut plans = std::collections::BTreeSet::new();
         let mut count = 0usize;
-        for route in crate::actix::pricing::manifest() {
+        for route in crate::actix::pricing::table() {
             let (plan, price) = (plan_label(&route.plan), price_label(&route.credits));
             tracing::info!(
                 method = route.method.as_deref().unwrap_or("(first request)"),
@@ -397,7 +397,7 @@ impl Payments {
         }
         #[cfg(feature = "mcp")]
         let tools = {
-            let tools = crate::mcp::manifest();
+            let tools = crate::mcp::tool_table();
             for tool in &tools {
                 let (plan, price) = (plan_label(&tool.plan), price_label(&tool.credits));
                 tracing::info!(tool = %tool.tool, plan = %plan, price = %price, form = tool.form, "paid MCP tool");

@@ -1,6 +1,6 @@
 //! The pricing table: every `#[paid]` handler, recorded at compile time, readable at
-//! run time. From it come a ready JSON manifest handler ([`manifest_handler`]), a
-//! start-up check ([`check_startup`]) and, with the `utoipa` feature, the paid
+//! run time. From it come a ready JSON manifest handler ([`manifest_handler`]), the
+//! start-up check of `Payments::prepare` and, with the `utoipa` feature, the paid
 //! operations of an OpenAPI document (`openapi`).
 //!
 //! The table holds each handler's terms (plan, agent, credits, settle point,
@@ -33,17 +33,8 @@ pub(crate) fn routes() -> Vec<&'static Route> {
 /// where it comes from. Never an expression's source text.
 ///
 /// In JSON: `"1234…"`, `{"env": "NVM_PLAN_ID"}` or `{"expr": "empty"}`.
-///
-/// ```
-/// use nvm_runtime::actix::pricing::ValueSource;
-///
-/// let unset = ValueSource::Env("NVM_PLAN_ID".into());
-/// assert_eq!(serde_json::to_string(&unset).unwrap(), r#"{"env":"NVM_PLAN_ID"}"#);
-/// assert_eq!(serde_json::to_string(&ValueSource::Id("1234".into())).unwrap(), r#""1234""#);
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ValueSource {
+pub(crate) enum ValueSource {
     /// The id: a literal, a set `env("VAR")`, or an expression's current value.
     Id(String),
     /// An `env("VAR")` whose variable is not set (or empty): the variable's name.
@@ -99,52 +90,45 @@ impl Serialize for ValueSource {
 }
 
 /// One paid route of the manifest: a method and path with the terms of the `#[paid]`
-/// handler serving it.
-///
-/// In JSON (`module` is not published; absent fields are omitted):
-///
-/// ```json
-/// {"method": "GET", "path": "/v1/models/{id}", "handler": "model", "plan": "1234",
-///  "agent": "5678", "credits": 2, "settle": "default", "description": "A model card"}
-/// ```
+/// handler serving it. Published as JSON only (see [`manifest`]; `module` is not
+/// published).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct PricedRoute {
+pub(crate) struct PricedRoute {
     /// The HTTP method; `None` when not known yet (a handler whose routing attribute
     /// sits above `#[paid]`, not served yet).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub(crate) method: Option<String>,
     /// The path pattern, as actix-web routes it (`/v1/models/{id}`). In [`manifest`],
     /// the routing attribute's path as written (no scope prefix).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub(crate) path: Option<String>,
     /// The handler's name.
-    pub handler: String,
+    pub(crate) handler: String,
     /// The handler's module (not serialized: the app's layout is not the buyer's
     /// business).
     #[serde(skip)]
-    pub module: String,
+    pub(crate) module: String,
     /// The plan a request pays with.
-    pub plan: ValueSource,
+    pub(crate) plan: ValueSource,
     /// The agent sent with the plan, when the route has one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<ValueSource>,
+    pub(crate) agent: Option<ValueSource>,
     /// The credits of a request: a number, or `"dynamic"` when they depend on the
     /// request (a closure, a function, `by_body`).
-    pub credits: serde_json::Value,
+    pub(crate) credits: serde_json::Value,
     /// When the payment is settled: `"before_body"`, `"after_body"`, or `"default"`
     /// (`None`: before the body for a buffered answer, after it for a streamed one).
     #[serde(serialize_with = "settle_name")]
-    pub settle: Option<SettlePoint>,
+    pub(crate) settle: Option<SettlePoint>,
     /// The forced scheme (`scheme = …`), else detected from the plan.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub scheme: Option<String>,
+    pub(crate) scheme: Option<String>,
     /// The forced network (`network = …`), else detected from the plan.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub network: Option<String>,
+    pub(crate) network: Option<String>,
     /// The resource's description (`description = …`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
 }
 
 /// `"before_body"`, `"after_body"`, `"deferred"` or `"default"`.
@@ -203,12 +187,35 @@ impl PricedRoute {
 /// request it served, or none. For the routes an app serves, at their full paths,
 /// use [`app_manifest`].
 ///
+/// Each entry is a JSON object, absent fields omitted:
+///
+/// ```json
+/// {"method": "GET", "path": "/models/{id}", "handler": "model", "plan": "1234",
+///  "agent": "5678", "credits": 2, "settle": "default", "description": "A model card"}
+/// ```
+///
+/// - `plan`, `agent`: the id when it can be read now, else where it comes from:
+///   `{"env": "NVM_PLAN_ID"}` (a variable not set) or `{"expr": "empty"}` (an
+///   expression that yields no id now). Never an expression's source text;
+/// - `credits`: a number, or `"dynamic"` when they depend on the request (a closure, a
+///   function, `by_body`);
+/// - `settle`: `"before_body"`, `"after_body"`, `"deferred"` or `"default"` (before the
+///   body for a buffered answer, after it for a streamed one);
+/// - `method`, `path`: absent when not known yet (a handler whose routing attribute
+///   sits above `#[paid]`, not served yet); `scheme`, `network`, `description`: present
+///   when the handler forces them.
+///
 /// ```
 /// for route in nvm_runtime::actix::pricing::manifest() {
-///     println!("{} {:?} {:?}: {}", route.handler, route.method, route.path, route.credits);
+///     println!("{} {} {}: {}", route["handler"], route["method"], route["path"], route["credits"]);
 /// }
 /// ```
-pub fn manifest() -> Vec<PricedRoute> {
+pub fn manifest() -> Vec<serde_json::Value> {
+    to_json(&table())
+}
+
+/// The routes of [`manifest`], typed.
+pub(crate) fn table() -> Vec<PricedRoute> {
     let mut entries = Vec::new();
     for route in routes() {
         let before = entries.len();
@@ -235,7 +242,7 @@ pub fn manifest() -> Vec<PricedRoute> {
 
 /// The paid routes of the app serving `req`, at the full paths its router matches
 /// (scope prefixes included), sorted by path and method: what [`manifest_handler`]
-/// serves.
+/// serves. Each is a JSON object as in [`manifest`].
 ///
 /// How a `#[paid]` handler is found among the app's resources:
 ///
@@ -262,14 +269,19 @@ pub fn manifest() -> Vec<PricedRoute> {
 /// // The manifest as plain text, one route per line.
 /// async fn prices(req: HttpRequest) -> HttpResponse {
 ///     let lines: Vec<String> = nvm_runtime::actix::pricing::app_manifest(&req)
-///         .into_iter()
-///         .map(|r| format!("{} {} {}", r.method.unwrap_or_default(), r.path.unwrap_or_default(), r.credits))
+///         .iter()
+///         .map(|r| format!("{} {} {}", r["method"], r["path"], r["credits"]))
 ///         .collect();
 ///     HttpResponse::Ok().body(lines.join("\n"))
 /// }
 /// # let _ = prices;
 /// ```
-pub fn app_manifest(req: &HttpRequest) -> Vec<PricedRoute> {
+pub fn app_manifest(req: &HttpRequest) -> Vec<serde_json::Value> {
+    to_json(&app_table(req))
+}
+
+/// The routes of [`app_manifest`], typed.
+pub(crate) fn app_table(req: &HttpRequest) -> Vec<PricedRoute> {
     let rmap = req.resource_map();
     let resources = resource_map::resources(rmap);
     let mut entries: Vec<(PricedRoute, bool)> = Vec::new();
@@ -333,6 +345,11 @@ pub fn app_manifest(req: &HttpRequest) -> Vec<PricedRoute> {
     let mut manifest = resolve_conflicts(entries);
     manifest.sort_by(|a, b| (&a.path, &a.method, &a.handler).cmp(&(&b.path, &b.method, &b.handler)));
     manifest
+}
+
+/// Entries as published.
+pub(crate) fn to_json<T: Serialize>(entries: &[T]) -> Vec<serde_json::Value> {
+    entries.iter().filter_map(|entry| serde_json::to_value(entry).ok()).collect()
 }
 
 /// A routing attribute's path as actix-web registers it: with a leading `/`.
@@ -433,24 +450,16 @@ pub async fn manifest_handler(req: HttpRequest) -> HttpResponse {
         tools: Vec<crate::mcp::PricedTool>,
     }
     HttpResponse::Ok().json(Manifest {
-        routes: app_manifest(&req),
+        routes: app_table(&req),
         #[cfg(feature = "mcp")]
-        tools: crate::mcp::manifest(),
+        tools: crate::mcp::tool_table(),
     })
 }
 
 /// Checks at start-up that every `env("VAR")` plan and agent of every `#[paid]`
-/// handler is set, naming the variable and handler when one is not.
-///
-/// ```
-/// if let Err(error) = nvm_runtime::actix::pricing::check_startup() {
-///     // e.g. "environment variable NVM_PLAN_ID is not set; it gives the plan id of ask: …"
-///     eprintln!("{error}");
-/// #   return;
-///     std::process::exit(2);
-/// }
-/// ```
-pub fn check_startup() -> Result<(), ConfigError> {
+/// handler is set, naming the variable and handler when one is not
+/// (`Payments::prepare` runs it first).
+pub(crate) fn check_startup() -> Result<(), ConfigError> {
     for route in routes() {
         let spec = route.spec();
         check_env(&spec.terms, spec.handler)?;

@@ -5,26 +5,12 @@ use actix_web::http::header::HeaderMap;
 use actix_web::web::Bytes;
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::error::{PaymentError, Refusal};
+use crate::error::Refusal;
 
-/// Why a `#[paid]` handler did not run, as its extractor's error: the typed
-/// [`PaymentError`] (when the flow refused the payment) and the response it renders to,
-/// which [`ResponseError::error_response`] rebuilds on every call.
-///
-/// ```
-/// use actix_web::ResponseError;
-/// use nvm_runtime::actix::Rejection;
-///
-/// fn log(rejection: &Rejection) {
-///     match rejection.payment_error() {
-///         Some(error) => eprintln!("refused ({}): {error}", error.status()),
-///         None => eprintln!("not served: {}", rejection.status_code()),
-///     }
-///     // As often as needed: each call builds the same response.
-///     assert_eq!(rejection.error_response().status(), rejection.error_response().status());
-/// }
-/// ```
-pub struct Rejection {
+/// Why a `#[paid]` handler did not run: the flow's refusal (when it refused the
+/// payment) and the response it renders to, which
+/// [`ResponseError::error_response`] rebuilds on every call.
+pub(crate) struct Rejection {
     refusal: Option<Refusal>,
     status: StatusCode,
     headers: HeaderMap,
@@ -42,12 +28,6 @@ impl Rejection {
             Bytes::new()
         });
         Rejection { refusal, status, headers, body }
-    }
-
-    /// Why the flow refused the payment, or `None` when the request never reached it (no
-    /// `Payments` registered with the app).
-    pub fn payment_error(&self) -> Option<&PaymentError> {
-        self.refusal.as_ref().map(Refusal::error)
     }
 }
 

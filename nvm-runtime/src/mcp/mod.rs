@@ -51,4 +51,5 @@ pub(crate) mod tools;
 pub use bridge::McpService;
 pub use call::ToolCall;
 pub(crate) use tools::terms;
-pub use tools::{PaidTools, PricedTool, ToolConfig, manifest};
+pub use tools::{PaidTools, ToolConfig, manifest};
+pub(crate) use tools::{PricedTool, tool_table};

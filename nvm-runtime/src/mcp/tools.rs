@@ -91,25 +91,20 @@ inventory::collect!(ToolEntry);
 /// The tools of the `PaidTools` tables wrapped so far, by name.
 static TABLED: Mutex<Vec<(String, ToolConfig)>> = Mutex::new(Vec::new());
 
-/// One paid tool of the pricing manifest.
-///
-/// In JSON: `{"tool": "search", "plan": "1234", "agent": "5678", "credits": 2, "form": "attribute"}`
-/// (`credits` is `"dynamic"` when priced by the arguments; `form` is `"attribute"` for
-/// `#[paid]`, `"table"` for a `PaidTools` entry).
+/// One paid tool of the pricing manifest (published as JSON only, see [`manifest`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct PricedTool {
+pub(crate) struct PricedTool {
     /// The tool's name, as `tools/list` shows it.
-    pub tool: String,
+    pub(crate) tool: String,
     /// The plan a call pays with.
-    pub plan: ValueSource,
+    pub(crate) plan: ValueSource,
     /// The agent sent with the plan, when the tool has one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<ValueSource>,
+    pub(crate) agent: Option<ValueSource>,
     /// The credits of a call: a number, or `"dynamic"`.
-    pub credits: Value,
+    pub(crate) credits: Value,
     /// `"attribute"` or `"table"`.
-    pub form: &'static str,
+    pub(crate) form: &'static str,
 }
 
 impl PricedTool {
@@ -125,14 +120,28 @@ impl PricedTool {
 }
 
 /// Every paid tool of this program: each `#[paid]` tool linked in, and each tool of a
-/// `PaidTools` table wrapped so far, sorted by name.
+/// `PaidTools` table wrapped so far, sorted by name, each a JSON object:
+///
+/// ```json
+/// {"tool": "search", "plan": "1234", "agent": "5678", "credits": 2, "form": "attribute"}
+/// ```
+///
+/// `plan` and `agent` are as in the routes' manifest
+/// ([`app_manifest`](crate::actix::pricing::app_manifest)); `credits` is `"dynamic"`
+/// when priced by the arguments; `form` is `"attribute"` for `#[paid]`, `"table"` for
+/// a `PaidTools` entry.
 ///
 /// ```
 /// for tool in nvm_runtime::mcp::manifest() {
-///     println!("{}: {} credits on {:?}", tool.tool, tool.credits, tool.plan);
+///     println!("{}: {} credits on {}", tool["tool"], tool["credits"], tool["plan"]);
 /// }
 /// ```
-pub fn manifest() -> Vec<PricedTool> {
+pub fn manifest() -> Vec<Value> {
+    crate::actix::pricing::to_json(&tool_table())
+}
+
+/// The tools of [`manifest`], typed.
+pub(crate) fn tool_table() -> Vec<PricedTool> {
     let mut tools: Vec<PricedTool> = inventory::iter::<ToolEntry>
         .into_iter()
         .map(|t| PricedTool::of(t.0.name, &t.0.terms, &t.0.price, "attribute"))

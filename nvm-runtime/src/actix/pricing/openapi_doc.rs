@@ -37,8 +37,8 @@ const ERROR_BODY: &str = "X402Error";
 /// (`X402Error`: `error`, `message`).
 ///
 /// Paid routes absent from the document are not added (the pricing table does not
-/// know the scope prefixes they are served under): they are returned, for you to
-/// log or to fail on. The table holds every `#[paid]` handler linked into the
+/// know the scope prefixes they are served under): they are returned (entries as in
+/// the [manifest](super::manifest)), for you to log or to fail on. The table holds every `#[paid]` handler linked into the
 /// program, so a handler this app does not serve is returned too.
 ///
 /// ```
@@ -53,10 +53,15 @@ const ERROR_BODY: &str = "X402Error";
 ///     .build();
 /// let undocumented = nvm_runtime::actix::pricing::openapi(&mut doc);
 /// for route in undocumented {
-///     eprintln!("paid, but not in the OpenAPI document: {} {:?}", route.handler, route.path);
+///     eprintln!("paid, but not in the OpenAPI document: {} {}", route["handler"], route["path"]);
 /// }
 /// ```
-pub fn openapi(doc: &mut OpenApi) -> Vec<PricedRoute> {
+pub fn openapi(doc: &mut OpenApi) -> Vec<serde_json::Value> {
+    super::to_json(&mark_paid(doc))
+}
+
+/// [`openapi`], the routes left out typed.
+fn mark_paid(doc: &mut OpenApi) -> Vec<PricedRoute> {
     let routes = routes();
     let mut documented = vec![false; routes.len()];
     let mut marked = false;
@@ -96,7 +101,7 @@ pub fn openapi(doc: &mut OpenApi) -> Vec<PricedRoute> {
         .filter(|(_, documented)| !documented)
         .map(|(route, _)| (route.spec().module, route.spec().handler))
         .collect();
-    super::manifest()
+    super::table()
         .into_iter()
         .filter(|entry| missing.contains(&(entry.module.as_str(), entry.handler.as_str())))
         .collect()
@@ -118,7 +123,7 @@ pub struct PaidOperations;
 
 impl utoipa::Modify for PaidOperations {
     fn modify(&self, doc: &mut OpenApi) {
-        for route in openapi(doc) {
+        for route in mark_paid(doc) {
             tracing::info!(
                 handler = route.handler,
                 method = route.method.as_deref().unwrap_or_default(),
