@@ -110,7 +110,8 @@ async fn no_402_and_no_paid_answer_is_stored_by_a_cache() {
     // A route that would let a shared cache keep paid answers is refused by name.
     for leaky in ["public, max-age=300", "private, s-maxage=60", "max-age=300"] {
         let error = PaymentMiddleware::new(payments_for(&local).build().unwrap())
-            .try_route("GET /mw/plain", RouteConfig::new(DEMO_PLAN_ID).cache_control(leaky))
+            .route("GET /mw/plain", RouteConfig::new(DEMO_PLAN_ID).cache_control(leaky))
+            .check()
             .unwrap_err();
         assert!(
             error.to_string().contains("GET /mw/plain") && error.to_string().contains("private"),

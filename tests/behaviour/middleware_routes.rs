@@ -174,13 +174,15 @@ fn a_key_without_a_method_is_refused_with_the_right_form() {
     let local = LocalFacilitator::start().unwrap();
     let payments = payments_for(&local).build().unwrap();
     for key in ["/ask", "POST", "POST ask", "PO ST /ask", ""] {
-        let error =
-            PaymentMiddleware::new(payments.clone()).try_route(key, RouteConfig::new("1")).unwrap_err();
-        assert!(error.to_string().contains("\"POST /ask\""), "{key}: {error}");
         let middleware = PaymentMiddleware::new(payments.clone()).route(key, RouteConfig::new("1"));
-        assert!(middleware.check().is_err(), "{key}");
+        let error = middleware.check().unwrap_err();
+        assert!(error.to_string().contains("\"POST /ask\""), "{key}: {error}");
+        // The first refusal is kept; a valid route after it does not hide it.
+        let later = middleware.route("GET /fine", RouteConfig::new("1"));
+        assert_eq!(later.check().unwrap_err().to_string(), error.to_string(), "{key}");
     }
-    assert!(PaymentMiddleware::new(payments).try_route("delete /items/:id", RouteConfig::new("1")).is_ok());
+    let fine = PaymentMiddleware::new(payments).route("delete /items/:id", RouteConfig::new("1"));
+    assert!(fine.check().is_ok());
 }
 
 #[actix_web::test]

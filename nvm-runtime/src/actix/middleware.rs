@@ -120,7 +120,7 @@ impl RouteConfig {
     /// Paid answers of this route carry `Cache-Control: value` instead of
     /// `private, no-store`, so the buyer's own cache may keep them. It must keep them
     /// out of shared caches: `private`, and neither `public` nor `s-maxage`
-    /// ([`PaymentMiddleware::try_route`] refuses the route otherwise).
+    /// ([`PaymentMiddleware::check`] reports the route otherwise).
     ///
     /// ```
     /// use nvm_runtime::{PaymentMiddleware, RouteConfig};
@@ -128,9 +128,9 @@ impl RouteConfig {
     /// #     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.").build().unwrap();
     ///
     /// let report = RouteConfig::new("1234").credits(5).cache_control("private, max-age=300");
-    /// assert!(PaymentMiddleware::new(payments.clone()).try_route("GET /report", report).is_ok());
+    /// assert!(PaymentMiddleware::new(payments.clone()).route("GET /report", report).check().is_ok());
     /// let leaky = RouteConfig::new("1234").cache_control("public, max-age=300");
-    /// let error = PaymentMiddleware::new(payments).try_route("GET /report", leaky).unwrap_err();
+    /// let error = PaymentMiddleware::new(payments).route("GET /report", leaky).check().unwrap_err();
     /// assert!(error.to_string().contains("private"));
     /// ```
     pub fn cache_control(mut self, value: impl Into<String>) -> Self {
@@ -184,8 +184,8 @@ impl RouteConfig {
 ///     .route("/ask", web::post().to(|| async { HttpResponse::Ok().body("paid answer") }));
 /// ```
 ///
-/// A key without a method (`"/ask"`) is refused: [`PaymentMiddleware::check`] and
-/// [`PaymentMiddleware::try_route`] say so, and the app fails to start. A key that
+/// A key without a method (`"/ask"`) is refused: [`PaymentMiddleware::check`] says
+/// so, and the app fails to start. A key that
 /// matches no route of the app is found when the first request shows the middleware the
 /// app's routes (actix-web builds them only then): it is logged as an error and every
 /// request through the middleware is answered 500 with a message naming the key, so a
@@ -213,8 +213,9 @@ impl PaymentMiddleware {
         PaymentMiddleware { payments, keys: Arc::default(), configs: Arc::default(), error: None }
     }
 
-    /// Adds a route; an invalid key is kept as an error that stops the app from
-    /// starting (see [`PaymentMiddleware::check`]).
+    /// Adds a route; an invalid key (or a `cache_control` a shared cache could keep) is
+    /// kept as an error that stops the app from starting: [`PaymentMiddleware::check`]
+    /// says which.
     pub fn route(self, key: &str, config: RouteConfig) -> Self {
         match self.clone().try_route(key, config) {
             Ok(middleware) => middleware,
@@ -225,8 +226,8 @@ impl PaymentMiddleware {
         }
     }
 
-    /// Adds a route, or says why its key is invalid.
-    pub fn try_route(mut self, key: &str, config: RouteConfig) -> Result<Self, ConfigError> {
+    /// Adds a route, or says why it is refused.
+    fn try_route(mut self, key: &str, config: RouteConfig) -> Result<Self, ConfigError> {
         let key = RouteKey::parse(key)?;
         if let Some(value) = &config.terms.cache_control
             && let Some(why) = cache_control_problem(value)
@@ -249,7 +250,17 @@ impl PaymentMiddleware {
         Ok(self)
     }
 
-    /// The first invalid route key, if any.
+    /// The first refused route, if any, with what to write instead.
+    ///
+    /// ```
+    /// use nvm_runtime::{PaymentMiddleware, RouteConfig};
+    /// # let payments = nvm_runtime::Payments::builder()
+    /// #     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.").build().unwrap();
+    ///
+    /// let middleware = PaymentMiddleware::new(payments).route("/ask", RouteConfig::new("1234"));
+    /// let error = middleware.check().unwrap_err();
+    /// assert!(error.to_string().contains("\"POST /ask\""), "{error}");
+    /// ```
     pub fn check(&self) -> Result<(), ConfigError> {
         self.error.clone().map_or(Ok(()), Err)
     }

@@ -66,8 +66,8 @@ impl Environment {
         }
     }
 
-    /// The name used by `NVM_ENVIRONMENT` and the official SDKs.
-    pub fn as_str(self) -> &'static str {
+    /// The name used by `NVM_ENVIRONMENT` and the official SDKs (what `Display` writes).
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Environment::Sandbox => "sandbox",
             Environment::Live => "live",
@@ -78,6 +78,14 @@ impl Environment {
     }
 }
 
+/// The name used by `NVM_ENVIRONMENT` and the official SDKs, which `FromStr` reads back.
+///
+/// ```
+/// use nvm_runtime::Environment;
+///
+/// assert_eq!(Environment::StagingSandbox.to_string(), "staging_sandbox");
+/// assert_eq!("staging_sandbox".parse::<Environment>().unwrap(), Environment::StagingSandbox);
+/// ```
 impl fmt::Display for Environment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
