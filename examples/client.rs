@@ -22,7 +22,7 @@ async fn main() {
         Err(error) => {
             eprintln!(
                 "client: {}\n(run the quick start: it prints the line to run this client with)",
-                nvm_runtime::error::Report(&error)
+                nvm_examples::report(&error)
             );
             std::process::exit(2);
         }
@@ -55,7 +55,7 @@ async fn main() {
             }
         }
         Err(error) => {
-            eprintln!("client: {}", nvm_runtime::error::Report(&error));
+            eprintln!("client: {}", nvm_examples::report(&error));
             std::process::exit(1);
         }
     }

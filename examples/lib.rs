@@ -1,6 +1,20 @@
 //! Helpers shared by the examples: read the settings from the environment, or start
 //! the embedded local facilitator when no `NVM_API_KEY` is set.
 
+/// An error and its causes, `"a: b: c"`: what the examples print when they stop on an
+/// error (a [`ConfigError`](nvm_runtime::error::ConfigError)'s cause, for instance why a
+/// journal file could not be opened, is its `source()`).
+pub fn report(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 pub mod settings {
     //! Where the examples' plan, agent and backend come from.
 
@@ -70,7 +84,7 @@ pub mod settings {
     /// and exit code 2 naming the example.
     pub async fn prepare_or_exit(example: &str, payments: &Payments) {
         if let Err(error) = payments.prepare().await {
-            eprintln!("{example}: {}", nvm_runtime::error::Report(&error));
+            eprintln!("{example}: {}", crate::report(&error));
             std::process::exit(2);
         }
     }
@@ -80,7 +94,7 @@ pub mod settings {
     pub fn from_env() -> Result<Setup, String> {
         let has_key = std::env::var("NVM_API_KEY").is_ok_and(|k| !k.trim().is_empty());
         if has_key {
-            let payments = Payments::from_env().map_err(|e| nvm_runtime::error::Report(&e).to_string())?;
+            let payments = Payments::from_env().map_err(|e| crate::report(&e))?;
             let plan = std::env::var("NVM_PLAN_ID")
                 .ok()
                 .filter(|p| !p.trim().is_empty())
@@ -94,7 +108,7 @@ pub mod settings {
             .api_key(local.builder_api_key())
             .backend_url(local.backend_url())
             .build()
-            .map_err(|e| nvm_runtime::error::Report(&e).to_string())?;
+            .map_err(|e| crate::report(&e))?;
         let _ = PLAN_ID.set(local.plan_id().to_owned());
         let _ = AGENT_ID.set(local.agent_id().to_owned());
         Ok(Setup { payments, local: Some(local) })

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, Responder, get, post, web};
-use nvm_runtime::error::PaymentError;
+use nvm_runtime::error::PaymentErrorKind;
 use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::{PaymentContext, PaymentMiddleware, Payments, PaymentsBuilder, RouteConfig, paid};
 use nvm_tests::{
@@ -544,10 +544,8 @@ async fn hooks_see_every_step_and_may_replace_the_error_response(form: Form) {
             assert!(receipt.success);
             st.fetch_add(credits as usize, Ordering::SeqCst);
         })
-        .on_payment_error(|_req, failure| match failure {
-            PaymentError::MissingToken { .. } => {
-                Some(HttpResponse::PaymentRequired().body("custom: pay first"))
-            }
+        .on_payment_error(|_req, failure| match failure.kind() {
+            PaymentErrorKind::MissingToken => Some(HttpResponse::PaymentRequired().body("custom: pay first")),
             _ => None,
         })
     });

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvm_runtime::__private::wire::codec::{self, DecodeError, MAX_HEADER_LEN};
+use nvm_runtime::__private::wire::codec::{self, MAX_HEADER_LEN, Malformed};
 
 fuzz_target!(|data: &[u8]| {
     let input = String::from_utf8_lossy(data);
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
             let header = codec::encode_json_header(&value);
             assert_eq!(codec::decode_json_header::<serde_json::Value>(&header).ok(), Some(value));
         }
-        Err(DecodeError::TooLong(len)) => assert!(len > MAX_HEADER_LEN),
+        Err(Malformed::TooLong(len)) => assert!(len > MAX_HEADER_LEN),
         Err(_) => {}
     }
     if let Ok(value) = codec::decode_json_header::<serde_json::Value>(&input) {

@@ -9,10 +9,80 @@ use std::time::Duration;
 use crate::store::StoreError;
 use crate::wire::{BackendError, PaymentRequired, SettleResponse};
 
-/// A configuration mistake. Each message says what to set instead.
+/// A configuration mistake, found at start-up (or by the first request of a route whose
+/// configuration is read then). Its message says what to set instead; its
+/// [`kind`](Self::kind) says which part of the configuration is at fault, and its
+/// `source()` the error behind it, when there is one.
+///
+/// ```
+/// use nvm_runtime::Payments;
+/// use nvm_runtime::error::ConfigErrorKind;
+///
+/// let error = Payments::builder().api_key("sandbox:not-a-jwt").build().unwrap_err();
+/// assert_eq!(error.kind(), ConfigErrorKind::Settings);
+/// assert!(error.to_string().contains("copy it again from the Nevermined app"), "{error}");
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct ConfigError(#[from] pub(crate) ConfigProblem);
+
+/// Which part of the configuration a [`ConfigError`] is about, to branch on; the error's
+/// message says what to set instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum ConfigErrorKind {
+    /// The settings of [`Payments`](crate::Payments) or a
+    /// [`Subscriber`](crate::client::Subscriber): the API key (missing or malformed),
+    /// the environment, the backend or observability gateway URL, the access-token
+    /// header names, the verification cache's time-to-live.
+    Settings,
+    /// A paid route, handler or MCP tool: its `Cache-Control`, its route key, a plan or
+    /// agent id that is empty or names an unset variable, routes or tools that match
+    /// nothing, a speculative route priced by its body, a credits function that panicked.
+    Route,
+    /// A plan's metadata could not be fetched at start-up
+    /// ([`Payments::prepare`](crate::Payments::prepare)): the plan id is wrong, or the
+    /// backend is unreachable (see the `source()`).
+    PlanUnavailable,
+    /// The pending-settlement journal: it could not be opened, or deferred settlement
+    /// was turned on without a durable one.
+    Journal,
+    /// Something the runtime starts could not be: the HTTP client, the
+    /// deferred-settlement thread (see the `source()`).
+    Runtime,
+}
+
+impl ConfigError {
+    /// Which part of the configuration is at fault.
+    pub fn kind(&self) -> ConfigErrorKind {
+        use ConfigProblem as P;
+        match &self.0 {
+            P::MissingApiKey
+            | P::MalformedApiKey(_)
+            | P::UnknownEnvironment(_)
+            | P::InvalidBackendUrl(_)
+            | P::InvalidHeliconeUrl(_)
+            | P::InvalidHeaderName(_)
+            | P::CacheTtl(_) => ConfigErrorKind::Settings,
+            P::CacheControl { .. }
+            | P::MissingEnvVar { .. }
+            | P::EmptyPlan { .. }
+            | P::CreditsPanicked(_)
+            | P::InvalidRouteKey { .. }
+            | P::UnmatchedRoutes(_)
+            | P::UnknownTools { .. }
+            | P::SpeculativeBodyPrice(_) => ConfigErrorKind::Route,
+            P::PlanUnavailable { .. } => ConfigErrorKind::PlanUnavailable,
+            P::PendingJournal { .. } | P::DeferredNeedsJournal => ConfigErrorKind::Journal,
+            P::DeferredWorker(_) | P::HttpClient(_) => ConfigErrorKind::Runtime,
+        }
+    }
+}
+
+/// What a [`ConfigError`] is. Each message says what to set instead. A new variant goes
+/// in the test `every_error_says_each_cause_once` too.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ConfigProblem {
     /// No API key was given.
     #[error(
         "no Nevermined API key: set NVM_API_KEY to your key (`sandbox:eyJ…`), or call `Payments::builder().api_key(…)`"
@@ -355,10 +425,120 @@ pub(crate) enum Unavailable {
     },
 }
 
-/// Why a paid request was not served as paid; given to the `on_payment_error` hook.
+/// Why a paid request was not served as paid; given to the
+/// [`on_payment_error`](crate::PaymentsBuilder::on_payment_error) hook and kept by
+/// [`Rejection::payment_error`](crate::actix::Rejection::payment_error). Its message
+/// says what the caller should do; its [`kind`](Self::kind) says what went wrong, its
+/// [`status`](Self::status) the HTTP status it answers with, and its `source()` the
+/// error behind it, when there is one.
+///
+/// ```
+/// use actix_web::HttpResponse;
+/// use nvm_runtime::Payments;
+/// use nvm_runtime::error::PaymentErrorKind;
+///
+/// let builder = Payments::builder().on_payment_error(|_req, error| match error.kind() {
+///     PaymentErrorKind::MissingToken => Some(HttpResponse::PaymentRequired().body("pay first")),
+///     PaymentErrorKind::SettlementUnknown => Some(HttpResponse::PaymentRequired().body(format!(
+///         "do not pay again: quote {} to the seller",
+///         error.pending_id().unwrap_or_default()
+///     ))),
+///     _ => None,
+/// });
+/// # drop(builder);
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct PaymentError(#[from] pub(crate) PaymentProblem);
+
+/// What went wrong with a paid request, as a [`PaymentError`] says; its
+/// [`status`](PaymentError::status) is the HTTP status it answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum PaymentError {
+pub enum PaymentErrorKind {
+    /// No access token came with the request (402).
+    MissingToken,
+    /// The token is malformed: too long, not ASCII, not base64 JSON (402).
+    MalformedToken,
+    /// The facilitator found the token invalid (402); the message is its
+    /// `invalidReason` (`invalid_token`, `expired_token`, `insufficient_balance`, …).
+    Rejected,
+    /// The facilitator could not be asked (500), or refused the call (402).
+    Facilitator,
+    /// The handler succeeded but the settlement failed (402 unless configured to
+    /// deliver anyway).
+    SettlementFailed,
+    /// The settle call's answer was lost (402 without an envelope to pay): the credits
+    /// may have been burned; the request is recorded as a pending settlement
+    /// ([`pending_id`](PaymentError::pending_id)) and the buyer must not pay again.
+    SettlementUnknown,
+    /// A retry of a call whose settlement's outcome is still unknown (409, with
+    /// `Retry-After`): nothing was charged and nothing is to be paid.
+    SettlementPending,
+    /// The route is misconfigured (500).
+    Config,
+    /// A body-priced route could not read the request's body (400).
+    BodyUnreadable,
+    /// A body-priced route got a body longer than it reads (413).
+    BodyTooLarge,
+    /// A request with an `Idempotency-Key` could not be run or replayed: the key is not
+    /// usable (400), its first request is still running or its response was not kept
+    /// (409), its body is too long (413), the key was used for another request (422),
+    /// or the store of idempotency records is unavailable (503).
+    Idempotency,
+}
+
+impl PaymentError {
+    /// What went wrong.
+    pub fn kind(&self) -> PaymentErrorKind {
+        use PaymentProblem as P;
+        match &self.0 {
+            P::MissingToken { .. } => PaymentErrorKind::MissingToken,
+            P::MalformedToken(_) => PaymentErrorKind::MalformedToken,
+            P::Rejected { .. } => PaymentErrorKind::Rejected,
+            P::Facilitator(_) => PaymentErrorKind::Facilitator,
+            P::SettlementFailed { .. } => PaymentErrorKind::SettlementFailed,
+            P::SettlementUnknown { .. } => PaymentErrorKind::SettlementUnknown,
+            P::SettlementPending { .. } => PaymentErrorKind::SettlementPending,
+            P::Config(_) => PaymentErrorKind::Config,
+            P::BodyUnreadable(_) => PaymentErrorKind::BodyUnreadable,
+            P::BodyTooLarge { .. } => PaymentErrorKind::BodyTooLarge,
+            P::Idempotency(_) => PaymentErrorKind::Idempotency,
+        }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> u16 {
+        use PaymentProblem as P;
+        match &self.0 {
+            P::Facilitator(error) if error.is_unavailable() => 500,
+            P::Config(_) => 500,
+            P::BodyUnreadable(_) => 400,
+            P::SettlementUnknown { .. } => 402,
+            P::SettlementPending { .. } => 409,
+            P::BodyTooLarge { .. } => 413,
+            P::Idempotency(error) => error.status(),
+            _ => 402,
+        }
+    }
+
+    /// The id of the pending settlement the request is recorded as, for an unknown
+    /// settlement outcome and a retry of it (the
+    /// [`PendingSettlement::id`](crate::PendingSettlement::id) of the seller's journal):
+    /// the reference the buyer quotes to the seller.
+    pub fn pending_id(&self) -> Option<&str> {
+        match &self.0 {
+            PaymentProblem::SettlementUnknown { pending_id, .. }
+            | PaymentProblem::SettlementPending { pending_id, .. } => Some(pending_id),
+            _ => None,
+        }
+    }
+}
+
+/// What a [`PaymentError`] is. A new variant goes in the test
+/// `every_error_says_each_cause_once` too.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum PaymentProblem {
     /// No access token came with the request (402).
     #[error("payment required: send an x402 access token in the `{header}` header")]
     MissingToken {
@@ -434,18 +614,10 @@ pub enum PaymentError {
     Idempotency(IdempotencyError),
 }
 
-/// Why a paid request with an `Idempotency-Key` was neither run nor replayed.
-///
-/// ```
-/// use nvm_runtime::error::{IdempotencyError, PaymentError};
-///
-/// let error = PaymentError::Idempotency(IdempotencyError::InFlight);
-/// assert_eq!(error.status(), 409);
-/// assert!(error.to_string().contains("still running"));
-/// ```
+/// Why a paid request with an `Idempotency-Key` was neither run nor replayed
+/// ([`PaymentErrorKind::Idempotency`]).
 #[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum IdempotencyError {
+pub(crate) enum IdempotencyError {
     /// The header is not a usable key (400).
     #[error("{0}")]
     InvalidKey(String),
@@ -481,29 +653,13 @@ pub enum IdempotencyError {
 
 impl IdempotencyError {
     /// The HTTP status this error answers with.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             IdempotencyError::InvalidKey(_) => 400,
             IdempotencyError::InFlight | IdempotencyError::NotReplayable => 409,
             IdempotencyError::BodyTooLarge { .. } => 413,
             IdempotencyError::KeyReused => 422,
             IdempotencyError::StoreUnavailable(_) => 503,
-        }
-    }
-}
-
-impl PaymentError {
-    /// The HTTP status this error answers with.
-    pub fn status(&self) -> u16 {
-        match self {
-            PaymentError::Facilitator(error) if error.is_unavailable() => 500,
-            PaymentError::Config(_) => 500,
-            PaymentError::BodyUnreadable(_) => 400,
-            PaymentError::SettlementUnknown { .. } => 402,
-            PaymentError::SettlementPending { .. } => 409,
-            PaymentError::BodyTooLarge { .. } => 413,
-            PaymentError::Idempotency(error) => error.status(),
-            _ => 402,
         }
     }
 }
@@ -524,7 +680,7 @@ pub(crate) enum Refusal {
     },
     /// 402 with the receipt and **without** a `payment-required` envelope (nothing to
     /// pay again with): the settlement's outcome is unknown and recorded; the content is
-    /// withheld and the buyer is told not to pay again ([`PaymentError::SettlementUnknown`]).
+    /// withheld and the buyer is told not to pay again ([`PaymentProblem::SettlementUnknown`]).
     OutcomeUnknown {
         /// Why, with the record.
         error: PaymentError,
@@ -533,7 +689,7 @@ pub(crate) enum Refusal {
         receipt: Box<SettleResponse>,
     },
     /// 409 with `Retry-After` and **without** an envelope: a retry of a call whose
-    /// settlement is still pending ([`PaymentError::SettlementPending`]).
+    /// settlement is still pending ([`PaymentProblem::SettlementPending`]).
     StillPending(PaymentError),
     /// Not a payment matter: the facilitator could not be asked or the route is
     /// misconfigured (500), or a body-priced request's body is unreadable (400) or too
@@ -544,7 +700,7 @@ pub(crate) enum Refusal {
 impl Refusal {
     /// The 402 of `error` for `envelope`.
     pub(crate) fn payment_required(mut envelope: PaymentRequired, error: PaymentError) -> Self {
-        if !matches!(error, PaymentError::MissingToken { .. }) {
+        if !matches!(error.0, PaymentProblem::MissingToken { .. }) {
             envelope.error = Some(chain(&error));
         }
         Refusal::PaymentRequired { envelope: Box::new(envelope), error, receipt: None }
@@ -578,15 +734,8 @@ fn own_reason(reason: &str, has_source: bool) -> String {
 
 /// An error and its causes, `"a: b: c"`: how the crate's messages (answers and log
 /// lines) show an error, each level's `Display` saying its own part once.
-///
-/// ```
-/// use nvm_runtime::error::Report;
-///
-/// let error = nvm_runtime::store::StoreError::new("redis", std::io::Error::other("connection refused"));
-/// assert_eq!(Report(&error).to_string(), "the store (redis) is unavailable: connection refused");
-/// ```
 #[derive(Debug, Clone, Copy)]
-pub struct Report<'a>(pub &'a (dyn std::error::Error + 'a));
+pub(crate) struct Report<'a>(pub(crate) &'a (dyn std::error::Error + 'a));
 
 impl std::fmt::Display for Report<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -615,7 +764,7 @@ mod tests {
     use super::*;
     use crate::client::ClientError;
     use crate::store::StoreError;
-    use crate::wire::codec::DecodeError;
+    use crate::wire::codec::{MAX_HEADER_LEN, Malformed};
 
     /// The texts of `error`'s chain, outermost first.
     fn levels(error: &dyn std::error::Error) -> Vec<String> {
@@ -675,44 +824,119 @@ mod tests {
             .collect()
     }
 
-    /// Every error of the crate that carries a cause, wrapped every way it is.
+    /// One of every [`ConfigProblem`], with `text` in its free fields; `facilitator`
+    /// is the cause of the one that has a facilitator failure as its cause.
+    fn config_problems(
+        text: &str,
+        facilitator: &FacilitatorError,
+        reqwest: &Arc<reqwest::Error>,
+    ) -> Vec<ConfigProblem> {
+        let io = || Arc::new(std::io::Error::other(text.to_owned()));
+        vec![
+            ConfigProblem::MissingApiKey,
+            ConfigProblem::MalformedApiKey(text.to_owned()),
+            ConfigProblem::UnknownEnvironment(text.to_owned()),
+            ConfigProblem::InvalidBackendUrl(text.to_owned()),
+            ConfigProblem::InvalidHeliconeUrl(text.to_owned()),
+            ConfigProblem::InvalidHeaderName(text.to_owned()),
+            ConfigProblem::CacheTtl(Duration::from_secs(60)),
+            ConfigProblem::CacheControl {
+                route: "GET /report".to_owned(),
+                value: text.to_owned(),
+                why: "it is public",
+            },
+            ConfigProblem::MissingEnvVar {
+                var: "PLAN".to_owned(),
+                what: "plan id",
+                handler: text.to_owned(),
+            },
+            ConfigProblem::EmptyPlan { expr: text.to_owned(), handler: "ask".to_owned() },
+            ConfigProblem::CreditsPanicked(text.to_owned()),
+            ConfigProblem::InvalidRouteKey { key: text.to_owned(), why: "no space".to_owned() },
+            ConfigProblem::UnmatchedRoutes(vec![text.to_owned(), "GET /b".to_owned()]),
+            ConfigProblem::UnknownTools { unknown: vec![text.to_owned()], known: vec!["search".to_owned()] },
+            ConfigProblem::PlanUnavailable {
+                plan_id: "7".to_owned(),
+                source: Box::new(facilitator.clone()),
+                backend: "http://127.0.0.1:1".to_owned(),
+            },
+            ConfigProblem::PendingJournal { path: "/var/lib/seller/pending.jsonl".to_owned(), source: io() },
+            ConfigProblem::SpeculativeBodyPrice(text.to_owned()),
+            ConfigProblem::DeferredNeedsJournal,
+            ConfigProblem::DeferredWorker(io()),
+            ConfigProblem::HttpClient(Arc::clone(reqwest)),
+        ]
+    }
+
+    /// One of every [`IdempotencyError`], with `text` in its free fields.
+    fn idempotency_errors(text: &str) -> Vec<IdempotencyError> {
+        let store = StoreError::new("redis at 127.0.0.1:6379", std::io::Error::other(text.to_owned()));
+        vec![
+            IdempotencyError::InvalidKey(text.to_owned()),
+            IdempotencyError::InFlight,
+            IdempotencyError::KeyReused,
+            IdempotencyError::NotReplayable,
+            IdempotencyError::BodyTooLarge { limit: 1024 },
+            IdempotencyError::StoreUnavailable(Arc::new(store)),
+        ]
+    }
+
+    /// One of every [`PaymentProblem`] (each wrapped error, and each cause, of every
+    /// kind), with `text` in its free fields.
+    fn payment_problems(text: &str, reqwest: &Arc<reqwest::Error>) -> Vec<PaymentProblem> {
+        let mut all = vec![
+            PaymentProblem::MissingToken { header: "payment-signature".to_owned() },
+            PaymentProblem::MalformedToken(text.to_owned()),
+            PaymentProblem::Rejected { reason: text.to_owned() },
+            PaymentProblem::SettlementFailed { reason: text.to_owned(), source: None },
+            PaymentProblem::SettlementPending { pending_id: "p-1".to_owned(), retry_after: 2 },
+            PaymentProblem::BodyUnreadable(text.to_owned()),
+            PaymentProblem::BodyTooLarge { limit: 1024 },
+        ];
+        for facilitator in facilitator_errors(text, reqwest) {
+            let boxed = Box::new(facilitator.clone());
+            all.push(PaymentProblem::Facilitator(facilitator.clone()));
+            all.push(PaymentProblem::SettlementFailed {
+                reason: format!("settlement_unavailable: {}", chain(&facilitator)),
+                source: Some(boxed.clone()),
+            });
+            all.push(PaymentProblem::SettlementUnknown { pending_id: "p-1".to_owned(), source: boxed });
+        }
+        let facilitator = &facilitator_errors(text, reqwest)[1];
+        all.extend(
+            config_problems(text, facilitator, reqwest).into_iter().map(|p| PaymentProblem::Config(p.into())),
+        );
+        all.extend(idempotency_errors(text).into_iter().map(PaymentProblem::Idempotency));
+        all
+    }
+
+    /// Every error of the crate, each variant of each, wrapped every way it is.
     fn errors(text: &str) -> Vec<Box<dyn std::error::Error>> {
         let reqwest = reqwest_error();
         let mut all: Vec<Box<dyn std::error::Error>> = Vec::new();
-        let store = || StoreError::new("redis at 127.0.0.1:6379", std::io::Error::other(text.to_owned()));
         for facilitator in facilitator_errors(text, &reqwest) {
-            let boxed = Box::new(facilitator.clone());
-            let plan = ConfigError::PlanUnavailable {
+            for problem in config_problems(text, &facilitator, &reqwest) {
+                all.push(Box::new(ConfigError::from(problem)));
+            }
+            all.push(Box::new(ClientError::Mint {
                 plan_id: "7".to_owned(),
-                source: boxed.clone(),
-                backend: "http://127.0.0.1:1".to_owned(),
-            };
-            all.push(Box::new(PaymentError::Config(plan.clone())));
-            all.push(Box::new(plan));
-            all.push(Box::new(PaymentError::Facilitator(facilitator.clone())));
-            all.push(Box::new(PaymentError::SettlementFailed {
-                reason: format!("settlement_unavailable: {}", chain(&facilitator)),
-                source: Some(boxed.clone()),
+                error: Box::new(facilitator.clone()),
             }));
-            all.push(Box::new(PaymentError::SettlementUnknown {
-                pending_id: "p-1".to_owned(),
-                source: boxed.clone(),
-            }));
-            all.push(Box::new(ClientError::Mint { plan_id: "7".to_owned(), error: boxed }));
             all.push(Box::new(facilitator));
         }
-        all.push(Box::new(PaymentError::SettlementFailed { reason: text.to_owned(), source: None }));
-        all.push(Box::new(ConfigError::HttpClient(Arc::clone(&reqwest))));
-        all.push(Box::new(ConfigError::DeferredNeedsJournal));
-        all.push(Box::new(ConfigError::SpeculativeBodyPrice(text.to_owned())));
-        all.push(Box::new(ConfigError::DeferredWorker(Arc::new(std::io::Error::other(text.to_owned())))));
-        all.push(Box::new(ConfigError::PendingJournal {
-            path: "/var/lib/seller/pending.jsonl".to_owned(),
-            source: Arc::new(std::io::Error::other(text.to_owned())),
-        }));
-        all.push(Box::new(PaymentError::Idempotency(IdempotencyError::StoreUnavailable(Arc::new(store())))));
-        all.push(Box::new(store()));
-        all.push(Box::new(ClientError::Envelope(DecodeError::NotJson(text.to_owned()))));
+        for problem in payment_problems(text, &reqwest) {
+            all.push(Box::new(PaymentError::from(problem)));
+        }
+        all.push(Box::new(StoreError::new("redis", std::io::Error::other(text.to_owned()))));
+        let malformed = [
+            Malformed::TooLong(MAX_HEADER_LEN + 1),
+            Malformed::Empty,
+            Malformed::NotBase64,
+            Malformed::NotJson(text.to_owned()),
+        ];
+        for malformed in malformed {
+            all.push(Box::new(ClientError::Envelope(malformed.into())));
+        }
         all
     }
 
@@ -733,13 +957,71 @@ mod tests {
 
     #[test]
     fn the_report_names_the_root_cause_once() {
-        let error = PaymentError::Idempotency(IdempotencyError::StoreUnavailable(Arc::new(StoreError::new(
-            "redis",
-            std::io::Error::other("connection refused"),
-        ))));
+        let store = StoreError::new("redis", std::io::Error::other("connection refused"));
+        assert_eq!(Report(&store).to_string(), "the store (redis) is unavailable: connection refused");
+        let error = PaymentError::from(PaymentProblem::Idempotency(IdempotencyError::StoreUnavailable(
+            Arc::new(store),
+        )));
         let report = Report(&error).to_string();
         assert_eq!(report.matches("connection refused").count(), 1, "{report}");
         assert!(report.starts_with("paid requests are paused"), "{report}");
         assert!(error.source().is_some());
+        assert_eq!((error.kind(), error.status()), (PaymentErrorKind::Idempotency, 503));
+    }
+
+    /// Each kind says what the configuration is at fault in; each error answers with its
+    /// status, and the pending-settlement ones name their record.
+    #[test]
+    fn kinds_statuses_and_pending_ids() {
+        let reqwest = reqwest_error();
+        let facilitator = facilitator_errors("x", &reqwest).remove(0);
+        let kinds: Vec<_> = config_problems("x", &facilitator, &reqwest)
+            .into_iter()
+            .map(|p| ConfigError::from(p).kind())
+            .collect();
+        use ConfigErrorKind::*;
+        assert_eq!(kinds[..7], [Settings; 7]);
+        assert_eq!(kinds[7..14], [Route; 7]);
+        assert_eq!(kinds[14..], [PlanUnavailable, Journal, Route, Journal, Runtime, Runtime]);
+
+        let answers: Vec<_> = payment_problems("x", &reqwest)
+            .into_iter()
+            .take(7)
+            .map(|p| {
+                let error = PaymentError::from(p);
+                (error.kind(), error.status(), error.pending_id().map(str::to_owned))
+            })
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                (PaymentErrorKind::MissingToken, 402, None),
+                (PaymentErrorKind::MalformedToken, 402, None),
+                (PaymentErrorKind::Rejected, 402, None),
+                (PaymentErrorKind::SettlementFailed, 402, None),
+                (PaymentErrorKind::SettlementPending, 409, Some("p-1".to_owned())),
+                (PaymentErrorKind::BodyUnreadable, 400, None),
+                (PaymentErrorKind::BodyTooLarge, 413, None),
+            ]
+        );
+        let unknown = PaymentError::from(PaymentProblem::SettlementUnknown {
+            pending_id: "p-2".to_owned(),
+            source: Box::new(facilitator.clone()),
+        });
+        assert_eq!(
+            (unknown.kind(), unknown.status(), unknown.pending_id()),
+            (PaymentErrorKind::SettlementUnknown, 402, Some("p-2"))
+        );
+        let refused = PaymentError::from(PaymentProblem::Facilitator(facilitator));
+        assert_eq!((refused.kind(), refused.status()), (PaymentErrorKind::Facilitator, 402));
+        let timeout = FacilitatorError::unavailable(Unavailable::Timeout(Duration::from_secs(1)));
+        assert_eq!(PaymentError::from(PaymentProblem::Facilitator(timeout)).status(), 500);
+        let config = PaymentError::from(PaymentProblem::Config(ConfigProblem::DeferredNeedsJournal.into()));
+        assert_eq!((config.kind(), config.status()), (PaymentErrorKind::Config, 500));
+        let statuses: Vec<_> = idempotency_errors("x")
+            .into_iter()
+            .map(|e| PaymentError::from(PaymentProblem::Idempotency(e)).status())
+            .collect();
+        assert_eq!(statuses, [400, 409, 422, 409, 413, 503]);
     }
 }

@@ -111,7 +111,7 @@ pub mod wire {
     /// The base64 JSON header codec.
     pub mod codec {
         pub use crate::wire::codec::{
-            DecodeError, MAX_HEADER_LEN, decode_base64, decode_json_header, encode_json_header,
+            MAX_HEADER_LEN, Malformed, decode_base64, decode_json_header, encode_json_header,
             encode_url_safe, hex,
         };
     }

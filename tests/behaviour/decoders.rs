@@ -25,7 +25,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use nvm_runtime::__private::backend::ApiKey;
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions, PlanSpec};
-use nvm_runtime::__private::wire::codec::{self, DecodeError, MAX_HEADER_LEN};
+use nvm_runtime::__private::wire::codec::{self, MAX_HEADER_LEN, Malformed};
 use nvm_runtime::__private::wire::{AccessTokenExt as _, EnvelopeBuilder};
 use nvm_runtime::__private::wire::{
     Authorization, CODE_SPENT, PaymentPayload, ResourceBinding, SignedPayload,
@@ -620,7 +620,7 @@ proptest! {
     #[test]
     fn overlong_values_are_refused_before_decoding(extra in 1usize..4096, fill in "[A-Za-z0-9+/]") {
         let value = fill.repeat(MAX_HEADER_LEN + extra);
-        prop_assert_eq!(codec::decode_base64(&value), Err(DecodeError::TooLong(MAX_HEADER_LEN + extra)));
+        prop_assert_eq!(codec::decode_base64(&value), Err(Malformed::TooLong(MAX_HEADER_LEN + extra)));
         prop_assert!(PaymentRequired::from_header(&value).is_err());
         prop_assert!(AccessToken::new(value).decode().is_err());
     }

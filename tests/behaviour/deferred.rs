@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::future::join_all;
 use nvm_runtime::client::PaymentOutcome;
-use nvm_runtime::error::ConfigError;
+use nvm_runtime::error::ConfigErrorKind;
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::store::RedisStore;
 use nvm_runtime::wire::SettleResponse;
@@ -336,7 +336,7 @@ async fn drain_waits_for_settlements_in_flight_and_says_what_it_left() {
 async fn deferred_settlement_needs_a_durable_journal() {
     let local = LocalFacilitator::start().unwrap();
     let error = payments_for(&local).deferred_settlement(DeferredSettlement::new()).build().unwrap_err();
-    assert!(matches!(error, ConfigError::DeferredNeedsJournal), "{error}");
+    assert_eq!(error.kind(), ConfigErrorKind::Journal, "{error}");
     assert!(error.to_string().contains("PendingSettlements::file"), "says what to write: {error}");
 }
 

@@ -21,7 +21,7 @@ use super::paywall::{self, catch_unwind};
 use super::respond::handler_panicked;
 use super::route_table::{Anchors, Lookup, RouteKey};
 use super::state::attach;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ConfigProblem};
 use crate::flow::{Id, Offer, SettlePoint, Terms, cache_control_problem};
 
 type CreditsFn = dyn for<'a> Fn(&'a HttpRequest) -> CreditsFuture<'a> + Send + Sync;
@@ -232,7 +232,7 @@ impl PaymentMiddleware {
         if let Some(value) = &config.terms.cache_control
             && let Some(why) = cache_control_problem(value)
         {
-            return Err(ConfigError::CacheControl { route: key.text, value: value.to_string(), why });
+            return Err(ConfigProblem::CacheControl { route: key.text, value: value.to_string(), why }.into());
         }
         if !config.terms.forces_scheme() {
             // Fetched by `Payments::prepare`.
@@ -353,7 +353,7 @@ where
                 let priced =
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (config.credits)(http))) {
                         Ok(source) => paywall::price(&exchange, &offer, source, &mut payload, &what).await,
-                        Err(_) => Err(exchange.misconfigured(ConfigError::CreditsPanicked(what))),
+                        Err(_) => Err(exchange.misconfigured(ConfigProblem::CreditsPanicked(what).into())),
                     };
                 paywall::admit(&exchange, &offer, priced, &state, &mut payload).await
             };

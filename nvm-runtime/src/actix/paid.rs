@@ -20,7 +20,7 @@ use super::rejection::Rejection;
 use super::respond::{handler_panicked, unconfigured};
 use super::route::Route;
 use super::state::{attach, attached};
-use crate::error::ConfigError;
+use crate::error::ConfigProblem;
 use crate::flow::idempotency::KEY_HEADER;
 use crate::flow::{Offer, PaymentState, Terms};
 
@@ -111,10 +111,13 @@ impl Paid {
         let priced = match std::panic::catch_unwind(AssertUnwindSafe(|| route.credits(req))) {
             // The handler's extractors took the body: it cannot be priced.
             Ok(CreditsFuture::Body { .. }) if self.speculating => {
-                Err(exchange.misconfigured(ConfigError::SpeculativeBodyPrice(spec.handler.to_owned())))
+                Err(exchange
+                    .misconfigured(ConfigProblem::SpeculativeBodyPrice(spec.handler.to_owned()).into()))
             }
             Ok(source) => paywall::price(&exchange, &offer, source, &mut self.payload, spec.handler).await,
-            Err(_) => Err(exchange.misconfigured(ConfigError::CreditsPanicked(spec.handler.to_owned()))),
+            Err(_) => {
+                Err(exchange.misconfigured(ConfigProblem::CreditsPanicked(spec.handler.to_owned()).into()))
+            }
         };
         let replay = paywall::admit(&exchange, &offer, priced, &self.state, &mut self.payload).await;
         if let Some(response) = replay.map_err(refused)? {

@@ -12,7 +12,7 @@ use crate::actix::pricing::{ValueSource, settle_label};
 use crate::backend::Facilitator;
 use crate::backend::PlanCatalog;
 use crate::backend::{ApiKey, BackendSettings, Connection, Environment};
-use crate::error::{ConfigError, PaymentError};
+use crate::error::{ConfigError, ConfigProblem, PaymentError};
 use crate::flow::cache::{VerifyCache, WellFormed};
 use crate::flow::deferred::{Deferrer, FailureHook};
 use crate::flow::{
@@ -102,7 +102,7 @@ impl Payments {
         let pending = match std::env::var("NVM_PENDING_SETTLEMENTS") {
             Ok(path) if !path.trim().is_empty() => {
                 let journal = PendingSettlements::file(path.trim()).map_err(|source| {
-                    ConfigError::PendingJournal { path: path.trim().to_owned(), source: Arc::new(source) }
+                    ConfigProblem::PendingJournal { path: path.trim().to_owned(), source: Arc::new(source) }
                 })?;
                 Some(journal)
             }
@@ -291,11 +291,12 @@ impl Payments {
         }
         for plan_id in plans {
             if let Err(error) = self.plans().fetch_and_keep(self.facilitator(), &plan_id).await {
-                return Err(ConfigError::PlanUnavailable {
+                return Err(ConfigProblem::PlanUnavailable {
                     plan_id,
                     source: Box::new(error),
                     backend: self.backend_url().to_owned(),
-                });
+                }
+                .into());
             }
             tracing::info!(plan_id, "plan prepared");
         }
@@ -750,17 +751,17 @@ impl PaymentsBuilder {
             .token_headers
             .unwrap_or_else(|| vec![DEFAULT_TOKEN_HEADER.to_owned()])
             .into_iter()
-            .map(|h| HeaderName::try_from(h.trim()).map_err(|_| ConfigError::InvalidHeaderName(h.clone())))
+            .map(|h| HeaderName::try_from(h.trim()).map_err(|_| ConfigProblem::InvalidHeaderName(h.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         if token_headers.is_empty() {
-            return Err(ConfigError::InvalidHeaderName(String::new()));
+            return Err(ConfigProblem::InvalidHeaderName(String::new()).into());
         }
         let verify_cache = match self.cache_ttl {
             None => None,
             Some(ttl) if (Duration::from_secs(5)..=Duration::from_secs(30)).contains(&ttl) => {
                 Some(VerifyCache::new(ttl))
             }
-            Some(ttl) => return Err(ConfigError::CacheTtl(ttl)),
+            Some(ttl) => return Err(ConfigProblem::CacheTtl(ttl).into()),
         };
         let idempotency = self.idempotency.unwrap_or_default();
         // A store shared by every instance keeps their one journal, unless one is set.
@@ -770,7 +771,7 @@ impl PaymentsBuilder {
             .unwrap_or_default();
         let deferred = match self.deferred {
             None => None,
-            Some(_) if !journal.is_durable() => return Err(ConfigError::DeferredNeedsJournal),
+            Some(_) if !journal.is_durable() => return Err(ConfigProblem::DeferredNeedsJournal.into()),
             Some(config) => Some(
                 Deferrer::start(
                     config,
@@ -779,7 +780,7 @@ impl PaymentsBuilder {
                     idempotency.clone(),
                     self.on_deferred_failure,
                 )
-                .map_err(|error| ConfigError::DeferredWorker(Arc::new(error)))?,
+                .map_err(|error| ConfigProblem::DeferredWorker(Arc::new(error)))?,
             ),
         };
         let seller = Seller {
@@ -865,10 +866,10 @@ mod tests {
             .api_key(format!("local:{KEY}"))
             .verification_cache(Duration::from_secs(60))
             .build();
-        assert!(matches!(err, Err(ConfigError::CacheTtl(_))));
+        assert!(matches!(err, Err(ConfigError(ConfigProblem::CacheTtl(_)))));
         let err = Payments::builder().api_key(format!("local:{KEY}")).token_headers(["bad header"]).build();
-        assert!(matches!(err, Err(ConfigError::InvalidHeaderName(_))));
+        assert!(matches!(err, Err(ConfigError(ConfigProblem::InvalidHeaderName(_)))));
         let err = Payments::builder().api_key(format!("local:{KEY}")).backend_url("ftp://x").build();
-        assert!(matches!(err, Err(ConfigError::InvalidBackendUrl(_))));
+        assert!(matches!(err, Err(ConfigError(ConfigProblem::InvalidBackendUrl(_)))));
     }
 }

@@ -19,7 +19,7 @@ use super::credits::CreditsFuture;
 use super::exchange::{Exchange, Refused};
 use super::respond::{attach_receipt, not_for_caches, render_plain};
 use super::settlement::{capture, finish_claim, keeps_answer, report};
-use crate::error::{ConfigError, IdempotencyError, PaymentError, Refusal};
+use crate::error::{ConfigProblem, IdempotencyError, PaymentError, PaymentProblem, Refusal};
 use crate::flow::idempotency::{self, KeyedRequest, StoredResponse};
 use crate::flow::telemetry::{Outcome, Telemetry};
 use crate::flow::{self, Admission, Kept, Offer, PaymentState, Settlement, Terms};
@@ -36,7 +36,7 @@ pub(crate) async fn price(
     payload: &mut Payload,
     what: &str,
 ) -> Result<u64, Refused> {
-    let panicked = || exchange.misconfigured(ConfigError::CreditsPanicked(what.to_owned()));
+    let panicked = || exchange.misconfigured(ConfigProblem::CreditsPanicked(what.to_owned()).into());
     let (limit, price) = match source {
         CreditsFuture::Ready(n) => return Ok(n),
         CreditsFuture::Pending(future) => return catch_unwind(future).await.map_err(|_| panicked()),
@@ -46,7 +46,7 @@ pub(crate) async fn price(
         let envelope = flow::envelope(exchange.payments.seller(), exchange, offer).await;
         return Err(exchange.refuse(Refusal::payment_required(envelope, error)));
     }
-    let body = read_body(payload, limit, PaymentError::BodyTooLarge { limit }).await?;
+    let body = read_body(payload, limit, PaymentProblem::BodyTooLarge { limit }.into()).await?;
     let credits = std::panic::catch_unwind(AssertUnwindSafe(|| price(&body))).map_err(|_| panicked())?;
     *payload = Payload::from(body);
     Ok(credits)
@@ -57,7 +57,8 @@ pub(crate) async fn price(
 async fn read_body(payload: &mut Payload, limit: usize, too_long: PaymentError) -> Result<Bytes, Refused> {
     let mut body = BytesMut::new();
     while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut *payload).poll_next(cx)).await {
-        let chunk = chunk.map_err(|error| body_refusal(PaymentError::BodyUnreadable(error.to_string())))?;
+        let chunk =
+            chunk.map_err(|error| body_refusal(PaymentProblem::BodyUnreadable(error.to_string()).into()))?;
         if body.len() + chunk.len() > limit {
             return Err(body_refusal(too_long));
         }
@@ -156,13 +157,19 @@ async fn keyed_request(
         (None, Ok(key)) => key,
         (Some(_), _) => {
             let error = IdempotencyError::InvalidKey("send exactly one Idempotency-Key header".to_owned());
-            return Err(exchange.refuse(Refusal::Failed(PaymentError::Idempotency(error))));
+            return Err(exchange.refuse(Refusal::Failed(PaymentProblem::Idempotency(error).into())));
         }
-        (None, Err(error)) => return Err(exchange.refuse(Refusal::Failed(PaymentError::Idempotency(error)))),
+        (None, Err(error)) => {
+            return Err(exchange.refuse(Refusal::Failed(PaymentProblem::Idempotency(error).into())));
+        }
     };
     let limit = config.max_request_body_len();
-    let body = read_body(payload, limit, PaymentError::Idempotency(IdempotencyError::BodyTooLarge { limit }))
-        .await?;
+    let body = read_body(
+        payload,
+        limit,
+        PaymentProblem::Idempotency(IdempotencyError::BodyTooLarge { limit }).into(),
+    )
+    .await?;
     let path = req.uri().path_and_query().map_or(req.path(), |p| p.as_str());
     let route = route_of(req, state);
     let keyed = KeyedRequest::new(key, &route, req.method().as_str(), path, &body);
@@ -191,8 +198,8 @@ fn replay(exchange: &Exchange<'_>, stored: StoredResponse) -> HttpResponse {
             response
         }
         _ => {
-            let error = PaymentError::Idempotency(IdempotencyError::NotReplayable);
-            let mut response = exchange.refuse(Refusal::Failed(error)).1;
+            let error = PaymentProblem::Idempotency(IdempotencyError::NotReplayable);
+            let mut response = exchange.refuse(Refusal::Failed(error.into())).1;
             if let Some((_, receipt)) = stored.headers.iter().find(|(name, _)| name == PAYMENT_RESPONSE)
                 && let Ok(receipt) = HeaderValue::try_from(receipt.as_str())
             {

@@ -16,7 +16,7 @@ use actix_web::{HttpRequest, HttpResponse};
 mod page;
 
 use super::payments::Payments;
-use crate::error::{FacilitatorError, Failure, PaymentError, Refusal};
+use crate::error::{FacilitatorError, Failure, PaymentProblem, Refusal};
 use crate::wire::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, SettleResponse};
 use page::{asked, payment_page, prefers_html};
 
@@ -111,8 +111,8 @@ fn render_refusal(refusal: &Refusal) -> HttpResponse {
             response
         }
         Refusal::Failed(error) => {
-            let message = match error {
-                PaymentError::Facilitator(FacilitatorError(Failure::Unavailable(why))) => format!(
+            let message = match &error.0 {
+                PaymentProblem::Facilitator(FacilitatorError(Failure::Unavailable(why))) => format!(
                     "the payment could not be verified: the facilitator is unavailable ({}); try again later",
                     crate::error::chain(why)
                 ),

@@ -23,7 +23,7 @@
 
 use actix_web::dev::{ResourceDef, ResourceMap};
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ConfigProblem};
 
 /// One parsed key of the table.
 #[derive(Debug, Clone)]
@@ -43,14 +43,14 @@ pub(crate) struct RouteKey {
 impl RouteKey {
     /// Parses `"METHOD /path"`.
     pub(crate) fn parse(key: &str) -> Result<Self, ConfigError> {
-        let bad = |why: &str| ConfigError::InvalidRouteKey { key: key.to_owned(), why: why.to_owned() };
+        let bad = |why: &str| ConfigProblem::InvalidRouteKey { key: key.to_owned(), why: why.to_owned() };
         let (method, path) = key.trim().split_once(char::is_whitespace).ok_or_else(|| bad("no method"))?;
         let path = path.trim();
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(bad("the method is not a word"));
+            return Err(bad("the method is not a word").into());
         }
         if !path.starts_with('/') {
-            return Err(bad("the path does not start with `/`"));
+            return Err(bad("the path does not start with `/`").into());
         }
         let pattern = alias_params(path);
         check_braces(&pattern).map_err(bad)?;
@@ -173,7 +173,11 @@ impl Anchors {
                 dead.push(key.text.clone());
             }
         }
-        if dead.is_empty() { Ok(Anchors { anchored }) } else { Err(ConfigError::UnmatchedRoutes(dead)) }
+        if dead.is_empty() {
+            Ok(Anchors { anchored })
+        } else {
+            Err(ConfigProblem::UnmatchedRoutes(dead).into())
+        }
     }
 }
 

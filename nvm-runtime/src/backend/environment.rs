@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ConfigProblem};
 
 /// Where the Nevermined backend lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,7 +103,7 @@ impl FromStr for Environment {
             "staging_sandbox" | "sandbox_staging" => Ok(Environment::StagingSandbox),
             "staging_live" | "live_staging" => Ok(Environment::StagingLive),
             "custom" | "local" => Ok(Environment::Custom),
-            _ => Err(ConfigError::UnknownEnvironment(s.to_owned())),
+            _ => Err(ConfigProblem::UnknownEnvironment(s.to_owned()).into()),
         }
     }
 }
@@ -181,20 +181,21 @@ impl FromStr for ApiKey {
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let raw = raw.trim();
         if raw.is_empty() {
-            return Err(ConfigError::MissingApiKey);
+            return Err(ConfigProblem::MissingApiKey.into());
         }
         let jwt = raw.split_once(':').map_or(raw, |(_, jwt)| jwt);
         let payload = jwt.split('.').nth(1).ok_or_else(|| {
-            ConfigError::MalformedApiKey(
+            ConfigProblem::MalformedApiKey(
                 "it has no JWT after the prefix (expected `<prefix>:<header>.<payload>.<signature>`)".into(),
             )
         })?;
         let bytes = crate::wire::codec::decode_base64(payload)
-            .map_err(|e| ConfigError::MalformedApiKey(format!("its JWT payload is unreadable: {e}")))?;
-        let claims: Claims = serde_json::from_slice(&bytes)
-            .map_err(|e| ConfigError::MalformedApiKey(format!("its JWT payload is not JSON claims: {e}")))?;
+            .map_err(|e| ConfigProblem::MalformedApiKey(format!("its JWT payload is unreadable: {e}")))?;
+        let claims: Claims = serde_json::from_slice(&bytes).map_err(|e| {
+            ConfigProblem::MalformedApiKey(format!("its JWT payload is not JSON claims: {e}"))
+        })?;
         let account = claims.sub.filter(|s| !s.is_empty()).ok_or_else(|| {
-            ConfigError::MalformedApiKey("its JWT has no `sub` claim (the account address)".into())
+            ConfigProblem::MalformedApiKey("its JWT has no `sub` claim (the account address)".into())
         })?;
         // A string claim as it is (what the SDKs send); another JSON value, compact.
         let o11y = claims.o11y.filter(|v| !v.is_null()).map(|v| match v {
@@ -221,13 +222,19 @@ mod tests {
 
     #[test]
     fn refuses_keys_with_a_reason() {
-        assert!(matches!("".parse::<ApiKey>(), Err(ConfigError::MissingApiKey)));
-        assert!(matches!("sandbox:nope".parse::<ApiKey>(), Err(ConfigError::MalformedApiKey(_))));
-        assert!(matches!("sandbox:a.!!!.c".parse::<ApiKey>(), Err(ConfigError::MalformedApiKey(_))));
+        assert!(matches!("".parse::<ApiKey>(), Err(ConfigError(ConfigProblem::MissingApiKey))));
+        assert!(matches!(
+            "sandbox:nope".parse::<ApiKey>(),
+            Err(ConfigError(ConfigProblem::MalformedApiKey(_)))
+        ));
+        assert!(matches!(
+            "sandbox:a.!!!.c".parse::<ApiKey>(),
+            Err(ConfigError(ConfigProblem::MalformedApiKey(_)))
+        ));
         // payload {"o11y":"k"}: no sub
         assert!(matches!(
             "live:a.eyJvMTF5IjoiayJ9.c".parse::<ApiKey>(),
-            Err(ConfigError::MalformedApiKey(_))
+            Err(ConfigError(ConfigProblem::MalformedApiKey(_)))
         ));
     }
 

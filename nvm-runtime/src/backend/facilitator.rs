@@ -12,7 +12,7 @@ use bytes::Bytes;
 use reqwest::Url;
 
 use crate::backend::ApiKey;
-use crate::error::{ConfigError, FacilitatorError, Failure, Unavailable};
+use crate::error::{ConfigError, ConfigProblem, FacilitatorError, Failure, Unavailable};
 use crate::wire::{
     Amount, BackendError, FacilitatorRequest, PermissionsRequest, PermissionsResponse, SettleResponse,
     VerifyResponse,
@@ -91,17 +91,18 @@ impl Facilitator {
     ) -> Result<Self, ConfigError> {
         let base = backend_url.trim().trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ConfigError::InvalidBackendUrl(backend_url.to_owned()));
+            return Err(ConfigProblem::InvalidBackendUrl(backend_url.to_owned()).into());
         }
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         let mut auth = HeaderValue::try_from(format!("Bearer {}", api_key.expose())).map_err(|_| {
-            ConfigError::MalformedApiKey("it contains characters not allowed in a header".into())
+            ConfigProblem::MalformedApiKey("it contains characters not allowed in a header".into())
         })?;
         auth.set_sensitive(true);
         headers.insert(
             "nevermined-version",
-            HeaderValue::try_from(version).map_err(|_| ConfigError::InvalidHeaderName(version.to_owned()))?,
+            HeaderValue::try_from(version)
+                .map_err(|_| ConfigProblem::InvalidHeaderName(version.to_owned()))?,
         );
         let http = reqwest::Client::builder()
             .default_headers(headers)
@@ -112,7 +113,7 @@ impl Facilitator {
             // completed", an unknown outcome for a settle call).
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
-            .map_err(|e| ConfigError::HttpClient(Arc::new(e)))?;
+            .map_err(|e| ConfigProblem::HttpClient(Arc::new(e)))?;
         let url = |path: &str| Url::parse(&format!("{base}{path}")).ok();
         let urls = url(Endpoint::Verify.path()).zip(url(Endpoint::Settle.path()));
         Ok(Facilitator { http, base: base.into(), urls: Arc::new(urls), auth, timeout })

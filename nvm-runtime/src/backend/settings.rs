@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::environment::{ApiKey, Environment};
 use super::facilitator::{Facilitator, NEVERMINED_VERSION};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ConfigProblem};
 
 /// The default bound on each facilitator call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +43,7 @@ impl BackendSettings {
         let mut settings = BackendSettings::default();
         match std::env::var("NVM_API_KEY") {
             Ok(key) if !key.trim().is_empty() => settings.api_key = Some(key),
-            _ => return Err(ConfigError::MissingApiKey),
+            _ => return Err(ConfigProblem::MissingApiKey.into()),
         }
         if let Ok(env) = std::env::var("NVM_ENVIRONMENT")
             && !env.trim().is_empty()
@@ -107,7 +107,7 @@ const LOCAL_KEY_PREFIX: &str = "local";
 fn check_helicone_url(url: &str) -> Result<(), ConfigError> {
     match reqwest::Url::parse(url) {
         Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(()),
-        _ => Err(ConfigError::InvalidHeliconeUrl(url.to_owned())),
+        _ => Err(ConfigProblem::InvalidHeliconeUrl(url.to_owned()).into()),
     }
 }
 

@@ -29,7 +29,9 @@ pub(crate) use terms::Offer;
 pub use terms::{Id, SettlePoint, Terms, cache_control_problem};
 
 use crate::backend::{Facilitator, PlanCatalog, RequestRef, SettleOutcome};
-use crate::error::{ConfigError, FacilitatorError, Failure, IdempotencyError, PaymentError, Refusal};
+use crate::error::{
+    ConfigError, FacilitatorError, Failure, IdempotencyError, PaymentError, PaymentProblem, Refusal,
+};
 use crate::wire::AccessTokenExt as _;
 use crate::wire::codec::{JsonShape, MAX_HEADER_LEN, decode_json_header};
 use crate::wire::envelope::EnvelopeBuilder;
@@ -165,9 +167,9 @@ pub(crate) async fn admit(
                 tracing::info!(token = %token.hash(), "single-use token already settled (seen in the store); refused");
                 let reason =
                     format!("{CODE_SPENT}: this single-use token was already settled; mint a new one");
-                return Err(Refusal::payment_required(envelope, PaymentError::Rejected { reason }));
+                return Err(Refusal::payment_required(envelope, PaymentProblem::Rejected { reason }.into()));
             }
-            Err(error) => return Err(Refusal::Failed(PaymentError::Idempotency(error))),
+            Err(error) => return Err(Refusal::Failed(PaymentProblem::Idempotency(error).into())),
         }
     }
     let started = std::time::Instant::now();
@@ -176,7 +178,7 @@ pub(crate) async fn admit(
         telemetry.verified(started.elapsed(), verified.verification.request_id());
     }
     if let Some((store, keyed, caller, found)) = found {
-        let refuse = |error| Refusal::Failed(PaymentError::Idempotency(error));
+        let refuse = |error| Refusal::Failed(PaymentProblem::Idempotency(error).into());
         let store_key = match keyed_next(found, &verified).map_err(refuse)? {
             Next::Replay(response) => return Ok(Admission::Replay(response)),
             Next::Claim(store_key) => store_key,
@@ -247,7 +249,9 @@ async fn find_keyed(
                 }
                 return resolve_held(seller, store, held).await;
             }
-            found => return found.map_err(|error| Refusal::Failed(PaymentError::Idempotency(error))),
+            found => {
+                return found.map_err(|error| Refusal::Failed(PaymentProblem::Idempotency(error).into()));
+            }
         }
     }
 }
@@ -284,13 +288,16 @@ async fn resolve_held(
             tracing::info!(pending = %held.pending, "retry of a call whose settlement was resolved as not burned: running it afresh");
             idempotency::drop_held(store, &held)
                 .await
-                .map_err(|error| Refusal::Failed(PaymentError::Idempotency(error)))?;
+                .map_err(|error| Refusal::Failed(PaymentProblem::Idempotency(error).into()))?;
             Ok(Found::Absent { store_key: held.store_key })
         }
-        None => Err(Refusal::StillPending(PaymentError::SettlementPending {
-            pending_id: held.pending,
-            retry_after: seller.retry_after.as_secs().max(1),
-        })),
+        None => Err(Refusal::StillPending(
+            PaymentProblem::SettlementPending {
+                pending_id: held.pending,
+                retry_after: seller.retry_after.as_secs().max(1),
+            }
+            .into(),
+        )),
     }
 }
 
@@ -346,7 +353,9 @@ pub(crate) async fn close(
 /// `success: false`, `errorReason: "settlement_pending"`, the record's id and the
 /// seconds to wait; `None` for any other refusal.
 pub(crate) fn pending_receipt(refusal: &Refusal) -> Option<SettleResponse> {
-    let Refusal::StillPending(PaymentError::SettlementPending { pending_id, retry_after }) = refusal else {
+    let Refusal::StillPending(PaymentError(PaymentProblem::SettlementPending { pending_id, retry_after })) =
+        refusal
+    else {
         return None;
     };
     let mut receipt = SettleResponse {
@@ -420,7 +429,7 @@ async fn verify(
         Ok(v) => {
             let reason = v.invalid_reason.unwrap_or_else(|| "invalid_token".to_owned());
             tracing::info!(token = %token.hash(), %reason, "payment refused by the facilitator");
-            return Err(Refusal::payment_required(envelope, PaymentError::Rejected { reason }));
+            return Err(Refusal::payment_required(envelope, PaymentProblem::Rejected { reason }.into()));
         }
         Err(FacilitatorError(Failure::Refused { error, .. })) => {
             let reason = if error.code.is_empty() {
@@ -429,11 +438,11 @@ async fn verify(
                 format!("{}: {}", error.code, error.message)
             };
             tracing::info!(token = %token.hash(), %reason, "verify refused");
-            return Err(Refusal::payment_required(envelope, PaymentError::Rejected { reason }));
+            return Err(Refusal::payment_required(envelope, PaymentProblem::Rejected { reason }.into()));
         }
         Err(error) => {
             tracing::error!(token = %token.hash(), error = %crate::error::Report(&error), "verification failed; the handler does not run");
-            return Err(Refusal::Failed(PaymentError::Facilitator(error)));
+            return Err(Refusal::Failed(PaymentProblem::Facilitator(error).into()));
         }
     };
     tracing::debug!(token = %token.hash(), payer = ?verification.payer, credits, "payment verified");
@@ -674,7 +683,7 @@ fn finish_refused(
     }
     let refusal = Refusal::payment_required(
         verified.envelope.clone(),
-        PaymentError::SettlementFailed { reason, source },
+        PaymentProblem::SettlementFailed { reason, source }.into(),
     );
     Settlement::Refused(refusal.with_receipt(receipt))
 }
@@ -810,8 +819,8 @@ async fn unknown(
     if seller.deliver_on_settle_failure {
         return Settlement::FailedDelivered(receipt);
     }
-    let error = PaymentError::SettlementUnknown { pending_id: record.id, source: Box::new(error) };
-    Settlement::Refused(Refusal::OutcomeUnknown { error, receipt: Box::new(receipt) })
+    let error = PaymentProblem::SettlementUnknown { pending_id: record.id, source: Box::new(error) };
+    Settlement::Refused(Refusal::OutcomeUnknown { error: error.into(), receipt: Box::new(receipt) })
 }
 
 /// The receipt of a settlement the journal holds (`record`), not settled (yet): `success:
@@ -883,18 +892,20 @@ pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<(AccessTok
         let mut values = host.token_header(index);
         let Some(value) = values.next() else { continue };
         if values.next().is_some() {
-            return Err(PaymentError::MalformedToken(format!(
+            return Err(PaymentProblem::MalformedToken(format!(
                 "more than one `{name}` header; send exactly one"
-            )));
+            ))
+            .into());
         }
         if value.is_empty() {
             continue;
         }
         if value.len() > MAX_HEADER_LEN {
-            return Err(PaymentError::MalformedToken(format!(
+            return Err(PaymentProblem::MalformedToken(format!(
                 "the token is {} bytes long; at most {MAX_HEADER_LEN} are accepted",
                 value.len()
-            )));
+            ))
+            .into());
         }
         if let Some(known) = seller.well_formed.get(value) {
             return Ok(known);
@@ -903,7 +914,7 @@ pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<(AccessTok
             .ok()
             .filter(|s| s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
             .ok_or_else(|| {
-                PaymentError::MalformedToken("the token contains non-ASCII or control characters".into())
+                PaymentProblem::MalformedToken("the token contains non-ASCII or control characters".into())
             })?
             .trim();
         if raw.is_empty() {
@@ -914,9 +925,11 @@ pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<(AccessTok
         // `JsonShape` reads the JSON as `serde_json::Value` does (same errors) without
         // building it.
         let decoded: JsonShape = decode_json_header(raw)
-            .map_err(|e| PaymentError::MalformedToken(format!("the token is not base64 JSON ({e})")))?;
+            .map_err(|e| PaymentProblem::MalformedToken(format!("the token is not base64 JSON ({e})")))?;
         if !decoded.is_object() {
-            return Err(PaymentError::MalformedToken("the token is not an x402 payment payload".into()));
+            return Err(
+                PaymentProblem::MalformedToken("the token is not an x402 payment payload".into()).into()
+            );
         }
         let token = AccessToken::new(raw);
         let may_be_single_use = token.may_be_single_use();
@@ -924,12 +937,12 @@ pub(crate) fn read_token(seller: &Seller, host: &impl Host) -> Result<(AccessTok
         return Ok((token, may_be_single_use));
     }
     let header = seller.token_headers.first().map_or("payment-signature", String::as_str);
-    Err(PaymentError::MissingToken { header: header.to_owned() })
+    Err(PaymentProblem::MissingToken { header: header.to_owned() }.into())
 }
 
 /// Refuses a misconfigured route (an unset `env("VAR")`, a credits function that
 /// panicked), with the log line.
 pub(crate) fn misconfigured(path: &str, error: ConfigError) -> Refusal {
     tracing::error!(path, error = %crate::error::Report(&error), "paid route misconfigured");
-    Refusal::Failed(PaymentError::Config(error))
+    Refusal::Failed(PaymentProblem::Config(error).into())
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::error::{PaymentError, Refusal};
+use crate::error::{PaymentError, PaymentProblem, Refusal};
 
 /// How a paid route's request ended, as the `outcome` field and label say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,14 +84,16 @@ impl Outcome {
     /// The outcome of a request refused with `refusal`.
     pub(crate) fn of(refusal: &Refusal) -> Self {
         match refusal {
-            Refusal::PaymentRequired { error: PaymentError::MissingToken { .. }, .. } => Outcome::NoToken,
-            Refusal::PaymentRequired { error: PaymentError::SettlementFailed { .. }, .. } => {
-                Outcome::SettleFailed
+            Refusal::PaymentRequired { error: PaymentError(PaymentProblem::MissingToken { .. }), .. } => {
+                Outcome::NoToken
             }
+            Refusal::PaymentRequired {
+                error: PaymentError(PaymentProblem::SettlementFailed { .. }), ..
+            } => Outcome::SettleFailed,
             Refusal::PaymentRequired { .. } => Outcome::Invalid,
             Refusal::OutcomeUnknown { .. } => Outcome::Unknown,
             Refusal::StillPending(_) => Outcome::Pending,
-            Refusal::Failed(PaymentError::Facilitator(_)) => Outcome::FacilitatorError,
+            Refusal::Failed(PaymentError(PaymentProblem::Facilitator(_))) => Outcome::FacilitatorError,
             Refusal::Failed(_) => Outcome::Refused,
         }
     }

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ConfigProblem};
 
 /// Where a plan or agent id comes from.
 #[derive(Debug, Clone)]
@@ -188,10 +188,11 @@ impl Terms {
             Id::Expr(source, f) => {
                 let plan = f();
                 if plan.trim().is_empty() {
-                    return Err(ConfigError::EmptyPlan {
+                    return Err(ConfigProblem::EmptyPlan {
                         expr: (*source).to_owned(),
                         handler: handler.to_owned(),
-                    });
+                    }
+                    .into());
                 }
                 Ok(Cow::Owned(plan))
             }
@@ -220,7 +221,10 @@ fn read_env<'a>(
 ) -> Result<&'a str, ConfigError> {
     let read = cell.get_or_init(|| match std::env::var(var) {
         Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
-        _ => Err(ConfigError::MissingEnvVar { var: var.to_owned(), what, handler: handler.to_owned() }),
+        _ => {
+            let (var, handler) = (var.to_owned(), handler.to_owned());
+            Err(ConfigProblem::MissingEnvVar { var, what, handler }.into())
+        }
     });
     read.as_deref().map_err(Clone::clone)
 }

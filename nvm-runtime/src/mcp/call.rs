@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::render;
 use crate::actix::Payments;
 use crate::actix::paywall::catch_unwind;
-use crate::error::{ConfigError, IdempotencyError, PaymentError, Refusal};
+use crate::error::{ConfigError, IdempotencyError, PaymentError, PaymentProblem, Refusal};
 use crate::flow::idempotency::{self, KeyedRequest, StoredResponse};
 use crate::flow::telemetry::{Outcome, Telemetry};
 use crate::flow::{self, Admission, Host, Kept, Offer, PaymentState, PendingSettlement, Settlement, Terms};
@@ -239,16 +239,18 @@ impl Host for ToolHost<'_> {
 /// object or longer than 64 KiB.
 fn meta_token(payment: &Value) -> Result<String, PaymentError> {
     if !payment.is_object() {
-        return Err(PaymentError::MalformedToken(format!(
+        return Err(PaymentProblem::MalformedToken(format!(
             "`_meta[\"{PAYMENT_META}\"]` must be the x402 payment payload, a JSON object"
-        )));
+        ))
+        .into());
     }
     let json = serde_json::to_vec(payment).unwrap_or_default();
     if json.len() > MAX_PAYMENT_META_LEN {
-        return Err(PaymentError::MalformedToken(format!(
+        return Err(PaymentProblem::MalformedToken(format!(
             "`_meta[\"{PAYMENT_META}\"]` is {} bytes long; at most {MAX_PAYMENT_META_LEN} are accepted",
             json.len()
-        )));
+        ))
+        .into());
     }
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
 }
@@ -298,7 +300,7 @@ where
     let keyed = match keyed(payments, call, url, credits, &host) {
         Ok(keyed) => keyed,
         Err(error) => {
-            return refused(state, telemetry, &Refusal::Failed(PaymentError::Idempotency(error)));
+            return refused(state, telemetry, &Refusal::Failed(PaymentProblem::Idempotency(error).into()));
         }
     };
     match flow::admit(seller, &host, &offer, credits, state, keyed.as_ref()).await {

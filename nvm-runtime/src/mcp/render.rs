@@ -5,7 +5,7 @@ use base64::Engine as _;
 use rmcp::model::{CallToolResult, ContentBlock, MetaObject};
 use serde_json::{Value, json};
 
-use crate::error::Refusal;
+use crate::error::{PaymentProblem, Refusal};
 use crate::flow::idempotency::StoredResponse;
 use crate::wire::SettleResponse;
 
@@ -27,8 +27,8 @@ pub(crate) fn refusal(refusal: &Refusal, plan_id: &str) -> CallToolResult {
         Refusal::PaymentRequired { envelope, error, receipt } => {
             let mut envelope = (**envelope).clone();
             if envelope.error.is_none() {
-                envelope.error = Some(match error {
-                    crate::error::PaymentError::MissingToken { .. } => "payment required".to_owned(),
+                envelope.error = Some(match &error.0 {
+                    PaymentProblem::MissingToken { .. } => "payment required".to_owned(),
                     other => crate::error::chain(other),
                 });
             }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::call::{self, PaidCall};
 use crate::actix::pricing::ValueSource;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ConfigProblem};
 use crate::flow::{Id, Terms};
 
 /// The `_meta` key under which `tools/list` shows a paid tool's price.
@@ -38,7 +38,7 @@ impl Price {
             Price::Fn { resolve, .. } => std::panic::catch_unwind(AssertUnwindSafe(|| resolve(arguments))),
             Price::Closure(price) => std::panic::catch_unwind(AssertUnwindSafe(|| price(arguments))),
         };
-        priced.map_err(|_| ConfigError::CreditsPanicked(format!("the MCP tool `{tool}`")))
+        priced.map_err(|_| ConfigProblem::CreditsPanicked(format!("the MCP tool `{tool}`")).into())
     }
 
     /// The price when it is the same for every call.
@@ -353,7 +353,7 @@ impl PaidTools {
         if !unknown.is_empty() {
             let mut known: Vec<String> = router.map.keys().map(|k| k.to_string()).collect();
             known.sort();
-            return Err(ConfigError::UnknownTools { unknown, known });
+            return Err(ConfigProblem::UnknownTools { unknown, known }.into());
         }
         for (name, config) in self.tools {
             let Some(route) = router.map.remove(name.as_str()) else { continue };

@@ -303,7 +303,7 @@ mod tests {
 #[cfg(test)]
 mod environment_tests {
     use crate::backend::BackendSettings;
-    use crate::error::ConfigError;
+    use crate::error::{ConfigError, ConfigProblem};
 
     // header {"alg":"none"}, payload {"sub":"0xabc","o11y":"k"}
     const JWT: &str = "eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.";
@@ -335,7 +335,7 @@ mod environment_tests {
         let explicit = helicone("live", |s| s.helicone_url = Some("https://gw.example".into()));
         assert_eq!(explicit.unwrap(), "https://gw.example");
         let bad = helicone("acme", |s| s.custom_helicone_url = Some("ftp://x".into()));
-        assert!(matches!(bad, Err(ConfigError::InvalidHeliconeUrl(_))), "{bad:?}");
+        assert!(matches!(bad, Err(ConfigError(ConfigProblem::InvalidHeliconeUrl(_)))), "{bad:?}");
     }
 
     #[test]

@@ -20,10 +20,23 @@ const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
 const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
 const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
 
-/// Why a header value could not be decoded.
+/// A header value (`payment-required`, `payment-response`) that could not be decoded:
+/// its message says what is wrong with it (too long, empty, not base64, not the
+/// expected JSON).
+///
+/// ```
+/// use nvm_runtime::wire::PaymentRequired;
+///
+/// let error = PaymentRequired::from_header("!!!").unwrap_err();
+/// assert_eq!(error.to_string(), "the value is not base64");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DecodeError {
+#[error(transparent)]
+pub struct DecodeError(#[from] Malformed);
+
+/// Why a header value could not be decoded: what a [`DecodeError`] is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
     /// The value is longer than [`MAX_HEADER_LEN`].
     #[error("the value is {0} bytes long; at most {MAX_HEADER_LEN} are accepted")]
     TooLong(usize),
@@ -59,18 +72,18 @@ pub fn encode_json_header<T: Serialize + ?Sized>(value: &T) -> String {
 /// assert_eq!(decode_base64("eyJhIjoxfQ").unwrap(), br#"{"a":1}"#);
 /// assert_eq!(decode_base64("-_8=").unwrap(), vec![0xfb, 0xff]);
 /// ```
-pub fn decode_base64(value: &str) -> Result<Vec<u8>, DecodeError> {
+pub fn decode_base64(value: &str) -> Result<Vec<u8>, Malformed> {
     let value = value.trim();
     if value.is_empty() {
-        return Err(DecodeError::Empty);
+        return Err(Malformed::Empty);
     }
     if value.len() > MAX_HEADER_LEN {
-        return Err(DecodeError::TooLong(value.len()));
+        return Err(Malformed::TooLong(value.len()));
     }
     STANDARD_LENIENT
         .decode(value)
         .or_else(|_| URL_SAFE_LENIENT.decode(value))
-        .map_err(|_| DecodeError::NotBase64)
+        .map_err(|_| Malformed::NotBase64)
 }
 
 /// Decodes a base64 JSON header value (either alphabet, padded or not) into `T`.
@@ -79,9 +92,9 @@ pub fn decode_base64(value: &str) -> Result<Vec<u8>, DecodeError> {
 /// let v: serde_json::Value = nvm_runtime::__private::wire::codec::decode_json_header("eyJhIjoxfQ").unwrap();
 /// assert_eq!(v["a"], 1);
 /// ```
-pub fn decode_json_header<T: DeserializeOwned>(value: &str) -> Result<T, DecodeError> {
+pub fn decode_json_header<T: DeserializeOwned>(value: &str) -> Result<T, Malformed> {
     let bytes = decode_base64(value)?;
-    serde_json::from_slice(&bytes).map_err(|e| DecodeError::NotJson(e.to_string()))
+    serde_json::from_slice(&bytes).map_err(|e| Malformed::NotJson(e.to_string()))
 }
 
 /// Whether a JSON document is an object, read exactly as `serde_json::Value` reads it
@@ -230,14 +243,11 @@ mod tests {
 
     #[test]
     fn refuses_bad_input_with_a_reason() {
-        assert_eq!(decode_base64(""), Err(DecodeError::Empty));
-        assert_eq!(decode_base64("!!!"), Err(DecodeError::NotBase64));
+        assert_eq!(decode_base64(""), Err(Malformed::Empty));
+        assert_eq!(decode_base64("!!!"), Err(Malformed::NotBase64));
         let huge = "A".repeat(MAX_HEADER_LEN + 1);
-        assert_eq!(decode_base64(&huge), Err(DecodeError::TooLong(MAX_HEADER_LEN + 1)));
-        assert!(matches!(
-            decode_json_header::<serde_json::Value>("bm90IGpzb24"),
-            Err(DecodeError::NotJson(_))
-        ));
+        assert_eq!(decode_base64(&huge), Err(Malformed::TooLong(MAX_HEADER_LEN + 1)));
+        assert!(matches!(decode_json_header::<serde_json::Value>("bm90IGpzb24"), Err(Malformed::NotJson(_))));
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl PaymentRequired {
     /// assert_eq!(PaymentRequired::from_header(&envelope.to_header()).unwrap(), envelope);
     /// ```
     pub fn from_header(value: &str) -> Result<Self, DecodeError> {
-        codec::decode_json_header(value)
+        Ok(codec::decode_json_header(value)?)
     }
 
     /// The first accepted plan, the one clients pay with.

@@ -244,8 +244,8 @@ impl SettleResponse {
     }
 
     /// Reads a `payment-response` header value.
-    pub fn from_header(value: &str) -> Result<Self, crate::wire::codec::DecodeError> {
-        crate::wire::codec::decode_json_header(value)
+    pub fn from_header(value: &str) -> Result<Self, crate::wire::DecodeError> {
+        Ok(crate::wire::codec::decode_json_header(value)?)
     }
 
     /// Credits redeemed as a number (0 when absent or unreadable).

@@ -73,7 +73,7 @@ impl AccessTokenExt for AccessToken {
     }
 
     fn decode(&self) -> Result<PaymentPayload, DecodeError> {
-        codec::decode_json_header(&self.0)
+        Ok(codec::decode_json_header(&self.0)?)
     }
 }
 
