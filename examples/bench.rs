@@ -160,7 +160,7 @@ use nvm_runtime::__private::backend::Facilitator;
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::__private::wire::EnvelopeBuilder;
 use nvm_runtime::__private::wire::FacilitatorRequest;
-use nvm_runtime::local::{Calls, DEMO_PLAN_ID, LocalFacilitator};
+use nvm_runtime::local::{DEMO_PLAN_ID, Endpoint, LocalFacilitator};
 use nvm_runtime::mcp::McpService;
 use nvm_runtime::store::RedisStore;
 use nvm_runtime::wire::{Amount, SettleResponse};
@@ -1073,12 +1073,14 @@ fn receipt_problem(kind: Kind, header: &str) -> Option<String> {
         Err(error) => return Some(format!("undecodable receipt: {error}")),
     };
     let fine = if kind.defers() {
+        // The seller's own fields (`settlement`, `amount`) are read from the JSON form.
+        let fields = serde_json::to_value(&receipt).unwrap_or_default();
         !receipt.success
             && receipt.error_reason.as_deref() == Some("settlement_pending")
-            && receipt.other.get("settlement").and_then(serde_json::Value::as_str) == Some("deferred")
-            && receipt.other.get("amount").and_then(serde_json::Value::as_str) == Some("1")
+            && fields["settlement"] == "deferred"
+            && fields["amount"] == "1"
     } else {
-        receipt.success && receipt.credits_redeemed_u64() == 1
+        receipt.success && receipt.credits_redeemed == Some(1.into())
     };
     (!fine).then(|| format!("unexpected receipt {receipt:?}"))
 }
@@ -1447,8 +1449,9 @@ fn median(values: &mut [f64]) -> f64 {
     if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
 }
 
-fn total(calls: Calls) -> u64 {
-    calls.verify + calls.settle + calls.permissions + calls.plans
+/// How many calls each endpoint of `local` received: verify, settle, permissions, plans.
+fn calls(local: &LocalFacilitator) -> [u64; 4] {
+    [Endpoint::Verify, Endpoint::Settle, Endpoint::Permissions, Endpoint::Plans].map(|e| local.calls(e))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2296,13 +2299,13 @@ impl Rig<'_> {
             let mut line = format!("{label}round {round:>2}/{}:", phase.rounds);
             for (i, (kind, addr, request)) in requests.iter().enumerate() {
                 let worker = (self.worker_of)(kind.server());
-                let (calls_before, cpu_before) = (local.calls(), cpu::Reading::now(worker, self.loadgen));
+                let (calls_before, cpu_before) = (calls(local), cpu::Reading::now(worker, self.loadgen));
                 let mut m = self.runtime.block_on(self.measure(*kind, *addr, request, phase.duration));
-                let (calls_after, cpu_after) = (local.calls(), cpu::Reading::now(worker, self.loadgen));
-                m.calls = total(calls_after) - total(calls_before);
-                m.verifies = calls_after.verify - calls_before.verify;
-                m.settles = calls_after.settle - calls_before.settle;
-                m.plan_fetches = calls_after.plans - calls_before.plans;
+                let (calls_after, cpu_after) = (calls(local), cpu::Reading::now(worker, self.loadgen));
+                m.calls = calls_after.iter().sum::<u64>() - calls_before.iter().sum::<u64>();
+                m.verifies = calls_after[0] - calls_before[0];
+                m.settles = calls_after[1] - calls_before[1];
+                m.plan_fetches = calls_after[3] - calls_before[3];
                 let delta = |after: Option<u64>, before: Option<u64>| Some(after?.saturating_sub(before?));
                 m.cpu_server = delta(cpu_after.server, cpu_before.server);
                 m.cpu_loadgen = delta(cpu_after.loadgen, cpu_before.loadgen);
@@ -3223,7 +3226,9 @@ fn deferred_settled(
         let started = Instant::now();
         let left = runtime.block_on(payments.drain(DRAIN_LIMIT));
         let drained = started.elapsed();
-        let unknown = match runtime.block_on(payments.pending_settlements().list()) {
+        let unknown = match runtime
+            .block_on(payments.pending_settlements().list(nvm_runtime::SettlementStatus::Unknown))
+        {
             Ok(records) => {
                 let pass = records.is_empty();
                 ok &= pass;

@@ -42,7 +42,7 @@ async fn main() {
             println!("body: {body}");
             match outcome {
                 PaymentOutcome::Settled(receipt) if status.is_success() => {
-                    println!("credits redeemed: {}", receipt.credits_redeemed_u64());
+                    println!("credits redeemed: {}", receipt.credits_redeemed.unwrap_or_default());
                     let remaining = receipt.remaining_balance.map(|a| a.to_string()).unwrap_or_default();
                     println!("remaining balance: {remaining}");
                     println!("transaction: {}", receipt.transaction);

@@ -46,7 +46,7 @@ async fn main() {
     println!("answer: {}", text.join("\n"));
     match paid.outcome {
         PaymentOutcome::Settled(receipt) if paid.result.is_error != Some(true) => {
-            println!("credits redeemed: {}", receipt.credits_redeemed_u64());
+            println!("credits redeemed: {}", receipt.credits_redeemed.unwrap_or_default());
             let remaining = receipt.remaining_balance.map(|a| a.to_string()).unwrap_or_default();
             println!("remaining balance: {remaining}");
             println!("transaction: {}", receipt.transaction);

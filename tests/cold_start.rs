@@ -12,7 +12,7 @@ use actix_web::{HttpResponse, post, web};
 use nvm_runtime::error::ConfigErrorKind;
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::{PaymentMiddleware, RouteConfig, paid};
-use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, payments_for, serve};
+use nvm_tests::{Calls, DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, payments_for, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[post("/upload")]
@@ -81,7 +81,7 @@ async fn a_cold_server_refuses_an_unpaid_5_mb_post_with_402_before_reading_it() 
         assert_eq!(status, 402, "{form}: an unpaid request is a 402, not a 413");
         assert!(elapsed < Duration::from_secs(2), "{form}: {elapsed:?}");
         assert_eq!(server.runs.count(), 0);
-        assert_eq!(local.calls().verify, 0);
+        assert_eq!(Calls::of(&local).verify, 0);
     }
 }
 
@@ -99,7 +99,7 @@ async fn a_prepared_server_answers_at_once_and_never_fetches_a_plan_on_a_request
             payments.prepare().await.unwrap();
             server
         };
-        let fetched = local.calls().plans;
+        let fetched = Calls::of(&local).plans;
         assert!(fetched >= 1, "{form}: prepare fetched the plan");
         // Any fetch now would take 2 s.
         local.inject(Endpoint::Plans, Fault::Delay(Duration::from_secs(2)));
@@ -108,7 +108,7 @@ async fn a_prepared_server_answers_at_once_and_never_fetches_a_plan_on_a_request
             assert_eq!(status, 402, "{form}");
             assert!(elapsed < Duration::from_millis(500), "{form}: waited {elapsed:?}");
         }
-        assert_eq!(local.calls().plans, fetched, "{form}: no fetch on a request");
+        assert_eq!(Calls::of(&local).plans, fetched, "{form}: no fetch on a request");
     }
 }
 

@@ -1,5 +1,5 @@
-//! The local facilitator's latency (`LocalFacilitator::set_latency`, the builder's
-//! `latency`, the binary's `--latency-ms`): every answer of every endpoint waits it,
+//! The local facilitator's latency (`LocalFacilitator::set_latency`, the binary's
+//! `--latency-ms`): every answer of every endpoint waits it,
 //! concurrent calls wait side by side (a timer, not a blocked server thread), and a
 //! paid request pays it once per facilitator round trip: twice without the verification
 //! cache (verify + settle), once with it (settle only).
@@ -14,7 +14,7 @@ use nvm_runtime::__private::wire::EnvelopeBuilder;
 use nvm_runtime::__private::wire::FacilitatorRequest;
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::paid;
-use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, http, mint, payments_for, receipt, serve};
+use nvm_tests::{Calls, DEMO_AGENT_ID, DEMO_PLAN_ID, http, mint, payments_for, receipt, serve};
 
 const LATENCY: Duration = Duration::from_millis(50);
 /// How many calls are sent at once in the concurrency test (more than the facilitator's
@@ -42,8 +42,8 @@ fn verify_request(local: &LocalFacilitator) -> FacilitatorRequest {
 
 #[actix_web::test]
 async fn every_endpoint_answers_after_the_latency() {
-    let local = LocalFacilitator::builder().latency(LATENCY).start().expect("starts");
-    assert_eq!(local.latency(), LATENCY);
+    let local = LocalFacilitator::start().expect("starts");
+    local.set_latency(LATENCY);
     let facilitator = builder_client(&local);
     let request = verify_request(&local);
 
@@ -71,13 +71,14 @@ async fn every_endpoint_answers_after_the_latency() {
     assert!(!token.is_empty());
     assert!(started.elapsed() >= LATENCY, "permissions took {:?}", started.elapsed());
 
-    let calls = local.calls();
+    let calls = Calls::of(&local);
     assert_eq!((calls.verify, calls.settle, calls.permissions, calls.plans), (1, 1, 1, 1));
 }
 
 #[actix_web::test]
 async fn concurrent_calls_wait_side_by_side() {
-    let local = LocalFacilitator::builder().latency(LATENCY).start().expect("starts");
+    let local = LocalFacilitator::start().expect("starts");
+    local.set_latency(LATENCY);
     let facilitator = builder_client(&local);
     let request = verify_request(&local);
     // One call first, so the timing below is not of the first connection's set-up.
@@ -104,13 +105,12 @@ async fn concurrent_calls_wait_side_by_side() {
     // latency plus the loopback work of a debug build. Half of the serial time leaves a
     // loaded 2-core machine room and still tells the two apart.
     assert!(all < LATENCY * CONCURRENT / 2, "{CONCURRENT} concurrent calls took {all:?}");
-    assert_eq!(local.calls().verify, u64::from(CONCURRENT) + 1);
+    assert_eq!(Calls::of(&local).verify, u64::from(CONCURRENT) + 1);
 }
 
 #[actix_web::test]
 async fn the_latency_changes_while_running_and_adds_to_a_delay_fault() {
     let local = LocalFacilitator::start().expect("starts");
-    assert_eq!(local.latency(), Duration::ZERO);
     let facilitator = builder_client(&local);
     facilitator.plan_metadata(DEMO_PLAN_ID).await.expect("answers");
 
@@ -127,7 +127,9 @@ async fn the_latency_changes_while_running_and_adds_to_a_delay_fault() {
     facilitator.plan_metadata(DEMO_PLAN_ID).await.expect("answers");
     assert!(started.elapsed() >= LATENCY * 2, "took {:?}", started.elapsed());
     local.clear_faults();
-    assert_eq!(local.latency(), LATENCY);
+    let started = Instant::now();
+    facilitator.plan_metadata(DEMO_PLAN_ID).await.expect("answers");
+    assert!(started.elapsed() >= LATENCY, "the latency outlives the faults: took {:?}", started.elapsed());
 
     local.set_latency(Duration::ZERO);
     let started = Instant::now();
@@ -145,7 +147,8 @@ async fn paid_work() -> HttpResponse {
 /// (verify, settle), one with the verification cache (settle only).
 #[actix_web::test]
 async fn a_paid_request_pays_the_latency_once_per_round_trip() {
-    let local = LocalFacilitator::builder().latency(LATENCY).start().expect("starts");
+    let local = LocalFacilitator::start().expect("starts");
+    local.set_latency(LATENCY);
     let token = local.mint_token(MintOptions::new());
     let client = http();
     for cache in [false, true] {
@@ -159,7 +162,7 @@ async fn a_paid_request_pays_the_latency_once_per_round_trip() {
             cfg.service(paid_work);
         });
         for request in 0..2 {
-            let before = local.calls();
+            let before = Calls::of(&local);
             let started = Instant::now();
             let response = client
                 .get(server.at("/work"))
@@ -170,7 +173,7 @@ async fn a_paid_request_pays_the_latency_once_per_round_trip() {
             let took = started.elapsed();
             assert_eq!(response.status(), 200);
             assert!(receipt(&response).is_some_and(|r| r.success));
-            let after = local.calls();
+            let after = Calls::of(&local);
             let (verify, settle) = (after.verify - before.verify, after.settle - before.settle);
             // Only the cache's second request skips verify.
             let round_trips = if cache && request > 0 { 1 } else { 2 };

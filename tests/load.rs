@@ -47,7 +47,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, get, post, web};
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::{PaymentContext, PaymentMiddleware, Payments, RouteConfig, paid};
-use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, payments_for, receipt};
+use nvm_tests::{Calls, DEMO_AGENT_ID, DEMO_PLAN_ID, payments_for, receipt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -363,7 +363,10 @@ async fn one(client: reqwest::Client, base: Arc<str>, wallets: Arc<Wallets>, id:
     } else {
         send.await
     };
-    let redeemed = receipt.as_ref().filter(|r| r.success).map(|r| r.credits_redeemed_u64());
+    let redeemed = receipt
+        .as_ref()
+        .filter(|r| r.success)
+        .map(|r| r.credits_redeemed.as_ref().and_then(|c| c.as_u64()).unwrap_or(0));
     let failed_receipt = receipt.as_ref().is_some_and(|r| !r.success);
     Seen { id, kind, status: Some(status), redeemed, failed_receipt }
 }
@@ -549,8 +552,8 @@ async fn run_load(requests: u64, rounds: u64) {
         seen.len(),
         started.elapsed(),
         summary(&seen),
-        local.calls().verify,
-        local.calls().settle,
+        Calls::of(&local).verify,
+        Calls::of(&local).settle,
         rss_warm >> 20,
         rss_end >> 20,
     );

@@ -13,8 +13,8 @@ use nvm_runtime::client::PaymentOutcome;
 use nvm_runtime::client::mcp::{McpHttpClient, PayingTools};
 use nvm_runtime::local::{DEMO_AGENT_ID, DEMO_PLAN_ID, Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::mcp::{McpService, PaidTools, ToolConfig};
-use nvm_runtime::{PaymentContext, Payments, paid};
-use nvm_tests::{mint, payments_for, serve};
+use nvm_runtime::{PaymentContext, Payments, SettlementStatus, paid};
+use nvm_tests::{Calls, mint, payments_for, serve};
 use proptest::prelude::*;
 use rmcp::handler::server::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -338,7 +338,7 @@ async fn an_unpaid_call_gets_payment_required_and_the_tool_does_not_run() {
         assert_eq!(required["accepts"][0]["planId"], DEMO_PLAN_ID);
         assert_eq!(required["accepts"][0]["extra"]["agentId"], DEMO_AGENT_ID);
         assert_eq!(s.runs.count(), 0, "{form:?}");
-        let calls = s.local.calls();
+        let calls = Calls::of(&s.local);
         assert_eq!((calls.verify, calls.settle), (0, 0), "{form:?}");
     }
 }
@@ -369,7 +369,7 @@ async fn a_call_paid_in_meta_runs_settles_once_and_carries_both_receipts() {
         assert!(credits["txHash"].as_str().is_some_and(|h| h.starts_with("0x")));
         assert_eq!(s.balance(), 100 - form.credits);
         assert_eq!(s.runs.count(), 1);
-        let calls = s.local.calls();
+        let calls = Calls::of(&s.local);
         assert_eq!((calls.verify, calls.settle), (1, 1), "{form:?}");
     }
 }
@@ -428,7 +428,7 @@ async fn an_is_error_result_is_not_charged() {
         assert_eq!(answer["result"]["content"][0]["text"], "the tool failed");
         assert!(answer["result"].get("_meta").is_none(), "no receipt: {answer}");
         assert_eq!(s.runs.count(), 1);
-        assert_eq!(s.local.calls().settle, 0, "{form:?}");
+        assert_eq!(Calls::of(&s.local).settle, 0, "{form:?}");
         assert_eq!(s.balance(), 100);
     }
 }
@@ -465,11 +465,11 @@ async fn arguments_price_the_call_and_the_tool_charges_its_usage() {
     let answer = client.call("priced", json!({"n": "five"}), Some(paid_meta(&token)), &[]).await;
     assert_eq!(answer["result"]["isError"], true, "{answer}");
     assert!(answer["result"].get("structuredContent").is_none(), "not a PaymentRequired: {answer}");
-    let calls = s.local.calls();
+    let calls = Calls::of(&s.local);
     assert_eq!((calls.verify, calls.settle), (0, 0));
     let answer = client.call("tabled_priced", json!({"n": "five"}), Some(paid_meta(&token)), &[]).await;
     assert_eq!(answer["result"]["isError"], true, "{answer}");
-    assert_eq!(s.local.calls().settle, 0);
+    assert_eq!(Calls::of(&s.local).settle, 0);
     assert_eq!(s.balance(), 100);
 }
 
@@ -499,7 +499,8 @@ async fn every_settle_fault_withholds_the_result_and_never_charges_twice() {
                 "{fault:?}: the content is withheld: {answer}"
             );
             assert_eq!(result["_meta"]["x402/payment-response"]["success"], false, "{fault:?}: {answer}");
-            let pending = payments.pending_settlements().list().await.expect("journal");
+            let pending =
+                payments.pending_settlements().list(SettlementStatus::Unknown).await.expect("journal");
             match kind {
                 "refused" => {
                     assert!(result["structuredContent"]["accepts"].is_array(), "{fault:?}: {answer}");
@@ -509,7 +510,7 @@ async fn every_settle_fault_withholds_the_result_and_never_charges_twice() {
                 _ => {
                     // Outcome unknown: no `accepts` (do not pay again), recorded as pending.
                     assert!(result["structuredContent"].get("accepts").is_none(), "{fault:?}: {answer}");
-                    assert_eq!(s.local.calls().settle, 1, "{fault:?}: settled once, never retried");
+                    assert_eq!(Calls::of(&s.local).settle, 1, "{fault:?}: settled once, never retried");
                     assert!(s.balance() >= 100 - form.credits, "{fault:?}: at most one burn");
                     assert_eq!(pending.len(), 1, "{fault:?}: recorded in the journal");
                     assert_eq!(result["_meta"]["nevermined/credits"]["planId"], DEMO_PLAN_ID, "{answer}");
@@ -542,8 +543,8 @@ async fn a_cancelled_call_settles_nothing() {
         assert_eq!(client.post(&cancel, &[]).await.status(), 202);
         let _ = tokio::time::timeout(Duration::from_secs(5), call).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(s.local.calls().verify, 1, "{form:?}");
-        assert_eq!(s.local.calls().settle, 0, "{form:?}");
+        assert_eq!(Calls::of(&s.local).verify, 1, "{form:?}");
+        assert_eq!(Calls::of(&s.local).settle, 0, "{form:?}");
         assert_eq!(s.balance(), 100);
     }
 }
@@ -637,7 +638,7 @@ fn bad_payments_get_invalid_token_and_cost_nothing() {
         let answer = client.call("nope", json!({}), None, &[]).await;
         assert!(answer.get("error").is_some() || answer["result"]["isError"] == true, "{answer}");
         assert_eq!(s.runs.count(), 0);
-        let calls = s.local.calls();
+        let calls = Calls::of(&s.local);
         assert_eq!((calls.verify, calls.settle), (0, 0), "no facilitator call for bad input");
         assert_eq!(s.balance(), 100);
     });
@@ -674,10 +675,10 @@ async fn the_buyer_pays_a_tool_by_itself_and_never_pays_twice_for_one_call() {
     let paid =
         buyer.call(session.peer(), tool_call("fixed", json!({"query": "hi"}))).await.expect("paid call");
     let PaymentOutcome::Settled(receipt) = &paid.outcome else { panic!("{:?}", paid.outcome) };
-    assert_eq!(receipt.credits_redeemed_u64(), 2);
+    assert_eq!(receipt.credits_redeemed.as_ref().and_then(|c| c.as_u64()).unwrap_or(0), 2);
     assert!(!paid.replayed());
     assert_eq!(s.balance(), 98);
-    assert_eq!((s.local.calls().permissions, s.local.calls().settle), (1, 1));
+    assert_eq!((Calls::of(&s.local).permissions, Calls::of(&s.local).settle), (1, 1));
 
     // An `isError` result: paid for, not charged, not sent again.
     let failed = buyer.call(session.peer(), tool_call("failing", json!({}))).await.expect("call");
@@ -696,10 +697,8 @@ async fn the_buyer_pays_a_tool_by_itself_and_never_pays_twice_for_one_call() {
     // The answer lost after the facilitator burned: outcome unknown, not sent again.
     s.local.inject_times(Endpoint::Settle, Fault::LoseAnswer, 1);
     let lost = buyer.call(session.peer(), tool_call("fixed", json!({"query": "lost"}))).await.expect("call");
-    let PaymentOutcome::OutcomeUnknown { pending_id, .. } = &lost.outcome else {
-        panic!("{:?}", lost.outcome)
-    };
-    assert!(!pending_id.is_empty());
+    let PaymentOutcome::OutcomeUnknown(receipt) = &lost.outcome else { panic!("{:?}", lost.outcome) };
+    assert!(receipt.pending_id().is_some_and(|id| !id.is_empty()));
     assert_eq!(s.runs.count(), runs + 2);
     assert_eq!(s.balance(), 96, "burned once, by the settle whose answer was lost");
 
@@ -749,7 +748,7 @@ async fn a_retry_on_another_instance_sharing_redis_is_replayed_and_a_spent_singl
         );
         spent += form.credits;
         assert_eq!((runs_a.count(), runs_b.count()), (i + 1, 0), "{form:?}");
-        assert_eq!(local.calls().settle, i as u64 + 1, "{form:?}");
+        assert_eq!(Calls::of(&local).settle, i as u64 + 1, "{form:?}");
         assert_eq!(balance(), 100 - spent, "{form:?}");
 
         // Other arguments under the same key: refused, nothing run or charged.
@@ -763,11 +762,11 @@ async fn a_retry_on_another_instance_sharing_redis_is_replayed_and_a_spent_singl
     let single = local.mint_token(MintOptions::new().single_use().resource("mcp://mcp-server/tools/fixed"));
     let single_paid = client_a.call("fixed", json!({"query": "single"}), Some(paid_meta(&single)), &[]).await;
     assert_eq!(single_paid["result"]["isError"], false, "{single_paid}");
-    let calls = local.calls();
+    let calls = Calls::of(&local);
     let again = client_b.call("fixed", json!({"query": "single"}), Some(paid_meta(&single)), &[]).await;
     let required = payment_required(&again);
     assert!(required["error"].as_str().is_some_and(|e| e.contains("BCK.X402.0059")), "{required}");
-    let after = local.calls();
+    let after = Calls::of(&local);
     assert_eq!(
         (after.verify, after.settle),
         (calls.verify, calls.settle),
@@ -922,7 +921,7 @@ async fn a_pending_tool_call_is_collected_once_the_seller_resolves_it() {
         assert!(result["structuredContent"].get("accepts").is_none(), "{waiting}");
         assert!(!waiting.to_string().contains("held for"), "{waiting}");
 
-        let pending = payments.pending_settlements().list().await.expect("journal");
+        let pending = payments.pending_settlements().list(SettlementStatus::Unknown).await.expect("journal");
         assert_eq!(pending.len(), 1);
         assert!(
             payments

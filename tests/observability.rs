@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpResponse, post, web};
 use nvm_runtime::__private::backend::ApiKey;
 use nvm_runtime::__private::local::{CANNED_COMPLETION, LocalFacilitatorExt as _};
+use nvm_runtime::__private::local::{GatewayCall, GatewayEndpoint};
 use nvm_runtime::__private::observability::helicone_headers;
-use nvm_runtime::local::{Fault, GatewayCall, GatewayEndpoint, LocalFacilitator};
+use nvm_runtime::local::{Fault, LocalFacilitator};
+use nvm_runtime::observability::LlmCall;
 use nvm_runtime::observability::async_openai::Client as OpenAiClient;
 use nvm_runtime::observability::async_openai::types::chat::{
     ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions, CreateChatCompletionRequestArgs,
 };
-use nvm_runtime::observability::{LlmCall, Usage};
 use nvm_runtime::{Environment, PaymentContext, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, http, mint, payments_for, receipt, serve};
 
@@ -60,7 +61,7 @@ async fn gateway_ask(q: web::Json<Query>, payment: PaymentContext) -> HttpRespon
         "answer": answer["choices"][0]["message"]["content"],
         "tokens": tokens,
         "baseUrl": gateway.base_url(),
-        "agentRequest": payment.agent_request(),
+        "agentRequest": serde_json::to_value(payment.verification()).unwrap_or_default()["agentRequest"],
     }))
 }
 
@@ -112,7 +113,7 @@ async fn gateway_ask_openai(q: web::Json<Query>, payment: PaymentContext) -> Htt
 async fn gateway_local_model(q: web::Json<Query>, payment: PaymentContext) -> HttpResponse {
     let call = LlmCall::new("llama-3-8b", serde_json::json!({"query": q.query}));
     let answer = format!("echo: {}", q.query);
-    let call = call.output(serde_json::json!(answer)).usage(Usage::new(4, 2)).id_prefix("local");
+    let call = call.output(serde_json::json!(answer)).usage(4, 2).id_prefix("local");
     match payment.observability() {
         Ok(gateway) => drop(gateway.log(call)),
         Err(error) => return HttpResponse::InternalServerError().body(error.to_string()),
@@ -242,7 +243,7 @@ async fn the_gateway_sees_exactly_the_headers_payments_py_builds() {
     // Charged by the tokens used: the words of the query, and those of the answer.
     let tokens = (query.split_whitespace().count() + CANNED_COMPLETION.split_whitespace().count()) as u64;
     assert_eq!(answer["tokens"], tokens);
-    assert_eq!(settled.credits_redeemed_u64(), tokens);
+    assert_eq!(settled.credits_redeemed.as_ref().and_then(|c| c.as_u64()).unwrap_or(0), tokens);
     assert_eq!(local.balance(DEMO_PLAN_ID, local.subscriber_address()), 100 - tokens);
 
     let chats = gateway_calls(&local, GatewayEndpoint::ChatCompletions);
@@ -293,14 +294,9 @@ fn helicone_headers_match_payments_py_for_any_agent_request() {
         .collect();
     let (sdk, _) = sdk_headers(local.builder_api_key(), local.backend_url(), &cases, &serde_json::json!({}));
     for (case, sdk) in cases.iter().zip(&sdk) {
-        let agent_request = serde_json::from_value(case.clone()).unwrap();
-        let ours = helicone_headers(
-            key.observability_key().unwrap(),
-            key.account(),
-            Environment::Custom,
-            &agent_request,
-        )
-        .unwrap();
+        let ours =
+            helicone_headers(key.observability_key().unwrap(), key.account(), Environment::Custom, case)
+                .unwrap();
         let ours: BTreeMap<String, String> =
             ours.iter().map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned())).collect();
         assert_eq!(&ours, sdk, "{case}");
@@ -326,7 +322,7 @@ async fn async_openai_through_the_gateway_plain_and_streamed() {
     assert_eq!(answer["streamed"], CANNED_COMPLETION);
     let tokens = 2 + CANNED_COMPLETION.split_whitespace().count() as u64;
     assert_eq!((answer["tokens"].as_u64(), answer["streamTokens"].as_u64()), (Some(tokens), Some(tokens)));
-    assert_eq!(settled.credits_redeemed_u64(), tokens);
+    assert_eq!(settled.credits_redeemed.as_ref().and_then(|c| c.as_u64()).unwrap_or(0), tokens);
     let chats = gateway_calls(&local, GatewayEndpoint::ChatCompletions);
     assert_eq!(chats.len(), 2);
     assert_eq!(chats[1].body["stream"], true);
@@ -356,7 +352,16 @@ async fn call_local_model(local: &LocalFacilitator, url: &str) -> (Seen, Duratio
     let settled = receipt(&response).expect("a receipt");
     let body = response.text().await.unwrap();
     let balance = local.balance(DEMO_PLAN_ID, local.subscriber_address());
-    ((status, body, settled.success, settled.credits_redeemed_u64(), balance), elapsed)
+    (
+        (
+            status,
+            body,
+            settled.success,
+            settled.credits_redeemed.as_ref().and_then(|c| c.as_u64()).unwrap_or(0),
+            balance,
+        ),
+        elapsed,
+    )
 }
 
 /// Waits until the gateway has received `n` logs (they are sent in the background).

@@ -19,12 +19,13 @@ use std::time::Duration;
 use actix_web::{HttpResponse, post, web};
 use nvm_runtime::__private::backend::ApiKey;
 use nvm_runtime::__private::backend::Facilitator;
+use nvm_runtime::__private::local::GatewayEndpoint;
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::__private::wire::AccessTokenExt as _;
 use nvm_runtime::__private::wire::{FacilitatorRequest, PermissionsResponse};
 use nvm_runtime::client::{PayingClient, Subscriber};
-use nvm_runtime::local::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator};
-use nvm_runtime::observability::{LlmCall, Usage};
+use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
+use nvm_runtime::observability::LlmCall;
 use nvm_runtime::wire::AccessToken;
 use nvm_runtime::{PaymentContext, PaymentMiddleware, Payments, RouteConfig, paid};
 use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, TestServer, http, payments_for, serve};
@@ -324,8 +325,7 @@ async fn llm(payment: PaymentContext) -> HttpResponse {
         .send()
         .await;
     let status = answer.map_or(0, |a| a.status().as_u16());
-    let call =
-        LlmCall::new("m", serde_json::json!("hi")).output(serde_json::json!("hello")).usage(Usage::new(1, 1));
+    let call = LlmCall::new("m", serde_json::json!("hi")).output(serde_json::json!("hello")).usage(1, 1);
     let outcome = gateway.log(call).await;
     tracing::info!(?outcome, status, "logged");
     HttpResponse::Ok().body(format!("{gateway:?} {outcome:?}"))

@@ -28,11 +28,11 @@ use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::wire::SettleResponse;
 use nvm_runtime::{
     PaymentMiddleware, Payments, PaymentsBuilder, PendingSettlement, PendingSettlements, Resolution,
-    RouteConfig,
+    RouteConfig, SettlementStatus,
 };
 use nvm_tests::{
-    CONTENT, CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, TestServer, envelope, http, middleware_content,
-    paid_content, payments_for, receipt, serve,
+    CONTENT, CREDITS, Calls, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, TestServer, envelope, http,
+    middleware_content, paid_content, payments_for, receipt, receipt_field, serve,
 };
 
 /// The bound on each facilitator call.
@@ -117,17 +117,17 @@ async fn run(cause: &str, fault: &Fault, kind: Kind, single_use: bool, form: For
         let warm = send(&server, form, &token).await;
         assert_eq!(warm.0, 200, "{label}: warm-up");
     }
-    let (before, calls_before, runs_before) = (balance(), local.calls(), server.runs.count());
+    let (before, calls_before, runs_before) = (balance(), Calls::of(&local), server.runs.count());
     local.inject_times(Endpoint::Settle, fault.clone(), 1);
     let (status, body, got_receipt, got_envelope) = send(&server, form, &token).await;
     if matches!(fault, Fault::Delay(_)) {
         tokio::time::sleep(LATE + Duration::from_millis(300)).await;
     }
     let burned = before - balance();
-    let settles = local.calls().settle - calls_before.settle;
+    let settles = Calls::of(&local).settle - calls_before.settle;
     let runs = server.runs.count() - runs_before;
     let delivered = status == 200 && body == CONTENT;
-    let records = journal.list().await.unwrap();
+    let records = journal.list(SettlementStatus::Unknown).await.unwrap();
     let recorded = records.len();
 
     // The invariants, whatever the cause.
@@ -235,14 +235,16 @@ async fn a_file_journal_keeps_records_for_the_seller_to_close() {
     drop(server);
 
     let reopened = PendingSettlements::file(&path).unwrap();
-    let open = reopened.list().await.unwrap();
+    let open = reopened.list(SettlementStatus::Unknown).await.unwrap();
     assert_eq!(open.len(), 1);
-    assert_eq!(payments.pending_settlements().list().await.unwrap(), open);
+    assert_eq!(payments.pending_settlements().list(SettlementStatus::Unknown).await.unwrap(), open);
     // The seller looks the request up with the facilitator (the ledger burned it), then
     // closes the record.
     assert_eq!(local.total_burned(), CREDITS);
     assert!(reopened.close(&open[0].id, Resolution::Burned).await.unwrap());
-    assert!(PendingSettlements::file(&path).unwrap().list().await.unwrap().is_empty());
+    assert!(
+        PendingSettlements::file(&path).unwrap().list(SettlementStatus::Unknown).await.unwrap().is_empty()
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains(&token), "the journal holds the token");
     std::fs::remove_file(&path).unwrap();
@@ -323,8 +325,8 @@ async fn a_second_settle_answering_spent_confirms_the_first_and_a_third_answer_w
         assert_eq!((status, body.as_str()), (200, CONTENT), "{form:?}");
         let got = got.expect("receipt");
         assert!(got.success, "{form:?}: {got:?}");
-        assert_eq!(got.other.get("confirmedAfterUnknown"), Some(&serde_json::Value::Bool(true)), "{form:?}");
-        assert_eq!(got.credits_redeemed_u64(), CREDITS, "{form:?}");
+        assert_eq!(receipt_field(&got, "confirmedAfterUnknown"), true, "{form:?}");
+        assert_eq!(got.credits_redeemed.as_ref().and_then(|c| c.as_u64()).unwrap_or(0), CREDITS, "{form:?}");
         assert_eq!(facilitator.settles.load(Ordering::SeqCst), 2, "{form:?}");
 
         // Unknown, then declined: a third, different answer withholds (402, envelope).
@@ -342,8 +344,11 @@ async fn a_second_settle_answering_spent_confirms_the_first_and_a_third_answer_w
             scripted_server(scripted_payments(&facilitator, &local).pending_settlements(journal.clone()));
         let (status, body, _, got_envelope) = send(&server, form, &single_use).await;
         assert_eq!((status, got_envelope), (402, false), "{form:?}: {body}");
-        assert_eq!(journal.list().await.unwrap().len(), 1, "{form:?}");
-        assert_eq!(journal.list().await.unwrap()[0].agent_request_id.as_deref(), Some("req-1"));
+        assert_eq!(journal.list(SettlementStatus::Unknown).await.unwrap().len(), 1, "{form:?}");
+        assert_eq!(
+            journal.list(SettlementStatus::Unknown).await.unwrap()[0].agent_request_id.as_deref(),
+            Some("req-1")
+        );
 
         // A reusable token is never settled twice.
         let facilitator = scripted(vec![(503, "{}"), (200, DECLINED)]);
@@ -378,7 +383,7 @@ async fn the_start_up_report_counts_open_records_and_names_a_cut_line() {
     let logs = logs.text();
     assert!(logs.contains(&format!("{}:2: not a pending-settlement record", path.display())), "{logs}");
     assert!(logs.contains("1 settlement(s) of unknown outcome to resolve"), "{logs}");
-    assert_eq!(payments.pending_settlements().list().await.unwrap().len(), 1);
+    assert_eq!(payments.pending_settlements().list(SettlementStatus::Unknown).await.unwrap().len(), 1);
     std::fs::remove_file(&path).unwrap();
 }
 
@@ -396,16 +401,17 @@ async fn two_instances_on_one_redis_share_the_pending_settlements() {
         payments_for(&local).timeout(TIMEOUT).idempotency(Idempotency::with_store(store)).build().unwrap()
     };
     let (a, b) = (instance(), instance());
-    assert!(a.pending_settlements().is_durable());
+    let journal = format!("{:?}", a.pending_settlements());
+    assert!(journal.contains("redis at "), "the store's journal, on Redis: {journal}");
     let server = serve(Some(a.clone()), routes(a.clone()));
     let token = local.mint_token(MintOptions::new());
     local.inject_times(Endpoint::Settle, Fault::LoseAnswer, 1);
     let (status, body, _, _) = send(&server, Form::Macro, &token).await;
     assert_eq!(status, 402, "{body}");
 
-    let seen_from_b = b.pending_settlements().list().await.unwrap();
+    let seen_from_b = b.pending_settlements().list(SettlementStatus::Unknown).await.unwrap();
     assert_eq!(seen_from_b.len(), 1, "{seen_from_b:?}");
-    assert_eq!(seen_from_b, a.pending_settlements().list().await.unwrap());
+    assert_eq!(seen_from_b, a.pending_settlements().list(SettlementStatus::Unknown).await.unwrap());
     assert_eq!(seen_from_b[0].amount, CREDITS.to_string());
     assert!(!format!("{seen_from_b:?}").contains(&token), "a record never holds the token");
     assert!(b.pending_settlements().close(&seen_from_b[0].id, Resolution::Burned).await.unwrap());
@@ -413,7 +419,7 @@ async fn two_instances_on_one_redis_share_the_pending_settlements() {
         !a.pending_settlements().close(&seen_from_b[0].id, Resolution::Burned).await.unwrap(),
         "closed once"
     );
-    assert!(a.pending_settlements().list().await.unwrap().is_empty());
+    assert!(a.pending_settlements().list(SettlementStatus::Unknown).await.unwrap().is_empty());
 }
 
 /// Where the journal (and the idempotency records) of a resolution case live.
@@ -493,7 +499,7 @@ async fn resolve_case(
     let (status, body, first_receipt, _, _) = keyed(&server, form, &token, "call-1").await;
     assert_eq!(status, 402, "{label}: {body}");
     let first_receipt = first_receipt.expect("a receipt");
-    let id = first_receipt.other["pendingSettlementId"].as_str().unwrap().to_owned();
+    let id = first_receipt.pending_id().unwrap().to_owned();
     if matches!(fault, Fault::Delay(_)) {
         tokio::time::sleep(LATE + Duration::from_millis(300)).await;
     }
@@ -507,7 +513,7 @@ async fn resolve_case(
     let pending = pending.expect("a receipt");
     assert_eq!(pending.error_reason.as_deref(), Some("settlement_pending"), "{label}");
     assert_eq!(
-        (pending.other["pendingSettlementId"].as_str(), pending.other["retryAfter"].as_u64()),
+        (pending.pending_id(), receipt_field(&pending, "retryAfter").as_u64()),
         (Some(id.as_str()), Some(7))
     );
     assert!(body.contains(&id) && !body.contains(CONTENT), "{label}: {body}");
@@ -537,7 +543,7 @@ async fn resolve_case(
     assert_eq!(start - balance(), CREDITS, "{label}: the price, burned once");
     if resolution == Resolution::Burned {
         assert!(
-            replayed && got.other["confirmedAfterUnknown"] == true,
+            replayed && receipt_field(&got, "confirmedAfterUnknown") == true,
             "{label}: the held answer, confirmed"
         );
         assert_eq!(server.runs.count(), runs, "{label}: the handler did not run again");
@@ -615,7 +621,7 @@ async fn a_resolver_resolves_a_retry_on_the_spot() {
             assert_eq!(replayed, kind == Kind::UnknownBurned, "{form:?} {kind:?}");
             assert_eq!(local.total_burned(), CREDITS, "{form:?} {kind:?}: burned once");
             assert!(
-                payments.pending_settlements().list().await.unwrap().is_empty(),
+                payments.pending_settlements().list(SettlementStatus::Unknown).await.unwrap().is_empty(),
                 "closed by the resolver"
             );
         }
@@ -639,37 +645,37 @@ async fn settlements_are_written_ahead_and_an_unwritable_journal_settles_nothing
         let call = send(&server, form, &token);
         let watch = async {
             tokio::time::sleep(Duration::from_millis(120)).await;
-            journal.settling().await.unwrap()
+            journal.list(SettlementStatus::Settling).await.unwrap()
         };
         let ((status, ..), in_flight) = tokio::join!(call, watch);
         assert_eq!(status, 200, "{form:?}");
         assert_eq!(in_flight.len(), 1, "{form:?}: written ahead of the settle call");
         assert_eq!((in_flight[0].amount.as_str(), in_flight[0].path.as_str()), ("2", form.path()));
         // Forgotten once answered (written without holding the answer back: soon after).
-        let mut left = journal.settling().await.unwrap();
+        let mut left = journal.list(SettlementStatus::Settling).await.unwrap();
         for _ in 0..50 {
             if left.is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-            left = journal.settling().await.unwrap();
+            left = journal.list(SettlementStatus::Settling).await.unwrap();
         }
         assert!(left.is_empty(), "{form:?}: forgotten once answered");
-        assert!(journal.list().await.unwrap().is_empty());
+        assert!(journal.list(SettlementStatus::Unknown).await.unwrap().is_empty());
         let _ = std::fs::remove_file(&path);
 
         // /dev/full: every write fails (ENOSPC).
         let full = PendingSettlements::file("/dev/full").unwrap();
         let payments = payments_for(&local).pending_settlements(full).build().unwrap();
         let server = serve(Some(payments.clone()), routes(payments));
-        let (before, settles) = (local.total_burned(), local.calls().settle);
+        let (before, settles) = (local.total_burned(), Calls::of(&local).settle);
         let (status, body, got, got_envelope) = send(&server, form, &token).await;
         assert_eq!((status, got_envelope), (402, true), "{form:?}: {body}");
         assert!(!body.contains(CONTENT));
         let reason = got.unwrap().error_reason.unwrap();
         assert!(reason.starts_with("settlement_not_attempted"), "{reason}");
         assert_eq!(
-            (local.total_burned(), local.calls().settle),
+            (local.total_burned(), Calls::of(&local).settle),
             (before, settles),
             "{form:?}: no settle call"
         );
@@ -829,7 +835,12 @@ async fn crash_test(rounds: usize, deferred: bool) {
         tokio::time::sleep(Duration::from_millis(random(250))).await;
         seller.kill();
         // Settlements written ahead and not answered: the kill landed while they were in flight.
-        let in_settle = !PendingSettlements::file(&path).unwrap().settling().await.unwrap().is_empty();
+        let in_settle = !PendingSettlements::file(&path)
+            .unwrap()
+            .list(SettlementStatus::Settling)
+            .await
+            .unwrap()
+            .is_empty();
         for (&i, attempt) in waiting.iter().zip(attempts) {
             if attempt.await.unwrap() == Some(true) {
                 calls[i].answered = true;
@@ -853,7 +864,7 @@ async fn crash_test(rounds: usize, deferred: bool) {
     // resolved, for a single-use token); the operator resolves the rest from the ledger.
     let seller = Seller::start(&local, &path, deferred);
     let journal = PendingSettlements::file(&path).unwrap();
-    assert!(journal.settling().await.unwrap().is_empty(), "recovered at start-up");
+    assert!(journal.list(SettlementStatus::Settling).await.unwrap().is_empty(), "recovered at start-up");
     assert!(journal.unreadable_lines().await.unwrap().is_empty());
     resolve_from_ledger(&local, &path, deferred).await;
     for call in calls.iter_mut().filter(|call| !call.answered) {
@@ -868,7 +879,10 @@ async fn crash_test(rounds: usize, deferred: bool) {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(local.total_burned(), expected, "each call's price, burned exactly once");
-    assert!(journal.list().await.unwrap().is_empty() && journal.settling().await.unwrap().is_empty());
+    assert!(
+        journal.list(SettlementStatus::Unknown).await.unwrap().is_empty()
+            && journal.list(SettlementStatus::Settling).await.unwrap().is_empty()
+    );
     drop(seller);
     let _ = std::fs::remove_file(&path);
 }
@@ -881,7 +895,7 @@ async fn resolve_from_ledger(local: &LocalFacilitator, path: &std::path::Path, d
         // What the ledger says of each open record, looked up now.
         let burned: std::collections::HashMap<String, bool> = PendingSettlements::file(path)
             .unwrap()
-            .list()
+            .list(SettlementStatus::Unknown)
             .await
             .unwrap()
             .into_iter()
@@ -907,7 +921,7 @@ async fn resolve_from_ledger(local: &LocalFacilitator, path: &std::path::Path, d
         return;
     }
     let journal = PendingSettlements::file(path).unwrap();
-    for record in journal.list().await.unwrap() {
+    for record in journal.list(SettlementStatus::Unknown).await.unwrap() {
         let id = record.agent_request_id.as_deref().expect("an agent request id names the settlement");
         let resolution =
             if local.burned_for(id).is_some() { Resolution::Burned } else { Resolution::NotBurned };
@@ -942,16 +956,17 @@ async fn the_paying_client_collects_the_answer_once_the_seller_resolves() {
         let url = server.at(form.path());
         local.inject_times(Endpoint::Settle, Fault::LoseAnswer, 1);
         let paid = client.send(client.http().post(&url)).await.unwrap();
-        let PaymentOutcome::OutcomeUnknown { pending_id, .. } = &paid.outcome else {
+        let PaymentOutcome::OutcomeUnknown(receipt) = &paid.outcome else {
             panic!("{form:?}: {:?}", paid.outcome)
         };
+        let pending_id = receipt.pending_id().expect("the record's id").to_owned();
         assert!(paid.outcome.must_not_pay_again());
         // Pending while the seller has not resolved it.
         let still =
             client.collect(client.http().post(&url), &paid.idempotency_key, Duration::ZERO).await.unwrap();
         assert!(
-            matches!(&still.outcome, PaymentOutcome::Pending { pending_id: id, retry_after, .. }
-                if id == pending_id && *retry_after == Duration::from_secs(1)),
+            matches!(&still.outcome, PaymentOutcome::Pending { receipt, retry_after }
+                if receipt.pending_id() == Some(pending_id.as_str()) && *retry_after == Duration::from_secs(1)),
             "{form:?}: {:?}",
             still.outcome
         );
@@ -968,7 +983,7 @@ async fn the_paying_client_collects_the_answer_once_the_seller_resolves() {
         let PaymentOutcome::Settled(receipt) = &collected.outcome else {
             panic!("{form:?}: {:?}", collected.outcome)
         };
-        assert_eq!(receipt.other["confirmedAfterUnknown"], true);
+        assert_eq!(receipt_field(receipt, "confirmedAfterUnknown"), true);
         assert_eq!(collected.response.text().await.unwrap(), CONTENT);
         assert_eq!(local.total_burned(), CREDITS, "{form:?}: paid once");
     }

@@ -15,7 +15,11 @@ fn prepare_error() -> nvm_runtime::error::ConfigError {
     actix_web::rt::System::new().block_on(async {
         let t = nvm_runtime::testing::TestPayments::start().await;
         let error = t.payments().prepare().await.expect_err("an unset env(\"VAR\") plan fails prepare()");
-        assert_eq!(t.facilitator().calls().plans, 0, "refused before any facilitator call");
+        assert_eq!(
+            t.facilitator().calls(nvm_runtime::local::Endpoint::Plans),
+            0,
+            "refused before any facilitator call"
+        );
         error
     })
 }

@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, get, post, web};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use nvm_runtime::__private::local::GatewayEndpoint;
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
-use nvm_runtime::local::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator};
-use nvm_runtime::observability::{LlmCall, Usage};
+use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
+use nvm_runtime::observability::LlmCall;
 use nvm_runtime::{DeferredSettlement, PaymentMiddleware, PendingSettlements, RouteConfig, paid};
 use nvm_tests::{
     CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, http, middleware_content, paid_content, payments_for, serve,
@@ -35,8 +36,7 @@ async fn broken() -> HttpResponse {
 #[paid(plan = DEMO_PLAN_ID, agent = DEMO_AGENT_ID, credits = 1)]
 #[post("/llm")]
 async fn llm_log(payment: nvm_runtime::PaymentContext) -> HttpResponse {
-    let call =
-        LlmCall::new("m", serde_json::json!("hi")).output(serde_json::json!("hello")).usage(Usage::new(1, 1));
+    let call = LlmCall::new("m", serde_json::json!("hi")).output(serde_json::json!("hello")).usage(1, 1);
     match payment.observability() {
         Ok(gateway) => drop(gateway.log(call)),
         Err(error) => return HttpResponse::InternalServerError().body(error.to_string()),

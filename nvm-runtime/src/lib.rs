@@ -33,6 +33,6 @@ pub use actix::payments::{Payments, PaymentsBuilder};
 pub use backend::Environment;
 pub use flow::{
     DeferredSettlement, Idempotency, Meter, MeterFull, MeteredStream, PendingSettlement, PendingSettlements,
-    Recovery, Resolution, ResolveFuture, SettlePoint, SettlementResolver, SettlementStatus,
+    Recovery, Resolution, SettlePoint, SettlementStatus,
 };
 pub use nvm_macros::paid;

@@ -124,18 +124,52 @@ pub mod backend {
 }
 
 /// The local facilitator's controls beyond a user's test, for this repository's own
-/// tests, benchmarks and the `nvm-local-facilitator` binary (more plans and accounts,
-/// tokens minted in-process, the stand-in gateway's faults). Not a public API.
+/// tests, benchmarks and the `nvm-local-facilitator` binary (a fixed port, more plans and accounts, tokens minted in-process, the stand-in gateway's calls
+/// and faults). Not a public API.
 #[cfg(feature = "local")]
 pub mod local {
-    pub use crate::local::gateway::CANNED_COMPLETION;
+    pub use crate::local::gateway::{CANNED_COMPLETION, GatewayCall, GatewayEndpoint};
     pub use crate::local::kit::{
-        DEFAULT_CREDITS, LocalFacilitatorExt, LocalInfo, LocalPlan, MintOptions, PlanSpec,
+        DEFAULT_CREDITS, LocalFacilitatorExt, LocalInfo, LocalPlan, MintOptions, PlanSpec, start_on,
     };
 }
 
 /// The observability gateway's headers, for this repository's tests (which compare them
 /// with payments-py's). Not a public API.
 pub mod observability {
-    pub use crate::observability::helicone::helicone_headers;
+    use reqwest::header::HeaderMap;
+
+    use crate::Environment;
+    use crate::observability::ObservabilityError;
+
+    /// The headers payments-py's `get_default_helicone_headers` builds for a verify
+    /// answer's `agentRequest` object (JSON): what
+    /// [`PaymentContext::observability`](crate::PaymentContext::observability) sends.
+    ///
+    /// ```
+    /// use nvm_runtime::Environment;
+    /// use nvm_runtime::__private::observability::helicone_headers;
+    ///
+    /// let agent_request = serde_json::json!({
+    ///     "agentRequestId": "r-1", "agentName": "Echo", "agentId": "42", "batch": false,
+    ///     "balance": {"planId": "7", "planName": "Pro", "planType": "credits",
+    ///                 "holderAddress": "0xbuyer", "pricePerCredit": 0.00001}
+    /// });
+    /// let headers = helicone_headers("o11y-key", "0xseller", Environment::Sandbox, &agent_request)?;
+    /// assert_eq!(headers["helicone-auth"], "Bearer o11y-key");
+    /// assert_eq!(headers["helicone-property-consumeraddress"], "0xbuyer");
+    /// assert_eq!(headers["helicone-property-pricepercredit"], "1e-05");
+    /// assert_eq!(headers["helicone-property-environmentname"], "sandbox");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn helicone_headers(
+        gateway_key: &str,
+        account: &str,
+        environment: Environment,
+        agent_request: &serde_json::Value,
+    ) -> Result<HeaderMap, ObservabilityError> {
+        let agent_request = serde_json::from_value(agent_request.clone())
+            .map_err(|_| ObservabilityError::IncompleteAgentRequest("agentRequest"))?;
+        crate::observability::helicone::helicone_headers(gateway_key, account, environment, &agent_request)
+    }
 }

@@ -19,7 +19,7 @@
 //! let paid = t.buyer().send(t.buyer().http().post(format!("{url}/ask"))).await.unwrap();
 //!
 //! assert_eq!(paid.response.status(), 200);
-//! assert_eq!(paid.receipt.unwrap().credits_redeemed_u64(), 2);
+//! assert_eq!(paid.receipt.unwrap().credits_redeemed, Some(2.into()));
 //! assert_eq!(t.balance(), 98);
 //! # });
 //! ```
@@ -84,7 +84,7 @@ impl TestPayments {
     /// ```
     /// # actix_web::rt::System::new().block_on(async {
     /// let t = nvm_runtime::testing::TestPayments::start().await;
-    /// assert!(t.backend_url().starts_with("http://127.0.0.1:"));
+    /// assert!(t.facilitator().backend_url().starts_with("http://127.0.0.1:"));
     /// # });
     /// ```
     pub async fn start() -> TestPayments {
@@ -249,33 +249,9 @@ impl TestPayments {
         &self.plan_id
     }
 
-    /// The plan's agent: `NVM_AGENT_ID`'s, or the one generated for the plan.
-    ///
-    /// ```
-    /// # actix_web::rt::System::new().block_on(async {
-    /// let t = nvm_runtime::testing::TestPayments::start().await;
-    /// assert!(!t.agent_id().is_empty());
-    /// # });
-    /// ```
-    pub fn agent_id(&self) -> &str {
-        &self.agent_id
-    }
-
-    /// The facilitator's base URL (`NVM_BACKEND_URL` for a process you start).
-    ///
-    /// ```
-    /// # actix_web::rt::System::new().block_on(async {
-    /// let t = nvm_runtime::testing::TestPayments::start().await;
-    /// assert_eq!(t.backend_url(), t.facilitator().backend_url());
-    /// # });
-    /// ```
-    pub fn backend_url(&self) -> &str {
-        self.local.backend_url()
-    }
-
-    /// The local facilitator itself: arm faults
-    /// ([`inject`](LocalFacilitator::inject)), count its calls, add plans and
-    /// subscribers.
+    /// The local facilitator itself: its base URL (`NVM_BACKEND_URL` for a process you
+    /// start), arm faults ([`inject`](LocalFacilitator::inject)), count its calls, add
+    /// plans and subscribers.
     ///
     /// ```
     /// # actix_web::rt::System::new().block_on(async {
@@ -283,7 +259,7 @@ impl TestPayments {
     ///
     /// let t = nvm_runtime::testing::TestPayments::start().await;
     /// t.facilitator().inject(Endpoint::Settle, Fault::Status(503));
-    /// assert_eq!(t.facilitator().fault(Endpoint::Settle), Some(Fault::Status(503)));
+    /// assert_eq!(t.facilitator().calls(Endpoint::Settle), 0);
     /// # });
     /// ```
     pub fn facilitator(&self) -> &LocalFacilitator {

@@ -14,7 +14,7 @@ use nvm_runtime::__private::wire::{
     CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, FacilitatorRequest, PermissionsRequest, ResourceBinding,
 };
 use nvm_runtime::error::FacilitatorError;
-use nvm_runtime::local::LocalFacilitator;
+use nvm_runtime::local::{Endpoint, LocalFacilitator};
 use nvm_runtime::wire::AccessToken;
 use nvm_runtime::wire::PaymentRequired;
 use nvm_runtime::wire::{SettleResponse, VerifyResponse};
@@ -122,23 +122,24 @@ async fn mints_verifies_and_settles_over_http() {
     assert_eq!(verified.network.as_deref(), Some(NETWORK));
     let id = verified.request_id().expect("a request id").to_owned();
     assert_eq!(verified.agent_request_id.as_deref(), Some(id.as_str()));
-    let agent_request = verified.agent_request.as_ref().expect("agentRequest");
-    assert_eq!(agent_request.agent_id.as_deref(), Some(local.agent_id()));
-    assert!(agent_request.agent_name.is_some());
-    let json = serde_json::to_value(agent_request).expect("serialises");
+    let verified_json = serde_json::to_value(&verified).expect("serialises");
+    let json = &verified_json["agentRequest"];
+    assert_eq!(json["agentId"], local.agent_id());
+    assert!(json["agentName"].is_string(), "{json}");
     assert_eq!(json["batch"], serde_json::json!(false));
     assert_eq!(json["urlMatching"], serde_json::json!("/ask"));
     assert_eq!(json["verbMatching"], serde_json::json!("POST"));
-    let balance = agent_request.balance.as_ref().expect("balance");
-    assert_eq!(balance.plan_id.as_deref(), Some(local.plan_id()));
-    assert_eq!(balance.plan_type.as_deref(), Some("credits"));
-    assert_eq!(balance.holder_address.as_deref(), Some(local.subscriber_address()));
-    assert_eq!(balance.balance.as_ref().and_then(|b| b.as_u64()), Some(100));
-    assert_eq!(balance.is_subscriber, Some(true));
+    let balance = &json["balance"];
+    assert_eq!(balance["planId"], local.plan_id());
+    assert_eq!(balance["planType"], "credits");
+    assert_eq!(balance["holderAddress"], local.subscriber_address());
+    assert_eq!(balance["balance"], "100");
+    assert_eq!(balance["isSubscriber"], true);
     assert!(
-        balance.credits_contract.is_some()
-            && balance.plan_name.is_some()
-            && balance.price_per_credit.is_some()
+        balance["creditsContract"].is_string()
+            && balance["planName"].is_string()
+            && balance["pricePerCredit"].is_number(),
+        "{balance}"
     );
 
     let receipt = settle(&local, &with_id(request, &id)).await;
@@ -153,8 +154,9 @@ async fn mints_verifies_and_settles_over_http() {
 
     assert_eq!(local.balance(local.plan_id(), local.subscriber_address()), 99);
     assert_eq!(local.total_burned(), 1);
-    let calls = local.calls();
-    assert_eq!((calls.verify, calls.settle, calls.permissions, calls.plans), (1, 1, 1, 0));
+    let calls =
+        [Endpoint::Verify, Endpoint::Settle, Endpoint::Permissions, Endpoint::Plans].map(|e| local.calls(e));
+    assert_eq!(calls, [1, 1, 1, 0]);
 }
 
 #[actix_web::test]
@@ -166,7 +168,7 @@ async fn max_amount_is_verified_and_burned() {
     assert!(verified.is_valid);
     let id = verified.request_id().expect("id").to_owned();
     let receipt = settle(&local, &with_id(request, &id)).await;
-    assert_eq!(receipt.credits_redeemed_u64(), 7);
+    assert_eq!(receipt.credits_redeemed.as_ref().and_then(|c| c.as_u64()).unwrap_or(0), 7);
     assert_eq!(receipt.remaining_balance.as_ref().and_then(|a| a.as_u64()), Some(93));
     // A reusable token pays again.
     let again = settle(&local, &request_for(&local, &token)).await;
@@ -249,7 +251,8 @@ async fn verify_reports_expired_token() {
 
 #[actix_web::test]
 async fn verify_reports_insufficient_balance() {
-    let local = LocalFacilitator::builder().credits(3).start().expect("starts");
+    let local = LocalFacilitator::start().expect("starts");
+    local.set_balance(local.plan_id(), local.subscriber_address(), 3);
     let token = local.mint_token(MintOptions::new());
     assert!(verify(&local, &with_amount(request_for(&local, &token), 3)).await.is_valid);
     let too_much = with_amount(request_for(&local, &token), 4);
@@ -323,7 +326,8 @@ async fn verify_reports_invalid_agent() {
 
 #[actix_web::test]
 async fn settle_without_enough_credits_fails_and_burns_nothing() {
-    let local = LocalFacilitator::builder().credits(2).start().expect("starts");
+    let local = LocalFacilitator::start().expect("starts");
+    local.set_balance(local.plan_id(), local.subscriber_address(), 2);
     let token = local.mint_token(MintOptions::new());
     let receipt = settle(&local, &with_amount(request_for(&local, &token), 3)).await;
     assert!(!receipt.success, "{receipt:?}");
@@ -331,7 +335,7 @@ async fn settle_without_enough_credits_fails_and_burns_nothing() {
     assert_eq!(receipt.transaction, "");
     assert_eq!(receipt.payer.as_deref(), Some(local.subscriber_address()));
     assert_eq!(receipt.network.as_deref(), Some(NETWORK));
-    assert_eq!(receipt.credits_redeemed_u64(), 0);
+    assert_eq!(receipt.credits_redeemed.as_ref().and_then(|c| c.as_u64()).unwrap_or(0), 0);
     assert_eq!(receipt.remaining_balance.as_ref().and_then(|a| a.as_u64()), Some(2));
     assert_eq!(local.balance(local.plan_id(), local.subscriber_address()), 2);
     assert_eq!(local.total_burned(), 0);
@@ -451,8 +455,7 @@ async fn single_use_tokens_minted_over_http_are_bound_to_their_resource() {
     assert!(
         matches!(subscriber.mint(&request).await, Err(e) if !e.is_unavailable() && e.status() == Some(404))
     );
-    let mut foreign = envelope.accepts[0].clone();
-    foreign.extra.agent_id = Some("999".into());
+    let foreign = self::envelope(local.plan_id(), "999", "/ask").accepts.remove(0);
     let request = PermissionsRequest {
         accepted: foreign,
         delegation_config: None,
@@ -462,14 +465,15 @@ async fn single_use_tokens_minted_over_http_are_bound_to_their_resource() {
     assert!(
         matches!(subscriber.mint(&request).await, Err(e) if !e.is_unavailable() && e.status() == Some(400))
     );
-    assert_eq!(local.calls().permissions, 3);
+    assert_eq!(local.calls(Endpoint::Permissions), 3);
 }
 
 #[actix_web::test]
 async fn concurrent_settles_never_overspend() {
     const N: usize = 64;
     const B: u64 = 20;
-    let local = LocalFacilitator::builder().credits(B).start().expect("starts");
+    let local = LocalFacilitator::start().expect("starts");
+    local.set_balance(local.plan_id(), local.subscriber_address(), B);
     let facilitator = builder(&local);
     let token = local.mint_token(MintOptions::new());
     let base = request_for(&local, &token);
@@ -497,7 +501,7 @@ async fn concurrent_settles_never_overspend() {
         let receipt = task.await.expect("the task ran").expect("settle answers 200");
         if receipt.success {
             successes += 1;
-            assert_eq!(receipt.credits_redeemed_u64(), 1);
+            assert_eq!(receipt.credits_redeemed.as_ref().and_then(|c| c.as_u64()).unwrap_or(0), 1);
         } else {
             failures += 1;
             assert_eq!(receipt.error_reason.as_deref(), Some("insufficient_balance"));
@@ -508,7 +512,7 @@ async fn concurrent_settles_never_overspend() {
     assert_eq!(failures, N as u64 - successes);
     assert_eq!(local.balance(local.plan_id(), local.subscriber_address()), 0);
     assert_eq!(local.total_burned(), B);
-    assert_eq!(local.calls().settle, N as u64);
+    assert_eq!(local.calls(Endpoint::Settle), N as u64);
 }
 
 async fn post_raw(local: &LocalFacilitator, path: &str, body: &str) -> (u16, serde_json::Value) {
@@ -636,7 +640,7 @@ async fn unknown_keys_are_unauthorized() {
         serde_json::from_slice(&response.bytes().await.expect("body")).expect("JSON");
     assert_eq!(json["code"], "BCK.AUTH.0001");
     assert_eq!(local.total_burned(), 0);
-    assert_eq!(local.calls().verify, 3);
+    assert_eq!(local.calls(Endpoint::Verify), 3);
 }
 
 #[actix_web::test]
@@ -663,7 +667,7 @@ async fn plan_metadata_reports_is_crypto() {
         facilitator.plan_metadata("404").await,
         Err(e) if !e.is_unavailable() && e.status() == Some(404)
     ));
-    assert_eq!(local.calls().plans, 3);
+    assert_eq!(local.calls(Endpoint::Plans), 3);
 }
 
 #[test]
@@ -785,7 +789,8 @@ fn the_handle_can_be_shared_across_threads() {
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<LocalFacilitator>();
     shareable::<LocalInfo>();
-    let local = std::sync::Arc::new(LocalFacilitator::builder().credits(8).start().expect("starts"));
+    let local = std::sync::Arc::new(LocalFacilitator::start().expect("starts"));
+    local.set_balance(local.plan_id(), local.subscriber_address(), 8);
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let local = std::sync::Arc::clone(&local);

@@ -25,8 +25,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use nvm_runtime::__private::backend::ApiKey;
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions, PlanSpec};
+use nvm_runtime::__private::wire::AccessTokenExt as _;
 use nvm_runtime::__private::wire::codec::{self, MAX_HEADER_LEN, Malformed};
-use nvm_runtime::__private::wire::{AccessTokenExt as _, EnvelopeBuilder};
 use nvm_runtime::__private::wire::{
     Authorization, CODE_SPENT, PaymentPayload, ResourceBinding, SignedPayload,
 };
@@ -34,7 +34,7 @@ use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::wire::{Accepted, PaymentRequired};
 use nvm_runtime::wire::{AccessToken, Amount, SettleResponse};
 use nvm_runtime::{Environment, PaymentMiddleware, RouteConfig, paid};
-use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, payments_for, serve};
+use nvm_tests::{Calls, DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, envelope, http, payments_for, serve};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -222,7 +222,7 @@ async fn bad_tokens_get_402_with_a_reason_and_the_right_facilitator_calls() {
     for path in PATHS {
         for case in &cases {
             let label = format!("{} [{path}]", case.name);
-            let before = local.calls();
+            let before = Calls::of(&local);
             let mut request = http().post(server.at(path));
             for value in &case.values {
                 let value = reqwest::header::HeaderValue::from_bytes(value).expect("a sendable header value");
@@ -239,7 +239,7 @@ async fn bad_tokens_get_402_with_a_reason_and_the_right_facilitator_calls() {
                 "{label}: {message:?} does not start with {:?}",
                 case.message
             );
-            let after = local.calls();
+            let after = Calls::of(&local);
             assert_eq!(after.verify - before.verify, case.verify, "{label}: verify calls");
             assert_eq!(after.settle, 0, "{label}: never a settle");
             tried += 1;
@@ -248,7 +248,7 @@ async fn bad_tokens_get_402_with_a_reason_and_the_right_facilitator_calls() {
     assert_eq!(server.runs.count(), 0, "no handler ran");
     assert_eq!(local.total_burned(), 0);
     // The plan's scheme is fetched once per configuration and cached.
-    assert!(local.calls().plans <= 1, "{:?}", local.calls());
+    assert!(Calls::of(&local).plans <= 1, "{:?}", Calls::of(&local));
     eprintln!("bad tokens over HTTP: {tried} requests");
 }
 
@@ -283,7 +283,7 @@ async fn control_characters_sent_raw_never_reach_the_handler() {
         }
     }
     assert_eq!(server.runs.count(), 0);
-    assert_eq!((local.calls().verify, local.calls().settle), (0, 0));
+    assert_eq!((Calls::of(&local).verify, Calls::of(&local).settle), (0, 0));
     let response = http().post(server.at("/paid")).send().await.expect("still serving");
     assert_eq!(response.status(), 402);
     eprintln!("raw control characters: statuses {statuses:?}");
@@ -343,7 +343,7 @@ proptest! {
                 let mut first_refusal = None;
                 for attempt in 0..times {
                     let label = format!("{sent:?} [{path}] attempt {attempt}");
-                    let before = local.calls();
+                    let before = Calls::of(&local);
                     let response = http()
                         .post(server.at(path))
                         .header("payment-signature", value.as_str())
@@ -352,7 +352,7 @@ proptest! {
                         .expect("an answer");
                     let status = response.status();
                     let body = response.text().await.expect("a body");
-                    let after = local.calls();
+                    let after = Calls::of(&local);
                     match &sent {
                         Sent::Reusable | Sent::Padded(..) => {
                             assert_eq!(status, 200, "{label}: {body}");
@@ -440,13 +440,10 @@ fn amount() -> impl Strategy<Value = Amount> {
 fn accepted() -> impl Strategy<Value = Accepted> {
     (text(), text(), decimal_id(), text(), prop::option::of(decimal_id()), prop::option::of(text())).prop_map(
         |(scheme, network, plan_id, version, agent_id, http_verb)| {
-            // Non-exhaustive: built as a seller's envelope is, then every field set.
-            let mut accepted = EnvelopeBuilder::new(plan_id, network).build().accepts.remove(0);
-            accepted.scheme = scheme;
-            accepted.extra.version = version;
-            accepted.extra.agent_id = agent_id;
-            accepted.extra.http_verb = http_verb;
-            accepted
+            // Every field set, `extra` included (which the type keeps to itself): from JSON.
+            let extra = json!({"version": version, "agentId": agent_id, "httpVerb": http_verb});
+            let accepted = json!({"scheme": scheme, "network": network, "planId": plan_id, "extra": extra});
+            serde_json::from_value::<Accepted>(accepted).expect("an accepted entry")
         },
     )
 }
@@ -460,15 +457,11 @@ fn envelope_value() -> impl Strategy<Value = PaymentRequired> {
         extension_map(),
     )
         .prop_map(|(x402_version, error, (url, description, mime_type), accepts, extensions)| {
-            let mut envelope = EnvelopeBuilder::new("0", "network").build();
-            envelope.x402_version = x402_version;
-            envelope.error = error;
-            envelope.resource.url = url;
-            envelope.resource.description = description;
-            envelope.resource.mime_type = mime_type;
-            envelope.accepts = accepts;
-            envelope.extensions = extensions;
-            envelope
+            // Every field set, `x402Version` and `extensions` included: from JSON.
+            let resource = json!({"url": url, "description": description, "mimeType": mime_type});
+            let envelope = json!({"x402Version": x402_version, "error": error, "resource": resource,
+                "accepts": accepts, "extensions": extensions});
+            serde_json::from_value::<PaymentRequired>(envelope).expect("an envelope")
         })
 }
 
@@ -484,7 +477,8 @@ fn receipt_value() -> impl Strategy<Value = SettleResponse> {
                 (network, credits_redeemed, remaining_balance),
                 (order_tx, billing_model, other),
             )| {
-                // Field by field: the type is `#[non_exhaustive]`, every field is covered.
+                // Field by field: the type is `#[non_exhaustive]`, every field is covered; the
+                // fields it does not name (`x_…`) through its JSON form.
                 let mut receipt = SettleResponse::default();
                 receipt.success = success;
                 receipt.error_reason = error_reason;
@@ -495,8 +489,9 @@ fn receipt_value() -> impl Strategy<Value = SettleResponse> {
                 receipt.remaining_balance = remaining_balance;
                 receipt.order_tx = order_tx;
                 receipt.billing_model = billing_model;
-                receipt.other = other;
-                receipt
+                let mut json = serde_json::to_value(&receipt).expect("a receipt is JSON");
+                json.as_object_mut().expect("an object").extend(other);
+                serde_json::from_value(json).expect("a receipt")
             },
         )
 }

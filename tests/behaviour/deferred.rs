@@ -23,7 +23,8 @@ use nvm_runtime::{
     Resolution, RouteConfig, SettlePoint, SettlementStatus,
 };
 use nvm_tests::{
-    CONTENT, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, RedisServer, TestServer, http, payments_for, serve,
+    CONTENT, Calls, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, RedisServer, TestServer, http, payments_for,
+    receipt_field, serve,
 };
 use proptest::prelude::*;
 
@@ -120,15 +121,13 @@ struct Answer {
 
 impl Answer {
     fn deferred(&self) -> bool {
-        self.receipt
-            .as_ref()
-            .is_some_and(|r| r.other.get("settlement").and_then(|v| v.as_str()) == Some("deferred"))
+        self.receipt.as_ref().is_some_and(|r| receipt_field(r, "settlement") == "deferred")
     }
 
     /// The agent request id the receipt names.
     fn request_id(&self) -> String {
         let receipt = self.receipt.as_ref().expect("a receipt");
-        receipt.other.get("agentRequestId").and_then(|v| v.as_str()).expect("agentRequestId").to_owned()
+        receipt_field(receipt, "agentRequestId").as_str().expect("agentRequestId").to_owned()
     }
 }
 
@@ -180,7 +179,7 @@ async fn deferred_calls_are_settled_exactly_once_over_thousands_of_calls_both_fo
                 let receipt = answer.receipt.as_ref().unwrap();
                 assert!(!receipt.success, "a deferred receipt does not claim a settlement");
                 assert_eq!(receipt.error_reason.as_deref(), Some("settlement_pending"));
-                assert_eq!(receipt.other.get("amount").and_then(|v| v.as_str()), Some("2"));
+                assert_eq!(receipt_field(receipt, "amount"), "2");
                 assert!(receipt.payer.as_deref().unwrap().eq_ignore_ascii_case(&buyer.address));
                 answers.push((buyer.address.clone(), answer.request_id()));
             }
@@ -198,8 +197,8 @@ async fn deferred_calls_are_settled_exactly_once_over_thousands_of_calls_both_fo
     for buyer in &buyers {
         assert_eq!(local.balance(DEMO_PLAN_ID, &buyer.address), 10_000 - 4 * CALLS as u64);
     }
-    assert!(journal.open().list().await.unwrap().is_empty(), "no unknown outcome");
-    assert_eq!(local.calls().settle, calls as u64, "one settle call per call, never a second");
+    assert!(journal.open().list(SettlementStatus::Unknown).await.unwrap().is_empty(), "no unknown outcome");
+    assert_eq!(Calls::of(&local).settle, calls as u64, "one settle call per call, never a second");
 }
 
 #[actix_web::test]
@@ -217,7 +216,7 @@ async fn a_deferred_call_retried_with_its_key_is_replayed_not_settled_again() {
     };
     let first = send().await.unwrap();
     let first_receipt = nvm_tests::receipt(&first).unwrap();
-    assert_eq!(first_receipt.other.get("settlement").and_then(|v| v.as_str()), Some("deferred"));
+    assert_eq!(receipt_field(&first_receipt, "settlement"), "deferred");
     assert_eq!(payments.drain(Duration::from_secs(10)).await, 0);
     let again = send().await.unwrap();
     assert_eq!(again.status(), 200);
@@ -225,7 +224,7 @@ async fn a_deferred_call_retried_with_its_key_is_replayed_not_settled_again() {
     assert_eq!(nvm_tests::receipt(&again).unwrap(), first_receipt, "the same receipt, replayed");
     assert_eq!(payments.drain(Duration::from_secs(10)).await, 0);
     assert_eq!(local.balance(DEMO_PLAN_ID, &buyer.address), 98, "charged once");
-    assert_eq!(local.calls().settle, 1);
+    assert_eq!(Calls::of(&local).settle, 1);
 }
 
 #[actix_web::test]
@@ -235,10 +234,11 @@ async fn the_paying_client_reports_a_deferred_settlement() {
     let (server, payments) = seller(&local, &journal, DeferredSettlement::new(), |builder| builder);
     let client = nvm_tests::paying_client(&local);
     let paid = client.send(client.http().post(server.at("/deferred"))).await.unwrap();
-    let PaymentOutcome::Deferred { pending_id, receipt } = &paid.outcome else {
+    let PaymentOutcome::Deferred(receipt) = &paid.outcome else {
         panic!("expected a deferred outcome, got {:?}", paid.outcome);
     };
-    assert_eq!(receipt.other.get("pendingSettlementId").and_then(|v| v.as_str()), Some(pending_id.as_str()));
+    let pending_id = receipt.pending_id().expect("the record's id");
+    assert_eq!(receipt_field(receipt, "pendingSettlementId"), pending_id);
     assert!(!paid.outcome.must_not_pay_again(), "the answer was delivered");
     assert_eq!(paid.response.text().await.unwrap(), CONTENT);
     assert_eq!(payments.drain(Duration::from_secs(10)).await, 0);
@@ -265,7 +265,7 @@ async fn a_failed_deferred_settlement_suspends_its_payer_until_resumed_both_form
         assert_eq!(first.status, 200);
         assert!(first.deferred(), "{form:?}: served deferred before anything failed");
         assert_eq!(payments.drain(Duration::from_secs(10)).await, 0);
-        let id = first.receipt.as_ref().unwrap().other["pendingSettlementId"].as_str().unwrap().to_owned();
+        let id = first.receipt.as_ref().unwrap().pending_id().unwrap().to_owned();
         assert_eq!(local.burned_for(&first.request_id()), None, "the failed settlement burned nothing");
 
         // Recorded: the hook, the journal, the suspension.
@@ -325,7 +325,7 @@ async fn drain_waits_for_settlements_in_flight_and_says_what_it_left() {
     let answer = call(&server, Form::Macro, &buyer.token, 2).await;
     assert!(answer.deferred());
     assert_eq!(payments.drain(Duration::from_millis(200)).await, 1, "one left in flight");
-    let id = answer.receipt.as_ref().unwrap().other["pendingSettlementId"].as_str().unwrap().to_owned();
+    let id = answer.receipt.as_ref().unwrap().pending_id().unwrap().to_owned();
     let (_, status) = journal.open().get(&id).await.unwrap().expect("written down");
     assert_eq!(status, SettlementStatus::Settling);
     assert_eq!(payments.drain(Duration::from_secs(10)).await, 0);
@@ -464,7 +464,8 @@ proptest! {
 #[actix_web::test]
 async fn a_returning_buyer_waits_for_no_facilitator_call_with_the_cache_and_deferred_settlement() {
     const LATENCY: Duration = Duration::from_millis(300);
-    let local = LocalFacilitator::builder().latency(LATENCY).start().unwrap();
+    let local = LocalFacilitator::start().unwrap();
+    local.set_latency(LATENCY);
     let journal = Journal::new("returning");
     let (server, payments) =
         seller(&local, &journal, DeferredSettlement::new().max_exposure(100), |builder| {
@@ -476,12 +477,12 @@ async fn a_returning_buyer_waits_for_no_facilitator_call_with_the_cache_and_defe
         let first = call(&server, form, &buyer.token, 2).await;
         assert!(first.deferred(), "{form:?}");
         for n in 0..3 {
-            let verifies = local.calls().verify;
+            let verifies = Calls::of(&local).verify;
             let started = std::time::Instant::now();
             let answer = call(&server, form, &buyer.token, 2).await;
             let took = started.elapsed();
             assert!(answer.deferred(), "{form:?} #{n}: {}", answer.body);
-            assert_eq!(local.calls().verify, verifies, "{form:?} #{n}: served from the cache");
+            assert_eq!(Calls::of(&local).verify, verifies, "{form:?} #{n}: served from the cache");
             assert!(
                 took < LATENCY,
                 "{form:?} #{n}: {took:?}: the answer waited for a facilitator round trip"

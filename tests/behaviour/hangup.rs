@@ -28,7 +28,7 @@ use std::time::Duration;
 use actix_web::{HttpResponse, post, web};
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::{PaymentMiddleware, RouteConfig, paid};
-use nvm_tests::{DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, mint, payments_for, serve};
+use nvm_tests::{Calls, DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, TestServer, mint, payments_for, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -116,7 +116,7 @@ async fn hang_up(form: Form, moment: Moment, close: Close) -> Outcome {
     let server = server(&local, form);
     let token = mint(&local).await;
     let start = balance(&local);
-    let before = local.calls();
+    let before = Calls::of(&local);
     if moment == Moment::DuringVerify {
         local.inject_times(Endpoint::Verify, Fault::Delay(Duration::from_millis(300)), 1);
     }
@@ -130,7 +130,7 @@ async fn hang_up(form: Form, moment: Moment, close: Close) -> Outcome {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The client leaves at the moment named, not before or after it.
-    let verify_so_far = local.calls().verify - before.verify;
+    let verify_so_far = Calls::of(&local).verify - before.verify;
     match moment {
         Moment::DuringVerify => {
             assert_eq!((verify_so_far, server.runs.count()), (1, 0), "{form:?}: verify in flight");
@@ -139,7 +139,7 @@ async fn hang_up(form: Form, moment: Moment, close: Close) -> Outcome {
             assert_eq!((verify_so_far, server.runs.count()), (1, 1), "{form:?}: handler running");
         }
     }
-    assert_eq!(local.calls().settle, before.settle, "{form:?}: nothing settled yet");
+    assert_eq!(Calls::of(&local).settle, before.settle, "{form:?}: nothing settled yet");
     match close {
         Close::Orderly => stream.shutdown().await.unwrap(),
         Close::Abortive => stream.set_zero_linger().unwrap(),
@@ -147,7 +147,7 @@ async fn hang_up(form: Form, moment: Moment, close: Close) -> Outcome {
     drop(stream);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = local.calls();
+    let after = Calls::of(&local);
     let outcome = Outcome {
         runs: server.runs.count(),
         verify: after.verify - before.verify,
@@ -217,7 +217,7 @@ async fn gone_in_the_middle_of_the_body_nothing_is_settled() {
             .await
             .expect("the server ends the broken request")
             .ok();
-        let calls = local.calls();
+        let calls = Calls::of(&local);
         assert_eq!(server.runs.count(), 0, "{form:?}: the handler never ran");
         assert_eq!((calls.settle, start - balance(&local)), (0, 0), "{form:?}: nothing settled");
         assert!(calls.verify <= 1, "{form:?}");
@@ -254,7 +254,7 @@ async fn expect_100_continue_without_a_token_gets_100_continue_then_402_without_
         assert!(text.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 402 "), "{form:?}: {text}");
         assert!(text.to_ascii_lowercase().contains("\r\npayment-required: "), "{form:?}: {text}");
         assert_eq!(server.runs.count(), 0, "{form:?}: the handler never ran");
-        assert_eq!(local.calls().verify, 0, "{form:?}");
-        assert_eq!(local.calls().settle, 0, "{form:?}");
+        assert_eq!(Calls::of(&local).verify, 0, "{form:?}");
+        assert_eq!(Calls::of(&local).settle, 0, "{form:?}");
     }
 }

@@ -26,10 +26,12 @@ use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
 use nvm_runtime::store::RedisStore;
 use nvm_runtime::wire::SettleResponse;
-use nvm_runtime::{Idempotency, PaymentContext, PaymentMiddleware, Payments, Resolution, RouteConfig, paid};
+use nvm_runtime::{
+    Idempotency, PaymentContext, PaymentMiddleware, Payments, Resolution, RouteConfig, SettlementStatus, paid,
+};
 use nvm_tests::{
-    CONTENT, CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, RedisServer, Runs, TestServer, http,
-    middleware_content, paid_content, payments_for, serve,
+    CONTENT, CREDITS, Calls, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, RedisServer, Runs, TestServer, http,
+    middleware_content, paid_content, payments_for, receipt_field, serve,
 };
 
 /// Fails the next `n` runs of the flaky handlers with a 500.
@@ -181,7 +183,7 @@ async fn a_retry_with_the_same_key_is_replayed_and_not_charged_again() {
             let first = call(&url, &rig.token, Some("key-1"), "{\"q\":1}").await;
             assert_eq!((first.status, first.body.as_slice()), (200, CONTENT.as_bytes()), "{kept:?} {form:?}");
             assert!(first.receipt.is_some() && !first.replayed);
-            let before = rig.local.calls();
+            let before = Calls::of(&rig.local);
             for _ in 0..3 {
                 let retry = call(&url, &rig.token, Some("key-1"), "{\"q\":1}").await;
                 assert_eq!(retry.status, 200, "{kept:?} {form:?}");
@@ -189,7 +191,7 @@ async fn a_retry_with_the_same_key_is_replayed_and_not_charged_again() {
                 assert_eq!(retry.receipt, first.receipt, "the original receipt comes back");
                 assert!(retry.replayed, "marked idempotent-replayed");
             }
-            let after = rig.local.calls();
+            let after = Calls::of(&rig.local);
             assert_eq!(
                 (after.verify, after.settle),
                 (before.verify, before.settle),
@@ -350,7 +352,7 @@ async fn long_streamed_and_unknown_answers_are_never_charged_twice() {
     assert_eq!(retry.status, 409, "{}", String::from_utf8_lossy(&retry.body));
     assert!(String::from_utf8_lossy(&retry.body).contains("still pending"));
     assert_eq!(rig.local.total_burned(), burned, "the retry burned nothing");
-    let pending = rig.payments.pending_settlements().list().await.unwrap();
+    let pending = rig.payments.pending_settlements().list(SettlementStatus::Unknown).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert!(rig.payments.pending_settlements().close(&pending[0].id, Resolution::Burned).await.unwrap());
     let collected = call(&url, &rig.token, Some("u"), "").await;
@@ -359,7 +361,7 @@ async fn long_streamed_and_unknown_answers_are_never_charged_twice() {
         (200, CONTENT.as_bytes(), true)
     );
     let receipt = SettleResponse::from_header(collected.receipt.as_deref().unwrap()).unwrap();
-    assert!(receipt.success && receipt.other["confirmedAfterUnknown"] == true, "{receipt:?}");
+    assert!(receipt.success && receipt_field(&receipt, "confirmedAfterUnknown") == true, "{receipt:?}");
     assert_eq!(rig.local.total_burned(), burned, "collected without paying again");
 }
 
@@ -378,10 +380,10 @@ async fn two_instances_on_one_redis_replay_each_others_calls() {
         let key = format!("across-{form:?}");
         let first = call(&a.at(form.path()), &token, Some(&key), "{}").await;
         assert_eq!(first.status, 200);
-        let verifies = local.calls().verify;
+        let verifies = Calls::of(&local).verify;
         let retry = call(&b.at(form.path()), &token, Some(&key), "{}").await;
         assert_eq!((retry.status, retry.replayed, &retry.receipt), (200, true, &first.receipt), "{form:?}");
-        assert_eq!(local.calls().verify, verifies, "B replayed without asking the facilitator");
+        assert_eq!(Calls::of(&local).verify, verifies, "B replayed without asking the facilitator");
     }
     assert_eq!((a.runs.count(), b.runs.count()), (2, 0));
     assert_eq!(local.total_burned(), 2 * CREDITS);
@@ -389,12 +391,12 @@ async fn two_instances_on_one_redis_replay_each_others_calls() {
     // A single-use token settled on A is refused on B before any facilitator call.
     let single = local.mint_token(MintOptions::new().single_use().resource("/paid"));
     assert_eq!(call(&a.at("/paid"), &single, None, "").await.status, 200);
-    let verifies = local.calls().verify;
+    let verifies = Calls::of(&local).verify;
     let response = http().post(b.at("/paid")).header("payment-signature", &single).send().await.unwrap();
     assert_eq!(response.status(), 402);
     let envelope = nvm_tests::envelope(&response).unwrap();
     assert!(envelope.error.unwrap_or_default().contains("BCK.X402.0059"));
-    assert_eq!(local.calls().verify, verifies, "refused from the store, not by the facilitator");
+    assert_eq!(Calls::of(&local).verify, verifies, "refused from the store, not by the facilitator");
     assert_eq!(b.runs.count(), 0);
 }
 

@@ -14,7 +14,7 @@ use actix_web::middleware::{Condition, NormalizePath};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use nvm_runtime::local::LocalFacilitator;
 use nvm_runtime::{PaymentMiddleware, Payments, RouteConfig};
-use nvm_tests::{DEMO_PLAN_ID, RawAnswer, payments_for};
+use nvm_tests::{Calls, DEMO_PLAN_ID, RawAnswer, payments_for};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
@@ -205,5 +205,5 @@ async fn every_variant_routed_to_a_protected_handler_is_402_and_nothing_else_is_
         "{} variants: {protected} protected, {passed_through} passed through, {unrouted} unrouted asked to pay",
         cases.len() * 3
     );
-    assert_eq!(local.calls().verify, 0);
+    assert_eq!(Calls::of(&local).verify, 0);
 }

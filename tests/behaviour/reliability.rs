@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpResponse, web};
 use nvm_runtime::__private::local::{LocalFacilitatorExt as _, MintOptions};
 use nvm_runtime::client::{ClientError, PayingClient, Subscriber};
-use nvm_runtime::local::{Calls, Endpoint, Fault, LocalFacilitator};
-use nvm_runtime::{PaymentMiddleware, Payments, PaymentsBuilder, RouteConfig};
+use nvm_runtime::local::{Endpoint, Fault, LocalFacilitator};
+use nvm_runtime::{PaymentMiddleware, Payments, PaymentsBuilder, RouteConfig, SettlementStatus};
 use nvm_tests::{
-    CONTENT, CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, Runs, TestServer, envelope, http,
+    CONTENT, CREDITS, Calls, DEMO_AGENT_ID, DEMO_PLAN_ID, Form, Runs, TestServer, envelope, http,
     middleware_content, paid_content, payments_for, receipt, serve,
 };
 
@@ -227,7 +227,7 @@ fn cases() -> Vec<Case> {
 /// Waits (at most 2 s) until `endpoint` received a call.
 async fn until_called(local: &LocalFacilitator, endpoint: Endpoint) {
     let deadline = Instant::now() + Duration::from_secs(2);
-    while local.calls_to(endpoint) == 0 && Instant::now() < deadline {
+    while local.calls(endpoint) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -270,7 +270,7 @@ async fn run(case: &Case, form: Form) -> Duration {
         assert!(started.elapsed() < TIMEOUT, "{label}: the free route answered in {:?}", started.elapsed());
     }
     let outcome = request.await.expect("request task");
-    let calls = rig.local.calls();
+    let calls = Calls::of(&rig.local);
     let runs = rig.server.runs.count();
     let verified = rig.verified.load(Ordering::SeqCst);
     let burned = rig.local.total_burned();
@@ -283,7 +283,11 @@ async fn run(case: &Case, form: Form) -> Duration {
     if (200..300).contains(&outcome.status) {
         let receipt = outcome.receipt.as_ref().unwrap_or_else(|| panic!("{label}: a 2xx without a receipt"));
         assert!(receipt.success, "{label}: a 2xx with a failed receipt: {receipt:?}");
-        assert_eq!(burned, receipt.credits_redeemed_u64(), "{label}: burn and receipt disagree");
+        assert_eq!(
+            burned,
+            receipt.credits_redeemed.as_ref().and_then(|c| c.as_u64()).unwrap_or(0),
+            "{label}: burn and receipt disagree"
+        );
     }
     assert_eq!(before - rig.balance(), burned, "{label}: the balance moved by the burn only");
 
@@ -291,7 +295,15 @@ async fn run(case: &Case, form: Form) -> Duration {
         Expect::Served { verify_calls } => {
             assert_eq!(outcome.status, 200, "{label}: {}", outcome.body);
             assert_eq!(outcome.body, CONTENT, "{label}");
-            assert_eq!(outcome.receipt.as_ref().map(|r| r.credits_redeemed_u64()), Some(CREDITS), "{label}");
+            assert_eq!(
+                outcome.receipt.as_ref().map(|r| r
+                    .credits_redeemed
+                    .as_ref()
+                    .and_then(|c| c.as_u64())
+                    .unwrap_or(0)),
+                Some(CREDITS),
+                "{label}"
+            );
             assert_eq!((calls.verify, calls.settle), (verify_calls, 1), "{label}: calls");
             assert_eq!((runs, burned), (1, CREDITS), "{label}: runs and burn");
         }
@@ -340,7 +352,7 @@ fn assert_unknown(label: &str, outcome: &Outcome, calls: Calls, runs: usize, bur
     assert!(outcome.body.contains("do not pay again"), "{label}: {}", outcome.body);
     let receipt = outcome.receipt.as_ref().expect("the receipt comes with the 402");
     assert_eq!(receipt.error_reason.as_deref(), Some("settlement_outcome_unknown"), "{label}");
-    let id = receipt.other.get("pendingSettlementId").and_then(|v| v.as_str()).unwrap_or_default();
+    let id = receipt.pending_id().unwrap_or_default();
     assert!(!id.is_empty() && outcome.body.contains(id), "{label}: the record's id is named");
     assert_eq!((calls.verify, calls.settle), (1, 1), "{label}: calls (a reusable token is settled once)");
     assert_eq!((runs, burned), (1, 0), "{label}: runs and burn");
@@ -393,7 +405,7 @@ async fn a_facilitator_that_refuses_connections_gives_500_in_both_forms() {
         assert!(outcome.elapsed < TIMEOUT + MARGIN, "{form:?}: took {:?}", outcome.elapsed);
     }
     assert_eq!(rig.server.runs.count(), 0);
-    assert_eq!(rig.local.calls(), Calls::default(), "nothing reached the real facilitator");
+    assert_eq!(Calls::of(&rig.local), Calls::default(), "nothing reached the real facilitator");
 }
 
 /// The one failure the seller cannot see through: the facilitator burned the credits
@@ -408,7 +420,7 @@ async fn an_answer_lost_after_the_burn_is_a_failed_settlement_never_retried() {
         rig.local.inject(Endpoint::Settle, Fault::LoseAnswer);
         let outcome = send(rig.server.at(form.path()), rig.token()).await;
         let label = format!("{form:?}");
-        assert_unknown(&label, &outcome, rig.local.calls(), rig.server.runs.count(), 0);
+        assert_unknown(&label, &outcome, Calls::of(&rig.local), rig.server.runs.count(), 0);
         assert_eq!(rig.local.total_burned(), CREDITS, "{form:?}: the facilitator did burn");
     }
 }
@@ -437,12 +449,12 @@ async fn a_settle_answered_after_the_timeout_is_a_failed_settlement() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(rig.local.total_burned(), CREDITS, "{form:?}: the late settle burned the price once");
-        assert_eq!(rig.local.calls().settle, 1, "{form:?}: never retried");
-        let records = journal.list().await.unwrap();
+        assert_eq!(Calls::of(&rig.local).settle, 1, "{form:?}: never retried");
+        let records = journal.list(SettlementStatus::Unknown).await.unwrap();
         assert_eq!(records.len(), 1, "{form:?}: recorded");
         let id = records[0].agent_request_id.as_deref().expect("the agent request id");
         assert_eq!(rig.local.burned_for(id), Some(CREDITS), "{form:?}: the record names the burn");
-        assert_eq!(receipt.other["pendingSettlementId"], records[0].id.as_str(), "{form:?}");
+        assert_eq!(receipt.pending_id(), Some(records[0].id.as_str()), "{form:?}");
     }
 }
 
@@ -472,7 +484,7 @@ async fn a_cleared_fault_releases_the_hang_and_the_flow_recovers() {
     // transient failure: its one verify retry then succeeds, well within the timeout.
     assert_eq!(outcome.status, 200, "{}", outcome.body);
     assert!(outcome.receipt.is_some_and(|r| r.success));
-    assert_eq!(rig.local.calls().verify, 2);
+    assert_eq!(Calls::of(&rig.local).verify, 2);
     for form in Form::BOTH {
         let outcome = send(rig.server.at(form.path()), rig.token()).await;
         assert_eq!(outcome.status, 200, "{form:?}: {}", outcome.body);
@@ -508,7 +520,7 @@ async fn permissions_faults_fail_the_paying_client_within_its_timeout() {
         let elapsed = started.elapsed();
         assert!(matches!(result, Err(ClientError::Mint { .. })), "{fault:?}: {result:?}");
         assert!(elapsed < TIMEOUT + MARGIN, "{fault:?}: took {elapsed:?}");
-        let calls = rig.local.calls();
+        let calls = Calls::of(&rig.local);
         assert_eq!((calls.permissions, calls.verify, calls.settle), (1, 0, 0), "{fault:?}");
         assert_eq!(rig.server.runs.count(), 0);
     }
@@ -539,7 +551,7 @@ fn a_disconnect_closes_the_connection_without_a_byte() {
         assert!(read.is_ok() || answer.is_empty(), "{request}: {read:?}");
         assert!(answer.is_empty(), "{request}: got {:?}", String::from_utf8_lossy(&answer));
     }
-    let calls = local.calls();
+    let calls = Calls::of(&local);
     assert_eq!((calls.verify, calls.settle, calls.permissions, calls.plans), (1, 1, 1, 1));
 }
 
@@ -555,7 +567,7 @@ async fn a_panic_behind_the_middleware_is_a_500_and_nothing_is_settled() {
     let body: serde_json::Value = serde_json::from_str(&outcome.body).expect("a JSON error");
     assert_eq!(body["message"], "the handler failed");
     assert!(outcome.receipt.is_none());
-    let calls = rig.local.calls();
+    let calls = Calls::of(&rig.local);
     assert_eq!((calls.verify, calls.settle, rig.local.total_burned()), (1, 0, 0));
     let outcome = send(rig.server.at("/mw/content"), rig.token()).await;
     assert_eq!(outcome.status, 200, "{}", outcome.body);

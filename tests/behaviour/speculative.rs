@@ -60,7 +60,8 @@ async fn post(url: &str, token: Option<&str>, key: Option<&str>) -> (u16, String
 
 #[actix_web::test]
 async fn a_speculative_handler_runs_while_its_payment_is_verified() {
-    let local = LocalFacilitator::builder().latency(LATENCY).start().unwrap();
+    let local = LocalFacilitator::start().unwrap();
+    local.set_latency(LATENCY);
     let scratch = Scratch(std::env::temp_dir().join(format!("nvm-speculative-{}.jsonl", std::process::id())));
     let payments = payments_for(&local)
         .pending_settlements(PendingSettlements::file(&scratch.0).unwrap())

@@ -10,7 +10,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::web::ServiceConfig;
 use actix_web::{App, HttpServer, web};
 use nvm_runtime::client::{Subscriber, TokenOptions};
-use nvm_runtime::local::LocalFacilitator;
+use nvm_runtime::local::{Endpoint, LocalFacilitator};
 use nvm_runtime::wire::SettleResponse;
 use nvm_runtime::{Payments, PaymentsBuilder};
 
@@ -127,6 +127,60 @@ pub fn http() -> reqwest::Client {
 pub fn receipt(response: &reqwest::Response) -> Option<SettleResponse> {
     let value = response.headers().get("payment-response")?.to_str().ok()?;
     SettleResponse::from_header(value).ok()
+}
+
+/// A field of `receipt` that this crate's types do not name (`pendingSettlementId`,
+/// `agentRequestId`, `settlement`, `amount`, `retryAfter`, `confirmedAfterUnknown`…), read
+/// from its JSON form; `Null` when absent.
+pub fn receipt_field(receipt: &SettleResponse, name: &str) -> serde_json::Value {
+    serde_json::to_value(receipt).expect("a receipt is JSON")[name].take()
+}
+
+/// The receipt of the last `payment-response` event of a text of server-sent events.
+pub fn event_stream_receipt(text: &str) -> Option<SettleResponse> {
+    let mut found = None;
+    for event in text.split("\n\n") {
+        let mut name = None;
+        let mut data = String::new();
+        for line in event.lines() {
+            if let Some(value) = line.strip_prefix("event:") {
+                name = Some(value.trim());
+            } else if let Some(value) = line.strip_prefix("data:") {
+                data.push_str(value.trim());
+            }
+        }
+        if name == Some("payment-response")
+            && let Ok(receipt) = SettleResponse::from_header(&data)
+        {
+            found = Some(receipt);
+        }
+    }
+    found
+}
+
+/// How many calls each endpoint of a local facilitator received, at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Calls {
+    /// `POST /api/v1/x402/verify`.
+    pub verify: u64,
+    /// `POST /api/v1/x402/settle`.
+    pub settle: u64,
+    /// `POST /api/v1/x402/permissions`.
+    pub permissions: u64,
+    /// `GET /api/v1/protocol/plans/{id}`.
+    pub plans: u64,
+}
+
+impl Calls {
+    /// The counts of `local` now.
+    pub fn of(local: &LocalFacilitator) -> Calls {
+        Calls {
+            verify: local.calls(Endpoint::Verify),
+            settle: local.calls(Endpoint::Settle),
+            permissions: local.calls(Endpoint::Permissions),
+            plans: local.calls(Endpoint::Plans),
+        }
+    }
 }
 
 /// Decodes the `payment-required` envelope of a response, if it has one.

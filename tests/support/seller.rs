@@ -6,7 +6,7 @@
 //! `NVM_TEST_SELLER_DEFERRED` set, every route's settlement is deferred.
 
 use actix_web::{App, HttpServer, web};
-use nvm_runtime::{DeferredSettlement, PaymentMiddleware, Payments, RouteConfig};
+use nvm_runtime::{DeferredSettlement, PaymentMiddleware, Payments, RouteConfig, SettlementStatus};
 use nvm_tests::{CREDITS, DEMO_AGENT_ID, DEMO_PLAN_ID, Runs, middleware_content, paid_content};
 
 #[actix_web::main]
@@ -34,7 +34,7 @@ async fn main() -> std::io::Result<()> {
         eprintln!("nvm-test-seller: {error}");
         std::process::exit(2);
     }
-    let report = payments.pending_settlements().list().await?;
+    let report = payments.pending_settlements().list(SettlementStatus::Unknown).await?;
     let runs = web::Data::new(Runs::default());
     let server = HttpServer::new(move || {
         App::new().app_data(payments.clone()).app_data(runs.clone()).service(paid_content).service(

@@ -11,7 +11,7 @@ use super::state::attached;
 use crate::flow::Meter;
 use crate::flow::{PaymentState, Verified};
 use crate::observability::{Gateway, Observability, ObservabilityError};
-use crate::wire::{AccessToken, AgentRequest, PaymentRequired, VerifyResponse};
+use crate::wire::{AccessToken, PaymentRequired, VerifyResponse};
 
 /// The payment of the current request, as a handler argument.
 ///
@@ -64,12 +64,6 @@ impl PaymentContext {
         self.state.verified.get()
     }
 
-    /// Whether the request is free (credits resolved to 0): nothing verified, nothing
-    /// settled.
-    pub fn is_free(&self) -> bool {
-        self.verified().is_none()
-    }
-
     /// The access token. Never log it; its `Debug` shows only a hash.
     pub fn token(&self) -> Option<&AccessToken> {
         self.verified().map(|v| &v.token)
@@ -90,7 +84,8 @@ impl PaymentContext {
         self.verification().and_then(|v| v.payer.as_deref())
     }
 
-    /// The credits verified for this request (0 when free).
+    /// The credits verified for this request; 0 when the request is free (its credits
+    /// resolved to 0): nothing verified, nothing settled.
     pub fn credits(&self) -> u64 {
         self.verified().map_or(0, |v| v.credits)
     }
@@ -100,13 +95,8 @@ impl PaymentContext {
         self.verification().and_then(VerifyResponse::request_id)
     }
 
-    /// The facilitator's `agentRequest` (agent, balance, matching).
-    pub fn agent_request(&self) -> Option<&AgentRequest> {
-        self.verification().and_then(|v| v.agent_request.as_ref())
-    }
-
     /// The envelope that was advertised and verified.
-    pub fn envelope(&self) -> Option<&PaymentRequired> {
+    fn envelope(&self) -> Option<&PaymentRequired> {
         self.verified().map(|v| &v.envelope)
     }
 

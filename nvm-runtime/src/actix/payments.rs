@@ -16,8 +16,8 @@ use crate::error::{ConfigError, ConfigProblem, PaymentError};
 use crate::flow::cache::{VerifyCache, WellFormed};
 use crate::flow::deferred::{Deferrer, FailureHook};
 use crate::flow::{
-    DeferredSettlement, Idempotency, PendingSettlement, PendingSettlements, Recovery, Seller, SettlePoint,
-    SettlementResolver,
+    DeferredSettlement, Idempotency, PendingSettlement, PendingSettlements, Recovery, Resolution, Resolver,
+    Seller, SettlePoint, SettlementStatus,
 };
 use crate::observability::Gateway;
 use crate::store::StoreError;
@@ -171,7 +171,7 @@ impl Payments {
     ///
     /// ```
     /// # async fn demo(payments: &nvm_runtime::Payments) -> std::io::Result<()> {
-    /// for record in payments.pending_settlements().list().await? {
+    /// for record in payments.pending_settlements().list(nvm_runtime::SettlementStatus::Unknown).await? {
     ///     println!("reconcile {} ({} credits from {:?})", record.id, record.amount, record.payer);
     /// }
     /// # Ok(()) }
@@ -188,7 +188,7 @@ impl Payments {
     /// ```
     /// # async fn demo(payments: &nvm_runtime::Payments) -> std::io::Result<()> {
     /// let report = payments.resolve_pending().await?;
-    /// println!("{} resolved, {} still unknown", report.resolved(), report.unknown);
+    /// println!("{} resolved, {} still unknown", report.burned + report.not_burned, report.unknown);
     /// # Ok(()) }
     /// ```
     pub async fn resolve_pending(&self) -> std::io::Result<Recovery> {
@@ -338,7 +338,7 @@ impl Payments {
                 tracing::error!(error = %crate::error::Report(&error), "the pending-settlement journal could not be recovered")
             }
         }
-        match (journal.list().await, journal.unreadable_lines().await) {
+        match (journal.list(SettlementStatus::Unknown).await, journal.unreadable_lines().await) {
             (Ok(open), Ok(unreadable)) => {
                 for line in &unreadable {
                     tracing::warn!("pending-settlement journal: {line}");
@@ -346,7 +346,7 @@ impl Payments {
                 if !open.is_empty() {
                     tracing::warn!(
                         pending = open.len(),
-                        "{} settlement(s) of unknown outcome to resolve: payments.pending_settlements().list(), then close(id, Resolution::Burned | NotBurned)",
+                        "{} settlement(s) of unknown outcome to resolve: payments.pending_settlements().list(SettlementStatus::Unknown), then close(id, Resolution::Burned | NotBurned)",
                         open.len()
                     );
                 }
@@ -427,7 +427,7 @@ impl Payments {
 
     /// The configuration registered with the app of `req`, as `Payments` or
     /// `web::Data<Payments>`.
-    pub fn from_request(req: &HttpRequest) -> Option<&Payments> {
+    pub(crate) fn from_request(req: &HttpRequest) -> Option<&Payments> {
         req.app_data::<Payments>()
             .or_else(|| req.app_data::<actix_web::web::Data<Payments>>().map(|d| d.get_ref()))
     }
@@ -458,7 +458,7 @@ pub struct PaymentsBuilder {
     deliver_on_settle_failure: bool,
     cache_ttl: Option<Duration>,
     pending: Option<PendingSettlements>,
-    resolver: Option<Arc<dyn SettlementResolver>>,
+    resolver: Option<Resolver>,
     retry_after: Option<Duration>,
     idempotency: Option<Idempotency>,
     deferred: Option<DeferredSettlement>,
@@ -582,10 +582,11 @@ impl PaymentsBuilder {
     }
 
     /// What resolves pending settlements for you: given a record, it asks whatever knows
-    /// (the backend, your books) whether its credits were burned. It is consulted at
-    /// [`Payments::prepare`], by [`Payments::resolve_pending`], and when a buyer retries
-    /// a call whose settlement is still unknown; what it resolves is closed in the
-    /// journal. Without one, the seller closes records
+    /// (the backend, your books) whether its credits were burned, and answers the
+    /// [`Resolution`], or `None` when it cannot tell yet (the record stays pending). It is
+    /// consulted at [`Payments::prepare`], by [`Payments::resolve_pending`], and when a
+    /// buyer retries a call whose settlement is still unknown; what it resolves is closed
+    /// in the journal. Without one, the seller closes records
     /// ([`PendingSettlements::close`], or the `nvm-pending` command).
     ///
     /// ```
@@ -601,8 +602,40 @@ impl PaymentsBuilder {
     ///     .unwrap();
     /// # let _ = payments;
     /// ```
-    pub fn settlement_resolver(mut self, resolver: impl SettlementResolver) -> Self {
-        self.resolver = Some(Arc::new(resolver));
+    ///
+    /// A resolver with state of its own (a client of your books) is moved into the
+    /// closure, cloned for each record:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use nvm_runtime::{Payments, PendingSettlement, Resolution};
+    ///
+    /// struct Books { billed: Vec<String> }
+    ///
+    /// impl Books {
+    ///     async fn resolve(&self, record: &PendingSettlement) -> Option<Resolution> {
+    ///         let id = record.agent_request_id.as_deref()?; // cannot tell: stays pending
+    ///         Some(if self.billed.iter().any(|b| b == id) { Resolution::Burned } else { Resolution::NotBurned })
+    ///     }
+    /// }
+    ///
+    /// let books = Arc::new(Books { billed: vec!["req-9".to_owned()] });
+    /// let payments = Payments::builder()
+    ///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")
+    ///     .settlement_resolver(move |record: PendingSettlement| {
+    ///         let books = Arc::clone(&books);
+    ///         async move { books.resolve(&record).await }
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = payments;
+    /// ```
+    pub fn settlement_resolver<F, Fut>(mut self, resolver: F) -> Self
+    where
+        F: Fn(PendingSettlement) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Option<Resolution>> + Send + 'static,
+    {
+        self.resolver = Some(Arc::new(move |record| Box::pin(resolver(record))));
         self
     }
 
@@ -768,7 +801,7 @@ impl PaymentsBuilder {
         let journal = self
             .pending
             .or_else(|| idempotency.store().and_then(|store| store.pending_journal()))
-            .unwrap_or_default();
+            .unwrap_or_else(PendingSettlements::in_memory);
         let deferred = match self.deferred {
             None => None,
             Some(_) if !journal.is_durable() => return Err(ConfigProblem::DeferredNeedsJournal.into()),

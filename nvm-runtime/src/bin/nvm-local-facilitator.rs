@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue};
 use clap::{CommandFactory as _, Parser};
-use nvm_runtime::__private::local::{DEFAULT_CREDITS, LocalFacilitatorExt as _};
-use nvm_runtime::local::LocalFacilitator;
+use nvm_runtime::__private::local::{DEFAULT_CREDITS, LocalFacilitatorExt as _, start_on};
 
 /// The command line.
 #[derive(Debug, PartialEq, Eq, Parser)]
@@ -49,18 +48,15 @@ fn main() -> ExitCode {
     // `--help` prints to stdout and exits 0; a bad command line prints the error and the
     // usage to stderr and exits 2.
     let options = Options::try_parse().map_err(with_usage).unwrap_or_else(|error| error.exit());
-    let started = LocalFacilitator::builder()
-        .port(options.port)
-        .credits(options.credits)
-        .latency(Duration::from_millis(options.latency_ms))
-        .start();
-    let local = match started {
+    let local = match start_on(options.port) {
         Ok(local) => local,
         Err(error) => {
             eprintln!("nvm-local-facilitator: cannot listen on 127.0.0.1:{}: {error}", options.port);
             return ExitCode::FAILURE;
         }
     };
+    local.set_balance(local.plan_id(), local.subscriber_address(), options.credits);
+    local.set_latency(Duration::from_millis(options.latency_ms));
     let line = match serde_json::to_string(local.info()) {
         Ok(line) => line,
         Err(error) => {

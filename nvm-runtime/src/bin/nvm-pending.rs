@@ -74,19 +74,19 @@ fn main() -> ExitCode {
 }
 
 async fn run(options: Options) -> ExitCode {
-    let journal = match open(&options) {
-        Ok(journal) => journal,
+    let (journal, name) = match open(&options) {
+        Ok(opened) => opened,
         Err(message) => return fail(&message),
     };
     let result = match &options.command {
-        Command::List { all } => list(&journal, *all, options.json).await,
+        Command::List { all } => list(&journal, &name, *all, options.json).await,
         Command::Show { id } => match journal.get(id).await {
             Ok(Some((record, status))) => {
                 print(&record, status, options.json);
                 Ok(ExitCode::SUCCESS)
             }
-            Ok(None) => Err(format!("{}: no record {id}", journal.name())),
-            Err(error) => Err(format!("{}: {error}", journal.name())),
+            Ok(None) => Err(format!("{name}: no record {id}")),
+            Err(error) => Err(format!("{name}: {error}")),
         },
         Command::Close { id, resolution } => match journal.close(id, *resolution).await {
             Ok(true) => {
@@ -94,19 +94,23 @@ async fn run(options: Options) -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Ok(false) => Err(format!(
-                "{}: no open record {id} (see `nvm-pending list --all`; a record is resolved once)",
-                journal.name()
+                "{name}: no open record {id} (see `nvm-pending list --all`; a record is resolved once)"
             )),
-            Err(error) => Err(format!("{}: {error}", journal.name())),
+            Err(error) => Err(format!("{name}: {error}")),
         },
     };
     result.unwrap_or_else(|message| fail(&message))
 }
 
-/// The journal the options name.
-fn open(options: &Options) -> Result<PendingSettlements, String> {
+/// The journal the options name, and what to call it in messages (its file, or its
+/// Redis server and key prefix).
+fn open(options: &Options) -> Result<(PendingSettlements, String), String> {
     if let Some(url) = &options.redis {
-        return redis(url, options.prefix.as_deref());
+        let name = match &options.prefix {
+            Some(prefix) => format!("{url} (prefix {prefix})"),
+            None => url.clone(),
+        };
+        return redis(url, options.prefix.as_deref()).map(|journal| (journal, name));
     }
     let path = options
         .file
@@ -116,7 +120,8 @@ fn open(options: &Options) -> Result<PendingSettlements, String> {
     if !std::path::Path::new(&path).exists() {
         return Err(format!("{path}: no such journal file"));
     }
-    PendingSettlements::file(&path).map_err(|error| format!("{path}: {error}"))
+    let journal = PendingSettlements::file(&path).map_err(|error| format!("{path}: {error}"))?;
+    Ok((journal, path))
 }
 
 #[cfg(feature = "redis")]
@@ -134,15 +139,17 @@ fn redis(_: &str, _: Option<&str>) -> Result<PendingSettlements, String> {
     Err("this nvm-pending was built without Redis: install it with `--features cli,redis`".to_owned())
 }
 
-async fn list(journal: &PendingSettlements, all: bool, json: bool) -> Result<ExitCode, String> {
-    let failed = |error: std::io::Error| format!("{}: {error}", journal.name());
-    let mut records: Vec<(PendingSettlement, SettlementStatus)> =
-        journal.list().await.map_err(failed)?.into_iter().map(|r| (r, SettlementStatus::Unknown)).collect();
-    if all {
-        let settling = journal.settling().await.map_err(failed)?;
-        records.extend(settling.into_iter().map(|r| (r, SettlementStatus::Settling)));
-        let deferred = journal.deferred().await.map_err(failed)?;
-        records.extend(deferred.into_iter().map(|r| (r, SettlementStatus::Deferred)));
+async fn list(journal: &PendingSettlements, name: &str, all: bool, json: bool) -> Result<ExitCode, String> {
+    let failed = |error: std::io::Error| format!("{name}: {error}");
+    let statuses: &[SettlementStatus] = if all {
+        &[SettlementStatus::Unknown, SettlementStatus::Settling, SettlementStatus::Deferred]
+    } else {
+        &[SettlementStatus::Unknown]
+    };
+    let mut records: Vec<(PendingSettlement, SettlementStatus)> = Vec::new();
+    for status in statuses {
+        let listed = journal.list(*status).await.map_err(failed)?;
+        records.extend(listed.into_iter().map(|r| (r, *status)));
     }
     for line in journal.unreadable_lines().await.map_err(failed)? {
         eprintln!("nvm-pending: {line}");
@@ -151,7 +158,7 @@ async fn list(journal: &PendingSettlements, all: bool, json: bool) -> Result<Exi
         print(record, *status, json);
     }
     if !json {
-        eprintln!("{} record(s) in {}", records.len(), journal.name());
+        eprintln!("{} record(s) in {name}", records.len());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -59,8 +59,10 @@ const JSON: &str = "application/json";
 /// let mut call = CallToolRequestParams::new("ask");
 /// call.arguments = serde_json::json!({"query": "hi"}).as_object().cloned();
 /// let paid = tools.call(session.peer(), call).await?;
-/// if let PaymentOutcome::Settled(receipt) = &paid.outcome {
-///     println!("{} credits redeemed", receipt.credits_redeemed_u64());
+/// if let PaymentOutcome::Settled(receipt) = &paid.outcome
+///     && let Some(credits) = &receipt.credits_redeemed
+/// {
+///     println!("{credits} credits redeemed");
 /// }
 /// # Ok(())
 /// # }
@@ -142,7 +144,7 @@ impl PayingTools {
                         reminted = true;
                         continue;
                     }
-                    PaymentOutcome::Refused { reason }
+                    PaymentOutcome::Refused(reason)
                 }
             };
             if outcome.must_not_pay_again() {
@@ -179,9 +181,7 @@ fn read(result: &CallToolResult, paid: bool) -> Read {
         return Read::Done(match receipt {
             receipt if receipt.success => PaymentOutcome::Settled(receipt),
             receipt if receipt.error_reason.as_deref() == Some(SETTLEMENT_UNKNOWN) => {
-                let pending_id =
-                    receipt.other.get("pendingSettlementId").and_then(Value::as_str).unwrap_or_default();
-                PaymentOutcome::OutcomeUnknown { pending_id: pending_id.to_owned(), receipt }
+                PaymentOutcome::OutcomeUnknown(receipt)
             }
             receipt => PaymentOutcome::SettlementFailed(receipt),
         });

@@ -251,10 +251,10 @@ impl Subscriber {
 /// fn advice(outcome: &PaymentOutcome) -> &'static str {
 ///     match outcome {
 ///         PaymentOutcome::NotRequired | PaymentOutcome::Settled(_) => "done",
-///         PaymentOutcome::SettlementFailed(_) | PaymentOutcome::OutcomeUnknown { .. } => {
+///         PaymentOutcome::SettlementFailed(_) | PaymentOutcome::OutcomeUnknown(_) => {
 ///             "do not pay again: reconcile with the seller"
 ///         }
-///         PaymentOutcome::Refused { .. } => "top up the plan or fix the token, then retry",
+///         PaymentOutcome::Refused(_) => "top up the plan or fix the token, then retry",
 ///         PaymentOutcome::Unsettled => "the handler did not succeed; nothing was charged",
 ///         _ => "unknown outcome",
 ///     }
@@ -275,8 +275,8 @@ pub enum PaymentOutcome {
     /// outcome is unknown (the facilitator's answer was lost or late). The answer is
     /// usually a 402 with the content withheld (or the content itself, when the seller
     /// delivers on settle failure). **Do not pay again**: the credits may have been
-    /// burned. The failed receipt says why in `error_reason`, and may carry
-    /// `agentRequestId` in its `other` fields to reconcile with the seller or the
+    /// burned. The failed receipt says why in `error_reason`, and may carry an
+    /// `agentRequestId` (in its JSON form) to reconcile with the seller or the
     /// facilitator. When the seller's `payment-response` header could not be read, this
     /// receipt is built by the client (`success: false`, the decoding error in
     /// `error_reason`) and [`PaidResponse::receipt`] is `None`.
@@ -285,10 +285,7 @@ pub enum PaymentOutcome {
     /// for a cached or spent token, minted a fresh one once): nothing was charged. The
     /// reason is the envelope's `error` (the facilitator's `invalidReason`, such as an
     /// insufficient balance).
-    Refused {
-        /// Why the server refused the token.
-        reason: String,
-    },
+    Refused(String),
     /// A paid request was answered without a receipt and without a 402: the handler
     /// failed (a non-2xx answer) or charged nothing, so nothing was settled.
     Unsettled,
@@ -300,23 +297,16 @@ pub enum PaymentOutcome {
     /// The handler ran and the seller sent the settlement, but its answer was lost: the
     /// credits may have been burned, and the seller recorded the call as a pending
     /// settlement to reconcile (a 402 with this receipt and no envelope, the content withheld, or the content itself
-    /// when the seller delivers on settle failure). **Do not pay again**; quote
-    /// `pending_id` to the seller.
-    OutcomeUnknown {
-        /// The seller's record id (`pendingSettlementId`; the facilitator's
-        /// `agentRequestId` when there was one).
-        pending_id: String,
-        /// The seller's receipt (`errorReason: "settlement_outcome_unknown"`).
-        receipt: SettleResponse,
-    },
+    /// when the seller delivers on settle failure). **Do not pay again**; quote the
+    /// seller's record id, [`SettleResponse::pending_id`], to the seller. The receipt
+    /// is the seller's (`errorReason: "settlement_outcome_unknown"`).
+    OutcomeUnknown(SettleResponse),
     /// A retry of a call whose settlement is still pending: the seller has not resolved
     /// it yet (a 409 with `Retry-After`, no envelope). **Do not pay again**: retry with
     /// the same `Idempotency-Key` after `retry_after` ([`PayingClient::collect`] does),
     /// to get the answer once the seller finds the credits burned, or to run the call
-    /// afresh if they were not.
+    /// afresh if they were not. The record's id: [`SettleResponse::pending_id`].
     Pending {
-        /// The seller's record id (`pendingSettlementId`).
-        pending_id: String,
         /// How long the seller asks to wait before the next retry.
         retry_after: Duration,
         /// The seller's receipt (`errorReason: "settlement_pending"`).
@@ -325,13 +315,9 @@ pub enum PaymentOutcome {
     /// The handler ran and the answer was delivered; the seller settles it in the
     /// background (deferred settlement): the receipt says `settlement: "deferred"`,
     /// `errorReason: "settlement_pending"`, the `amount` to be burned and the ids to
-    /// reconcile with. **Do not pay again**: this call is paid for.
-    Deferred {
-        /// The seller's record id (`pendingSettlementId`).
-        pending_id: String,
-        /// The seller's receipt.
-        receipt: SettleResponse,
-    },
+    /// reconcile with ([`SettleResponse::pending_id`]). **Do not pay again**: this call
+    /// is paid for.
+    Deferred(SettleResponse),
 }
 
 impl PaymentOutcome {
@@ -344,7 +330,7 @@ impl PaymentOutcome {
         matches!(
             self,
             PaymentOutcome::SettlementFailed(_)
-                | PaymentOutcome::OutcomeUnknown { .. }
+                | PaymentOutcome::OutcomeUnknown(_)
                 | PaymentOutcome::Pending { .. }
         )
     }
@@ -360,8 +346,6 @@ pub struct PaidResponse {
     pub response: reqwest::Response,
     /// The decoded `payment-response` receipt, when the server sent one.
     pub receipt: Option<SettleResponse>,
-    /// Whether a token was sent.
-    pub paid: bool,
     /// What became of the payment; see [`PaymentOutcome`].
     pub outcome: PaymentOutcome,
     /// The `Idempotency-Key` the call was sent with (yours, or the one
@@ -405,7 +389,7 @@ impl PaidResponse {
 ///     .send(client.http().post("http://127.0.0.1:3000/ask").body(r#"{"query":"hi"}"#))
 ///     .await?;
 /// match &paid.outcome {
-///     PaymentOutcome::Settled(receipt) => println!("paid {} credits", receipt.credits_redeemed_u64()),
+///     PaymentOutcome::Settled(receipt) => println!("paid {} credits", receipt.credits_redeemed.clone().unwrap_or_default()),
 ///     PaymentOutcome::SettlementFailed(receipt) => {
 ///         eprintln!("settlement failed ({:?}): do not resend, reconcile", receipt.error_reason)
 ///     }
@@ -476,7 +460,7 @@ impl PayingClient {
     ///
     /// let ask = || client.http().post("http://127.0.0.1:3000/ask").body(r#"{"query":"hi"}"#);
     /// let paid = client.send(ask()).await?;
-    /// if let PaymentOutcome::OutcomeUnknown { .. } = paid.outcome {
+    /// if let PaymentOutcome::OutcomeUnknown(_) = paid.outcome {
     ///     let collected = client.collect(ask(), &paid.idempotency_key, Duration::from_secs(120)).await?;
     ///     println!("{:?}", collected.outcome);
     /// }
@@ -573,30 +557,17 @@ fn finish(response: reqwest::Response, paid: bool, idempotency_key: String) -> P
     let outcome = match &decoded {
         Some(Ok(receipt)) if receipt.success => PaymentOutcome::Settled(receipt.clone()),
         Some(Ok(receipt)) if receipt.error_reason.as_deref() == Some(SETTLEMENT_UNKNOWN) => {
-            let pending_id = ["pendingSettlementId", "agentRequestId"]
-                .iter()
-                .find_map(|field| receipt.other.get(*field).and_then(|v| v.as_str()))
-                .unwrap_or_default()
-                .to_owned();
-            PaymentOutcome::OutcomeUnknown { pending_id, receipt: receipt.clone() }
+            PaymentOutcome::OutcomeUnknown(receipt.clone())
         }
         Some(Ok(receipt))
             if status.is_success()
                 && receipt.other.get("settlement").and_then(|v| v.as_str()) == Some("deferred") =>
         {
-            let pending_id =
-                receipt.other.get("pendingSettlementId").and_then(|v| v.as_str()).unwrap_or_default();
-            PaymentOutcome::Deferred { pending_id: pending_id.to_owned(), receipt: receipt.clone() }
+            PaymentOutcome::Deferred(receipt.clone())
         }
         Some(Ok(receipt)) if receipt.error_reason.as_deref() == Some(SETTLEMENT_PENDING) => {
-            let pending_id =
-                receipt.other.get("pendingSettlementId").and_then(|v| v.as_str()).unwrap_or_default();
             let seconds = receipt.other.get("retryAfter").and_then(serde_json::Value::as_u64).unwrap_or(30);
-            PaymentOutcome::Pending {
-                pending_id: pending_id.to_owned(),
-                retry_after: Duration::from_secs(seconds),
-                receipt: receipt.clone(),
-            }
+            PaymentOutcome::Pending { retry_after: Duration::from_secs(seconds), receipt: receipt.clone() }
         }
         Some(Ok(receipt)) => PaymentOutcome::SettlementFailed(receipt.clone()),
         Some(Err(why)) => PaymentOutcome::SettlementFailed(SettleResponse {
@@ -607,14 +578,12 @@ fn finish(response: reqwest::Response, paid: bool, idempotency_key: String) -> P
             )),
             ..SettleResponse::default()
         }),
-        None if status.as_u16() == 402 && paid => {
-            PaymentOutcome::Refused { reason: refusal_reason(&response) }
-        }
+        None if status.as_u16() == 402 && paid => PaymentOutcome::Refused(refusal_reason(&response)),
         None if paid && status.is_success() && is_event_stream(&response) => PaymentOutcome::SettlesAfterBody,
         None if paid => PaymentOutcome::Unsettled,
         None => PaymentOutcome::NotRequired,
     };
-    PaidResponse { response, receipt: decoded.and_then(Result::ok), paid, outcome, idempotency_key }
+    PaidResponse { response, receipt: decoded.and_then(Result::ok), outcome, idempotency_key }
 }
 
 fn is_event_stream(response: &reqwest::Response) -> bool {
@@ -643,8 +612,8 @@ impl PaidResponse {
 /// while let Some(chunk) = stream.next().await? {
 ///     print!("{}", String::from_utf8_lossy(&chunk));
 /// }
-/// if let Some(receipt) = stream.receipt() {
-///     println!("paid {} credits", receipt.credits_redeemed_u64());
+/// if let Some(credits) = stream.receipt().and_then(|receipt| receipt.credits_redeemed.as_ref()) {
+///     println!("paid {credits} credits");
 /// }
 /// # Ok(()) }
 /// ```
@@ -687,17 +656,7 @@ impl PaidStream {
 
 /// The receipt of the last `payment-response` event in `text` (server-sent events): what
 /// a paid stream settled after its body ends with.
-///
-/// ```
-/// use nvm_runtime::client::event_stream_receipt;
-/// use nvm_runtime::wire::SettleResponse;
-///
-/// let mut receipt = SettleResponse::default();
-/// receipt.success = true;
-/// let text = format!("data: hello\n\nevent: payment-response\ndata: {}\n\n", receipt.to_header());
-/// assert_eq!(event_stream_receipt(&text), Some(receipt));
-/// ```
-pub fn event_stream_receipt(text: &str) -> Option<SettleResponse> {
+fn event_stream_receipt(text: &str) -> Option<SettleResponse> {
     let mut found = None;
     for event in text.split("\n\n") {
         let mut name = None;
@@ -723,4 +682,17 @@ fn refusal_reason(response: &reqwest::Response) -> String {
     read_envelope(response).ok().and_then(|e| e.error).unwrap_or_else(|| {
         "the server answered 402 without a reason; check the plan's balance and the token".to_owned()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_stream_ends_with_its_receipt() {
+        let receipt = SettleResponse { success: true, ..SettleResponse::default() };
+        let text = format!("data: hello\n\nevent: payment-response\ndata: {}\n\n", receipt.to_header());
+        assert_eq!(event_stream_receipt(&text), Some(receipt));
+        assert_eq!(event_stream_receipt("data: hello\n\nevent: payment-response\ndata: %%\n\n"), None);
+    }
 }

@@ -74,12 +74,14 @@ pub struct DeferredSettlement {
 
 impl DeferredSettlement {
     /// The credits a payer may have delivered and not yet settled, unless set.
-    pub const DEFAULT_MAX_EXPOSURE: u64 = 10;
+    const DEFAULT_MAX_EXPOSURE: u64 = 10;
     /// The settle calls in flight at once, unless set.
-    pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+    const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 
-    /// Deferred settlement for the routes that opt in, with a bound of
-    /// [`DeferredSettlement::DEFAULT_MAX_EXPOSURE`] credits per payer, kept in memory.
+    /// Deferred settlement for the routes that opt in, with a bound of 10 credits per
+    /// payer ([`max_exposure`](Self::max_exposure)), kept in memory
+    /// ([`shared`](Self::shared)), and at most 256 settle calls in flight
+    /// ([`max_in_flight`](Self::max_in_flight)).
     ///
     /// ```
     /// let deferred = nvm_runtime::DeferredSettlement::new();
@@ -95,7 +97,7 @@ impl DeferredSettlement {
     }
 
     /// The credits a payer may have delivered and not yet settled; a call that would pass
-    /// it settles synchronously. `0` defers nothing.
+    /// it settles synchronously (default 10). `0` defers nothing.
     ///
     /// ```
     /// let deferred = nvm_runtime::DeferredSettlement::new().max_exposure(100);
@@ -106,8 +108,7 @@ impl DeferredSettlement {
         self
     }
 
-    /// How many deferred settle calls may be in flight at once (default
-    /// [`DeferredSettlement::DEFAULT_MAX_IN_FLIGHT`]); the others wait their turn in the
+    /// How many deferred settle calls may be in flight at once (default 256); the others wait their turn in the
     /// background, their payers' exposure still counted. At a sustained rate R with the
     /// facilitator L away, R x L are in flight: raise it (and the bound) to defer more.
     ///

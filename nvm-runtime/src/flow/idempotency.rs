@@ -88,7 +88,12 @@ impl Idempotency {
     /// charged) and single-use tokens are guarded by the facilitator alone.
     ///
     /// ```
-    /// assert!(!nvm_runtime::Idempotency::disabled().is_enabled());
+    /// let payments = nvm_runtime::Payments::builder()
+    ///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")
+    ///     .idempotency(nvm_runtime::Idempotency::disabled())
+    ///     .build()?;
+    /// # drop(payments);
+    /// # Ok::<(), nvm_runtime::error::ConfigError>(())
     /// ```
     pub fn disabled() -> Self {
         Self::kept_in(None)
@@ -152,7 +157,7 @@ impl Idempotency {
     }
 
     /// Whether requests with a key are remembered.
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.store.is_some()
     }
 

@@ -13,15 +13,12 @@ mod state;
 pub(crate) mod telemetry;
 mod terms;
 
-use std::sync::Arc;
-
 use cache::{CacheKey, VerifyCache, WellFormed};
 pub use deferred::DeferredSettlement;
 pub use idempotency::Idempotency;
 use idempotency::{Caller, Claim, Claimed, Found, Held, KeyedRequest, StoredResponse};
-pub use pending::{
-    PendingSettlement, PendingSettlements, Resolution, ResolveFuture, SettlementResolver, SettlementStatus,
-};
+pub(crate) use pending::Resolver;
+pub use pending::{PendingSettlement, PendingSettlements, Resolution, SettlementStatus};
 pub use recovery::Recovery;
 pub use state::{Meter, MeterFull, MeteredStream};
 pub(crate) use state::{PaymentState, Verified};
@@ -55,7 +52,7 @@ pub(crate) struct Seller {
     /// written down.
     pub(crate) pending: PendingSettlements,
     /// What resolves pending settlements, when the seller plugged one in.
-    pub(crate) resolver: Option<Arc<dyn SettlementResolver>>,
+    pub(crate) resolver: Option<Resolver>,
     /// What a retry of a call whose settlement is still pending is told to wait.
     pub(crate) retry_after: std::time::Duration,
     /// Where idempotent calls and settled single-use tokens are remembered.
@@ -319,7 +316,7 @@ pub(crate) async fn standing(seller: &Seller, id: &str) -> Option<(PendingSettle
     match status {
         SettlementStatus::Resolved(resolution) => Some((record, resolution)),
         _ => {
-            let resolution = seller.resolver.as_ref()?.resolve(&record).await?;
+            let resolution = seller.resolver.as_ref()?(record.clone()).await?;
             let resolution = close(seller, &record, resolution, "the resolver").await?;
             Some((record, resolution))
         }

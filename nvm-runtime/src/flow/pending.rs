@@ -169,11 +169,13 @@ impl std::fmt::Display for Resolution {
 /// Where a settlement of the journal stands.
 ///
 /// ```
-/// use nvm_runtime::{Resolution, SettlementStatus};
+/// # actix_web::rt::System::new().block_on(async {
+/// use nvm_runtime::{PendingSettlements, SettlementStatus};
 ///
-/// let status = SettlementStatus::Resolved(Resolution::Burned);
-/// assert!(!status.is_open());
-/// assert!(SettlementStatus::Unknown.is_open());
+/// let journal = PendingSettlements::in_memory();
+/// // The records to reconcile: settle calls of unknown outcome.
+/// assert!(journal.list(SettlementStatus::Unknown).await.unwrap().is_empty());
+/// # });
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -192,51 +194,16 @@ pub enum SettlementStatus {
 }
 
 impl SettlementStatus {
-    /// Whether it still waits for its outcome (settling, or unknown).
-    pub fn is_open(&self) -> bool {
+    /// Whether it still waits for its outcome (settling, deferred, or unknown).
+    pub(crate) fn is_open(&self) -> bool {
         !matches!(self, SettlementStatus::Resolved(_))
     }
 }
 
-/// What a [`SettlementResolver`] returns: the resolution, or `None` when it cannot tell
-/// yet.
-pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = Option<Resolution>> + Send + 'a>>;
-
-/// Resolves pending settlements for the seller: given a record, asks whatever knows
-/// (the backend, the seller's books) whether its credits were burned. Set with
-/// `PaymentsBuilder::settlement_resolver`; consulted at `Payments::prepare()`, by
-/// `Payments::resolve_pending()`, and when a buyer retries a call whose settlement is
-/// still unknown. A closure of the record returning a future works as a resolver.
-///
-/// ```
-/// use nvm_runtime::{PendingSettlement, Resolution, SettlementResolver};
-///
-/// // The seller's books say which agent requests were billed.
-/// let resolver = |record: PendingSettlement| async move {
-///     let billed = ["req-9"];
-///     match record.agent_request_id.as_deref() {
-///         Some(id) if billed.contains(&id) => Some(Resolution::Burned),
-///         Some(_) => Some(Resolution::NotBurned),
-///         None => None, // cannot tell: stays pending
-///     }
-/// };
-/// fn takes(_: impl SettlementResolver) {}
-/// takes(resolver);
-/// ```
-pub trait SettlementResolver: Send + Sync + 'static {
-    /// The resolution of `record`, or `None` when it cannot tell yet.
-    fn resolve<'a>(&'a self, record: &'a PendingSettlement) -> ResolveFuture<'a>;
-}
-
-impl<F, Fut> SettlementResolver for F
-where
-    F: Fn(PendingSettlement) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Option<Resolution>> + Send + 'static,
-{
-    fn resolve<'a>(&'a self, record: &'a PendingSettlement) -> ResolveFuture<'a> {
-        Box::pin(self(record.clone()))
-    }
-}
+/// The seller's resolver of pending settlements (`PaymentsBuilder::settlement_resolver`):
+/// given a record, the resolution, or `None` when it cannot tell yet.
+pub(crate) type Resolver =
+    Arc<dyn Fn(PendingSettlement) -> Pin<Box<dyn Future<Output = Option<Resolution>> + Send>> + Send + Sync>;
 
 /// The journal of [`PendingSettlement`]s: where settlements in flight and those of
 /// unknown outcome are written, and where the seller lists, resolves and closes them.
@@ -250,12 +217,12 @@ where
 /// Cheap to clone: clones share the journal.
 ///
 /// ```
-/// use nvm_runtime::{PendingSettlements, Resolution};
+/// use nvm_runtime::{PendingSettlements, Resolution, SettlementStatus};
 ///
 /// let path = std::env::temp_dir().join(format!("pending-doc-{}.jsonl", std::process::id()));
 /// # actix_web::rt::System::new().block_on(async {
 /// let journal = PendingSettlements::file(&path).unwrap();
-/// assert!(journal.list().await.unwrap().is_empty());
+/// assert!(journal.list(SettlementStatus::Unknown).await.unwrap().is_empty());
 /// // Payments::builder().pending_settlements(journal.clone()) writes to it; the seller
 /// // reconciles each record with the facilitator, then closes it:
 /// assert!(!journal.close("no-such-id", Resolution::Burned).await.unwrap());
@@ -347,12 +314,6 @@ impl std::fmt::Debug for PendingSettlements {
     }
 }
 
-impl Default for PendingSettlements {
-    fn default() -> Self {
-        Self::in_memory()
-    }
-}
-
 impl PendingSettlements {
     /// A journal kept in this process only: lost when it stops. Nothing is written ahead
     /// of a settle call (a crash loses the journal anyway); settlements of unknown
@@ -398,7 +359,7 @@ impl PendingSettlements {
 
     /// Whether records survive a restart (a file or Redis journal): then every
     /// settlement is written down before its settle call.
-    pub fn is_durable(&self) -> bool {
+    pub(crate) fn is_durable(&self) -> bool {
         !matches!(&*self.inner, Journal::Memory(_))
     }
 
@@ -413,7 +374,7 @@ impl PendingSettlements {
     }
 
     /// Where it is: `in memory`, the file's path, or the Redis server and key.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         match &*self.inner {
             Journal::Memory(_) => "in memory".to_owned(),
             Journal::File(file) => file.path.display().to_string(),
@@ -514,12 +475,32 @@ impl PendingSettlements {
         }
     }
 
-    /// The settlements of unknown outcome not resolved yet, oldest first: the ones to
-    /// reconcile. A line of a file journal that is not a record (cut short by a crash,
-    /// or damaged) is skipped, the records around it kept;
-    /// [`PendingSettlements::unreadable_lines`] says which.
-    pub async fn list(&self) -> std::io::Result<Vec<PendingSettlement>> {
-        Ok(self.read().await?.0.with_status(SettlementStatus::Unknown))
+    /// The records where `status` stands, oldest first:
+    ///
+    /// - [`SettlementStatus::Unknown`]: the settlements of unknown outcome not resolved
+    ///   yet, the ones to reconcile (and [`close`](Self::close));
+    /// - [`SettlementStatus::Settling`]: those whose settle call is in flight (written
+    ///   ahead): none once their calls are answered, and those of a process that died
+    ///   until `Payments::prepare()` turns them into unknown outcomes;
+    /// - [`SettlementStatus::Deferred`]: the deferred settlements not sent yet (their
+    ///   answers delivered): none once sent, and those of a process that died until
+    ///   `Payments::prepare()` sends them;
+    /// - [`SettlementStatus::Resolved`]: those closed so, while the journal keeps them.
+    ///
+    /// A line of a file journal that is not a record (cut short by a crash, or damaged)
+    /// is skipped, the records around it kept; [`PendingSettlements::unreadable_lines`]
+    /// says which.
+    ///
+    /// ```
+    /// # actix_web::rt::System::new().block_on(async {
+    /// use nvm_runtime::{PendingSettlements, SettlementStatus};
+    ///
+    /// let journal = PendingSettlements::in_memory();
+    /// assert!(journal.list(SettlementStatus::Deferred).await.unwrap().is_empty());
+    /// # });
+    /// ```
+    pub async fn list(&self, status: SettlementStatus) -> std::io::Result<Vec<PendingSettlement>> {
+        Ok(self.read().await?.0.with_status(status))
     }
 
     /// Every record (open or resolved) that copies a held answer.
@@ -540,26 +521,6 @@ impl PendingSettlements {
     /// store may be in memory, and lose it in a crash).
     pub(crate) fn copies_held_answers(&self) -> bool {
         matches!(&*self.inner, Journal::File(_))
-    }
-
-    /// The settlements whose settle call is in flight (written ahead), oldest first:
-    /// none once their calls are answered, and those of a process that died until
-    /// `Payments::prepare()` turns them into unknown outcomes.
-    pub async fn settling(&self) -> std::io::Result<Vec<PendingSettlement>> {
-        Ok(self.read().await?.0.with_status(SettlementStatus::Settling))
-    }
-
-    /// The deferred settlements not sent yet (their answers delivered), oldest first: none
-    /// once sent, and those of a process that died until `Payments::prepare()` sends them.
-    ///
-    /// ```
-    /// # actix_web::rt::System::new().block_on(async {
-    /// let journal = nvm_runtime::PendingSettlements::in_memory();
-    /// assert!(journal.deferred().await.unwrap().is_empty());
-    /// # });
-    /// ```
-    pub async fn deferred(&self) -> std::io::Result<Vec<PendingSettlement>> {
-        Ok(self.read().await?.0.with_status(SettlementStatus::Deferred))
     }
 
     /// The record `id` and where it stands; `None` when the journal holds no such record
@@ -927,8 +888,8 @@ mod tests {
         assert!(journal.close("b", Resolution::Burned).await.expect("closes"));
         assert!(!journal.close("b", Resolution::NotBurned).await.expect("closes"), "closed twice");
         let reopened = PendingSettlements::file(&path).expect("reopens");
-        assert_eq!(ids(reopened.list().await.expect("lists")), ["a", "c"]);
-        assert_eq!(ids(reopened.settling().await.expect("lists")), ["in-flight"]);
+        assert_eq!(ids(reopened.list(SettlementStatus::Unknown).await.expect("lists")), ["a", "c"]);
+        assert_eq!(ids(reopened.list(SettlementStatus::Settling).await.expect("lists")), ["in-flight"]);
         let (_, status) = reopened.get("b").await.expect("reads").expect("kept");
         assert_eq!(status, SettlementStatus::Resolved(Resolution::Burned));
         assert!(reopened.get("answered").await.expect("reads").is_none());
@@ -949,7 +910,7 @@ mod tests {
         for write in writes {
             write.await.expect("joins").expect("written");
         }
-        assert_eq!(journal.list().await.expect("lists").len(), 200);
+        assert_eq!(journal.list(SettlementStatus::Unknown).await.expect("lists").len(), 200);
         std::fs::remove_file(&path).expect("removes");
     }
 
@@ -973,7 +934,10 @@ mod tests {
         let journal = PendingSettlements::file(&path).expect("reopens");
         journal.record(&record("last")).await.expect("records");
 
-        assert_eq!(ids(journal.list().await.expect("lists")), ["before", "after", "last"]);
+        assert_eq!(
+            ids(journal.list(SettlementStatus::Unknown).await.expect("lists")),
+            ["before", "after", "last"]
+        );
         let unreadable = journal.unreadable_lines().await.expect("reads");
         assert_eq!(unreadable.len(), 2, "{unreadable:?}");
         assert!(unreadable[0].contains(&format!("{}:2:", path.display())), "{unreadable:?}");
@@ -985,9 +949,9 @@ mod tests {
     async fn a_memory_journal_closes_by_id() {
         let journal = PendingSettlements::in_memory();
         journal.record(&record("x")).await.expect("records");
-        assert_eq!(journal.list().await.expect("lists").len(), 1);
+        assert_eq!(journal.list(SettlementStatus::Unknown).await.expect("lists").len(), 1);
         assert!(journal.close("x", Resolution::NotBurned).await.expect("closes"));
-        assert!(journal.list().await.expect("lists").is_empty());
+        assert!(journal.list(SettlementStatus::Unknown).await.expect("lists").is_empty());
         let (_, status) = journal.get("x").await.expect("reads").expect("kept");
         assert_eq!(status, SettlementStatus::Resolved(Resolution::NotBurned));
         assert!(!journal.is_durable());

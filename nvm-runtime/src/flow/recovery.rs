@@ -18,7 +18,7 @@ const SHARED_GRACE: Duration = Duration::from_secs(60);
 ///
 /// ```
 /// let report = nvm_runtime::Recovery::default();
-/// assert_eq!(report.resolved(), 0);
+/// assert_eq!(report.burned + report.not_burned, 0); // resolved, burned or not
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -38,7 +38,7 @@ pub struct Recovery {
 
 impl Recovery {
     /// The records resolved, burned or not.
-    pub fn resolved(&self) -> usize {
+    pub(crate) fn resolved(&self) -> usize {
         self.burned + self.not_burned
     }
 
@@ -70,7 +70,7 @@ pub(crate) async fn recover(seller: &Seller) -> std::io::Result<Recovery> {
     let now = unix_now();
     let grace =
         if journal.is_shared() { seller.facilitator.timeout() * 2 + SHARED_GRACE } else { Duration::ZERO };
-    for record in journal.settling().await? {
+    for record in journal.list(SettlementStatus::Settling).await? {
         if now.saturating_sub(record.recorded_at) < grace.as_secs() {
             continue;
         }
@@ -87,7 +87,7 @@ pub(crate) async fn recover(seller: &Seller) -> std::io::Result<Recovery> {
             None => journal.record(&record).await?,
         }
     }
-    for record in journal.deferred().await? {
+    for record in journal.list(SettlementStatus::Deferred).await? {
         if now.saturating_sub(record.recorded_at) < grace.as_secs() {
             continue;
         }
@@ -135,13 +135,13 @@ async fn restore_held_answers(seller: &Seller) -> std::io::Result<()> {
 /// token's is settled once more first), closing those it resolves.
 pub(crate) async fn resolve(seller: &Seller) -> std::io::Result<Recovery> {
     let mut report = Recovery::default();
-    for record in seller.pending.list().await? {
+    for record in seller.pending.list(SettlementStatus::Unknown).await? {
         let mut resolution = settle_again(seller, &record).await;
         let mut who = "settling its single-use token once more";
         if resolution.is_none()
             && let Some(resolver) = &seller.resolver
         {
-            resolution = resolver.resolve(&record).await;
+            resolution = resolver(record.clone()).await;
             who = "the resolver";
         }
         match resolution {

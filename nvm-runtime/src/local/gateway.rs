@@ -46,7 +46,8 @@ impl GatewayEndpoint {
     }
 }
 
-/// One call the stand-in gateway received: its endpoint, headers and JSON body.
+/// One call the stand-in gateway received: its endpoint, headers and JSON body
+/// (`LocalFacilitatorExt::gateway_calls`; lent by `__private::local`).
 ///
 /// `Debug` redacts `Authorization` and `Helicone-Auth`.
 #[derive(Clone)]
@@ -64,7 +65,8 @@ impl GatewayCall {
     /// The value of header `name` (any case), when it was sent once or more (the first).
     ///
     /// ```
-    /// use nvm_runtime::local::{GatewayEndpoint, LocalFacilitator};
+    /// use nvm_runtime::__private::local::{GatewayEndpoint, LocalFacilitatorExt as _};
+    /// use nvm_runtime::local::LocalFacilitator;
     ///
     /// fn plans_logged(local: &LocalFacilitator) -> Vec<String> {
     ///     let calls = local.gateway_calls();

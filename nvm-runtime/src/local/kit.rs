@@ -7,7 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator};
+use super::gateway::{GatewayCall, GatewayEndpoint};
+use super::{Fault, LocalFacilitator};
 
 /// The starting balance of the demo subscriber.
 ///
@@ -20,6 +21,19 @@ use super::{Endpoint, Fault, GatewayEndpoint, LocalFacilitator};
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub const DEFAULT_CREDITS: u64 = 100;
+
+/// Starts a local facilitator as [`LocalFacilitator::start`] does, on `port` of
+/// 127.0.0.1 (0: any free port): what the `nvm-local-facilitator` binary does (lent by
+/// `__private::local`).
+///
+/// ```
+/// let local = nvm_runtime::__private::local::start_on(0)?;
+/// assert!(local.backend_url().starts_with("http://127.0.0.1:"));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn start_on(port: u16) -> std::io::Result<LocalFacilitator> {
+    LocalFacilitator::start_on(port)
+}
 
 /// What a client needs to use a local facilitator. Serializes as
 /// `{"backendUrl","builderApiKey","subscriberApiKey","planId","agentId"}`, the line the
@@ -236,7 +250,8 @@ impl MintOptions {
     /// let token = local.mint_token(MintOptions::new());
     /// let payload = AccessToken::new(token).decode().unwrap();
     /// assert_eq!(payload.accepted.plan_id, local.plan_id());
-    /// assert_eq!(payload.accepted.extra.agent_id.as_deref(), Some(local.agent_id()));
+    /// let accepted = serde_json::to_value(&payload.accepted).unwrap();
+    /// assert_eq!(accepted["extra"]["agentId"], local.agent_id());
     /// assert!(!payload.is_single_use());
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -273,7 +288,7 @@ impl MintOptions {
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().agent("456"));
     /// let payload = AccessToken::new(token).decode().unwrap();
-    /// assert_eq!(payload.accepted.extra.agent_id.as_deref(), Some("456"));
+    /// assert_eq!(serde_json::to_value(&payload.accepted).unwrap()["extra"]["agentId"], "456");
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn agent(mut self, agent_id: impl Into<String>) -> Self {
@@ -291,7 +306,8 @@ impl MintOptions {
     ///
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().no_agent());
-    /// assert_eq!(AccessToken::new(token).decode().unwrap().accepted.extra.agent_id, None);
+    /// let accepted = serde_json::to_value(AccessToken::new(token).decode().unwrap().accepted).unwrap();
+    /// assert_eq!(accepted["extra"].get("agentId"), None);
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn no_agent(mut self) -> Self {
@@ -385,7 +401,7 @@ impl MintOptions {
     /// let local = LocalFacilitator::start()?;
     /// let token = local.mint_token(MintOptions::new().single_use().http_verb("POST"));
     /// let payload = AccessToken::new(token).decode().unwrap();
-    /// assert_eq!(payload.accepted.extra.http_verb.as_deref(), Some("POST"));
+    /// assert_eq!(serde_json::to_value(&payload.accepted).unwrap()["extra"]["httpVerb"], "POST");
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn http_verb(mut self, verb: impl Into<String>) -> Self {
@@ -527,8 +543,8 @@ pub trait LocalFacilitatorExt {
     /// answers a 200 JSON refusal). Calls are recorded, faulted or not.
     ///
     /// ```
-    /// use nvm_runtime::__private::local::LocalFacilitatorExt as _;
-    /// use nvm_runtime::local::{Fault, GatewayEndpoint, LocalFacilitator};
+    /// use nvm_runtime::__private::local::{GatewayEndpoint, LocalFacilitatorExt as _};
+    /// use nvm_runtime::local::{Fault, LocalFacilitator};
     /// let local = LocalFacilitator::start()?;
     /// local.inject_gateway(GatewayEndpoint::Log, Fault::Status(500));
     /// local.clear_gateway_faults();
@@ -539,17 +555,15 @@ pub trait LocalFacilitatorExt {
     /// Clears the stand-in gateway's faults.
     fn clear_gateway_faults(&self);
 
-    /// The calls one endpoint received so far.
+    /// Every call the stand-in LLM gateway received, in order (headers and body).
     ///
     /// ```
     /// use nvm_runtime::__private::local::LocalFacilitatorExt as _;
-    /// use nvm_runtime::local::{Endpoint, LocalFacilitator};
-    ///
-    /// let local = LocalFacilitator::start()?;
-    /// assert_eq!(local.calls_to(Endpoint::Settle), 0);
+    /// let local = nvm_runtime::local::LocalFacilitator::start()?;
+    /// assert!(local.gateway_calls().is_empty());
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    fn calls_to(&self, endpoint: Endpoint) -> u64;
+    fn gateway_calls(&self) -> Vec<GatewayCall>;
 }
 
 impl LocalFacilitatorExt for LocalFacilitator {
@@ -581,13 +595,7 @@ impl LocalFacilitatorExt for LocalFacilitator {
         self.gateway.clear();
     }
 
-    fn calls_to(&self, endpoint: Endpoint) -> u64 {
-        let calls = self.calls();
-        match endpoint {
-            Endpoint::Verify => calls.verify,
-            Endpoint::Settle => calls.settle,
-            Endpoint::Permissions => calls.permissions,
-            Endpoint::Plans => calls.plans,
-        }
+    fn gateway_calls(&self) -> Vec<GatewayCall> {
+        self.gateway.calls()
     }
 }

@@ -9,7 +9,6 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::Calls;
 use super::bodies::{FacilitatorBody, PermissionsBody};
 use super::keys::{self, Secret};
 use super::kit::{LocalPlan, MintOptions, PlanSpec};
@@ -300,14 +299,8 @@ impl State {
         self.counters[endpoint.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn calls(&self) -> Calls {
-        let get = |e: Endpoint| self.counters[e.index()].load(Ordering::Relaxed);
-        Calls {
-            verify: get(Endpoint::Verify),
-            settle: get(Endpoint::Settle),
-            permissions: get(Endpoint::Permissions),
-            plans: get(Endpoint::Plans),
-        }
+    pub(crate) fn calls(&self, endpoint: Endpoint) -> u64 {
+        self.counters[endpoint.index()].load(Ordering::Relaxed)
     }
 
     pub(crate) fn total_burned(&self) -> u64 {

@@ -15,8 +15,7 @@
 //! | `POST /jawn/v1/gateway/oai/v1/chat/completions` | `Helicone-Auth` | the stand-in LLM observability gateway: OpenAI's chat completions, plain or streamed, answering a canned completion with token usage (prompt tokens: the words of the messages) |
 //! | `POST /jawn/v1/trace/custom/v1/log` | gateway key | the gateway's manual log |
 //!
-//! The two gateway endpoints record every call (headers and body:
-//! [`LocalFacilitator::gateway_calls`]). A seller configured with this facilitator's
+//! The two gateway endpoints record every call (headers and body). A seller configured with this facilitator's
 //! keys sends its LLM calls there
 //! ([`PaymentContext::observability`](crate::PaymentContext::observability)); the
 //! official SDKs do with `HELICONE_URL` set to [`LocalFacilitator::backend_url`].
@@ -36,8 +35,7 @@
 //! (unknown `agentRequestId`), `BCK.X402.0409` (`agentRequestId` of another token).
 //!
 //! Answers come at loopback speed unless a latency is set
-//! ([`LocalFacilitatorBuilder::latency`], [`LocalFacilitator::set_latency`]): then every
-//! answer waits that long, without holding a server thread, as the round trip to the
+//! ([`LocalFacilitator::set_latency`]): then every answer waits that long, without holding a server thread, as the round trip to the
 //! hosted backend would make it.
 //!
 //! ```
@@ -60,7 +58,6 @@ mod server;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use self::faults::Faults;
 use self::kit::{DEFAULT_CREDITS, LocalInfo};
@@ -68,7 +65,6 @@ use self::ledger::State;
 use self::server::Running;
 
 pub use self::faults::{Endpoint, Fault};
-pub use self::gateway::{GatewayCall, GatewayEndpoint};
 
 /// The id of the default plan of every local facilitator: fixed, so code and tests can
 /// name it before the facilitator starts (`#[paid(plan = DEMO_PLAN_ID)]`).
@@ -108,99 +104,28 @@ impl fmt::Debug for LocalFacilitator {
     }
 }
 
-/// How many calls each endpoint received (every call counts, refused ones included).
-///
-/// ```
-/// use nvm_runtime::local::{Calls, LocalFacilitator};
-///
-/// let local = LocalFacilitator::start()?;
-/// assert_eq!(local.calls(), Calls::default());
-/// # Ok::<(), std::io::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Calls {
-    /// `POST /api/v1/x402/verify`.
-    pub verify: u64,
-    /// `POST /api/v1/x402/settle`.
-    pub settle: u64,
-    /// `POST /api/v1/x402/permissions`.
-    pub permissions: u64,
-    /// `GET /api/v1/protocol/plans/{id}`.
-    pub plans: u64,
-}
-
-/// Configures a [`LocalFacilitator`] before it starts.
-///
-/// ```
-/// use nvm_runtime::local::LocalFacilitator;
-///
-/// let local = LocalFacilitator::builder().port(0).credits(5).start()?;
-/// assert_eq!(local.balance(local.plan_id(), local.subscriber_address()), 5);
-/// # Ok::<(), std::io::Error>(())
-/// ```
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct LocalFacilitatorBuilder {
-    port: u16,
-    credits: u64,
-    latency: Duration,
-}
-
-impl LocalFacilitatorBuilder {
-    /// The port to bind on 127.0.0.1 (default 0: any free port).
+impl LocalFacilitator {
+    /// Starts a local facilitator on a free port of 127.0.0.1, with a builder, a
+    /// default plan and agent, and a demo subscriber holding 100 credits on it
+    /// ([`set_balance`](Self::set_balance) changes that), answering at once
+    /// ([`set_latency`](Self::set_latency) delays it).
     ///
     /// ```
-    /// let builder = nvm_runtime::local::LocalFacilitator::builder().port(0);
-    /// # let _ = builder;
-    /// ```
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = port;
-        self
-    }
-
-    /// The demo subscriber's starting balance on the default plan (default 100).
-    ///
-    /// ```
-    /// let builder = nvm_runtime::local::LocalFacilitator::builder().credits(20);
-    /// # let _ = builder;
-    /// ```
-    pub fn credits(mut self, credits: u64) -> Self {
-        self.credits = credits;
-        self
-    }
-
-    /// Delays every answer of every endpoint by `latency` (default zero), the way the
-    /// round trip to the hosted backend does; see
-    /// [`LocalFacilitator::set_latency`], which changes it while running.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use nvm_runtime::local::LocalFacilitator;
-    ///
-    /// let local = LocalFacilitator::builder().latency(Duration::from_millis(40)).start()?;
-    /// assert_eq!(local.latency(), Duration::from_millis(40));
+    /// let local = nvm_runtime::local::LocalFacilitator::start()?;
+    /// local.set_balance(local.plan_id(), local.subscriber_address(), 5);
+    /// assert_eq!(local.balance(local.plan_id(), local.subscriber_address()), 5);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn latency(mut self, latency: Duration) -> Self {
-        self.latency = latency;
-        self
+    pub fn start() -> io::Result<Self> {
+        Self::start_on(0)
     }
 
-    /// Binds the port and starts serving on a new thread.
-    ///
-    /// ```
-    /// let local = nvm_runtime::local::LocalFacilitator::builder().start()?;
-    /// # let _ = local;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn start(self) -> io::Result<LocalFacilitator> {
-        let state = Arc::new(State::new(self.credits));
+    /// Starts one on `port` of 127.0.0.1 (0: any free port).
+    fn start_on(port: u16) -> io::Result<Self> {
+        let state = Arc::new(State::new(DEFAULT_CREDITS));
         let faults = Arc::new(Faults::default());
-        faults.set_latency(self.latency);
         let gateway = Arc::new(gateway::Gateway::default());
-        let running =
-            server::spawn(Arc::clone(&state), Arc::clone(&faults), Arc::clone(&gateway), self.port)?;
+        let running = server::spawn(Arc::clone(&state), Arc::clone(&faults), Arc::clone(&gateway), port)?;
         let info = LocalInfo {
             backend_url: format!("http://{}", running.addr),
             builder_api_key: state.builder_api_key.clone(),
@@ -209,31 +134,6 @@ impl LocalFacilitatorBuilder {
             agent_id: state.agent_id.clone(),
         };
         Ok(LocalFacilitator { state, info, running, faults, gateway })
-    }
-}
-
-impl LocalFacilitator {
-    /// Starts a local facilitator on a free port of 127.0.0.1, with a builder, a
-    /// default plan and agent, and a demo subscriber holding 100 credits.
-    ///
-    /// ```
-    /// let local = nvm_runtime::local::LocalFacilitator::start()?;
-    /// # let _ = local;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn start() -> io::Result<Self> {
-        Self::builder().start()
-    }
-
-    /// Configures a local facilitator: port, starting credits and latency.
-    ///
-    /// ```
-    /// let local = nvm_runtime::local::LocalFacilitator::builder().credits(1).start()?;
-    /// # let _ = local;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn builder() -> LocalFacilitatorBuilder {
-        LocalFacilitatorBuilder { port: 0, credits: DEFAULT_CREDITS, latency: Duration::ZERO }
     }
 
     /// `http://127.0.0.1:<port>`: the backend URL to give clients (`NVM_BACKEND_URL`).
@@ -348,15 +248,18 @@ impl LocalFacilitator {
         (key, address)
     }
 
-    /// How many calls each endpoint received.
+    /// How many calls `endpoint` received (every call counts, faulted and refused ones
+    /// included).
     ///
     /// ```
-    /// let local = nvm_runtime::local::LocalFacilitator::start()?;
-    /// assert_eq!(local.calls().settle, 0);
+    /// use nvm_runtime::local::{Endpoint, LocalFacilitator};
+    ///
+    /// let local = LocalFacilitator::start()?;
+    /// assert_eq!(local.calls(Endpoint::Settle), 0);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn calls(&self) -> Calls {
-        self.state.calls()
+    pub fn calls(&self, endpoint: Endpoint) -> u64 {
+        self.state.calls(endpoint)
     }
 
     /// Credits burned by successful settlements, all plans together.
@@ -382,17 +285,6 @@ impl LocalFacilitator {
     /// ```
     pub fn burned_for(&self, agent_request_id: &str) -> Option<u64> {
         self.state.burned_for(agent_request_id)
-    }
-
-    /// Every call the stand-in LLM gateway received, in order (headers and body).
-    ///
-    /// ```
-    /// let local = nvm_runtime::local::LocalFacilitator::start()?;
-    /// assert!(local.gateway_calls().is_empty());
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn gateway_calls(&self) -> Vec<GatewayCall> {
-        self.gateway.calls()
     }
 
     /// Stops the server and waits for its thread (dropping the handle does the same).

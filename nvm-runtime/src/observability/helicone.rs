@@ -12,27 +12,9 @@ use crate::wire::AgentRequest;
 /// `agent_request` (the [`observability`](crate::observability) docs list them).
 ///
 /// [`PaymentContext::observability`](crate::PaymentContext::observability) calls it for
-/// the request being served (lent by `__private::observability` to this repository's
-/// tests, which compare it with payments-py's; not a public API).
-///
-/// ```
-/// use nvm_runtime::Environment;
-/// use nvm_runtime::__private::observability::helicone_headers;
-/// use nvm_runtime::wire::AgentRequest;
-///
-/// let agent_request: AgentRequest = serde_json::from_value(serde_json::json!({
-///     "agentRequestId": "r-1", "agentName": "Echo", "agentId": "42", "batch": false,
-///     "balance": {"planId": "7", "planName": "Pro", "planType": "credits",
-///                 "holderAddress": "0xbuyer", "pricePerCredit": 0.00001}
-/// }))?;
-/// let headers = helicone_headers("o11y-key", "0xseller", Environment::Sandbox, &agent_request)?;
-/// assert_eq!(headers["helicone-auth"], "Bearer o11y-key");
-/// assert_eq!(headers["helicone-property-consumeraddress"], "0xbuyer");
-/// assert_eq!(headers["helicone-property-pricepercredit"], "1e-05");
-/// assert_eq!(headers["helicone-property-environmentname"], "sandbox");
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn helicone_headers(
+/// the request being served; `__private::observability::helicone_headers` lends it to
+/// this repository's tests, which compare it with payments-py's.
+pub(crate) fn helicone_headers(
     gateway_key: &str,
     account: &str,
     environment: Environment,

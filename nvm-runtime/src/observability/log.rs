@@ -2,8 +2,6 @@
 //! paid request (payments-py's `with_manual_logging`), off the response path.
 
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -12,38 +10,10 @@ use serde_json::{Value, json};
 use super::Observability;
 
 /// Tokens an LLM call used.
-///
-/// ```
-/// use nvm_runtime::observability::Usage;
-/// let usage = Usage::new(12, 30);
-/// assert_eq!(usage.total_tokens(), 42);
-/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
+struct Usage {
     prompt_tokens: u64,
     completion_tokens: u64,
-}
-
-impl Usage {
-    /// `prompt_tokens` in, `completion_tokens` out.
-    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
-        Usage { prompt_tokens, completion_tokens }
-    }
-
-    /// Tokens sent.
-    pub fn prompt_tokens(&self) -> u64 {
-        self.prompt_tokens
-    }
-
-    /// Tokens produced.
-    pub fn completion_tokens(&self) -> u64 {
-        self.completion_tokens
-    }
-
-    /// Both.
-    pub fn total_tokens(&self) -> u64 {
-        self.prompt_tokens.saturating_add(self.completion_tokens)
-    }
 }
 
 /// One LLM call to log with [`Observability::log`]: the model, what was asked, what it
@@ -51,11 +21,11 @@ impl Usage {
 /// [`LlmCall::output`].
 ///
 /// ```
-/// use nvm_runtime::observability::{LlmCall, Usage};
+/// use nvm_runtime::observability::LlmCall;
 ///
 /// let call = LlmCall::new("llama-3-8b", serde_json::json!({"query": "hi"}));
 /// // … run the model …
-/// let call = call.output(serde_json::json!("hello")).usage(Usage::new(3, 1));
+/// let call = call.output(serde_json::json!("hello")).usage(3, 1);
 /// # let _ = call;
 /// ```
 #[derive(Debug, Clone)]
@@ -91,9 +61,10 @@ impl LlmCall {
         self
     }
 
-    /// The tokens it used.
-    pub fn usage(mut self, usage: Usage) -> Self {
-        self.usage = usage;
+    /// The tokens it used: `prompt_tokens` in, `completion_tokens` out (their sum is
+    /// logged as `total_tokens`).
+    pub fn usage(mut self, prompt_tokens: u64, completion_tokens: u64) -> Self {
+        self.usage = Usage { prompt_tokens, completion_tokens };
         self
     }
 
@@ -155,7 +126,7 @@ impl LlmCall {
                     "usage": {
                         "prompt_tokens": self.usage.prompt_tokens,
                         "completion_tokens": self.usage.completion_tokens,
-                        "total_tokens": self.usage.total_tokens(),
+                        "total_tokens": self.usage.prompt_tokens.saturating_add(self.usage.completion_tokens),
                         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
                         "completion_tokens_details": {
                             "reasoning_tokens": 0, "audio_tokens": 0,
@@ -196,22 +167,12 @@ impl LogOutcome {
     }
 }
 
-/// A manual log on its way, returned by [`Observability::log`]. It runs whether or not
-/// it is awaited (dropping it does not cancel it); await it only to learn the outcome.
-#[derive(Debug)]
-#[must_use = "the log is sent anyway; await it only to learn its outcome, or drop it"]
-pub struct LogTask {
-    handle: Option<tokio::task::JoinHandle<LogOutcome>>,
-}
-
-impl Future for LogTask {
-    type Output = LogOutcome;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LogOutcome> {
-        match self.handle.as_mut() {
-            None => Poll::Ready(LogOutcome::NotSent),
-            Some(handle) => Pin::new(handle).poll(cx).map(|r| r.unwrap_or(LogOutcome::Failed)),
-        }
+/// The outcome of a manual log: `NotSent` when it never started, else what its task
+/// (which runs whether or not this is awaited) ended with.
+async fn outcome_of(handle: Option<tokio::task::JoinHandle<LogOutcome>>) -> LogOutcome {
+    match handle {
+        None => LogOutcome::NotSent,
+        Some(handle) => handle.await.unwrap_or(LogOutcome::Failed),
     }
 }
 
@@ -229,16 +190,19 @@ fn count(outcome: LogOutcome) -> LogOutcome {
 }
 
 impl Observability {
-    /// Logs `call` against this paid request at the manual logging endpoint
-    /// ([`log_url`](Self::log_url)), on a task of its own: the paid answer never waits
-    /// for it, and a gateway that is down, slow or failing changes nothing for the buyer.
+    /// Logs `call` against this paid request at the gateway's manual logging endpoint
+    /// (`{helicone}/jawn/v1/trace/custom/v1/log`), on a task of its own: the paid answer
+    /// never waits for it, and a gateway that is down, slow or failing changes nothing
+    /// for the buyer. The task starts before this returns and runs whether or not the
+    /// returned future is awaited (dropping it does not cancel the log): await it only
+    /// to learn the [`LogOutcome`].
     /// Every outcome is counted (`nvm_llm_logs_total{outcome}` with the feature
     /// `metrics`: `sent`, `failed`, `not_sent`); a failure is a warning in the logs
     /// (without the key or the call's content).
     ///
     /// ```
     /// use actix_web::{post, HttpResponse};
-    /// use nvm_runtime::observability::{LlmCall, Usage};
+    /// use nvm_runtime::observability::LlmCall;
     /// use nvm_runtime::{paid, PaymentContext};
     ///
     /// #[paid(plan = "1234", credits = 5)]
@@ -246,21 +210,26 @@ impl Observability {
     /// async fn local_model(payment: PaymentContext) -> HttpResponse {
     ///     let call = LlmCall::new("llama-3-8b", serde_json::json!({"query": "hi"}));
     ///     let answer = "hello"; // your model's answer
-    ///     let call = call.output(serde_json::json!(answer)).usage(Usage::new(3, 1));
+    ///     let call = call.output(serde_json::json!(answer)).usage(3, 1);
     ///     if let Ok(gateway) = payment.observability() {
     ///         drop(gateway.log(call)); // sent in the background
     ///     }
     ///     HttpResponse::Ok().body(answer)
     /// }
     /// ```
-    pub fn log(&self, call: LlmCall) -> LogTask {
+    pub fn log(&self, call: LlmCall) -> impl Future<Output = LogOutcome> + Send + 'static {
+        outcome_of(self.spawn_log(call))
+    }
+
+    /// Starts the task sending `call`; `None` (counted as not sent) when it cannot start.
+    fn spawn_log(&self, call: LlmCall) -> Option<tokio::task::JoinHandle<LogOutcome>> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             count(LogOutcome::NotSent);
-            return LogTask { handle: None };
+            return None;
         };
         let Some(http) = self.gateway.http().cloned() else {
             count(LogOutcome::NotSent);
-            return LogTask { handle: None };
+            return None;
         };
         let properties: serde_json::Map<String, Value> = self
             .headers
@@ -300,6 +269,6 @@ impl Observability {
             };
             count(outcome)
         });
-        LogTask { handle: Some(handle) }
+        Some(handle)
     }
 }

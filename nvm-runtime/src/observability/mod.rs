@@ -48,7 +48,7 @@ use crate::backend::ApiKey;
 use crate::backend::Environment;
 use crate::wire::AgentRequest;
 
-pub use self::log::{LlmCall, LogOutcome, LogTask, Usage};
+pub use self::log::{LlmCall, LogOutcome};
 /// The `async-openai` this crate is built with (0.43), re-exported so that the
 /// configuration [`Observability::openai_config`] returns is the one your client takes.
 ///
@@ -235,7 +235,7 @@ impl Observability {
     }
 
     /// The manual logging endpoint, `{helicone}/jawn/v1/trace/custom/v1/log`.
-    pub fn log_url(&self) -> &str {
+    fn log_url(&self) -> &str {
         &self.gateway.inner.log_url
     }
 

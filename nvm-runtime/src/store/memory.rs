@@ -38,10 +38,10 @@ struct Entry {
 }
 
 impl MemoryStore {
-    /// 100 000 entries and 64 MiB: what [`Idempotency::in_memory`](crate::Idempotency::in_memory) uses.
-    pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
-    /// See [`MemoryStore::DEFAULT_MAX_ENTRIES`].
-    pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+    /// The default's entries (see [`MemoryStore::default`]).
+    const DEFAULT_MAX_ENTRIES: usize = 100_000;
+    /// The default's bytes.
+    const DEFAULT_MAX_BYTES: usize = 64 << 20;
 
     /// A store of at most `max_entries` entries and `max_bytes` bytes of keys and values.
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
@@ -49,17 +49,8 @@ impl MemoryStore {
     }
 
     /// How many entries are kept now (expired ones included until they are swept).
-    ///
-    /// ```
-    /// assert_eq!(nvm_runtime::store::MemoryStore::default().len(), 0);
-    /// ```
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.lock().map.len()
-    }
-
-    /// Whether the store is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -108,6 +99,8 @@ impl Entries {
     }
 }
 
+/// 100 000 entries and 64 MiB: what [`Idempotency::in_memory`](crate::Idempotency::in_memory)
+/// uses.
 impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore::new(Self::DEFAULT_MAX_ENTRIES, Self::DEFAULT_MAX_BYTES)

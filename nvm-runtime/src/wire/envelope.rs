@@ -31,7 +31,7 @@ pub(crate) const NETWORK_STRIPE: &str = "stripe";
 #[non_exhaustive]
 pub struct PaymentRequired {
     /// Always 2.
-    pub x402_version: u32,
+    pub(crate) x402_version: u32,
     /// Why the payment is required, when there is a reason to give.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -41,7 +41,7 @@ pub struct PaymentRequired {
     pub accepts: Vec<Accepted>,
     /// Always `{}`.
     #[serde(default)]
-    pub extensions: serde_json::Map<String, serde_json::Value>,
+    pub(crate) extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The protected resource of a [`PaymentRequired`] envelope.
@@ -72,23 +72,22 @@ pub struct Accepted {
     pub plan_id: String,
     /// Version, agent and verb (read leniently: missing or `null` is the default).
     #[serde(default, deserialize_with = "null_as_default")]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// The `extra` object of an [`Accepted`] entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct Extra {
+pub(crate) struct Extra {
     /// Always `"1"` (read as `"1"` when missing or `null`, as some SDKs mint it).
     #[serde(default = "version_one", deserialize_with = "null_as_version_one")]
-    pub version: String,
+    pub(crate) version: String,
     /// The agent the plan is used with, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_id: Option<String>,
+    pub(crate) agent_id: Option<String>,
     /// The HTTP method of the request, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_verb: Option<String>,
+    pub(crate) http_verb: Option<String>,
 }
 
 fn version_one() -> String {

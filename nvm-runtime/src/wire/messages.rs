@@ -114,9 +114,10 @@ pub struct VerifyResponse {
     /// Whether the URL matched the token's binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) url_matching: Option<serde_json::Value>,
-    /// The backend's view of the request.
+    /// The backend's view of the request (agent, balance, matching): what the
+    /// observability headers are built from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_request: Option<AgentRequest>,
+    pub(crate) agent_request: Option<AgentRequest>,
 }
 
 impl VerifyResponse {
@@ -132,20 +133,19 @@ impl VerifyResponse {
 /// The `agentRequest` object of a verify response.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct AgentRequest {
+pub(crate) struct AgentRequest {
     /// The request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_request_id: Option<String>,
+    pub(crate) agent_request_id: Option<String>,
     /// The agent's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_name: Option<String>,
+    pub(crate) agent_name: Option<String>,
     /// The agent's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_id: Option<String>,
+    pub(crate) agent_id: Option<String>,
     /// The subscriber's balance on the plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balance: Option<Balance>,
+    pub(crate) balance: Option<Balance>,
     /// Whether the URL matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) url_matching: Option<serde_json::Value>,
@@ -160,38 +160,39 @@ pub struct AgentRequest {
 /// The subscriber's balance on a plan, as verify reports it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct Balance {
+pub(crate) struct Balance {
     /// The plan id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan_id: Option<String>,
+    pub(crate) plan_id: Option<String>,
     /// The plan's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan_name: Option<String>,
+    pub(crate) plan_name: Option<String>,
     /// The plan's type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan_type: Option<String>,
+    pub(crate) plan_type: Option<String>,
     /// The subscriber's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub holder_address: Option<String>,
+    pub(crate) holder_address: Option<String>,
     /// Credits left (a number or a decimal string on the wire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balance: Option<Amount>,
+    pub(crate) balance: Option<Amount>,
     /// The credits contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credits_contract: Option<String>,
+    pub(crate) credits_contract: Option<String>,
     /// Whether the holder is a subscriber of the plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub is_subscriber: Option<bool>,
+    pub(crate) is_subscriber: Option<bool>,
     /// Price of one credit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub price_per_credit: Option<serde_json::Value>,
+    pub(crate) price_per_credit: Option<serde_json::Value>,
 }
 
 /// The answer of `POST /api/v1/x402/settle`: the receipt.
 ///
-/// Fields this crate does not know are kept in `other` and written back out, so the
-/// `payment-response` receipt passes them through untouched.
+/// Fields this crate does not know (a seller's `pendingSettlementId`, `agentRequestId`,
+/// `settlement`, `amount`, `retryAfter`, `confirmedAfterUnknown`…) are kept and written
+/// back out, so the `payment-response` receipt passes them through untouched: read them
+/// from its JSON form, `serde_json::to_value(&receipt)`.
 ///
 /// ```
 /// use nvm_runtime::wire::SettleResponse;
@@ -234,7 +235,7 @@ pub struct SettleResponse {
     pub billing_model: Option<String>,
     /// Every other field, passed through to the receipt.
     #[serde(flatten)]
-    pub other: serde_json::Map<String, serde_json::Value>,
+    pub(crate) other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl SettleResponse {
@@ -248,8 +249,24 @@ impl SettleResponse {
         Ok(crate::wire::codec::decode_json_header(value)?)
     }
 
+    /// The seller's record of a settlement not known to be done (`pendingSettlementId`):
+    /// the id to quote to the seller when its outcome is unknown, still pending, or
+    /// deferred ([`PaymentOutcome`](crate::client::PaymentOutcome)'s `OutcomeUnknown`,
+    /// `Pending`, `Deferred`).
+    ///
+    /// ```
+    /// use nvm_runtime::wire::SettleResponse;
+    /// let json = r#"{"success":false,"errorReason":"settlement_outcome_unknown","transaction":"","pendingSettlementId":"req-9"}"#;
+    /// let receipt: SettleResponse = serde_json::from_str(json).unwrap();
+    /// assert_eq!(receipt.pending_id(), Some("req-9"));
+    /// assert_eq!(SettleResponse::default().pending_id(), None);
+    /// ```
+    pub fn pending_id(&self) -> Option<&str> {
+        self.other.get("pendingSettlementId").and_then(serde_json::Value::as_str)
+    }
+
     /// Credits redeemed as a number (0 when absent or unreadable).
-    pub fn credits_redeemed_u64(&self) -> u64 {
+    pub(crate) fn credits_redeemed_u64(&self) -> u64 {
         self.credits_redeemed.as_ref().and_then(Amount::as_u64).unwrap_or(0)
     }
 }

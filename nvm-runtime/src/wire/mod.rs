@@ -53,7 +53,7 @@
 //! - `resource` ([`Resource`]): `url` is the request's path without its query string,
 //!   overridable per route; `description` and `mimeType` only when the route sets them.
 //! - `accepts` ([`Accepted`]): one entry per plan, usually one. `planId` is a decimal
-//!   string of a 256-bit id: never parsed as a number. `extra` ([`Extra`]): `version` is
+//!   string of a 256-bit id: never parsed as a number. `extra`: `version` is
 //!   always `"1"`; `agentId` and `httpVerb` only when known.
 //! - Schemes: `SCHEME_ERC4337` (networks `eip155:84532`, `eip155:8453`) and
 //!   `SCHEME_CARD_DELEGATION` (networks `NETWORK_STRIPE`, the default, `braintree`,
@@ -84,11 +84,10 @@
 //! The verify answer ([`VerifyResponse`], 200): `isValid` (always), `invalidReason` (when
 //! invalid; an open string, documented values `invalid_token`, `expired_token`,
 //! `insufficient_balance`, `invalid_plan`, `invalid_agent`), `payer`, `network`,
-//! `agentRequestId`, `urlMatching`, and `agentRequest` ([`AgentRequest`]:
-//! `agentRequestId`, `agentName`, `agentId`, `urlMatching`, `verbMatching`, `batch`,
-//! and `balance` ([`Balance`]: `planId`, `planName`, `planType`, `holderAddress`,
-//! `balance` as a number or a string, `creditsContract`, `isSubscriber`,
-//! `pricePerCredit`)). The request id is `agentRequest.agentRequestId`, else the
+//! `agentRequestId`, `urlMatching`, and `agentRequest` (`agentRequestId`, `agentName`,
+//! `agentId`, `urlMatching`, `verbMatching`, `batch`, and `balance`: `planId`,
+//! `planName`, `planType`, `holderAddress`, `balance` as a number or a string,
+//! `creditsContract`, `isSubscriber`, `pricePerCredit`). The request id is `agentRequest.agentRequestId`, else the
 //! top-level one.
 //!
 //! The settle answer ([`SettleResponse`], 200): `success` (a 200 with `success: false`
@@ -149,21 +148,21 @@ pub(crate) mod messages;
 pub(crate) mod token;
 
 pub use codec::DecodeError;
-pub use envelope::{Accepted, Extra, PaymentRequired, Resource};
+pub use envelope::{Accepted, PaymentRequired, Resource};
 pub use headers::{IDEMPOTENCY_KEY, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE};
-pub use messages::{AgentRequest, Amount, Balance, SettleResponse, VerifyResponse};
+pub use messages::{Amount, SettleResponse, VerifyResponse};
 pub use token::AccessToken;
 
 // The protocol's inner parts: the crate's own (the `__private` module lends a few to the
 // repository's tests, fuzzers and benchmarks). Some only the local facilitator names.
 pub(crate) use endpoints::Endpoint;
 #[cfg_attr(not(feature = "local"), allow(unused_imports))]
-pub(crate) use envelope::{NETWORK_STRIPE, SCHEME_CARD_DELEGATION, SCHEME_ERC4337, X402_VERSION};
+pub(crate) use envelope::{Extra, NETWORK_STRIPE, SCHEME_CARD_DELEGATION, SCHEME_ERC4337, X402_VERSION};
 pub(crate) use headers::IDEMPOTENT_REPLAYED;
 #[cfg_attr(not(feature = "local"), allow(unused_imports))]
 pub(crate) use messages::{
-    BackendError, CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, DelegationConfig, FacilitatorRequest,
-    PermissionsRequest, PermissionsResponse, SETTLEMENT_PENDING, SETTLEMENT_UNKNOWN,
+    AgentRequest, BackendError, CODE_FORGED, CODE_SPENT, CODE_WRONG_RESOURCE, DelegationConfig,
+    FacilitatorRequest, PermissionsRequest, PermissionsResponse, SETTLEMENT_PENDING, SETTLEMENT_UNKNOWN,
 };
 #[cfg_attr(not(feature = "local"), allow(unused_imports))]
 pub(crate) use token::{

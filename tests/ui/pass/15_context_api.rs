@@ -8,8 +8,8 @@ async fn work(payment: PaymentContext) -> Result<HttpResponse, actix_web::Error>
     let _: Option<&str> = payment.plan_id();
     let _: Option<&str> = payment.agent_id();
     let _: Option<&str> = payment.agent_request_id();
-    let _ = payment.agent_request();
-    let _ = payment.envelope();
+    let _: Option<&str> = payment.payer();
+    let _ = payment.verification();
     let _: Option<String> = payment.token().map(|t| t.to_string());
     let used: u64 = 3;
     match payment.charge(used) {
