@@ -318,7 +318,7 @@ async fn the_openapi_document_marks_exactly_the_paid_operations() {
     let response = http().post(server.at("/ask")).send().await.unwrap();
     let header = response.headers()["payment-required"].to_str().unwrap().to_owned();
     let decoded = nvm_runtime::wire::PaymentRequired::from_header(&header).expect("an envelope");
-    assert_eq!(decoded.first().map(|a| a.plan_id.as_str()), Some(DEMO_PLAN_ID));
+    assert_eq!(decoded.accepts.first().map(|a| a.plan_id.as_str()), Some(DEMO_PLAN_ID));
 }
 
 #[test]

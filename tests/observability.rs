@@ -61,7 +61,7 @@ async fn gateway_ask(q: web::Json<Query>, payment: PaymentContext) -> HttpRespon
         "answer": answer["choices"][0]["message"]["content"],
         "tokens": tokens,
         "baseUrl": gateway.base_url(),
-        "agentRequest": serde_json::to_value(payment.verification()).unwrap_or_default()["agentRequest"],
+        "agentRequest": nvm_runtime::__private::observability::verification(&payment)["agentRequest"],
     }))
 }
 

@@ -331,7 +331,7 @@ async fn no_token_gets_402_with_the_envelope_and_the_handler_does_not_run(form: 
     assert_eq!((&json["x402Version"], &json["extensions"]), (&serde_json::json!(2), &serde_json::json!({})));
     assert_eq!(envelope.resource.url, "/ask");
     assert_eq!(envelope.resource.description.as_deref(), Some("Ask the agent"));
-    let accepted = envelope.first().unwrap();
+    let accepted = envelope.accepts.first().unwrap();
     assert_eq!(accepted.plan_id, DEMO_PLAN_ID);
     assert_eq!(accepted.scheme, "nvm:erc4337");
     assert_eq!(accepted.network, "eip155:84532");

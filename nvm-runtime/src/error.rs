@@ -170,6 +170,7 @@ pub(crate) enum ConfigProblem {
         "these PaidTools entries name no tool of the router, so they would charge for nothing: {}; the router's tools are: {}",
         .unknown.join(", "), .known.join(", ")
     )]
+    #[cfg_attr(not(feature = "mcp"), allow(dead_code))] // built by `PaidTools::wrap` (feature `mcp`)
     UnknownTools {
         /// The names that match no tool.
         unknown: Vec<String>,

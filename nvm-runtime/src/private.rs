@@ -168,8 +168,15 @@ pub mod observability {
         environment: Environment,
         agent_request: &serde_json::Value,
     ) -> Result<HeaderMap, ObservabilityError> {
-        let agent_request = serde_json::from_value(agent_request.clone())
-            .map_err(|_| ObservabilityError::IncompleteAgentRequest("agentRequest"))?;
+        let agent_request = serde_json::from_value(agent_request.clone()).map_err(|_| {
+            crate::observability::ObservabilityProblem::IncompleteAgentRequest("agentRequest")
+        })?;
         crate::observability::helicone::helicone_headers(gateway_key, account, environment, &agent_request)
+    }
+
+    /// The facilitator's verify answer of a paid request, as JSON (its `agentRequest`
+    /// is what the observability headers are built from).
+    pub fn verification(payment: &crate::PaymentContext) -> serde_json::Value {
+        serde_json::to_value(payment.verification()).unwrap_or_default()
     }
 }

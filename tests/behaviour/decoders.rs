@@ -231,7 +231,7 @@ async fn bad_tokens_get_402_with_a_reason_and_the_right_facilitator_calls() {
             let response = request.send().await.expect("an answer");
             assert_eq!(response.status(), 402, "{label}");
             let envelope = envelope(&response).expect("the envelope comes with every 402");
-            assert_eq!(envelope.first().map(|a| a.plan_id.as_str()), Some(DEMO_PLAN_ID), "{label}");
+            assert_eq!(envelope.accepts.first().map(|a| a.plan_id.as_str()), Some(DEMO_PLAN_ID), "{label}");
             let body: Value = response.json().await.expect("a JSON body");
             let message = body["message"].as_str().unwrap_or_default();
             assert!(

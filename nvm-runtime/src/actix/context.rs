@@ -42,19 +42,28 @@ pub struct PaymentContext {
     gateway: Option<Gateway>,
 }
 
-/// Why [`PaymentContext::charge`] refused an amount.
+/// Why [`PaymentContext::charge`] refused an amount: more than was verified (the
+/// subscriber never agreed to pay it), or any amount on a free request (nothing was
+/// verified). Its message says which, with the amounts.
+///
+/// ```
+/// use nvm_runtime::PaymentContext;
+///
+/// fn charge_usage(payment: &PaymentContext, used: u64) -> Result<(), actix_web::Error> {
+///     // e.g. "cannot charge 9 credits: only 5 were verified for this request"
+///     payment.charge(used).map_err(actix_web::error::ErrorInternalServerError)
+/// }
+/// # let _ = charge_usage;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ChargeError {
-    /// More than was verified: the subscriber never agreed to pay it.
+#[error(transparent)]
+pub struct ChargeError(ChargeProblem);
+
+/// The cases of a [`ChargeError`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ChargeProblem {
     #[error("cannot charge {requested} credits: only {verified} were verified for this request")]
-    MoreThanVerified {
-        /// The amount asked for.
-        requested: u64,
-        /// The amount verified.
-        verified: u64,
-    },
-    /// The request is free (credits resolved to 0): nothing was verified to charge.
+    MoreThanVerified { requested: u64, verified: u64 },
     #[error("cannot charge {0} credits: this request is free (its credits resolved to 0)")]
     Free(u64),
 }
@@ -101,7 +110,7 @@ impl PaymentContext {
     }
 
     /// The facilitator's whole verify response.
-    pub fn verification(&self) -> Option<&VerifyResponse> {
+    pub(crate) fn verification(&self) -> Option<&VerifyResponse> {
         self.verified().map(|v| &v.verification)
     }
 
@@ -109,9 +118,10 @@ impl PaymentContext {
     /// (usage-based billing). Never more than was verified; the last call wins; 0 burns
     /// nothing.
     pub fn charge(&self, credits: u64) -> Result<(), ChargeError> {
-        let verified = self.verified().ok_or(ChargeError::Free(credits))?;
+        let verified = self.verified().ok_or(ChargeError(ChargeProblem::Free(credits)))?;
         if credits > verified.credits {
-            return Err(ChargeError::MoreThanVerified { requested: credits, verified: verified.credits });
+            let problem = ChargeProblem::MoreThanVerified { requested: credits, verified: verified.credits };
+            return Err(ChargeError(problem));
         }
         self.state.set_charge(credits);
         Ok(())
@@ -152,7 +162,7 @@ impl PaymentContext {
     pub fn observability(&self) -> Result<Observability, ObservabilityError> {
         match (&self.gateway, self.verification()) {
             (Some(gateway), Some(verification)) => gateway.for_request(verification.agent_request.as_ref()),
-            _ => Err(ObservabilityError::NotPaid),
+            _ => Err(crate::observability::ObservabilityProblem::NotPaid.into()),
         }
     }
 }

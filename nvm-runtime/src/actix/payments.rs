@@ -117,7 +117,7 @@ impl Payments {
     }
 
     /// The environment in use.
-    pub fn environment(&self) -> Environment {
+    pub(crate) fn environment(&self) -> Environment {
         self.inner.environment
     }
 
@@ -143,11 +143,6 @@ impl Payments {
 
     pub(crate) fn gateway(&self) -> &Gateway {
         &self.inner.gateway
-    }
-
-    /// The account of the API key (the builder's address).
-    pub fn account(&self) -> &str {
-        self.inner.api_key.account()
     }
 
     pub(crate) fn facilitator(&self) -> &Facilitator {
@@ -800,7 +795,7 @@ impl PaymentsBuilder {
         // A store shared by every instance keeps their one journal, unless one is set.
         let journal = self
             .pending
-            .or_else(|| idempotency.store().and_then(|store| store.pending_journal()))
+            .or_else(|| idempotency.shared_journal())
             .unwrap_or_else(PendingSettlements::in_memory);
         let deferred = match self.deferred {
             None => None,

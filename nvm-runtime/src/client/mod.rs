@@ -231,7 +231,7 @@ impl Subscriber {
     }
 
     /// Drops the cached token for `accepted` (after the server reported it spent).
-    pub fn forget(&self, accepted: &Accepted) {
+    pub(crate) fn forget(&self, accepted: &Accepted) {
         let key = (accepted.plan_id.clone(), accepted.extra.agent_id.clone());
         self.tokens.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
     }

@@ -70,6 +70,18 @@ pub struct Idempotency {
     max_response_body: usize,
     max_request_body: usize,
     wait: Option<Duration>,
+    /// The pending-settlement journal the store keeps for every instance sharing it.
+    journal: Option<super::PendingSettlements>,
+}
+
+/// The journal a store shared by every instance keeps for them all: a `RedisStore`'s.
+fn shared_journal(store: &dyn std::any::Any) -> Option<super::PendingSettlements> {
+    #[cfg(feature = "redis")]
+    if let Some(redis) = store.downcast_ref::<crate::store::RedisStore>() {
+        return Some(super::PendingSettlements::redis(redis));
+    }
+    let _ = store;
+    None
 }
 
 impl Idempotency {
@@ -81,7 +93,8 @@ impl Idempotency {
     /// Records kept in `store`: a `store::RedisStore` (feature `redis`) to share them
     /// between instances, or a store of your own.
     pub fn with_store(store: impl Store) -> Self {
-        Self::kept_in(Some(Arc::new(store)))
+        let journal = shared_journal(&store);
+        Idempotency { journal, ..Self::kept_in(Some(Arc::new(store))) }
     }
 
     /// No records: the `Idempotency-Key` header is ignored (every request runs and is
@@ -108,6 +121,7 @@ impl Idempotency {
             max_response_body: 1 << 20,
             max_request_body: 1 << 20,
             wait: None,
+            journal: None,
         }
     }
 
@@ -163,6 +177,11 @@ impl Idempotency {
 
     pub(crate) fn store(&self) -> Option<&dyn Store> {
         self.store.as_deref()
+    }
+
+    /// The journal its store keeps for every instance sharing it (a `RedisStore`'s).
+    pub(crate) fn shared_journal(&self) -> Option<super::PendingSettlements> {
+        self.journal.clone()
     }
 
     pub(crate) fn max_request_body_len(&self) -> usize {

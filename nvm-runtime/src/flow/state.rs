@@ -137,17 +137,15 @@ pub struct Meter {
     shared: Arc<Metered>,
 }
 
-/// [`Meter::add`] refused an amount: it would pass the verified cap.
+/// [`Meter::add`] refused an amount: it would pass the verified cap. Its message gives
+/// the amount, what was metered before and the cap ([`Meter::total`] and
+/// [`Meter::cap`] read the last two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("cannot meter {requested} more credits: {metered} of the {cap} verified are metered already")]
-#[non_exhaustive]
 pub struct MeterFull {
-    /// The amount asked for.
-    pub requested: u64,
-    /// What was metered before.
-    pub metered: u64,
-    /// The credits verified for the request.
-    pub cap: u64,
+    requested: u64,
+    metered: u64,
+    cap: u64,
 }
 
 impl Meter {

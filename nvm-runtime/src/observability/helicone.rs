@@ -20,7 +20,7 @@ pub(crate) fn helicone_headers(
     environment: Environment,
     agent_request: &AgentRequest,
 ) -> Result<HeaderMap, ObservabilityError> {
-    use ObservabilityError::IncompleteAgentRequest as Missing;
+    use super::ObservabilityProblem::IncompleteAgentRequest as Missing;
     let balance = agent_request.balance.as_ref().ok_or(Missing("agentRequest.balance"))?;
     let text = |v: &Option<String>, name| v.clone().ok_or(Missing(name));
     let price = balance

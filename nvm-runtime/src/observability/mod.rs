@@ -82,10 +82,27 @@ pub(crate) const LOG_PATH: &str = "jawn/v1/trace/custom/v1/log";
 /// The bound on one manual log call.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why the gateway settings of a request cannot be given.
+/// Why the gateway settings of a request cannot be given, or a property set: the
+/// seller's key has no gateway claim, the request has no verified payment (free, or no
+/// `Payments` registered), the facilitator's verification lacks a field the headers
+/// need, or a property cannot be a header. Its message says which, and what to do.
+///
+/// ```
+/// use nvm_runtime::PaymentContext;
+///
+/// fn gateway(payment: &PaymentContext) -> Result<String, actix_web::Error> {
+///     let observability = payment.observability().map_err(actix_web::error::ErrorInternalServerError)?;
+///     Ok(observability.chat_completions_url())
+/// }
+/// # let _ = gateway;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ObservabilityError {
+#[error(transparent)]
+pub struct ObservabilityError(#[from] ObservabilityProblem);
+
+/// The cases of an [`ObservabilityError`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ObservabilityProblem {
     /// The seller's API key has no `o11y` claim (the gateway's key).
     #[error(
         "the seller's NVM API key has no `o11y` claim, the observability gateway's key: use a key issued by the Nevermined app (or a local facilitator's), as the official SDKs require"
@@ -163,9 +180,9 @@ impl Gateway {
         &self,
         agent_request: Option<&AgentRequest>,
     ) -> Result<Observability, ObservabilityError> {
-        let key = self.inner.key.as_deref().ok_or(ObservabilityError::NoGatewayKey)?;
+        let key = self.inner.key.as_deref().ok_or(ObservabilityProblem::NoGatewayKey)?;
         let agent_request =
-            agent_request.ok_or(ObservabilityError::IncompleteAgentRequest("agentRequest"))?;
+            agent_request.ok_or(ObservabilityProblem::IncompleteAgentRequest("agentRequest"))?;
         let headers = helicone_headers(key, &self.inner.account, self.inner.environment, agent_request)?;
         Ok(Observability { gateway: self.clone(), headers })
     }
@@ -258,7 +275,7 @@ impl Observability {
     /// ```
     pub fn property(mut self, name: &str, value: impl fmt::Display) -> Result<Self, ObservabilityError> {
         let value = value.to_string();
-        let invalid = || ObservabilityError::InvalidProperty(name.to_owned());
+        let invalid = || ObservabilityProblem::InvalidProperty(name.to_owned());
         let header = HeaderName::try_from(format!("Helicone-Property-{name}")).map_err(|_| invalid())?;
         let value = HeaderValue::try_from(value).map_err(|_| invalid())?;
         self.headers.insert(header, value);
@@ -346,13 +363,13 @@ mod environment_tests {
         let gateway =
             super::Gateway::new("https://helicone.nevermined.dev", &key, crate::Environment::Sandbox);
         let error = gateway.for_request(Some(&crate::wire::AgentRequest::default())).unwrap_err();
-        assert_eq!(error, super::ObservabilityError::NoGatewayKey);
+        assert_eq!(error, super::ObservabilityProblem::NoGatewayKey.into());
         assert!(error.to_string().contains("o11y"));
         let key: crate::backend::ApiKey = format!("sandbox:{JWT}").parse().unwrap();
         let gateway =
             super::Gateway::new("https://helicone.nevermined.dev", &key, crate::Environment::Sandbox);
         let error = gateway.for_request(Some(&crate::wire::AgentRequest::default())).unwrap_err();
-        assert_eq!(error, super::ObservabilityError::IncompleteAgentRequest("agentRequest.balance"));
+        assert_eq!(error, super::ObservabilityProblem::IncompleteAgentRequest("agentRequest.balance").into());
         assert!(!format!("{gateway:?}").contains("\"k\""), "{gateway:?}");
     }
 }

@@ -22,7 +22,8 @@ impl Observability {
     pub fn openai_config(&self, openai_api_key: &str) -> Result<OpenAIConfig, ObservabilityError> {
         let mut config = OpenAIConfig::new().with_api_base(self.base_url()).with_api_key(openai_api_key);
         for (name, value) in &self.headers {
-            let invalid = || ObservabilityError::InvalidProperty(name.as_str().to_owned());
+            let invalid =
+                || crate::observability::ObservabilityProblem::InvalidProperty(name.as_str().to_owned());
             let value = value.to_str().map_err(|_| invalid())?;
             config = config.with_header(name.clone(), value).map_err(|_| invalid())?;
         }

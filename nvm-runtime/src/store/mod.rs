@@ -95,13 +95,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes `key` only if it holds exactly `expected`; `true` when deleted.
     fn remove<'a>(&'a self, key: &'a str, expected: &'a [u8]) -> StoreFuture<'a, bool>;
-
-    /// The pending-settlement journal this store keeps for every instance sharing it,
-    /// if it keeps one: a configuration without a journal of its own uses it
-    /// (`RedisStore` does). `None` by default.
-    fn pending_journal(&self) -> Option<crate::flow::PendingSettlements> {
-        None
-    }
 }
 
 /// A store could not be reached or did not answer in time. Paid routes that need the

@@ -246,10 +246,6 @@ fn millis(ttl: Duration) -> u64 {
 }
 
 impl Store for RedisStore {
-    fn pending_journal(&self) -> Option<crate::flow::PendingSettlements> {
-        Some(crate::flow::PendingSettlements::redis(self))
-    }
-
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
         let key = self.key(key);
         Box::pin(self.run(move |mut connection| {

@@ -23,7 +23,7 @@ pub(crate) const NETWORK_STRIPE: &str = "stripe";
 ///
 /// let json = r#"{"x402Version":2,"resource":{"url":"/ask"},"accepts":[{"scheme":"nvm:erc4337","network":"eip155:84532","planId":"123","extra":{"version":"1","agentId":"456","httpVerb":"POST"}}],"extensions":{}}"#;
 /// let envelope: PaymentRequired = serde_json::from_str(json).unwrap();
-/// assert_eq!(envelope.first().map(|accepted| accepted.plan_id.as_str()), Some("123"));
+/// assert_eq!(envelope.accepts.first().map(|accepted| accepted.plan_id.as_str()), Some("123"));
 /// assert_eq!(serde_json::to_string(&envelope).unwrap(), json);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +131,7 @@ impl PaymentRequired {
     }
 
     /// The first accepted plan, the one clients pay with.
-    pub fn first(&self) -> Option<&Accepted> {
+    pub(crate) fn first(&self) -> Option<&Accepted> {
         self.accepts.first()
     }
 }

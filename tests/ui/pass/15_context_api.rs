@@ -9,16 +9,12 @@ async fn work(payment: PaymentContext) -> Result<HttpResponse, actix_web::Error>
     let _: Option<&str> = payment.agent_id();
     let _: Option<&str> = payment.agent_request_id();
     let _: Option<&str> = payment.payer();
-    let _ = payment.verification();
     let _: Option<String> = payment.token().map(|t| t.to_string());
     let used: u64 = 3;
-    match payment.charge(used) {
-        Ok(()) => {}
-        Err(ChargeError::MoreThanVerified { verified, .. }) => {
-            return Ok(HttpResponse::BadRequest().body(format!("at most {verified}")));
-        }
-        Err(e) => return Err(actix_web::error::ErrorInternalServerError(e)),
+    if used > payment.credits() {
+        return Ok(HttpResponse::BadRequest().body(format!("at most {}", payment.credits())));
     }
+    payment.charge(used).map_err(|e: ChargeError| actix_web::error::ErrorInternalServerError(e))?;
     Ok(HttpResponse::Ok().body(payment.charged().to_string()))
 }
 
