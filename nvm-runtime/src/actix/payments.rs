@@ -49,14 +49,13 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
 ///
 /// ```
 /// use actix_web::App;
-/// use nvm_runtime::{Environment, Payments};
+/// use nvm_runtime::Payments;
 ///
-/// // header {"alg":"none"}, payload {"sub":"0xabc","o11y":"k"}
+/// // header {"alg":"none"}, payload {"sub":"0xabc","o11y":"k"}: a sandbox key
 /// let payments = Payments::builder()
 ///     .api_key("sandbox:eyJhbGciOiJub25lIn0.eyJzdWIiOiIweGFiYyIsIm8xMXkiOiJrIn0.")
 ///     .build()
 ///     .unwrap();
-/// assert_eq!(payments.environment(), Environment::Sandbox);
 /// assert_eq!(payments.backend_url(), "https://api.sandbox.nevermined.app");
 /// assert!(!format!("{payments:?}").contains("eyJ"));
 /// let _app = App::new().app_data(payments.clone());
