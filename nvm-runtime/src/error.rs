@@ -427,8 +427,7 @@ pub(crate) enum Unavailable {
 }
 
 /// Why a paid request was not served as paid; given to the
-/// [`on_payment_error`](crate::PaymentsBuilder::on_payment_error) hook and kept by
-/// [`Rejection::payment_error`](crate::actix::Rejection::payment_error). Its message
+/// [`on_payment_error`](crate::PaymentsBuilder::on_payment_error) hook. Its message
 /// says what the caller should do; its [`kind`](Self::kind) says what went wrong, its
 /// [`status`](Self::status) the HTTP status it answers with, and its `source()` the
 /// error behind it, when there is one.
