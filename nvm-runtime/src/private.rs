@@ -108,6 +108,12 @@ pub mod wire {
         AccessTokenExt, Authorization, PaymentPayload, ResourceBinding, SignedPayload, TokenHash,
     };
 
+    /// The receipt of the last `payment-response` event of a text of server-sent
+    /// events, as `PaidStream` reads it.
+    pub fn event_stream_receipt(text: &str) -> Option<crate::wire::SettleResponse> {
+        crate::client::event_stream_receipt(text)
+    }
+
     /// The base64 JSON header codec.
     pub mod codec {
         pub use crate::wire::codec::{

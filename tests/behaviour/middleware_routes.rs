@@ -134,7 +134,8 @@ async fn a_streamed_response_arrives_chunk_by_chunk_and_ends_with_its_receipt() 
     }
     let text: String = chunks.iter().map(|(_, c)| String::from_utf8_lossy(c)).collect();
     // The receipt is the last event.
-    let receipt = nvm_tests::event_stream_receipt(&text).expect("a payment-response event");
+    let receipt =
+        nvm_runtime::__private::wire::event_stream_receipt(&text).expect("a payment-response event");
     assert_eq!(receipt.credits_redeemed.as_ref().and_then(|c| c.as_u64()).unwrap_or(0), 4);
     let last = format!("event: payment-response\ndata: {}\n\n", receipt.to_header());
     assert_eq!(text, format!("data: 1\n\ndata: 2\n\ndata: 3\n\n{last}"));

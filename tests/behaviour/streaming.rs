@@ -249,7 +249,7 @@ async fn call(rig: &Rig, path: &str, query: &str) -> (u16, String, Option<Settle
     let status = response.status().as_u16();
     assert!(response.headers().get("payment-response").is_none(), "a streamed head carries no receipt");
     let text = response.text().await.unwrap_or_default();
-    let receipt = nvm_tests::event_stream_receipt(&text);
+    let receipt = nvm_runtime::__private::wire::event_stream_receipt(&text);
     (status, text, receipt)
 }
 

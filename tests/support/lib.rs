@@ -136,28 +136,6 @@ pub fn receipt_field(receipt: &SettleResponse, name: &str) -> serde_json::Value 
     serde_json::to_value(receipt).expect("a receipt is JSON")[name].take()
 }
 
-/// The receipt of the last `payment-response` event of a text of server-sent events.
-pub fn event_stream_receipt(text: &str) -> Option<SettleResponse> {
-    let mut found = None;
-    for event in text.split("\n\n") {
-        let mut name = None;
-        let mut data = String::new();
-        for line in event.lines() {
-            if let Some(value) = line.strip_prefix("event:") {
-                name = Some(value.trim());
-            } else if let Some(value) = line.strip_prefix("data:") {
-                data.push_str(value.trim());
-            }
-        }
-        if name == Some("payment-response")
-            && let Ok(receipt) = SettleResponse::from_header(&data)
-        {
-            found = Some(receipt);
-        }
-    }
-    found
-}
-
 /// How many calls each endpoint of a local facilitator received, at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Calls {

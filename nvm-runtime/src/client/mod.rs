@@ -656,7 +656,7 @@ impl PaidStream {
 
 /// The receipt of the last `payment-response` event in `text` (server-sent events): what
 /// a paid stream settled after its body ends with.
-fn event_stream_receipt(text: &str) -> Option<SettleResponse> {
+pub(crate) fn event_stream_receipt(text: &str) -> Option<SettleResponse> {
     let mut found = None;
     for event in text.split("\n\n") {
         let mut name = None;
